@@ -1,0 +1,464 @@
+"""The one place that builds SigLIP / SigLIP 2 vision towers, loads their weights (strictly) and runs them.
+
+Two checkpoint families, both through transformers' own classes:
+
+- ``siglip`` (fixed resolution, e.g. ``google/siglip2-so400m-patch14-384``): ``SiglipVisionModel`` with
+  ``interpolate_pos_encoding=True`` (bicubic resize of the position grid to the image's own grid);
+- ``siglip2`` (NaFlex, e.g. ``google/siglip2-so400m-patch16-naflex``): ``Siglip2VisionModel`` fed channel-last patches,
+  ``spatial_shapes`` and an attention mask.
+
+Only the vision tower is loaded for feature extraction; the text tower, tokenizer and ``logit_scale``/``logit_bias``
+load the first time text is needed (:meth:`Encoder.text_parts`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dense.features import FeatureMap
+from dense.preprocess import ImageError, ImageInput, PixelConfig, choose_grid, load_image, patchify, to_pixels
+
+log = logging.getLogger("dense")
+
+# Names that resolve to folders shipped inside the package.
+BUNDLED = {"shapes-tiny": "checkpoints/shapes-tiny"}
+
+_SO400M_TEXT = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                    vocab_size=256000, max_position_embeddings=64)
+_SO400M_VISION = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16)
+
+# Architectures that ``random_encoder`` can build: family + transformers config kwargs (a plain registry, as in SAM).
+RANDOM_SPECS = {
+    "so400m-patch14-384": dict(family="siglip", vision={**_SO400M_VISION, "patch_size": 14, "image_size": 384},
+                               text=_SO400M_TEXT),
+    "so400m-patch16-naflex": dict(family="siglip2", vision={**_SO400M_VISION, "patch_size": 16, "num_patches": 256},
+                                  text=_SO400M_TEXT),
+    # A few-layer model of the same families, for tests of code paths that need no trained weights.
+    "tiny-siglip": dict(family="siglip", text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                   num_attention_heads=2, vocab_size=64, max_position_embeddings=8,
+                                                   pad_token_id=1, bos_token_id=2, eos_token_id=3),
+                        vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                    patch_size=8, image_size=64)),
+    "tiny-siglip2": dict(family="siglip2", text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                     num_attention_heads=2, vocab_size=64, max_position_embeddings=8,
+                                                     pad_token_id=1, bos_token_id=2, eos_token_id=3),
+                         vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                     patch_size=8, num_patches=64)),
+}
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be found or loaded; the message says which and what to do."""
+
+
+def _classes(family: str):
+    import transformers as tf
+
+    if family == "siglip":
+        return tf.SiglipConfig, tf.SiglipVisionModel, tf.SiglipTextModel, tf.SiglipVisionConfig
+    return tf.Siglip2Config, tf.Siglip2VisionModel, tf.Siglip2TextModel, tf.Siglip2VisionConfig
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers prints a table of unexpected keys; we check them ourselves (strictly), so hide it."""
+    from transformers.utils import logging as tf_logging
+
+    old = tf_logging.get_verbosity()
+    tf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tf_logging.set_verbosity(old)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resolving a name to a folder
+
+
+def _hub_reachable(timeout_s: float = 1.5) -> bool:
+    """Can we open a TCP connection to the hub within ``timeout_s`` (DNS included)?"""
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    ok = []
+
+    def probe():
+        try:
+            socket.create_connection((host, 443), timeout=timeout_s).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    return bool(ok)
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
+    """A bundled name, a local folder or a hub id -> something ``from_pretrained`` can load without long retries.
+
+    A hub id already in the local cache resolves to its snapshot folder. One that is not cached is returned as is when
+    the hub answers; with ``HF_HUB_OFFLINE`` set or no network it fails at once with :class:`CheckpointError`.
+    """
+    name = str(name_or_path)
+    if name in BUNDLED:
+        folder = Path(__file__).parent / BUNDLED[name]
+        if not (folder / "config.json").exists():
+            raise CheckpointError(f"bundled checkpoint {name!r} is missing from the package ({folder})")
+        return str(folder)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise CheckpointError(f"{path}: folder has no config.json; expected a save_pretrained() checkpoint")
+        return str(path)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise CheckpointError(f"{name!r} is neither a checkpoint folder nor a hub id like 'google/siglip2-so400m-"
+                              f"patch14-384' (bundled: {', '.join(BUNDLED)})")
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # not in the cache (LocalEntryNotFoundError) or a broken cache entry
+        pass
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached (no network)"
+        raise CheckpointError(
+            f"{name!r} is not in the local Hugging Face cache and {why}. Pass a local folder saved with "
+            f"save_pretrained(), or download it first where there is network "
+            f"(`huggingface-cli download {name}`) and copy the cache (HF_HOME) here.")
+    return name
+
+
+def _read_json(folder: str, filename: str) -> dict:
+    """A JSON file of a local folder or hub id (through transformers' cache), or {} when it has none."""
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(folder, filename, _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        return {}
+    if path is None:
+        return {}
+    return json.loads(Path(path).read_text())
+
+
+def _read_tensors(folder: str, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Named tensors straight from a checkpoint's safetensors file(s), without building the model."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    index = _read_json(folder, "model.safetensors.index.json")
+    names = list(names)
+    files = {n: index["weight_map"][n] for n in names if n in index.get("weight_map", {})} if index else {}
+    out = {}
+    for n in names:
+        path = cached_file(folder, files.get(n, "model.safetensors"))
+        with safe_open(path, framework="pt") as f:
+            if n not in f.keys():
+                raise CheckpointError(f"{folder}: checkpoint has no tensor {n!r}")
+            out[n] = f.get_tensor(n)
+    return out
+
+
+def _load_strict(cls, folder: str, *, allowed_prefixes: tuple[str, ...], **kwargs):
+    """``cls.from_pretrained`` that fails on any missing, mismatched or unexpected key outside ``allowed_prefixes``."""
+    with _quiet_transformers():
+        model, info = cls.from_pretrained(folder, output_loading_info=True, **kwargs)
+    unexpected = [k for k in info["unexpected_keys"] if not k.startswith(allowed_prefixes)]
+    problems = {"missing": list(info["missing_keys"]), "unexpected": unexpected,
+                "mismatched": [str(m) for m in info["mismatched_keys"]]}
+    if any(problems.values()):
+        detail = "; ".join(f"{k}: {v[:6]}{' ...' if len(v) > 6 else ''}" for k, v in problems.items() if v)
+        raise CheckpointError(
+            f"{folder}: weights do not match {cls.__name__} ({detail}). The folder probably holds another architecture "
+            f"or a damaged file; dense loads strictly so that a half-loaded model never gives silent garbage.")
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The encoder
+
+
+@dataclass(frozen=True)
+class TextParts:
+    """What text needs: the text tower, its tokenizer (None for random encoders) and the sigmoid calibration."""
+
+    model: torch.nn.Module
+    tokenizer: object | None
+    logit_scale: torch.Tensor  # scalar, log of the temperature (probabilities use exp(logit_scale))
+    logit_bias: torch.Tensor  # scalar
+    max_length: int  # the text length the checkpoint was trained with (64 for So400m)
+
+
+class Encoder:
+    """A SigLIP / SigLIP 2 vision tower that turns images into :class:`~dense.FeatureMap` s.
+
+    Build it with :func:`load_encoder` or :func:`random_encoder`. ``extract`` one image, or ``extract_many`` for a
+    stream, batched by grid.
+    """
+
+    def __init__(self, vision: torch.nn.Module, pixels: PixelConfig, *, name: str, family: str, source: str | None,
+                 full_config, device: torch.device, dtype: torch.dtype):
+        self.vision = vision.eval().requires_grad_(False)
+        self.pixels = pixels
+        self.name = name
+        self.family = family
+        self.source = source  # a folder / hub id to load the text side from, None for random weights
+        self.full_config = full_config  # SiglipConfig / Siglip2Config (text + vision)
+        self.device = device
+        self.dtype = dtype
+        self._text: TextParts | None = None
+
+    # --- facts ------------------------------------------------------------------------------------------------------
+    @property
+    def patch_size(self) -> int:
+        return self.pixels.patch_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.vision.config.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.vision.config.num_hidden_layers
+
+    def spec(self, *, max_patches: int | None = None, layers: tuple[int, ...] = (-1,)) -> dict:
+        """What identifies features made by this encoder: for cache keys and trained probes."""
+        return {"name": self.name, "family": self.family, "patch_size": self.patch_size,
+                "hidden_size": self.hidden_size, "num_layers": self.num_layers,
+                "max_patches": int(max_patches or self.pixels.max_patches),
+                "layers": [self._block_index(i) for i in layers], "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def __repr__(self) -> str:
+        return (f"Encoder({self.name!r}, family={self.family}, patch_size={self.patch_size}, "
+                f"hidden={self.hidden_size}, layers={self.num_layers}, max_patches={self.pixels.max_patches}, "
+                f"device={self.device}, dtype={self.dtype})")
+
+    # --- pixels -> tokens -------------------------------------------------------------------------------------------
+    def _block_index(self, layer: int) -> int:
+        n = self.num_layers
+        if not -n <= layer < n:
+            raise ValueError(f"layer {layer} out of range for {n} blocks (use Python indices, -1 = last)")
+        return layer % n
+
+    @torch.inference_mode()
+    def forward_pixels(self, pixels: torch.Tensor, layers: tuple[int, ...] = (-1,)) -> torch.Tensor:
+        """Normalized pixels ``[B, 3, gh*p, gw*p]`` -> tokens ``[B, gh, gw, D * len(layers)]`` (float32, CPU).
+
+        Layer ``-1`` (the last block) is read after ``post_layernorm`` (transformers' ``last_hidden_state``, what the
+        MAP head sees); other blocks are read raw from ``hidden_states``.
+        """
+        B, _, h, w = pixels.shape
+        p = self.patch_size
+        gh, gw = h // p, w // p
+        blocks = [self._block_index(i) for i in layers]
+        need_hidden = any(b != self.num_layers - 1 for b in blocks)
+        px = pixels.to(self.device, self.dtype)
+        if self.family == "siglip":
+            out = self.vision(pixel_values=px, interpolate_pos_encoding=True, output_hidden_states=need_hidden)
+        else:
+            patches = patchify(px, p)  # [B, 3, h, w] -> [B, gh*gw, p*p*3]
+            mask = torch.ones(B, gh * gw, dtype=torch.int32, device=self.device)  # equal grids: no padding
+            shapes = torch.tensor([[gh, gw]] * B, dtype=torch.long, device=self.device)
+            out = self.vision(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes,
+                              output_hidden_states=need_hidden)
+        picked = [out.last_hidden_state if b == self.num_layers - 1 else out.hidden_states[b + 1] for b in blocks]
+        x = torch.cat(picked, dim=-1)  # [B, N, D * L]
+        return x.float().cpu().reshape(B, gh, gw, x.shape[-1])  # [B, N, D*L] -> [B, gh, gw, D*L]
+
+    def prepare(self, image: ImageInput, max_patches: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+        """Read an image and choose its grid: ``(uint8 [H, W, 3], (gh, gw))``."""
+        rgb = load_image(image)
+        return rgb, choose_grid(rgb.shape[:2], self.patch_size, int(max_patches or self.pixels.max_patches))
+
+    def _feature_map(self, tokens: torch.Tensor, image_hw, grid_hw, max_patches, layers) -> FeatureMap:
+        gh, gw = grid_hw
+        p = self.patch_size
+        return FeatureMap(tokens=tokens, image_hw=tuple(int(v) for v in image_hw), resized_hw=(gh * p, gw * p),
+                          patch_size=p, layers=tuple(self._block_index(i) for i in layers),
+                          encoder=self.spec(max_patches=max_patches, layers=layers))
+
+    def extract(self, image: ImageInput, *, max_patches: int | None = None, layers: tuple[int, ...] = (-1,)
+                ) -> FeatureMap:
+        """One image (path, PIL image or uint8 ``[H, W, 3]``) -> :class:`FeatureMap` at its native aspect ratio."""
+        rgb, grid_hw = self.prepare(image, max_patches)
+        pixels = to_pixels(rgb, grid_hw, self.pixels)[None]  # [1, 3, gh*p, gw*p]
+        tokens = self.forward_pixels(pixels, layers)[0]  # [gh, gw, D*L]
+        return self._feature_map(tokens, rgb.shape[:2], grid_hw, max_patches, layers)
+
+    def extract_many(self, images: Iterable[ImageInput], *, max_patches: int | None = None,
+                     layers: tuple[int, ...] = (-1,), batch_size: int = 8, on_error: str = "raise",
+                     progress: bool = True) -> Iterator[FeatureMap | None]:
+        """Extract a stream of images, yielding one result per input, in input order.
+
+        Images are read a window at a time (``8 * batch_size``); within a window, images with equal grids run as one
+        batch. ``on_error``: ``"raise"`` (default) stops at the first unreadable image with an :class:`ImageError`
+        naming it; ``"skip"`` logs it and yields ``None`` in its place, so results still line up with inputs.
+        """
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        total = len(images) if hasattr(images, "__len__") else None
+        bar = tqdm(total=total, desc="extract", unit="img", disable=not progress)
+        window: list[ImageInput] = []
+        try:
+            for image in images:
+                window.append(image)
+                if len(window) == 8 * batch_size:
+                    yield from self._extract_window(window, max_patches, layers, batch_size, on_error, bar)
+                    window = []
+            if window:
+                yield from self._extract_window(window, max_patches, layers, batch_size, on_error, bar)
+        finally:
+            bar.close()
+
+    def _extract_window(self, window, max_patches, layers, batch_size, on_error, bar) -> Iterator[FeatureMap | None]:
+        prepared: list[tuple[np.ndarray, tuple[int, int]] | None] = []
+        for image in window:
+            try:
+                prepared.append(self.prepare(image, max_patches))
+            except ImageError as e:
+                if on_error == "raise":
+                    raise
+                log.warning("skipped: %s", e)
+                tqdm.write(f"dense: skipped {e}")
+                prepared.append(None)
+        by_grid: dict[tuple[int, int], list[int]] = {}
+        for k, item in enumerate(prepared):
+            if item is not None:
+                by_grid.setdefault(item[1], []).append(k)
+        results: dict[int, FeatureMap] = {}
+        for grid_hw, idx in by_grid.items():
+            for start in range(0, len(idx), batch_size):
+                chunk = idx[start:start + batch_size]
+                pixels = torch.stack([to_pixels(prepared[k][0], grid_hw, self.pixels) for k in chunk])  # [b, 3, h, w]
+                tokens = self.forward_pixels(pixels, layers)  # [b, gh, gw, D*L]
+                for k, t in zip(chunk, tokens, strict=True):
+                    results[k] = self._feature_map(t.clone(), prepared[k][0].shape[:2], grid_hw, max_patches, layers)
+        for k in range(len(window)):
+            bar.update(1)
+            yield results.get(k)
+
+    # --- text side (loaded on first use) ----------------------------------------------------------------------------
+    def text_parts(self) -> TextParts:
+        """The text tower, tokenizer and ``logit_scale``/``logit_bias``, loaded (strictly) on first call."""
+        if self._text is None:
+            if self.full_config is None:
+                raise CheckpointError(f"{self.name}: a vision-only checkpoint has no text tower; load the full "
+                                      f"SiglipModel / Siglip2Model folder for text queries")
+            self._text = self._load_text()
+        return self._text
+
+    def _load_text(self) -> TextParts:
+        _, _, text_cls, _ = _classes(self.family)
+        max_length = self.full_config.text_config.max_position_embeddings
+        if self.source is None:  # random weights: same architecture, no tokenizer
+            model = text_cls(self.full_config.text_config)
+            scale, bias = torch.tensor(np.log(10.0)), torch.tensor(-10.0)
+            tokenizer = None
+        else:
+            model = _load_strict(text_cls, self.source, allowed_prefixes=("vision_model.", "logit_"),
+                                 dtype=self.dtype, attn_implementation=self.vision.config._attn_implementation)
+            logits = _read_tensors(self.source, ["logit_scale", "logit_bias"])
+            scale, bias = logits["logit_scale"].float().reshape(()), logits["logit_bias"].float().reshape(())
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(self.source)
+        model = model.to(self.device, self.dtype).eval().requires_grad_(False)
+        return TextParts(model=model, tokenizer=tokenizer, logit_scale=scale, logit_bias=bias, max_length=max_length)
+
+
+def _pixel_config(source: str | None, vision_config, family: str) -> PixelConfig:
+    """The checkpoint's patch size, default token budget and normalization."""
+    p = vision_config.patch_size
+    pre = _read_json(source, "preprocessor_config.json") if source else {}
+    if family == "siglip":
+        max_patches = (vision_config.image_size // p) ** 2
+    else:
+        max_patches = int(pre.get("max_num_patches", vision_config.num_patches))
+    from PIL import Image
+
+    return PixelConfig(patch_size=p, max_patches=max_patches,
+                       mean=tuple(pre.get("image_mean", (0.5, 0.5, 0.5))),
+                       std=tuple(pre.get("image_std", (0.5, 0.5, 0.5))),
+                       resample=int(pre.get("resample", Image.Resampling.BILINEAR)))
+
+
+def _default_dtype(dtype) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        dtype = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+                 "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}[dtype]
+    return dtype
+
+
+def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | str | None = None, attn_implementation: str = "sdpa") -> Encoder:
+    """Load a SigLIP / SigLIP 2 vision tower for dense features.
+
+    Args:
+        name_or_path: a hub id (``google/siglip2-so400m-patch14-384``, ``google/siglip2-so400m-patch16-naflex``),
+            a local ``save_pretrained`` folder (a full ``SiglipModel``/``Siglip2Model`` or a vision tower alone), or a
+            bundled name (``"shapes-tiny"``).
+        device: where the model runs; features always come back on the CPU as float32.
+        dtype: weights and activations; ``None`` = float32. bfloat16 is ~1.6x faster on CPUs with AVX-512 bf16 and
+            on GPUs; never float16 on a CPU.
+        attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
+
+    Loading is strict: a missing, mismatched or unexpected weight (other than the text tower's, which loads only when
+    text is first needed) raises :class:`CheckpointError`.
+    """
+    from transformers import AutoConfig
+
+    source = resolve_checkpoint(name_or_path)
+    dtype = _default_dtype(dtype)
+    config = AutoConfig.from_pretrained(source)
+    family = {"siglip": "siglip", "siglip_vision_model": "siglip", "siglip2": "siglip2",
+              "siglip2_vision_model": "siglip2"}.get(config.model_type)
+    if family is None:
+        raise CheckpointError(f"{name_or_path}: model_type {config.model_type!r} is not SigLIP or SigLIP 2")
+    full_cls, vision_cls, _, _ = _classes(family)
+    vision = _load_strict(vision_cls, source, allowed_prefixes=("text_model.", "logit_"), dtype=dtype,
+                          attn_implementation=attn_implementation).to(device)
+    full_config = config if isinstance(config, full_cls) else None
+    return Encoder(vision, _pixel_config(source, vision.config, family), name=str(name_or_path), family=family,
+                   source=source if full_config is not None else None, full_config=full_config,
+                   device=torch.device(device), dtype=dtype)
+
+
+def random_encoder(spec: str = "so400m-patch14-384", *, device: str | torch.device = "cpu",
+                   dtype: torch.dtype | str | None = None, attn_implementation: str = "sdpa",
+                   seed: int = 0) -> Encoder:
+    """RANDOM WEIGHTS, for benchmarks and tests only: the exact architecture of ``spec`` (see ``RANDOM_SPECS``).
+
+    Speed and memory do not depend on weight values, so ``random_encoder("so400m-patch14-384")`` times So400m
+    without downloading it. Its features mean nothing.
+    """
+    if spec not in RANDOM_SPECS:
+        raise ValueError(f"unknown spec {spec!r}; choose one of {sorted(RANDOM_SPECS)}")
+    arch = RANDOM_SPECS[spec]
+    full_cls, vision_cls, _, _ = _classes(arch["family"])
+    config = full_cls(text_config=arch["text"], vision_config=arch["vision"])
+    config.vision_config._attn_implementation = attn_implementation
+    config.text_config._attn_implementation = attn_implementation
+    dtype = _default_dtype(dtype)
+    torch.manual_seed(seed)
+    vision = vision_cls(config.vision_config).to(device=device, dtype=dtype)
+    return Encoder(vision, _pixel_config(None, vision.config, arch["family"]), name=f"random:{spec}",
+                   family=arch["family"], source=None, full_config=config, device=torch.device(device), dtype=dtype)

@@ -1,0 +1,163 @@
+"""``FeatureMap``: patch tokens that know their own geometry."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from dense.preprocess import grid_to_pixel_xy, pixel_to_grid
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureMap:
+    """Patch tokens of one image at its native aspect ratio.
+
+    Attributes:
+        tokens: ``[gh, gw, D]`` float tensor (CPU); ``D = hidden * len(layers)`` when several layers are concatenated.
+        image_hw: original image ``(H, W)`` in pixels.
+        resized_hw: ``(gh * patch_size, gw * patch_size)``, the pixels the encoder saw.
+        patch_size: pixels per patch side.
+        layers: which block outputs ``tokens`` holds (Python indices over the blocks; ``-1`` is the final output after
+            ``post_layernorm``, i.e. transformers' ``last_hidden_state``).
+        encoder: the spec of the encoder that made it (name, token budget, dtype), for caches and probes.
+        aligned: optional text-comparable tokens ``[gh, gw, E]`` (see ``dense.heatmap``).
+    """
+
+    tokens: torch.Tensor
+    image_hw: tuple[int, int]
+    resized_hw: tuple[int, int]
+    patch_size: int
+    layers: tuple[int, ...] = (-1,)
+    encoder: dict = field(default_factory=dict)
+    aligned: torch.Tensor | None = None
+
+    def __post_init__(self):
+        gh, gw = self.grid_hw
+        if self.tokens.ndim != 3 or tuple(self.tokens.shape[:2]) != (gh, gw):
+            raise ValueError(f"tokens {tuple(self.tokens.shape)} do not match the grid {gh}x{gw} of {self.resized_hw}")
+        if self.aligned is not None and tuple(self.aligned.shape[:2]) != (gh, gw):
+            raise ValueError(f"aligned tokens {tuple(self.aligned.shape)} do not match the grid {gh}x{gw}")
+
+    # --- geometry -------------------------------------------------------------------------------------------------
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        """``(gh, gw)``: the patch grid."""
+        return self.resized_hw[0] // self.patch_size, self.resized_hw[1] // self.patch_size
+
+    @property
+    def dim(self) -> int:
+        return self.tokens.shape[-1]
+
+    def grid_to_pixel_xy(self, ij) -> np.ndarray:
+        """Patch ``(i, j)`` (``(..., 2)``, fractional allowed) -> original-image ``(x, y)`` of its centre."""
+        return grid_to_pixel_xy(ij, self.image_hw, self.resized_hw, self.patch_size)
+
+    def pixel_to_grid(self, point_xy) -> np.ndarray:
+        """Original-image ``(x, y)`` (``(..., 2)``) -> the patch ``(i, j)`` that covers it."""
+        return pixel_to_grid(point_xy, self.image_hw, self.resized_hw, self.patch_size)
+
+    # --- views ----------------------------------------------------------------------------------------------------
+    def to_image(self, size_hw: tuple[int, int] | None = None, *, aligned: bool = False) -> torch.Tensor:
+        """Bilinear upsample to the original ``(H, W)`` (or ``size_hw``): ``[D, H, W]``, channels first.
+
+        The grid tiles the resized image exactly, so ``align_corners=False`` puts patch centres where
+        :meth:`grid_to_pixel_xy` says they are.
+        """
+        x = self.aligned if aligned else self.tokens
+        if x is None:
+            raise ValueError("this FeatureMap has no aligned tokens")
+        size_hw = tuple(size_hw or self.image_hw)
+        x = x.permute(2, 0, 1)[None].float()  # [gh, gw, D] -> [1, D, gh, gw]
+        return F.interpolate(x, size=size_hw, mode="bilinear", align_corners=False)[0]  # -> [D, H, W]
+
+    def pca_rgb(self, *, size_hw: tuple[int, int] | None = None, seed: int = 0) -> np.ndarray:
+        """First three principal components as colours: uint8 ``[gh, gw, 3]`` (or upsampled to ``size_hw``).
+
+        Each component is stretched between its 1st and 99th percentile, as in DINOv2's figures.
+        """
+        from sklearn.decomposition import PCA
+
+        gh, gw = self.grid_hw
+        flat = self.tokens.reshape(gh * gw, -1).float().numpy()  # [gh, gw, D] -> [N, D]
+        k = min(3, flat.shape[0], flat.shape[1])
+        comps = PCA(n_components=k, random_state=seed).fit_transform(flat)  # [N, k]
+        if k < 3:
+            comps = np.concatenate([comps, np.zeros((comps.shape[0], 3 - k))], axis=1)
+        lo, hi = np.percentile(comps, 1, axis=0), np.percentile(comps, 99, axis=0)
+        rgb = np.clip((comps - lo) / np.maximum(hi - lo, 1e-8), 0, 1).reshape(gh, gw, 3)  # [N, 3] -> [gh, gw, 3]
+        if size_hw is not None:
+            import cv2
+
+            rgb = cv2.resize(rgb, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_LINEAR)
+        return (rgb * 255 + 0.5).astype(np.uint8)
+
+    def to(self, dtype: torch.dtype) -> FeatureMap:
+        """A copy with tokens (and aligned tokens) cast to ``dtype``."""
+        aligned = None if self.aligned is None else self.aligned.to(dtype)
+        return FeatureMap(self.tokens.to(dtype), self.image_hw, self.resized_hw, self.patch_size, self.layers,
+                          dict(self.encoder), aligned)
+
+    # --- persistence ----------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one ``.safetensors`` file (tokens + JSON geometry in its metadata), atomically (temp + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"tokens": self.tokens.contiguous()}
+        if self.aligned is not None:
+            tensors["aligned"] = self.aligned.contiguous()
+        meta = {
+            "format": "dense.FeatureMap",
+            "version": FORMAT_VERSION,
+            "image_hw": list(self.image_hw),
+            "resized_hw": list(self.resized_hw),
+            "patch_size": self.patch_size,
+            "layers": list(self.layers),
+            "encoder": self.encoder,
+        }
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            save_file(tensors, str(tmp), metadata={"dense": json.dumps(meta)})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FeatureMap:
+        """Read a file written by :meth:`save`; a file that is not one raises ``ValueError`` naming it."""
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {})["dense"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # safetensors raises its own SafetensorError for a damaged header
+            raise ValueError(f"{path}: not a dense FeatureMap file ({type(e).__name__}: {e})") from e
+        if meta.get("format") != "dense.FeatureMap" or meta.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: unknown FeatureMap format {meta.get('format')!r} v{meta.get('version')}")
+        return cls(
+            tokens=tensors["tokens"],
+            image_hw=tuple(meta["image_hw"]),
+            resized_hw=tuple(meta["resized_hw"]),
+            patch_size=int(meta["patch_size"]),
+            layers=tuple(meta["layers"]),
+            encoder=meta.get("encoder", {}),
+            aligned=tensors.get("aligned"),
+        )
+
+    def __repr__(self) -> str:
+        gh, gw = self.grid_hw
+        extra = "" if self.aligned is None else f", aligned={self.aligned.shape[-1]}"
+        return (f"FeatureMap(grid={gh}x{gw}, dim={self.dim}, image_hw={self.image_hw}, resized_hw={self.resized_hw}, "
+                f"patch_size={self.patch_size}, layers={self.layers}{extra})")

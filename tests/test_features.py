@@ -1,0 +1,66 @@
+"""FeatureMap: geometry, upsampling, PCA, save/load."""
+
+import numpy as np
+import pytest
+import torch
+
+from dense import FeatureMap
+
+
+def _fmap(gh=3, gw=5, D=4, image_hw=(30, 70), p=14):
+    tokens = torch.arange(gh * gw * D, dtype=torch.float32).reshape(gh, gw, D)
+    return FeatureMap(tokens=tokens, image_hw=image_hw, resized_hw=(gh * p, gw * p), patch_size=p)
+
+
+def test_to_image_puts_patch_values_at_patch_centres():
+    fmap = _fmap()
+    up = fmap.to_image()  # [D, H, W]
+    assert up.shape == (4, 30, 70)
+    # a token constant over its neighbourhood is reproduced exactly at its centre pixel (bilinear weight 1)
+    tokens = torch.zeros(3, 5, 1)
+    tokens[1, 2] = 1.0
+    f = FeatureMap(tokens=tokens, image_hw=(42 * 2, 70 * 2), resized_hw=(42, 70), patch_size=14)
+    up = f.to_image()[0]  # [H, W], 2x the resized size
+    x, y = f.grid_to_pixel_xy((1, 2))
+    assert up[int(y), int(x)] == pytest.approx(1.0, abs=0.05)
+    assert tuple(np.unravel_index(int(up.argmax()), up.shape)) in {(int(y) - dy, int(x) - dx) for dy in (0, 1)
+                                                                    for dx in (0, 1)}
+
+
+def test_geometry_round_trip():
+    fmap = _fmap(image_hw=(333, 517))
+    gh, gw = fmap.grid_hw
+    ij = np.stack(np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij"), -1).reshape(-1, 2)
+    np.testing.assert_array_equal(fmap.pixel_to_grid(fmap.grid_to_pixel_xy(ij)), ij)
+
+
+def test_pca_rgb_shapes_and_range():
+    fmap = FeatureMap(tokens=torch.randn(6, 9, 16), image_hw=(60, 90), resized_hw=(48, 72), patch_size=8)
+    rgb = fmap.pca_rgb()
+    assert rgb.shape == (6, 9, 3) and rgb.dtype == np.uint8 and rgb.max() > 200
+    assert fmap.pca_rgb(size_hw=(60, 90)).shape == (60, 90, 3)
+
+
+def test_save_load_round_trip(tmp_path):
+    fmap = FeatureMap(tokens=torch.randn(2, 3, 5), image_hw=(20, 31), resized_hw=(16, 24), patch_size=8,
+                      layers=(0, 3), encoder={"name": "x", "max_patches": 6}, aligned=torch.randn(2, 3, 7))
+    path = fmap.save(tmp_path / "sub" / "a.safetensors")
+    back = FeatureMap.load(path)
+    assert torch.equal(back.tokens, fmap.tokens) and torch.equal(back.aligned, fmap.aligned)
+    assert (back.image_hw, back.resized_hw, back.patch_size, back.layers, back.encoder) == (
+        fmap.image_hw, fmap.resized_hw, fmap.patch_size, fmap.layers, fmap.encoder)
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_load_rejects_garbage(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 10)
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        FeatureMap.load(bad)
+    with pytest.raises(FileNotFoundError):
+        FeatureMap.load(tmp_path / "missing.safetensors")
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="grid"):
+        FeatureMap(tokens=torch.zeros(3, 3, 2), image_hw=(10, 10), resized_hw=(28, 42), patch_size=14)

@@ -8,7 +8,8 @@
     >>> where = dense.localize(enc, "photo.jpg", "the dog on the left")  # box_xyxy and point_xy
 
 Modules: ``encoder``, ``preprocess`` (geometry), ``features``, ``text``, ``heatmap``, ``localize``, ``coco``,
-``metrics``, ``cache``, ``viz``, ``datasets``; linear probes live in the ``probes`` package; the ``dense`` command in ``cli``.
+``metrics``, ``cache``, ``viz``, ``datasets``; linear probes live in the ``probes`` package; the ``dense`` command
+in ``cli``.
 """
 
 from dense.encoder import load_encoder, random_encoder

@@ -137,7 +137,8 @@ def choose_grid(image_hw: tuple[int, int], patch_size: int, max_patches: int) ->
     """The patch grid ``(gh, gw)`` for an image of ``image_hw = (H, W)`` pixels within ``max_patches`` tokens.
 
     transformers' NaFlex rule (see the module docstring), applied to the aspect ratio: the image is first scaled so
-    its long side is 1000 patches, which lets the rule's scale search (bounded to [1e-6, 100]) reach the budget for any size.
+    its long side is 1000 patches, which lets the rule's scale search (bounded to [1e-6, 100]) reach the budget for any
+    size.
     """
     H, W = image_hw
     if H <= 0 or W <= 0:

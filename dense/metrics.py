@@ -1,0 +1,156 @@
+"""Metrics: segmentation from a confusion matrix, boxes, Acc@IoU, pointing game.
+
+Segmentation figures follow the usual protocol (mmsegmentation, DINOv2's linear probe): one confusion matrix summed over
+the whole split (not a mean of per-image scores), pixels labelled :data:`dense.coco.IGNORE` skipped; per-class
+``IoU = TP / (TP + FP + FN)``; ``mIoU`` is the mean over classes whose union is non-empty (a class absent from both the
+ground truth and the predictions is left out, not counted as 0 or 1).
+
+Evaluators return named figures, as big_vision's ``run()`` yields ``(name, value)``: a flat ``dict[str, float]``
+such as ``{"mIoU": 0.61, "pixel_acc": 0.93, "mean_acc": 0.70, "IoU/red circle": 0.55, ...}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from dense.coco import IGNORE
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Segmentation
+
+
+def confusion_matrix(pred, gt, num_classes: int, *, ignore_index: int = IGNORE) -> np.ndarray:
+    """int64 ``[K, K]`` counts, rows = ground truth, columns = prediction (scikit-learn's convention).
+
+    ``pred`` and ``gt`` are integer label maps of the same shape; pixels where ``gt == ignore_index`` are skipped.
+    A ground-truth or predicted value outside ``[0, K)`` (other than the ignore index in ``gt``) raises ``ValueError``.
+    """
+    pred, gt = _np(pred).astype(np.int64).ravel(), _np(gt).astype(np.int64).ravel()
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction has {pred.size} pixels, ground truth {gt.size}")
+    keep = gt != ignore_index
+    pred, gt = pred[keep], gt[keep]
+    for name, v in (("ground truth", gt), ("prediction", pred)):
+        if v.size and (v.min() < 0 or v.max() >= num_classes):
+            bad = np.unique(v[(v < 0) | (v >= num_classes)])[:8].tolist()
+            raise ValueError(f"{name} labels {bad} are outside [0, {num_classes}) (ignore index {ignore_index})")
+    return np.bincount(gt * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def segmentation_figures(cm: np.ndarray, class_names: Sequence[str] | None = None) -> dict[str, float]:
+    """Named figures from a confusion matrix: ``mIoU``, ``pixel_acc``, ``mean_acc`` and ``IoU/<class>`` for each class
+    whose union is non-empty (NaN classes are left out of the dict and of the mean)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    K = cm.shape[0]
+    names = list(class_names) if class_names is not None else [str(k) for k in range(K)]
+    if len(names) != K:
+        raise ValueError(f"{len(names)} class names for a {K} x {K} confusion matrix")
+    tp = np.diag(cm)
+    gt_count, pred_count = cm.sum(1), cm.sum(0)
+    union = gt_count + pred_count - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        acc = np.where(gt_count > 0, tp / gt_count, np.nan)
+    total = cm.sum()
+    out = {
+        "mIoU": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+        "pixel_acc": float(tp.sum() / total) if total else float("nan"),
+        "mean_acc": float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan"),
+    }
+    out.update({f"IoU/{n}": float(v) for n, v in zip(names, iou, strict=True) if np.isfinite(v)})
+    return out
+
+
+class SegmentationMeter:
+    """Accumulates one confusion matrix over many images; ``figures()`` gives the named figures.
+
+    >>> meter = SegmentationMeter(class_names)
+    >>> for pred, gt in pairs: meter.update(pred, gt)   # label maps [H, W], gt may hold 255
+    >>> meter.figures()["mIoU"]
+    """
+
+    def __init__(self, class_names: Sequence[str], *, ignore_index: int = IGNORE):
+        self.class_names = list(class_names)
+        self.ignore_index = ignore_index
+        self.cm = np.zeros((len(self.class_names),) * 2, np.int64)
+
+    def update(self, pred, gt) -> None:
+        self.cm += confusion_matrix(pred, gt, len(self.class_names), ignore_index=self.ignore_index)
+
+    def figures(self) -> dict[str, float]:
+        return segmentation_figures(self.cm, self.class_names)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Boxes and points
+
+
+def box_iou_xyxy(a, b) -> np.ndarray:
+    """Pairwise IoU of boxes ``a [N, 4]`` and ``b [M, 4]`` in ``[x0, y0, x1, y1]`` -> float64 ``[N, M]``.
+
+    Continuous coordinates (a box from x0 to x1 is ``x1 - x0`` wide, as COCO's ``bbox``); degenerate boxes have area 0
+    and IoU 0 with everything.
+    """
+    a = _np(a).astype(np.float64).reshape(-1, 4)
+    b = _np(b).astype(np.float64).reshape(-1, 4)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)  # [N]
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # [M]
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])  # [N, M, 2]
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])  # [N, M, 2]
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]  # [N, M]
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def acc_at_iou(pred_xyxy, gt_xyxy, thr: float = 0.5) -> float:
+    """Fraction of predictions whose IoU with their own ground truth is ``>= thr`` (RefCOCO's Acc@0.5).
+
+    ``pred_xyxy`` and ``gt_xyxy`` are ``[N, 4]``, row k of one paired with row k of the other.
+    """
+    p = _np(pred_xyxy).astype(np.float64).reshape(-1, 4)
+    g = _np(gt_xyxy).astype(np.float64).reshape(-1, 4)
+    if len(p) != len(g):
+        raise ValueError(f"{len(p)} predicted boxes for {len(g)} ground-truth boxes")
+    if not len(p):
+        return float("nan")
+    ious = np.array([box_iou_xyxy(p[k], g[k])[0, 0] for k in range(len(p))])
+    return float((ious >= thr).mean())
+
+
+def pointing_hits(points_xy, masks, *, tolerance_px: int = 0) -> np.ndarray:
+    """bool ``[N]``: does point k fall inside mask k?
+
+    Point ``(x, y)`` (original-image pixels, continuous) lies in pixel ``(row floor(y), column floor(x))``: pixel
+    (r, c) covers ``[c, c+1) x [r, r+1)``, so ``x == W`` is already outside. A point outside the image, or NaN, is a
+    miss. ``tolerance_px > 0`` also counts a mask pixel within that Chebyshev distance of the point's pixel as a hit.
+    """
+    pts = _np(points_xy).astype(np.float64).reshape(-1, 2)
+    if len(pts) != len(masks):
+        raise ValueError(f"{len(pts)} points for {len(masks)} masks")
+    hits = np.zeros(len(pts), bool)
+    t = int(tolerance_px)
+    for k, ((x, y), m) in enumerate(zip(pts, masks, strict=True)):
+        m = _np(m).astype(bool)
+        H, W = m.shape
+        if not (np.isfinite(x) and np.isfinite(y) and 0 <= x < W and 0 <= y < H):
+            continue
+        r, c = int(np.floor(y)), int(np.floor(x))
+        hits[k] = m[max(r - t, 0):r + t + 1, max(c - t, 0):c + t + 1].any()
+    return hits
+
+
+def pointing_game(points_xy, masks, *, tolerance_px: int = 0) -> float:
+    """Fraction of points inside their ground-truth mask (see :func:`pointing_hits` for the pixel rule)."""
+    hits = pointing_hits(points_xy, masks, tolerance_px=tolerance_px)
+    return float(hits.mean()) if len(hits) else float("nan")

@@ -1,0 +1,170 @@
+"""dense.localize: known answers by construction (hand-built heatmaps, hand-set MAP heads), CPU, offline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import dense
+from dense.features import FeatureMap
+from dense.localize import (
+    box_patch_weights,
+    heatmap_box_xyxy,
+    localize_heatmap,
+    pool_with_weights,
+    refine_peak_grid,
+    region_embeddings,
+)
+from dense.preprocess import grid_cell_xyxy, grid_to_pixel_xy
+
+
+def geometry_fmap(gh=6, gw=9, p=8, image_hw=(90, 200), dim=1) -> FeatureMap:
+    """A FeatureMap whose geometry matters (non-square, per-axis scales differ) and whose tokens do not."""
+    return FeatureMap(tokens=torch.zeros(gh, gw, dim), image_hw=image_hw, resized_hw=(gh * p, gw * p), patch_size=p)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Heatmap -> point, box
+
+
+def test_quadratic_peak_refinement_is_exact_on_a_paraboloid():
+    gh, gw = 7, 10
+    ii, jj = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij")
+    heatmap = 1.0 - 0.02 * (ii - 3.3) ** 2 - 0.01 * (jj - 5.8) ** 2  # [gh, gw], maximum at (3.3, 5.8)
+    np.testing.assert_allclose(refine_peak_grid(heatmap), [3.3, 5.8], atol=1e-9)
+    np.testing.assert_array_equal(refine_peak_grid(heatmap, refine="none"), [3, 6])
+    # at the border there is no neighbour on one side: the integer peak stays
+    edge = torch.zeros(gh, gw)
+    edge[0, 4], edge[1, 4], edge[0, 5] = 1.0, 0.5, 0.9
+    ij = refine_peak_grid(edge)
+    assert ij[0] == 0 and 4.0 < ij[1] <= 4.5
+    # restricted search: the best allowed patch wins
+    allowed = torch.zeros(gh, gw, dtype=torch.bool)
+    allowed[6, 0] = True
+    np.testing.assert_array_equal(refine_peak_grid(heatmap, allowed=allowed, refine="none"), [6, 0])
+
+
+def test_point_goes_through_the_geometry():
+    fmap = geometry_fmap()
+    heatmap = torch.zeros(fmap.grid_hw)
+    heatmap[2, 7] = 1.0  # a lone spike: the 2nd-order fit is symmetric -> the patch centre exactly
+    loc = localize_heatmap(heatmap, fmap)
+    np.testing.assert_allclose(loc.point_xy, grid_to_pixel_xy((2, 7), fmap.image_hw, fmap.resized_hw, 8))
+    assert loc.score == 1.0 and loc.candidate_index is None
+
+
+@pytest.mark.parametrize("upsample", [1, 4])
+def test_box_is_the_component_around_the_peak(upsample):
+    fmap = geometry_fmap()
+    heatmap = torch.zeros(fmap.grid_hw)
+    heatmap[1:4, 2:5] = 0.8  # the target blob, rows 1-3, columns 2-4
+    heatmap[2, 3] = 1.0  # its peak
+    heatmap[4:6, 7:9] = 0.7  # a second blob, above the threshold but not connected
+    box = heatmap_box_xyxy(heatmap, fmap, threshold=0.5, upsample=upsample)
+    expect = np.concatenate([grid_cell_xyxy((1, 2), fmap.image_hw, fmap.resized_hw, 8)[:2],
+                             grid_cell_xyxy((3, 4), fmap.image_hw, fmap.resized_hw, 8)[2:]])
+    if upsample == 1:
+        np.testing.assert_allclose(box, expect)
+    else:  # bilinear blur shifts the edges by less than half a patch, never to the other blob
+        cell_wh = np.array([200 / 9, 90 / 6, 200 / 9, 90 / 6])
+        assert np.all(np.abs(box - expect) <= cell_wh / 2 + 1e-9), (box, expect)
+    # threshold 1 keeps the peak alone; threshold 0 keeps everything -> the whole image
+    np.testing.assert_allclose(heatmap_box_xyxy(heatmap, fmap, threshold=0.0, upsample=upsample), [0, 0, 200, 90])
+    tight = heatmap_box_xyxy(heatmap, fmap, threshold=1.0, upsample=upsample)
+    peak_cell = grid_cell_xyxy((2, 3), fmap.image_hw, fmap.resized_hw, 8)
+    assert peak_cell[0] <= tight[0] < tight[2] <= peak_cell[2] and peak_cell[1] <= tight[1] < tight[3] <= peak_cell[3]
+
+
+def test_box_patch_weights_are_cell_overlaps():
+    fmap = geometry_fmap()
+    cell = grid_cell_xyxy((2, 3), fmap.image_hw, fmap.resized_hw, 8)
+    half = cell.copy()
+    half[2] = (cell[0] + cell[2]) / 2  # left half of the cell
+    w = box_patch_weights(fmap, np.stack([cell, half, [50, 40, 50, 40]]))  # last: a degenerate box
+    assert w.shape == (3, 6, 9)
+    expect = torch.zeros(3, 6, 9)
+    expect[0, 2, 3], expect[1, 2, 3] = 1.0, 0.5
+    i, j = fmap.pixel_to_grid((50, 40))
+    expect[2, i, j] = 1.0
+    torch.testing.assert_close(w, expect, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Region pooling through the MAP head
+
+
+@pytest.fixture()
+def tiny_random():
+    return dense.random_encoder("tiny-siglip", seed=1)
+
+
+def test_region_pooling_matches_the_head(tiny_random):
+    head = tiny_random.vision.head
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(4, 5, tiny_random.hidden_size, generator=g)  # [gh, gw, D]
+    with torch.inference_mode():
+        full = head(tokens.reshape(1, 20, -1))[0]  # [D]: the plain MAP pooling (pooler_output)
+    weights = torch.rand(3, 4, 5, generator=g)
+    weights[1] = 1.0  # the whole image
+    weights[2] = 1.0
+    weights[2, :2] = 0.0  # the bottom half only
+    batched = pool_with_weights(head, tokens, weights)  # [3, D]
+    torch.testing.assert_close(batched[1], full, atol=1e-5, rtol=1e-5)
+    for k in range(3):  # one call for K boxes == K calls of one box
+        torch.testing.assert_close(batched[k], pool_with_weights(head, tokens, weights[k:k + 1])[0], atol=1e-5,
+                                   rtol=1e-5)
+    with torch.inference_mode():  # the bottom half == the head on the bottom-half tokens alone
+        bottom = head(tokens[2:].reshape(1, 10, -1))[0]
+    torch.testing.assert_close(batched[2], bottom, atol=1e-5, rtol=1e-5)
+
+
+def averaging_head(encoder):
+    """Hand-set MAP head: uniform attention (zero q, k), value and output projections identity, MLP off.
+
+    Then the region embedding is the (overlap-weighted) mean of the tokens in the box.
+    """
+    head = encoder.vision.head
+    D = encoder.hidden_size
+    with torch.no_grad():
+        head.attention.in_proj_weight.zero_()
+        head.attention.in_proj_weight[2 * D:] = torch.eye(D)
+        head.attention.in_proj_bias.zero_()
+        head.attention.out_proj.weight.copy_(torch.eye(D))
+        head.attention.out_proj.bias.zero_()
+        head.mlp.fc2.weight.zero_()
+        head.mlp.fc2.bias.zero_()
+    return encoder
+
+
+def test_box_holding_the_planted_feature_wins(tiny_random):
+    enc = averaging_head(tiny_random)
+    D = enc.hidden_size
+    gh, gw, p = 6, 9, 8
+    background, planted = torch.zeros(D), torch.zeros(D)
+    background[0], planted[1] = 1.0, 1.0
+    tokens = background.repeat(gh, gw, 1)  # [gh, gw, D]
+    tokens[3, 6] = planted
+    fmap = FeatureMap(tokens=tokens, image_hw=(90, 200), resized_hw=(gh * p, gw * p), patch_size=p)
+    target = grid_cell_xyxy((3, 6), fmap.image_hw, fmap.resized_hw, p)
+    tight = target + np.array([-5.0, -3.0, 5.0, 3.0])  # planted patch + a little background
+    loose = np.array([0.0, 0.0, 200.0, 90.0])  # the planted patch among all background
+    empty = grid_cell_xyxy((1, 1), fmap.image_hw, fmap.resized_hw, p)  # background only
+    boxes = np.stack([empty, loose, tight])
+    emb = region_embeddings(enc, fmap, boxes)  # [3, D]
+    # by construction: mean of the tokens in the box, weighted by cell overlap
+    w = box_patch_weights(fmap, boxes)
+    expect = torch.nn.functional.normalize(torch.einsum("kij,ijd->kd", w, tokens) / w.sum((1, 2))[:, None], dim=-1)
+    torch.testing.assert_close(emb, expect, atol=1e-5, rtol=1e-5)
+    from dense.localize import calibrated_scores
+
+    scores = calibrated_scores(enc, emb, planted)  # the "text" is the planted feature itself
+    assert int(torch.argmax(scores)) == 2 and scores[2] > scores[1] > scores[0]
+    heatmap = torch.zeros(gh, gw)
+    heatmap[0, 0] = 1.0  # a distracting peak outside the chosen box
+    heatmap[3, 6] = 0.5
+    loc = localize_heatmap(heatmap, fmap, candidates_xyxy=boxes, candidate_scores=scores, scorer="map-box")
+    assert loc.candidate_index == 2
+    np.testing.assert_allclose(loc.box_xyxy, tight)
+    assert tight[0] <= loc.point_xy[0] <= tight[2] and tight[1] <= loc.point_xy[1] <= tight[3]
+    np.testing.assert_allclose(loc.point_xy, grid_to_pixel_xy((3, 6), fmap.image_hw, fmap.resized_hw, p))

@@ -354,6 +354,19 @@ class Encoder:
             bar.update(1)
             yield results.get(k)
 
+    # --- global embeddings (thin wrappers; the code lives in dense.heatmap and dense.text) ----------------------------
+    def embed_images(self, images, *, max_patches: int | None = None) -> torch.Tensor:
+        """Image(s) or FeatureMap(s) -> unit MAP-pooled embeddings ``[B, E]`` (:func:`dense.heatmap.embed_images`)."""
+        from dense.heatmap import embed_images
+
+        return embed_images(self, images, max_patches=max_patches)
+
+    def embed_texts(self, texts, *, templates=None) -> torch.Tensor:
+        """Text(s) -> unit text embeddings ``[T, E]``, cached (see :func:`dense.text.embed_texts`)."""
+        from dense.text import embed_texts
+
+        return embed_texts(self, texts, templates=templates)
+
     # --- text side (loaded on first use) ----------------------------------------------------------------------------
     def text_parts(self) -> TextParts:
         """The text tower, tokenizer and ``logit_scale``/``logit_bias``, loaded (strictly) on first call."""

@@ -33,6 +33,8 @@ one extraction plus 20 cheap head passes; :func:`localize` is the one-call form 
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -267,24 +269,28 @@ class Localizer:
         >>> loc.localize("the red mug", candidates_xyxy=boxes)
 
     ``image_or_featuremap``: a path / PIL image / uint8 array (extracted here), or a :class:`FeatureMap` made by the
-    same encoder with ``layers=(-1,)`` (then ``image=`` is needed only for the ``"crop"`` scorer).
+    same encoder with the layers the method needs (``dense.heatmap.required_layers``; ``(-1,)`` for the default), then
+    ``image=`` is needed only for the ``"crop"`` scorer.
     ``method``: the heatmap method of :func:`dense.heatmap.patch_scores` (None = its default).
     """
 
     def __init__(self, encoder, image_or_featuremap: ImageInput | FeatureMap, *, method: str | None = None,
                  templates: Sequence[str] | None = None, max_patches: int | None = None,
                  image: ImageInput | None = None):
+        hm = _heatmap_module()
         self.encoder = encoder
         self.templates = templates
         self.max_patches = max_patches
+        self.method = method if method is not None else hm.DEFAULT_METHOD
         if isinstance(image_or_featuremap, FeatureMap):
-            self.fmap = image_or_featuremap
+            fmap = image_or_featuremap
             self.rgb = None if image is None else load_image(image)
         else:
             self.rgb = load_image(image_or_featuremap)
-            self.fmap = encoder.extract(self.rgb, max_patches=max_patches)
-        self.method = method if method is not None else _heatmap_module().DEFAULT_METHOD
+            fmap = encoder.extract(self.rgb, max_patches=max_patches, layers=hm.required_layers(self.method))
+        self.fmap = hm.with_aligned(encoder, fmap, self.method)  # text-aligned tokens computed once
         self._heatmaps: dict[str, torch.Tensor] = {}
+        self._regions: dict[tuple[str, bytes], torch.Tensor] = {}  # (scorer, boxes) -> [K, E]
 
     def text_embeddings(self, expressions: Sequence[str]) -> torch.Tensor:
         """``[T, E]`` unit-normalized (cached by :func:`dense.text.embed_texts`)."""
@@ -313,12 +319,14 @@ class Localizer:
             heatmap = self.heatmaps([expression])[0] if heatmap is None else heatmap
             w = box_patch_weights(self.fmap, boxes)  # [K, gh, gw]
             return (w * heatmap).sum(dim=(1, 2)) / w.sum(dim=(1, 2))
-        if scorer == "crop":
+        key = (scorer, boxes.tobytes())
+        emb = self._regions.get(key)
+        if emb is None and scorer == "crop":
             if self.rgb is None:
                 raise ValueError("the 'crop' scorer re-encodes the image: pass image= with a FeatureMap")
-            emb = crop_embeddings(self.encoder, self.rgb, boxes, max_patches=self.max_patches)
-        else:
-            emb = region_embeddings(self.encoder, self.fmap, boxes)
+            emb = self._regions[key] = crop_embeddings(self.encoder, self.rgb, boxes, max_patches=self.max_patches)
+        elif emb is None:
+            emb = self._regions[key] = region_embeddings(self.encoder, self.fmap, boxes)  # [K, E], one head pass
         return calibrated_scores(self.encoder, emb, self.text_embeddings([expression])[0])
 
     def localize(self, expression: str, *, candidates_xyxy=None, scorer: str = DEFAULT_CANDIDATE_METHOD,
@@ -392,3 +400,15 @@ def localize(encoder, image_or_featuremap: ImageInput | FeatureMap, expression: 
     loc = Localizer(encoder, image_or_featuremap, method=method, templates=templates, image=image)
     return loc.localize(expression, candidates_xyxy=candidates_xyxy, scorer=scorer, box_threshold=box_threshold,
                         box_upsample=box_upsample, refine=refine)
+
+
+class _CallableModule(types.ModuleType):
+    """``dense.localize`` names both the function (lazily exported by ``dense``) and this module; once the module is
+    imported (``from dense.localize import Localizer``) Python binds ``dense.localize`` to the module. Calling the
+    module calls :func:`localize`, so ``dense.localize(enc, image, "the cat")`` works either way."""
+
+    def __call__(self, *args, **kwargs) -> Localization:
+        return localize(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

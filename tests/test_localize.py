@@ -9,6 +9,7 @@ import torch
 import dense
 from dense.features import FeatureMap
 from dense.localize import (
+    Localizer,
     box_patch_weights,
     heatmap_box_xyxy,
     localize_heatmap,
@@ -168,3 +169,41 @@ def test_box_holding_the_planted_feature_wins(tiny_random):
     np.testing.assert_allclose(loc.box_xyxy, tight)
     assert tight[0] <= loc.point_xy[0] <= tight[2] and tight[1] <= loc.point_xy[1] <= tight[3]
     np.testing.assert_allclose(loc.point_xy, grid_to_pixel_xy((3, 6), fmap.image_hw, fmap.resized_hw, p))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The user layer on a real (tiny, random) checkpoint: compute once, query many
+
+
+EXPRESSIONS = [f"the {size}{colour} {shape}{where}" for size in ("", "small ") for colour in ("red", "blue")
+               for shape in ("circle", "square", "star") for where in ("", " on the left")][:20]
+
+
+def test_twenty_expressions_cost_one_extraction(tiny_encoder):
+    from conftest import random_rgb
+
+    calls = []
+    hook = tiny_encoder.vision.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        boxes = np.array([[0, 0, 40, 30], [30, 10, 90, 60], [5, 20, 60, 70.5]])
+        loc = Localizer(tiny_encoder, random_rgb(72, 100, seed=3))
+        plain = loc.localize_many(EXPRESSIONS)
+        ranked = loc.localize_many(EXPRESSIONS, candidates_xyxy=boxes)
+        fmap = tiny_encoder.extract(random_rgb(72, 100, seed=3))
+        again = [dense.localize(tiny_encoder, fmap, e) for e in EXPRESSIONS[:3]]  # a FeatureMap: no new forward
+    finally:
+        hook.remove()
+    assert len(calls) == 2  # Localizer's extraction + the explicit one above
+    assert len(plain) == len(ranked) == 20
+    for a, b in zip(plain[:3], again, strict=True):
+        np.testing.assert_allclose(a.point_xy, b.point_xy)
+        np.testing.assert_allclose(a.box_xyxy, b.box_xyxy)
+    for r in plain:
+        assert r.heatmap.shape == loc.fmap.grid_hw and 0 <= r.score <= 1
+        assert 0 <= r.box_xyxy[0] < r.box_xyxy[2] <= 100 and 0 <= r.box_xyxy[1] < r.box_xyxy[3] <= 72
+        assert 0 <= r.point_xy[0] <= 100 and 0 <= r.point_xy[1] <= 72
+    for r in ranked:
+        assert r.candidate_scores.shape == (3,) and r.candidate_index == int(torch.argmax(r.candidate_scores))
+        box = boxes[r.candidate_index]
+        np.testing.assert_allclose(r.box_xyxy, box)
+        assert box[0] <= r.point_xy[0] <= box[2] and box[1] <= r.point_xy[1] <= box[3]

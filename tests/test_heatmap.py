@@ -1,0 +1,220 @@
+"""dense.heatmap: methods with known answers by construction (hand-set MAP heads), the closed-form leave-one-out against
+brute force, calibration, geometry, segmentation and the openvocab evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import random_rgb
+
+import dense
+from dense import heatmap
+from dense.features import FeatureMap
+
+
+@pytest.fixture()
+def enc(tiny_siglip_dir):
+    """A private encoder (tests here overwrite its head's weights)."""
+    return dense.load_encoder(tiny_siglip_dir)
+
+
+def _fmap(tokens: torch.Tensor, p: int = 8, image_hw=None, layers=(-1,)) -> FeatureMap:
+    gh, gw, _ = tokens.shape
+    return FeatureMap(tokens=tokens, image_hw=image_hw or (gh * p, gw * p), resized_hw=(gh * p, gw * p), patch_size=p,
+                      layers=layers)
+
+
+def _last(enc, tokens):
+    """FeatureMap whose only layer is the last block."""
+    return _fmap(tokens, layers=(enc.num_layers - 1,))
+
+
+def _set_head(enc, *, value: torch.Tensor | None = None, zero_mlp: bool = False, uniform: bool = False):
+    head = enc.vision.head
+    D = enc.hidden_size
+    with torch.no_grad():
+        if value is not None:  # value projection := value, output projection := identity, no biases
+            head.attention.in_proj_weight[2 * D:] = value
+            head.attention.in_proj_bias[2 * D:] = 0
+            head.attention.out_proj.weight.copy_(torch.eye(D))
+            head.attention.out_proj.bias.zero_()
+        if zero_mlp:
+            head.mlp.fc2.weight.zero_()
+            head.mlp.fc2.bias.zero_()
+        if uniform:  # query = 0 -> every token gets the same attention weight
+            head.attention.in_proj_weight[:D] = 0
+            head.attention.in_proj_bias[:D] = 0
+
+
+def test_map_value_finds_the_patch_planted_through_the_value_projection(enc):
+    D = enc.hidden_size
+    g = torch.Generator().manual_seed(0)
+    P = torch.eye(D)[torch.randperm(D, generator=g)]  # a permutation: value space != token space
+    _set_head(enc, value=P, zero_mlp=True)
+    t = F.normalize(torch.randn(D, generator=g), dim=0)  # the "text" embedding
+    tokens = torch.randn(5, 7, D, generator=g) * 0.3  # [gh, gw, D]
+    tokens[3, 4] = P.T @ t  # P @ token = t: this patch's value IS the query
+    fmap = _last(enc, tokens)
+    for method in ("map-value", "map-value-mlp"):
+        s = heatmap.patch_scores(enc, fmap, t[None], method=method)  # [1, 5, 7]
+        assert tuple(s.shape) == (1, 5, 7)
+        assert np.unravel_index(int(s[0].argmax()), (5, 7)) == (3, 4), method
+        torch.testing.assert_close(heatmap.aligned_tokens(enc, fmap, method)[3, 4], t, atol=1e-5, rtol=1e-5)
+    raw = heatmap.aligned_tokens(enc, fmap, "raw")
+    assert F.cosine_similarity(raw[3, 4], t, dim=0) < 0.5  # the raw token is not the text direction
+
+
+def test_scores_use_the_checkpoint_calibration(enc):
+    D = enc.hidden_size
+    _set_head(enc, value=torch.eye(D), zero_mlp=True)
+    t = F.normalize(torch.randn(D), dim=0)
+    tokens = torch.randn(2, 3, D)
+    tokens[0, 0] = 5 * t  # cos = 1
+    s = heatmap.patch_scores(enc, _last(enc, tokens), t[None], method="map-value")
+    # conftest saved logit_scale = 2, logit_bias = -3: p = sigmoid(e^2 * cos - 3)
+    assert s[0, 0, 0].item() == pytest.approx(torch.sigmoid(torch.tensor(np.exp(2.0) - 3.0)).item(), abs=1e-6)
+    cos = F.normalize(tokens, dim=-1) @ t  # [2, 3]
+    torch.testing.assert_close(s[0], torch.sigmoid(np.exp(2.0) * cos - 3.0), atol=1e-6, rtol=1e-5)
+
+
+def test_leave_one_out_closed_form_matches_rerunning_the_head(enc):
+    head = enc.vision.head
+    x = torch.randn(12, enc.hidden_size)  # [N, D]
+    N = x.shape[0]
+    with torch.no_grad():
+        e = heatmap.pooled(enc.vision, x)  # [E]
+        brute = []
+        for n in range(N):
+            mask = torch.zeros(1, N, dtype=torch.bool)
+            mask[0, n] = True  # patch n left out of the attention
+            y = head.attention(head.probe, x[None], x[None], key_padding_mask=mask)[0][0, 0]  # [D]
+            brute.append(y + head.mlp(head.layernorm(y)))
+        e_minus = torch.stack(brute)  # [N, E]
+        expected = F.normalize(e[None] + (N - 1) * (e[None] - e_minus), dim=-1)
+    got = heatmap.aligned_tokens(enc, _last(enc, x.reshape(3, 4, -1)), "leave-one-out").reshape(N, -1)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_pooled_equals_transformers_pooler_output(enc):
+    rgb = random_rgb(40, 72, seed=4)
+    fmap = enc.extract(rgb)
+    from dense.preprocess import to_pixels
+
+    with torch.no_grad():
+        ref = enc.vision(pixel_values=to_pixels(rgb, fmap.grid_hw, enc.pixels)[None],
+                         interpolate_pos_encoding=True).pooler_output  # [1, E]
+    torch.testing.assert_close(enc.embed_images(fmap), F.normalize(ref, dim=-1), atol=1e-5, rtol=1e-4)
+
+
+def test_uniform_attention_reduces_saliency_methods_to_map_value(enc):
+    _set_head(enc, uniform=True)
+    tokens = torch.randn(4, 5, enc.hidden_size)
+    fmap = _last(enc, tokens)
+    mv_mlp = heatmap.aligned_tokens(enc, fmap, "map-value-mlp")
+    torch.testing.assert_close(heatmap.aligned_tokens(enc, fmap, "attn-value"), mv_mlp, atol=1e-5, rtol=1e-4)
+    _set_head(enc, zero_mlp=True)  # linear head + uniform attention: leave-one-out recovers out_proj(v_n) exactly
+    torch.testing.assert_close(heatmap.aligned_tokens(enc, fmap, "leave-one-out"),
+                               heatmap.aligned_tokens(enc, fmap, "map-value"), atol=1e-4, rtol=1e-4)
+
+
+def test_clear_methods_need_and_use_the_last_block_input(enc):
+    D, n = enc.hidden_size, enc.num_layers
+    prev, last = torch.randn(3, 4, D), torch.randn(3, 4, D)
+    with pytest.raises(ValueError, match=r"layers=\(-2, -1\)"):
+        heatmap.aligned_tokens(enc, _last(enc, last), "clear-map-value")
+    fmap = _fmap(torch.cat([prev, last], dim=-1), layers=(n - 2, n - 1))  # [gh, gw, 2D]
+    # the last-layer methods read the right slice of a two-layer FeatureMap
+    torch.testing.assert_close(heatmap.aligned_tokens(enc, fmap, "map-value"),
+                               heatmap.aligned_tokens(enc, _last(enc, last), "map-value"))
+    block = enc.vision.encoder.layers[-1]
+    with torch.no_grad():  # q = k = 0: self-self attention is uniform, every patch gets 2 * mean(v)
+        for proj in (block.self_attn.q_proj, block.self_attn.k_proj):
+            proj.weight.zero_()
+            proj.bias.zero_()
+        v = block.self_attn.v_proj(block.layer_norm1(prev.reshape(12, D)))  # [N, D]
+        y = enc.vision.post_layernorm(block.self_attn.out_proj(2 * v.mean(0)))
+        expected = F.normalize(heatmap.METHODS["map-value"].fn(enc.vision, y[None], None), dim=-1)[0]
+    z = heatmap.aligned_tokens(enc, fmap, "clear-map-value")  # [3, 4, E]
+    torch.testing.assert_close(z, expected.expand_as(z), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", list(heatmap.METHODS))
+def test_every_method_on_images_both_families(method, tiny_encoder, tiny_encoder2):
+    rgb = random_rgb(50, 90, seed=2)
+    for enc_ in (tiny_encoder, tiny_encoder2):
+        s = heatmap.patch_scores(enc_, rgb, ["red circle", "blue star"], method=method)
+        fmap = heatmap.as_featuremap(enc_, rgb, method)
+        assert tuple(s.shape) == (2, *fmap.grid_hw)
+        assert torch.isfinite(s).all() and (s > 0).all() and (s < 1).all()
+        z = heatmap.aligned_tokens(enc_, fmap, method)
+        torch.testing.assert_close(z.norm(dim=-1), torch.ones(fmap.grid_hw))
+
+
+def test_unknown_method_and_with_aligned_reuse(tiny_encoder):
+    with pytest.raises(ValueError, match="unknown method"):
+        heatmap.patch_scores(tiny_encoder, random_rgb(32, 32), "cat", method="cls")
+    fmap = heatmap.with_aligned(tiny_encoder, random_rgb(32, 48, seed=5), "leave-one-out")
+    assert fmap.aligned is not None and fmap.encoder["aligned_method"] == "leave-one-out"
+    torch.testing.assert_close(heatmap.patch_scores(tiny_encoder, fmap, "red star", method="leave-one-out"),
+                               heatmap.patch_scores(tiny_encoder, heatmap.as_featuremap(tiny_encoder, fmap),
+                                                    "red star", method="leave-one-out"))
+    # another method ignores the stored tokens
+    assert not torch.allclose(heatmap.aligned_tokens(tiny_encoder, fmap, "raw"), fmap.aligned)
+
+
+def test_upsample_puts_patch_values_at_patch_centres():
+    scores = torch.arange(12, dtype=torch.float32).reshape(1, 3, 4)  # [1, gh, gw]
+    fmap = _fmap(torch.zeros(3, 4, 2), p=8, image_hw=(60, 100))
+    up = heatmap.upsample(scores, fmap)
+    assert tuple(up.shape) == (1, 60, 100)
+    for i, j in [(0, 0), (1, 2), (2, 3)]:
+        x, y = fmap.grid_to_pixel_xy((i, j))  # the patch centre in original pixels
+        assert up[0, int(y), int(x)].item() == pytest.approx(scores[0, i, j].item(), abs=0.35)
+    with pytest.raises(ValueError, match="grid"):
+        heatmap.upsample(torch.zeros(1, 4, 3), fmap)
+
+
+def test_labels_from_scores_background_rules():
+    probs = torch.tensor([[[0.9, 0.2], [0.1, 0.3]],
+                          [[0.5, 0.6], [0.05, 0.2]],
+                          [[0.1, 0.1], [0.5, 0.1]]])  # [3, 2, 2]: 2 classes + 1 background prompt
+    assert heatmap.labels_from_scores(probs[:2], 2).tolist() == [[1, 2], [1, 1]]
+    assert heatmap.labels_from_scores(probs[:2], 2, 0.25).tolist() == [[1, 2], [0, 1]]
+    assert heatmap.labels_from_scores(probs, 2, ["background"]).tolist() == [[1, 2], [0, 1]]
+
+
+def test_segment_at_original_resolution(tiny_encoder):
+    rgb = random_rgb(45, 70, seed=6)
+    labels = dense.segment(tiny_encoder, rgb, ["red circle", "blue star", "green square"])
+    assert labels.shape == (45, 70) and labels.dtype == np.int32 and labels.min() >= 1 and labels.max() <= 3
+    fmap = tiny_encoder.extract(rgb)
+    probs = heatmap.upsample(heatmap.patch_scores(tiny_encoder, fmap, ["red circle", "blue star", "green square"],
+                                                  templates=dense.text.DEFAULT_TEMPLATES), fmap)
+    assert (labels == probs.argmax(0).numpy() + 1).all()
+    all_bg = dense.segment(tiny_encoder, fmap, ["red circle"], background=1.0)
+    assert (all_bg == 0).all()
+    with_prompt = dense.segment(tiny_encoder, fmap, ["red circle"], background=["background"])
+    assert set(np.unique(with_prompt)) <= {0, 1}
+
+
+def test_openvocab_eval_and_cli(tiny_encoder, tiny_siglip_dir, tmp_path):
+    from dense.cli import main
+    from dense.datasets import make_shapes
+
+    make_shapes(tmp_path / "world", 3, seed=1, size_range=(64, 96))
+    res = heatmap.evaluate_openvocab(tiny_encoder, tmp_path / "world/annotations.json", tmp_path / "world/images",
+                                     methods=["raw", "map-value"], background=0.5)
+    assert res["n_images"] == 3 and set(res["methods"]) == {"raw", "map-value"}
+    for r in res["methods"].values():
+        assert 0 <= r["miou"] <= 1 and 0 <= r["pointing"] <= 1 and r["n_points"] >= 3
+    out = tmp_path / "res.json"
+    rc = main(["eval", "openvocab", "--ann", str(tmp_path / "world/annotations.json"), "--images",
+               str(tmp_path / "world/images"), "--model", str(tiny_siglip_dir), "--methods", "raw,clear-map-value",
+               "--background", "none", "--out", str(out)])
+    assert rc == 0
+    saved = json.loads(out.read_text())
+    assert set(saved["methods"]) == {"raw", "clear-map-value"} and saved["n_images"] == 3

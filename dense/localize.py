@@ -33,10 +33,14 @@ one extraction plus 20 cheap head passes; :func:`localize` is the one-call form 
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import time
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -401,6 +405,183 @@ def localize(encoder, image_or_featuremap: ImageInput | FeatureMap, expression: 
     return loc.localize(expression, candidates_xyxy=candidates_xyxy, scorer=scorer, box_threshold=box_threshold,
                         box_upsample=box_upsample, refine=refine)
 
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation on RefCOCO-style annotations: dense eval refer
+
+BOX_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Path, *, split: str | None = "val",
+                   methods: Sequence[str] | None = None, scorers: Sequence[str] = ("map-box", "heatmap-mean"),
+                   thresholds: Sequence[float] = BOX_THRESHOLDS, box_threshold: float = DEFAULT_BOX_THRESHOLD,
+                   templates: Sequence[str] | None = None, limit: int | None = None, max_patches: int | None = None,
+                   progress: bool = False) -> dict:
+    """Acc@0.5 and pointing accuracy of referring-expression localization on a COCO + RefCOCO-style dataset.
+
+    Every sentence of every ref of ``split`` is one sample (as in RefCOCO's evaluation). Per heatmap method:
+
+    - ``setting="none"`` (no candidates): the component box at ``box_threshold`` and the refined peak; Acc@0.5 at every
+      threshold of ``thresholds`` goes to ``sweep``;
+    - ``setting="gt-boxes"``: the image's non-crowd ground-truth boxes are the candidates, ranked by each scorer.
+
+    Baselines: ``random`` (a uniformly random candidate: the EXPECTED Acc@0.5 / pointing over candidates, its point at
+    the box centre) and ``centre-prior`` (no candidates: the whole image as box, its centre as point).
+    Each image is extracted once, with the layers all ``methods`` need. Returns a JSON-ready dict.
+    """
+    from tqdm.auto import tqdm
+
+    from dense import coco, metrics
+
+    hm = _heatmap_module()
+    methods = list(methods or [hm.DEFAULT_METHOD])
+    layers = tuple(sorted({layer for m in methods for layer in hm.required_layers(m)}))
+    for s in scorers:
+        if s not in CANDIDATE_METHODS:
+            raise ValueError(f"unknown candidate scorer {s!r}; choose from {CANDIDATE_METHODS}")
+    ds = coco.load_coco(ann, images)
+    by_image: dict[int, list] = {}
+    for r in coco.load_refs(refs, ds, split=split):
+        by_image.setdefault(r.image_id, []).append(r)
+    image_ids = sorted(by_image)[:limit] if limit is not None else sorted(by_image)
+
+    gt_boxes, pred = [], {}  # pred[(setting, method, scorer, threshold)] -> list of boxes [4]
+    hits: dict[tuple, list[bool]] = {}
+    random_acc, random_point = [], []
+    seconds = {"extract": 0.0, "localize": 0.0}
+    n_sentences = 0
+    for iid in tqdm(image_ids, desc="refer", unit="img", disable=not progress):
+        path = ds.image_path(iid)
+        rgb = load_image(path)
+        if rgb.shape[:2] != ds.image_hw(iid):
+            raise ValueError(f"{path}: image is {rgb.shape[:2]}, annotation says {ds.image_hw(iid)}")
+        t0 = time.perf_counter()
+        fmap = encoder.extract(rgb, max_patches=max_patches, layers=layers)
+        seconds["extract"] += time.perf_counter() - t0
+        cand_anns = ds.anns(iid, crowd=False)
+        cands_xyxy = np.stack([ds.box_xyxy(a["id"]) for a in cand_anns])  # [K, 4]
+        H, W = rgb.shape[:2]
+        centre_xy = np.array([W / 2, H / 2])
+        whole_xyxy = np.array([0.0, 0.0, W, H])
+        locs = {m: Localizer(encoder, fmap, method=m, templates=templates, max_patches=max_patches, image=rgb)
+                for m in methods}
+        for ref in by_image[iid]:
+            gt_xyxy, mask = ds.box_xyxy(ref.ann_id), ds.mask(ref.ann_id)
+            cand_centres_xy = (cands_xyxy[:, :2] + cands_xyxy[:, 2:]) / 2  # [K, 2]
+            random_acc.append(float((metrics.box_iou_xyxy(cands_xyxy, gt_xyxy)[:, 0] >= 0.5).mean()))
+            random_point.append(float(metrics.pointing_hits(cand_centres_xy, [mask] * len(cand_centres_xy)).mean()))
+            for sent in ref.sentences:
+                n_sentences += 1
+                gt_boxes.append(gt_xyxy)
+                out = {("none", "centre-prior", "-", None): (whole_xyxy, centre_xy)}
+                t0 = time.perf_counter()
+                for m, loc in locs.items():
+                    heatmap = loc.heatmaps([sent])[0]
+                    for t in thresholds:
+                        box = heatmap_box_xyxy(heatmap, loc.fmap, threshold=t)
+                        pred.setdefault(("none", m, "-", float(t)), []).append(box)
+                    r = loc.localize(sent, box_threshold=box_threshold)
+                    out[("none", m, "-", None)] = (r.box_xyxy, r.point_xy)
+                    for s in scorers:
+                        r = loc.localize(sent, candidates_xyxy=cands_xyxy, scorer=s)
+                        out[("gt-boxes", m, s, None)] = (r.box_xyxy, r.point_xy)
+                seconds["localize"] += time.perf_counter() - t0
+                for key, (box, point_xy) in out.items():
+                    pred.setdefault(key, []).append(box)
+                    hits.setdefault(key, []).append(bool(metrics.pointing_hits(point_xy[None], [mask])[0]))
+
+    rows = [{"setting": "none", "method": "centre-prior", "scorer": "-", "box_threshold": None,
+             "acc@0.5": metrics.acc_at_iou(pred[("none", "centre-prior", "-", None)], gt_boxes),
+             "pointing": float(np.mean(hits[("none", "centre-prior", "-", None)])) if n_sentences else float("nan")}]
+    sweep = {}
+    for m in methods:
+        rows.append({"setting": "none", "method": m, "scorer": "-", "box_threshold": box_threshold,
+                     "acc@0.5": metrics.acc_at_iou(pred[("none", m, "-", None)], gt_boxes),
+                     "pointing": float(np.mean(hits[("none", m, "-", None)]))})
+        sweep[m] = {str(t): metrics.acc_at_iou(pred[("none", m, "-", float(t))], gt_boxes) for t in thresholds}
+    for m in methods:
+        for s in scorers:
+            key = ("gt-boxes", m, s, None)
+            rows.append({"setting": "gt-boxes", "method": m, "scorer": s, "box_threshold": None,
+                         "acc@0.5": metrics.acc_at_iou(pred[key], gt_boxes), "pointing": float(np.mean(hits[key]))})
+    # the random baseline is per ref; every sentence of a ref counts, like the methods
+    n_per_ref = [len(r.sentences) for iid in image_ids for r in by_image[iid]]
+    rows.append({"setting": "gt-boxes", "method": "-", "scorer": "random (expected)", "box_threshold": None,
+                 "acc@0.5": float(np.average(random_acc, weights=n_per_ref)) if n_per_ref else float("nan"),
+                 "pointing": float(np.average(random_point, weights=n_per_ref)) if n_per_ref else float("nan")})
+    return {"rows": rows, "box_threshold_sweep": sweep, "n_images": len(image_ids), "n_refs": len(n_per_ref),
+            "n_sentences": n_sentences, "seconds": seconds, "ann": str(ann), "refs": str(refs), "split": split,
+            "encoder": encoder.name, "templates": None if templates is None else list(templates),
+            "scorers": list(scorers), "methods": methods}
+
+
+def format_refer_table(res: dict) -> str:
+    """The rows of :func:`evaluate_refer` and its threshold sweep as a plain-text table."""
+    lines = [f"{'setting':<10}{'method':<22}{'scorer':<19}{'Acc@0.5':>8}{'point':>8}"]
+    for r in res["rows"]:
+        thr = "" if r["box_threshold"] is None else f"  (box threshold {r['box_threshold']})"
+        lines.append(f"{r['setting']:<10}{r['method']:<22}{r['scorer']:<19}{r['acc@0.5']:8.3f}{r['pointing']:8.3f}"
+                     f"{thr}")
+    if res["box_threshold_sweep"]:
+        thresholds = list(next(iter(res["box_threshold_sweep"].values())))
+        lines += ["", "Acc@0.5 without candidates, by relative box threshold:",
+                  f"{'method':<22}" + "".join(f"{t:>7}" for t in thresholds)]
+        for m, accs in res["box_threshold_sweep"].items():
+            lines.append(f"{m:<22}" + "".join(f"{accs[t]:7.3f}" for t in thresholds))
+    sec = res["seconds"]
+    lines.append(f"\n{res['n_sentences']} expressions ({res['n_refs']} refs) on {res['n_images']} images; "
+                 f"extraction {sec['extract']:.1f} s, localization {sec['localize']:.1f} s (all methods, scorers, "
+                 f"thresholds)")
+    return "\n".join(lines)
+
+
+def add_cli(sub, eval_sub) -> None:
+    e = eval_sub.add_parser("refer", help="referring-expression localization (Acc@0.5, pointing) on RefCOCO-style refs")
+    e.add_argument("--ann", required=True, help="COCO instances JSON")
+    e.add_argument("--refs", required=True, help="refs in the RefCOCO layout (JSON, or the official refs(unc).p)")
+    e.add_argument("--images", required=True, help="image folder")
+    e.add_argument("--split", default="val", help="the refs' split to evaluate ('all' for every split)")
+    e.add_argument("--model", default="shapes-tiny")
+    e.add_argument("--methods", default=None, help="comma-separated heatmap methods of dense.heatmap, or 'all' "
+                                                   "(default: dense.heatmap.DEFAULT_METHOD)")
+    e.add_argument("--scorers", default="map-box,heatmap-mean",
+                   help=f"comma-separated candidate scorers ({', '.join(CANDIDATE_METHODS)})")
+    e.add_argument("--box-threshold", type=float, default=DEFAULT_BOX_THRESHOLD,
+                   help="relative threshold in [0, 1] for the box without candidates")
+    e.add_argument("--thresholds", default=",".join(map(str, BOX_THRESHOLDS)), help="thresholds to sweep")
+    e.add_argument("--templates", default="none", help="'none' (expressions verbatim), 'default', or '|'-separated")
+    e.add_argument("--limit", type=int, default=None, help="first N images only")
+    e.add_argument("--max-patches", type=int, default=None)
+    e.add_argument("--out", default=None, help="JSON to write (atomically)")
+    e.set_defaults(func=_cli_refer)
+
+
+def _cli_refer(args) -> int:
+    import dense
+    from dense.text import DEFAULT_TEMPLATES
+
+    hm = _heatmap_module()
+    methods = None
+    if args.methods == "all":
+        methods = list(hm.METHODS)
+    elif args.methods:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    templates = {"none": None, "default": DEFAULT_TEMPLATES}.get(args.templates) or (
+        None if args.templates == "none" else tuple(args.templates.split("|")))
+    enc = dense.load_encoder(args.model)
+    res = evaluate_refer(enc, args.ann, args.refs, args.images, split=None if args.split == "all" else args.split,
+                         methods=methods, scorers=[s.strip() for s in args.scorers.split(",") if s.strip()],
+                         thresholds=[float(t) for t in args.thresholds.split(",")], box_threshold=args.box_threshold,
+                         templates=templates, limit=args.limit, max_patches=args.max_patches, progress=True)
+    print(format_refer_table(res))
+    if args.out:
+        out = Path(args.out)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(res, indent=2))
+        tmp.replace(out)
+        print(f"wrote {out}")
+    return 0
 
 class _CallableModule(types.ModuleType):
     """``dense.localize`` names both the function (lazily exported by ``dense``) and this module; once the module is

@@ -207,3 +207,39 @@ def test_twenty_expressions_cost_one_extraction(tiny_encoder):
         box = boxes[r.candidate_index]
         np.testing.assert_allclose(r.box_xyxy, box)
         assert box[0] <= r.point_xy[0] <= box[2] and box[1] <= r.point_xy[1] <= box[3]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# dense eval refer, end to end on a small synthetic world
+
+
+def test_eval_refer_end_to_end(tiny_siglip_dir, tmp_path, capsys):
+    import json
+
+    from dense import coco
+    from dense.cli import main
+    from dense.datasets import make_shapes
+
+    world = tmp_path / "world"
+    make_shapes(world, 6, seed=2, size_range=(64, 120), splits={"val": 1.0})
+    out = tmp_path / "refer.json"
+    rc = main(["eval", "refer", "--ann", str(world / "annotations.json"), "--refs", str(world / "refs.json"),
+               "--images", str(world / "images"), "--split", "val", "--model", str(tiny_siglip_dir),
+               "--thresholds", "0.3,0.6", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "random (expected)" in text and "map-box" in text and "by relative box threshold" in text
+    res = json.loads(out.read_text())
+    ds = coco.load_coco(world / "annotations.json", world / "images")
+    refs = coco.load_refs(world / "refs.json", ds, split="val")
+    assert res["n_refs"] == len(refs) and res["n_sentences"] == sum(len(r.sentences) for r in refs)
+    rows = {(r["setting"], r["method"], r["scorer"]): r for r in res["rows"]}
+    # the random baseline, computed independently: each ref's chance of drawing its own box (GT boxes rarely overlap
+    # at IoU >= 0.5), weighted by its sentences
+    n_cands = {iid: len(ds.anns(iid, crowd=False)) for iid in ds.ids()}
+    chance = np.average([1 / n_cands[r.image_id] for r in refs], weights=[len(r.sentences) for r in refs])
+    assert rows[("gt-boxes", "-", "random (expected)")]["acc@0.5"] >= chance - 1e-9
+    for r in res["rows"]:
+        assert 0.0 <= r["acc@0.5"] <= 1.0 and 0.0 <= r["pointing"] <= 1.0
+    # the sweep holds every threshold asked for
+    assert set(next(iter(res["box_threshold_sweep"].values()))) == {"0.3", "0.6"}

@@ -1,0 +1,321 @@
+"""On-disk feature cache: extract once per dataset, read many times (probes, evaluation).
+
+Layout::
+
+    <root>/<model-slug>-<hash>/spec.json             the encoder spec (name, family, dtype, token budget, layers, ...)
+    <root>/<model-slug>-<hash>/entries/<key>.safetensors    one FeatureMap per image (FeatureMap.save)
+
+``<hash>`` is a hash of ``Encoder.spec(max_patches=..., layers=...)``, so changing the model, its dtype, the token
+budget or the layers opens a different folder: stale features are never served. Keys are strings: a COCO image id, a
+segmentation-folder stem, or an image path relative to the image folder.
+
+Safety: each entry is written to a temp file and renamed (``FeatureMap.save``), so a killed run leaves whole entries
+or none (plus at most a stray temp file, removed on the next run). Resuming skips entries that load; an entry that
+does not load, or whose spec or shape is wrong, is reported as corrupt and extracted again.
+
+Sharding: under ``torchrun --nproc_per_node N`` (or any launcher setting ``RANK`` / ``WORLD_SIZE``), rank r takes
+the keys ``sorted(keys)[r::N]`` into the same folder; no two ranks write the same entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from dense.features import FeatureMap
+
+log = logging.getLogger("dense")
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FeatureCache:
+    """The cache folder of one encoder spec. ``get``/``put``/``__contains__`` by string key."""
+
+    def __init__(self, root: str | os.PathLike, spec: dict):
+        self.root = Path(root)
+        self.spec = dict(spec)
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(spec.get("name", "model"))).name)[-40:] or "model"
+        self.dir = self.root / f"{slug}-{spec_hash(self.spec)}"
+        self.entries = self.dir / "entries"
+
+    @classmethod
+    def for_encoder(cls, root, encoder, *, max_patches: int | None = None, layers: Sequence[int] = (-1,)
+                    ) -> FeatureCache:
+        return cls(root, encoder.spec(max_patches=max_patches, layers=tuple(layers)))
+
+    def init(self) -> None:
+        """Create the folder and write ``spec.json`` (atomically; several ranks may do it at once)."""
+        self.entries.mkdir(parents=True, exist_ok=True)
+        target = self.dir / "spec.json"
+        if target.exists():
+            on_disk = json.loads(target.read_text())
+            if on_disk != self.spec:
+                raise ValueError(f"{target}: holds spec {on_disk}, expected {self.spec} (hash collision?)")
+            return
+        tmp = self.dir / f".spec.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(self.spec, indent=1, sort_keys=True))
+        os.replace(tmp, target)
+
+    def path(self, key: str) -> Path:
+        key = str(key)
+        if not key or key.startswith("/") or ".." in Path(key).parts:
+            raise ValueError(f"cache key {key!r} must be a relative name")
+        return self.entries / f"{key}.safetensors"
+
+    def keys(self) -> list[str]:
+        """Keys of the entries on disk (whether they load or not), sorted."""
+        if not self.entries.is_dir():
+            return []
+        n = len(".safetensors")
+        return sorted(p.relative_to(self.entries).as_posix()[:-n] for p in self.entries.rglob("*.safetensors")
+                      if not p.name.startswith("."))
+
+    def __contains__(self, key: str) -> bool:
+        return self.path(key).exists()
+
+    def check(self, fmap: FeatureMap) -> str | None:
+        """Why ``fmap`` is not a valid entry of this cache (None when it is)."""
+        if fmap.encoder != self.spec:
+            return f"made by {fmap.encoder}, not {self.spec}"
+        want_dim = self.spec.get("hidden_size", fmap.dim) * len(self.spec.get("layers", [0]))
+        if fmap.dim != want_dim:
+            return f"token dim {fmap.dim}, expected {want_dim}"
+        if not torch.isfinite(fmap.tokens).all():
+            return "non-finite tokens"
+        return None
+
+    def get(self, key: str) -> FeatureMap | None:
+        """The entry, or None when it is missing or corrupt (a corrupt one is logged and deleted)."""
+        path = self.path(key)
+        try:
+            fmap = FeatureMap.load(path)
+            why = self.check(fmap)
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, OSError) as e:
+            why = str(e)
+        if why is None:
+            return fmap
+        log.warning("corrupt cache entry %s: %s; it will be extracted again", path, why)
+        path.unlink(missing_ok=True)
+        return None
+
+    def load(self, key: str) -> FeatureMap:
+        """Like :meth:`get`, but a missing or corrupt entry raises ``KeyError`` naming it."""
+        fmap = self.get(key)
+        if fmap is None:
+            raise KeyError(f"{self.path(key)}: not in the cache (run `dense extract` first)")
+        return fmap
+
+    def put(self, key: str, fmap: FeatureMap) -> Path:
+        why = self.check(fmap)
+        if why is not None:
+            raise ValueError(f"cache {self.dir}: refusing entry {key!r}: {why}")
+        return fmap.save(self.path(key))
+
+    def remove_stale_temps(self) -> int:
+        """Delete temp files left by killed writers (their pid is gone). Returns how many."""
+        n = 0
+        for p in list(self.dir.rglob(".*.tmp")) if self.dir.is_dir() else []:
+            m = re.match(r"^\..*\.(\d+)\.tmp$", p.name)
+            if m and not _pid_alive(int(m.group(1))):
+                p.unlink(missing_ok=True)
+                n += 1
+        return n
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What to extract
+
+
+def folder_items(image_dir: str | os.PathLike) -> list[tuple[str, Path]]:
+    """Every image under ``image_dir`` (recursively) as ``(relative posix path, path)``, sorted."""
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"{image_dir}: not a folder")
+    return sorted((p.relative_to(image_dir).as_posix(), p) for p in image_dir.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def dataset_items(dataset, split: str | None = None) -> list[tuple[str, Path]]:
+    """``(key, image path)`` for a :class:`~dense.coco.CocoDataset` (key = image id) or
+    :class:`~dense.coco.SegFolder` (key = stem); the probe trainer reads the cache with the same keys."""
+    return [(str(i), dataset.image_path(i)) for i in dataset.ids(split)]
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of an initialised ``torch.distributed`` group, else from ``RANK`` / ``WORLD_SIZE``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+@dataclass
+class ExtractReport:
+    """What one rank did. ``skipped``: unreadable images (``on_error='skip'``), one line each."""
+
+    rank: int = 0
+    world_size: int = 1
+    total: int = 0  # keys assigned to this rank
+    extracted: int = 0
+    cached: int = 0  # already valid on disk
+    corrupt: int = 0  # found damaged, extracted again
+    skipped: list[str] = field(default_factory=list)
+
+
+def extract_to_cache(encoder, items: Sequence[tuple[str, object]], cache: FeatureCache, *,
+                     max_patches: int | None = None, layers: Sequence[int] = (-1,), batch_size: int = 8,
+                     on_error: str = "raise", rank: int | None = None, world_size: int | None = None,
+                     progress: bool = True) -> ExtractReport:
+    """Fill ``cache`` with the features of ``items`` (``(key, image)`` pairs), resuming where a previous run stopped.
+
+    This rank takes ``sorted(items)[rank::world_size]`` (defaults: :func:`dist_info`). ``on_error='skip'`` reports
+    unreadable images and goes on; ``'raise'`` stops at the first one.
+    """
+    layers = tuple(layers)
+    if cache.spec != encoder.spec(max_patches=max_patches, layers=layers):
+        raise ValueError(f"cache {cache.dir} is for {cache.spec}, not this encoder/max_patches/layers")
+    if rank is None or world_size is None:
+        rank, world_size = dist_info()
+    keys = [k for k, _ in items]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate cache keys among the items")
+    mine = sorted(items, key=lambda kv: kv[0])[rank::world_size]
+    report = ExtractReport(rank=rank, world_size=world_size, total=len(mine))
+    cache.init()
+    cache.remove_stale_temps()
+    todo = []
+    for key, image in mine:
+        if key in cache:
+            if cache.get(key) is not None:  # get() deletes what is damaged
+                report.cached += 1
+                continue
+            report.corrupt += 1
+        todo.append((key, image))
+    if not todo:
+        return report
+    desc = "extract" if world_size == 1 else f"extract[{rank}/{world_size}]"
+    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, position=rank if world_size > 1 else None)
+    try:
+        results = encoder.extract_many([img for _, img in todo], max_patches=max_patches, layers=layers,
+                                       batch_size=batch_size, on_error=on_error, progress=False)
+        for (key, image), fmap in zip(todo, results, strict=True):
+            if fmap is None:
+                report.skipped.append(f"{key}: {image} could not be read")
+            else:
+                cache.put(key, fmap)
+                report.extracted += 1
+            bar.update(1)
+    finally:
+        bar.close()
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# dense extract
+
+
+def _parse_layers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--layers takes comma-separated block indices like -1 or 8,17,-1, got {text!r}") from None
+
+
+def _run_extract(args) -> int:
+    from dense.encoder import load_encoder
+
+    layers = _parse_layers(args.layers)
+    if args.ann:
+        from dense.coco import load_coco
+
+        items = dataset_items(load_coco(args.ann, args.images, on_error="skip" if args.skip_bad else "raise"),
+                              args.split)
+    else:
+        if args.split:
+            raise ValueError("--split needs --ann (a COCO file whose images carry a 'split' field)")
+        items = folder_items(args.images)
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    group = False
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+            group = True
+    rank, world = dist_info()
+    device = args.device
+    if device.startswith("cuda") and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    try:
+        encoder = load_encoder(args.model, device=device, dtype=args.dtype)
+        cache = FeatureCache.for_encoder(args.cache, encoder, max_patches=args.max_patches, layers=layers)
+        report = extract_to_cache(encoder, items, cache, max_patches=args.max_patches, layers=layers,
+                                  batch_size=args.batch_size, on_error="skip" if args.skip_bad else "raise",
+                                  progress=not args.quiet)
+        reports = [report]
+        if world > 1:
+            import torch.distributed as dist
+
+            reports = [None] * world
+            dist.all_gather_object(reports, report)
+    finally:
+        if group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank == 0:
+        tot = {k: sum(getattr(r, k) for r in reports) for k in ("total", "extracted", "cached", "corrupt")}
+        skipped = [s for r in reports for s in r.skipped]
+        print(f"cache: {cache.dir}")
+        print(f"{'images':>8} {'extracted':>10} {'cached':>8} {'corrupt':>8} {'skipped':>8} {'ranks':>6}")
+        print(f"{tot['total']:>8} {tot['extracted']:>10} {tot['cached']:>8} {tot['corrupt']:>8} {len(skipped):>8} "
+              f"{world:>6}")
+        for s in skipped:
+            print(f"skipped: {s}")
+    return 0
+
+
+def add_cli(sub, eval_sub) -> None:
+    p = sub.add_parser("extract", help="extract features of an image folder or a COCO file into the cache",
+                       description="Fill the feature cache (resumable; under torchrun each rank takes a shard).")
+    p.add_argument("--model", required=True, help="hub id, local checkpoint folder, or 'shapes-tiny'")
+    p.add_argument("--images", required=True, help="image folder")
+    p.add_argument("--ann", help="COCO instances file (keys = image ids); without it every image under --images")
+    p.add_argument("--split", help="only images whose COCO entry has this 'split'")
+    p.add_argument("--cache", required=True, help="cache root folder")
+    p.add_argument("--max-patches", type=int, default=None, help="token budget (default: the checkpoint's)")
+    p.add_argument("--layers", default="-1", help="comma-separated block indices, -1 = last (default: -1)")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights/activations dtype")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--skip-bad", action="store_true", help="report unreadable images/annotations and go on")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_extract)

@@ -387,6 +387,7 @@ def add_cli(sub, eval_sub) -> None:
     e.add_argument("--background", default="0.5",
                    help="a probability threshold, 'none', or comma-separated background prompts")
     e.add_argument("--templates", default="default", help="'default', 'none' (verbatim), or '|'-separated templates")
+    e.add_argument("--sweep", default="", help="comma-separated background thresholds to sweep too (mIoU each)")
     e.add_argument("--limit", type=int, default=None, help="first N images only")
     e.add_argument("--max-patches", type=int, default=None)
     e.add_argument("--out", default=None, help="JSON to write (atomically)")
@@ -427,12 +428,15 @@ def _cli_heatmap(args) -> int:
 
 def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods: Sequence[str] = (DEFAULT_METHOD,),
                        background=0.5, templates=DEFAULT_TEMPLATES, split: str | None = None,
-                       limit: int | None = None, max_patches: int | None = None) -> dict:
+                       limit: int | None = None, max_patches: int | None = None,
+                       thresholds: Sequence[float] = ()) -> dict:
     """mIoU (and pixel accuracy) of :func:`segment` per method on a COCO-style dataset, plus pointing accuracy.
 
     Category names are the queries (``dense.coco`` label k + 1 = category k). Pointing: for every (image, category
     present), is the centre of the peak patch of that category's scores inside one of its (non-crowd) masks?
-    Returns ``{"methods": {method: {"miou", "pixel_acc", "pointing", "n_points", "figures"}}, "n_images", ...}``.
+    ``thresholds``: background thresholds to sweep as well (mIoU each, under ``"sweep"``), to choose one on a
+    validation split. Returns ``{"methods": {method: {"miou", "pixel_acc", "pointing", "n_points", "figures",
+    "sweep"}}, "n_images", ...}``.
     """
     from dense import coco, metrics
 
@@ -446,6 +450,7 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
     layers = (-2, -1) if any(_method(m).needs_prev for m in methods) else (-1,)
     text = embed_texts(encoder, names + bg_prompts, templates=templates)  # [C + B, E], once for the whole run
     meters = {m: metrics.SegmentationMeter(ds.class_names) for m in methods}
+    sweep = {(m, t): metrics.SegmentationMeter(ds.class_names) for m in methods for t in thresholds}
     hits: dict[str, list[bool]] = {m: [] for m in methods}
     for iid in ids:
         gt = ds.label_map(iid)  # [H, W] uint8, 255 = ignore
@@ -458,7 +463,10 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
             by_cat[k] = by_cat.get(k, False) | ds.mask(a["id"])
         for m in methods:
             scores = patch_scores(encoder, fmap, text, method=m)  # [C + B, gh, gw]
-            meters[m].update(labels_from_scores(upsample(scores, fmap), len(names), background), gt)
+            probs = upsample(scores, fmap)  # [C + B, H, W]
+            meters[m].update(labels_from_scores(probs, len(names), background), gt)
+            for t in thresholds:
+                sweep[(m, t)].update(labels_from_scores(probs[: len(names)], len(names), t), gt)
             for k, mask in by_cat.items():
                 ij = np.unravel_index(int(scores[k].argmax()), fmap.grid_hw)  # peak patch (i, j)
                 point_xy = fmap.grid_to_pixel_xy(np.array(ij, dtype=np.float64))
@@ -469,7 +477,8 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
         fig = meters[m].figures()
         out["methods"][m] = {"miou": fig["mIoU"], "pixel_acc": fig["pixel_acc"],
                              "pointing": float(np.mean(hits[m])) if hits[m] else float("nan"),
-                             "n_points": len(hits[m]), "figures": fig}
+                             "n_points": len(hits[m]), "figures": fig,
+                             "sweep": {str(t): sweep[(m, t)].figures()["mIoU"] for t in thresholds}}
     return out
 
 
@@ -482,10 +491,13 @@ def _cli_openvocab(args) -> int:
         _method(m)
     res = evaluate_openvocab(enc, args.ann, args.images, methods=methods, background=_parse_background(args.background),
                              templates=_parse_templates(args.templates), split=args.split, limit=args.limit,
-                             max_patches=args.max_patches)
-    print(f"{'method':<22}{'mIoU':>8}{'pixAcc':>8}{'point':>8}")
+                             max_patches=args.max_patches,
+                             thresholds=[float(t) for t in args.sweep.split(",") if t.strip()])
+    print(f"{res['n_images']} images, background {args.background}, templates {args.templates}")
+    print(f"{'method':<22}{'mIoU':>8}{'pixAcc':>8}{'point':>8}  {'sweep thr:mIoU' if args.sweep else ''}")
     for m, r in res["methods"].items():
-        print(f"{m:<22}{r['miou']:8.3f}{r['pixel_acc']:8.3f}{r['pointing']:8.3f}")
+        sweep = "  ".join(f"{t}:{v:.3f}" for t, v in r["sweep"].items())
+        print(f"{m:<22}{r['miou']:8.3f}{r['pixel_acc']:8.3f}{r['pointing']:8.3f}  {sweep}")
     if args.out:
         out = Path(args.out)
         tmp = out.with_name(f".{out.name}.tmp")

@@ -131,6 +131,17 @@ def embed_texts(encoder, texts: str | Sequence[str], *, templates: Sequence[str]
     return torch.stack([cache[(t, templates)] for t in texts])  # [T, E]
 
 
+def put_cache(encoder, texts: Sequence[str], embeddings: torch.Tensor, *, templates: Sequence[str] | None = None
+              ) -> None:
+    """Seed the cache with precomputed unit embeddings ``[T, E]`` (e.g. class names embedded once and saved)."""
+    texts = _as_list(texts)
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(texts):
+        raise ValueError(f"{len(texts)} texts for embeddings of shape {tuple(embeddings.shape)}")
+    cache = _cache_for(encoder)
+    for t, e in zip(texts, F.normalize(embeddings.float(), dim=-1), strict=True):
+        cache[(t, _check_templates(templates))] = e
+
+
 def clear_cache(encoder=None) -> None:
     """Forget cached text embeddings (of one encoder, or all)."""
     if encoder is None:

@@ -207,10 +207,11 @@ def test_openvocab_eval_and_cli(tiny_encoder, tiny_siglip_dir, tmp_path):
 
     make_shapes(tmp_path / "world", 3, seed=1, size_range=(64, 96))
     res = heatmap.evaluate_openvocab(tiny_encoder, tmp_path / "world/annotations.json", tmp_path / "world/images",
-                                     methods=["raw", "map-value"], background=0.5)
+                                     methods=["raw", "map-value"], background=0.5, thresholds=(0.0, 0.5))
     assert res["n_images"] == 3 and set(res["methods"]) == {"raw", "map-value"}
     for r in res["methods"].values():
         assert 0 <= r["miou"] <= 1 and 0 <= r["pointing"] <= 1 and r["n_points"] >= 3
+        assert r["sweep"]["0.5"] == pytest.approx(r["miou"])  # the sweep at the same threshold agrees
     out = tmp_path / "res.json"
     rc = main(["eval", "openvocab", "--ann", str(tmp_path / "world/annotations.json"), "--images",
                str(tmp_path / "world/images"), "--model", str(tiny_siglip_dir), "--methods", "raw,clear-map-value",

@@ -117,3 +117,13 @@ def test_retrieve_known_ranking():
     _, idx_img = heatmap.retrieve(img, txt, k=1, by="image")
     assert idx_img[[0, 2], 0].tolist() == [1, 0]  # image 0 <-> text 1, image 2 <-> text 0 (image 1: a tie)
     assert np.all(np.diff(scores.numpy(), axis=1) <= 0)
+
+
+def test_put_cache_seeds_embeddings(tiny_encoder, monkeypatch):
+    text.clear_cache(tiny_encoder)
+    e = torch.zeros(1, 32)
+    e[0, 3] = 2.0
+    text.put_cache(tiny_encoder, ["zebra"], e, templates=("a {}",))
+    monkeypatch.setattr(text, "embed_token_ids", lambda *a, **k: pytest.fail("cache not used"))
+    got = text.embed_texts(tiny_encoder, ["zebra"], templates=("a {}",))
+    torch.testing.assert_close(got, F.normalize(e, dim=-1))

@@ -243,3 +243,63 @@ def test_eval_refer_end_to_end(tiny_siglip_dir, tmp_path, capsys):
         assert 0.0 <= r["acc@0.5"] <= 1.0 and 0.0 <= r["pointing"] <= 1.0
     # the sweep holds every threshold asked for
     assert set(next(iter(res["box_threshold_sweep"].values()))) == {"0.3", "0.6"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# probes/refer_head.py: a trained light head must learn a task whose answer is planted in the tokens
+
+
+def planted_samples(n: int, seed: int):
+    """Each image: 2-3 objects, each a 2x2 block of patches holding its class vector (+ noise); the text is the
+    target's class vector; the target box is the block's cells. Grids and image sizes vary."""
+    from probes.refer_head import Sample
+
+    rng = np.random.default_rng(seed)
+    D, C = 16, 4
+    classes = torch.eye(C, D)
+    out = []
+    for _ in range(n):
+        gh, gw, p = int(rng.integers(5, 8)), int(rng.integers(5, 9)), 8
+        image_hw = (int(rng.integers(60, 200)), int(rng.integers(60, 200)))
+        tokens = torch.from_numpy(rng.normal(0, 0.3, (gh, gw, D))).float()
+        fmap0 = FeatureMap(tokens=tokens, image_hw=image_hw, resized_hw=(gh * p, gw * p), patch_size=p)
+        cells = rng.permutation([(i, j) for i in range(0, gh - 1, 2) for j in range(0, gw - 1, 2)])[:3]
+        cls = rng.permutation(C)[:len(cells)]
+        for (i, j), c in zip(cells, cls, strict=True):
+            tokens[i:i + 2, j:j + 2] += 2 * classes[c]
+        i, j = cells[0]
+        box = np.concatenate([grid_cell_xyxy((i, j), image_hw, fmap0.resized_hw, p)[:2],
+                              grid_cell_xyxy((i + 1, j + 1), image_hw, fmap0.resized_hw, p)[2:]])
+        out.append(Sample(fmap0, classes[cls[0]], box))
+    return out
+
+
+def test_refer_head_learns_a_planted_task(tmp_path):
+    from dense import metrics
+    from probes.refer_head import ReferHead, evaluate_refer_head, train_refer_head
+
+    train, test = planted_samples(200, seed=0), planted_samples(60, seed=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is faster than two on a shared machine
+    try:
+        head = train_refer_head(train, steps=200, batch_size=32, hidden=64, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    masks = []
+    for s in test:
+        m = np.zeros(s.fmap.image_hw, bool)
+        x0, y0, x1, y1 = s.box_xyxy
+        m[int(np.ceil(y0)):int(y1), int(np.ceil(x0)):int(x1)] = True
+        masks.append(m)
+    res = evaluate_refer_head(head, test, masks)
+    assert res["pointing"] >= 0.9, res
+    assert res["acc@0.5"] >= 0.6, res
+    pred = np.stack([head.predict(s.fmap, s.text)["box_xyxy"][0] for s in test])
+    assert np.median(np.diag(metrics.box_iou_xyxy(pred, np.stack([s.box_xyxy for s in test])))) >= 0.5
+    # save / load round trip, refusing another encoder
+    head.save(tmp_path / "head.pt", {"name": "planted"})
+    again = ReferHead.load(tmp_path / "head.pt", {"name": "planted"})
+    np.testing.assert_allclose(again.predict(test[0].fmap, test[0].text)["box_xyxy"],
+                               head.predict(test[0].fmap, test[0].text)["box_xyxy"], atol=1e-6)
+    with pytest.raises(ValueError, match="trained on encoder"):
+        ReferHead.load(tmp_path / "head.pt", {"name": "other"})

@@ -219,3 +219,15 @@ def test_openvocab_eval_and_cli(tiny_encoder, tiny_siglip_dir, tmp_path):
     assert rc == 0
     saved = json.loads(out.read_text())
     assert set(saved["methods"]) == {"raw", "clear-map-value"} and saved["n_images"] == 3
+
+
+def test_heatmap_cli_writes_a_png(tiny_siglip_dir, tmp_path):
+    from PIL import Image
+
+    from dense.cli import main
+
+    Image.fromarray(random_rgb(40, 60, seed=9)).save(tmp_path / "im.png")
+    out = tmp_path / "h.png"
+    rc = main(["heatmap", str(tmp_path / "im.png"), "red circle", "blue star", "--model", str(tiny_siglip_dir),
+               "--out", str(out)])
+    assert rc == 0 and out.stat().st_size > 0

@@ -1,0 +1,155 @@
+"""``LinearProbe``: BatchNorm + 1x1 convolution over frozen patch tokens (the DINOv2 / mmsegmentation "BNHead").
+
+A probe knows what it was trained on: its class names, the encoder spec of its features and which of the feature
+map's layers it reads. Applying it to features of another encoder is an error (:class:`ProbeMismatchError`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from dense.features import FeatureMap
+
+FORMAT = "dense.LinearProbe"
+VERSION = 1
+# What must match between the encoder a probe was trained on and the features it is applied to. The token budget
+# (max_patches) and dtype may differ: they change the features' resolution and precision, not their meaning.
+IDENTITY_KEYS = ("name", "family", "patch_size", "hidden_size", "num_layers")
+
+
+class ProbeMismatchError(ValueError):
+    """A probe was applied to (or loaded for) features of a different encoder or layer set."""
+
+
+class LinearProbe(nn.Module):
+    """``logits = conv1x1(batchnorm(tokens))`` over ``[B, D, gh, gw]`` -> ``[B, K, gh, gw]``.
+
+    Args:
+        in_dim: channels the probe reads (``hidden_size * len(layers)``).
+        class_names: one per output class (index = label value).
+        encoder_spec: the ``FeatureMap.encoder`` dict of the training features.
+        layers: the block indices it reads; a subset (in order) of ``encoder_spec["layers"]``, whose tokens are
+            concatenated in the feature map. None = all of them.
+    """
+
+    def __init__(self, in_dim: int, class_names: list[str], *, encoder_spec: dict | None = None,
+                 layers: list[int] | None = None, meta: dict | None = None):
+        super().__init__()
+        self.class_names = list(class_names)
+        self.encoder_spec = dict(encoder_spec or {})
+        n = self.encoder_spec.get("num_layers")
+        layers = list(layers) if layers is not None else list(self.encoder_spec.get("layers", [-1]))
+        self.layers = [b % n if (n and b < 0) else b for b in layers]  # block indices, as FeatureMap.layers
+        self.meta = dict(meta or {})  # training config and validation figures, saved with the weights
+        self.bn = nn.BatchNorm2d(in_dim)
+        self.conv = nn.Conv2d(in_dim, len(self.class_names), kernel_size=1)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, D, gh, gw]`` -> logits ``[B, K, gh, gw]``."""
+        return self.conv(self.bn(x))
+
+    # --- features -> input ------------------------------------------------------------------------------------------
+    def check(self, spec: dict) -> None:
+        """Raise :class:`ProbeMismatchError` unless features with encoder ``spec`` can feed this probe."""
+        diff = {k: (self.encoder_spec.get(k), spec.get(k)) for k in IDENTITY_KEYS
+                if self.encoder_spec.get(k) != spec.get(k)}
+        if diff:
+            detail = ", ".join(f"{k}: trained on {a!r}, given {b!r}" for k, (a, b) in diff.items())
+            raise ProbeMismatchError(f"probe was trained on another encoder ({detail})")
+        missing = [b for b in self.layers if b not in spec.get("layers", [])]
+        if missing:
+            raise ProbeMismatchError(f"probe reads blocks {self.layers}; the features hold {spec.get('layers')} "
+                                     f"(extract with --layers including {missing})")
+
+    def select(self, fmap: FeatureMap) -> torch.Tensor:
+        """The probe's input from a feature map: ``[gh, gw, D_all]`` -> ``[D, gh, gw]`` (its layers, concatenated)."""
+        self.check(fmap.encoder)
+        return select_layers(fmap, self.layers).permute(2, 0, 1)  # [gh, gw, D] -> [D, gh, gw]
+
+    @torch.inference_mode()
+    def logits(self, fmap: FeatureMap, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """Logits ``[K, H, W]`` at the original image size (or ``size_hw``), upsampled bilinearly.
+
+        The grid tiles the resized image exactly, so ``align_corners=False`` puts patch centres where
+        ``FeatureMap.grid_to_pixel_xy`` says they are.
+        """
+        x = self.select(fmap)[None].to(self.conv.weight.dtype)  # [1, D, gh, gw]
+        out = self(x)  # [1, K, gh, gw]
+        size_hw = tuple(size_hw or fmap.image_hw)
+        return F.interpolate(out, size=size_hw, mode="bilinear", align_corners=False)[0]  # -> [K, H, W]
+
+    def predict(self, fmap: FeatureMap, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """Label map ``[H, W]`` (int64) at the original image size."""
+        return self.logits(fmap, size_hw).argmax(0)
+
+    # --- persistence ------------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """One ``.safetensors`` file: weights + class names + encoder spec + layers + meta; atomic (temp + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = {"format": FORMAT, "version": VERSION, "in_dim": self.bn.num_features,
+                  "class_names": self.class_names, "encoder": self.encoder_spec, "layers": self.layers,
+                  "meta": self.meta}
+        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            save_file(tensors, str(tmp), metadata={"dense": json.dumps(header)})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, encoder=None) -> LinearProbe:
+        """Read a probe; with ``encoder`` (an ``Encoder`` or a spec dict) a probe trained on another one raises
+        :class:`ProbeMismatchError`."""
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = json.loads((f.metadata() or {})["dense"])
+                tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            raise ValueError(f"{path}: not a dense probe file ({type(e).__name__}: {e})") from e
+        if header.get("format") != FORMAT or header.get("version") != VERSION:
+            raise ValueError(f"{path}: unknown probe format {header.get('format')!r} v{header.get('version')}")
+        probe = cls(header["in_dim"], header["class_names"], encoder_spec=header["encoder"], layers=header["layers"],
+                    meta=header.get("meta"))
+        probe.load_state_dict(tensors, strict=True)
+        probe.eval()
+        if encoder is not None:
+            spec = encoder if isinstance(encoder, dict) else encoder.spec(layers=tuple(probe.layers))
+            try:
+                probe.check(spec)
+            except ProbeMismatchError as e:
+                raise ProbeMismatchError(f"{path}: {e}") from None
+        return probe
+
+
+def select_layers(fmap: FeatureMap, layers: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """``[gh, gw, D * L_all]`` -> ``[gh, gw, D * len(layers)]``: the chunks of ``fmap.tokens`` for ``layers`` (block
+    indices as stored in ``fmap.layers``; ``-1``-style indices are resolved against the encoder's depth)."""
+    have = list(fmap.layers)
+    n = fmap.encoder.get("num_layers")
+    want = [b % n if (n and b < 0) else b for b in layers]
+    if want == have:
+        return fmap.tokens
+    D = fmap.dim // len(have)
+    try:
+        idx = [have.index(b) for b in want]
+    except ValueError:
+        raise ProbeMismatchError(f"layers {list(layers)} are not all in the feature map's {have}") from None
+    return torch.cat([fmap.tokens[..., i * D:(i + 1) * D] for i in idx], dim=-1)

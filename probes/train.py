@@ -1,0 +1,278 @@
+"""Train linear probes on cached features: a one-pass sweep (DINOv2 ``eval/linear.py`` style), best head on val.
+
+Every head of the sweep (one per learning rate x layer set) sees the same feature batches in the same order; each has
+its own AdamW parameter group, so the heads are independent and the sweep costs one pass over the features.
+
+Choices, and why:
+
+- **Native aspect ratio, no padding.** Images are batched with others of the same patch grid (``gh, gw``); a batch
+  never mixes grids, so nothing is padded or resized to a square.
+- **BatchNorm statistics are the training set's exact mean and variance**, computed once before training and frozen
+  (the BN affine weights still train). The features are frozen, so batch statistics would only add noise, make the
+  result depend on the batch composition, and cost a pass over every batch. The saved module is a plain
+  ``BatchNorm2d`` + ``Conv2d`` in eval mode.
+- **One matmul per batch for all heads.** With BN frozen, head h is ``x @ A_h.T + c_h`` with
+  ``A_h = (gamma_h * W_h) / sd`` and ``c_h = W_h @ beta_h + b_h - A_h @ mu``; the stacked ``A`` of all heads
+  multiplies the tokens once, and autograd reaches ``gamma, beta, W, b`` through ``A`` and ``c``.
+- **Training labels at ``label_scale`` x the patch grid** (nearest resize of the label map), logits upsampled
+  bilinearly to that size: ``label_scale = 4`` gives 4 x 4 label pixels per patch, enough to learn sub-patch boundaries
+  through the bilinear upsampling, at a fraction of the cost of the original resolution. Validation and test are
+  always scored at the original image resolution (:mod:`probes.evaluate`).
+- Seeded (``torch.Generator``) initialisation and batch order: the same inputs and seed give the same probe on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from dense.coco import IGNORE
+from dense.features import FeatureMap
+from probes.linear import IDENTITY_KEYS, LinearProbe, ProbeMismatchError
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: its cached features and its label map (uint8 ``[H, W]``, 255 = ignore) at original resolution."""
+
+    key: str
+    fmap: FeatureMap
+    label: np.ndarray
+
+
+@dataclass
+class ProbeConfig:
+    """Training settings; each (lr, layer set) pair is one head of the sweep."""
+
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+    layer_sets: tuple[tuple[int, ...], ...] | None = None  # block indices per head; None: all layers of the features
+    epochs: int = 10
+    batch_size: int = 16  # images per step (all of one grid)
+    label_scale: int = 4  # training labels at (gh * s, gw * s) pixels; validation/test at the original size
+    weight_decay: float = 0.0
+    seed: int = 0
+    feature_dtype: str = "float32"  # ('float32', 'bfloat16'): how training tokens are held in memory
+
+
+@dataclass
+class SweepResult:
+    """``best``: the head with the highest val mIoU (ties: the first in sweep order); ``val``: figures per head key;
+    ``history``: mean training loss per epoch per head key."""
+
+    best: LinearProbe
+    best_key: str
+    val: dict[str, dict[str, float]]
+    history: dict[str, list[float]] = field(default_factory=dict)
+    seconds: float = 0.0
+    probes: dict[str, LinearProbe] = field(default_factory=dict)
+
+
+def head_key(lr: float, layers: Sequence[int]) -> str:
+    return f"lr={lr:g} layers={','.join(str(b) for b in layers)}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading samples from a dataset and a cache
+
+
+def load_samples(dataset, cache, split: str | None = None, *, progress: bool = False) -> list[Sample]:
+    """Features (from ``cache``, a :class:`dense.cache.FeatureCache`) + label maps for one split of a COCO dataset or
+    a segmentation folder. A missing entry raises ``KeyError`` naming it (run ``dense extract``)."""
+    out = []
+    for i in tqdm(dataset.ids(split), desc=f"load {split or 'all'}", unit="img", disable=not progress):
+        fmap = cache.load(str(i))
+        label = dataset.label_map(i)
+        if label.shape != tuple(fmap.image_hw):
+            raise ValueError(f"image {i}: label map {label.shape} differs from the image size {fmap.image_hw}")
+        out.append(Sample(str(i), fmap, label))
+    return out
+
+
+def _check_samples(samples: Sequence[Sample], num_classes: int, what: str) -> dict:
+    if not samples:
+        raise ValueError(f"no {what} samples")
+    spec = samples[0].fmap.encoder
+    for s in samples:
+        e = s.fmap.encoder
+        if any(e.get(k) != spec.get(k) for k in (*IDENTITY_KEYS, "layers")):
+            raise ProbeMismatchError(f"{what} sample {s.key}: features of {e}, the first sample's are {spec}")
+        bad = (s.label >= num_classes) & (s.label != IGNORE)
+        if bad.any():
+            raise ValueError(f"{what} sample {s.key}: label values {np.unique(s.label[bad])[:8].tolist()} exceed the "
+                             f"{num_classes} classes")
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The sweep
+
+
+class _Heads(torch.nn.Module):
+    """All heads of the sweep as stacked parameters; ``A`` and ``c`` fold the frozen BN into one linear map."""
+
+    def __init__(self, in_dims: list[int], num_classes: int, seed: int):
+        super().__init__()
+        self.gamma = torch.nn.ParameterList([torch.nn.Parameter(torch.ones(d)) for d in in_dims])
+        self.beta = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(d)) for d in in_dims])
+        # DINOv2's linear heads: weights ~ N(0, 0.01), bias 0. Every head of a layer set starts from the same draw,
+        # so a head's result does not depend on which other heads share the sweep.
+        self.weight = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.randn(num_classes, d, generator=torch.Generator().manual_seed(seed)) * 0.01)
+             for d in in_dims])
+        self.bias = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(num_classes)) for _ in in_dims])
+
+
+def _fold(heads: _Heads, cols: list[torch.Tensor], mu: torch.Tensor, sd: torch.Tensor, d_all: int
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked ``A [H*K, D_all]`` and ``c [H*K]`` so that ``x @ A.T + c`` are every head's logits."""
+    A_rows, c_rows = [], []
+    for h, idx in enumerate(cols):
+        W = heads.weight[h] * heads.gamma[h][None, :]  # [K, d]
+        a = W / sd[idx][None, :]  # [K, d]
+        c = heads.weight[h] @ heads.beta[h] + heads.bias[h] - a @ mu[idx]  # [K]
+        full = a.new_zeros(a.shape[0], d_all).index_copy(1, idx, a)  # [K, d] -> [K, D_all]
+        A_rows.append(full)
+        c_rows.append(c)
+    return torch.cat(A_rows), torch.cat(c_rows)
+
+
+def _columns(spec: dict, layer_set: Sequence[int], d_all: int) -> torch.Tensor:
+    have = list(spec["layers"])
+    n = spec.get("num_layers")
+    D = d_all // len(have)
+    idx = []
+    for b in layer_set:
+        b = b % n if (n and b < 0) else b
+        if b not in have:
+            raise ProbeMismatchError(f"layer set {list(layer_set)}: block {b} is not in the features' {have}")
+        k = have.index(b)
+        idx.append(torch.arange(k * D, (k + 1) * D))
+    return torch.cat(idx)
+
+
+def _token_stats(samples: Sequence[Sample], eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact per-channel mean and variance over every training token (float64 sums): ``mu, var, sd``."""
+    d = samples[0].fmap.dim
+    s1 = torch.zeros(d, dtype=torch.float64)
+    s2 = torch.zeros(d, dtype=torch.float64)
+    n = 0
+    for s in samples:
+        x = s.fmap.tokens.reshape(-1, d).double()  # [gh, gw, D] -> [N, D]
+        s1 += x.sum(0)
+        s2 += (x * x).sum(0)
+        n += x.shape[0]
+    mu = s1 / n
+    var = (s2 / n - mu * mu).clamp_min(0)
+    return mu.float(), var.float(), (var + eps).sqrt().float()
+
+
+def _batches(grids: list[tuple[int, int]], batch_size: int, gen: torch.Generator) -> list[list[int]]:
+    """Shuffled batches of sample indices, each of one grid."""
+    order = torch.randperm(len(grids), generator=gen).tolist()
+    by_grid: dict[tuple[int, int], list[int]] = {}
+    for i in order:
+        by_grid.setdefault(grids[i], []).append(i)
+    chunks = [idx[k:k + batch_size] for idx in by_grid.values() for k in range(0, len(idx), batch_size)]
+    return [chunks[j] for j in torch.randperm(len(chunks), generator=gen).tolist()]
+
+
+def train_probes(train: Sequence[Sample], val: Sequence[Sample], class_names: Sequence[str],
+                 config: ProbeConfig | None = None, *, progress: bool = True) -> SweepResult:
+    """Train every head of the sweep in one pass over ``train``; score each on ``val`` at original resolution.
+
+    Returns the best head (by val mIoU) as a :class:`LinearProbe` carrying ``class_names``, the features' encoder
+    spec, its layers and ``meta`` (config, key, val figures).
+    """
+    cfg = config or ProbeConfig()
+    t0 = time.perf_counter()
+    K = len(class_names)
+    spec = _check_samples(train, K, "train")
+    _check_samples(val, K, "val")
+    if val[0].fmap.encoder.get("layers") != spec.get("layers"):
+        raise ProbeMismatchError("train and val features hold different layers")
+    d_all = train[0].fmap.dim
+    layer_sets = [tuple(ls) for ls in (cfg.layer_sets or [tuple(spec["layers"])])]
+    heads_cfg = [(lr, ls) for ls in layer_sets for lr in cfg.lrs]
+    keys = [head_key(lr, ls) for lr, ls in heads_cfg]
+    cols = [_columns(spec, ls, d_all) for _, ls in heads_cfg]
+    eps = 1e-5  # BatchNorm2d's default, so the saved module computes exactly what was trained
+    mu, var, sd = _token_stats(train, eps)
+
+    gen = torch.Generator().manual_seed(cfg.seed)  # batch order
+    heads = _Heads([len(c) for c in cols], K, cfg.seed)
+    groups = [{"params": [heads.gamma[h], heads.beta[h], heads.weight[h], heads.bias[h]], "lr": lr}
+              for h, (lr, _) in enumerate(heads_cfg)]
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+
+    store = getattr(torch, cfg.feature_dtype)
+    s = cfg.label_scale
+    grids = [s_.fmap.grid_hw for s_ in train]
+    tokens = [s_.fmap.tokens.to(store) for s_ in train]  # [gh, gw, D_all] each (no copy for float32)
+    targets = [torch.from_numpy(cv2.resize(s_.label, (gw * s, gh * s), interpolation=cv2.INTER_NEAREST))
+               for s_, (gh, gw) in zip(train, grids, strict=True)]  # uint8 [gh*s, gw*s]
+    n_steps = cfg.epochs * len(_batches(grids, cfg.batch_size, torch.Generator().manual_seed(0)))
+    H = len(heads_cfg)
+    history = {k: [] for k in keys}
+    step = 0
+    bar = tqdm(range(cfg.epochs), desc="probe", unit="epoch", disable=not progress)
+    for _ in bar:
+        sums, count = torch.zeros(H), 0
+        for idx in _batches(grids, cfg.batch_size, gen):
+            gh, gw = grids[idx[0]]
+            B = len(idx)
+            x = torch.stack([tokens[i] for i in idx]).reshape(B * gh * gw, d_all).float()  # [B, gh, gw, D] -> [BN, D]
+            y = torch.stack([targets[i] for i in idx]).long()  # [B, gh*s, gw*s]
+            y = y.repeat_interleave(H, dim=0)  # [B*H, h, w]: one copy per head
+            A, c = _fold(heads, cols, mu, sd, d_all)  # [H*K, D_all], [H*K]
+            logits = torch.addmm(c, x, A.T)  # [BN, H*K]
+            logits = logits.reshape(B, gh, gw, H * K).permute(0, 3, 1, 2)  # -> [B, H*K, gh, gw]
+            logits = F.interpolate(logits, size=(gh * s, gw * s), mode="bilinear", align_corners=False)
+            logits = logits.reshape(B * H, K, gh * s, gw * s)  # [B, H*K, h, w] -> [B*H, K, h, w] (a view)
+            per_px = F.cross_entropy(logits, y, ignore_index=IGNORE, reduction="none")  # [B*H, h, w]
+            per_px = per_px.reshape(B, H, -1)  # -> [B, H, h*w]
+            valid = (y[::H] != IGNORE).sum().clamp_min(1)  # same pixels for every head
+            loss_h = per_px.sum((0, 2)) / valid  # [H]: each head's own mean loss
+            opt.zero_grad(set_to_none=True)
+            loss_h.sum().backward()
+            frac = step / max(n_steps, 1)  # cosine decay to 0 over the run
+            for g, lr in zip(opt.param_groups, base_lrs, strict=True):
+                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * frac))
+            opt.step()
+            step += 1
+            sums += loss_h.detach() * B
+            count += B
+        for k, v in zip(keys, (sums / max(count, 1)).tolist(), strict=True):
+            history[k].append(v)
+        bar.set_postfix(loss=f"{min(h[-1] for h in history.values()):.3f}")
+
+    probes = {}
+    for h, ((lr, ls), key) in enumerate(zip(heads_cfg, keys, strict=True)):
+        idx = cols[h]
+        probe = LinearProbe(len(idx), list(class_names), encoder_spec=spec, layers=list(ls),
+                            meta={"key": key, "lr": lr, "config": asdict(cfg)})
+        with torch.no_grad():
+            probe.bn.running_mean.copy_(mu[idx])
+            probe.bn.running_var.copy_(var[idx])
+            probe.bn.weight.copy_(heads.gamma[h])
+            probe.bn.bias.copy_(heads.beta[h])
+            probe.conv.weight.copy_(heads.weight[h][:, :, None, None])  # [K, d] -> [K, d, 1, 1]
+            probe.conv.bias.copy_(heads.bias[h])
+        probes[key] = probe.eval()
+
+    from probes.evaluate import evaluate_many
+
+    val_figs = evaluate_many(probes, val, progress=progress)
+    best_key = max(keys, key=lambda k: (np.nan_to_num(val_figs[k]["mIoU"], nan=-1.0), -keys.index(k)))
+    best = probes[best_key]
+    best.meta["val"] = {k: v for k, v in val_figs[best_key].items() if not k.startswith("IoU/")}
+    return SweepResult(best=best, best_key=best_key, val=val_figs, history=history,
+                       seconds=time.perf_counter() - t0, probes=probes)

@@ -1,0 +1,158 @@
+"""probes: known-answer training at native aspect ratio, sweep independence, determinism, save/load, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dense.features import FeatureMap
+from probes.evaluate import evaluate
+from probes.linear import LinearProbe, ProbeMismatchError, select_layers
+from probes.train import ProbeConfig, Sample, train_probes
+
+P = 8  # patch size of the fake features
+SPEC = dict(name="fake", family="siglip", patch_size=P, hidden_size=12, num_layers=4, max_patches=64, layers=[1, 3],
+            dtype="float32")
+GRIDS = [(4, 6), (5, 5), (6, 3), (3, 7)]  # not square, not equal: batches must group by grid
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # These steps are tiny; on a shared 2-core machine two OpenMP threads spin-wait far longer than they compute.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def fake_samples(n: int, seed: int, K: int = 3) -> list[Sample]:
+    """Patch (i, j) of class c carries a one-hot of c in channels [0, K) of layer 3 (the second chunk) plus noise;
+    layer 1 (the first chunk) is pure noise. Each image: left columns one class, right columns another, split at a
+    patch boundary; the original image is 1.5 x the resized one, so scoring is at a different resolution."""
+    rng = np.random.default_rng(seed)
+    D = SPEC["hidden_size"]
+    out = []
+    for k in range(n):
+        gh, gw = GRIDS[k % len(GRIDS)]
+        a, b = rng.choice(K, size=2, replace=False)
+        cut = int(rng.integers(1, gw))
+        grid_label = np.full((gh, gw), a, np.uint8)
+        grid_label[:, cut:] = b
+        tokens = rng.normal(0, 0.3, size=(gh, gw, 2 * D)).astype(np.float32)
+        tokens[..., D:D + K] += 2.0 * np.eye(K, dtype=np.float32)[grid_label]
+        H, W = int(gh * P * 1.5), int(gw * P * 1.5)
+        label = np.kron(grid_label, np.ones((12, 12), np.uint8))  # 12 = 1.5 * P original pixels per patch
+        label[0, 0] = 255  # an ignored pixel
+        fmap = FeatureMap(torch.from_numpy(tokens), (H, W), (gh * P, gw * P), P, (1, 3), dict(SPEC))
+        out.append(Sample(f"img{k}", fmap, label))
+    return out
+
+
+NAMES = ["bg", "a", "b"]
+
+
+def test_known_answer_and_layer_choice():
+    train, val = fake_samples(40, 0), fake_samples(12, 1)
+    cfg = ProbeConfig(lrs=(1e-3, 1e-2), layer_sets=((1,), (3,), (1, 3)), epochs=8, batch_size=4)
+    res = train_probes(train, val, NAMES, cfg, progress=False)
+    assert len(res.val) == 6
+    noise = [v["mIoU"] for k, v in res.val.items() if k.endswith("layers=1")]
+    assert max(noise) < 0.6  # layer 1 carries no signal
+    assert res.best_key.endswith("layers=3") or res.best_key.endswith("layers=1,3")
+    figs = evaluate(res.best, fake_samples(12, 2))
+    assert figs["mIoU"] > 0.95 and figs["pixel_acc"] > 0.97
+    assert figs == pytest.approx(evaluate(res.best, fake_samples(12, 2)))
+    assert res.best.meta["val"]["mIoU"] == pytest.approx(res.val[res.best_key]["mIoU"])
+    # predictions come back at the original resolution, whatever the grid
+    s = val[2]
+    assert tuple(res.best.predict(s.fmap).shape) == s.fmap.image_hw
+    for losses in res.history.values():
+        assert len(losses) == 8
+
+
+def test_seeded_deterministic_and_heads_independent():
+    train, val = fake_samples(16, 0), fake_samples(4, 1)
+    cfg = ProbeConfig(lrs=(1e-3, 1e-2), epochs=3, batch_size=4, seed=3)
+    a = train_probes(train, val, NAMES, cfg, progress=False)
+    b = train_probes(train, val, NAMES, cfg, progress=False)
+    for key in a.probes:
+        for name, t in a.probes[key].state_dict().items():
+            torch.testing.assert_close(t, b.probes[key].state_dict()[name], rtol=0, atol=0)
+    alone = train_probes(train, val, NAMES, ProbeConfig(lrs=(1e-2,), epochs=3, batch_size=4, seed=3), progress=False)
+    key = next(iter(alone.probes))
+    for name, t in alone.probes[key].state_dict().items():  # same head, with or without company in the sweep
+        torch.testing.assert_close(t, a.probes[key].state_dict()[name], rtol=1e-4, atol=1e-5)
+    other = train_probes(train, val, NAMES, ProbeConfig(lrs=(1e-2,), epochs=3, batch_size=4, seed=4), progress=False)
+    assert not torch.equal(other.best.conv.weight, alone.best.conv.weight)
+
+
+def test_save_load_and_encoder_mismatch(tmp_path):
+    train, val = fake_samples(8, 0), fake_samples(4, 1)
+    res = train_probes(train, val, NAMES, ProbeConfig(lrs=(1e-2,), layer_sets=((3,),), epochs=2), progress=False)
+    path = res.best.save(tmp_path / "p.safetensors")
+    loaded = LinearProbe.load(path, encoder=dict(SPEC, max_patches=256, dtype="bfloat16"))  # budget/dtype may differ
+    assert loaded.class_names == NAMES and loaded.layers == [3] and loaded.encoder_spec == SPEC
+    for s in val:
+        torch.testing.assert_close(loaded.logits(s.fmap), res.best.logits(s.fmap))
+    with pytest.raises(ProbeMismatchError, match="hidden_size: trained on 12, given 16"):
+        LinearProbe.load(path, encoder=dict(SPEC, hidden_size=16))
+    with pytest.raises(ProbeMismatchError, match="name"):
+        LinearProbe.load(path, encoder=dict(SPEC, name="other"))
+    with pytest.raises(ProbeMismatchError, match="blocks"):
+        LinearProbe.load(path, encoder=dict(SPEC, layers=[1]))
+    with pytest.raises(ProbeMismatchError):
+        res.best.predict(FeatureMap(torch.zeros(2, 2, 24), (16, 16), (16, 16), P, (1, 3), dict(SPEC, name="x")))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"nope")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        LinearProbe.load(bad)
+
+
+def test_select_layers_picks_chunks():
+    s = fake_samples(1, 0)[0]
+    D = SPEC["hidden_size"]
+    torch.testing.assert_close(select_layers(s.fmap, [3]), s.fmap.tokens[..., D:])
+    torch.testing.assert_close(select_layers(s.fmap, [-1]), s.fmap.tokens[..., D:])  # -1 = block 3 of 4
+    torch.testing.assert_close(select_layers(s.fmap, [1, 3]), s.fmap.tokens)
+
+
+def test_bad_inputs_name_the_sample():
+    train = fake_samples(4, 0)
+    bad = Sample("odd", train[0].fmap, np.full_like(train[0].label, 7))
+    with pytest.raises(ValueError, match="odd.*exceed"):
+        train_probes([*train, bad], train, NAMES, ProbeConfig(epochs=1), progress=False)
+    other = Sample("x", FeatureMap(train[0].fmap.tokens, train[0].fmap.image_hw, train[0].fmap.resized_hw, P, (1, 3),
+                                   dict(SPEC, name="other")), train[0].label)
+    with pytest.raises(ProbeMismatchError, match="x"):
+        train_probes([*train, other], train, NAMES, ProbeConfig(epochs=1), progress=False)
+    with pytest.raises(ValueError, match="no val"):
+        train_probes(train, [], NAMES, ProbeConfig(epochs=1), progress=False)
+
+
+def test_cli_train_then_eval(tmp_path, tiny_siglip_dir, tiny_siglip2_dir, capsys):
+    from dense.cli import main
+    from dense.datasets import make_shapes
+
+    world = make_shapes(tmp_path / "w", 12, seed=0)
+    common = ["--model", str(tiny_siglip_dir), "--ann", str(world["annotation_file"]), "--images",
+              str(tmp_path / "w" / "images"), "--cache", str(tmp_path / "cache"), "--quiet"]
+    out = tmp_path / "probe.safetensors"
+    rc = main(["probe", "train", *common, "--epochs", "2", "--lrs", "1e-3,1e-2", "--test-split", "test",
+               "--out", str(out), "--json", str(tmp_path / "train.json")])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "<- best" in text and "reported once" in text
+    res = json.loads((tmp_path / "train.json").read_text())
+    assert set(res["sweep"]) == {"lr=0.001 layers=1", "lr=0.01 layers=1"} and res["class_names"][0] == "background"
+    rc = main(["probe", "eval", *common, "--probe", str(out), "--split", "test", "--json", str(tmp_path / "e.json")])
+    assert rc == 0
+    ev = json.loads((tmp_path / "e.json").read_text())
+    assert ev["figures"]["mIoU"] == pytest.approx(res["test"]["mIoU"])
+    common[1] = str(tiny_siglip2_dir)
+    assert main(["probe", "eval", *common, "--probe", str(out), "--split", "test"]) == 1
+    assert "trained on another encoder" in capsys.readouterr().err
+    assert not list(Path(tmp_path / "cache").rglob("*.tmp"))

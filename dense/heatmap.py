@@ -377,6 +377,15 @@ def add_cli(sub, eval_sub) -> None:
     p.add_argument("--out", default="heatmap.png", help="PNG to write")
     p.set_defaults(func=_cli_heatmap)
 
+    g = sub.add_parser("segment", help="open-vocabulary segmentation of one image (label-map PNG with legend)")
+    g.add_argument("image")
+    g.add_argument("classes", nargs="+", help="class names, e.g. 'red circle' 'blue star'")
+    g.add_argument("--model", default="shapes-tiny")
+    g.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS))
+    g.add_argument("--background", default="0.5", help="a probability threshold, 'none', or comma-separated prompts")
+    g.add_argument("--out", default="segment.png", help="PNG to write")
+    g.set_defaults(func=_cli_segment)
+
     e = eval_sub.add_parser("openvocab", help="open-vocabulary segmentation mIoU on a COCO-style dataset")
     e.add_argument("--ann", required=True, help="COCO instances JSON")
     e.add_argument("--images", required=True, help="image folder")
@@ -422,6 +431,18 @@ def _cli_heatmap(args) -> int:
 
     fig = viz.heatmaps(load_image(args.image), scores.numpy(), args.queries)
     fig.savefig(args.out, dpi=100)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cli_segment(args) -> int:
+    import dense
+    from dense import viz
+    from dense.preprocess import load_image
+
+    enc = dense.load_encoder(args.model)
+    labels = segment(enc, args.image, args.classes, background=_parse_background(args.background), method=args.method)
+    viz.label_map(load_image(args.image), labels, args.classes).savefig(args.out, dpi=100)
     print(f"wrote {args.out}")
     return 0
 

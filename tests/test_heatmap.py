@@ -231,3 +231,6 @@ def test_heatmap_cli_writes_a_png(tiny_siglip_dir, tmp_path):
     rc = main(["heatmap", str(tmp_path / "im.png"), "red circle", "blue star", "--model", str(tiny_siglip_dir),
                "--out", str(out)])
     assert rc == 0 and out.stat().st_size > 0
+    rc = main(["segment", str(tmp_path / "im.png"), "red circle", "blue star", "--model", str(tiny_siglip_dir),
+               "--background", "0.1", "--out", str(tmp_path / "s.png")])
+    assert rc == 0 and (tmp_path / "s.png").stat().st_size > 0

@@ -184,7 +184,7 @@ def add_cli(sub, eval_sub) -> None:
     t.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3,1e-2")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=16, help="images per step")
-    t.add_argument("--label-scale", type=int, default=4, help="training labels per patch side")
+    t.add_argument("--label-scale", type=int, default=1, help="training cells per patch side (1: the patch grid)")
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--feature-dtype", default="float32", choices=("float32", "bfloat16"),
                    help="how training features are held in memory")

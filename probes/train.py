@@ -14,10 +14,14 @@ Choices, and why:
 - **One matmul per batch for all heads.** With BN frozen, head h is ``x @ A_h.T + c_h`` with
   ``A_h = (gamma_h * W_h) / sd`` and ``c_h = W_h @ beta_h + b_h - A_h @ mu``; the stacked ``A`` of all heads
   multiplies the tokens once, and autograd reaches ``gamma, beta, W, b`` through ``A`` and ``c``.
-- **Training labels at ``label_scale`` x the patch grid** (nearest resize of the label map), logits upsampled
-  bilinearly to that size: ``label_scale = 4`` gives 4 x 4 label pixels per patch, enough to learn sub-patch boundaries
-  through the bilinear upsampling, at a fraction of the cost of the original resolution. Validation and test are
-  always scored at the original image resolution (:mod:`probes.evaluate`).
+- **Training targets are pixel counts per cell.** The label map is cut into ``(gh * s, gw * s)`` cells
+  (``s = label_scale``); each cell's target is how many of its original pixels carry each class (ignored pixels count
+  for nothing). The loss ``-sum(count_k * log p_k) / valid pixels`` is EXACTLY the pixel-level cross-entropy at the
+  original resolution when the logits are held constant over each cell, at the cost of ``gh * s * gw * s`` cells
+  instead of ``H * W`` pixels. ``s = 1`` (default) trains on the patch grid itself; ``s > 1`` upsamples the logits
+  bilinearly to the cells, closer to full-resolution training but ``s**2`` times the loss cost (measured in
+  ``benchmarks/probe_train.py``). Validation and test are always scored at the original image resolution
+  (:mod:`probes.evaluate`).
 - Seeded (``torch.Generator``) initialisation and batch order: the same inputs and seed give the same probe on CPU.
 """
 
@@ -28,7 +32,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -56,7 +59,7 @@ class ProbeConfig:
     layer_sets: tuple[tuple[int, ...], ...] | None = None  # block indices per head; None: all layers of the features
     epochs: int = 10
     batch_size: int = 16  # images per step (all of one grid)
-    label_scale: int = 4  # training labels at (gh * s, gw * s) pixels; validation/test at the original size
+    label_scale: int = 1  # training cells per patch side (see the module docstring); val/test at original size
     weight_decay: float = 0.0
     seed: int = 0
     feature_dtype: str = "float32"  # ('float32', 'bfloat16'): how training tokens are held in memory
@@ -174,6 +177,24 @@ def _token_stats(samples: Sequence[Sample], eps: float) -> tuple[torch.Tensor, t
     return mu.float(), var.float(), (var + eps).sqrt().float()
 
 
+def cell_counts(label: np.ndarray, cells_hw: tuple[int, int], num_classes: int) -> torch.Tensor:
+    """uint8 label map ``[H, W]`` -> float32 ``[K, ch, cw]``: per cell, how many pixels carry each class.
+
+    Pixel (r, c) falls in the cell under its centre, ``(floor((r + 0.5) * ch / H), floor((c + 0.5) * cw / W))``: the
+    same tiling as the patch grid over the resized image. :data:`IGNORE` pixels are not counted.
+    """
+    H, W = label.shape
+    ch, cw = cells_hw
+    row = ((2 * np.arange(H) + 1) * ch // (2 * H))[:, None]  # [H, 1]
+    col = ((2 * np.arange(W) + 1) * cw // (2 * W))[None, :]  # [1, W]
+    cell = (row * cw + col).ravel()  # [H*W]
+    lab = label.ravel().astype(np.int64)
+    keep = lab != IGNORE
+    counts = np.bincount(cell[keep] * num_classes + lab[keep], minlength=ch * cw * num_classes)
+    counts = counts.reshape(ch, cw, num_classes).transpose(2, 0, 1)  # [ch, cw, K] -> [K, ch, cw]
+    return torch.from_numpy(np.ascontiguousarray(counts, dtype=np.float32))
+
+
 def _batches(grids: list[tuple[int, int]], batch_size: int, gen: torch.Generator) -> list[list[int]]:
     """Shuffled batches of sample indices, each of one grid."""
     order = torch.randperm(len(grids), generator=gen).tolist()
@@ -217,8 +238,7 @@ def train_probes(train: Sequence[Sample], val: Sequence[Sample], class_names: Se
     s = cfg.label_scale
     grids = [s_.fmap.grid_hw for s_ in train]
     tokens = [s_.fmap.tokens.to(store) for s_ in train]  # [gh, gw, D_all] each (no copy for float32)
-    targets = [torch.from_numpy(cv2.resize(s_.label, (gw * s, gh * s), interpolation=cv2.INTER_NEAREST))
-               for s_, (gh, gw) in zip(train, grids, strict=True)]  # uint8 [gh*s, gw*s]
+    targets = [cell_counts(s_.label, (gh * s, gw * s), K) for s_, (gh, gw) in zip(train, grids, strict=True)]
     n_steps = cfg.epochs * len(_batches(grids, cfg.batch_size, torch.Generator().manual_seed(0)))
     H = len(heads_cfg)
     history = {k: [] for k in keys}
@@ -230,17 +250,15 @@ def train_probes(train: Sequence[Sample], val: Sequence[Sample], class_names: Se
             gh, gw = grids[idx[0]]
             B = len(idx)
             x = torch.stack([tokens[i] for i in idx]).reshape(B * gh * gw, d_all).float()  # [B, gh, gw, D] -> [BN, D]
-            y = torch.stack([targets[i] for i in idx]).long()  # [B, gh*s, gw*s]
-            y = y.repeat_interleave(H, dim=0)  # [B*H, h, w]: one copy per head
+            t = torch.stack([targets[i] for i in idx])  # [B, K, gh*s, gw*s] pixel counts
             A, c = _fold(heads, cols, mu, sd, d_all)  # [H*K, D_all], [H*K]
             logits = torch.addmm(c, x, A.T)  # [BN, H*K]
             logits = logits.reshape(B, gh, gw, H * K).permute(0, 3, 1, 2)  # -> [B, H*K, gh, gw]
-            logits = F.interpolate(logits, size=(gh * s, gw * s), mode="bilinear", align_corners=False)
-            logits = logits.reshape(B * H, K, gh * s, gw * s)  # [B, H*K, h, w] -> [B*H, K, h, w] (a view)
-            per_px = F.cross_entropy(logits, y, ignore_index=IGNORE, reduction="none")  # [B*H, h, w]
-            per_px = per_px.reshape(B, H, -1)  # -> [B, H, h*w]
-            valid = (y[::H] != IGNORE).sum().clamp_min(1)  # same pixels for every head
-            loss_h = per_px.sum((0, 2)) / valid  # [H]: each head's own mean loss
+            if s > 1:
+                logits = F.interpolate(logits, size=(gh * s, gw * s), mode="bilinear", align_corners=False)
+            logp = F.log_softmax(logits.reshape(B, H, K, -1), dim=2)  # [B, H*K, h, w] -> [B, H, K, h*w]
+            valid = t.sum().clamp_min(1)
+            loss_h = -(t.reshape(B, 1, K, -1) * logp).sum((0, 2, 3)) / valid  # [H]: each head's own mean loss
             opt.zero_grad(set_to_none=True)
             loss_h.sum().backward()
             frac = step / max(n_steps, 1)  # cosine decay to 0 over the run

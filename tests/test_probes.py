@@ -156,3 +156,25 @@ def test_cli_train_then_eval(tmp_path, tiny_siglip_dir, tiny_siglip2_dir, capsys
     assert main(["probe", "eval", *common, "--probe", str(out), "--split", "test"]) == 1
     assert "trained on another encoder" in capsys.readouterr().err
     assert not list(Path(tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_cell_counts_equal_pixel_cross_entropy():
+    """The training loss on cell counts equals the pixel-level cross-entropy at the original resolution with logits
+    held constant over each patch (the patch under each pixel centre, from the geometry module)."""
+    from dense.preprocess import pixel_to_grid
+    from probes.train import cell_counts
+
+    rng = np.random.default_rng(0)
+    K, (gh, gw), (H, W) = 4, (4, 6), (30, 45)
+    label = rng.integers(0, K, size=(H, W)).astype(np.uint8)
+    label[rng.random((H, W)) < 0.1] = 255
+    logits = torch.from_numpy(rng.normal(size=(K, gh, gw)))
+    counts = cell_counts(label, (gh, gw), K).double()  # [K, gh, gw]
+    ours = -(counts * torch.log_softmax(logits, 0)).sum()
+    ys, xs = np.mgrid[0:H, 0:W]
+    ij = pixel_to_grid(np.stack([xs + 0.5, ys + 0.5], -1), (H, W), (gh * P, gw * P), P)  # [H, W, 2]
+    full = logits[:, ij[..., 0], ij[..., 1]]  # [K, H, W]
+    want = torch.nn.functional.cross_entropy(full[None], torch.from_numpy(label).long()[None], ignore_index=255,
+                                             reduction="sum")
+    torch.testing.assert_close(ours, want)
+    assert counts.sum() == (label != 255).sum()

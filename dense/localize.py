@@ -450,7 +450,7 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
     hits: dict[tuple, list[bool]] = {}
     random_acc, random_point = [], []
     seconds = {"extract": 0.0, "localize": 0.0}
-    n_sentences = 0
+    n_sentences, n_cands = 0, []  # n_cands: candidates per sample
     for iid in tqdm(image_ids, desc="refer", unit="img", disable=not progress):
         path = ds.image_path(iid)
         rgb = load_image(path)
@@ -469,11 +469,14 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
         for ref in by_image[iid]:
             gt_xyxy, mask = ds.box_xyxy(ref.ann_id), ds.mask(ref.ann_id)
             cand_centres_xy = (cands_xyxy[:, :2] + cands_xyxy[:, 2:]) / 2  # [K, 2]
-            random_acc.append(float((metrics.box_iou_xyxy(cands_xyxy, gt_xyxy)[:, 0] >= 0.5).mean()))
-            random_point.append(float(metrics.pointing_hits(cand_centres_xy, [mask] * len(cand_centres_xy)).mean()))
+            rand_acc = float((metrics.box_iou_xyxy(cands_xyxy, gt_xyxy)[:, 0] >= 0.5).mean())
+            rand_point = float(metrics.pointing_hits(cand_centres_xy, [mask] * len(cand_centres_xy)).mean())
             for sent in ref.sentences:
                 n_sentences += 1
                 gt_boxes.append(gt_xyxy)
+                n_cands.append(len(cands_xyxy))
+                random_acc.append(rand_acc)
+                random_point.append(rand_point)
                 out = {("none", "centre-prior", "-", None): (whole_xyxy, centre_xy)}
                 t0 = time.perf_counter()
                 for m, loc in locs.items():
@@ -491,38 +494,43 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
                     pred.setdefault(key, []).append(box)
                     hits.setdefault(key, []).append(bool(metrics.pointing_hits(point_xy[None], [mask])[0]))
 
-    rows = [{"setting": "none", "method": "centre-prior", "scorer": "-", "box_threshold": None,
-             "acc@0.5": metrics.acc_at_iou(pred[("none", "centre-prior", "-", None)], gt_boxes),
-             "pointing": float(np.mean(hits[("none", "centre-prior", "-", None)])) if n_sentences else float("nan")}]
-    sweep = {}
-    for m in methods:
-        rows.append({"setting": "none", "method": m, "scorer": "-", "box_threshold": box_threshold,
-                     "acc@0.5": metrics.acc_at_iou(pred[("none", m, "-", None)], gt_boxes),
-                     "pointing": float(np.mean(hits[("none", m, "-", None)]))})
-        sweep[m] = {str(t): metrics.acc_at_iou(pred[("none", m, "-", float(t))], gt_boxes) for t in thresholds}
-    for m in methods:
-        for s in scorers:
-            key = ("gt-boxes", m, s, None)
-            rows.append({"setting": "gt-boxes", "method": m, "scorer": s, "box_threshold": None,
-                         "acc@0.5": metrics.acc_at_iou(pred[key], gt_boxes), "pointing": float(np.mean(hits[key]))})
-    # the random baseline is per ref; every sentence of a ref counts, like the methods
-    n_per_ref = [len(r.sentences) for iid in image_ids for r in by_image[iid]]
-    rows.append({"setting": "gt-boxes", "method": "-", "scorer": "random (expected)", "box_threshold": None,
-                 "acc@0.5": float(np.average(random_acc, weights=n_per_ref)) if n_per_ref else float("nan"),
-                 "pointing": float(np.average(random_point, weights=n_per_ref)) if n_per_ref else float("nan")})
-    return {"rows": rows, "box_threshold_sweep": sweep, "n_images": len(image_ids), "n_refs": len(n_per_ref),
-            "n_sentences": n_sentences, "seconds": seconds, "ann": str(ann), "refs": str(refs), "split": split,
+    def figures(sel: np.ndarray) -> list[dict]:
+        """Rows over the samples selected by bool ``sel [n_sentences]``."""
+        gt = np.asarray(gt_boxes).reshape(-1, 4)[sel]
+
+        def row(setting, method, scorer, key, thr=None):
+            return {"setting": setting, "method": method, "scorer": scorer, "box_threshold": thr,
+                    "acc@0.5": metrics.acc_at_iou(np.asarray(pred[key]).reshape(-1, 4)[sel], gt),
+                    "pointing": float(np.mean(np.asarray(hits[key])[sel])) if sel.any() else float("nan")}
+
+        out = [row("none", "centre-prior", "-", ("none", "centre-prior", "-", None))]
+        out += [row("none", m, "-", ("none", m, "-", None), box_threshold) for m in methods]
+        out += [row("gt-boxes", m, s, ("gt-boxes", m, s, None)) for m in methods for s in scorers]
+        out.append({"setting": "gt-boxes", "method": "-", "scorer": "random (expected)", "box_threshold": None,
+                    "acc@0.5": float(np.mean(np.asarray(random_acc)[sel])) if sel.any() else float("nan"),
+                    "pointing": float(np.mean(np.asarray(random_point)[sel])) if sel.any() else float("nan")})
+        return out
+
+    every = np.ones(n_sentences, dtype=bool)
+    rows, rows_multi = figures(every), figures(np.asarray(n_cands) >= 2)
+    sweep = {m: {str(t): metrics.acc_at_iou(pred[("none", m, "-", float(t))], gt_boxes) for t in thresholds}
+             for m in methods} if n_sentences else {}
+    n_refs = sum(len(by_image[iid]) for iid in image_ids)
+    return {"rows": rows, "rows_multi": rows_multi, "box_threshold_sweep": sweep, "n_images": len(image_ids),
+            "n_refs": n_refs, "n_sentences": n_sentences, "n_multi": int(np.sum(np.asarray(n_cands) >= 2)),
+            "seconds": seconds, "ann": str(ann), "refs": str(refs), "split": split,
             "encoder": encoder.name, "templates": None if templates is None else list(templates),
             "scorers": list(scorers), "methods": methods}
 
 
 def format_refer_table(res: dict) -> str:
     """The rows of :func:`evaluate_refer` and its threshold sweep as a plain-text table."""
-    lines = [f"{'setting':<10}{'method':<22}{'scorer':<19}{'Acc@0.5':>8}{'point':>8}"]
-    for r in res["rows"]:
+    lines = [f"{'':<51}{'all expressions':>16}{'images with >= 2 objects':>26}",
+             f"{'setting':<10}{'method':<22}{'scorer':<19}{'Acc@0.5':>8}{'point':>8}{'Acc@0.5':>13}{'point':>8}"]
+    for r, rm in zip(res["rows"], res["rows_multi"], strict=True):
         thr = "" if r["box_threshold"] is None else f"  (box threshold {r['box_threshold']})"
         lines.append(f"{r['setting']:<10}{r['method']:<22}{r['scorer']:<19}{r['acc@0.5']:8.3f}{r['pointing']:8.3f}"
-                     f"{thr}")
+                     f"{rm['acc@0.5']:13.3f}{rm['pointing']:8.3f}{thr}")
     if res["box_threshold_sweep"]:
         thresholds = list(next(iter(res["box_threshold_sweep"].values())))
         lines += ["", "Acc@0.5 without candidates, by relative box threshold:",
@@ -530,7 +538,8 @@ def format_refer_table(res: dict) -> str:
         for m, accs in res["box_threshold_sweep"].items():
             lines.append(f"{m:<22}" + "".join(f"{accs[t]:7.3f}" for t in thresholds))
     sec = res["seconds"]
-    lines.append(f"\n{res['n_sentences']} expressions ({res['n_refs']} refs) on {res['n_images']} images; "
+    lines.append(f"\n{res['n_sentences']} expressions ({res['n_refs']} refs, {res['n_multi']} on images with >= 2 "
+                 f"objects) on {res['n_images']} images; "
                  f"extraction {sec['extract']:.1f} s, localization {sec['localize']:.1f} s (all methods, scorers, "
                  f"thresholds)")
     return "\n".join(lines)

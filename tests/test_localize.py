@@ -213,6 +213,10 @@ def test_twenty_expressions_cost_one_extraction(tiny_encoder):
 # dense eval refer, end to end on a small synthetic world
 
 
+def rows_multi_random(res):
+    return next(r["acc@0.5"] for r in res["rows_multi"] if r["scorer"] == "random (expected)")
+
+
 def test_eval_refer_end_to_end(tiny_siglip_dir, tmp_path, capsys):
     import json
 
@@ -241,6 +245,10 @@ def test_eval_refer_end_to_end(tiny_siglip_dir, tmp_path, capsys):
     assert rows[("gt-boxes", "-", "random (expected)")]["acc@0.5"] >= chance - 1e-9
     for r in res["rows"]:
         assert 0.0 <= r["acc@0.5"] <= 1.0 and 0.0 <= r["pointing"] <= 1.0
+    assert len(res["rows_multi"]) == len(res["rows"]) and 0 < res["n_multi"] <= res["n_sentences"]
+    multi = [r for r in refs if n_cands[r.image_id] >= 2]  # on images with >= 2 objects, chance is lower
+    chance_multi = np.average([1 / n_cands[r.image_id] for r in multi], weights=[len(r.sentences) for r in multi])
+    assert rows_multi_random(res) >= chance_multi - 1e-9 and chance_multi < chance
     # the sweep holds every threshold asked for
     assert set(next(iter(res["box_threshold_sweep"].values()))) == {"0.3", "0.6"}
 

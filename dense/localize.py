@@ -239,20 +239,15 @@ def crop_embeddings(encoder, image: ImageInput, boxes_xyxy, *, context: float = 
         c0, r0 = int(np.clip(np.floor(x0 - dx), 0, W - 1)), int(np.clip(np.floor(y0 - dy), 0, H - 1))
         c1, r1 = int(np.clip(np.ceil(x1 + dx), c0 + 1, W)), int(np.clip(np.ceil(y1 + dy), r0 + 1, H))
         crops.append(rgb[r0:r1, c0:c1])
-    out = []
-    for fm in encoder.extract_many(crops, max_patches=max_patches, progress=False):
-        tokens = _last_block_tokens(encoder, fm)  # [gh, gw, D]
-        out.append(pool_with_weights(encoder.vision.head, tokens, torch.ones(1, *fm.grid_hw))[0])  # [E]
-    if not out:
+    if not crops:
         return torch.zeros(0, encoder.hidden_size)
-    return torch.nn.functional.normalize(torch.stack(out), dim=-1)  # [K, E]
+    fmaps = list(encoder.extract_many(crops, max_patches=max_patches, progress=False))  # batched by grid
+    return _heatmap_module().embed_images(encoder, fmaps)  # [K, E], unit
 
 
 def calibrated_scores(encoder, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
     """Sigmoid probabilities with the checkpoint's ``logit_scale`` / ``logit_bias``: ``[K, E] x [E] -> [K]``."""
-    parts = encoder.text_parts()
-    logits = image_emb.float() @ text_emb.float().reshape(-1)  # [K, E] @ [E] -> [K]
-    return torch.sigmoid(logits * parts.logit_scale.exp() + parts.logit_bias)
+    return torch.sigmoid(_heatmap_module().logits(encoder, image_emb, text_emb.reshape(1, -1))[0])  # [1, K] -> [K]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -311,3 +311,22 @@ def test_refer_head_learns_a_planted_task(tmp_path):
                                head.predict(test[0].fmap, test[0].text)["box_xyxy"], atol=1e-6)
     with pytest.raises(ValueError, match="trained on encoder"):
         ReferHead.load(tmp_path / "head.pt", {"name": "other"})
+
+
+def test_crop_scorer_reencodes_the_box(tiny_encoder):
+    from conftest import random_rgb
+
+    from dense.heatmap import embed_images
+    from dense.localize import crop_embeddings
+
+    rgb = random_rgb(72, 100, seed=4)
+    boxes = np.array([[0, 0, 100, 72], [10.4, 20.6, 50.2, 60.9]])  # the whole image; a box at sub-pixel coordinates
+    emb = crop_embeddings(tiny_encoder, rgb, boxes)
+    torch.testing.assert_close(emb[0], embed_images(tiny_encoder, rgb)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(emb[1], embed_images(tiny_encoder, rgb[20:61, 10:51])[0], atol=1e-5, rtol=1e-5)
+    loc = Localizer(tiny_encoder, tiny_encoder.extract(rgb), image=rgb)
+    r = loc.localize("the red circle", candidates_xyxy=boxes, scorer="crop")
+    assert r.method.endswith("+crop") and r.candidate_scores.shape == (2,)
+    with pytest.raises(ValueError, match="pass image="):
+        Localizer(tiny_encoder, tiny_encoder.extract(rgb)).localize("the red circle", candidates_xyxy=boxes,
+                                                                     scorer="crop")

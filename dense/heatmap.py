@@ -14,9 +14,9 @@ Methods (``METHODS``; every one needs the last block's output, ``clear-*`` also 
 - ``attn-value``: patch n's share of the pooled vector, ``z_n = N * out_proj_nobias(a_n v_n) + b_out`` (per head
   ``a_{h,n}``), then the MLP residual. With uniform attention it is ``map-value-mlp``; patches the probe ignores
   shrink towards the bias, so their scores fall towards a query-independent floor.
-- ``leave-one-out``: ``z_n = e + (N - 1) (e - e_{-n})`` where ``e_{-n}`` is the head's output with patch n masked out
-  of its attention (closed form, one pass). Exact reconstruction of ``out_proj(v_n)`` for a linear head under uniform
-  attention; otherwise weighted by how much the head listens to n.
+- ``leave-one-out``: ``z_n = e - e_{-n}`` where ``e_{-n}`` is the head's output with patch n masked out of its
+  attention (closed form, one pass): the direction in which patch n moves the image embedding. For a linear head under
+  uniform attention it is ``out_proj(v_n)`` minus the mean over patches (a centred map-value).
 - ``clear-map-value`` / ``clear-map-value-mlp``: ClearCLIP/SCLIP adapted to SigLIP. The LAST block is re-run on its
   input with self-self attention (``softmax(q q^T) + softmax(k k^T)``, SCLIP's correlative attention), no residual, no
   MLP; ``post_layernorm`` is applied (the MAP head expects it), then ``map-value`` / ``map-value-mlp``. Needs the
@@ -115,7 +115,7 @@ def _leave_one_out(vision, x, prev):
     y_minus = (total[None] - a.T[..., None] * v) / keep  # [N, H, hd]: renormalized attention without patch n
     e_minus = _mlp_residual(head, head.attention.out_proj(y_minus.reshape(N, D)))  # [N, H, hd] -> [N, D] -> [N, E]
     e = pooled(vision, x)  # [E]
-    return e[None] + (N - 1) * (e[None] - e_minus)
+    return e[None] - e_minus  # [N, E]; e + (N - 1)(e - e_minus) scored worse: low-attention patches looked like e
 
 
 def _clear_block(vision, prev: torch.Tensor) -> torch.Tensor:
@@ -147,7 +147,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("map-value", _map_value, doc="value + output projection of the MAP head"),
     Method("map-value-mlp", _map_value_mlp, doc="map-value + the head's MLP residual"),
     Method("attn-value", _attn_value, doc="attention-weighted value contribution, + MLP residual"),
-    Method("leave-one-out", _leave_one_out, doc="pooled embedding minus pooled-without-patch, rescaled"),
+    Method("leave-one-out", _leave_one_out, doc="pooled embedding minus pooled-without-patch"),
     Method("clear-map-value", _clear_map_value, needs_prev=True,
            doc="last block with self-self attention, no residual/MLP, then map-value"),
     Method("clear-map-value-mlp", _clear_map_value_mlp, needs_prev=True,
@@ -159,6 +159,19 @@ def _method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def supported_methods(encoder) -> list[str]:
+    """The methods this encoder can run (``clear-*`` re-run the last block on its input: 2 blocks at least)."""
+    return [m for m, spec in METHODS.items() if not spec.needs_prev or encoder.num_layers >= 2]
+
+
+def _check_supported(encoder, method: str) -> Method:
+    m = _method(method)
+    if m.needs_prev and encoder.num_layers < 2:
+        raise ValueError(f"method {method!r} needs the input of the last block, and {encoder.name} has only "
+                         f"{encoder.num_layers} block (its input is the patch embedding); use another method")
+    return m
 
 
 def required_layers(method: str = DEFAULT_METHOD) -> tuple[int, ...]:
@@ -187,6 +200,7 @@ def as_featuremap(encoder, fmap_or_image, method: str = DEFAULT_METHOD, *, max_p
     """A FeatureMap as is, or an image extracted with the layers ``method`` needs."""
     if isinstance(fmap_or_image, FeatureMap):
         return fmap_or_image
+    _check_supported(encoder, method)
     return encoder.extract(fmap_or_image, max_patches=max_patches, layers=required_layers(method))
 
 
@@ -198,7 +212,7 @@ def aligned_tokens(encoder, fmap: FeatureMap, method: str = DEFAULT_METHOD) -> t
     ``num_layers - 2`` (``encoder.extract(image, layers=(-2, -1))``). A FeatureMap made by :func:`with_aligned` for the
     same method returns its stored tokens.
     """
-    m = _method(method)
+    m = _check_supported(encoder, method)
     if fmap.aligned is not None and fmap.encoder.get("aligned_method") == method:
         return fmap.aligned
     n = encoder.num_layers
@@ -463,7 +477,7 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
 
     methods = list(methods)
     for m in methods:
-        _method(m)
+        _check_supported(encoder, m)
     ds = coco.load_coco(ann, images)
     ids = ds.ids(split)[:limit] if limit is not None else ds.ids(split)
     names = ds.class_names[1:]  # label k + 1 <-> names[k], as in dense.coco
@@ -507,7 +521,7 @@ def _cli_openvocab(args) -> int:
     import dense
 
     enc = dense.load_encoder(args.model)
-    methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+    methods = supported_methods(enc) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
     for m in methods:
         _method(m)
     res = evaluate_openvocab(enc, args.ann, args.images, methods=methods, background=_parse_background(args.background),

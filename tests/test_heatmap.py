@@ -94,7 +94,7 @@ def test_leave_one_out_closed_form_matches_rerunning_the_head(enc):
             y = head.attention(head.probe, x[None], x[None], key_padding_mask=mask)[0][0, 0]  # [D]
             brute.append(y + head.mlp(head.layernorm(y)))
         e_minus = torch.stack(brute)  # [N, E]
-        expected = F.normalize(e[None] + (N - 1) * (e[None] - e_minus), dim=-1)
+        expected = F.normalize(e[None] - e_minus, dim=-1)
     got = heatmap.aligned_tokens(enc, _last(enc, x.reshape(3, 4, -1)), "leave-one-out").reshape(N, -1)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
@@ -116,9 +116,10 @@ def test_uniform_attention_reduces_saliency_methods_to_map_value(enc):
     fmap = _last(enc, tokens)
     mv_mlp = heatmap.aligned_tokens(enc, fmap, "map-value-mlp")
     torch.testing.assert_close(heatmap.aligned_tokens(enc, fmap, "attn-value"), mv_mlp, atol=1e-5, rtol=1e-4)
-    _set_head(enc, zero_mlp=True)  # linear head + uniform attention: leave-one-out recovers out_proj(v_n) exactly
-    torch.testing.assert_close(heatmap.aligned_tokens(enc, fmap, "leave-one-out"),
-                               heatmap.aligned_tokens(enc, fmap, "map-value"), atol=1e-4, rtol=1e-4)
+    _set_head(enc, zero_mlp=True)  # linear head + uniform attention: leave-one-out is the centred map-value
+    mv = heatmap.METHODS["map-value"].fn(enc.vision, tokens.reshape(20, -1), None).detach()  # [N, E]
+    centred = F.normalize(mv - mv.mean(0), dim=-1).reshape(4, 5, -1)
+    torch.testing.assert_close(heatmap.aligned_tokens(enc, fmap, "leave-one-out"), centred, atol=1e-4, rtol=1e-4)
 
 
 def test_clear_methods_need_and_use_the_last_block_input(enc):
@@ -234,3 +235,12 @@ def test_heatmap_cli_writes_a_png(tiny_siglip_dir, tmp_path):
     rc = main(["segment", str(tmp_path / "im.png"), "red circle", "blue star", "--model", str(tiny_siglip_dir),
                "--background", "0.1", "--out", str(tmp_path / "s.png")])
     assert rc == 0 and (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_clear_methods_refuse_a_one_block_tower():
+    enc1 = dense.random_encoder("tiny-siglip")
+    enc1.vision.encoder.layers = enc1.vision.encoder.layers[:1]  # a 1-block tower
+    enc1.vision.config.num_hidden_layers = 1
+    assert "clear-map-value" not in heatmap.supported_methods(enc1) and "map-value" in heatmap.supported_methods(enc1)
+    with pytest.raises(ValueError, match="only 1 block"):
+        heatmap.as_featuremap(enc1, random_rgb(32, 32), "clear-map-value")

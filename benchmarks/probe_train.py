@@ -21,6 +21,11 @@ import sys
 import time
 
 
+def _rss_gib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
 def run_one(args) -> dict:
     import numpy as np
     import torch
@@ -50,6 +55,7 @@ def run_one(args) -> dict:
     lrs = tuple(10.0 ** np.linspace(-4, -2, args.heads)) if args.heads > 1 else (1e-3,)
     cfg = ProbeConfig(lrs=lrs, epochs=args.epochs, batch_size=args.batch_size, label_scale=args.label_scale,
                       feature_dtype=args.feature_dtype)
+    data_rss = _rss_gib()  # what the samples themselves hold, before training
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     timings = {}
@@ -70,12 +76,13 @@ def run_one(args) -> dict:
     return {"images": args.images, "epochs": args.epochs, "heads": len(lrs), "classes": K,
             "feature_dtype": args.feature_dtype, "threads": args.threads, "label_scale": args.label_scale,
             "batch_size": args.batch_size, "train_s": timings["train"], "val_s": timings["val"],
-            "total_s": res.seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "total_s": res.seconds, "data_rss_gib": data_rss,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "load_before": load0, "load_after": os.getloadavg()[0]}
 
 
 HEADER = (f"{'images':>6} {'epochs':>6} {'heads':>5} {'K':>3} {'features':>9} {'thr':>3} {'s':>2} {'train s':>8} "
-          f"{'val s':>6} {'peak RSS GiB':>12} {'load before/after':>17}")
+          f"{'val s':>6} {'data GiB':>8} {'peak RSS GiB':>12} {'load before/after':>17}")
 
 
 def row(r: dict) -> str:

@@ -2,6 +2,8 @@
 
     dense probe train --model shapes-tiny --ann shapes/annotations.json --images shapes/images --cache cache \\
         --out probe.safetensors --json train.json            # splits from the COCO images' "split" field
+    dense probe train --model M --ann train=instances_train2017.json --images train=train2017 \\
+        --ann val=instances_val2017.json --images val=val2017 --cache cache ...
     dense probe train --model M --voc VOCdevkit/VOC2012 --train-split train --val-split val --cache cache ...
     dense probe train --model M --ade20k ADEChallengeData2016 --train-split training --val-split validation ...
     dense probe eval --probe probe.safetensors --model shapes-tiny --ann ... --images ... --split test --cache cache
@@ -24,10 +26,17 @@ def _dataset(args, split: str | None):
     if args.ann:
         from dense.coco import load_coco
 
-        key = (args.ann, args.images)
+        anns, images = _per_split(args.ann, "--ann"), _per_split(args.images or [], "--images")
+        ann = anns.get(split, anns.get(None))
+        if ann is None:
+            raise ValueError(f"no --ann for split {split!r} (give FILE for one file with a 'split' field per image, "
+                             f"or {split}=FILE)")
+        # a file named for this split holds the split whole; a shared file is filtered by its images' 'split'
+        sub = None if split in anns else split
+        key = (ann, images.get(split, images.get(None)))
         if key not in _DATASETS:
-            _DATASETS[key] = load_coco(args.ann, args.images, on_error="skip" if args.skip_bad else "raise")
-        return _DATASETS[key], split
+            _DATASETS[key] = load_coco(ann, key[1], on_error="skip" if args.skip_bad else "raise")
+        return _DATASETS[key], sub
     if args.voc:
         from dense.coco import voc_folder
 
@@ -42,6 +51,18 @@ def _dataset(args, split: str | None):
 _DATASETS: dict = {}
 
 
+def _per_split(values: list[str], flag: str) -> dict[str | None, str]:
+    """``["FILE"]`` or ``["train=FILE", "val=FILE2"]`` -> ``{None: FILE}`` / ``{"train": FILE, "val": FILE2}``."""
+    out: dict[str | None, str] = {}
+    for v in values:
+        split, sep, path = v.partition("=")
+        key, path = (split, path) if sep and not Path(v).exists() else (None, v)
+        if key in out:
+            raise ValueError(f"{flag} given twice for {'all splits' if key is None else key}")
+        out[key] = path
+    return out
+
+
 def _prepare(args, splits: list[str], check=None):
     """Load the encoder, fill the cache for ``splits`` and return ``(encoder, cache, {split: (dataset, samples)})``.
 
@@ -49,6 +70,7 @@ def _prepare(args, splits: list[str], check=None):
     from dense.encoder import load_encoder
     from probes.train import load_samples
 
+    _DATASETS.clear()
     layers = _parse_layers(args.layers)
     encoder = load_encoder(args.model, dtype=args.dtype, device=args.device)
     cache = FeatureCache.for_encoder(args.cache, encoder, max_patches=args.max_patches, layers=layers)
@@ -154,8 +176,10 @@ def _run_eval(args) -> int:
 def _common(p) -> None:
     p.add_argument("--model", required=True, help="hub id, local checkpoint folder, or 'shapes-tiny'")
     src = p.add_argument_group("dataset (one of)")
-    src.add_argument("--ann", help="COCO instances file (splits from the images' 'split' field)")
-    src.add_argument("--images", help="image folder for --ann")
+    src.add_argument("--ann", action="append", metavar="[SPLIT=]FILE",
+                     help="COCO instances file; FILE alone: splits from its images' 'split' field; SPLIT=FILE "
+                          "(repeatable): one file per split, e.g. train=instances_train2017.json")
+    src.add_argument("--images", action="append", metavar="[SPLIT=]DIR", help="image folder(s) for --ann, as --ann")
     src.add_argument("--voc", help="PASCAL VOC root (JPEGImages, SegmentationClass, ImageSets/Segmentation)")
     src.add_argument("--ade20k", help="ADEChallengeData2016 root (splits: training, validation)")
     p.add_argument("--cache", required=True, help="feature cache root")

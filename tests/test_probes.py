@@ -152,6 +152,20 @@ def test_cli_train_then_eval(tmp_path, tiny_siglip_dir, tiny_siglip2_dir, capsys
     assert rc == 0
     ev = json.loads((tmp_path / "e.json").read_text())
     assert ev["figures"]["mIoU"] == pytest.approx(res["test"]["mIoU"])
+    # one COCO file per split gives the same result as one file with a 'split' field
+    data = json.loads(Path(world["annotation_file"]).read_text())
+    per_split = []
+    for split in ("train", "val", "test"):
+        ids = {im["id"] for im in data["images"] if im["split"] == split}
+        part = dict(data, images=[{k: v for k, v in im.items() if k != "split"} for im in data["images"]
+                                  if im["id"] in ids], annotations=[a for a in data["annotations"]
+                                                                    if a["image_id"] in ids])
+        (tmp_path / f"{split}.json").write_text(json.dumps(part))
+        per_split += ["--ann", f"{split}={tmp_path / f'{split}.json'}"]
+    argv = [*common[:2], *per_split, *common[4:]]
+    assert main(["probe", "train", *argv, "--epochs", "2", "--lrs", "1e-3,1e-2", "--test-split", "test",
+                 "--json", str(tmp_path / "split.json")]) == 0
+    assert json.loads((tmp_path / "split.json").read_text())["test"] == pytest.approx(res["test"])
     common[1] = str(tiny_siglip2_dir)
     assert main(["probe", "eval", *common, "--probe", str(out), "--split", "test"]) == 1
     assert "trained on another encoder" in capsys.readouterr().err

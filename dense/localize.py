@@ -442,7 +442,8 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
     image_ids = sorted(by_image)[:limit] if limit is not None else sorted(by_image)
 
     gt_boxes, pred = [], {}  # pred[(setting, method, scorer, threshold)] -> list of boxes [4]
-    hits: dict[tuple, list[bool]] = {}
+    hits: dict[tuple, list[bool]] = {}  # the Localization's point_xy in the target's mask?
+    centre_hits: dict[tuple, list[bool]] = {}  # the centre of its box_xyxy in the mask?
     random_acc, random_point = [], []
     seconds = {"extract": 0.0, "localize": 0.0}
     n_sentences, n_cands = 0, []  # n_cands: candidates per sample
@@ -488,6 +489,8 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
                 for key, (box, point_xy) in out.items():
                     pred.setdefault(key, []).append(box)
                     hits.setdefault(key, []).append(bool(metrics.pointing_hits(point_xy[None], [mask])[0]))
+                    centre_hit = metrics.pointing_hits(((box[:2] + box[2:]) / 2)[None], [mask])[0]
+                    centre_hits.setdefault(key, []).append(bool(centre_hit))
 
     def figures(sel: np.ndarray) -> list[dict]:
         """Rows over the samples selected by bool ``sel [n_sentences]``."""
@@ -496,7 +499,9 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
         def row(setting, method, scorer, key, thr=None):
             return {"setting": setting, "method": method, "scorer": scorer, "box_threshold": thr,
                     "acc@0.5": metrics.acc_at_iou(np.asarray(pred[key]).reshape(-1, 4)[sel], gt),
-                    "pointing": float(np.mean(np.asarray(hits[key])[sel])) if sel.any() else float("nan")}
+                    "pointing": float(np.mean(np.asarray(hits[key])[sel])) if sel.any() else float("nan"),
+                    "pointing_box_centre": float(np.mean(np.asarray(centre_hits[key])[sel])) if sel.any()
+                    else float("nan")}
 
         out = [row("none", "centre-prior", "-", ("none", "centre-prior", "-", None))]
         out += [row("none", m, "-", ("none", m, "-", None), box_threshold) for m in methods]
@@ -504,6 +509,7 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
         out.append({"setting": "gt-boxes", "method": "-", "scorer": "random (expected)", "box_threshold": None,
                     "acc@0.5": float(np.mean(np.asarray(random_acc)[sel])) if sel.any() else float("nan"),
                     "pointing": float(np.mean(np.asarray(random_point)[sel])) if sel.any() else float("nan")})
+        out[-1]["pointing_box_centre"] = out[-1]["pointing"]  # the random baseline points at box centres
         return out
 
     every = np.ones(n_sentences, dtype=bool)
@@ -520,12 +526,14 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
 
 def format_refer_table(res: dict) -> str:
     """The rows of :func:`evaluate_refer` and its threshold sweep as a plain-text table."""
-    lines = [f"{'':<51}{'all expressions':>16}{'images with >= 2 objects':>26}",
-             f"{'setting':<10}{'method':<22}{'scorer':<19}{'Acc@0.5':>8}{'point':>8}{'Acc@0.5':>13}{'point':>8}"]
+    lines = [f"{'':<51}{'all expressions':>24}{'images with >= 2 objects':>29}",
+             f"{'setting':<10}{'method':<22}{'scorer':<19}" + f"{'Acc@0.5':>8}{'point':>8}{'ctr-pt':>8}" * 2]
     for r, rm in zip(res["rows"], res["rows_multi"], strict=True):
         thr = "" if r["box_threshold"] is None else f"  (box threshold {r['box_threshold']})"
-        lines.append(f"{r['setting']:<10}{r['method']:<22}{r['scorer']:<19}{r['acc@0.5']:8.3f}{r['pointing']:8.3f}"
-                     f"{rm['acc@0.5']:13.3f}{rm['pointing']:8.3f}{thr}")
+        lines.append(f"{r['setting']:<10}{r['method']:<22}{r['scorer']:<19}"
+                     + "".join(f"{x['acc@0.5']:8.3f}{x['pointing']:8.3f}{x['pointing_box_centre']:8.3f}"
+                               for x in (r, rm)) + thr)
+    lines.append("point: the Localization's point_xy in the target mask; ctr-pt: the centre of its box in the mask")
     if res["box_threshold_sweep"]:
         thresholds = list(next(iter(res["box_threshold_sweep"].values())))
         lines += ["", "Acc@0.5 without candidates, by relative box threshold:",
@@ -574,6 +582,11 @@ def _cli_refer(args) -> int:
     templates = {"none": None, "default": DEFAULT_TEMPLATES}.get(args.templates) or (
         None if args.templates == "none" else tuple(args.templates.split("|")))
     enc = dense.load_encoder(args.model)
+    if args.methods == "all":  # the clear-* methods need a block before the last: not in a 1-block tower
+        methods = [m for m in methods if all(-enc.num_layers <= i for i in hm.required_layers(m))]
+        skipped = sorted(set(hm.METHODS) - set(methods))
+        if skipped:
+            print(f"skipped (need more than {enc.num_layers} block(s)): {', '.join(skipped)}")
     res = evaluate_refer(enc, args.ann, args.refs, args.images, split=None if args.split == "all" else args.split,
                          methods=methods, scorers=[s.strip() for s in args.scorers.split(",") if s.strip()],
                          thresholds=[float(t) for t in args.thresholds.split(",")], box_threshold=args.box_threshold,

@@ -583,7 +583,7 @@ def _cli_refer(args) -> int:
         None if args.templates == "none" else tuple(args.templates.split("|")))
     enc = dense.load_encoder(args.model)
     if args.methods == "all":  # the clear-* methods need a block before the last: not in a 1-block tower
-        methods = [m for m in methods if all(-enc.num_layers <= i for i in hm.required_layers(m))]
+        methods = hm.supported_methods(enc)
         skipped = sorted(set(hm.METHODS) - set(methods))
         if skipped:
             print(f"skipped (need more than {enc.num_layers} block(s)): {', '.join(skipped)}")

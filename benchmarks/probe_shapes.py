@@ -34,6 +34,7 @@ def random_copy(src: Path, dst: Path, seed: int = 0) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="shapes-tiny", help="the trained checkpoint (bundled name or folder)")
     ap.add_argument("--images", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
@@ -51,12 +52,12 @@ def main() -> None:
     world = out / "world"
     if not (world / "annotations.json").exists():
         make_shapes(world, args.images, seed=args.seed)
-    trained = Path(resolve_checkpoint("shapes-tiny"))
+    trained = Path(resolve_checkpoint(args.model))
     rand = out / "random-shapes-tiny"
     if not (rand / "config.json").exists():
         random_copy(trained, rand, seed=args.seed + 1000)
     rows = []
-    for tag, model in (("shapes-tiny", "shapes-tiny"), ("random init", str(rand))):
+    for tag, model in (("trained", args.model), ("random init", str(rand))):
         t0 = time.perf_counter()
         argv = ["probe", "train", "--model", model, "--ann", str(world / "annotations.json"), "--images",
                 str(world / "images"), "--cache", str(out / "cache"), "--epochs", str(args.epochs), "--test-split",
@@ -69,7 +70,8 @@ def main() -> None:
             raise SystemExit(f"dense probe train failed for {tag}")
         res = json.loads((out / f"{tag.replace(' ', '_')}.json").read_text())
         rows.append((tag, res, time.perf_counter() - t0))
-    print(f"\n{'encoder':<12} {'train/val/test':>15} {'best head':<22} {'val mIoU':>8} {'test mIoU':>9} "
+    print(f"\ntrained = {args.model}; random init = the same config with fresh random weights")
+    print(f"{'encoder':<12} {'train/val/test':>15} {'best head':<22} {'val mIoU':>8} {'test mIoU':>9} "
           f"{'test pix acc':>12} {'seconds':>8}")
     for tag, res, sec in rows:
         sp = res["splits"]

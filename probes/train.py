@@ -168,9 +168,9 @@ def _token_stats(samples: Sequence[Sample], eps: float) -> tuple[torch.Tensor, t
     s2 = torch.zeros(d, dtype=torch.float64)
     n = 0
     for s in samples:
-        x = s.fmap.tokens.reshape(-1, d).double()  # [gh, gw, D] -> [N, D]
-        s1 += x.sum(0)
-        s2 += (x * x).sum(0)
+        x = s.fmap.tokens.reshape(-1, d).float()  # [gh, gw, D] -> [N, D]
+        s1 += x.sum(0, dtype=torch.float64)
+        s2 += x.square().sum(0, dtype=torch.float64)
         n += x.shape[0]
     mu = s1 / n
     var = (s2 / n - mu * mu).clamp_min(0)
@@ -249,10 +249,11 @@ def train_probes(train: Sequence[Sample], val: Sequence[Sample], class_names: Se
         for idx in _batches(grids, cfg.batch_size, gen):
             gh, gw = grids[idx[0]]
             B = len(idx)
-            x = torch.stack([tokens[i] for i in idx]).reshape(B * gh * gw, d_all).float()  # [B, gh, gw, D] -> [BN, D]
             t = torch.stack([targets[i] for i in idx])  # [B, K, gh*s, gw*s] pixel counts
             A, c = _fold(heads, cols, mu, sd, d_all)  # [H*K, D_all], [H*K]
-            logits = torch.addmm(c, x, A.T)  # [BN, H*K]
+            # one matmul per image on a view of its tokens: stacking the batch first would copy every token again
+            logits = torch.cat([torch.addmm(c, tokens[i].reshape(gh * gw, d_all).float(), A.T)  # [N, D] -> [N, H*K]
+                                for i in idx])  # [BN, H*K]
             logits = logits.reshape(B, gh, gw, H * K).permute(0, 3, 1, 2)  # -> [B, H*K, gh, gw]
             if s > 1:
                 logits = F.interpolate(logits, size=(gh * s, gw * s), mode="bilinear", align_corners=False)

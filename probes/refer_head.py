@@ -15,9 +15,10 @@ Loss: binary cross-entropy of ``l`` against the fraction of each patch's cell in
 layers), text embeddings come from :func:`dense.text.embed_texts`. Positions go through
 :func:`dense.preprocess.grid_to_pixel_xy`, so native aspect ratios and any grid size work.
 
-    python -m probes.refer_head --ann A --refs R --images I [--model shapes-tiny] [--steps 1500] [--out head.pt]
+    python -m probes.refer_head --ann A --refs R --images I [--model shapes-tiny] [--steps 1500] [--save head.pt]
 
-trains on the ``train`` refs, prints Acc@0.5 / pointing on ``val`` (and ``test`` with ``--test``), and saves the head
+trains on the ``train`` refs (of ``--train-ann/--train-refs/--train-images`` when given: a bigger world), prints
+Acc@0.5 / pointing on ``val`` (and ``test`` with ``--test``), and saves the head
 with the encoder spec it was trained on.
 """
 
@@ -241,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ann", required=True)
     p.add_argument("--refs", required=True)
     p.add_argument("--images", required=True)
+    p.add_argument("--train-ann", default=None, help="train on the 'train' refs of another world (default: --ann)")
+    p.add_argument("--train-refs", default=None)
+    p.add_argument("--train-images", default=None)
     p.add_argument("--model", default="shapes-tiny")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=64)
@@ -254,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     enc = dense.load_encoder(args.model)
     t0 = time.perf_counter()
-    train, _ = dataset_samples(enc, args.ann, args.refs, args.images, split="train")
+    train, _ = dataset_samples(enc, args.train_ann or args.ann, args.train_refs or args.refs,
+                               args.train_images or args.images, split="train")
     t1 = time.perf_counter()
     head = train_refer_head(train, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                             log_every=max(args.steps // 10, 1))

@@ -88,7 +88,7 @@ HEADER = (f"{'images':>6} {'epochs':>6} {'heads':>5} {'K':>3} {'features':>9} {'
 def row(r: dict) -> str:
     return (f"{r['images']:>6} {r['epochs']:>6} {r['heads']:>5} {r['classes']:>3} {r['feature_dtype']:>9} "
             f"{r['threads']:>3} {r['label_scale']:>2} {r['train_s']:>8.1f} {r['val_s']:>6.1f} "
-            f"{r['peak_rss_gib']:>12.2f} {r['load_before']:>8.1f}/{r['load_after']:<8.1f}")
+            f"{r['data_rss_gib']:>8.2f} {r['peak_rss_gib']:>12.2f} {r['load_before']:>8.1f}/{r['load_after']:<8.1f}")
 
 
 def main() -> None:

@@ -192,3 +192,35 @@ def test_cell_counts_equal_pixel_cross_entropy():
                                              reduction="sum")
     torch.testing.assert_close(ours, want)
     assert counts.sum() == (label != 255).sum()
+
+
+SHAPES_TINY = Path(__file__).resolve().parents[1] / "dense" / "checkpoints" / "shapes-tiny"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHAPES_TINY / "config.json").exists(), reason="shapes-tiny checkpoint not built")
+def test_shapes_tiny_features_beat_random_weights(tmp_path):
+    """The probe on shapes-tiny's tokens must clearly beat the same probe on a random tower of the same architecture."""
+    from transformers import AutoConfig, AutoModel
+
+    import dense
+    from dense.cache import FeatureCache, dataset_items, extract_to_cache
+    from dense.coco import load_coco
+    from dense.datasets import make_shapes
+    from probes.train import load_samples
+
+    world = make_shapes(tmp_path / "w", 60, seed=1)
+    ds = load_coco(world["annotation_file"], tmp_path / "w" / "images")
+    torch.manual_seed(1)
+    AutoModel.from_config(AutoConfig.from_pretrained(SHAPES_TINY)).save_pretrained(tmp_path / "rand")
+    pre = SHAPES_TINY / "preprocessor_config.json"  # same pixels: patch size, budget, normalization
+    if pre.exists():
+        (tmp_path / "rand" / pre.name).write_text(pre.read_text())
+    scores = {}
+    for tag, enc in (("trained", dense.load_encoder("shapes-tiny")), ("random", dense.load_encoder(tmp_path / "rand"))):
+        cache = FeatureCache.for_encoder(tmp_path / "cache", enc)
+        extract_to_cache(enc, dataset_items(ds), cache, progress=False)
+        train, val, test = (load_samples(ds, cache, s) for s in ("train", "val", "test"))
+        res = train_probes(train, val, ds.class_names, ProbeConfig(epochs=10), progress=False)
+        scores[tag] = evaluate(res.best, test)["mIoU"]
+    assert scores["trained"] > scores["random"] + 0.1, scores

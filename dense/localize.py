@@ -39,7 +39,7 @@ import sys
 import time
 import types
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -330,17 +330,31 @@ class Localizer:
 
     def localize(self, expression: str, *, candidates_xyxy=None, scorer: str = DEFAULT_CANDIDATE_METHOD,
                  box_threshold: float = DEFAULT_BOX_THRESHOLD, box_upsample: int = DEFAULT_BOX_UPSAMPLE,
-                 refine: str = "quadratic") -> Localization:
-        """One expression -> :class:`Localization` (see the module docstring for the rules)."""
+                 refine: str = "quadratic", rerank_thresholds: Sequence[float] | None = None) -> Localization:
+        """One expression -> :class:`Localization` (see the module docstring for the rules).
+
+        ``rerank_thresholds`` (only without candidates): instead of the one component at ``box_threshold``, take the
+        component boxes at each of these thresholds as the expression's own proposals and keep the one ``scorer``
+        ranks best (the point stays the heatmap peak).
+        """
         if not isinstance(expression, str):
             raise TypeError(f"expression must be a string, got {type(expression).__name__}; use localize_many")
         heatmap = self.heatmaps([expression])[0]  # [gh, gw]
-        return localize_heatmap(heatmap, self.fmap, expression=expression, method=self.method,
-                                candidates_xyxy=candidates_xyxy, box_threshold=box_threshold,
-                                box_upsample=box_upsample, refine=refine,
-                                candidate_scores=None if candidates_xyxy is None else self.candidate_scores(
-                                    expression, candidates_xyxy, scorer=scorer, heatmap=heatmap),
-                                scorer=scorer)
+        common = dict(expression=expression, method=self.method, box_threshold=box_threshold,
+                      box_upsample=box_upsample, refine=refine)
+        if candidates_xyxy is not None:
+            scores = self.candidate_scores(expression, candidates_xyxy, scorer=scorer, heatmap=heatmap)  # [K]
+            return localize_heatmap(heatmap, self.fmap, candidates_xyxy=candidates_xyxy, candidate_scores=scores,
+                                    scorer=scorer, **common)
+        loc = localize_heatmap(heatmap, self.fmap, **common)
+        if not rerank_thresholds:
+            return loc
+        proposals = np.unique(np.stack([heatmap_box_xyxy(heatmap, self.fmap, threshold=t, upsample=box_upsample)
+                                        for t in rerank_thresholds]), axis=0)  # [P, 4]
+        scores = self.candidate_scores(expression, proposals, scorer=scorer, heatmap=heatmap)  # [P]
+        best = int(torch.argmax(scores))
+        return replace(loc, box_xyxy=proposals[best], score=float(scores[best]), candidate_scores=scores,
+                       method=f"{self.method}+components-{scorer}")
 
     def localize_many(self, expressions: Sequence[str], **kwargs) -> list[Localization]:
         """Several expressions: their heatmaps in one call, then :meth:`localize` each."""
@@ -378,8 +392,8 @@ def localize_heatmap(heatmap: torch.Tensor, fmap: FeatureMap, *, expression: str
 def localize(encoder, image_or_featuremap: ImageInput | FeatureMap, expression: str, *, candidates_xyxy=None,
              method: str | None = None, scorer: str = DEFAULT_CANDIDATE_METHOD,
              box_threshold: float = DEFAULT_BOX_THRESHOLD, box_upsample: int = DEFAULT_BOX_UPSAMPLE,
-             refine: str = "quadratic", templates: Sequence[str] | None = None,
-             image: ImageInput | None = None) -> Localization:
+             refine: str = "quadratic", rerank_thresholds: Sequence[float] | None = None,
+             templates: Sequence[str] | None = None, image: ImageInput | None = None) -> Localization:
     """Where does ``expression`` point in the image? -> :class:`Localization` (box_xyxy, point_xy, score, heatmap).
 
     Args:
@@ -393,13 +407,14 @@ def localize(encoder, image_or_featuremap: ImageInput | FeatureMap, expression: 
         box_threshold: relative threshold in [0, 1] for the box without candidates.
         box_upsample: heatmap cells per patch side for that box.
         refine: sub-patch peak refinement, ``"quadratic"`` or ``"none"``.
+        rerank_thresholds: without candidates, re-rank the component boxes at these thresholds with ``scorer``
+            (e.g. ``BOX_THRESHOLDS``) instead of cutting at ``box_threshold`` alone.
         templates: prompt templates for the text side (None = the expression verbatim).
         image: the image, when ``image_or_featuremap`` is a FeatureMap and ``scorer="crop"``.
     """
     loc = Localizer(encoder, image_or_featuremap, method=method, templates=templates, image=image)
     return loc.localize(expression, candidates_xyxy=candidates_xyxy, scorer=scorer, box_threshold=box_threshold,
-                        box_upsample=box_upsample, refine=refine)
-
+                        box_upsample=box_upsample, refine=refine, rerank_thresholds=rerank_thresholds)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -418,7 +433,8 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
     Every sentence of every ref of ``split`` is one sample (as in RefCOCO's evaluation). Per heatmap method:
 
     - ``setting="none"`` (no candidates): the component box at ``box_threshold`` and the refined peak; Acc@0.5 at every
-      threshold of ``thresholds`` goes to ``sweep``;
+      threshold of ``thresholds`` goes to ``sweep``; scorer ``components+map-box``: the components at all
+      ``thresholds`` re-ranked by the map-box scorer (``rerank_thresholds``);
     - ``setting="gt-boxes"``: the image's non-crowd ground-truth boxes are the candidates, ranked by each scorer.
 
     Baselines: ``random`` (a uniformly random candidate: the EXPECTED Acc@0.5 / pointing over candidates, its point at
@@ -482,6 +498,8 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
                         pred.setdefault(("none", m, "-", float(t)), []).append(box)
                     r = loc.localize(sent, box_threshold=box_threshold)
                     out[("none", m, "-", None)] = (r.box_xyxy, r.point_xy)
+                    r = loc.localize(sent, rerank_thresholds=thresholds)
+                    out[("none", m, "components+map-box", None)] = (r.box_xyxy, r.point_xy)
                     for s in scorers:
                         r = loc.localize(sent, candidates_xyxy=cands_xyxy, scorer=s)
                         out[("gt-boxes", m, s, None)] = (r.box_xyxy, r.point_xy)
@@ -505,6 +523,7 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
 
         out = [row("none", "centre-prior", "-", ("none", "centre-prior", "-", None))]
         out += [row("none", m, "-", ("none", m, "-", None), box_threshold) for m in methods]
+        out += [row("none", m, "components+map-box", ("none", m, "components+map-box", None)) for m in methods]
         out += [row("gt-boxes", m, s, ("gt-boxes", m, s, None)) for m in methods for s in scorers]
         out.append({"setting": "gt-boxes", "method": "-", "scorer": "random (expected)", "box_threshold": None,
                     "acc@0.5": float(np.mean(np.asarray(random_acc)[sel])) if sel.any() else float("nan"),

@@ -330,3 +330,17 @@ def test_crop_scorer_reencodes_the_box(tiny_encoder):
     with pytest.raises(ValueError, match="pass image="):
         Localizer(tiny_encoder, tiny_encoder.extract(rgb)).localize("the red circle", candidates_xyxy=boxes,
                                                                      scorer="crop")
+
+
+def test_component_reranking_keeps_the_best_scored_proposal(tiny_encoder):
+    from conftest import random_rgb
+
+    loc = Localizer(tiny_encoder, random_rgb(72, 100, seed=5))
+    thresholds = (0.2, 0.5, 0.8)
+    r = loc.localize("the blue star", rerank_thresholds=thresholds)
+    plain = loc.localize("the blue star")
+    proposals = np.unique(np.stack([heatmap_box_xyxy(r.heatmap, loc.fmap, threshold=t) for t in thresholds]), axis=0)
+    scores = loc.candidate_scores("the blue star", proposals)
+    np.testing.assert_allclose(r.box_xyxy, proposals[int(torch.argmax(scores))])
+    np.testing.assert_allclose(r.point_xy, plain.point_xy)  # the point is the heatmap's, whatever the box
+    assert r.method.endswith("+components-map-box") and r.score == pytest.approx(float(scores.max()))

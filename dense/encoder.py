@@ -78,11 +78,15 @@ def _quiet_transformers():
     from transformers.utils import logging as tf_logging
 
     old = tf_logging.get_verbosity()
+    bars = tf_logging.is_progress_bar_enabled()
     tf_logging.set_verbosity_error()
+    tf_logging.disable_progress_bar()  # "Loading weights" bars, one per tower
     try:
         yield
     finally:
         tf_logging.set_verbosity(old)
+        if bars:
+            tf_logging.enable_progress_bar()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

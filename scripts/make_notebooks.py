@@ -1,0 +1,211 @@
+"""Write the notebooks in notebooks/ from the cells below (outputs stripped): python scripts/make_notebooks.py
+
+Each notebook runs top to bottom on the bundled ``shapes-tiny`` model in well under a minute; tests/test_notebooks.py
+executes them. Set DENSE_MODEL to run them on another checkpoint (e.g. google/siglip2-so400m-patch14-384).
+"""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+SETUP = '''import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import dense
+from dense import datasets, viz
+
+MODEL = os.environ.get("DENSE_MODEL", "shapes-tiny")  # or "google/siglip2-so400m-patch14-384"
+enc = dense.load_encoder(MODEL)
+work = Path(tempfile.mkdtemp(prefix="dense-notebook-"))
+enc'''
+
+NOTEBOOKS = {
+    "01_quickstart.ipynb": [
+        "# Quickstart: feature maps at native aspect ratio\n\n"
+        "`dense` runs a SigLIP / SigLIP 2 vision tower on each image at its own aspect ratio (no square squash, no "
+        "crop) and returns a `FeatureMap`: patch tokens `[gh, gw, D]` that know their geometry. This notebook uses "
+        "the bundled `shapes-tiny` model (a tiny SigLIP trained on synthetic shapes) so it runs offline; swap in "
+        "`google/siglip2-so400m-patch14-384` for the real thing.",
+        SETUP,
+        "## Some images\n`make_shapes` draws a small COCO-style world of coloured shapes: images of varied size and "
+        "aspect ratio, with masks and referring expressions.",
+        '''info = datasets.make_shapes(work, 12, seed=1)
+paths = sorted((work / "images").iterdir())
+print(info["images"], "images,", info["annotations"], "annotations")
+image = paths[0]''',
+        "## One image -> one FeatureMap",
+        '''fmap = enc.extract(image)
+print(fmap)
+print("tokens", tuple(fmap.tokens.shape), "| grid", fmap.grid_hw, "| image", fmap.image_hw,
+      "| resized", fmap.resized_hw)''',
+        "## Token budget\nThe grid keeps the aspect ratio within the token budget (`max_patches`, by default the "
+        "checkpoint's own count). A larger budget gives a finer grid:",
+        '''for budget in (16, 64, 256):
+    print(budget, enc.extract(image, max_patches=budget).grid_hw)''',
+        "## Looking at features\nThe first three principal components of the tokens, as colours:",
+        "viz.pca(fmap, image)",
+        "## Geometry\nOne pair of functions maps between original pixels and patches. Patch `(i, j)` covers resized "
+        "pixels `[j*p, (j+1)*p) x [i*p, (i+1)*p)`; its centre maps back by the per-axis scale.",
+        '''point_xy = (60.0, 40.0)
+ij = fmap.pixel_to_grid(point_xy)
+print("pixel", point_xy, "-> patch", tuple(ij), "-> patch centre", tuple(fmap.grid_to_pixel_xy(ij).round(1)))
+dense_features = fmap.to_image()  # [D, H, W], bilinear
+print(tuple(dense_features.shape))''',
+        "## Many images\n`extract_many` batches images whose grids are equal and yields results in input order; "
+        "`on_error=\"skip\"` yields `None` for unreadable files and goes on.",
+        '''(work / "broken.png").write_text("not an image")
+fmaps = list(enc.extract_many([*paths[:6], work / "broken.png"], batch_size=4, on_error="skip", progress=False))
+[(None if f is None else f.grid_hw) for f in fmaps]''',
+        "## Save and load",
+        '''path = fmap.save(work / "features" / "first.safetensors")
+back = dense.FeatureMap.load(path)
+assert (back.tokens == fmap.tokens).all() and back.image_hw == fmap.image_hw
+back''',
+    ],
+    "02_open_vocabulary.ipynb": [
+        "# Open-vocabulary heatmaps and segmentation\n\n"
+        "SigLIP has no CLS token: its image embedding comes from a multi-head attention-pooling (MAP) head. "
+        "`dense.heatmap` turns each patch token into a text-comparable vector through that head and scores it "
+        "against text queries with the checkpoint's own `logit_scale` / `logit_bias`, so the heatmaps are sigmoid "
+        "probabilities.",
+        SETUP,
+        '''from dense import heatmap
+from dense.coco import load_coco
+
+datasets.make_shapes(work, 12, seed=2)
+ds = load_coco(work / "annotations.json", work / "images")
+image_id = max(ds.ids(), key=lambda i: len(ds.anns(i, crowd=False)))
+image = ds.image_path(image_id)
+present = sorted({ds.category_name(a["category_id"]) for a in ds.anns(image_id, crowd=False)})
+present''',
+        "## Heatmaps\nOne extraction serves any number of queries; text embeddings are cached.",
+        '''fmap = enc.extract(image, layers=heatmap.required_layers())
+scores = heatmap.patch_scores(enc, fmap, present)  # [T, gh, gw] sigmoid probabilities
+viz.heatmaps(image, heatmap.upsample(scores, fmap), present)''',
+        "## Methods\nEach method is a few lines in `dense/heatmap.py`; `raw` (the tokens as they are) is the "
+        "baseline. The peak of each class's heatmap should fall on that object:",
+        '''fmap_all = enc.extract(image, layers=(-2, -1))
+for method in heatmap.supported_methods(enc):
+    s = heatmap.patch_scores(enc, fmap_all, present, method=method)
+    up = heatmap.upsample(s, fmap_all).numpy()  # [T, H, W]
+    hits = []
+    for name, probs in zip(present, up):
+        y, x = np.unravel_index(probs.argmax(), probs.shape)
+        masks = [ds.mask(a["id"]) for a in ds.anns(image_id, crowd=False) if ds.category_name(a["category_id"]) == name]
+        hits.append(any(m[y, x] for m in masks))
+    print(f"{method:<22} peak on the object: {sum(hits)}/{len(hits)}")''',
+        "## Zero-shot classification\nThe pooled image embedding against labels, as SigLIP was trained:",
+        '''labels = [c for c in ds.class_names[1:]]
+probs = dense.classify(enc, image, labels)
+sorted(zip(probs.tolist(), labels), reverse=True)[:5]''',
+        "## Training-free segmentation\nEach pixel takes its most probable class; pixels where no class reaches the "
+        "threshold are background.",
+        '''labels_hw = dense.segment(enc, image, present, background=0.05)
+viz.label_map(image, labels_hw, present)''',
+        "## Any language\nQueries pass through unchanged apart from lower-casing, so a multilingual checkpoint such "
+        "as So400m takes prompts in any language (`dense.segment(enc, photo, [\"chien\", \"Katze\", \"猫\"])`); "
+        "the tiny model here only knows its own English words.",
+    ],
+    "03_linear_probe.ipynb": [
+        "# Linear-probe segmentation on cached features\n\n"
+        "DINOv2's protocol on SigLIP tokens: features are extracted once into an on-disk cache (keyed by model, "
+        "layers, token budget and dtype), then BatchNorm + 1x1 conv heads for several learning rates train together "
+        "in one pass over them; the best on val is reported once on test. The same runs from the shell as "
+        "`dense extract` and `dense probe train`.",
+        SETUP,
+        '''from dense.cache import FeatureCache, dataset_items, extract_to_cache
+from dense.coco import load_coco
+from probes.evaluate import evaluate
+from probes.train import ProbeConfig, load_samples, train_probes
+
+datasets.make_shapes(work, 60, seed=3)
+ds = load_coco(work / "annotations.json", work / "images")
+{split: len(ds.ids(split)) for split in ("train", "val", "test")}''',
+        "## Cache the features once",
+        '''cache = FeatureCache.for_encoder(work / "cache", enc)
+report = extract_to_cache(enc, dataset_items(ds), cache, progress=False)
+report''',
+        "## Train the sweep, choose on val",
+        '''samples = {split: load_samples(ds, cache, split) for split in ("train", "val", "test")}
+result = train_probes(samples["train"], samples["val"], ds.class_names, ProbeConfig(epochs=10), progress=False)
+{key: round(figs["mIoU"], 3) for key, figs in result.val.items()}''',
+        "## Report test once",
+        '''test = evaluate(result.best, samples["test"])
+print(f"test mIoU {100 * test['mIoU']:.1f}  pixel accuracy {100 * test['pixel_acc']:.1f}")''',
+        '''sample = samples["test"][0]
+viz.label_map(ds.image_path(int(sample.key)), result.best.predict(sample.fmap), ds.class_names[1:])''',
+        "## Save it with the encoder it belongs to\nLoading a probe against features of another encoder is an error.",
+        '''from probes.linear import LinearProbe
+
+path = result.best.save(work / "probe.safetensors")
+LinearProbe.load(path, encoder=enc)''',
+    ],
+    "04_referring_expressions.ipynb": [
+        "# Referring expressions: text in, box and point out\n\n"
+        "Training-free: the expression's heatmap gives a point (its peak, refined below a patch) and a box (the "
+        "connected component around the peak). With candidate boxes, each box is scored by the MAP head's "
+        "attention restricted to it, all boxes in one pass.",
+        SETUP,
+        '''from dense.coco import load_coco, load_refs
+from dense.localize import Localizer
+from dense.metrics import acc_at_iou, pointing_game
+
+datasets.make_shapes(work, 30, seed=4)
+ds = load_coco(work / "annotations.json", work / "images")
+refs = load_refs(work / "refs.json", ds)
+[(r.ref_id, r.sentences) for r in refs[:4]]''',
+        "## One image, many expressions, one extraction",
+        '''ref = refs[0]
+image = ds.image_path(ref.image_id)
+loc = Localizer(enc, image)
+sentences = [s for r in refs if r.image_id == ref.image_id for s in r.sentences]
+found = loc.localize_many(sentences)
+for sentence, where in zip(sentences, found):
+    print(f"{sentence!r:36} box {where.box_xyxy.round(0)}  point {where.point_xy.round(0)}  score {where.score:.2f}")
+viz.boxes(image, np.array([f.box_xyxy for f in found]), sentences, points_xy=np.array([f.point_xy for f in found]))''',
+        "## Scoring a split\nAcc@0.5 (box IoU >= 0.5) and the pointing game (point inside the mask), without and with "
+        "the image's ground-truth boxes as candidates. `dense eval refer` prints the full table.",
+        '''rows = {"no candidates": ([], []), "GT candidates": ([], [])}
+gt_boxes, points_free, points_cand, masks = [], [], [], []
+for image_id in sorted({r.image_id for r in refs}):
+    loc = Localizer(enc, ds.image_path(image_id))
+    candidates = np.array([ds.box_xyxy(a["id"]) for a in ds.anns(image_id, crowd=False)])
+    for r in (r for r in refs if r.image_id == image_id):
+        for sentence in r.sentences:
+            free = loc.localize(sentence)
+            cand = loc.localize(sentence, candidates_xyxy=candidates)
+            rows["no candidates"][0].append(free.box_xyxy)
+            rows["GT candidates"][0].append(cand.box_xyxy)
+            points_free.append(free.point_xy)
+            points_cand.append(cand.point_xy)
+            gt_boxes.append(ds.box_xyxy(r.ann_id))
+            masks.append(ds.mask(r.ann_id))
+for name, (boxes, _) in rows.items():
+    points = points_free if name == "no candidates" else points_cand
+    hits = [pointing_game(p[None], m[None]) for p, m in zip(points, masks)]
+    print(f"{name:<14} Acc@0.5 {100 * acc_at_iou(np.array(boxes), np.array(gt_boxes)):5.1f}   "
+          f"pointing {100 * np.mean(hits):5.1f}   ({len(boxes)} expressions)")''',
+    ],
+}
+
+
+def build(out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, cells in NOTEBOOKS.items():
+        # text cells start with a Markdown heading; everything else is code
+        nb = new_notebook(cells=[new_markdown_cell(c) if c.startswith("#") else new_code_cell(c) for c in cells])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        path = out_dir / name
+        nbformat.write(nb, path)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for p in build(Path(__file__).resolve().parent.parent / "notebooks"):
+        print(p)

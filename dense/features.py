@@ -139,7 +139,7 @@ class FeatureMap:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {})["dense"])
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+                tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # own the memory: no tie to the file
         except FileNotFoundError:
             raise
         except Exception as e:  # safetensors raises its own SafetensorError for a damaged header

@@ -162,16 +162,33 @@ def _method(name: str) -> Method:
 
 
 def supported_methods(encoder) -> list[str]:
-    """The methods this encoder can run (``clear-*`` re-run the last block on its input: 2 blocks at least)."""
-    return [m for m, spec in METHODS.items() if not spec.needs_prev or encoder.num_layers >= 2]
+    """The methods this encoder can run: all of them (on a 1-block tower ``clear-*`` need an image, see
+    :func:`with_aligned`)."""
+    return list(METHODS)
 
 
 def _check_supported(encoder, method: str) -> Method:
     m = _method(method)
     if m.needs_prev and encoder.num_layers < 2:
-        raise ValueError(f"method {method!r} needs the input of the last block, and {encoder.name} has only "
-                         f"{encoder.num_layers} block (its input is the patch embedding); use another method")
+        raise ValueError(f"method {method!r} needs the input of the last block; {encoder.name} has only "
+                         f"{encoder.num_layers} block, whose input (the patch embedding) no FeatureMap holds: pass "
+                         f"the image itself (patch_scores / with_aligned compute it)")
     return m
+
+
+@torch.inference_mode()
+def _embedding_tokens(encoder, rgb: np.ndarray, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """The patch embedding (+ position embedding) of an image, the input of block 0: ``[gh, gw, D]`` float32 CPU."""
+    from dense.preprocess import patchify, to_pixels
+
+    gh, gw = grid_hw
+    p = next(encoder.vision.parameters())
+    px = to_pixels(rgb, grid_hw, encoder.pixels)[None].to(p.device, p.dtype)  # [1, 3, gh*P, gw*P]
+    if encoder.family == "siglip":
+        emb = encoder.vision.embeddings(px, interpolate_pos_encoding=True)  # [1, N, D]
+    else:
+        emb = encoder.vision.embeddings(patchify(px, encoder.patch_size), torch.tensor([[gh, gw]], device=p.device))
+    return emb[0].float().cpu().reshape(gh, gw, -1)  # [1, N, D] -> [gh, gw, D]
 
 
 def required_layers(method: str = DEFAULT_METHOD) -> tuple[int, ...]:
@@ -200,7 +217,8 @@ def as_featuremap(encoder, fmap_or_image, method: str = DEFAULT_METHOD, *, max_p
     """A FeatureMap as is, or an image extracted with the layers ``method`` needs."""
     if isinstance(fmap_or_image, FeatureMap):
         return fmap_or_image
-    _check_supported(encoder, method)
+    if _method(method).needs_prev and encoder.num_layers < 2:
+        return encoder.extract(fmap_or_image, max_patches=max_patches)  # the input of block 0: see with_aligned
     return encoder.extract(fmap_or_image, max_patches=max_patches, layers=required_layers(method))
 
 
@@ -212,9 +230,9 @@ def aligned_tokens(encoder, fmap: FeatureMap, method: str = DEFAULT_METHOD) -> t
     ``num_layers - 2`` (``encoder.extract(image, layers=(-2, -1))``). A FeatureMap made by :func:`with_aligned` for the
     same method returns its stored tokens.
     """
-    m = _check_supported(encoder, method)
-    if fmap.aligned is not None and fmap.encoder.get("aligned_method") == method:
+    if fmap.aligned is not None and fmap.encoder.get("aligned_method") == _method(method).name:
         return fmap.aligned
+    m = _check_supported(encoder, method)
     n = encoder.num_layers
     gh, gw = fmap.grid_hw
     vision = encoder.vision
@@ -227,10 +245,27 @@ def aligned_tokens(encoder, fmap: FeatureMap, method: str = DEFAULT_METHOD) -> t
     return F.normalize(z, dim=-1).reshape(gh, gw, -1)  # [N, E] -> [gh, gw, E]
 
 
-def with_aligned(encoder, fmap_or_image, method: str = DEFAULT_METHOD) -> FeatureMap:
-    """A FeatureMap carrying ``aligned`` tokens of ``method`` (computed once; reused by :func:`patch_scores`)."""
-    fmap = as_featuremap(encoder, fmap_or_image, method)
-    z = aligned_tokens(encoder, fmap, method)
+def with_aligned(encoder, fmap_or_image, method: str = DEFAULT_METHOD, *, max_patches: int | None = None
+                 ) -> FeatureMap:
+    """A FeatureMap carrying ``aligned`` tokens of ``method`` (computed once; reused by :func:`patch_scores`).
+
+    From an image, ``clear-*`` methods on a 1-block tower also run the patch embedding (the input of that block) here.
+    """
+    m = _method(method)
+    if m.needs_prev and encoder.num_layers < 2 and not isinstance(fmap_or_image, FeatureMap):
+        from dense.preprocess import load_image
+
+        rgb = load_image(fmap_or_image)
+        fmap = encoder.extract(rgb, max_patches=max_patches)
+        gh, gw = fmap.grid_hw
+        p = next(encoder.vision.parameters())
+        x = fmap.tokens.reshape(gh * gw, -1).to(p.device, p.dtype)  # [gh, gw, D] -> [N, D]
+        prev = _embedding_tokens(encoder, rgb, fmap.grid_hw).reshape(gh * gw, -1).to(p.device, p.dtype)  # [N, D]
+        with torch.inference_mode():
+            z = F.normalize(m.fn(encoder.vision, x, prev).float().cpu(), dim=-1).reshape(gh, gw, -1)  # [gh, gw, E]
+    else:
+        fmap = as_featuremap(encoder, fmap_or_image, method, max_patches=max_patches)
+        z = aligned_tokens(encoder, fmap, method)
     return replace(fmap, aligned=z, encoder={**fmap.encoder, "aligned_method": method})
 
 
@@ -263,7 +298,7 @@ def patch_scores(encoder, fmap_or_image, queries, *, method: str = DEFAULT_METHO
     here with those layers). ``queries``: a string, a list of strings (embedded with ``templates``; ``None`` =
     verbatim), or unit text embeddings ``[T, E]`` from :func:`dense.text.embed_texts`.
     """
-    fmap = as_featuremap(encoder, fmap_or_image, method)
+    fmap = fmap_or_image if isinstance(fmap_or_image, FeatureMap) else with_aligned(encoder, fmap_or_image, method)
     z = aligned_tokens(encoder, fmap, method)  # [gh, gw, E]
     text = _text_matrix(encoder, queries, templates)  # [T, E]
     return torch.sigmoid(logits(encoder, z, text))  # [T, gh, gw]
@@ -349,7 +384,7 @@ def segment(encoder, image, class_names: Sequence[str], *, background: float | S
     if not class_names:
         raise ValueError("class_names is empty")
     bg_prompts = _background_prompts(background)
-    fmap = as_featuremap(encoder, image, method, max_patches=max_patches)
+    fmap = image if isinstance(image, FeatureMap) else with_aligned(encoder, image, method, max_patches=max_patches)
     probs = upsample(patch_scores(encoder, fmap, class_names + bg_prompts, method=method, templates=templates),
                      fmap)  # [C + B, H, W]
     return labels_from_scores(probs, len(class_names), background)
@@ -439,7 +474,7 @@ def _cli_heatmap(args) -> int:
     from dense import viz
 
     enc = dense.load_encoder(args.model)
-    fmap = as_featuremap(enc, args.image, args.method)
+    fmap = with_aligned(enc, args.image, args.method)
     scores = upsample(patch_scores(enc, fmap, args.queries, method=args.method, templates=DEFAULT_TEMPLATES), fmap)
     from dense.preprocess import load_image
 
@@ -477,12 +512,13 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
 
     methods = list(methods)
     for m in methods:
-        _check_supported(encoder, m)
+        _method(m)
     ds = coco.load_coco(ann, images)
     ids = ds.ids(split)[:limit] if limit is not None else ds.ids(split)
     names = ds.class_names[1:]  # label k + 1 <-> names[k], as in dense.coco
     bg_prompts = _background_prompts(background)
-    layers = (-2, -1) if any(_method(m).needs_prev for m in methods) else (-1,)
+    two = encoder.num_layers >= 2
+    layers = (-2, -1) if two and any(_method(m).needs_prev for m in methods) else (-1,)
     text = embed_texts(encoder, names + bg_prompts, templates=templates)  # [C + B, E], once for the whole run
     meters = {m: metrics.SegmentationMeter(ds.class_names) for m in methods}
     sweep = {(m, t): metrics.SegmentationMeter(ds.class_names) for m in methods for t in thresholds}
@@ -497,7 +533,9 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
             k = ds.cat_to_label[a["category_id"]] - 1
             by_cat[k] = by_cat.get(k, False) | ds.mask(a["id"])
         for m in methods:
-            scores = patch_scores(encoder, fmap, text, method=m)  # [C + B, gh, gw]
+            one_block_clear = _method(m).needs_prev and encoder.num_layers < 2  # needs the image: one more pass
+            src = with_aligned(encoder, ds.image_path(iid), m, max_patches=max_patches) if one_block_clear else fmap
+            scores = patch_scores(encoder, src, text, method=m)  # [C + B, gh, gw]
             probs = upsample(scores, fmap)  # [C + B, H, W]
             meters[m].update(labels_from_scores(probs, len(names), background), gt)
             for t in thresholds:

@@ -237,10 +237,24 @@ def test_heatmap_cli_writes_a_png(tiny_siglip_dir, tmp_path):
     assert rc == 0 and (tmp_path / "s.png").stat().st_size > 0
 
 
-def test_clear_methods_refuse_a_one_block_tower():
+def test_clear_methods_on_a_one_block_tower_use_the_patch_embedding():
     enc1 = dense.random_encoder("tiny-siglip")
-    enc1.vision.encoder.layers = enc1.vision.encoder.layers[:1]  # a 1-block tower
+    enc1.vision.encoder.layers = enc1.vision.encoder.layers[:1]  # a 1-block tower, like shapes-tiny
     enc1.vision.config.num_hidden_layers = 1
-    assert "clear-map-value" not in heatmap.supported_methods(enc1) and "map-value" in heatmap.supported_methods(enc1)
-    with pytest.raises(ValueError, match="only 1 block"):
-        heatmap.as_featuremap(enc1, random_rgb(32, 32), "clear-map-value")
+    rgb = random_rgb(32, 48, seed=3)
+    fmap = enc1.extract(rgb)
+    with pytest.raises(ValueError, match="only 1 block"):  # a FeatureMap cannot hold the block's input
+        heatmap.aligned_tokens(enc1, fmap, "clear-map-value")
+    from dense.preprocess import to_pixels
+
+    with torch.no_grad():
+        out = enc1.vision(pixel_values=to_pixels(rgb, fmap.grid_hw, enc1.pixels)[None], interpolate_pos_encoding=True,
+                          output_hidden_states=True)
+    emb = heatmap._embedding_tokens(enc1, rgb, fmap.grid_hw)  # [gh, gw, D]
+    torch.testing.assert_close(emb.reshape(-1, emb.shape[-1]), out.hidden_states[0][0])  # the input of block 0
+    got = heatmap.with_aligned(enc1, rgb, "clear-map-value")
+    with torch.no_grad():
+        z = heatmap.METHODS["clear-map-value"].fn(enc1.vision, fmap.tokens.reshape(-1, 32), out.hidden_states[0][0])
+    torch.testing.assert_close(got.aligned, F.normalize(z, dim=-1).reshape(got.aligned.shape), atol=1e-5, rtol=1e-4)
+    s = heatmap.patch_scores(enc1, rgb, F.normalize(torch.randn(2, 32), dim=-1), method="clear-map-value")
+    assert tuple(s.shape) == (2, *fmap.grid_hw)

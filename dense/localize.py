@@ -282,12 +282,12 @@ class Localizer:
         self.max_patches = max_patches
         self.method = method if method is not None else hm.DEFAULT_METHOD
         if isinstance(image_or_featuremap, FeatureMap):
-            fmap = image_or_featuremap
             self.rgb = None if image is None else load_image(image)
+            self.fmap = hm.with_aligned(encoder, image_or_featuremap, self.method)  # aligned tokens computed once
         else:
             self.rgb = load_image(image_or_featuremap)
-            fmap = encoder.extract(self.rgb, max_patches=max_patches, layers=hm.required_layers(self.method))
-        self.fmap = hm.with_aligned(encoder, fmap, self.method)  # text-aligned tokens computed once
+            # one extraction, with the layers the method needs
+            self.fmap = hm.with_aligned(encoder, self.rgb, self.method, max_patches=max_patches)
         self._heatmaps: dict[str, torch.Tensor] = {}
         self._regions: dict[tuple[str, bytes], torch.Tensor] = {}  # (scorer, boxes) -> [K, E]
 
@@ -447,7 +447,9 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
 
     hm = _heatmap_module()
     methods = list(methods or [hm.DEFAULT_METHOD])
-    layers = tuple(sorted({layer for m in methods for layer in hm.required_layers(m)}))
+    # methods a FeatureMap cannot serve (clear-* on a 1-block tower needs the image) get their own extraction
+    from_image = {m for m in methods if hm.METHODS[m].needs_prev and encoder.num_layers < 2}
+    layers = tuple(sorted({layer for m in methods if m not in from_image for layer in hm.required_layers(m)} or {-1}))
     for s in scorers:
         if s not in CANDIDATE_METHODS:
             raise ValueError(f"unknown candidate scorer {s!r}; choose from {CANDIDATE_METHODS}")
@@ -476,8 +478,8 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
         H, W = rgb.shape[:2]
         centre_xy = np.array([W / 2, H / 2])
         whole_xyxy = np.array([0.0, 0.0, W, H])
-        locs = {m: Localizer(encoder, fmap, method=m, templates=templates, max_patches=max_patches, image=rgb)
-                for m in methods}
+        locs = {m: Localizer(encoder, rgb if m in from_image else fmap, method=m, templates=templates,
+                             max_patches=max_patches, image=rgb) for m in methods}
         for ref in by_image[iid]:
             gt_xyxy, mask = ds.box_xyxy(ref.ann_id), ds.mask(ref.ann_id)
             cand_centres_xy = (cands_xyxy[:, :2] + cands_xyxy[:, 2:]) / 2  # [K, 2]

@@ -181,9 +181,9 @@ def _method(name: str) -> Method:
 
 
 def supported_methods(encoder) -> list[str]:
-    """The methods this encoder can run: all of them (on a 1-block tower ``clear-*`` need an image, see
-    :func:`with_aligned`)."""
-    return list(METHODS)
+    """The methods that work on this encoder's FeatureMaps: all but ``clear-*`` on a 1-block tower, whose input (the
+    patch embedding) no FeatureMap holds; those still work from an image (:func:`with_aligned`)."""
+    return [m for m, spec in METHODS.items() if not spec.needs_prev or encoder.num_layers >= 2]
 
 
 def _check_supported(encoder, method: str) -> Method:
@@ -211,7 +211,7 @@ def _embedding_tokens(encoder, rgb: np.ndarray, grid_hw: tuple[int, int]) -> tor
 
 
 def required_layers(method: str = DEFAULT_METHOD) -> tuple[int, ...]:
-    """The ``layers=`` a FeatureMap must be extracted with for ``method``."""
+    """The ``layers=`` a FeatureMap must be extracted with for ``method`` (towers of 2 blocks or more)."""
     return (-2, -1) if _method(method).needs_prev else (-1,)
 
 
@@ -579,7 +579,7 @@ def _cli_openvocab(args) -> int:
     import dense
 
     enc = dense.load_encoder(args.model)
-    methods = supported_methods(enc) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+    methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
     for m in methods:
         _method(m)
     res = evaluate_openvocab(enc, args.ann, args.images, methods=methods, background=_parse_background(args.background),

@@ -243,6 +243,7 @@ def test_clear_methods_on_a_one_block_tower_use_the_patch_embedding():
     enc1.vision.config.num_hidden_layers = 1
     rgb = random_rgb(32, 48, seed=3)
     fmap = enc1.extract(rgb)
+    assert "clear-map-value" not in heatmap.supported_methods(enc1) and "map-value" in heatmap.supported_methods(enc1)
     with pytest.raises(ValueError, match="only 1 block"):  # a FeatureMap cannot hold the block's input
         heatmap.aligned_tokens(enc1, fmap, "clear-map-value")
     from dense.preprocess import to_pixels

@@ -109,7 +109,7 @@ def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=N
     from matplotlib.patches import Rectangle
 
     image = load_image(image)
-    b = _np(boxes_xyxy).astype(np.float64).reshape(-1, 4)
+    b = _np(boxes_xyxy).astype(np.float64).reshape(-1, 4)  # -> [N, 4]
     fig, (ax,) = _figure(1, panel_size=4.5)
     ax.imshow(image)
     for k, (x0, y0, x1, y1) in enumerate(b):
@@ -118,7 +118,7 @@ def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=N
             ax.text(x0, y0, labels[k], color="black", fontsize=8, va="bottom",
                     bbox=dict(facecolor=colour, alpha=0.8, pad=1, linewidth=0))
     if points_xy is not None:
-        p = _np(points_xy).astype(np.float64).reshape(-1, 2)
+        p = _np(points_xy).astype(np.float64).reshape(-1, 2)  # -> [N, 2]
         ax.scatter(p[:, 0], p[:, 1], marker="*", s=150, c="red", edgecolors="white")
     return fig
 

@@ -26,7 +26,9 @@ Two ways, both reading one :class:`~dense.FeatureMap` (compute once, query many)
   - ``"crop"``: ReCLIP-style crop re-encoding: each box is cut out of the image, re-encoded and MAP-pooled (one
     extraction per box; needs the image, not just a FeatureMap).
 
-  The point is then the refined heatmap peak among the patches the chosen box covers, clipped into the box.
+  The point is then the refined heatmap peak among the patches the chosen box covers, clipped into the box. (On the
+  synthetic shapes, all convex, the box centre lands in the mask more often; ``dense eval refer`` reports both. The
+  peak is kept because it follows the object in a box it does not fill.)
 
 :class:`Localizer` holds one image's FeatureMap and caches heatmaps per expression, so localizing 20 expressions costs
 one extraction plus 20 cheap head passes; :func:`localize` is the one-call form (pass a FeatureMap to reuse one).

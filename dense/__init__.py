@@ -14,20 +14,7 @@ in ``cli``.
 
 from dense.encoder import load_encoder, random_encoder
 from dense.features import FeatureMap
+from dense.heatmap import classify, segment
+from dense.localize import localize  # after the submodule import, so `dense.localize` is the function
 
 __all__ = ["load_encoder", "random_encoder", "FeatureMap", "classify", "segment", "localize"]
-
-# Task-level functions import their modules on first use, so `import dense` stays light.
-_LAZY = {"classify": "dense.heatmap", "segment": "dense.heatmap", "localize": "dense.localize"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'dense' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))

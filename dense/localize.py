@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
-import types
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -625,14 +623,3 @@ def _cli_refer(args) -> int:
         tmp.replace(out)
         print(f"wrote {out}")
     return 0
-
-class _CallableModule(types.ModuleType):
-    """``dense.localize`` names both the function (lazily exported by ``dense``) and this module; once the module is
-    imported (``from dense.localize import Localizer``) Python binds ``dense.localize`` to the module. Calling the
-    module calls :func:`localize`, so ``dense.localize(enc, image, "the cat")`` works either way."""
-
-    def __call__(self, *args, **kwargs) -> Localization:
-        return localize(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -445,7 +445,8 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
 
     source = resolve_checkpoint(name_or_path)
     dtype = _default_dtype(dtype)
-    config = AutoConfig.from_pretrained(source)
+    with _quiet_transformers():  # SiglipConfig builds a default text config first and warns about its token ids
+        config = AutoConfig.from_pretrained(source)
     family = {"siglip": "siglip", "siglip_vision_model": "siglip", "siglip2": "siglip2",
               "siglip2_vision_model": "siglip2"}.get(config.model_type)
     if family is None:

@@ -88,10 +88,9 @@ scores = heatmap.patch_scores(enc, fmap, present)  # [T, gh, gw] sigmoid probabi
 viz.heatmaps(image, heatmap.upsample(scores, fmap), present)''',
         "## Methods\nEach method is a few lines in `dense/heatmap.py`; `raw` (the tokens as they are) is the "
         "baseline. The peak of each class's heatmap should fall on that object:",
-        '''fmap_all = enc.extract(image, layers=(-2, -1))
-for method in heatmap.supported_methods(enc):
-    s = heatmap.patch_scores(enc, fmap_all, present, method=method)
-    up = heatmap.upsample(s, fmap_all).numpy()  # [T, H, W]
+        '''for method in heatmap.supported_methods(enc):
+    aligned = heatmap.with_aligned(enc, image, method)  # extracts the layers this method needs
+    up = heatmap.upsample(heatmap.patch_scores(enc, aligned, present, method=method), aligned).numpy()  # [T, H, W]
     hits = []
     for name, probs in zip(present, up):
         y, x = np.unravel_index(probs.argmax(), probs.shape)

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from dense._atomic import write_json
 from dense.features import FeatureMap
 
 log = logging.getLogger("dense")
@@ -76,9 +77,7 @@ class FeatureCache:
             if on_disk != self.spec:
                 raise ValueError(f"{target}: holds spec {on_disk}, expected {self.spec} (hash collision?)")
             return
-        tmp = self.dir / f".spec.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(self.spec, indent=1, sort_keys=True))
-        os.replace(tmp, target)
+        write_json(target, self.spec, sort_keys=True)
 
     def path(self, key: str) -> Path:
         key = str(key)

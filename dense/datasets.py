@@ -37,7 +37,6 @@ Everything is pure numpy / OpenCV / pycocotools and deterministic for a seed. Th
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -46,6 +45,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from dense._atomic import write_json
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -470,7 +471,4 @@ def _annotation(obj: Shape, seg, mask: np.ndarray, *, iscrowd: int) -> dict:
 
 def _write_json(path: Path, obj) -> None:
     """Atomic: write a temporary file, then rename (never a half file)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+    write_json(path, obj, indent=None)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dense._atomic import write_text
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -56,9 +58,7 @@ class _Page:
         page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                 f"<style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>{''.join(self.parts)}"
                 f"</body></html>")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(page)
-        tmp.replace(path)
+        write_text(path, page)
 
 
 def run_demo(out_dir: str | Path = "dense-demo", *, model: str = "shapes-tiny", images: str | Path | None = None,

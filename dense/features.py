@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from dense._atomic import atomic_path
 from dense.preprocess import grid_to_pixel_xy, pixel_to_grid
 
 FORMAT_VERSION = 1
@@ -110,8 +111,6 @@ class FeatureMap:
     # --- persistence ----------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write one ``.safetensors`` file (tokens + JSON geometry in its metadata), atomically (temp + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"tokens": self.tokens.contiguous()}
         if self.aligned is not None:
             tensors["aligned"] = self.aligned.contiguous()
@@ -124,13 +123,9 @@ class FeatureMap:
             "layers": list(self.layers),
             "encoder": self.encoder,
         }
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"dense": json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureMap:

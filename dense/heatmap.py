@@ -46,7 +46,6 @@ the bare patch embedding; that says little about So400m's 27 blocks.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,6 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dense._atomic import write_json
 from dense.features import FeatureMap
 from dense.text import DEFAULT_TEMPLATES, embed_texts
 
@@ -592,10 +592,6 @@ def _cli_openvocab(args) -> int:
         sweep = "  ".join(f"{t}:{v:.3f}" for t, v in r["sweep"].items())
         print(f"{m:<22}{r['miou']:8.3f}{r['pixel_acc']:8.3f}{r['pointing']:8.3f}  {sweep}")
     if args.out:
-        out = Path(args.out)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(res, indent=2))
-        tmp.replace(out)
-        print(f"wrote {out}")
+        print(f"wrote {write_json(args.out, res, indent=2)}")
     return 0
 

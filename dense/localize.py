@@ -36,8 +36,6 @@ one extraction plus 20 cheap head passes; :func:`localize` is the one-call form 
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -46,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dense._atomic import write_json
 from dense.features import FeatureMap
 from dense.preprocess import ImageInput, grid_cell_xyxy, grid_to_pixel_xy, load_image
 
@@ -617,9 +616,5 @@ def _cli_refer(args) -> int:
                          templates=templates, limit=args.limit, max_patches=args.max_patches, progress=True)
     print(format_refer_table(res))
     if args.out:
-        out = Path(args.out)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(res, indent=2))
-        tmp.replace(out)
-        print(f"wrote {out}")
+        print(f"wrote {write_json(args.out, res, indent=2)}")
     return 0

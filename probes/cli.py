@@ -13,11 +13,10 @@ Missing features are extracted into the cache first (resumable; ``--no-extract``
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
+from dense._atomic import write_json
 from dense.cache import FeatureCache, _parse_layers, dataset_items, extract_to_cache
 
 
@@ -110,12 +109,7 @@ def _print_figures(title: str, figs: dict) -> None:
 def _write_json(path: str | None, obj: dict) -> None:
     if not path:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-    print(f"wrote {path}")
+    print(f"wrote {write_json(path, obj)}")
 
 
 def _run_train(args) -> int:

@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from dense._atomic import atomic_path
 from dense.features import FeatureMap
 
 FORMAT = "dense.LinearProbe"
@@ -103,12 +104,8 @@ class LinearProbe(nn.Module):
                   "class_names": self.class_names, "encoder": self.encoder_spec, "layers": self.layers,
                   "meta": self.meta}
         tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"dense": json.dumps(header)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod

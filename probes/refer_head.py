@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dense._atomic import atomic_path
 from dense.features import FeatureMap
 from dense.localize import box_patch_weights, refine_peak_grid
 
@@ -99,10 +100,8 @@ class ReferHead(nn.Module):
         return {"box_xyxy": box_xyxy.astype(np.float64), "point_xy": point_xy, "heatmap": heat}
 
     def save(self, path: str | os.PathLike, encoder_spec: dict) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({"config": self.config, "state": self.state_dict(), "encoder": encoder_spec}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"config": self.config, "state": self.state_dict(), "encoder": encoder_spec}, tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike, encoder_spec: dict | None = None) -> ReferHead:

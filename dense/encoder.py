@@ -434,8 +434,9 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
             a local ``save_pretrained`` folder (a full ``SiglipModel``/``Siglip2Model`` or a vision tower alone), or a
             bundled name (``"shapes-tiny"``).
         device: where the model runs; features always come back on the CPU as float32.
-        dtype: weights and activations; ``None`` = float32. bfloat16 is ~1.6x faster on CPUs with AVX-512 bf16 and
-            on GPUs; never float16 on a CPU.
+        dtype: weights and activations; ``None`` = float32. bfloat16 is ~1.6x faster on GPUs and on CPUs with
+            AVX-512 bf16, but ~4x SLOWER on CPUs without bf16 instructions (AVX2 only: check
+            ``torch.backends.cpu.get_cpu_capability()``); never float16 on a CPU.
         attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
 
     Loading is strict: a missing, mismatched or unexpected weight (other than the text tower's, which loads only when

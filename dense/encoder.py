@@ -435,7 +435,7 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
             bundled name (``"shapes-tiny"``).
         device: where the model runs; features always come back on the CPU as float32.
         dtype: weights and activations; ``None`` = float32. bfloat16 is ~1.6x faster on GPUs and on CPUs with
-            AVX-512 bf16, but ~4x SLOWER on CPUs without bf16 instructions (AVX2 only: check
+            AVX-512 bf16, but several times SLOWER (7x on an AVX2 EPYC) on CPUs without bf16 instructions (check
             ``torch.backends.cpu.get_cpu_capability()``); never float16 on a CPU.
         attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
 

@@ -102,8 +102,8 @@ viz.heatmaps(image, heatmap.upsample(scores, fmap), present)''',
 probs = dense.classify(enc, image, labels)
 sorted(zip(probs.tolist(), labels), reverse=True)[:5]''',
         "## Training-free segmentation\nEach pixel takes its most probable class; pixels where no class reaches the "
-        "threshold are background.",
-        '''labels_hw = dense.segment(enc, image, present, background=0.05)
+        "threshold (chosen on the synthetic val split for the default method) are background.",
+        '''labels_hw = dense.segment(enc, image, present, background=heatmap.DEFAULT_BACKGROUND)
 viz.label_map(image, labels_hw, present)''',
         "## Any language\nQueries pass through unchanged apart from lower-casing, so a multilingual checkpoint such "
         "as So400m takes prompts in any language (`dense.segment(enc, photo, [\"chien\", \"Katze\", \"猫\"])`); "

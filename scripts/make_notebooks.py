@@ -198,6 +198,8 @@ def build(out_dir: Path) -> list[Path]:
     for name, cells in NOTEBOOKS.items():
         # text cells start with a Markdown heading; everything else is code
         nb = new_notebook(cells=[new_markdown_cell(c) if c.startswith("#") else new_code_cell(c) for c in cells])
+        for k, cell in enumerate(nb.cells):  # stable ids: regenerating an unchanged notebook changes nothing
+            cell.id = f"cell-{k:02d}"
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         path = out_dir / name
         nbformat.write(nb, path)

@@ -59,6 +59,16 @@ def build_tiny_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
     return folder
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: these tests' ops are tiny, and on a busy 2-core machine two OpenMP threads spin-wait far
+    longer than they compute."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_siglip_dir(tmp_path_factory) -> Path:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-siglip"), "siglip")

@@ -19,13 +19,7 @@ from dense.cache import FeatureCache, extract_to_cache, folder_items
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The tiny encoder's ops are small; on a shared 2-core machine two OpenMP threads spin-wait longer than they work.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: see conftest.one_thread
 
 
 def make_images(folder: Path, n: int, seed: int = 0) -> Path:

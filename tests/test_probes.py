@@ -20,13 +20,7 @@ SPEC = dict(name="fake", family="siglip", patch_size=P, hidden_size=12, num_laye
 GRIDS = [(4, 6), (5, 5), (6, 3), (3, 7)]  # not square, not equal: batches must group by grid
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These steps are tiny; on a shared 2-core machine two OpenMP threads spin-wait far longer than they compute.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: see conftest.one_thread
 
 
 def fake_samples(n: int, seed: int, K: int = 3) -> list[Sample]:

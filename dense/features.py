@@ -59,6 +59,24 @@ class FeatureMap:
     def dim(self) -> int:
         return self.tokens.shape[-1]
 
+    def layer_tokens(self, layers) -> torch.Tensor:
+        """The tokens of ``layers`` only: ``[gh, gw, D * L_all]`` -> ``[gh, gw, D * len(layers)]``.
+
+        ``layers`` are block indices as stored in :attr:`layers`; negative ones are resolved against the encoder's
+        depth (``encoder["num_layers"]``). A layer this FeatureMap does not hold raises ``ValueError``.
+        """
+        n = self.encoder.get("num_layers")
+        have = [b % n if (n and b < 0) else b for b in self.layers]
+        want = [b % n if (n and b < 0) else b for b in layers]
+        if want == have:
+            return self.tokens
+        missing = [b for b in want if b not in have]
+        if missing:
+            raise ValueError(f"layers {list(layers)} are not all in this FeatureMap, which holds {have}")
+        D = self.dim // len(have)
+        chunks = [self.tokens[..., have.index(b) * D:(have.index(b) + 1) * D] for b in want]  # each [gh, gw, D]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=-1)  # -> [gh, gw, D * len(layers)]
+
     def grid_to_pixel_xy(self, ij) -> np.ndarray:
         """Patch ``(i, j)`` (``(..., 2)``, fractional allowed) -> original-image ``(x, y)`` of its centre."""
         return grid_to_pixel_xy(ij, self.image_hw, self.resized_hw, self.patch_size)

@@ -114,12 +114,17 @@ def _map_value_mlp(vision, x, prev):
     return _mlp_residual(vision.head, _map_value(vision, x, prev))
 
 
+def _attention_and_values(head, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe's attention ``[H, N]`` and the per-head values ``[N, H, hd]`` of tokens ``x [N, D]``."""
+    N, D = x.shape
+    H = head.attention.num_heads
+    return _attention(head, x), _value(head, x).reshape(N, H, D // H)  # [N, D] -> [N, H, hd]
+
+
 def _attn_value(vision, x, prev):
     head = vision.head
     N, D = x.shape
-    H = head.attention.num_heads
-    a = _attention(head, x)  # [H, N]
-    v = _value(head, x).reshape(N, H, D // H)  # [N, D] -> [N, H, hd]
+    a, v = _attention_and_values(head, x)  # [H, N], [N, H, hd]
     c = (a.T[..., None] * v).reshape(N, D)  # [N, H, 1] * [N, H, hd] -> [N, H, hd] -> [N, D]
     out = head.attention.out_proj
     z = N * F.linear(c, out.weight) + out.bias  # [N, D]
@@ -129,9 +134,7 @@ def _attn_value(vision, x, prev):
 def _leave_one_out(vision, x, prev):
     head = vision.head
     N, D = x.shape
-    H = head.attention.num_heads
-    a = _attention(head, x)  # [H, N]
-    v = _value(head, x).reshape(N, H, D // H)  # [N, D] -> [N, H, hd]
+    a, v = _attention_and_values(head, x)  # [H, N], [N, H, hd]
     total = torch.einsum("hn,nhd->hd", a, v)  # [H, hd]: sum_n a_{h,n} v_{h,n}
     keep = (1 - a.T).clamp_min(1e-6)[..., None]  # [N, H, 1]: attention mass left when patch n is masked out
     y_minus = (total[None] - a.T[..., None] * v) / keep  # [N, H, hd]: renormalized attention without patch n
@@ -228,10 +231,9 @@ def _block_tokens(encoder, fmap: FeatureMap, block: int, method: str) -> torch.T
         raise ValueError(f"method {method!r} needs block {block} in the FeatureMap, which holds layers {fmap.layers}; "
                          f"extract with layers={required_layers(method)}")
     D = encoder.hidden_size
-    k = fmap.layers.index(block)
     if fmap.tokens.shape[-1] != D * len(fmap.layers):
         raise ValueError(f"FeatureMap of dim {fmap.dim} does not match encoder hidden size {D} x {len(fmap.layers)}")
-    return fmap.tokens[..., k * D:(k + 1) * D]
+    return fmap.layer_tokens([block])
 
 
 def as_featuremap(encoder, fmap_or_image, method: str = DEFAULT_METHOD, *, max_patches: int | None = None

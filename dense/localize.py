@@ -193,8 +193,7 @@ def _last_block_tokens(encoder, fmap: FeatureMap) -> torch.Tensor:
     if last not in layers or fmap.dim != D * len(layers):
         raise ValueError(f"the FeatureMap holds layers {fmap.layers} (dim {fmap.dim}); region pooling needs the last "
                          f"block's tokens (layers=(-1,)) of this encoder (hidden {D})")
-    k = layers.index(last)
-    return fmap.tokens[..., k * D:(k + 1) * D]
+    return fmap.layer_tokens([fmap.layers[layers.index(last)]])  # the index as the FeatureMap stores it
 
 
 @torch.inference_mode()

@@ -139,14 +139,7 @@ class LinearProbe(nn.Module):
 def select_layers(fmap: FeatureMap, layers: list[int] | tuple[int, ...]) -> torch.Tensor:
     """``[gh, gw, D * L_all]`` -> ``[gh, gw, D * len(layers)]``: the chunks of ``fmap.tokens`` for ``layers`` (block
     indices as stored in ``fmap.layers``; ``-1``-style indices are resolved against the encoder's depth)."""
-    have = list(fmap.layers)
-    n = fmap.encoder.get("num_layers")
-    want = [b % n if (n and b < 0) else b for b in layers]
-    if want == have:
-        return fmap.tokens
-    D = fmap.dim // len(have)
     try:
-        idx = [have.index(b) for b in want]
-    except ValueError:
-        raise ProbeMismatchError(f"layers {list(layers)} are not all in the feature map's {have}") from None
-    return torch.cat([fmap.tokens[..., i * D:(i + 1) * D] for i in idx], dim=-1)
+        return fmap.layer_tokens(layers)
+    except ValueError as e:
+        raise ProbeMismatchError(str(e)) from None

@@ -64,3 +64,15 @@ def test_load_rejects_garbage(tmp_path):
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="grid"):
         FeatureMap(tokens=torch.zeros(3, 3, 2), image_hw=(10, 10), resized_hw=(28, 42), patch_size=14)
+
+
+def test_layer_tokens_slices_concatenated_layers():
+    D = 4
+    tokens = torch.randn(2, 3, 3 * D)
+    fmap = FeatureMap(tokens=tokens, image_hw=(16, 24), resized_hw=(16, 24), patch_size=8, layers=(0, 2, 5),
+                      encoder={"num_layers": 6})
+    torch.testing.assert_close(fmap.layer_tokens([2]), tokens[..., D:2 * D])
+    torch.testing.assert_close(fmap.layer_tokens([-1, 0]), torch.cat([tokens[..., 2 * D:], tokens[..., :D]], -1))
+    assert fmap.layer_tokens([0, 2, 5]) is tokens
+    with pytest.raises(ValueError, match="holds"):
+        fmap.layer_tokens([3])

@@ -4,17 +4,45 @@
     >>> enc = dense.load_encoder("google/siglip2-so400m-patch14-384")   # or a local folder, or "shapes-tiny"
     >>> fmap = enc.extract("photo.jpg")                                 # FeatureMap: tokens [gh, gw, D] + geometry
     >>> probs = dense.classify(enc, "photo.jpg", ["a cat", "a dog"])     # zero-shot sigmoid probabilities
-    >>> labels = dense.segment(enc, "photo.jpg", ["cat", "dog"])         # open-vocabulary label map [H, W]
-    >>> where = dense.localize(enc, "photo.jpg", "the dog on the left")  # box_xyxy and point_xy
+    >>> labels = dense.segment(enc, fmap, ["cat", "dog"])               # open-vocabulary label map [H, W]
+    >>> where = dense.Localizer(enc, fmap).localize("the dog on the left")  # box_xyxy and point_xy
 
-Modules: ``encoder``, ``preprocess`` (geometry), ``features``, ``text``, ``heatmap``, ``localize``, ``coco``,
-``metrics``, ``cache``, ``viz``, ``datasets``; linear probes live in the ``probes`` package; the ``dense`` command
-in ``cli``.
+Modules, one job each (dependencies flow down this list): ``preprocess`` (reading, grid, the pixel<->patch geometry),
+``features`` (FeatureMap), ``encoder`` (loading, identity, calibration, extraction), ``head`` (the MAP head's
+pieces), ``text`` (prompts and text embeddings), ``heatmap`` (dense text-aligned scores), ``openvocab``
+(classification, retrieval, segmentation), ``localize`` (referring expressions), ``coco`` (datasets), ``metrics``,
+``cache`` (on-disk features), ``eval`` (one evaluator per task), ``viz`` (figures), ``cli`` and ``demo``. Linear
+probes live in the ``probes`` package, which reads dense's core and is read by ``eval``, ``cli`` and ``demo``.
+
+The six names below load their module on first use, so ``dense --help`` and ``import dense.cli`` stay light.
 """
 
-from dense.encoder import load_encoder, random_encoder
-from dense.features import FeatureMap
-from dense.heatmap import classify, segment
-from dense.localize import localize  # after the submodule import, so `dense.localize` is the function
+from __future__ import annotations
 
-__all__ = ["load_encoder", "random_encoder", "FeatureMap", "classify", "segment", "localize"]
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.2.0"
+
+_EXPORTS = {"load_encoder": "dense.encoder", "random_encoder": "dense.encoder", "FeatureMap": "dense.features",
+            "classify": "dense.openvocab", "segment": "dense.openvocab", "Localizer": "dense.localize"}
+
+__all__ = ["load_encoder", "random_encoder", "FeatureMap", "classify", "segment", "Localizer"]
+
+if TYPE_CHECKING:
+    from dense.encoder import load_encoder, random_encoder
+    from dense.features import FeatureMap
+    from dense.localize import Localizer
+    from dense.openvocab import classify, segment
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'dense' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

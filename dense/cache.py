@@ -2,11 +2,12 @@
 
 Layout::
 
-    <root>/<model-slug>-<hash>/spec.json             the encoder spec (name, family, dtype, token budget, layers, ...)
-    <root>/<model-slug>-<hash>/entries/<key>.safetensors    one FeatureMap per image (FeatureMap.save)
+    <root>/<family>-<hash>/spec.json            the encoder spec (fingerprint, family, dtype, budget, layers, ...)
+    <root>/<family>-<hash>/entries/<key>.safetensors    one FeatureMap per image (FeatureMap.save)
 
-``<hash>`` is a hash of ``Encoder.spec(max_patches=..., layers=...)``, so changing the model, its dtype, the token
-budget or the layers opens a different folder: stale features are never served. Keys are strings: a COCO image id, a
+``<hash>`` is a hash of ``Encoder.spec(max_patches=..., layers=...)``, which identifies the weights by their
+fingerprint (not by the name typed to load them), so changing the weights, their dtype, the token budget or the
+layers opens a different folder: stale features are never served. Keys are strings: a COCO image id, a
 segmentation-folder stem, or an image path relative to the image folder.
 
 Safety: each entry is written to a temp file and renamed (``FeatureMap.save``), so a killed run leaves whole entries
@@ -59,7 +60,7 @@ class FeatureCache:
     def __init__(self, root: str | os.PathLike, spec: dict):
         self.root = Path(root)
         self.spec = dict(spec)
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(spec.get("name", "model"))).name)[-40:] or "model"
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(spec.get("family", "model")))
         self.dir = self.root / f"{slug}-{spec_hash(self.spec)}"
         self.entries = self.dir / "entries"
 
@@ -234,87 +235,3 @@ def extract_to_cache(encoder, items: Sequence[tuple[str, object]], cache: Featur
     finally:
         bar.close()
     return report
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# dense extract
-
-
-def _parse_layers(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"--layers takes comma-separated block indices like -1 or 8,17,-1, got {text!r}") from None
-
-
-def _run_extract(args) -> int:
-    from dense.encoder import load_encoder
-
-    layers = _parse_layers(args.layers)
-    if args.ann:
-        from dense.coco import load_coco
-
-        items = dataset_items(load_coco(args.ann, args.images, on_error="skip" if args.skip_bad else "raise"),
-                              args.split)
-    else:
-        if args.split:
-            raise ValueError("--split needs --ann (a COCO file whose images carry a 'split' field)")
-        items = folder_items(args.images)
-
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    group = False
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-            group = True
-    rank, world = dist_info()
-    device = args.device
-    if device.startswith("cuda") and world > 1:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    try:
-        encoder = load_encoder(args.model, device=device, dtype=args.dtype)
-        cache = FeatureCache.for_encoder(args.cache, encoder, max_patches=args.max_patches, layers=layers)
-        report = extract_to_cache(encoder, items, cache, max_patches=args.max_patches, layers=layers,
-                                  batch_size=args.batch_size, on_error="skip" if args.skip_bad else "raise",
-                                  progress=not args.quiet)
-        reports = [report]
-        if world > 1:
-            import torch.distributed as dist
-
-            reports = [None] * world
-            dist.all_gather_object(reports, report)
-    finally:
-        if group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-    if rank == 0:
-        tot = {k: sum(getattr(r, k) for r in reports) for k in ("total", "extracted", "cached", "corrupt")}
-        skipped = [s for r in reports for s in r.skipped]
-        print(f"cache: {cache.dir}")
-        print(f"{'images':>8} {'extracted':>10} {'cached':>8} {'corrupt':>8} {'skipped':>8} {'ranks':>6}")
-        print(f"{tot['total']:>8} {tot['extracted']:>10} {tot['cached']:>8} {tot['corrupt']:>8} {len(skipped):>8} "
-              f"{world:>6}")
-        for s in skipped:
-            print(f"skipped: {s}")
-    return 0
-
-
-def add_cli(sub, eval_sub) -> None:
-    p = sub.add_parser("extract", help="extract features of an image folder or a COCO file into the cache",
-                       description="Fill the feature cache (resumable; under torchrun each rank takes a shard).")
-    p.add_argument("--model", required=True, help="hub id, local checkpoint folder, or 'shapes-tiny'")
-    p.add_argument("--images", required=True, help="image folder")
-    p.add_argument("--ann", help="COCO instances file (keys = image ids); without it every image under --images")
-    p.add_argument("--split", help="only images whose COCO entry has this 'split'")
-    p.add_argument("--cache", required=True, help="cache root folder")
-    p.add_argument("--max-patches", type=int, default=None, help="token budget (default: the checkpoint's)")
-    p.add_argument("--layers", default="-1", help="comma-separated block indices, -1 = last (default: -1)")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights/activations dtype")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--skip-bad", action="store_true", help="report unreadable images/annotations and go on")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_extract)

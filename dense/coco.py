@@ -47,7 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-IGNORE = 255  # label value no metric counts (crowd regions, VOC object boundaries, ADE20K "other" when reduced)
+from dense.metrics import IGNORE
+
 BOX_TOLERANCE_PX = 1.0  # a bbox may stick out of its image by this much (COCO boxes are floats, rounded on export)
 
 
@@ -173,6 +174,10 @@ class CocoDataset:
         if split is None:
             return ids
         return [i for i in ids if self.coco.imgs[i].get("split") == split]
+
+    def splits(self) -> set[str]:
+        """The ``split`` values the images carry (empty when they carry none)."""
+        return {str(im["split"]) for im in self.coco.imgs.values() if "split" in im}
 
     def image_info(self, image_id: int) -> dict:
         try:

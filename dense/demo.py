@@ -90,7 +90,7 @@ def _feature_panels(encoder, page: _Page, out: Path, items: list[tuple[str, obje
     """PCA and heatmap figures for ``(name, image)`` pairs; ``queries_for(name)`` lists each image's queries."""
     from dense import heatmap, viz
 
-    method = heatmap.DEFAULT_METHOD
+    method = encoder.calibration.method
     pca_names, heat_names = [], []
     for name, image in items:
         fmap = encoder.extract(image, layers=heatmap.required_layers(method))
@@ -110,10 +110,10 @@ def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int,
     from dense import datasets, viz
     from dense.cache import FeatureCache, dataset_items, extract_to_cache
     from dense.coco import load_coco, load_refs
+    from dense.eval.probe import evaluate_probe
     from dense.localize import Localizer
     from dense.metrics import acc_at_iou, pointing_game
-    from probes.evaluate import evaluate
-    from probes.train import ProbeConfig, load_samples, train_probes
+    from probes import ProbeConfig, load_samples, train_probes
 
     data = out / "data"
     if not (data / "annotations.json").exists():
@@ -143,7 +143,7 @@ def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int,
     samples = {s: load_samples(ds, cache, s) for s in ("train", "val", "test")}
     config = ProbeConfig(epochs=20, lrs=(1e-3, 3e-3, 1e-2, 3e-2))
     result = train_probes(samples["train"], samples["val"], ds.class_names, config, progress=progress)
-    test = evaluate(result.best, samples["test"])
+    test = evaluate_probe(result.best, samples["test"]).figures
     label_names = []
     for sample in samples["test"][:max_images]:
         image = ds.image_path(int(sample.key))
@@ -214,25 +214,3 @@ def _photos(encoder, out: Path, paths: list[Path], queries: list[str]) -> dict:
     page.images(box_names)
     page.write(out / "index.html")
     return {"images": len(paths), "queries": list(queries)}
-
-
-def add_cli(sub, eval_sub) -> None:
-    p = sub.add_parser("demo", help="run everything on a synthetic world (offline) or on your photos",
-                       description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1])
-    p.add_argument("--out", default="dense-demo", help="output folder (default: %(default)s)")
-    p.add_argument("--model", default="shapes-tiny", help="hub id, local folder or 'shapes-tiny' (default)")
-    p.add_argument("--images", help="a folder of your own photos (needs --queries)")
-    p.add_argument("--queries", nargs="+", help="text queries, e.g. 'a dog' 'a red car'")
-    p.add_argument("--n-images", type=int, default=120, help="synthetic images to draw (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_run)
-
-
-def _run(args) -> int:
-    summary = run_demo(args.out, model=args.model, images=args.images, queries=args.queries, n_images=args.n_images,
-                       seed=args.seed)
-    figures = {k: v for k, v in summary.items() if isinstance(v, float)}
-    for k, v in figures.items():
-        print(f"  {k:<22} {v:.3f}")
-    print(f"dense demo: results in {Path(args.out).resolve() / 'index.html'} ({summary['seconds']} s)")
-    return 0

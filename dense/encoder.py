@@ -14,13 +14,14 @@ load the first time text is needed (:meth:`Encoder.text_parts`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import socket
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -28,13 +29,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dense.features import FeatureMap
+from dense.features import FeatureMap, block_indices
 from dense.preprocess import ImageError, ImageInput, PixelConfig, choose_grid, load_image, patchify, to_pixels
 
 log = logging.getLogger("dense")
 
 # Names that resolve to folders shipped inside the package.
 BUNDLED = {"shapes-tiny": "checkpoints/shapes-tiny"}
+CALIBRATION_FILE = "dense_calibration.json"  # a checkpoint's measured defaults, beside its weights
 
 _SO400M_TEXT = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
                     vocab_size=256000, max_position_embeddings=64)
@@ -145,7 +147,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
         raise CheckpointError(
             f"{name!r} is not in the local Hugging Face cache and {why}. Pass a local folder saved with "
             f"save_pretrained(), or download it first where there is network "
-            f"(`huggingface-cli download {name}`) and copy the cache (HF_HOME) here.")
+            f"(`hf download {name}`) and copy the cache (HF_HOME) here.")
     return name
 
 
@@ -196,6 +198,107 @@ def _load_strict(cls, folder: str, *, allowed_prefixes: tuple[str, ...], **kwarg
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# What a checkpoint is (its fingerprint) and how it was calibrated
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A checkpoint's measured defaults for dense tasks, read from ``dense_calibration.json`` beside its weights.
+
+    A checkpoint without the file gets these neutral defaults, tuned on nothing: the MAP head's value path
+    (MaskCLIP's trick, which needs only the last block), SigLIP's own sigmoid at 0.5 as the background threshold,
+    half the heatmap's range for boxes, queries embedded verbatim, and the checkpoint's trained token budget.
+    """
+
+    method: str = "map-value-mlp"  # heatmap method (dense.heatmap.METHODS)
+    background: float | None = 0.5  # segment(): probability below which a pixel is background (None: argmax only)
+    box_threshold: float = 0.5  # localize(): relative heatmap threshold in [0, 1] for the box without candidates
+    templates: tuple[str, ...] = ("{}",)  # prompt templates, one "{}" each; ("{}",) = verbatim
+    max_patches: int | None = None  # token budget for dense tasks; None = the checkpoint's trained count
+    source: str = field(default="neutral defaults", compare=False)  # where the values came from
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str) -> Calibration:
+        known = {f.name for f in fields(cls)} - {"source"}
+        unknown = sorted(set(data) - known - {"measured", "comment"})
+        if unknown:
+            raise CheckpointError(f"{source}: unknown calibration keys {unknown}; expected some of {sorted(known)}")
+        kw = {k: v for k, v in data.items() if k in known}
+        if "templates" in kw:
+            kw["templates"] = tuple(kw["templates"])
+        return cls(**kw, source=source)
+
+
+def _read_calibration(source: str | None) -> Calibration:
+    data = _read_json(source, CALIBRATION_FILE) if source else {}
+    return Calibration.from_dict(data, f"{source}/{CALIBRATION_FILE}") if data else Calibration()
+
+
+def _calibration(given, source: str | None) -> Calibration:
+    if given is None:
+        return _read_calibration(source)
+    if isinstance(given, Calibration):
+        return given
+    if isinstance(given, dict):
+        return Calibration.from_dict(given, "calibration=")
+    return Calibration.from_dict(json.loads(Path(given).read_text()), str(given))
+
+
+_HASH_MEMO = "file-hashes.json"  # realpath|size|mtime_ns -> sha256, so a local checkpoint is hashed once per machine
+
+
+def _memo_path() -> Path:
+    root = os.environ.get("DENSE_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dense"
+    return Path(root) / _HASH_MEMO
+
+
+def _file_sha256(path: str) -> str:
+    """The sha256 of a weight file. Files in the Hugging Face cache are named by their hash already (blobs/<sha>);
+    others are hashed once and remembered by (path, size, mtime)."""
+    real = os.path.realpath(path)
+    if Path(real).parent.name == "blobs" and len(Path(real).name) in (40, 64):
+        return Path(real).name
+    st = os.stat(real)
+    key = f"{real}|{st.st_size}|{st.st_mtime_ns}"
+    memo_file = _memo_path()
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key in memo:
+        return memo[key]
+    h = hashlib.sha256()
+    with open(real, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    memo[key] = h.hexdigest()
+    with contextlib.suppress(OSError):  # a read-only home only costs a re-hash next time
+        from dense._atomic import write_json
+
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json(memo_file, memo)
+    return memo[key]
+
+
+def fingerprint(source: str) -> str:
+    """What identifies a checkpoint's weights: sha256 over its ``config.json`` and its weight files' hashes.
+
+    The same weights reached as a bundled name, a folder, a folder with a trailing slash or a hub id give one
+    fingerprint; weights retrained into the same folder give another.
+    """
+    from transformers.utils import cached_file
+
+    index = _read_json(source, "model.safetensors.index.json")
+    files = sorted(set(index["weight_map"].values())) if index else ["model.safetensors"]
+    h = hashlib.sha256()
+    h.update(json.dumps(_read_json(source, "config.json"), sort_keys=True).encode())
+    for name in files:
+        h.update(name.encode())
+        h.update(_file_sha256(cached_file(source, name)).encode())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The encoder
 
 
@@ -218,10 +321,13 @@ class Encoder:
     """
 
     def __init__(self, vision: torch.nn.Module, pixels: PixelConfig, *, name: str, family: str, source: str | None,
-                 full_config, device: torch.device, dtype: torch.dtype):
+                 full_config, device: torch.device, dtype: torch.dtype, fingerprint: str,
+                 calibration: Calibration | None = None):
         self.vision = vision.eval().requires_grad_(False)
         self.pixels = pixels
-        self.name = name
+        self.name = name  # as the user typed it: for messages only; identity is the fingerprint
+        self.fingerprint = fingerprint
+        self.calibration = calibration or Calibration()
         self.family = family
         self.source = source  # a folder / hub id to load the text side from, None for random weights
         self.full_config = full_config  # SiglipConfig / Siglip2Config (text + vision)
@@ -243,11 +349,15 @@ class Encoder:
         return self.vision.config.num_hidden_layers
 
     def spec(self, *, max_patches: int | None = None, layers: tuple[int, ...] = (-1,)) -> dict:
-        """What identifies features made by this encoder: for cache keys and trained probes."""
-        return {"name": self.name, "family": self.family, "patch_size": self.patch_size,
+        """What identifies features made by this encoder: for cache keys and trained probes.
+
+        The weights are identified by :attr:`fingerprint`, not by the name typed to load them.
+        """
+        return {"fingerprint": self.fingerprint, "family": self.family, "patch_size": self.patch_size,
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers,
                 "max_patches": int(max_patches or self.pixels.max_patches),
-                "layers": [self._block_index(i) for i in layers], "dtype": str(self.dtype).removeprefix("torch.")}
+                "layers": list(block_indices(layers, self.num_layers)),
+                "dtype": str(self.dtype).removeprefix("torch.")}
 
     def __repr__(self) -> str:
         return (f"Encoder({self.name!r}, family={self.family}, patch_size={self.patch_size}, "
@@ -256,10 +366,7 @@ class Encoder:
 
     # --- pixels -> tokens -------------------------------------------------------------------------------------------
     def _block_index(self, layer: int) -> int:
-        n = self.num_layers
-        if not -n <= layer < n:
-            raise ValueError(f"layer {layer} out of range for {n} blocks (use Python indices, -1 = last)")
-        return layer % n
+        return block_indices((layer,), self.num_layers)[0]
 
     @torch.inference_mode()
     def forward_pixels(self, pixels: torch.Tensor, layers: tuple[int, ...] = (-1,)) -> torch.Tensor:
@@ -358,19 +465,6 @@ class Encoder:
             bar.update(1)
             yield results.get(k)
 
-    # --- global embeddings (thin wrappers; the code lives in dense.heatmap and dense.text) ----------------------------
-    def embed_images(self, images, *, max_patches: int | None = None) -> torch.Tensor:
-        """Image(s) or FeatureMap(s) -> unit MAP-pooled embeddings ``[B, E]`` (:func:`dense.heatmap.embed_images`)."""
-        from dense.heatmap import embed_images
-
-        return embed_images(self, images, max_patches=max_patches)
-
-    def embed_texts(self, texts, *, templates=None) -> torch.Tensor:
-        """Text(s) -> unit text embeddings ``[T, E]``, cached (see :func:`dense.text.embed_texts`)."""
-        from dense.text import embed_texts
-
-        return embed_texts(self, texts, templates=templates)
-
     # --- text side (loaded on first use) ----------------------------------------------------------------------------
     def text_parts(self) -> TextParts:
         """The text tower, tokenizer and ``logit_scale``/``logit_bias``, loaded (strictly) on first call."""
@@ -426,7 +520,8 @@ def _default_dtype(dtype) -> torch.dtype:
 
 
 def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | str | None = None, attn_implementation: str = "sdpa") -> Encoder:
+                 dtype: torch.dtype | str | None = None, attn_implementation: str = "sdpa",
+                 calibration: Calibration | dict | str | os.PathLike | None = None) -> Encoder:
     """Load a SigLIP / SigLIP 2 vision tower for dense features.
 
     Args:
@@ -438,6 +533,9 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
             AVX-512 bf16, but several times SLOWER (7x on an AVX2 EPYC) on CPUs without bf16 instructions (check
             ``torch.backends.cpu.get_cpu_capability()``); never float16 on a CPU.
         attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
+        calibration: the defaults dense tasks use (heatmap method, thresholds, templates, token budget; see
+            :class:`Calibration`). None reads ``dense_calibration.json`` beside the weights, or neutral defaults
+            when there is none; a dict, a JSON file or a :class:`Calibration` overrides it.
 
     Loading is strict: a missing, mismatched or unexpected weight (other than the text tower's, which loads only when
     text is first needed) raises :class:`CheckpointError`.
@@ -456,9 +554,13 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
     vision = _load_strict(vision_cls, source, allowed_prefixes=("text_model.", "logit_"), dtype=dtype,
                           attn_implementation=attn_implementation).to(device)
     full_config = config if isinstance(config, full_cls) else None
-    return Encoder(vision, _pixel_config(source, vision.config, family), name=str(name_or_path), family=family,
+    calibration = _calibration(calibration, source)
+    pixels = _pixel_config(source, vision.config, family)
+    if calibration.max_patches:
+        pixels = replace(pixels, max_patches=int(calibration.max_patches))
+    return Encoder(vision, pixels, name=str(name_or_path), family=family,
                    source=source if full_config is not None else None, full_config=full_config,
-                   device=torch.device(device), dtype=dtype)
+                   device=torch.device(device), dtype=dtype, fingerprint=fingerprint(source), calibration=calibration)
 
 
 def random_encoder(spec: str = "so400m-patch14-384", *, device: str | torch.device = "cpu",
@@ -479,5 +581,7 @@ def random_encoder(spec: str = "so400m-patch14-384", *, device: str | torch.devi
     dtype = _default_dtype(dtype)
     torch.manual_seed(seed)
     vision = vision_cls(config.vision_config).to(device=device, dtype=dtype)
+    fp = hashlib.sha256(f"random:{spec}:seed={seed}".encode()).hexdigest()[:16]
     return Encoder(vision, _pixel_config(None, vision.config, arch["family"]), name=f"random:{spec}",
-                   family=arch["family"], source=None, full_config=config, device=torch.device(device), dtype=dtype)
+                   family=arch["family"], source=None, full_config=config, device=torch.device(device), dtype=dtype,
+                   fingerprint=fp)

@@ -19,6 +19,21 @@ from dense.preprocess import grid_to_pixel_xy, pixel_to_grid
 FORMAT_VERSION = 1
 
 
+def block_indices(layers, num_layers: int | None) -> tuple[int, ...]:
+    """Python-style block indices (``-1`` = the last block) -> absolute ones in ``[0, num_layers)``.
+
+    The one place layer indices are normalised. ``num_layers=None`` (depth unknown) leaves them as given; an index
+    outside the depth raises ``ValueError``.
+    """
+    layers = tuple(int(b) for b in layers)
+    if not num_layers:
+        return layers
+    bad = [b for b in layers if not -num_layers <= b < num_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range for {num_layers} blocks (Python indices, -1 = the last)")
+    return tuple(b % num_layers for b in layers)
+
+
 @dataclass(frozen=True, eq=False)
 class FeatureMap:
     """Patch tokens of one image at its native aspect ratio.
@@ -28,8 +43,9 @@ class FeatureMap:
         image_hw: original image ``(H, W)`` in pixels.
         resized_hw: ``(gh * patch_size, gw * patch_size)``, the pixels the encoder saw.
         patch_size: pixels per patch side.
-        layers: which block outputs ``tokens`` holds (Python indices over the blocks; ``-1`` is the final output after
-            ``post_layernorm``, i.e. transformers' ``last_hidden_state``).
+        layers: which block outputs ``tokens`` holds: absolute block indices when the depth is known (``-1`` given at
+            construction becomes ``num_layers - 1``); the last block is read after ``post_layernorm``, i.e.
+            transformers' ``last_hidden_state``.
         encoder: the spec of the encoder that made it (name, token budget, dtype), for caches and probes.
         aligned: optional text-comparable tokens ``[gh, gw, E]`` (see ``dense.heatmap``).
     """
@@ -43,6 +59,7 @@ class FeatureMap:
     aligned: torch.Tensor | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "layers", block_indices(self.layers, self.num_layers))
         gh, gw = self.grid_hw
         if self.tokens.ndim != 3 or tuple(self.tokens.shape[:2]) != (gh, gw):
             raise ValueError(f"tokens {tuple(self.tokens.shape)} do not match the grid {gh}x{gw} of {self.resized_hw}")
@@ -59,20 +76,35 @@ class FeatureMap:
     def dim(self) -> int:
         return self.tokens.shape[-1]
 
-    def layer_tokens(self, layers) -> torch.Tensor:
+    @property
+    def num_layers(self) -> int | None:
+        """The depth of the encoder that made it (None when unknown)."""
+        return self.encoder.get("num_layers")
+
+    def has_layers(self, layers, num_layers: int | None = None) -> bool:
+        """Does this FeatureMap hold every block of ``layers`` (Python indices allowed)?
+
+        ``num_layers``: the encoder's depth, for a FeatureMap that does not record it (built by hand).
+        """
+        n = self.num_layers or num_layers
+        return set(block_indices(layers, n)) <= set(block_indices(self.layers, n))
+
+    def layer_tokens(self, layers, num_layers: int | None = None) -> torch.Tensor:
         """The tokens of ``layers`` only: ``[gh, gw, D * L_all]`` -> ``[gh, gw, D * len(layers)]``.
 
-        ``layers`` are block indices as stored in :attr:`layers`; negative ones are resolved against the encoder's
-        depth (``encoder["num_layers"]``). A layer this FeatureMap does not hold raises ``ValueError``.
+        ``layers``: block indices (``-1`` = the last block, resolved with :func:`block_indices` against the depth
+        this FeatureMap records, or ``num_layers`` when it records none). A layer this FeatureMap does not hold raises
+        ``ValueError`` saying how to extract it.
         """
-        n = self.encoder.get("num_layers")
-        have = [b % n if (n and b < 0) else b for b in self.layers]
-        want = [b % n if (n and b < 0) else b for b in layers]
+        n = self.num_layers or num_layers
+        have = list(block_indices(self.layers, n))
+        want = list(block_indices(layers, n))
         if want == have:
             return self.tokens
         missing = [b for b in want if b not in have]
         if missing:
-            raise ValueError(f"layers {list(layers)} are not all in this FeatureMap, which holds {have}")
+            raise ValueError(f"this FeatureMap holds blocks {have}; blocks {missing} are missing: extract with "
+                             f"layers={tuple(sorted(set(have) | set(want)))}")
         D = self.dim // len(have)
         chunks = [self.tokens[..., have.index(b) * D:(have.index(b) + 1) * D] for b in want]  # each [gh, gw, D]
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=-1)  # -> [gh, gw, D * len(layers)]

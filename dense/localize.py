@@ -10,8 +10,7 @@ Two ways, both reading one :class:`~dense.FeatureMap` (compute once, query many)
   - the box: the heatmap is upsampled ``box_upsample`` times (bilinear, ``align_corners=False`` so sample centres stay
     where the geometry says), thresholded at ``min + box_threshold * (max - min)`` (a RELATIVE threshold in [0, 1]),
     and the 8-connected component (OpenCV) holding the maximum becomes the box (:func:`heatmap_box_xyxy`). The default
-    ``box_threshold=0.3`` was chosen on the synthetic val split (``DEFAULT_BOX_THRESHOLD``); ``dense eval refer``
-    sweeps it.
+    threshold is the encoder's calibration (``encoder.calibration.box_threshold``); ``dense eval refer`` sweeps it.
 
 - **With candidate boxes** (ground-truth boxes, or a detector's proposals): each box is scored against the expression
   and the best one wins. Scorers (``CANDIDATE_METHODS``):
@@ -36,23 +35,30 @@ one extraction plus 20 cheap head passes; :func:`localize` is the one-call form 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from dense._atomic import write_json
+from dense import head as maphead
 from dense.features import FeatureMap
+from dense.heatmap import (
+    ImageOrFeatureMap,
+    check_featuremap,
+    logits,
+    method_of,
+    patch_scores,
+    templates_of,
+    with_aligned,
+)
+from dense.openvocab import embed_images
 from dense.preprocess import ImageInput, grid_cell_xyxy, grid_to_pixel_xy, load_image
+from dense.text import embed_texts
 
 CANDIDATE_METHODS = ("map-box", "heatmap-mean", "crop")
 DEFAULT_CANDIDATE_METHOD = "map-box"
-# Relative, in [0, 1] of the heatmap's (max - min) range. Chosen on the synthetic world's val split with shapes-tiny
-# (map-value-mlp Acc@0.5: 0.286 / 0.289 / 0.258 / 0.137 at 0.2 / 0.3 / 0.4 / 0.5); sweep it for a new checkpoint.
-DEFAULT_BOX_THRESHOLD = 0.3
+BOX_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the relative thresholds `dense eval refer` sweeps
 DEFAULT_BOX_UPSAMPLE = 4  # heatmap cells per patch side when the component is cut
 REFINE = ("quadratic", "none")
 
@@ -127,7 +133,7 @@ def refine_peak_grid(heatmap: torch.Tensor, *, allowed: torch.Tensor | None = No
     return peak
 
 
-def heatmap_box_xyxy(heatmap: torch.Tensor, fmap: FeatureMap, *, threshold: float = DEFAULT_BOX_THRESHOLD,
+def heatmap_box_xyxy(heatmap: torch.Tensor, fmap: FeatureMap, *, threshold: float = 0.5,
                      upsample: int = DEFAULT_BOX_UPSAMPLE) -> np.ndarray:
     """The box of the connected component around the heatmap's maximum: float64 ``[4]`` xyxy, original pixels.
 
@@ -185,45 +191,11 @@ def box_patch_weights(fmap: FeatureMap, boxes_xyxy) -> torch.Tensor:
 # Boxes -> region embeddings (the MAP head, restricted to each box)
 
 
-def _last_block_tokens(encoder, fmap: FeatureMap) -> torch.Tensor:
-    """The last block's tokens ``[gh, gw, D]`` (what the MAP head reads) out of a possibly multi-layer FeatureMap."""
-    last = encoder.num_layers - 1
-    D = encoder.hidden_size
-    layers = [layer % encoder.num_layers for layer in fmap.layers]
-    if last not in layers or fmap.dim != D * len(layers):
-        raise ValueError(f"the FeatureMap holds layers {fmap.layers} (dim {fmap.dim}); region pooling needs the last "
-                         f"block's tokens (layers=(-1,)) of this encoder (hidden {D})")
-    return fmap.layer_tokens([fmap.layers[layers.index(last)]])  # the index as the FeatureMap stores it
-
-
-@torch.inference_mode()
-def pool_with_weights(head: torch.nn.Module, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The MAP head with its attention restricted by per-region patch weights: ``[K, E]`` (not normalized).
-
-    ``head``: a SigLIP ``MultiheadAttentionPoolingHead`` (``probe``, ``attention``, ``layernorm``, ``mlp``).
-    ``tokens``: ``[gh, gw, D]`` last-block tokens. ``weights``: ``[K, gh, gw]`` in [0, 1] (0 = not attended).
-    The K regions are K queries (all equal to the probe) of ONE ``nn.MultiheadAttention`` call over the same keys,
-    with the additive mask ``log(weight)`` (``[K, N]``, broadcast over heads), then ``h + mlp(layernorm(h))`` as in
-    transformers. A region of all-ones weights gives exactly the head's output on the whole image.
-    """
-    gh, gw, D = tokens.shape
-    K = weights.shape[0]
-    p = next(head.parameters())
-    x = tokens.reshape(1, gh * gw, D).to(p.device, p.dtype)  # [gh, gw, D] -> [1, N, D]
-    w = weights.reshape(K, gh * gw).to(p.device, torch.float32)  # [K, gh, gw] -> [K, N]
-    if bool((w.max(dim=1).values <= 0).any()):
-        raise ValueError("every region needs at least one patch with a positive weight")
-    mask = torch.log(w.clamp(min=0)).to(p.dtype)  # [K, N]: 0 inside, log(frac) on the border, -inf outside
-    probe = head.probe.expand(1, K, D)  # [1, 1, D] -> [1, K, D]
-    h = head.attention(probe, x, x, attn_mask=mask, need_weights=False)[0]  # [1, K, D]
-    h = h + head.mlp(head.layernorm(h))
-    return h[0].float().cpu()  # [1, K, D] -> [K, D]
-
-
 def region_embeddings(encoder, fmap: FeatureMap, boxes_xyxy) -> torch.Tensor:
     """Unit-normalized MAP embeddings of boxes (original-image pixels): ``[K, E]``, one head pass for all boxes."""
     weights = box_patch_weights(fmap, boxes_xyxy)  # [K, gh, gw]
-    emb = pool_with_weights(encoder.vision.head, _last_block_tokens(encoder, fmap), weights)  # [K, E]
+    tokens = check_featuremap(encoder, fmap, (-1,), "region pooling")  # [gh, gw, D], the last block
+    emb = maphead.pool_with_weights(encoder.vision.head, tokens, weights)  # [K, E]
     return torch.nn.functional.normalize(emb, dim=-1)
 
 
@@ -243,22 +215,16 @@ def crop_embeddings(encoder, image: ImageInput, boxes_xyxy, *, context: float = 
     if not crops:
         return torch.zeros(0, encoder.hidden_size)
     fmaps = list(encoder.extract_many(crops, max_patches=max_patches, progress=False))  # batched by grid
-    return _heatmap_module().embed_images(encoder, fmaps)  # [K, E], unit
+    return embed_images(encoder, fmaps)  # [K, E], unit
 
 
 def calibrated_scores(encoder, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
     """Sigmoid probabilities with the checkpoint's ``logit_scale`` / ``logit_bias``: ``[K, E] x [E] -> [K]``."""
-    return torch.sigmoid(_heatmap_module().logits(encoder, image_emb, text_emb.reshape(1, -1))[0])  # [1, K] -> [K]
+    return torch.sigmoid(logits(encoder, image_emb, text_emb.reshape(1, -1))[0])  # [1, K] -> [K]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The user layer
-
-
-def _heatmap_module():
-    import dense.heatmap
-
-    return dense.heatmap
 
 
 class Localizer:
@@ -268,42 +234,39 @@ class Localizer:
         >>> loc.localize("the dog on the left")          # Localization
         >>> loc.localize("the red mug", candidates_xyxy=boxes)
 
-    ``image_or_featuremap``: a path / PIL image / uint8 array (extracted here), or a :class:`FeatureMap` made by the
-    same encoder with the layers the method needs (``dense.heatmap.required_layers``; ``(-1,)`` for the default), then
-    ``image=`` is needed only for the ``"crop"`` scorer.
-    ``method``: the heatmap method of :func:`dense.heatmap.patch_scores` (None = its default).
+    ``image``: a path / PIL image / uint8 array (extracted here), or a :class:`FeatureMap` made by the same encoder
+    with the layers the method needs (``dense.heatmap.required_layers``; ``(-1,)`` for the default); then
+    ``original=`` (the image itself) is needed only by the ``"crop"`` scorer.
+    ``method``, ``templates``: None = the encoder's calibration (:class:`dense.encoder.Calibration`).
     """
 
-    def __init__(self, encoder, image_or_featuremap: ImageInput | FeatureMap, *, method: str | None = None,
+    def __init__(self, encoder, image: ImageOrFeatureMap, *, method: str | None = None,
                  templates: Sequence[str] | None = None, max_patches: int | None = None,
-                 image: ImageInput | None = None):
-        hm = _heatmap_module()
+                 original: ImageInput | None = None):
         self.encoder = encoder
-        self.templates = templates
+        self.templates = templates_of(encoder, templates)
         self.max_patches = max_patches
-        self.method = method if method is not None else hm.DEFAULT_METHOD
-        if isinstance(image_or_featuremap, FeatureMap):
-            self.rgb = None if image is None else load_image(image)
-            self.fmap = hm.with_aligned(encoder, image_or_featuremap, self.method)  # aligned tokens computed once
+        self.method = method_of(encoder, method)
+        if isinstance(image, FeatureMap):
+            self.rgb = None if original is None else load_image(original)
+            self.fmap = with_aligned(encoder, image, self.method)  # aligned tokens computed once
         else:
-            self.rgb = load_image(image_or_featuremap)
+            self.rgb = load_image(image)
             # one extraction, with the layers the method needs
-            self.fmap = hm.with_aligned(encoder, self.rgb, self.method, max_patches=max_patches)
+            self.fmap = with_aligned(encoder, self.rgb, self.method, max_patches=max_patches)
         self._heatmaps: dict[str, torch.Tensor] = {}
         self._regions: dict[tuple[str, bytes], torch.Tensor] = {}  # (scorer, boxes) -> [K, E]
 
     def text_embeddings(self, expressions: Sequence[str]) -> torch.Tensor:
         """``[T, E]`` unit-normalized (cached by :func:`dense.text.embed_texts`)."""
-        from dense.text import embed_texts
-
         return embed_texts(self.encoder, list(expressions), templates=self.templates)
 
     def heatmaps(self, expressions: Sequence[str]) -> torch.Tensor:
         """``[T, gh, gw]`` sigmoid patch scores; the missing ones are computed in one call, then cached."""
         missing = [e for e in dict.fromkeys(expressions) if e not in self._heatmaps]
         if missing:
-            scores = _heatmap_module().patch_scores(self.encoder, self.fmap, missing, method=self.method,
-                                                    templates=self.templates)  # [M, gh, gw]
+            scores = patch_scores(self.encoder, self.fmap, missing, method=self.method,
+                                  templates=self.templates)  # [M, gh, gw]
             self._heatmaps.update(zip(missing, scores.float(), strict=True))
         if not expressions:
             return torch.zeros(0, *self.fmap.grid_hw)
@@ -323,16 +286,18 @@ class Localizer:
         emb = self._regions.get(key)
         if emb is None and scorer == "crop":
             if self.rgb is None:
-                raise ValueError("the 'crop' scorer re-encodes the image: pass image= with a FeatureMap")
+                raise ValueError("the 'crop' scorer re-encodes the image: pass original= (the image) with a FeatureMap")
             emb = self._regions[key] = crop_embeddings(self.encoder, self.rgb, boxes, max_patches=self.max_patches)
         elif emb is None:
             emb = self._regions[key] = region_embeddings(self.encoder, self.fmap, boxes)  # [K, E], one head pass
         return calibrated_scores(self.encoder, emb, self.text_embeddings([expression])[0])
 
     def localize(self, expression: str, *, candidates_xyxy=None, scorer: str = DEFAULT_CANDIDATE_METHOD,
-                 box_threshold: float = DEFAULT_BOX_THRESHOLD, box_upsample: int = DEFAULT_BOX_UPSAMPLE,
+                 box_threshold: float | None = None, box_upsample: int = DEFAULT_BOX_UPSAMPLE,
                  refine: str = "quadratic", rerank_thresholds: Sequence[float] | None = None) -> Localization:
         """One expression -> :class:`Localization` (see the module docstring for the rules).
+
+        ``box_threshold`` None: the encoder's calibrated one.
 
         ``rerank_thresholds`` (only without candidates): instead of the one component at ``box_threshold``, take the
         component boxes at each of these thresholds as the expression's own proposals and keep the one ``scorer``
@@ -341,6 +306,8 @@ class Localizer:
         if not isinstance(expression, str):
             raise TypeError(f"expression must be a string, got {type(expression).__name__}; use localize_many")
         heatmap = self.heatmaps([expression])[0]  # [gh, gw]
+        if box_threshold is None:
+            box_threshold = self.encoder.calibration.box_threshold
         common = dict(expression=expression, method=self.method, box_threshold=box_threshold,
                       box_upsample=box_upsample, refine=refine)
         if candidates_xyxy is not None:
@@ -365,7 +332,7 @@ class Localizer:
 
 def localize_heatmap(heatmap: torch.Tensor, fmap: FeatureMap, *, expression: str = "", method: str = "",
                      candidates_xyxy=None, candidate_scores: torch.Tensor | None = None, scorer: str = "",
-                     box_threshold: float = DEFAULT_BOX_THRESHOLD, box_upsample: int = DEFAULT_BOX_UPSAMPLE,
+                     box_threshold: float = 0.5, box_upsample: int = DEFAULT_BOX_UPSAMPLE,
                      refine: str = "quadratic") -> Localization:
     """A heatmap ``[gh, gw]`` (+ optional candidate boxes ``[K, 4]`` with their scores ``[K]``) -> Localization."""
     heatmap = _check_heatmap(heatmap, fmap)
@@ -390,230 +357,30 @@ def localize_heatmap(heatmap: torch.Tensor, fmap: FeatureMap, *, expression: str
                         candidate_scores=candidate_scores, candidate_index=best)
 
 
-def localize(encoder, image_or_featuremap: ImageInput | FeatureMap, expression: str, *, candidates_xyxy=None,
-             method: str | None = None, scorer: str = DEFAULT_CANDIDATE_METHOD,
-             box_threshold: float = DEFAULT_BOX_THRESHOLD, box_upsample: int = DEFAULT_BOX_UPSAMPLE,
-             refine: str = "quadratic", rerank_thresholds: Sequence[float] | None = None,
-             templates: Sequence[str] | None = None, image: ImageInput | None = None) -> Localization:
+def localize(encoder, image: ImageOrFeatureMap, expression: str, *, candidates_xyxy=None,
+             method: str | None = None, scorer: str = DEFAULT_CANDIDATE_METHOD, box_threshold: float | None = None,
+             box_upsample: int = DEFAULT_BOX_UPSAMPLE, refine: str = "quadratic",
+             rerank_thresholds: Sequence[float] | None = None, templates: Sequence[str] | None = None,
+             max_patches: int | None = None, original: ImageInput | None = None) -> Localization:
     """Where does ``expression`` point in the image? -> :class:`Localization` (box_xyxy, point_xy, score, heatmap).
 
     Args:
         encoder: from :func:`dense.load_encoder` (its text side loads on first use).
-        image_or_featuremap: an image (extracted here) or a :class:`FeatureMap` of it (``layers=(-1,)``): pass the
-            FeatureMap to localize many expressions on one extraction (or use :class:`Localizer`).
+        image: a path, PIL image or uint8 array (extracted here), or a :class:`FeatureMap` of it: pass the FeatureMap
+            to localize many expressions on one extraction (or use :class:`Localizer`).
         expression: e.g. ``"the mug on the left"``.
         candidates_xyxy: optional ``[K, 4]`` boxes in original-image pixels; the best-scoring one is returned.
-        method: heatmap method of :func:`dense.heatmap.patch_scores` (None = its default).
+        method: heatmap method of :func:`dense.heatmap.patch_scores` (None = the encoder's calibration).
         scorer: candidate scorer, one of ``CANDIDATE_METHODS`` (``"crop"`` needs the image).
-        box_threshold: relative threshold in [0, 1] for the box without candidates.
+        box_threshold: relative threshold in [0, 1] for the box without candidates (None = the calibration's).
         box_upsample: heatmap cells per patch side for that box.
         refine: sub-patch peak refinement, ``"quadratic"`` or ``"none"``.
         rerank_thresholds: without candidates, re-rank the component boxes at these thresholds with ``scorer``
             (e.g. ``BOX_THRESHOLDS``) instead of cutting at ``box_threshold`` alone.
-        templates: prompt templates for the text side (None = the expression verbatim).
-        image: the image, when ``image_or_featuremap`` is a FeatureMap and ``scorer="crop"``.
+        templates: prompt templates for the text side (None = the calibration's).
+        max_patches: token budget when ``image`` is extracted here.
+        original: the image itself, when ``image`` is a FeatureMap and ``scorer="crop"``.
     """
-    loc = Localizer(encoder, image_or_featuremap, method=method, templates=templates, image=image)
+    loc = Localizer(encoder, image, method=method, templates=templates, max_patches=max_patches, original=original)
     return loc.localize(expression, candidates_xyxy=candidates_xyxy, scorer=scorer, box_threshold=box_threshold,
                         box_upsample=box_upsample, refine=refine, rerank_thresholds=rerank_thresholds)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Evaluation on RefCOCO-style annotations: dense eval refer
-
-BOX_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-
-
-def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Path, *, split: str | None = "val",
-                   methods: Sequence[str] | None = None, scorers: Sequence[str] = ("map-box", "heatmap-mean"),
-                   thresholds: Sequence[float] = BOX_THRESHOLDS, box_threshold: float = DEFAULT_BOX_THRESHOLD,
-                   templates: Sequence[str] | None = None, limit: int | None = None, max_patches: int | None = None,
-                   progress: bool = False) -> dict:
-    """Acc@0.5 and pointing accuracy of referring-expression localization on a COCO + RefCOCO-style dataset.
-
-    Every sentence of every ref of ``split`` is one sample (as in RefCOCO's evaluation). Per heatmap method:
-
-    - ``setting="none"`` (no candidates): the component box at ``box_threshold`` and the refined peak; Acc@0.5 at every
-      threshold of ``thresholds`` goes to ``sweep``; scorer ``components+map-box``: the components at all
-      ``thresholds`` re-ranked by the map-box scorer (``rerank_thresholds``);
-    - ``setting="gt-boxes"``: the image's non-crowd ground-truth boxes are the candidates, ranked by each scorer.
-
-    Baselines: ``random`` (a uniformly random candidate: the EXPECTED Acc@0.5 / pointing over candidates, its point at
-    the box centre) and ``centre-prior`` (no candidates: the whole image as box, its centre as point).
-    Each image is extracted once, with the layers all ``methods`` need. Returns a JSON-ready dict.
-    """
-    from tqdm.auto import tqdm
-
-    from dense import coco, metrics
-
-    hm = _heatmap_module()
-    methods = list(methods or [hm.DEFAULT_METHOD])
-    # methods a FeatureMap cannot serve (clear-* on a 1-block tower needs the image) get their own extraction
-    from_image = {m for m in methods if hm.METHODS[m].needs_prev and encoder.num_layers < 2}
-    layers = tuple(sorted({layer for m in methods if m not in from_image for layer in hm.required_layers(m)} or {-1}))
-    for s in scorers:
-        if s not in CANDIDATE_METHODS:
-            raise ValueError(f"unknown candidate scorer {s!r}; choose from {CANDIDATE_METHODS}")
-    ds = coco.load_coco(ann, images)
-    by_image: dict[int, list] = {}
-    for r in coco.load_refs(refs, ds, split=split):
-        by_image.setdefault(r.image_id, []).append(r)
-    image_ids = sorted(by_image)[:limit] if limit is not None else sorted(by_image)
-
-    gt_boxes, pred = [], {}  # pred[(setting, method, scorer, threshold)] -> list of boxes [4]
-    hits: dict[tuple, list[bool]] = {}  # the Localization's point_xy in the target's mask?
-    centre_hits: dict[tuple, list[bool]] = {}  # the centre of its box_xyxy in the mask?
-    random_acc, random_point = [], []
-    seconds = {"extract": 0.0, "localize": 0.0}
-    n_sentences, n_cands = 0, []  # n_cands: candidates per sample
-    for iid in tqdm(image_ids, desc="refer", unit="img", disable=not progress):
-        path = ds.image_path(iid)
-        rgb = load_image(path)
-        if rgb.shape[:2] != ds.image_hw(iid):
-            raise ValueError(f"{path}: image is {rgb.shape[:2]}, annotation says {ds.image_hw(iid)}")
-        t0 = time.perf_counter()
-        fmap = encoder.extract(rgb, max_patches=max_patches, layers=layers)
-        seconds["extract"] += time.perf_counter() - t0
-        cand_anns = ds.anns(iid, crowd=False)
-        cands_xyxy = np.stack([ds.box_xyxy(a["id"]) for a in cand_anns])  # [K, 4]
-        H, W = rgb.shape[:2]
-        centre_xy = np.array([W / 2, H / 2])
-        whole_xyxy = np.array([0.0, 0.0, W, H])
-        locs = {m: Localizer(encoder, rgb if m in from_image else fmap, method=m, templates=templates,
-                             max_patches=max_patches, image=rgb) for m in methods}
-        for ref in by_image[iid]:
-            gt_xyxy, mask = ds.box_xyxy(ref.ann_id), ds.mask(ref.ann_id)
-            cand_centres_xy = (cands_xyxy[:, :2] + cands_xyxy[:, 2:]) / 2  # [K, 2]
-            rand_acc = float((metrics.box_iou_xyxy(cands_xyxy, gt_xyxy)[:, 0] >= 0.5).mean())
-            rand_point = float(metrics.pointing_hits(cand_centres_xy, [mask] * len(cand_centres_xy)).mean())
-            for sent in ref.sentences:
-                n_sentences += 1
-                gt_boxes.append(gt_xyxy)
-                n_cands.append(len(cands_xyxy))
-                random_acc.append(rand_acc)
-                random_point.append(rand_point)
-                out = {("none", "centre-prior", "-", None): (whole_xyxy, centre_xy)}
-                t0 = time.perf_counter()
-                for m, loc in locs.items():
-                    heatmap = loc.heatmaps([sent])[0]
-                    for t in thresholds:
-                        box = heatmap_box_xyxy(heatmap, loc.fmap, threshold=t)
-                        pred.setdefault(("none", m, "-", float(t)), []).append(box)
-                    r = loc.localize(sent, box_threshold=box_threshold)
-                    out[("none", m, "-", None)] = (r.box_xyxy, r.point_xy)
-                    r = loc.localize(sent, rerank_thresholds=thresholds)
-                    out[("none", m, "components+map-box", None)] = (r.box_xyxy, r.point_xy)
-                    for s in scorers:
-                        r = loc.localize(sent, candidates_xyxy=cands_xyxy, scorer=s)
-                        out[("gt-boxes", m, s, None)] = (r.box_xyxy, r.point_xy)
-                seconds["localize"] += time.perf_counter() - t0
-                for key, (box, point_xy) in out.items():
-                    pred.setdefault(key, []).append(box)
-                    hits.setdefault(key, []).append(bool(metrics.pointing_hits(point_xy[None], [mask])[0]))
-                    centre_hit = metrics.pointing_hits(((box[:2] + box[2:]) / 2)[None], [mask])[0]
-                    centre_hits.setdefault(key, []).append(bool(centre_hit))
-
-    def figures(sel: np.ndarray) -> list[dict]:
-        """Rows over the samples selected by bool ``sel [n_sentences]``."""
-        gt = np.asarray(gt_boxes).reshape(-1, 4)[sel]
-
-        def row(setting, method, scorer, key, thr=None):
-            return {"setting": setting, "method": method, "scorer": scorer, "box_threshold": thr,
-                    "acc@0.5": metrics.acc_at_iou(np.asarray(pred[key]).reshape(-1, 4)[sel], gt),
-                    "pointing": float(np.mean(np.asarray(hits[key])[sel])) if sel.any() else float("nan"),
-                    "pointing_box_centre": float(np.mean(np.asarray(centre_hits[key])[sel])) if sel.any()
-                    else float("nan")}
-
-        out = [row("none", "centre-prior", "-", ("none", "centre-prior", "-", None))]
-        out += [row("none", m, "-", ("none", m, "-", None), box_threshold) for m in methods]
-        out += [row("none", m, "components+map-box", ("none", m, "components+map-box", None)) for m in methods]
-        out += [row("gt-boxes", m, s, ("gt-boxes", m, s, None)) for m in methods for s in scorers]
-        out.append({"setting": "gt-boxes", "method": "-", "scorer": "random (expected)", "box_threshold": None,
-                    "acc@0.5": float(np.mean(np.asarray(random_acc)[sel])) if sel.any() else float("nan"),
-                    "pointing": float(np.mean(np.asarray(random_point)[sel])) if sel.any() else float("nan")})
-        out[-1]["pointing_box_centre"] = out[-1]["pointing"]  # the random baseline points at box centres
-        return out
-
-    every = np.ones(n_sentences, dtype=bool)
-    rows, rows_multi = figures(every), figures(np.asarray(n_cands) >= 2)
-    sweep = {m: {str(t): metrics.acc_at_iou(pred[("none", m, "-", float(t))], gt_boxes) for t in thresholds}
-             for m in methods} if n_sentences else {}
-    n_refs = sum(len(by_image[iid]) for iid in image_ids)
-    return {"rows": rows, "rows_multi": rows_multi, "box_threshold_sweep": sweep, "n_images": len(image_ids),
-            "n_refs": n_refs, "n_sentences": n_sentences, "n_multi": int(np.sum(np.asarray(n_cands) >= 2)),
-            "seconds": seconds, "ann": str(ann), "refs": str(refs), "split": split,
-            "encoder": encoder.name, "templates": None if templates is None else list(templates),
-            "scorers": list(scorers), "methods": methods}
-
-
-def format_refer_table(res: dict) -> str:
-    """The rows of :func:`evaluate_refer` and its threshold sweep as a plain-text table."""
-    lines = [f"{'':<51}{'all expressions':>24}{'images with >= 2 objects':>29}",
-             f"{'setting':<10}{'method':<22}{'scorer':<19}" + f"{'Acc@0.5':>8}{'point':>8}{'ctr-pt':>8}" * 2]
-    for r, rm in zip(res["rows"], res["rows_multi"], strict=True):
-        thr = "" if r["box_threshold"] is None else f"  (box threshold {r['box_threshold']})"
-        lines.append(f"{r['setting']:<10}{r['method']:<22}{r['scorer']:<19}"
-                     + "".join(f"{x['acc@0.5']:8.3f}{x['pointing']:8.3f}{x['pointing_box_centre']:8.3f}"
-                               for x in (r, rm)) + thr)
-    lines.append("point: the Localization's point_xy in the target mask; ctr-pt: the centre of its box in the mask")
-    if res["box_threshold_sweep"]:
-        thresholds = list(next(iter(res["box_threshold_sweep"].values())))
-        lines += ["", "Acc@0.5 without candidates, by relative box threshold:",
-                  f"{'method':<22}" + "".join(f"{t:>7}" for t in thresholds)]
-        for m, accs in res["box_threshold_sweep"].items():
-            lines.append(f"{m:<22}" + "".join(f"{accs[t]:7.3f}" for t in thresholds))
-    sec = res["seconds"]
-    lines.append(f"\n{res['n_sentences']} expressions ({res['n_refs']} refs, {res['n_multi']} on images with >= 2 "
-                 f"objects) on {res['n_images']} images; "
-                 f"extraction {sec['extract']:.1f} s, localization {sec['localize']:.1f} s (all methods, scorers, "
-                 f"thresholds)")
-    return "\n".join(lines)
-
-
-def add_cli(sub, eval_sub) -> None:
-    e = eval_sub.add_parser("refer", help="referring-expression localization (Acc@0.5, pointing) on RefCOCO-style refs")
-    e.add_argument("--ann", required=True, help="COCO instances JSON")
-    e.add_argument("--refs", required=True, help="refs in the RefCOCO layout (JSON, or the official refs(unc).p)")
-    e.add_argument("--images", required=True, help="image folder")
-    e.add_argument("--split", default="val", help="the refs' split to evaluate ('all' for every split)")
-    e.add_argument("--model", default="shapes-tiny")
-    e.add_argument("--methods", default=None, help="comma-separated heatmap methods of dense.heatmap, or 'all' "
-                                                   "(default: dense.heatmap.DEFAULT_METHOD)")
-    e.add_argument("--scorers", default="map-box,heatmap-mean",
-                   help=f"comma-separated candidate scorers ({', '.join(CANDIDATE_METHODS)})")
-    e.add_argument("--box-threshold", type=float, default=DEFAULT_BOX_THRESHOLD,
-                   help="relative threshold in [0, 1] for the box without candidates")
-    e.add_argument("--thresholds", default=",".join(map(str, BOX_THRESHOLDS)), help="thresholds to sweep")
-    e.add_argument("--templates", default="none", help="'none' (expressions verbatim), 'default', or '|'-separated")
-    e.add_argument("--limit", type=int, default=None, help="first N images only")
-    e.add_argument("--max-patches", type=int, default=None)
-    e.add_argument("--out", default=None, help="JSON to write (atomically)")
-    e.set_defaults(func=_cli_refer)
-
-
-def _cli_refer(args) -> int:
-    import dense
-    from dense.text import DEFAULT_TEMPLATES
-
-    hm = _heatmap_module()
-    methods = None
-    if args.methods == "all":
-        methods = list(hm.METHODS)
-    elif args.methods:
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    templates = {"none": None, "default": DEFAULT_TEMPLATES}.get(args.templates) or (
-        None if args.templates == "none" else tuple(args.templates.split("|")))
-    enc = dense.load_encoder(args.model)
-    if args.methods == "all":  # the clear-* methods need a block before the last: not in a 1-block tower
-        methods = hm.supported_methods(enc)
-        skipped = sorted(set(hm.METHODS) - set(methods))
-        if skipped:
-            print(f"skipped (need more than {enc.num_layers} block(s)): {', '.join(skipped)}")
-    res = evaluate_refer(enc, args.ann, args.refs, args.images, split=None if args.split == "all" else args.split,
-                         methods=methods, scorers=[s.strip() for s in args.scorers.split(",") if s.strip()],
-                         thresholds=[float(t) for t in args.thresholds.split(",")], box_threshold=args.box_threshold,
-                         templates=templates, limit=args.limit, max_patches=args.max_patches, progress=True)
-    print(format_refer_table(res))
-    if args.out:
-        print(f"wrote {write_json(args.out, res, indent=2)}")
-    return 0

@@ -1,7 +1,7 @@
 """Metrics: segmentation from a confusion matrix, boxes, Acc@IoU, pointing game.
 
 Segmentation figures follow the usual protocol (mmsegmentation, DINOv2's linear probe): one confusion matrix summed over
-the whole split (not a mean of per-image scores), pixels labelled :data:`dense.coco.IGNORE` skipped; per-class
+the whole split (not a mean of per-image scores), pixels labelled :data:`IGNORE` skipped; per-class
 ``IoU = TP / (TP + FP + FN)``; ``mIoU`` is the mean over classes whose union is non-empty (a class absent from both the
 ground truth and the predictions is left out, not counted as 0 or 1).
 
@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dense.coco import IGNORE
+IGNORE = 255  # label value no metric counts (crowd regions, VOC object boundaries, ADE20K "other" when reduced)
+
 
 
 def _np(x) -> np.ndarray:
@@ -83,8 +84,11 @@ class SegmentationMeter:
         self.ignore_index = ignore_index
         self.cm = np.zeros((len(self.class_names),) * 2, np.int64)
 
-    def update(self, pred, gt) -> None:
-        self.cm += confusion_matrix(pred, gt, len(self.class_names), ignore_index=self.ignore_index)
+    def update(self, pred, gt) -> np.ndarray:
+        """Add one image; returns its own confusion matrix ``[K, K]``."""
+        cm = confusion_matrix(pred, gt, len(self.class_names), ignore_index=self.ignore_index)
+        self.cm += cm
+        return cm
 
     def figures(self) -> dict[str, float]:
         return segmentation_figures(self.cm, self.class_names)

@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -133,6 +132,27 @@ def load_image(image: ImageInput) -> np.ndarray:
 # Grid choice and pixels
 
 
+def _naflex_size(image_height: float, image_width: float, patch_size: int, max_num_patches: int,
+                 eps: float = 1e-5) -> tuple[int, int]:
+    """transformers' ``get_image_size_for_max_num_patches`` (siglip2 image processor), step for step.
+
+    Restated here because importing it pulls in transformers' whole image-processing stack (~3 s per process);
+    ``tests/test_preprocess.py`` checks that both give the same size over many shapes and budgets.
+    """
+
+    def scaled(scale: float, size: float) -> int:
+        return int(max(patch_size, math.ceil(size * scale / patch_size) * patch_size))
+
+    lo, hi = eps / 10, 100.0  # binary search on the scale, as transformers does
+    while hi - lo >= eps:
+        scale = (lo + hi) / 2
+        if (scaled(scale, image_height) / patch_size) * (scaled(scale, image_width) / patch_size) <= max_num_patches:
+            lo = scale
+        else:
+            hi = scale
+    return scaled(lo, image_height), scaled(lo, image_width)
+
+
 def choose_grid(image_hw: tuple[int, int], patch_size: int, max_patches: int) -> tuple[int, int]:
     """The patch grid ``(gh, gw)`` for an image of ``image_hw = (H, W)`` pixels within ``max_patches`` tokens.
 
@@ -146,7 +166,7 @@ def choose_grid(image_hw: tuple[int, int], patch_size: int, max_patches: int) ->
     if max_patches < 1:
         raise ValueError(f"max_patches must be >= 1, got {max_patches}")
     norm = 1000.0 * patch_size / max(H, W)
-    h_px, w_px = get_image_size_for_max_num_patches(H * norm, W * norm, patch_size, max_patches)
+    h_px, w_px = _naflex_size(H * norm, W * norm, patch_size, max_patches)
     return h_px // patch_size, w_px // patch_size
 
 

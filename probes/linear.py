@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
@@ -17,13 +18,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dense._atomic import atomic_path
-from dense.features import FeatureMap
+from dense.features import FeatureMap, block_indices
 
 FORMAT = "dense.LinearProbe"
 VERSION = 1
 # What must match between the encoder a probe was trained on and the features it is applied to. The token budget
 # (max_patches) and dtype may differ: they change the features' resolution and precision, not their meaning.
-IDENTITY_KEYS = ("name", "family", "patch_size", "hidden_size", "num_layers")
+IDENTITY_KEYS = ("fingerprint", "family", "patch_size", "hidden_size", "num_layers")
 
 
 class ProbeMismatchError(ValueError):
@@ -46,9 +47,8 @@ class LinearProbe(nn.Module):
         super().__init__()
         self.class_names = list(class_names)
         self.encoder_spec = dict(encoder_spec or {})
-        n = self.encoder_spec.get("num_layers")
         layers = list(layers) if layers is not None else list(self.encoder_spec.get("layers", [-1]))
-        self.layers = [b % n if (n and b < 0) else b for b in layers]  # block indices, as FeatureMap.layers
+        self.layers = list(block_indices(layers, self.encoder_spec.get("num_layers")))  # as FeatureMap.layers
         self.meta = dict(meta or {})  # training config and validation figures, saved with the weights
         self.bn = nn.BatchNorm2d(in_dim)
         self.conv = nn.Conv2d(in_dim, len(self.class_names), kernel_size=1)
@@ -91,9 +91,9 @@ class LinearProbe(nn.Module):
         size_hw = tuple(size_hw or fmap.image_hw)
         return F.interpolate(out, size=size_hw, mode="bilinear", align_corners=False)[0]  # -> [K, H, W]
 
-    def predict(self, fmap: FeatureMap, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
-        """Label map ``[H, W]`` (int64) at the original image size."""
-        return self.logits(fmap, size_hw).argmax(0)
+    def predict(self, fmap: FeatureMap, size_hw: tuple[int, int] | None = None) -> np.ndarray:
+        """Label map: int32 numpy ``[H, W]`` at the original image size (or ``size_hw``), like every dense label map."""
+        return self.logits(fmap, size_hw).argmax(0).to(torch.int32).numpy()
 
     # --- persistence ------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

@@ -15,23 +15,18 @@ Loss: binary cross-entropy of ``l`` against the fraction of each patch's cell in
 layers), text embeddings come from :func:`dense.text.embed_texts`. Positions go through
 :func:`dense.preprocess.grid_to_pixel_xy`, so native aspect ratios and any grid size work.
 
-    python -m probes.refer_head --ann A --refs R --images I [--model shapes-tiny] [--steps 1500] [--save head.pt]
+    dense probe refer --model M --ann A --refs R --images I [--steps 1500] [--save head.pt]
 
-trains on the ``train`` refs (of ``--train-ann/--train-refs/--train-images`` when given: a bigger world), prints
-Acc@0.5 / pointing on ``val`` (and ``test`` with ``--test``), and saves the head
-with the encoder spec it was trained on.
+trains on the ``train`` refs, reports Acc@0.5 / pointing on ``val`` (and ``test`` with ``--test``) through
+:func:`dense.eval.refer.evaluate_refer_head`, and saves the head with the encoder spec it was trained on.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -201,6 +196,7 @@ def dataset_samples(encoder, ann, refs, images, *, split: str, templates=None, m
                     limit: int | None = None) -> tuple[list[Sample], list[np.ndarray]]:
     """Extract each image of ``split`` once and pair every sentence with its target box; also the targets' masks."""
     from dense import coco
+    from dense.heatmap import templates_of
     from dense.text import embed_texts
 
     ds = coco.load_coco(ann, images)
@@ -213,71 +209,8 @@ def dataset_samples(encoder, ann, refs, images, *, split: str, templates=None, m
                                                    progress=False), strict=True):
         for ref in by_image[iid]:
             box, mask = ds.box_xyxy(ref.ann_id), ds.mask(ref.ann_id)
-            text = embed_texts(encoder, ref.sentences, templates=templates)  # [S, E]
+            text = embed_texts(encoder, ref.sentences, templates=templates_of(encoder, templates))  # [S, E]
             for t in text:
                 samples.append(Sample(fmap, t, box))
                 masks.append(mask)
     return samples, masks
-
-
-def evaluate_refer_head(head: ReferHead, samples: Sequence[Sample], masks: Sequence[np.ndarray]) -> dict:
-    """Acc@0.5 of the regressed box and pointing accuracy of the heatmap peak."""
-    from dense import metrics
-
-    boxes, points = [], []
-    for s in samples:
-        out = head.predict(s.fmap, s.text)
-        boxes.append(out["box_xyxy"][0])
-        points.append(out["point_xy"][0])
-    gt = np.stack([s.box_xyxy for s in samples])
-    return {"acc@0.5": metrics.acc_at_iou(np.stack(boxes), gt), "pointing": metrics.pointing_game(points, masks),
-            "n": len(samples)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    import dense
-
-    p = argparse.ArgumentParser(prog="python -m probes.refer_head", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ann", required=True)
-    p.add_argument("--refs", required=True)
-    p.add_argument("--images", required=True)
-    p.add_argument("--train-ann", default=None, help="train on the 'train' refs of another world (default: --ann)")
-    p.add_argument("--train-refs", default=None)
-    p.add_argument("--train-images", default=None)
-    p.add_argument("--model", default="shapes-tiny")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test", action="store_true", help="also report the test split (once, after choosing on val)")
-    p.add_argument("--save", default=None, help="where to save the trained head (.pt)")
-    p.add_argument("--out", default=None, help="JSON of the figures")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: a tiny head, a shared machine)")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    enc = dense.load_encoder(args.model)
-    t0 = time.perf_counter()
-    train, _ = dataset_samples(enc, args.train_ann or args.ann, args.train_refs or args.refs,
-                               args.train_images or args.images, split="train")
-    t1 = time.perf_counter()
-    head = train_refer_head(train, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                            log_every=max(args.steps // 10, 1))
-    t2 = time.perf_counter()
-    res = {"model": args.model, "steps": args.steps, "n_train": len(train), "seconds_features": t1 - t0,
-           "seconds_train": t2 - t1, "splits": {}}
-    for split in ("val", "test") if args.test else ("val",):
-        samples, masks = dataset_samples(enc, args.ann, args.refs, args.images, split=split)
-        res["splits"][split] = evaluate_refer_head(head, samples, masks)
-    print(f"{'split':<8}{'Acc@0.5':>8}{'point':>8}{'n':>6}")
-    for split, r in res["splits"].items():
-        print(f"{split:<8}{r['acc@0.5']:8.3f}{r['pointing']:8.3f}{r['n']:6d}")
-    print(f"features {t1 - t0:.1f} s, training {t2 - t1:.1f} s on {len(train)} expressions")
-    if args.save:
-        head.save(args.save, enc.spec())
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

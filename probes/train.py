@@ -21,7 +21,7 @@ Choices, and why:
   instead of ``H * W`` pixels. ``s = 1`` (default) trains on the patch grid itself; ``s > 1`` upsamples the logits
   bilinearly to the cells, closer to full-resolution training but ``s**2`` times the loss cost (measured in
   ``benchmarks/probe_train.py``). Validation and test are always scored at the original image resolution
-  (:mod:`probes.evaluate`).
+  (:mod:`dense.eval.probe`).
 - Seeded (``torch.Generator``) initialisation and batch order: the same inputs and seed give the same probe on CPU.
 """
 
@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from dense.coco import IGNORE
-from dense.features import FeatureMap
+from dense.eval.probe import evaluate_probes
+from dense.features import FeatureMap, block_indices
+from dense.metrics import IGNORE
 from probes.linear import IDENTITY_KEYS, LinearProbe, ProbeMismatchError
 
 
@@ -55,7 +56,7 @@ class Sample:
 class ProbeConfig:
     """Training settings; each (lr, layer set) pair is one head of the sweep."""
 
-    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     layer_sets: tuple[tuple[int, ...], ...] | None = None  # block indices per head; None: all layers of the features
     epochs: int = 10
     batch_size: int = 16  # images per step (all of one grid)
@@ -76,6 +77,16 @@ class SweepResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
     probes: dict[str, LinearProbe] = field(default_factory=dict)
+
+    @property
+    def lr_at_grid_edge(self) -> str | None:
+        """``"lowest"`` / ``"highest"`` when the chosen learning rate is at the edge of the sweep's grid (the best may
+        lie beyond it: widen the grid), else None."""
+        lrs = sorted({float(k.split("lr=")[1].split(" ")[0]) for k in self.val if "lr=" in k})
+        lr = float(self.best_key.split("lr=")[1].split(" ")[0]) if "lr=" in self.best_key else None
+        if lr is None or len(lrs) < 2:
+            return None
+        return "lowest" if lr == lrs[0] else "highest" if lr == lrs[-1] else None
 
 
 def head_key(lr: float, layers: Sequence[int]) -> str:
@@ -149,11 +160,9 @@ def _fold(heads: _Heads, cols: list[torch.Tensor], mu: torch.Tensor, sd: torch.T
 
 def _columns(spec: dict, layer_set: Sequence[int], d_all: int) -> torch.Tensor:
     have = list(spec["layers"])
-    n = spec.get("num_layers")
     D = d_all // len(have)
     idx = []
-    for b in layer_set:
-        b = b % n if (n and b < 0) else b
+    for b in block_indices(layer_set, spec.get("num_layers")):
         if b not in have:
             raise ProbeMismatchError(f"layer set {list(layer_set)}: block {b} is not in the features' {have}")
         k = have.index(b)
@@ -287,9 +296,7 @@ def train_probes(train: Sequence[Sample], val: Sequence[Sample], class_names: Se
             probe.conv.bias.copy_(heads.bias[h])
         probes[key] = probe.eval()
 
-    from probes.evaluate import evaluate_many
-
-    val_figs = evaluate_many(probes, val, progress=progress)
+    val_figs = {k: r.figures for k, r in evaluate_probes(probes, val, progress=progress).items()}
     best_key = max(keys, key=lambda k: (np.nan_to_num(val_figs[k]["mIoU"], nan=-1.0), -keys.index(k)))
     best = probes[best_key]
     best.meta["val"] = {k: v for k, v in val_figs[best_key].items() if not k.startswith("IoU/")}

@@ -32,15 +32,39 @@ def test_every_subcommand_has_help(capsys):
     assert "COMMAND" in capsys.readouterr().out
 
 
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "dense.cli", *map(str, args)], capture_output=True, text=True)
+
+
 def test_errors_are_one_line_unless_debug(tmp_path):
-    cmd = [sys.executable, "-m", "dense.cli", "heatmap", str(tmp_path / "missing.png"), "a cat", "--model",
-           "shapes-tiny", "--out", str(tmp_path / "x.png")]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    out = _run("heatmap", bad, "a cat", "--model", "shapes-tiny", "--out", tmp_path / "x.png")
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dense: error:") and "missing.png" in lines[0], out.stderr
-    out = subprocess.run([sys.executable, "-m", "dense.cli", "--debug", *cmd[3:]], capture_output=True, text=True)
-    assert out.returncode != 0 and "Traceback" in out.stderr
+    assert len(lines) == 1 and lines[0].startswith("dense: error:") and "bad.png" in lines[0], out.stderr
+    for debug_first in (True, False):  # --debug before or after the command
+        args = ["heatmap", bad, "a cat", "--model", "shapes-tiny", "--out", tmp_path / "x.png"]
+        out = _run("--debug", *args) if debug_first else _run(*args, "--debug")
+        assert out.returncode == 1 and "Traceback" in out.stderr
+
+
+def test_argument_errors_are_one_line_and_name_the_command(tmp_path):
+    out = _run("heatmap", tmp_path / "missing.png", "a cat", "--model", "shapes-tiny")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "missing.png: no such file" in lines[0], out.stderr
+    assert lines[0].startswith("dense heatmap: error:")
+    out = _run("eval", "openvocab", "--ann", tmp_path, "--images", tmp_path, "--model", "m", "--sweeep", "0.1")
+    assert out.returncode == 2 and out.stderr.startswith("dense eval openvocab: error:")  # the subcommand's usage
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"")
+    out = _run("segment", bad, "cat", "--mod", "shapes-tiny")  # no abbreviations
+    assert out.returncode == 2 and "--model" in out.stderr
+    (tmp_path / "empty").mkdir()
+    out = _run("extract", "--model", "shapes-tiny", "--images", tmp_path / "empty", "--cache", tmp_path / "c")
+    assert out.returncode == 1 and "no images" in out.stderr  # an empty folder is an error, not a success
+    out = _run("--version")
+    assert out.returncode == 0 and out.stdout.startswith("dense ")
 
 
 class _Links(HTMLParser):

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from conftest import random_rgb
 
 import dense
-from dense import heatmap
+from dense import head as maphead
+from dense import heatmap, openvocab
 from dense.features import FeatureMap
 
 
@@ -86,7 +87,7 @@ def test_leave_one_out_closed_form_matches_rerunning_the_head(enc):
     x = torch.randn(12, enc.hidden_size)  # [N, D]
     N = x.shape[0]
     with torch.no_grad():
-        e = heatmap.pooled(enc.vision, x)  # [E]
+        e = maphead.pooled(head, x)  # [E]
         brute = []
         for n in range(N):
             mask = torch.zeros(1, N, dtype=torch.bool)
@@ -107,7 +108,7 @@ def test_pooled_equals_transformers_pooler_output(enc):
     with torch.no_grad():
         ref = enc.vision(pixel_values=to_pixels(rgb, fmap.grid_hw, enc.pixels)[None],
                          interpolate_pos_encoding=True).pooler_output  # [1, E]
-    torch.testing.assert_close(enc.embed_images(fmap), F.normalize(ref, dim=-1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(openvocab.embed_images(enc, fmap), F.normalize(ref, dim=-1), atol=1e-5, rtol=1e-4)
 
 
 def test_uniform_attention_reduces_saliency_methods_to_map_value(enc):
@@ -156,7 +157,7 @@ def test_every_method_on_images_both_families(method, tiny_encoder, tiny_encoder
 
 
 def test_unknown_method_and_with_aligned_reuse(tiny_encoder):
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(ValueError, match="unknown heatmap method"):
         heatmap.patch_scores(tiny_encoder, random_rgb(32, 32), "cat", method="cls")
     fmap = heatmap.with_aligned(tiny_encoder, random_rgb(32, 48, seed=5), "leave-one-out")
     assert fmap.aligned is not None and fmap.encoder["aligned_method"] == "leave-one-out"
@@ -183,19 +184,27 @@ def test_labels_from_scores_background_rules():
     probs = torch.tensor([[[0.9, 0.2], [0.1, 0.3]],
                           [[0.5, 0.6], [0.05, 0.2]],
                           [[0.1, 0.1], [0.5, 0.1]]])  # [3, 2, 2]: 2 classes + 1 background prompt
-    assert heatmap.labels_from_scores(probs[:2], 2).tolist() == [[1, 2], [1, 1]]
-    assert heatmap.labels_from_scores(probs[:2], 2, 0.25).tolist() == [[1, 2], [0, 1]]
-    assert heatmap.labels_from_scores(probs, 2, ["background"]).tolist() == [[1, 2], [0, 1]]
+    assert openvocab.labels_from_scores(probs[:2], 2).tolist() == [[1, 2], [1, 1]]
+    assert openvocab.labels_from_scores(probs[:2], 2, 0.25).tolist() == [[1, 2], [0, 1]]
+    assert openvocab.labels_from_scores(probs, 2, ["background"]).tolist() == [[1, 2], [0, 1]]
 
 
 def test_segment_at_original_resolution(tiny_encoder):
     rgb = random_rgb(45, 70, seed=6)
-    labels = dense.segment(tiny_encoder, rgb, ["red circle", "blue star", "green square"])
+    names = ["red circle", "blue star", "green square"]
+    labels = dense.segment(tiny_encoder, rgb, names, background=0)  # threshold 0: every pixel gets its best class
     assert labels.shape == (45, 70) and labels.dtype == np.int32 and labels.min() >= 1 and labels.max() <= 3
     fmap = tiny_encoder.extract(rgb)
-    probs = heatmap.upsample(heatmap.patch_scores(tiny_encoder, fmap, ["red circle", "blue star", "green square"],
-                                                  templates=dense.text.DEFAULT_TEMPLATES), fmap)
+    probs = heatmap.upsample(heatmap.patch_scores(tiny_encoder, fmap, names,
+                                                  templates=tiny_encoder.calibration.templates), fmap)
     assert (labels == probs.argmax(0).numpy() + 1).all()
+    # the default background is the encoder's calibrated threshold (neutral: SigLIP's own 0.5)
+    default = dense.segment(tiny_encoder, fmap, names)
+    assert tiny_encoder.calibration.background == 0.5
+    np.testing.assert_array_equal(default == 0, probs.max(0).values.numpy() < 0.5)
+    # a batch gives one label map per image, like classify gives one row per image
+    batch = dense.segment(tiny_encoder, [rgb, fmap], names, background=0)
+    assert isinstance(batch, list) and len(batch) == 2 and all((b == labels).all() for b in batch)
     all_bg = dense.segment(tiny_encoder, fmap, ["red circle"], background=1.0)
     assert (all_bg == 0).all()
     with_prompt = dense.segment(tiny_encoder, fmap, ["red circle"], background=["background"])
@@ -205,21 +214,29 @@ def test_segment_at_original_resolution(tiny_encoder):
 def test_openvocab_eval_and_cli(tiny_encoder, tiny_siglip_dir, tmp_path):
     from dense.cli import main
     from dense.datasets import make_shapes
+    from dense.eval.openvocab import evaluate_openvocab
 
     make_shapes(tmp_path / "world", 3, seed=1, size_range=(64, 96))
-    res = heatmap.evaluate_openvocab(tiny_encoder, tmp_path / "world/annotations.json", tmp_path / "world/images",
-                                     methods=["raw", "map-value"], background=0.5, thresholds=(0.0, 0.5))
-    assert res["n_images"] == 3 and set(res["methods"]) == {"raw", "map-value"}
-    for r in res["methods"].values():
-        assert 0 <= r["miou"] <= 1 and 0 <= r["pointing"] <= 1 and r["n_points"] >= 3
-        assert r["sweep"]["0.5"] == pytest.approx(r["miou"])  # the sweep at the same threshold agrees
+    res = evaluate_openvocab(tiny_encoder, tmp_path / "world/annotations.json", tmp_path / "world/images",
+                             methods=["raw", "map-value"], background=0.5, thresholds=(0.0, 0.5))
+    assert res.meta["images"] == 3 and res.meta["methods"] == ["raw", "map-value"]
+    for m in ("raw", "map-value"):
+        f = res.figures
+        assert 0 <= f[f"{m}/mIoU"] <= 1 and 0 <= f[f"{m}/pointing"] <= 1 and res.meta["points"][m] >= 3
+        assert f[f"{m}/mIoU@thr=0.5"] == pytest.approx(f[f"{m}/mIoU"])  # the sweep at the same threshold agrees
+        rows = [r for r in res.rows if r["method"] == m]
+        assert len(rows) == 3 and sum(r["hits"] for r in rows) / sum(r["points"] for r in rows) == \
+            pytest.approx(f[f"{m}/pointing"])
     out = tmp_path / "res.json"
     rc = main(["eval", "openvocab", "--ann", str(tmp_path / "world/annotations.json"), "--images",
                str(tmp_path / "world/images"), "--model", str(tiny_siglip_dir), "--methods", "raw,clear-map-value",
-               "--background", "none", "--out", str(out)])
+               "--background", "0", "--out", str(out), "--quiet"])
     assert rc == 0
     saved = json.loads(out.read_text())
-    assert set(saved["methods"]) == {"raw", "clear-map-value"} and saved["n_images"] == 3
+    assert saved["meta"]["methods"] == ["raw", "clear-map-value"] and saved["meta"]["images"] == 3
+    # an empty split is an error, not a table of NaNs
+    assert main(["eval", "openvocab", "--ann", str(tmp_path / "world/annotations.json"), "--images",
+                 str(tmp_path / "world/images"), "--model", str(tiny_siglip_dir), "--split", "vall"]) == 1
 
 
 def test_heatmap_cli_writes_a_png(tiny_siglip_dir, tmp_path):
@@ -244,7 +261,7 @@ def test_clear_methods_on_a_one_block_tower_use_the_patch_embedding():
     rgb = random_rgb(32, 48, seed=3)
     fmap = enc1.extract(rgb)
     assert "clear-map-value" not in heatmap.supported_methods(enc1) and "map-value" in heatmap.supported_methods(enc1)
-    with pytest.raises(ValueError, match="only 1 block"):  # a FeatureMap cannot hold the block's input
+    with pytest.raises(ValueError, match="only one block"):  # a FeatureMap cannot hold the block's input
         heatmap.aligned_tokens(enc1, fmap, "clear-map-value")
     from dense.preprocess import to_pixels
 

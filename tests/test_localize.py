@@ -8,12 +8,13 @@ import torch
 
 import dense
 from dense.features import FeatureMap
+from dense.head import pool_with_weights
 from dense.localize import (
     Localizer,
     box_patch_weights,
     heatmap_box_xyxy,
+    localize,
     localize_heatmap,
-    pool_with_weights,
     refine_peak_grid,
     region_embeddings,
 )
@@ -190,7 +191,7 @@ def test_twenty_expressions_cost_one_extraction(tiny_encoder):
         plain = loc.localize_many(EXPRESSIONS)
         ranked = loc.localize_many(EXPRESSIONS, candidates_xyxy=boxes)
         fmap = tiny_encoder.extract(random_rgb(72, 100, seed=3))
-        again = [dense.localize(tiny_encoder, fmap, e) for e in EXPRESSIONS[:3]]  # a FeatureMap: no new forward
+        again = [localize(tiny_encoder, fmap, e) for e in EXPRESSIONS[:3]]  # a FeatureMap: no new forward
     finally:
         hook.remove()
     assert len(calls) == 2  # Localizer's extraction + the explicit one above
@@ -213,10 +214,6 @@ def test_twenty_expressions_cost_one_extraction(tiny_encoder):
 # dense eval refer, end to end on a small synthetic world
 
 
-def rows_multi_random(res):
-    return next(r["acc@0.5"] for r in res["rows_multi"] if r["scorer"] == "random (expected)")
-
-
 def test_eval_refer_end_to_end(tiny_siglip_dir, tmp_path, capsys):
     import json
 
@@ -229,28 +226,33 @@ def test_eval_refer_end_to_end(tiny_siglip_dir, tmp_path, capsys):
     out = tmp_path / "refer.json"
     rc = main(["eval", "refer", "--ann", str(world / "annotations.json"), "--refs", str(world / "refs.json"),
                "--images", str(world / "images"), "--split", "val", "--model", str(tiny_siglip_dir),
-               "--thresholds", "0.3,0.6", "--out", str(out)])
+               "--thresholds", "0.3,0.6", "--out", str(out), "--quiet"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "random (expected)" in text and "map-box" in text and "by relative box threshold" in text
+    assert "random" in text and "map-box" in text and "by relative box threshold" in text
     res = json.loads(out.read_text())
+    figs, meta = res["figures"], res["meta"]
     ds = coco.load_coco(world / "annotations.json", world / "images")
     refs = coco.load_refs(world / "refs.json", ds, split="val")
-    assert res["n_refs"] == len(refs) and res["n_sentences"] == sum(len(r.sentences) for r in refs)
-    rows = {(r["setting"], r["method"], r["scorer"]): r for r in res["rows"]}
+    assert meta["refs_count"] == len(refs) and meta["expressions"] == sum(len(r.sentences) for r in refs)
     # the random baseline, computed independently: each ref's chance of drawing its own box (GT boxes rarely overlap
     # at IoU >= 0.5), weighted by its sentences
     n_cands = {iid: len(ds.anns(iid, crowd=False)) for iid in ds.ids()}
     chance = np.average([1 / n_cands[r.image_id] for r in refs], weights=[len(r.sentences) for r in refs])
-    assert rows[("gt-boxes", "-", "random (expected)")]["acc@0.5"] >= chance - 1e-9
-    for r in res["rows"]:
-        assert 0.0 <= r["acc@0.5"] <= 1.0 and 0.0 <= r["pointing"] <= 1.0
-    assert len(res["rows_multi"]) == len(res["rows"]) and 0 < res["n_multi"] <= res["n_sentences"]
+    assert figs["gt-boxes/-/random/acc@0.5"] >= chance - 1e-9
+    assert all(0.0 <= v <= 1.0 for v in figs.values())
+    assert 0 < meta["expressions_multi"] <= meta["expressions"]
     multi = [r for r in refs if n_cands[r.image_id] >= 2]  # on images with >= 2 objects, chance is lower
     chance_multi = np.average([1 / n_cands[r.image_id] for r in multi], weights=[len(r.sentences) for r in multi])
-    assert rows_multi_random(res) >= chance_multi - 1e-9 and chance_multi < chance
+    assert figs["multi/gt-boxes/-/random/acc@0.5"] >= chance_multi - 1e-9 and chance_multi < chance
+    # one row per (expression, way); Acc@0.5 is the share of rows with IoU >= 0.5
+    method = meta["methods"][0]
+    rows = [r for r in res["rows"] if r["way"] == f"none/{method}/-"]
+    assert len(rows) == meta["expressions"]
+    assert figs[f"none/{method}/-/acc@0.5"] == pytest.approx(np.mean([r["iou"] >= 0.5 for r in rows]))
     # the sweep holds every threshold asked for
-    assert set(next(iter(res["box_threshold_sweep"].values()))) == {"0.3", "0.6"}
+    assert {k for k in figs if "@thr=" in k and not k.startswith("multi/")} == {
+        f"none/{method}/-/acc@0.5@thr=0.3", f"none/{method}/-/acc@0.5@thr=0.6"}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -284,7 +286,8 @@ def planted_samples(n: int, seed: int):
 
 def test_refer_head_learns_a_planted_task(tmp_path):
     from dense import metrics
-    from probes.refer_head import ReferHead, evaluate_refer_head, train_refer_head
+    from dense.eval.refer import evaluate_refer_head
+    from probes.refer_head import ReferHead, train_refer_head
 
     train, test = planted_samples(200, seed=0), planted_samples(60, seed=1)
     threads = torch.get_num_threads()
@@ -299,7 +302,7 @@ def test_refer_head_learns_a_planted_task(tmp_path):
         x0, y0, x1, y1 = s.box_xyxy
         m[int(np.ceil(y0)):int(y1), int(np.ceil(x0)):int(x1)] = True
         masks.append(m)
-    res = evaluate_refer_head(head, test, masks)
+    res = evaluate_refer_head(head, test, masks).figures
     assert res["pointing"] >= 0.9, res
     assert res["acc@0.5"] >= 0.6, res
     pred = np.stack([head.predict(s.fmap, s.text)["box_xyxy"][0] for s in test])
@@ -316,31 +319,49 @@ def test_refer_head_learns_a_planted_task(tmp_path):
 def test_crop_scorer_reencodes_the_box(tiny_encoder):
     from conftest import random_rgb
 
-    from dense.heatmap import embed_images
     from dense.localize import crop_embeddings
+    from dense.openvocab import embed_images
 
     rgb = random_rgb(72, 100, seed=4)
     boxes = np.array([[0, 0, 100, 72], [10.4, 20.6, 50.2, 60.9]])  # the whole image; a box at sub-pixel coordinates
     emb = crop_embeddings(tiny_encoder, rgb, boxes)
     torch.testing.assert_close(emb[0], embed_images(tiny_encoder, rgb)[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(emb[1], embed_images(tiny_encoder, rgb[20:61, 10:51])[0], atol=1e-5, rtol=1e-5)
-    loc = Localizer(tiny_encoder, tiny_encoder.extract(rgb), image=rgb)
+    loc = Localizer(tiny_encoder, tiny_encoder.extract(rgb), original=rgb)
     r = loc.localize("the red circle", candidates_xyxy=boxes, scorer="crop")
     assert r.method.endswith("+crop") and r.candidate_scores.shape == (2,)
-    with pytest.raises(ValueError, match="pass image="):
+    with pytest.raises(ValueError, match="pass original="):
         Localizer(tiny_encoder, tiny_encoder.extract(rgb)).localize("the red circle", candidates_xyxy=boxes,
                                                                      scorer="crop")
 
 
-def test_component_reranking_keeps_the_best_scored_proposal(tiny_encoder):
-    from conftest import random_rgb
+def test_component_reranking_picks_the_tightest_box_around_a_planted_object(tiny_random):
+    """Known answer: with an averaging head, a box's score grows with the share of planted patches it holds, so among
+    the heatmap's component boxes at several thresholds the tightest one around the planted block must win."""
+    from dense.text import put_cache
 
-    loc = Localizer(tiny_encoder, random_rgb(72, 100, seed=5))
+    enc = averaging_head(tiny_random)
+    D = enc.hidden_size
+    gh, gw, p = 8, 10, 8
+    background, planted = torch.zeros(D), torch.zeros(D)
+    background[0], planted[1] = 1.0, 1.0
+    tokens = background.repeat(gh, gw, 1)  # [gh, gw, D]
+    tokens[3:5, 5:7] = planted  # a 2 x 2 object
+    fmap = FeatureMap(tokens=tokens, image_hw=(64, 80), resized_hw=(gh * p, gw * p), patch_size=p,
+                      encoder=enc.spec())
+    ii, jj = torch.meshgrid(torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32),
+                            indexing="ij")
+    heatmap = torch.exp(-((ii - 3.5) ** 2 + (jj - 5.5) ** 2) / 8)  # [gh, gw]: a broad bump over the object
+    put_cache(enc, ["the planted one"], planted[None], templates=("{}",))  # the text IS the planted feature
+    loc = Localizer(enc, fmap)
+    loc._heatmaps["the planted one"] = heatmap
     thresholds = (0.2, 0.5, 0.8)
-    r = loc.localize("the blue star", rerank_thresholds=thresholds)
-    plain = loc.localize("the blue star")
-    proposals = np.unique(np.stack([heatmap_box_xyxy(r.heatmap, loc.fmap, threshold=t) for t in thresholds]), axis=0)
-    scores = loc.candidate_scores("the blue star", proposals)
-    np.testing.assert_allclose(r.box_xyxy, proposals[int(torch.argmax(scores))])
+    boxes = {t: heatmap_box_xyxy(heatmap, fmap, threshold=t) for t in thresholds}
+    area = {t: (b[2] - b[0]) * (b[3] - b[1]) for t, b in boxes.items()}
+    assert area[0.2] > area[0.5] > area[0.8]  # the proposals differ
+    r = loc.localize("the planted one", rerank_thresholds=thresholds)
+    np.testing.assert_allclose(r.box_xyxy, boxes[0.8])
+    plain = loc.localize("the planted one", box_threshold=0.2)
+    np.testing.assert_allclose(plain.box_xyxy, boxes[0.2])
     np.testing.assert_allclose(r.point_xy, plain.point_xy)  # the point is the heatmap's, whatever the box
-    assert r.method.endswith("+components-map-box") and r.score == pytest.approx(float(scores.max()))
+    assert r.method.endswith("+components-map-box") and r.score == pytest.approx(float(r.candidate_scores.max()))

@@ -60,6 +60,20 @@ def test_grid_matches_naflex_processor_rule():
         assert choose_grid((H, W), 16, 256) == (h // 16, w // 16)
 
 
+def test_restated_naflex_rule_equals_transformers():
+    """dense restates transformers' size search (importing it costs ~3 s); both must agree everywhere."""
+    from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches as naflex
+
+    from dense.preprocess import _naflex_size
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        H, W = (int(v) for v in rng.integers(1, 5000, size=2))
+        p = int(rng.choice([8, 14, 16]))
+        budget = int(rng.integers(1, 2000))
+        assert _naflex_size(H, W, p, budget) == naflex(H, W, p, budget), (H, W, p, budget)
+
+
 @pytest.mark.parametrize("image_hw", [(333, 517), (1000, 50), (50, 1000), (480, 640), (97, 97)])
 def test_planted_feature_maps_to_its_patch_and_back(image_hw):
     """A bright dot in one cell of the original image lands in that patch after resizing, and maps back to it."""

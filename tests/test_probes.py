@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from dense.eval.probe import evaluate_probe
 from dense.features import FeatureMap
-from probes.evaluate import evaluate
 from probes.linear import LinearProbe, ProbeMismatchError, select_layers
 from probes.train import ProbeConfig, Sample, train_probes
 
 P = 8  # patch size of the fake features
-SPEC = dict(name="fake", family="siglip", patch_size=P, hidden_size=12, num_layers=4, max_patches=64, layers=[1, 3],
-            dtype="float32")
+SPEC = dict(fingerprint="fake", family="siglip", patch_size=P, hidden_size=12, num_layers=4, max_patches=64,
+            layers=[1, 3], dtype="float32")
 GRIDS = [(4, 6), (5, 5), (6, 3), (3, 7)]  # not square, not equal: batches must group by grid
 
 
@@ -57,13 +57,14 @@ def test_known_answer_and_layer_choice():
     noise = [v["mIoU"] for k, v in res.val.items() if k.endswith("layers=1")]
     assert max(noise) < 0.6  # layer 1 carries no signal
     assert res.best_key.endswith("layers=3") or res.best_key.endswith("layers=1,3")
-    figs = evaluate(res.best, fake_samples(12, 2))
+    figs = evaluate_probe(res.best, fake_samples(12, 2)).figures
     assert figs["mIoU"] > 0.95 and figs["pixel_acc"] > 0.97
-    assert figs == pytest.approx(evaluate(res.best, fake_samples(12, 2)))
+    assert figs == pytest.approx(evaluate_probe(res.best, fake_samples(12, 2)).figures)
     assert res.best.meta["val"]["mIoU"] == pytest.approx(res.val[res.best_key]["mIoU"])
     # predictions come back at the original resolution, whatever the grid
     s = val[2]
-    assert tuple(res.best.predict(s.fmap).shape) == s.fmap.image_hw
+    pred = res.best.predict(s.fmap)
+    assert isinstance(pred, np.ndarray) and pred.dtype == np.int32 and pred.shape == s.fmap.image_hw
     for losses in res.history.values():
         assert len(losses) == 8
 
@@ -94,12 +95,12 @@ def test_save_load_and_encoder_mismatch(tmp_path):
         torch.testing.assert_close(loaded.logits(s.fmap), res.best.logits(s.fmap))
     with pytest.raises(ProbeMismatchError, match="hidden_size: trained on 12, given 16"):
         LinearProbe.load(path, encoder=dict(SPEC, hidden_size=16))
-    with pytest.raises(ProbeMismatchError, match="name"):
-        LinearProbe.load(path, encoder=dict(SPEC, name="other"))
+    with pytest.raises(ProbeMismatchError, match="fingerprint"):
+        LinearProbe.load(path, encoder=dict(SPEC, fingerprint="other"))
     with pytest.raises(ProbeMismatchError, match="blocks"):
         LinearProbe.load(path, encoder=dict(SPEC, layers=[1]))
     with pytest.raises(ProbeMismatchError):
-        res.best.predict(FeatureMap(torch.zeros(2, 2, 24), (16, 16), (16, 16), P, (1, 3), dict(SPEC, name="x")))
+        res.best.predict(FeatureMap(torch.zeros(2, 2, 24), (16, 16), (16, 16), P, (1, 3), dict(SPEC, fingerprint="x")))
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"nope")
     with pytest.raises(ValueError, match="bad.safetensors"):
@@ -120,7 +121,7 @@ def test_bad_inputs_name_the_sample():
     with pytest.raises(ValueError, match="odd.*exceed"):
         train_probes([*train, bad], train, NAMES, ProbeConfig(epochs=1), progress=False)
     other = Sample("x", FeatureMap(train[0].fmap.tokens, train[0].fmap.image_hw, train[0].fmap.resized_hw, P, (1, 3),
-                                   dict(SPEC, name="other")), train[0].label)
+                                   dict(SPEC, fingerprint="other")), train[0].label)
     with pytest.raises(ProbeMismatchError, match="x"):
         train_probes([*train, other], train, NAMES, ProbeConfig(epochs=1), progress=False)
     with pytest.raises(ValueError, match="no val"):
@@ -217,5 +218,5 @@ def test_shapes_tiny_features_beat_random_weights(tmp_path):
         train, val, test = (load_samples(ds, cache, s) for s in ("train", "val", "test"))
         config = ProbeConfig(epochs=20, lrs=(1e-3, 1e-2, 3e-2))
         res = train_probes(train, val, ds.class_names, config, progress=False)
-        scores[tag] = evaluate(res.best, test)["mIoU"]
+        scores[tag] = evaluate_probe(res.best, test).figures["mIoU"]
     assert scores["trained"] > scores["random"] + 0.1, scores

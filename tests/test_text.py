@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import random_rgb
 
 import dense
-from dense import heatmap, text
+from dense import openvocab, text
 from dense.preprocess import patchify, to_pixels
 
 PAD, EOS = 1, 2  # conftest's tokenizer: <unk>=0, <pad>=1, </s>=2
@@ -104,17 +104,17 @@ def test_classify_matches_transformers_logits(family, tiny_siglip_dir, tiny_sigl
     ref = torch.sigmoid(out.logits_per_image)  # [B, T]
     got = dense.classify(enc, images, labels, templates=None)  # [B, T]
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(enc.embed_images(images), out.image_embeds, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(enc.embed_texts(labels), out.text_embeds, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(openvocab.embed_images(enc, images), out.image_embeds, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(text.embed_texts(enc, labels), out.text_embeds, atol=1e-5, rtol=1e-4)
     assert tuple(dense.classify(enc, images[0], labels, templates=None).shape) == (3,)
 
 
 def test_retrieve_known_ranking():
     img = F.normalize(torch.eye(4)[:3] + 0.1, dim=-1)  # [3 images, E=4]
     txt = F.normalize(torch.eye(4)[[2, 0]], dim=-1)  # text 0 matches image 2, text 1 matches image 0
-    scores, idx = heatmap.retrieve(img, txt, k=2)
+    scores, idx = openvocab.retrieve(img, txt, k=2)
     assert idx[:, 0].tolist() == [2, 0] and tuple(scores.shape) == (2, 2)
-    _, idx_img = heatmap.retrieve(img, txt, k=1, by="image")
+    _, idx_img = openvocab.retrieve(img, txt, k=1, by="image")
     assert idx_img[[0, 2], 0].tolist() == [1, 0]  # image 0 <-> text 1, image 2 <-> text 0 (image 1: a tie)
     assert np.all(np.diff(scores.numpy(), axis=1) <= 0)
 

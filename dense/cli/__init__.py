@@ -1,0 +1,74 @@
+"""The ``dense`` command: every argparse definition lives in this package, one file per command group.
+
+Building the parser imports no model code (no torch, no transformers): ``dense --help`` and argument errors are
+instant. Each command's ``run`` function imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dense.cli import demo, evaluate, extract, probe, query
+from dense.cli._args import DenseError, Parser, common_parent
+
+GROUPS = (extract, probe, query, evaluate, demo)  # each has add(sub, parent) -> adds its subcommands
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("dense")
+    except Exception:  # not installed (run from a checkout)
+        from dense import __version__
+
+        return __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parent = common_parent()
+    parser = Parser(
+        prog="dense", allow_abbrev=False,
+        description="Dense features from SigLIP 2 So400m: extraction, linear probes, open-vocabulary heatmaps and "
+                    "segmentation, referring expressions, COCO-style evaluation.",
+        epilog="`dense COMMAND --help` describes each command. Errors are one line; --debug shows the traceback.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors (any position)")
+    parser.add_argument("--version", action="version", version=f"dense {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in GROUPS:
+        group.add(sub, parent)
+    parser.set_defaults(_parser=parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # a misspelled flag: the usage of the command it was given to, not the top level's
+        args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "func", None) is None:
+        args._parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("dense: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for users, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"dense: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(e: Exception) -> str:
+    if isinstance(e, FileNotFoundError) and e.filename:
+        return f"{e.filename}: no such file or directory"
+    if isinstance(e, (KeyError, DenseError)) and e.args:
+        return str(e.args[0])
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

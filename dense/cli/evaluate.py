@@ -1,0 +1,156 @@
+"""``dense eval openvocab | refer``: the evaluators of :mod:`dense.eval` as tables and JSON."""
+
+from __future__ import annotations
+
+from dense.cli._args import (
+    add_max_patches,
+    add_method,
+    add_model,
+    add_runtime,
+    add_templates,
+    command,
+    existing,
+    group,
+    load,
+    parse_background,
+    parse_floats,
+    parse_methods,
+    parse_templates,
+    pct,
+    write_json,
+)
+
+
+def add(sub, parent) -> None:
+    _, tasks = group(sub, "eval", parent, help="evaluate on a COCO-style dataset (openvocab, refer)")
+    e = command(tasks, "openvocab", parent, func=run_openvocab,
+                help="open-vocabulary segmentation mIoU, pixel accuracy and pointing on a COCO-style dataset")
+    e.add_argument("--ann", required=True, type=existing("file"), help="COCO instances JSON")
+    e.add_argument("--images", required=True, type=existing("folder"), help="image folder")
+    add_model(e)
+    add_method(e, many=True)
+    e.add_argument("--split", default=None, help="only images of this split (the images' 'split' field), e.g. val")
+    e.add_argument("--background", default=None,
+                   help="a probability threshold, or comma-separated background prompts "
+                        "(default: the checkpoint's calibrated threshold)")
+    add_templates(e)
+    e.add_argument("--sweep", default="", help="comma-separated background thresholds to sweep too (mIoU each)")
+    e.add_argument("--limit", type=int, default=None, help="first N images only")
+    add_max_patches(e)
+    add_runtime(e)
+    e.add_argument("--out", default=None, help="JSON to write (atomically)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    r = command(tasks, "refer", parent, func=run_refer,
+                help="referring-expression localization (Acc@0.5, pointing) on RefCOCO-style refs")
+    r.add_argument("--ann", required=True, type=existing("file"), help="COCO instances JSON")
+    r.add_argument("--refs", required=True, type=existing("file"),
+                   help="refs in the RefCOCO layout (JSON, or the official refs(unc).p)")
+    r.add_argument("--images", required=True, type=existing("folder"), help="image folder")
+    r.add_argument("--split", default="val", help="the refs' split to evaluate ('all' for every split)")
+    add_model(r)
+    add_method(r, many=True)
+    r.add_argument("--scorers", default="map-box,heatmap-mean",
+                   help="comma-separated candidate scorers (map-box, heatmap-mean, crop)")
+    r.add_argument("--box-threshold", type=float, default=None,
+                   help="relative threshold in [0, 1] for the box without candidates (default: the checkpoint's "
+                        "calibrated one)")
+    r.add_argument("--thresholds", default="0.2,0.3,0.4,0.5,0.6,0.7,0.8", help="box thresholds to sweep")
+    add_templates(r)
+    r.add_argument("--limit", type=int, default=None, help="first N images only")
+    add_max_patches(r)
+    add_runtime(r)
+    r.add_argument("--out", default=None, help="JSON to write (atomically)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _methods(args, enc) -> list[str] | None:
+    from dense.heatmap import METHODS, supported_methods
+
+    methods = parse_methods(args.methods, enc)
+    if args.methods == "all":
+        skipped = sorted(set(METHODS) - set(supported_methods(enc)))
+        if skipped:
+            print(f"note: {', '.join(skipped)} need the input of the last block, which a {enc.num_layers}-block "
+                  f"tower's FeatureMaps do not hold: computed from each image instead")
+    return methods
+
+
+def run_openvocab(args) -> int:
+    from dense.eval.openvocab import evaluate_openvocab
+
+    enc = load(args)
+    res = evaluate_openvocab(enc, args.ann, args.images, methods=_methods(args, enc),
+                             background=parse_background(args.background), templates=parse_templates(args.templates),
+                             split=args.split, limit=args.limit, max_patches=args.max_patches,
+                             thresholds=parse_floats(args.sweep, "--sweep"), progress=not args.quiet)
+    print(format_openvocab(res))
+    write_json(args.out, res.to_json())
+    return 0
+
+
+def format_openvocab(res) -> str:
+    m = res.meta
+    lines = [f"open-vocabulary segmentation: {m['images']} images of split {m['split']}, {m['max_patches']} tokens, "
+             f"background {m['background']}, templates {m['templates']}",
+             f"{'method':<22}{'mIoU %':>8}{'pixAcc %':>10}{'pointing %':>12}{'points':>8}"
+             + ("  mIoU % by background threshold" if m["thresholds"] else "")]
+    for meth in m["methods"]:
+        f = res.figures
+        sweep = "  ".join(f"{t}: {pct(f[f'{meth}/mIoU@thr={t}'])}" for t in m["thresholds"])
+        lines.append(f"{meth:<22}{pct(f[f'{meth}/mIoU']):>8}{pct(f[f'{meth}/pixel_acc']):>10}"
+                     f"{pct(f[f'{meth}/pointing']):>12}{m['points'][meth]:>8}  {sweep}")
+    lines.append("mIoU: mean over classes of intersection / union, pixels of the whole split; pointing: the share of "
+                 "(image, class present) pairs whose peak patch lies inside that class's mask.")
+    return "\n".join(lines)
+
+
+def run_refer(args) -> int:
+    from dense.eval.refer import evaluate_refer
+
+    enc = load(args)
+    res = evaluate_refer(enc, args.ann, args.refs, args.images, split=None if args.split == "all" else args.split,
+                         methods=_methods(args, enc), scorers=[s.strip() for s in args.scorers.split(",") if s.strip()],
+                         thresholds=parse_floats(args.thresholds, "--thresholds"), box_threshold=args.box_threshold,
+                         templates=parse_templates(args.templates), limit=args.limit, max_patches=args.max_patches,
+                         progress=not args.quiet)
+    print(format_refer(res))
+    write_json(args.out, res.to_json())
+    return 0
+
+
+def format_refer(res) -> str:
+    """The figures of :func:`dense.eval.refer.evaluate_refer` as a plain-text table (percentages)."""
+    from dense.eval.refer import config_key
+
+    m, f = res.meta, res.figures
+    ways = [config_key("none", "centre-prior")]
+    ways += [config_key("none", meth) for meth in m["methods"]]
+    ways += [config_key("none", meth, "components+map-box") for meth in m["methods"]]
+    ways += [config_key("gt-boxes", meth, s) for meth in m["methods"] for s in m["scorers"]]
+    ways.append(config_key("gt-boxes", "-", "random"))
+    head = f"{'Acc@0.5':>8}{'point':>7}{'ctr-pt':>8}"
+    lines = [f"referring expressions: {m['expressions']} expressions ({m['refs_count']} refs) on {m['images']} images "
+             f"of split {m['split']}; {m['expressions_multi']} on images with >= 2 objects; {m['max_patches']} tokens",
+             f"{'':<53}{'all expressions':>23}{'images with >= 2 objects':>26}",
+             f"{'candidates':<11}{'method':<22}{'scorer':<20}{head}  {head}   (%)"]
+    for way in ways:
+        setting, meth, scorer = way.split("/")
+        cols = (("acc@0.5", 8), ("pointing", 7), ("pointing_box_centre", 8))
+        cells = "  ".join("".join(pct(f.get(f"{p}{way}/{k}", float("nan"))).rjust(w) for k, w in cols)
+                          for p in ("", "multi/"))
+        thr = setting == "none" and scorer == "-" and meth != "centre-prior"
+        note = f"  (box threshold {m['box_threshold']})" if thr else ""
+        lines.append(f"{setting:<11}{meth:<22}{scorer:<20}{cells}{note}")
+    lines.append("Acc@0.5: the box overlaps the target's box with IoU >= 0.5; point: the answer's point lies in the "
+                 "target's mask (the pointing game); ctr-pt: the centre of the answer's box does.")
+    if m["thresholds"]:
+        lines += ["", "Acc@0.5 % without candidates, by relative box threshold:",
+                  f"{'method':<22}" + "".join(f"{t:>7}" for t in m["thresholds"])]
+        for meth in m["methods"]:
+            lines.append(f"{meth:<22}" + "".join(
+                pct(f[f"{config_key('none', meth)}/acc@0.5@thr={t}"]).rjust(7) for t in m["thresholds"]))
+    sec = m["seconds"]
+    lines.append(f"\nextraction {sec['extract']:.1f} s, localization {sec['localize']:.1f} s (all methods, scorers, "
+                 f"thresholds)")
+    return "\n".join(lines)

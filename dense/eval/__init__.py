@@ -1,0 +1,31 @@
+"""One evaluator per task, each data in -> :class:`Result` out (flat named figures + per-sample rows).
+
+- :mod:`dense.eval.openvocab`: open-vocabulary segmentation (mIoU, pixel accuracy, pointing) on COCO-style data;
+- :mod:`dense.eval.refer`: referring-expression localization (Acc@0.5, pointing game) on RefCOCO-style refs;
+- :mod:`dense.eval.probe`: linear-probe segmentation at the original resolution.
+
+Evaluators print nothing; ``dense eval ...`` (:mod:`dense.cli`) turns a Result into a table and a JSON file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Result:
+    """What an evaluator measured.
+
+    Attributes:
+        figures: flat named figures, e.g. ``{"mIoU": 0.41, "IoU/red circle": 0.52}``; evaluators that compare
+            settings prefix the setting: ``{"map-value-mlp/mIoU": ...}``.
+        rows: one dict per sample (an image, or an expression), for inspection and bootstrap intervals.
+        meta: what was evaluated (dataset, split, encoder fingerprint, settings, counts, seconds).
+    """
+
+    figures: dict[str, float]
+    rows: list[dict] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"figures": self.figures, "meta": self.meta, "rows": self.rows}

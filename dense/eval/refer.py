@@ -1,0 +1,157 @@
+"""Referring-expression localization on COCO + RefCOCO-style annotations: Acc@0.5 and the pointing game."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from dense import coco, metrics
+from dense.eval import Result
+from dense.heatmap import get_method, layers_for, supported_methods, templates_of
+from dense.localize import BOX_THRESHOLDS, CANDIDATE_METHODS, Localizer, heatmap_box_xyxy
+from dense.preprocess import load_image
+
+
+def config_key(setting: str, method: str, scorer: str = "-") -> str:
+    """The figure prefix of one way of localizing: ``none/map-value-mlp/-``, ``gt-boxes/map-value-mlp/map-box``."""
+    return f"{setting}/{method}/{scorer}"
+
+
+def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Path, *, split: str | None = "val",
+                   methods: Sequence[str] | None = None, scorers: Sequence[str] = ("map-box", "heatmap-mean"),
+                   thresholds: Sequence[float] = BOX_THRESHOLDS, box_threshold: float | None = None,
+                   templates: Sequence[str] | None = None, limit: int | None = None, max_patches: int | None = None,
+                   progress: bool = False) -> Result:
+    """Acc@0.5 and pointing accuracy of :class:`dense.Localizer` on every sentence of every ref of ``split``.
+
+    Ways of localizing (each a figure prefix, see :func:`config_key`), per heatmap method m (None: the encoder's
+    calibrated one):
+
+    - ``none/m/-``: no candidates; the component box at ``box_threshold`` (None: the calibration's) and the refined
+      peak; ``none/m/-/acc@0.5@thr=<t>`` for each threshold of ``thresholds``;
+    - ``none/m/components+map-box``: the components at all ``thresholds`` re-ranked by the map-box scorer;
+    - ``gt-boxes/m/<scorer>``: the image's non-crowd ground-truth boxes are the candidates, ranked by each scorer;
+    - baselines ``none/centre-prior/-`` (the whole image, its centre) and ``gt-boxes/-/random`` (the EXPECTED
+      Acc@0.5 / pointing of a uniformly random candidate, pointing at its centre).
+
+    Figures: ``<prefix>/acc@0.5``, ``<prefix>/pointing`` (the Localization's point in the target mask) and
+    ``<prefix>/pointing_box_centre``; the same over images with at least two objects under ``multi/<prefix>/...``.
+    Rows: one per (sentence, way) with ``iou``, ``point_hit`` and ``centre_hit``. Raises ``ValueError`` when the split
+    holds no expression.
+    """
+    methods = [get_method(m).name for m in (methods or [encoder.calibration.method])]
+    templates = templates_of(encoder, templates)
+    if box_threshold is None:
+        box_threshold = encoder.calibration.box_threshold
+    from_image = {m for m in methods if m not in supported_methods(encoder)}  # clear-* on a 1-block tower
+    layers = layers_for(encoder, methods)
+    for s in scorers:
+        if s not in CANDIDATE_METHODS:
+            raise ValueError(f"unknown candidate scorer {s!r}; choose from {CANDIDATE_METHODS}")
+    ds = coco.load_coco(ann, images)
+    by_image: dict[int, list] = {}
+    for r in coco.load_refs(refs, ds, split=split):
+        by_image.setdefault(r.image_id, []).append(r)
+    image_ids = sorted(by_image)[:limit] if limit is not None else sorted(by_image)
+    if not image_ids:
+        raise ValueError(f"{refs}: no referring expressions in split {split!r}")
+
+    rows: list[dict] = []
+    seconds = {"extract": 0.0, "localize": 0.0}
+    n_sentences = 0
+    for iid in tqdm(image_ids, desc="refer", unit="img", disable=not progress):
+        path = ds.image_path(iid)
+        rgb = load_image(path)
+        if rgb.shape[:2] != ds.image_hw(iid):
+            raise ValueError(f"{path}: image is {rgb.shape[:2]}, annotation says {ds.image_hw(iid)} (image id {iid})")
+        t0 = time.perf_counter()
+        fmap = encoder.extract(rgb, max_patches=max_patches, layers=layers)
+        seconds["extract"] += time.perf_counter() - t0
+        cand_anns = ds.anns(iid, crowd=False)
+        cands_xyxy = np.stack([ds.box_xyxy(a["id"]) for a in cand_anns])  # [K, 4]
+        H, W = rgb.shape[:2]
+        locs = {m: Localizer(encoder, rgb if m in from_image else fmap, method=m, templates=templates,
+                             max_patches=max_patches, original=rgb) for m in methods}
+        for ref in by_image[iid]:
+            gt_xyxy, mask = ds.box_xyxy(ref.ann_id), ds.mask(ref.ann_id)
+            cand_ious = metrics.box_iou_xyxy(cands_xyxy, gt_xyxy)[:, 0]  # [K]
+            cand_centres_xy = (cands_xyxy[:, :2] + cands_xyxy[:, 2:]) / 2  # [K, 2]
+            cand_hits = metrics.pointing_hits(cand_centres_xy, [mask] * len(cands_xyxy))  # [K]
+            for sent in ref.sentences:
+                n_sentences += 1
+                base = {"image_id": iid, "ref_id": ref.ref_id, "sentence": sent, "candidates": len(cands_xyxy)}
+                found = {config_key("none", "centre-prior"): (np.array([0.0, 0.0, W, H]), np.array([W / 2, H / 2]))}
+                t0 = time.perf_counter()
+                for m, loc in locs.items():
+                    heatmap = loc.heatmaps([sent])[0]
+                    for t in thresholds:
+                        found[f"{config_key('none', m)}@thr={t}"] = (heatmap_box_xyxy(heatmap, loc.fmap, threshold=t),
+                                                                     None)
+                    r = loc.localize(sent, box_threshold=box_threshold)
+                    found[config_key("none", m)] = (r.box_xyxy, r.point_xy)
+                    r = loc.localize(sent, rerank_thresholds=thresholds)
+                    found[config_key("none", m, "components+map-box")] = (r.box_xyxy, r.point_xy)
+                    for s in scorers:
+                        r = loc.localize(sent, candidates_xyxy=cands_xyxy, scorer=s)
+                        found[config_key("gt-boxes", m, s)] = (r.box_xyxy, r.point_xy)
+                seconds["localize"] += time.perf_counter() - t0
+                for key, (box, point_xy) in found.items():
+                    centre_xy = (box[:2] + box[2:]) / 2
+                    row = {**base, "way": key, "iou": float(metrics.box_iou_xyxy(box[None], gt_xyxy)[0, 0]),
+                           "centre_hit": bool(metrics.pointing_hits(centre_xy[None], [mask])[0])}
+                    row["point_hit"] = row["centre_hit"] if point_xy is None else bool(
+                        metrics.pointing_hits(point_xy[None], [mask])[0])
+                    rows.append(row)
+                rows.append({**base, "way": config_key("gt-boxes", "-", "random"),
+                             "acc@0.5": float((cand_ious >= 0.5).mean()), "point_hit": float(cand_hits.mean()),
+                             "centre_hit": float(cand_hits.mean())})
+    figures = _figures(rows, "")
+    figures.update(_figures([r for r in rows if r["candidates"] >= 2], "multi/"))
+    meta = {"task": "refer", "ann": str(ann), "refs": str(refs), "split": split, "images": len(image_ids),
+            "refs_count": sum(len(by_image[i]) for i in image_ids), "expressions": n_sentences,
+            "expressions_multi": len({(r["image_id"], r["ref_id"], r["sentence"]) for r in rows
+                                      if r["candidates"] >= 2}),
+            "methods": methods, "scorers": list(scorers), "thresholds": list(thresholds),
+            "box_threshold": box_threshold, "templates": list(templates), "encoder": encoder.name,
+            "fingerprint": encoder.fingerprint, "max_patches": max_patches or encoder.pixels.max_patches,
+            "seconds": seconds}
+    return Result(figures=figures, rows=rows, meta=meta)
+
+
+def _figures(rows: list[dict], prefix: str) -> dict[str, float]:
+    """Acc@0.5 and pointing per way of localizing, over ``rows``."""
+    by_way: dict[str, list[dict]] = {}
+    for r in rows:
+        by_way.setdefault(r["way"], []).append(r)
+    out = {}
+    for way, rs in by_way.items():
+        if "@thr=" in way:  # a threshold of the sweep: Acc@0.5 only
+            base, thr = way.split("@")
+            out[f"{prefix}{base}/acc@0.5@{thr}"] = float(np.mean([r["iou"] >= 0.5 for r in rs]))
+            continue
+        acc = [r["acc@0.5"] if "acc@0.5" in r else float(r["iou"] >= 0.5) for r in rs]
+        out[f"{prefix}{way}/acc@0.5"] = float(np.mean(acc))
+        out[f"{prefix}{way}/pointing"] = float(np.mean([r["point_hit"] for r in rs]))
+        out[f"{prefix}{way}/pointing_box_centre"] = float(np.mean([r["centre_hit"] for r in rs]))
+    return out
+
+
+def evaluate_refer_head(head, samples: Sequence, masks: Sequence[np.ndarray]) -> Result:
+    """Acc@0.5 of a trained referring head's box and pointing of its heatmap peak (:mod:`probes.refer_head`).
+
+    ``head``: anything with ``predict(fmap, text_emb) -> {"box_xyxy": [1, 4], "point_xy": [1, 2]}``;
+    ``samples``: objects with ``fmap``, ``text`` and ``box_xyxy``; ``masks``: the targets' masks, one per sample.
+    """
+    rows = []
+    for s, mask in zip(samples, masks, strict=True):
+        out = head.predict(s.fmap, s.text)
+        box, point_xy = np.asarray(out["box_xyxy"][0]), np.asarray(out["point_xy"][0])
+        rows.append({"iou": float(metrics.box_iou_xyxy(box[None], s.box_xyxy)[0, 0]),
+                     "point_hit": bool(metrics.pointing_hits(point_xy[None], [mask])[0])})
+    figures = {"acc@0.5": float(np.mean([r["iou"] >= 0.5 for r in rows])) if rows else float("nan"),
+               "pointing": float(np.mean([r["point_hit"] for r in rows])) if rows else float("nan")}
+    return Result(figures=figures, rows=rows, meta={"expressions": len(rows)})

@@ -1,0 +1,132 @@
+"""Open-vocabulary answers from text queries: zero-shot classification, retrieval and training-free segmentation.
+
+All take ``image``: a path, PIL image, uint8 array or :class:`~dense.FeatureMap` (or a list of them), and
+``max_patches`` for images that are extracted here. ``method``, ``templates`` and ``background`` default to the
+encoder's calibration (:class:`dense.encoder.Calibration`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dense import head as maphead
+from dense.features import FeatureMap
+from dense.heatmap import (
+    ImageOrFeatureMap,
+    check_featuremap,
+    logits,
+    patch_scores,
+    templates_of,
+    upsample,
+    with_aligned,
+)
+from dense.text import embed_texts
+
+
+def _as_batch(images) -> tuple[list, bool]:
+    """``(list of images, was it a batch)``: a list or tuple is a batch; anything else is one image."""
+    if isinstance(images, (list, tuple)):
+        return list(images), True
+    return [images], False
+
+
+@torch.inference_mode()
+def embed_images(encoder, images: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], *,
+                 max_patches: int | None = None) -> torch.Tensor:
+    """Image(s) (or FeatureMaps holding the last block) -> unit MAP-pooled image embeddings ``[B, E]``.
+
+    A single image gives ``[1, E]``. Equals transformers' ``pooler_output`` for the same pixels.
+    """
+    images, _ = _as_batch(images)
+    head = encoder.vision.head
+    p = next(head.parameters())
+    out = []
+    for im in images:
+        fmap = im if isinstance(im, FeatureMap) else encoder.extract(im, max_patches=max_patches)
+        x = check_featuremap(encoder, fmap, (-1,), "the pooled image embedding")  # [gh, gw, D]
+        out.append(maphead.pooled(head, x.reshape(-1, encoder.hidden_size).to(p.device, p.dtype)).float().cpu())
+    return F.normalize(torch.stack(out), dim=-1)  # [B, E]
+
+
+def classify(encoder, image: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], labels: str | Sequence[str], *,
+             templates: Sequence[str] | None = None, max_patches: int | None = None) -> torch.Tensor:
+    """Zero-shot sigmoid probabilities ``[T]`` that ``image`` shows each label; a list of images gives ``[B, T]``.
+
+    Independent per label (SigLIP's sigmoid, not a softmax): they need not sum to one.
+    """
+    images, batch = _as_batch(image)
+    img = embed_images(encoder, images, max_patches=max_patches)  # [B, E]
+    text = embed_texts(encoder, labels, templates=templates_of(encoder, templates))  # [T, E]
+    probs = torch.sigmoid(logits(encoder, img, text)).T  # [T, B] -> [B, T]
+    return probs if batch else probs[0]
+
+
+def retrieve(image_emb: torch.Tensor, text_emb: torch.Tensor, *, k: int = 5, by: str = "text"
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` cosine matches: ``by="text"`` ranks images for each text (``[T, k]``), ``"image"`` texts per image.
+
+    Returns ``(scores, indices)``, both ``[Q, k]``; the ranking is the same as by sigmoid probability.
+    """
+    sim = text_emb.float() @ image_emb.float().T  # [T, B]
+    if by == "image":
+        sim = sim.T  # [B, T]
+    elif by != "text":
+        raise ValueError(f"by must be 'text' or 'image', got {by!r}")
+    return sim.topk(min(k, sim.shape[1]), dim=1)
+
+
+def segment(encoder, image: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], class_names: Sequence[str], *,
+            background: float | Sequence[str] | None = None, method: str | None = None,
+            templates: Sequence[str] | None = None, max_patches: int | None = None) -> np.ndarray | list[np.ndarray]:
+    """Training-free semantic segmentation at the original resolution: int32 ``[H, W]``, 0 = background, ``k + 1`` =
+    ``class_names[k]``; a list of images gives a list of label maps.
+
+    ``background``: a probability threshold (a pixel whose best class scores below it is background; ``0`` labels
+    every pixel with its best class), a list of background prompts (``["background", "sky"]``) that compete with the
+    classes in the argmax and win as 0, or None for the encoder's calibrated threshold.
+    """
+    class_names = list(class_names)
+    if not class_names:
+        raise ValueError("class_names is empty")
+    if background is None:
+        background = encoder.calibration.background or 0.0
+    bg_prompts = background_prompts(background)
+    images, batch = _as_batch(image)
+    out = []
+    for im in images:
+        fmap = with_aligned(encoder, im, method, max_patches=max_patches)
+        scores = patch_scores(encoder, fmap, class_names + bg_prompts, method=method, templates=templates)
+        out.append(labels_from_scores(upsample(scores, fmap), len(class_names), background))  # [C + B, H, W] -> [H, W]
+    return out if batch else out[0]
+
+
+def background_prompts(background) -> list[str]:
+    """The prompts of a ``background`` argument (none for a threshold)."""
+    if background is None or isinstance(background, (int, float)):
+        return []
+    if isinstance(background, str):
+        return [background]
+    return list(background)
+
+
+def labels_from_scores(probs: torch.Tensor, num_classes: int, background: float | Sequence[str] | None = None
+                       ) -> np.ndarray:
+    """Scores ``[C (+ B background prompts), H, W]`` -> int32 labels ``[H, W]``: 0 background, ``k + 1`` class k.
+
+    The rule of :func:`segment` (``background``: a probability threshold, prompts scored after the classes, or None
+    for the plain argmax over classes).
+    """
+    best, arg = probs[:num_classes].max(dim=0)  # [H, W]
+    labels = arg.to(torch.int32) + 1
+    if probs.shape[0] > num_classes:
+        labels[probs[num_classes:].max(dim=0).values > best] = 0
+    elif background is not None:
+        labels[best < float(background)] = 0
+    return labels.numpy()
+
+
+__all__ = ["embed_images", "classify", "retrieve", "segment", "labels_from_scores", "background_prompts"]

@@ -60,17 +60,19 @@ def panel_layout(n_panels: int, image_hw: tuple[int, int], *, extra_w: float = 0
                  max_width: float = MAX_WIDTH_IN) -> tuple[int, int, float, float]:
     """``(rows, cols, panel_w, panel_h)`` in inches for ``n_panels`` images of ``image_hw``: each panel has the
     image's aspect ratio; the columns (plus ``extra_w`` for a colour bar or legend) fit in ``max_width``; of the
-    possible column counts, the one with the largest panels wins (ties: fewer rows)."""
+    possible column counts, the one with the largest panels wins, each extra row costing 20%."""
     H, W = max(int(image_hw[0]), 1), max(int(image_hw[1]), 1)
     aspect = W / H
     w0 = math.sqrt(PANEL_AREA_IN2 * aspect)
     w0 = min(w0, MAX_PANEL_H_IN * aspect)  # tall images: cap the height
     w0 = max(w0, MIN_PANEL_W_IN)
-    best = None
+    best, best_score = None, -1.0
     for cols in range(n_panels, 0, -1):
+        rows = math.ceil(n_panels / cols)
         w = min(w0, (max_width - extra_w) / cols)
-        if best is None or w > best[2] + 1e-9:
-            best = (math.ceil(n_panels / cols), cols, w, w / aspect)
+        score = w * 0.8 ** (rows - 1)  # another row only for clearly larger panels
+        if score > best_score + 1e-9:
+            best, best_score = (rows, cols, w, w / aspect), score
     rows, cols, w, h = best
     return rows, cols, w, min(h, MAX_PANEL_H_IN)  # very tall images: narrower than their panel, never taller
 
@@ -191,7 +193,7 @@ def _paint(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: fl
     return np.where(painted[..., None], (1 - alpha) * base + alpha * rgb, base)
 
 
-def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: float = 0.75,
+def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: float = 0.85,
               background: str = "background", ignore_index: int = 255, titles: Sequence[str] | None = None):
     """The image, the ground truth ``gt`` (when given), and ``labels [H, W]`` side by side.
 
@@ -244,10 +246,11 @@ def _overlaps(a, b) -> bool:
 
 def _place_labels(fig, ax, texts) -> None:
     """Move each label (an annotation anchored at its box) up or down in steps of its own height until its rendered
-    extent overlaps no label placed before it and stays inside the figure."""
+    extent overlaps no label placed before it (nor the title or legend) and stays inside the figure."""
     renderer = fig.canvas.get_renderer()
     fig.draw_without_rendering()  # settle the constrained layout before measuring
-    placed = []
+    placed = [a.get_window_extent(renderer) for a in (ax.title, ax.get_legend()) if a is not None and a.get_visible()
+              and (a is not ax.title or a.get_text())]  # labels keep off the title and the legend too
     for t in texts:
         ext = t.get_window_extent(renderer)
         step = ext.height * 72 / fig.dpi + 1  # points
@@ -290,8 +293,12 @@ def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=N
     halo = [patheffects.withStroke(linewidth=4.5, foreground="white")]  # visible on any background
     H, W = image.shape[:2]
     rows, cols, w, h = panel_layout(1, (H, W), max_width=10.0)
-    scale = max(1.0, 5.5 / w)  # one panel: at least 5.5 in wide, so labels stay small against the image
-    fig = DenseFigure(figsize=(w * scale + 0.3, h * scale + 0.8), layout="constrained")
+    # one panel, at least 5.5 in on its long side and 4.5 in wide, so labels and the legend fit beside the image
+    scale = max(1.0, 5.5 / max(w, h), 4.5 / w)
+    fig_w = w * scale + 0.3
+    legend_cols = 3 if fig_w >= 5.5 else 1
+    fig = DenseFigure(figsize=(fig_w, h * scale + (0.8 if legend_cols == 3 else 1.3)), layout="constrained")
+    wrap = max(12, int(0.8 * fig_w * 72 / (FONT_PT * 0.6)))  # characters per label line
     ax = fig.add_subplot()
     ax.set_axis_off()
     ax.imshow(image)
@@ -311,7 +318,8 @@ def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=N
             text = labels[k] if gt is None else f"{labels[k]}: {'hit' if hit else 'miss'} " \
                                                  f"(IoU {_iou_xyxy(b[k], gt[k]):.2f})"
             right = x0 > W / 2  # anchor labels of right-hand boxes at their right edge, so they stay in the image
-            t = ax.annotate(text, xy=(x1 if right else x0, y0), xytext=(0, 0), textcoords="offset points",
+            t = ax.annotate(textwrap.fill(text, wrap), xy=(x1 if right else x0, y0), xytext=(0, 0),
+                            textcoords="offset points",
                             ha="right" if right else "left", va="bottom", fontsize=FONT_PT,
                             color="black" if np.dot(c, (0.299, 0.587, 0.114)) > 0.5 else "white",
                             bbox=dict(facecolor=c, alpha=0.85, pad=1.5, linewidth=0), annotation_clip=False)
@@ -326,7 +334,7 @@ def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=N
         ax.legend(handles=[Line2D([], [], color="grey", lw=2.5, label="predicted: hit"),
                            Line2D([], [], color="grey", lw=2.5, ls="--", label="predicted: miss"),
                            Line2D([], [], color="grey", lw=2, ls=":", label="ground truth")],
-                  loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=3, fontsize=FONT_PT - 1, frameon=False)
+                  loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=legend_cols, fontsize=FONT_PT - 1, frameon=False)
     if texts:
         _place_labels(fig, ax, texts)
     return fig

@@ -220,11 +220,12 @@ def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: floa
         _title(ax, t, w)
     from matplotlib.patches import Patch
 
-    present = sorted({int(v) for m in maps for v in np.unique(m)} - {0, ignore_index})
+    values = {int(v) for m in maps for v in np.unique(m)}
     handles = [Patch(facecolor=colours[k - 1], edgecolor="black", linewidth=0.5, label=class_names[k - 1])
-               for k in present]
-    handles.append(Patch(facecolor=(0.75, 0.75, 0.75), edgecolor="black", linewidth=0.5,
-                         label=f"{background} (unpainted)"))
+               for k in sorted(values - {0, ignore_index})]
+    if values & {0, ignore_index}:  # a neutral swatch: background is the image itself, in grey
+        handles.append(Patch(facecolor=(0.75, 0.75, 0.75), edgecolor="black", linewidth=0.5,
+                             label=f"{background} (unpainted)"))
     fig.legend(handles=handles, loc="outside right upper", fontsize=FONT_PT, frameon=False)
     return fig
 

@@ -90,6 +90,8 @@ def test_label_map_legend_lists_present_classes_with_named_colours():
     assert swatches[0][2] > swatches[0][0] + 0.3  # "blue star" is blue
     assert all(s.sum() > 0.6 for s in swatches)  # no black "background" swatch
     assert all(t.get_fontsize() >= 10 for t in legend.get_texts())
+    full = viz.label_map(rgb, np.full((20, 20), 3), ["red circle", "blue star", "green square"])
+    assert [t.get_text() for t in full.legends[0].get_texts()] == ["green square"]  # no background shown, none listed
     with pytest.raises(ValueError, match="outside"):
         viz.label_map(rgb, labels + 5, ["a"])
 

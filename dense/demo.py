@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import html
 import json
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -20,14 +22,42 @@ import numpy as np
 from dense._atomic import write_text
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+BUNDLED_MODEL = "shapes-tiny"
+
+METRICS_HELP = {
+    "mIoU": "mean intersection-over-union: per class, the overlap of predicted and true pixels divided by their "
+            "union, averaged over classes (100 = perfect)",
+    "pixel accuracy": "the share of pixels given their true class",
+    "Acc@0.5": "the share of expressions whose predicted box overlaps the true box with IoU >= 0.5",
+    "pointing game": "the share of expressions whose predicted point falls inside the referred object's mask",
+}
+SHAPES_TINY_NOTE = ("The bundled shapes-tiny model is a tiny SigLIP trained only on synthetic shapes: it knows 16 "
+                    "phrases, a colour (red, green, blue, yellow) and a shape (circle, square, triangle, star). On "
+                    "photos it still answers, but with one of those phrases (an astronaut may come out as \"a red "
+                    "car\"): the figures show the pipeline, not what SigLIP 2 sees. For real photos use --model "
+                    "google/siglip2-so400m-patch14-384.")
 
 
 def _save(fig, path: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # a dense.viz figure: not registered with pyplot, nothing to close
     return path.name
+
+
+def _output_names(paths: list[Path]) -> list[str]:
+    """A file-name-safe name per photo, unique even when stems repeat (``cat.png``, ``cat.jpg`` -> ``cat_png``,
+    ``cat_jpg``)."""
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "image"
+
+    stems = [safe(p.stem) for p in paths]
+    names = [stem if stems.count(stem) == 1 else f"{stem}_{safe(p.suffix.lstrip('.').lower())}"
+             for stem, p in zip(stems, paths, strict=True)]
+    seen: dict[str, int] = {}
+    for k, n in enumerate(names):  # still equal (e.g. "a b.png" and "a-b.png"): number them
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            names[k] = f"{n}_{seen[n]}"
+    return names
 
 
 class _Page:
@@ -42,9 +72,16 @@ class _Page:
         if text:
             self.parts.append(f"<p>{html.escape(text)}</p>")
 
+    def note(self, text: str) -> None:
+        self.parts.append(f"<p class='note'>{html.escape(text)}</p>")
+
     def table(self, rows: list[tuple[str, str]]) -> None:
         body = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
         self.parts.append(f"<table>{body}</table>")
+
+    def glossary(self, names: list[str]) -> None:
+        self.parts.append("<dl>" + "".join(f"<dt>{html.escape(n)}</dt><dd>{html.escape(METRICS_HELP[n])}</dd>"
+                                           for n in names) + "</dl>")
 
     def images(self, names: list[str]) -> None:
         self.parts.append("<div class='row'>" + "".join(
@@ -52,21 +89,30 @@ class _Page:
 
     def write(self, path: Path) -> None:
         style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
-                 "img{max-height:300px;margin:4px;border:1px solid #ddd}"
+                 "img{max-height:440px;max-width:100%;margin:4px;border:1px solid #ddd}"
                  "table{border-collapse:collapse}td{border:1px solid #ccc;padding:4px 10px}"
-                 ".row{display:flex;flex-wrap:wrap}")
+                 "dl{font-size:0.9em;color:#444}dt{font-weight:bold;float:left;clear:left;width:9em}"
+                 "dd{margin-left:10em;margin-bottom:0.3em}"
+                 ".note{background:#fff6d6;border-left:4px solid #e0b000;padding:6px 10px}"
+                 ".row{display:flex;flex-wrap:wrap;align-items:flex-start}")
         page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                 f"<style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>{''.join(self.parts)}"
                 f"</body></html>")
         write_text(path, page)
 
 
-def run_demo(out_dir: str | Path = "dense-demo", *, model: str = "shapes-tiny", images: str | Path | None = None,
+def run_demo(out_dir: str | Path = "dense-demo", *, model: str = BUNDLED_MODEL, images: str | Path | None = None,
              queries: list[str] | None = None, n_images: int = 120, seed: int = 0, max_images: int = 4,
              progress: bool = True) -> dict:
-    """Run the demo and return its figures (also written to ``out_dir/summary.json``); see the module docstring."""
+    """Run the demo and return its figures (also written to ``out_dir/summary.json``); see the module docstring.
+
+    ``max_images``: how many images the figures show (of your photos: how many are used at all; the page and
+    :func:`format_summary` say how many were left out). A synthetic world from an earlier run in ``out_dir`` is
+    reused only when it was drawn with the same ``n_images`` and ``seed``; otherwise it is drawn again."""
     import dense
 
+    if max_images < 1:
+        raise ValueError(f"max_images must be at least 1, got {max_images}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -80,10 +126,39 @@ def run_demo(out_dir: str | Path = "dense-demo", *, model: str = "shapes-tiny", 
         paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise ValueError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)})")
-        summary = _photos(encoder, out, paths[:max_images], queries)
+        summary = _photos(encoder, out, paths, queries, max_images=max_images, bundled=model == BUNDLED_MODEL)
     summary.update(model=model, seconds=round(time.perf_counter() - t0, 1))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def format_summary(summary: dict) -> str:
+    """The terminal table for a :func:`run_demo` summary: a header, percentages (as on the page) and counts."""
+    def pct(v) -> str:
+        return "n/a" if v is None or v != v else f"{100 * v:5.1f} %"
+
+    lines = []
+    if "probe_test_mIoU" in summary:
+        lines.append(f"dense demo: {summary['images']} synthetic images (seed {summary.get('seed', 0)}), "
+                     f"model {summary.get('model', BUNDLED_MODEL)}")
+        rows = [("linear probe, test mIoU", pct(summary["probe_test_mIoU"]),
+                 f"{summary.get('probe_test_images', '?')} test images"),
+                ("linear probe, test pixel accuracy", pct(summary["probe_test_pixel_acc"]), ""),
+                ("referring, Acc@0.5", pct(summary["refer_acc@0.5"]),
+                 f"{summary['refer_expressions']} test expressions"),
+                ("referring, pointing game", pct(summary["refer_pointing"]), "")]
+        lines.append(f"  {'figure':<34} {'value':>8}   count")
+        lines += [f"  {name:<34} {value:>8}   {count}".rstrip() for name, value, count in rows]
+    else:
+        lines.append(f"dense demo: {summary['images']} of {summary.get('photos_found', summary['images'])} photos, "
+                     f"{len(summary.get('queries', []))} queries, model {summary.get('model', '?')}")
+        if summary.get("left_out"):
+            lines.append(f"  left out ({len(summary['left_out'])}, raise --max-images to include them): "
+                         + ", ".join(summary["left_out"][:8]) + (" ..." if len(summary["left_out"]) > 8 else ""))
+        if summary.get("model", BUNDLED_MODEL) == BUNDLED_MODEL:
+            lines.append("  note: shapes-tiny knows only 16 colour+shape phrases; use --model "
+                         "google/siglip2-so400m-patch14-384 for photos")
+    return "\n".join(lines)
 
 
 def _feature_panels(encoder, page: _Page, out: Path, items: list[tuple[str, object]], queries_for) -> None:
@@ -99,15 +174,36 @@ def _feature_panels(encoder, page: _Page, out: Path, items: list[tuple[str, obje
         scores = heatmap.upsample(heatmap.patch_scores(encoder, fmap, queries, method=method), fmap)  # [T, H, W]
         heat_names.append(_save(viz.heatmaps(image, scores, queries), out / f"heatmap_{name}.png"))
     page.section("Feature maps (PCA)", "The first three principal components of the patch tokens, at each image's own "
-                 "aspect ratio, upsampled to the image.")
+                 "aspect ratio, upsampled to the image: parts with similar features get similar colours.")
     page.images(pca_names)
-    page.section("Open-vocabulary heatmaps", f"Per-patch sigmoid probabilities (method '{method}', the checkpoint's "
-                 "own logit scale and bias), upsampled to the image.")
+    page.section("Open-vocabulary heatmaps", f"Per-patch sigmoid probabilities that the query is there (method "
+                 f"'{method}', the checkpoint's own logit scale and bias), upsampled to the image, all on one 0-1 "
+                 "scale: dark blue is 0, red is 1.")
     page.images(heat_names)
 
 
+def _synthetic_data(data: Path, cache: Path, *, n_images: int, seed: int) -> None:
+    """Draw the shapes world into ``data`` unless an earlier run drew it with the same parameters; a redrawn world
+    also drops the feature cache (its keys are image ids, which the new world reuses for other images)."""
+    from dense import datasets
+
+    params = {"n_images": n_images, "seed": seed}
+    stamp = data / "demo_params.json"
+    if (data / "annotations.json").exists() and stamp.exists():
+        try:
+            if json.loads(stamp.read_text()) == params:
+                return
+        except ValueError:
+            pass  # unreadable: draw again
+    for folder in (data, cache):
+        if folder.exists():
+            shutil.rmtree(folder)
+    datasets.make_shapes(data, n_images, seed=seed)
+    write_text(stamp, json.dumps(params))  # last: a run cut short leaves no stamp, so the next one draws again
+
+
 def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int, queries, progress: bool) -> dict:
-    from dense import datasets, viz
+    from dense import viz
     from dense.cache import FeatureCache, dataset_items, extract_to_cache
     from dense.coco import load_coco, load_refs
     from dense.eval.probe import evaluate_probe
@@ -116,12 +212,13 @@ def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int,
     from probes import ProbeConfig, load_samples, train_probes
 
     data = out / "data"
-    if not (data / "annotations.json").exists():
-        datasets.make_shapes(data, n_images, seed=seed)
+    _synthetic_data(data, out / "cache", n_images=n_images, seed=seed)
     ds = load_coco(data / "annotations.json", data / "images")
     page = _Page("dense demo: the synthetic shapes world")
     page.section("What this is", f"{n_images} synthetic images of coloured shapes (seed {seed}), the bundled "
-                 "shapes-tiny SigLIP (trained here on such images), and every part of dense run on them.")
+                 "shapes-tiny SigLIP (trained here on such images), and every part of dense run on them. Figures "
+                 f"show the first {max_images} test images.")
+    page.note(SHAPES_TINY_NOTE.split(" On photos")[0])
 
     test_ids = ds.ids("test")
     shown = test_ids[:max_images]
@@ -148,13 +245,16 @@ def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int,
     for sample in samples["test"][:max_images]:
         image = ds.image_path(int(sample.key))
         pred = result.best.predict(sample.fmap)
-        fig = viz.label_map(image, pred, ds.class_names[1:])  # class_names[0] is background
+        fig = viz.label_map(image, pred, ds.class_names[1:], gt=sample.label)  # class_names[0] is background
         label_names.append(_save(fig, out / f"probe_{sample.key}.png"))
     page.section("Linear probe segmentation", f"BatchNorm + 1x1 conv on frozen patch tokens ({probe_patches}-token "
-                 "budget), learning rates swept in one pass, best chosen on val, reported once on test.")
-    page.table([("test mIoU", f"{100 * test['mIoU']:.1f}"), ("test pixel accuracy", f"{100 * test['pixel_acc']:.1f}"),
+                 "budget), learning rates swept in one pass, best chosen on val, reported once on test. Each figure "
+                 "shows the image, its ground truth and the probe's prediction.")
+    page.table([("test mIoU", f"{100 * test['mIoU']:.1f} %"),
+                ("test pixel accuracy", f"{100 * test['pixel_acc']:.1f} %"),
                 ("chosen head", result.best.meta.get("key", "")), ("train / val / test images",
                  " / ".join(str(len(samples[s])) for s in ("train", "val", "test")))])
+    page.glossary(["mIoU", "pixel accuracy"])
     page.images(label_names)
 
     # referring expressions: one extraction per image, many expressions
@@ -165,7 +265,7 @@ def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int,
         by_image.setdefault(ref.image_id, []).append(ref)
     for image_id, image_refs in by_image.items():
         loc = Localizer(encoder, ds.image_path(image_id))
-        shown_boxes, shown_labels, shown_points = [], [], []
+        shown_boxes, shown_gt, shown_labels, shown_points = [], [], [], []
         for ref in image_refs:
             for sentence in ref.sentences:
                 where = loc.localize(sentence)
@@ -174,43 +274,61 @@ def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int,
                 points.append(where.point_xy)
                 masks.append(ds.mask(ref.ann_id))
             shown_boxes.append(where.box_xyxy)
+            shown_gt.append(ds.box_xyxy(ref.ann_id))
             shown_labels.append(ref.sentences[-1])
             shown_points.append(where.point_xy)
         if len(box_names) < max_images:
             fig = viz.boxes(ds.image_path(image_id), np.array(shown_boxes), shown_labels,
-                            points_xy=np.array(shown_points))
+                            points_xy=np.array(shown_points), gt_boxes_xyxy=np.array(shown_gt))
             box_names.append(_save(fig, out / f"refer_{image_id}.png"))
     acc = acc_at_iou(np.array(pred_boxes), np.array(gt_boxes)) if pred_boxes else float("nan")
     pointing = float(np.mean([pointing_game(p[None], m[None]) for p, m in zip(points, masks, strict=True)])) \
         if points else float("nan")
-    page.section("Referring expressions", "Text in, box and point out, training-free: the heatmap's peak and the "
-                 "connected component around it.")
-    page.table([("test expressions", str(len(pred_boxes))), ("Acc@0.5", f"{100 * acc:.1f}"),
-                ("pointing game", f"{100 * pointing:.1f}")])
+    page.section("Referring expressions", "Text in, box and point out, training-free: the heatmap's peak (the star) "
+                 "and the connected component around it (the box). Dotted boxes are the ground truth; a dashed "
+                 "predicted box is a miss.")
+    page.table([("test expressions", str(len(pred_boxes))), ("test images", str(len(by_image))),
+                ("Acc@0.5", f"{100 * acc:.1f} %"), ("pointing game", f"{100 * pointing:.1f} %")])
+    page.glossary(["Acc@0.5", "pointing game"])
     page.images(box_names)
     page.write(out / "index.html")
-    return {"images": n_images, "probe_test_mIoU": test["mIoU"], "probe_test_pixel_acc": test["pixel_acc"],
+    return {"images": n_images, "seed": seed, "probe_test_mIoU": test["mIoU"],
+            "probe_test_pixel_acc": test["pixel_acc"], "probe_test_images": len(samples["test"]),
             "refer_acc@0.5": acc, "refer_pointing": pointing, "refer_expressions": len(pred_boxes)}
 
 
-def _photos(encoder, out: Path, paths: list[Path], queries: list[str]) -> dict:
+def _photos(encoder, out: Path, all_paths: list[Path], queries: list[str], *, max_images: int,
+            bundled: bool) -> dict:
     import dense
     from dense import viz
     from dense.localize import Localizer
 
+    paths, left_out = all_paths[:max_images], all_paths[max_images:]
+    names = _output_names(paths)
     page = _Page("dense demo: your photos")
-    _feature_panels(encoder, page, out, [(p.stem, p) for p in paths], lambda name: list(queries))
+    page.section("What this is", f"{len(paths)} of your photos, queries: " + ", ".join(repr(q) for q in queries)
+                 + ".")
+    if left_out:
+        page.note(f"{len(left_out)} of {len(all_paths)} photos were left out (the demo uses the first {max_images} "
+                  "in name order; raise --max-images to include more): "
+                  + ", ".join(p.name for p in left_out[:20]) + (" ..." if len(left_out) > 20 else ""))
+    if bundled:
+        page.note(SHAPES_TINY_NOTE)
+    _feature_panels(encoder, page, out, list(zip(names, paths, strict=True)), lambda name: list(queries))
     seg_names, box_names = [], []
-    for p in paths:
+    for name, p in zip(names, paths, strict=True):
         labels = dense.segment(encoder, p, queries)
-        seg_names.append(_save(viz.label_map(p, labels, queries), out / f"segment_{p.stem}.png"))
+        seg_names.append(_save(viz.label_map(p, labels, queries), out / f"segment_{name}.png"))
         found = Localizer(encoder, p).localize_many(queries)
         fig = viz.boxes(p, np.array([f.box_xyxy for f in found]), list(queries),
                         points_xy=np.array([f.point_xy for f in found]))
-        box_names.append(_save(fig, out / f"refer_{p.stem}.png"))
-    page.section("Open-vocabulary segmentation", "Each pixel takes the query with the highest probability.")
+        box_names.append(_save(fig, out / f"refer_{name}.png"))
+    page.section("Open-vocabulary segmentation", "Each pixel takes the query with the highest probability; pixels "
+                 "where no query is probable enough stay unpainted (background).")
     page.images(seg_names)
-    page.section("Localization", "Each query's box (connected component around the heatmap peak) and point.")
+    page.section("Localization", "Each query's box (connected component around the heatmap peak) and point (the "
+                 "star, the peak itself).")
     page.images(box_names)
     page.write(out / "index.html")
-    return {"images": len(paths), "queries": list(queries)}
+    return {"images": len(paths), "photos_found": len(all_paths), "left_out": [p.name for p in left_out],
+            "queries": list(queries)}

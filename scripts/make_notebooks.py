@@ -1,5 +1,8 @@
 """Write the notebooks in notebooks/ from the cells below (outputs stripped): python scripts/make_notebooks.py
 
+Open them with ``pip install -e ".[notebook]"`` then ``jupyter lab notebooks/``. Every ``dense.viz`` figure shows inline
+(it has a ``_repr_png_``), so a cell that ends in a ``viz`` call displays its figure.
+
 Each notebook runs top to bottom on the bundled ``shapes-tiny`` model in well under a minute; tests/test_notebooks.py
 executes them. Set DENSE_MODEL to run them on another checkpoint (e.g. google/siglip2-so400m-patch14-384).
 """
@@ -52,7 +55,8 @@ print("tokens", tuple(fmap.tokens.shape), "| grid", fmap.grid_hw, "| image", fma
         "pixels `[j*p, (j+1)*p) x [i*p, (i+1)*p)`; its centre maps back by the per-axis scale.",
         '''point_xy = (60.0, 40.0)
 ij = fmap.pixel_to_grid(point_xy)
-print("pixel", point_xy, "-> patch", tuple(ij), "-> patch centre", tuple(fmap.grid_to_pixel_xy(ij).round(1)))
+centre_xy = fmap.grid_to_pixel_xy(ij)
+print(f"pixel {point_xy} -> patch {ij.tolist()} -> patch centre {centre_xy.round(1).tolist()}")
 dense_features = fmap.to_image()  # [D, H, W], bilinear
 print(tuple(dense_features.shape))''',
         "## Many images\n`extract_many` batches images whose grids are equal and yields results in input order; "
@@ -82,8 +86,9 @@ image_id = max(ds.ids(), key=lambda i: len(ds.anns(i, crowd=False)))
 image = ds.image_path(image_id)
 present = sorted({ds.category_name(a["category_id"]) for a in ds.anns(image_id, crowd=False)})
 present''',
-        "## Heatmaps\nOne extraction serves any number of queries; text embeddings are cached.",
-        '''fmap = enc.extract(image, layers=heatmap.required_layers())
+        "## Heatmaps\nOne extraction serves any number of queries; text embeddings are cached. All panels share "
+        "one 0-1 probability scale, so a query that is absent stays dark blue.",
+        '''fmap = enc.extract(image, layers=heatmap.required_layers(enc.calibration.method))
 scores = heatmap.patch_scores(enc, fmap, present)  # [T, gh, gw] sigmoid probabilities
 viz.heatmaps(image, heatmap.upsample(scores, fmap), present)''',
         "## Methods\nEach method is a few lines in `dense/heatmap.py`; `raw` (the tokens as they are) is the "
@@ -102,8 +107,9 @@ viz.heatmaps(image, heatmap.upsample(scores, fmap), present)''',
 probs = dense.classify(enc, image, labels)
 sorted(zip(probs.tolist(), labels), reverse=True)[:5]''',
         "## Training-free segmentation\nEach pixel takes its most probable class; pixels where no class reaches the "
-        "threshold (chosen on the synthetic val split for the default method) are background.",
-        '''labels_hw = dense.segment(enc, image, present, background=heatmap.DEFAULT_BACKGROUND)
+        "checkpoint's calibrated background threshold (`enc.calibration`, measured on the synthetic val split) are "
+        "background.",
+        '''labels_hw = dense.segment(enc, image, present)
 viz.label_map(image, labels_hw, present)''',
         "## Any language\nQueries pass through unchanged apart from lower-casing, so a multilingual checkpoint such "
         "as So400m takes prompts in any language (`dense.segment(enc, photo, [\"chien\", \"Katze\", \"猫\"])`); "
@@ -118,8 +124,8 @@ viz.label_map(image, labels_hw, present)''',
         SETUP,
         '''from dense.cache import FeatureCache, dataset_items, extract_to_cache
 from dense.coco import load_coco
-from probes.evaluate import evaluate
-from probes.train import ProbeConfig, load_samples, train_probes
+from dense.eval.probe import evaluate_probe
+from probes import ProbeConfig, load_samples, train_probes
 
 datasets.make_shapes(work, 60, seed=3)
 ds = load_coco(work / "annotations.json", work / "images")
@@ -132,13 +138,14 @@ report''',
         '''samples = {split: load_samples(ds, cache, split) for split in ("train", "val", "test")}
 result = train_probes(samples["train"], samples["val"], ds.class_names, ProbeConfig(epochs=10), progress=False)
 {key: round(figs["mIoU"], 3) for key, figs in result.val.items()}''',
-        "## Report test once",
-        '''test = evaluate(result.best, samples["test"])
+        "## Report test once\nmIoU: per class, the overlap of predicted and true pixels over their union, averaged "
+        "over classes. The figure shows the ground truth beside the prediction; background is left unpainted.",
+        '''test = evaluate_probe(result.best, samples["test"]).figures
 print(f"test mIoU {100 * test['mIoU']:.1f}  pixel accuracy {100 * test['pixel_acc']:.1f}")''',
         '''sample = samples["test"][0]
-viz.label_map(ds.image_path(int(sample.key)), result.best.predict(sample.fmap), ds.class_names[1:])''',
+viz.label_map(ds.image_path(int(sample.key)), result.best.predict(sample.fmap), ds.class_names[1:], gt=sample.label)''',
         "## Save it with the encoder it belongs to\nLoading a probe against features of another encoder is an error.",
-        '''from probes.linear import LinearProbe
+        '''from probes import LinearProbe
 
 path = result.best.save(work / "probe.safetensors")
 LinearProbe.load(path, encoder=enc)''',
@@ -151,43 +158,31 @@ LinearProbe.load(path, encoder=enc)''',
         SETUP,
         '''from dense.coco import load_coco, load_refs
 from dense.localize import Localizer
-from dense.metrics import acc_at_iou, pointing_game
 
 datasets.make_shapes(work, 30, seed=4)
 ds = load_coco(work / "annotations.json", work / "images")
 refs = load_refs(work / "refs.json", ds)
 [(r.ref_id, r.sentences) for r in refs[:4]]''',
-        "## One image, many expressions, one extraction",
+        "## One image, many expressions, one extraction\nThe figure draws each expression's box (solid: a hit, "
+        "IoU >= 0.5 with the ground truth; dashed: a miss), its ground-truth box (dotted) and its point (the star).",
         '''ref = refs[0]
 image = ds.image_path(ref.image_id)
 loc = Localizer(enc, image)
-sentences = [s for r in refs if r.image_id == ref.image_id for s in r.sentences]
+pairs = [(s, ds.box_xyxy(r.ann_id)) for r in refs if r.image_id == ref.image_id for s in r.sentences]
+sentences = [s for s, _ in pairs]
 found = loc.localize_many(sentences)
 for sentence, where in zip(sentences, found):
-    print(f"{sentence!r:36} box {where.box_xyxy.round(0)}  point {where.point_xy.round(0)}  score {where.score:.2f}")
-viz.boxes(image, np.array([f.box_xyxy for f in found]), sentences, points_xy=np.array([f.point_xy for f in found]))''',
+    print(f"{sentence!r:36} box {where.box_xyxy.round(0).tolist()}  point {where.point_xy.round(0).tolist()}  "
+          f"score {where.score:.2f}")
+viz.boxes(image, np.array([f.box_xyxy for f in found]), sentences, points_xy=np.array([f.point_xy for f in found]),
+          gt_boxes_xyxy=np.array([g for _, g in pairs]))''',
         "## Scoring a split\nAcc@0.5 (box IoU >= 0.5) and the pointing game (point inside the mask), without and with "
-        "the image's ground-truth boxes as candidates. `dense eval refer` prints the full table.",
-        '''rows = {"no candidates": ([], []), "GT candidates": ([], [])}
-gt_boxes, points_free, points_cand, masks = [], [], [], []
-for image_id in sorted({r.image_id for r in refs}):
-    loc = Localizer(enc, ds.image_path(image_id))
-    candidates = np.array([ds.box_xyxy(a["id"]) for a in ds.anns(image_id, crowd=False)])
-    for r in (r for r in refs if r.image_id == image_id):
-        for sentence in r.sentences:
-            free = loc.localize(sentence)
-            cand = loc.localize(sentence, candidates_xyxy=candidates)
-            rows["no candidates"][0].append(free.box_xyxy)
-            rows["GT candidates"][0].append(cand.box_xyxy)
-            points_free.append(free.point_xy)
-            points_cand.append(cand.point_xy)
-            gt_boxes.append(ds.box_xyxy(r.ann_id))
-            masks.append(ds.mask(r.ann_id))
-for name, (boxes, _) in rows.items():
-    points = points_free if name == "no candidates" else points_cand
-    hits = [pointing_game(p[None], m[None]) for p, m in zip(points, masks)]
-    print(f"{name:<14} Acc@0.5 {100 * acc_at_iou(np.array(boxes), np.array(gt_boxes)):5.1f}   "
-          f"pointing {100 * np.mean(hits):5.1f}   ({len(boxes)} expressions)")''',
+        "the image's ground-truth boxes as candidates: the evaluator behind `dense eval refer`.",
+        '''from dense.cli.evaluate import format_refer
+from dense.eval.refer import evaluate_refer
+
+result = evaluate_refer(enc, work / "annotations.json", work / "refs.json", work / "images", split=None)
+print(format_refer(result))''',
     ],
 }
 

@@ -1,4 +1,5 @@
-"""dense.viz: figures built offscreen (Agg), with the panels, titles and legend entries asked for."""
+"""dense.viz: figures built offscreen (Agg) that show in Jupyter, with fixed scales, aspect-sized panels, named colours,
+readable legends and labels that do not overprint."""
 
 from __future__ import annotations
 
@@ -9,14 +10,23 @@ from matplotlib.figure import Figure
 
 from dense import viz
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-def test_heatmaps_one_panel_per_query(tmp_path):
+
+def _text_extents(fig):
+    renderer = fig.canvas.get_renderer()
+    fig.draw_without_rendering()
+    return [t.get_window_extent(renderer) for ax in fig.axes for t in ax.texts]
+
+
+def test_heatmaps_one_panel_per_query_and_show_in_jupyter(tmp_path):
     rgb = random_rgb(30, 50)
     scores = np.random.default_rng(0).random((2, 30, 50)).astype(np.float32)
     fig = viz.heatmaps(rgb, scores, ["red circle", "blue star"])
     assert isinstance(fig, Figure)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0] == "image" and titles[1].startswith("red circle") and titles[2].startswith("blue star")
+    assert fig._repr_png_().startswith(PNG_MAGIC)  # what IPython shows inline, whatever the backend
     fig.savefig(tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 0
     with pytest.raises(ValueError, match="upsample"):
@@ -24,18 +34,112 @@ def test_heatmaps_one_panel_per_query(tmp_path):
     assert isinstance(viz.heatmap(rgb, scores[0], title="x"), Figure)
 
 
-def test_label_map_legend_lists_present_classes():
+def test_heatmaps_use_a_fixed_probability_scale_with_a_colour_bar():
+    rgb = random_rgb(30, 50)
+    scores = np.zeros((2, 30, 50), np.float32)
+    scores[0] += 0.9
+    scores[1] += 0.001  # "a dog" on a cat photo: must not be drawn at the top of the scale
+    fig = viz.heatmaps(rgb, scores, ["a cat", "a dog"])
+    overlays = [ax.images[-1] for ax in fig.axes[1:3]]
+    assert all(im.get_clim() == (0.0, 1.0) for im in overlays)
+    assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
+    assert "probability" in [ax.get_ylabel() for ax in fig.axes]
+
+
+@pytest.mark.parametrize("hw", [(100, 100), (40, 1000), (1000, 40)])
+def test_four_query_rows_stay_bounded(hw):
+    rgb = random_rgb(*hw)
+    fig = viz.heatmaps(rgb, np.random.default_rng(0).random((4, *hw)), ["a", "b", "c", "d"])
+    w, h = fig.get_size_inches()
+    assert w <= viz.MAX_WIDTH_IN + 0.5 and h <= 4 * (viz.MAX_PANEL_H_IN + 1)
+
+
+def test_panels_follow_the_image_aspect():
+    # a tall image: panels narrow, not 4 in squares with blank sides
+    rows, cols, w, h = viz.panel_layout(2, (300, 100))
+    assert (rows, cols) == (1, 2) and h / w == pytest.approx(3.0, rel=0.05)
+    # a 60x512 strip: stacked full-width panels, not a thin band on a square-ish canvas
+    rows, cols, w, h = viz.panel_layout(2, (60, 512), extra_w=2.4)
+    assert (rows, cols) == (2, 1) and w > 10 and w / h == pytest.approx(512 / 60, rel=0.05)
+    fig = viz.label_map(random_rgb(60, 512), np.zeros((60, 512), int), ["a"])
+    fw, fh = fig.get_size_inches()
+    assert fw <= viz.MAX_WIDTH_IN + 0.5 and fw / fh > 2  # the figure is as wide as its strip, not 800x400 mostly blank
+    pca_like = viz._figure(2, (400, 100))[0].get_size_inches()
+    assert pca_like[0] < pca_like[1]  # tall image, tall figure
+
+
+def test_class_colours_follow_colour_words():
+    names = ["green triangle", "blue triangle", "red star", "green circle", "a dog", "a cat"]
+    c = dict(zip(names, viz.class_colours(names), strict=True))
+    assert c["green triangle"][1] > max(c["green triangle"][0], c["green triangle"][2]) + 0.2
+    assert c["blue triangle"][2] > max(c["blue triangle"][0], c["blue triangle"][1]) + 0.2
+    assert c["red star"][0] > max(c["red star"][1], c["red star"][2]) + 0.3
+    assert c["green circle"][1] > max(c["green circle"][0], c["green circle"][2])  # green, another shade
+    assert np.abs(c["green circle"] - c["green triangle"]).sum() > 0.2
+    assert np.abs(c["a dog"] - c["a cat"]).sum() > 0.2  # no colour word: distinct palette colours
+
+
+def test_label_map_legend_lists_present_classes_with_named_colours():
     rgb = random_rgb(20, 20)
     labels = np.zeros((20, 20), np.int32)
     labels[:10, :10] = 2
     fig = viz.label_map(rgb, labels, ["red circle", "blue star", "green square"])
     legend = fig.legends[0]
-    assert [t.get_text() for t in legend.get_texts()] == ["background", "blue star"]
+    assert [t.get_text() for t in legend.get_texts()] == ["blue star", "background (unpainted)"]
+    swatches = [np.array(h.get_facecolor()[:3]) for h in legend.legend_handles]
+    assert swatches[0][2] > swatches[0][0] + 0.3  # "blue star" is blue
+    assert all(s.sum() > 0.6 for s in swatches)  # no black "background" swatch
+    assert all(t.get_fontsize() >= 10 for t in legend.get_texts())
+    full = viz.label_map(rgb, np.full((20, 20), 3), ["red circle", "blue star", "green square"])
+    assert [t.get_text() for t in full.legends[0].get_texts()] == ["green square"]  # no background shown, none listed
     with pytest.raises(ValueError, match="outside"):
         viz.label_map(rgb, labels + 5, ["a"])
+
+
+def test_label_map_shows_ground_truth_beside_the_prediction():
+    rgb = random_rgb(20, 30)
+    pred = np.zeros((20, 30), np.int32)
+    pred[:5] = 1
+    gt = np.zeros((20, 30), np.int32)
+    gt[10:] = 3
+    gt[0, 0] = 255  # ignore: unpainted
+    fig = viz.label_map(rgb, pred, ["red circle", "blue star", "green square"], gt=gt)
+    assert [ax.get_title() for ax in fig.axes] == ["image", "ground truth", "prediction"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["red circle", "green square",
+                                                                  "background (unpainted)"]
+    painted = fig.axes[1].images[0].get_array()
+    assert painted[15, 15, 1] > painted[15, 15, 0] + 0.2  # the ground truth's green square is painted green
 
 
 def test_boxes_and_points():
     fig = viz.boxes(random_rgb(40, 60), [[1, 2, 30, 20], [10, 10, 50, 35]], ["a", "b"], points_xy=[[5, 5], [20, 20]])
     ax = fig.axes[0]
     assert len(ax.patches) == 2 and [t.get_text() for t in ax.texts] == ["a", "b"]
+
+
+def test_boxes_mark_hits_against_ground_truth_and_labels_do_not_overprint():
+    rgb = random_rgb(120, 200)
+    pred = np.array([[20, 20, 90, 80], [21, 21, 91, 81], [22, 22, 92, 82], [120, 40, 190, 110]])
+    gt = np.array([[20, 20, 90, 80], [100, 60, 150, 110], [22, 22, 92, 82], [120, 40, 190, 110]])
+    labels = ["the green triangle on the left", "the big red circle", "a red circle", "one yellow star"]
+    fig = viz.boxes(rgb, pred, labels, points_xy=pred[:, :2] + 10, gt_boxes_xyxy=gt)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 8  # a predicted and a ground-truth box each
+    texts = [t.get_text() for t in ax.texts]
+    assert ": hit" in texts[0] and ": miss" in texts[1] and ": hit" in texts[3]
+    assert ax.get_title().startswith("3/4 hits")
+    assert all(t.get_fontsize() >= 10 for t in ax.texts)
+    extents = _text_extents(fig)
+    for i in range(len(extents)):
+        for j in range(i + 1, len(extents)):
+            a, b = extents[i], extents[j]
+            assert not (a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1), (texts[i], texts[j])
+    red = np.array(ax.patches[3].get_edgecolor()[:3])  # "the big red circle"'s predicted box
+    assert red[0] > red[1] + 0.3 and red[0] > red[2] + 0.3
+
+
+def test_pca_panels_follow_the_image(tiny_encoder, one_thread):
+    rgb = random_rgb(160, 40)
+    fig = viz.pca(tiny_encoder.extract(rgb), rgb)
+    w, h = fig.get_size_inches()
+    assert h > 1.5 * w and [ax.get_title() for ax in fig.axes] == ["image", "PCA of tokens"]

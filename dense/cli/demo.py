@@ -22,15 +22,14 @@ def add(sub, parent) -> None:
     p.add_argument("--queries", nargs="+", help="text queries, e.g. 'a dog' 'a red car'")
     p.add_argument("--n-images", type=int, default=120, help="synthetic images to draw")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic world")
+    p.add_argument("--max-images", type=int, default=4, help="images (or photos) shown on the page")
 
 
 def run(args) -> int:
-    from dense.demo import run_demo
+    from dense.demo import format_summary, run_demo
 
     summary = run_demo(args.out, model=args.model, images=args.images, queries=args.queries, n_images=args.n_images,
-                       seed=args.seed)
-    figures = {k: v for k, v in summary.items() if isinstance(v, float)}
-    for k, v in figures.items():
-        print(f"  {k:<22} {v:.3f}")
+                       seed=args.seed, max_images=args.max_images)
+    print(format_summary(summary))
     print(f"dense demo: results in {Path(args.out).resolve() / 'index.html'} ({summary['seconds']} s)")
     return 0

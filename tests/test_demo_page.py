@@ -1,0 +1,112 @@
+"""dense demo, as a user sees it: fresh data when the parameters change, one figure per photo, left-out photos said,
+and a page and terminal table that explain their figures."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dense import demo
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.srcs.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _read_page(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text())
+    return page
+
+
+def test_output_names_are_unique():
+    paths = [Path("cat.png"), Path("cat.jpg"), Path("dog.png"), Path("my photo.png"), Path("my-photo.png")]
+    names = demo._output_names(paths)
+    assert len(set(names)) == len(names)
+    assert names[:3] == ["cat_png", "cat_jpg", "dog"]
+    assert all(" " not in n for n in names)
+
+
+def test_synthetic_data_is_redrawn_when_its_parameters_change(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    demo._synthetic_data(data, cache, n_images=8, seed=0)
+    first = json.loads((data / "annotations.json").read_text())
+    assert len(first["images"]) == 8
+    marker = data / "annotations.json"
+    stamp = marker.stat().st_mtime_ns
+    demo._synthetic_data(data, cache, n_images=8, seed=0)  # same parameters: reused
+    assert marker.stat().st_mtime_ns == stamp
+    cache.mkdir()
+    (cache / "stale.safetensors").write_text("features of the old images")
+    demo._synthetic_data(data, cache, n_images=5, seed=3)  # different: drawn again, old features dropped
+    again = json.loads((data / "annotations.json").read_text())
+    assert len(again["images"]) == 5 and not (cache / "stale.safetensors").exists()
+    assert json.loads((data / "demo_params.json").read_text()) == {"n_images": 5, "seed": 3}
+    (data / "demo_params.json").unlink()  # an earlier version's data (no stamp): drawn again
+    demo._synthetic_data(data, cache, n_images=5, seed=3)
+    assert (data / "demo_params.json").exists()
+
+
+def test_format_summary_has_a_header_percentages_and_counts():
+    text = demo.format_summary({"images": 40, "seed": 3, "model": "shapes-tiny", "probe_test_mIoU": 0.426,
+                                "probe_test_pixel_acc": 0.963, "probe_test_images": 6, "refer_acc@0.5": 0.205,
+                                "refer_pointing": 0.41, "refer_expressions": 39})
+    lines = text.splitlines()
+    assert "40 synthetic images" in lines[0] and "seed 3" in lines[0]
+    assert "figure" in lines[1] and "value" in lines[1]
+    assert "42.6 %" in text and "20.5 %" in text and "39 test expressions" in text and "6 test images" in text
+    photos = demo.format_summary({"images": 2, "photos_found": 5, "left_out": ["c.png", "d.png", "e.png"],
+                                  "queries": ["a dog"], "model": "shapes-tiny"})
+    assert "2 of 5 photos" in photos and "left out (3" in photos and "16 colour+shape" in photos
+
+
+@pytest.mark.slow
+def test_photo_demo_names_every_photo_and_says_what_it_left_out(tmp_path, one_thread):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("cat.png", (64, 48)), ("cat.jpg", (40, 80)), ("zebra.png", (32, 32))):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(photos / name)
+    out = tmp_path / "out"
+    summary = demo.run_demo(out, images=photos, queries=["red circle", "blue star"], max_images=2, progress=False)
+    assert summary["images"] == 2 and summary["left_out"] == ["zebra.png"]
+    page = _read_page(out / "index.html")
+    assert len(page.srcs) == len(set(page.srcs)) == 2 * 4  # pca, heatmap, segment, refer for each of 2 photos
+    assert {"pca_cat_jpg.png", "pca_cat_png.png"} <= set(page.srcs)
+    text = " ".join(page.text)
+    assert "zebra.png" in text and "left out" in text and "--max-images" in text
+    assert "16 phrases" in text  # the bundled model's vocabulary, said on the page
+    with pytest.raises(ValueError, match="max_images"):
+        demo.run_demo(out, images=photos, queries=["a"], max_images=0)
+
+
+@pytest.mark.slow
+def test_synthetic_page_explains_its_figures(tmp_path, one_thread):
+    out = tmp_path / "demo"
+    summary = demo.run_demo(out, n_images=24, seed=1, max_images=1, progress=False)
+    assert summary["images"] == 24 and summary["seed"] == 1
+    page = _read_page(out / "index.html")
+    text = " ".join(page.text)
+    for term in ("mIoU", "Acc@0.5", "pointing game"):
+        assert term in text
+    assert "intersection-over-union" in text and "IoU >= 0.5" in text and "inside the referred object" in text
+    assert "16 phrases" in text and "%" in text
+    assert {Path(s).name.split("_")[0] for s in page.srcs} == {"pca", "heatmap", "probe", "refer"}
+    # a second run with other parameters in the same folder draws a new world
+    demo.run_demo(out, n_images=20, seed=2, max_images=1, progress=False)
+    assert len(json.loads((out / "data" / "annotations.json").read_text())["images"]) == 20

@@ -184,8 +184,8 @@ def boundary_counts(pred, gt, num_classes: int, *, tolerance_px: float = 2.0, ig
                     ) -> np.ndarray:
     """int64 ``[K, 4]`` per class: (predicted boundary pixels within ``tolerance_px`` of a ground-truth boundary,
     predicted boundary pixels, ground-truth boundary pixels within ``tolerance_px`` of a predicted boundary,
-    ground-truth boundary pixels). Boundaries are those of each class's mask (:func:`mask_boundary`); pixels whose ground truth is
-    ``ignore_index`` are left out of both. Sum over images, then :func:`boundary_figures`.
+    ground-truth boundary pixels). Boundaries are those of each class's mask (:func:`mask_boundary`); pixels whose
+    ground truth is ``ignore_index`` are left out of both. Sum over images, then :func:`boundary_figures`.
     """
     pred, gt = _np(pred), _np(gt)
     if pred.shape != gt.shape or pred.ndim != 2:

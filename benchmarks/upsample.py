@@ -55,8 +55,8 @@ def main() -> None:
 
     import dense
     from dense.coco import load_coco
-    from dense.features import FeatureMap
     from dense.datasets import make_shapes
+    from dense.features import FeatureMap
     from dense.preprocess import load_image
     from dense.tiling import extract_tiled
     from dense.upsample import UpsamplerConfig, guided_upsample, train_upsampler

@@ -158,3 +158,111 @@ def pointing_game(points_xy, masks, *, tolerance_px: int = 0) -> float:
     """Fraction of points inside their ground-truth mask (see :func:`pointing_hits` for the pixel rule)."""
     hits = pointing_hits(points_xy, masks, tolerance_px=tolerance_px)
     return float(hits.mean()) if len(hits) else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Boundaries
+
+
+def mask_boundary(mask) -> np.ndarray:
+    """bool ``[H, W]``: the pixels of ``mask`` with a 4-neighbour outside it (the image edge does not count)."""
+    m = _np(mask).astype(bool)
+    inner = m.copy()
+    inner[1:] &= m[:-1]
+    inner[:-1] &= m[1:]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    return m & ~inner
+
+
+def _distance_to(boundary: np.ndarray) -> np.ndarray:
+    """float32 ``[H, W]``: Euclidean distance of each pixel to the nearest ``True`` pixel (inf if there is none)."""
+    import cv2
+
+    if not boundary.any():
+        return np.full(boundary.shape, np.inf, np.float32)
+    return cv2.distanceTransform((~boundary).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
+def boundary_counts(pred, gt, num_classes: int, *, tolerance_px: float = 2.0, ignore_index: int = IGNORE
+                    ) -> np.ndarray:
+    """int64 ``[K, 4]`` per class: (predicted boundary pixels within ``tolerance_px`` of a ground-truth boundary,
+    predicted boundary pixels, ground-truth boundary pixels within ``tolerance_px`` of a predicted boundary,
+    ground-truth boundary pixels). Boundaries are those of each class's mask (:func:`mask_boundary`); pixels whose
+    ground truth is ``ignore_index`` are left out of both. Sum over images, then :func:`boundary_figures`.
+    """
+    pred, gt = _np(pred), _np(gt)
+    if pred.shape != gt.shape or pred.ndim != 2:
+        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} must be label maps of one shape")
+    keep = gt != ignore_index
+    out = np.zeros((num_classes, 4), np.int64)
+    for k in range(num_classes):
+        bp = mask_boundary(pred == k) & keep
+        bg = mask_boundary(gt == k) & keep
+        if not (bp.any() or bg.any()):
+            continue
+        out[k] = ((_distance_to(bg)[bp] <= tolerance_px).sum(), bp.sum(),
+                  (_distance_to(bp)[bg] <= tolerance_px).sum(), bg.sum())
+    return out
+
+
+def boundary_figures(counts: np.ndarray, class_names: Sequence[str] | None = None) -> dict[str, float]:
+    """``bF`` (mean over classes of the boundary F-score ``2PR / (P + R)``, as DAVIS's F and the boundary F1 of
+    Csurka et al. 2013), ``bP``, ``bR`` and ``bF/<class>``. A class with no boundary pixels in either map is left out;
+    one with boundary pixels in only one of them scores 0."""
+    c = np.asarray(counts, np.float64)
+    K = c.shape[0]
+    names = list(class_names) if class_names is not None else [str(k) for k in range(K)]
+    present = (c[:, 1] + c[:, 3]) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        P = np.where(c[:, 1] > 0, c[:, 0] / c[:, 1], 0.0)
+        R = np.where(c[:, 3] > 0, c[:, 2] / c[:, 3], 0.0)
+        Fk = np.where(P + R > 0, 2 * P * R / (P + R), 0.0)
+    if not present.any():
+        return {"bF": float("nan"), "bP": float("nan"), "bR": float("nan")}
+    out = {"bF": float(Fk[present].mean()), "bP": float(P[present].mean()), "bR": float(R[present].mean())}
+    out.update({f"bF/{n}": float(f) for n, f, ok in zip(names, Fk, present, strict=True) if ok})
+    return out
+
+
+def trimap_mask(gt, width_px: float, *, ignore_index: int = IGNORE) -> np.ndarray:
+    """bool ``[H, W]``: pixels within ``width_px`` of a boundary between two ground-truth labels (the "trimap" band of
+    Kohli et al. 2009 / DeepLab), ignored pixels excluded."""
+    gt = _np(gt)
+    edge = np.zeros(gt.shape, bool)
+    diff_v = gt[1:] != gt[:-1]  # [H-1, W] label changes between vertical neighbours
+    diff_h = gt[:, 1:] != gt[:, :-1]  # [H, W-1]
+    edge[1:] |= diff_v
+    edge[:-1] |= diff_v
+    edge[:, 1:] |= diff_h
+    edge[:, :-1] |= diff_h
+    return (_distance_to(edge) <= width_px) & (gt != ignore_index)
+
+
+class BoundaryMeter:
+    """Boundary F-score and trimap mIoU over many images, beside :class:`SegmentationMeter`.
+
+    >>> meter = BoundaryMeter(class_names, tolerance_px=2, trimap_px=4)
+    >>> for pred, gt in pairs: meter.update(pred, gt)
+    >>> meter.figures()   # {"bF": ..., "bP": ..., "bR": ..., "trimap_mIoU": ..., "bF/<class>": ...}
+    """
+
+    def __init__(self, class_names: Sequence[str], *, tolerance_px: float = 2.0, trimap_px: float = 4.0,
+                 ignore_index: int = IGNORE):
+        self.class_names = list(class_names)
+        self.tolerance_px, self.trimap_px, self.ignore_index = tolerance_px, trimap_px, ignore_index
+        K = len(self.class_names)
+        self.counts = np.zeros((K, 4), np.int64)
+        self.cm = np.zeros((K, K), np.int64)
+
+    def update(self, pred, gt) -> None:
+        pred, gt = _np(pred), _np(gt)
+        K = len(self.class_names)
+        self.counts += boundary_counts(pred, gt, K, tolerance_px=self.tolerance_px, ignore_index=self.ignore_index)
+        band = trimap_mask(gt, self.trimap_px, ignore_index=self.ignore_index)
+        self.cm += confusion_matrix(pred[band], gt[band], K, ignore_index=self.ignore_index)
+
+    def figures(self) -> dict[str, float]:
+        out = boundary_figures(self.counts, self.class_names)
+        out["trimap_mIoU"] = segmentation_figures(self.cm, self.class_names)["mIoU"]
+        return out

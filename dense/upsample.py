@@ -1,0 +1,462 @@
+"""Sharper maps than the patch grid: guided filtering (training-free) and a small learned upsampler.
+
+Two ways to bring patch-grid maps ``[C, gh, gw]`` (probe logits or probabilities, heatmaps, tokens) to the image's
+pixels ``[C, H, W]`` with the image itself as guide:
+
+- :func:`guided_upsample`: bilinear to ``(H, W)`` (the geometry of ``FeatureMap.to_image``), then a COLOUR guided
+  filter (He, Sun & Tang, "Guided Image Filtering", TPAMI 2013, the 3 x 3 covariance form), then renormalised.
+  Plain torch (separable ``avg_pool2d`` box filters), no dependency: OpenCV's ``cv2.ximgproc.guidedFilter`` does the
+  same but lives in ``opencv-contrib-python-headless`` (172 MB installed vs 72 MB), which must REPLACE
+  ``opencv-python-headless`` (both install the same ``cv2`` module). ``benchmarks/upsample.py`` times both.
+- :class:`Upsampler`: a learned joint upsampler in the JAFAR / AnyUp family, trained without labels from the encoder's
+  own tokens (:func:`train_upsampler`): every output pixel is a softmax-weighted mix of the 3 x 3 patch tokens around
+  it, the weights coming from image features at the pixel (query) against image features pooled over each patch plus a
+  projection of its token (keys), plus a learned bias on the pixel's offset from each patch centre. Because the output
+  is a convex mix of grid values, the same weights upsample tokens, logits, probabilities or heatmaps, and a linear
+  probe's logits of upsampled tokens equal the upsampled logits: upsample the ``K`` logits, never the ``D`` tokens.
+
+Geometry: a pixel's patch and its offset from the neighbouring patch centres come from
+:func:`dense.preprocess.pixel_to_grid` and :func:`dense.preprocess.grid_to_pixel_xy`, nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from dense._atomic import atomic_path
+from dense.features import FeatureMap
+from dense.preprocess import grid_to_pixel_xy, pixel_to_grid
+
+# What must match between the encoder an upsampler was trained on and the one it is used with (as probes.linear's
+# IDENTITY_KEYS; an encoder fingerprint will replace both).
+IDENTITY_KEYS = ("name", "family", "patch_size", "hidden_size", "num_layers")
+FORMAT = "dense.Upsampler"
+VERSION = 1
+
+
+class UpsamplerMismatchError(ValueError):
+    """An upsampler was loaded for (or applied to features of) another encoder or layer set."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _guide(image, name: str = "image") -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` (numpy or torch) -> float32 ``[3, H, W]`` in [0, 1]."""
+    x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image, copy=True))
+    if x.dtype != torch.uint8 or x.ndim != 3 or x.shape[2] != 3 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name}: expected a uint8 RGB array [H, W, 3], got {x.dtype} {tuple(x.shape)}")
+    return x.permute(2, 0, 1).float().div(255.0)  # [H, W, 3] -> [3, H, W]
+
+
+def _maps(x, name: str) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if x.ndim != 3 or not x.is_floating_point() or min(x.shape) == 0:
+        raise ValueError(f"{name}: expected a float tensor [C, h, w], got {x.dtype} {tuple(x.shape)}")
+    return x.float()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Guided filter (He et al.), colour guide
+
+
+def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over the ``(2r+1) x (2r+1)`` window clipped to the image (He et al.'s ``boxfilter / N``): ``[B, C, H, W]``.
+
+    Running sums (``cumsum`` over the zero-padded map) along each axis, divided by the clipped window's pixel count:
+    O(1) per pixel whatever the radius, ~4x faster on CPU than separable ``avg_pool2d`` (which loops over the window)
+    and within 1e-6 of it for values in [0, 1] at photo sizes (float32 running sums).
+    """
+    r = int(radius)
+    if r <= 0:
+        return x
+    H, W = x.shape[-2:]
+    out = x
+    for dim, n in ((2, H), (3, W)):
+        c = F.pad(out, (0, 0, r + 1, r) if dim == 2 else (r + 1, r)).cumsum(dim)  # n -> n + 2r + 1 along dim
+        out = c.narrow(dim, 2 * r + 1, n) - c.narrow(dim, 0, n)  # window sums, back to n along dim
+    pos_h, pos_w = torch.arange(H), torch.arange(W)
+    count_h = (pos_h + r + 1).clamp_max(H) - (pos_h - r).clamp_min(0)  # [H] pixels of the clipped window per row
+    count_w = (pos_w + r + 1).clamp_max(W) - (pos_w - r).clamp_min(0)  # [W]
+    return out / (count_h[:, None] * count_w[None]).to(x.dtype)  # [H, W] broadcast over [B, C]
+
+
+def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
+    """He et al.'s guided filter with a colour guide: ``guide [3, H, W]``, ``src [C, H, W]`` -> ``[C, H, W]``.
+
+    Per window: ``q = a^T I + b`` with ``a = (Sigma_I + eps U)^-1 cov(I, p)``, ``b = mean(p) - a^T mean(I)``; ``a`` and
+    ``b`` are then averaged over the windows covering each pixel. ``eps`` is in the guide's units squared (guide in
+    [0, 1]). All ``C`` channels share the guide statistics, so the 3 x 3 inverse is computed once per pixel.
+    """
+    ma, mb = _coefficients(guide, src, radius, eps)  # [3, C, H, W], [C, H, W]
+    return (ma * guide.float()[:, None]).sum(0) + mb  # [C, H, W]
+
+
+def _coefficients(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window-averaged coefficients of :func:`guided_filter`: ``mean_a [3, C, H, W]``, ``mean_b [C, H, W]``."""
+    if guide.ndim != 3 or guide.shape[0] != 3:
+        raise ValueError(f"guide: expected [3, H, W], got {tuple(guide.shape)}")
+    if src.ndim != 3 or src.shape[1:] != guide.shape[1:]:
+        raise ValueError(f"src: expected [C, H, W] with (H, W) = {tuple(guide.shape[1:])}, got {tuple(src.shape)}")
+    if radius < 1 or not eps > 0:
+        raise ValueError(f"radius must be >= 1 and eps > 0, got radius={radius}, eps={eps}")
+    C, H, W = src.shape
+    I, p = guide.float(), src.float()
+    ii = torch.stack([I[0] * I[0], I[0] * I[1], I[0] * I[2], I[1] * I[1], I[1] * I[2], I[2] * I[2]])  # [6, H, W]
+    Ip = (I[:, None] * p[None]).reshape(3 * C, H, W)  # [3, C, H, W] -> [3C, H, W]
+    stats = box_filter(torch.cat([I, ii, p, Ip])[None], radius)[0]  # [3 + 6 + C + 3C, H, W]
+    mI, mII, mp, mIp = stats[:3], stats[3:9], stats[9:9 + C], stats[9 + C:].reshape(3, C, H, W)
+    # Sigma + eps U, symmetric: entries (rr, rg, rb, gg, gb, bb)
+    s_rr = mII[0] - mI[0] * mI[0] + eps
+    s_rg = mII[1] - mI[0] * mI[1]
+    s_rb = mII[2] - mI[0] * mI[2]
+    s_gg = mII[3] - mI[1] * mI[1] + eps
+    s_gb = mII[4] - mI[1] * mI[2]
+    s_bb = mII[5] - mI[2] * mI[2] + eps
+    # inverse through the adjugate (symmetric, so the cofactor matrix is its own transpose); ~3x faster than a
+    # batched torch.linalg.solve over H*W tiny systems
+    i_rr = s_gg * s_bb - s_gb * s_gb
+    i_rg = s_gb * s_rb - s_rg * s_bb
+    i_rb = s_rg * s_gb - s_gg * s_rb
+    i_gg = s_rr * s_bb - s_rb * s_rb
+    i_gb = s_rb * s_rg - s_rr * s_gb
+    i_bb = s_rr * s_gg - s_rg * s_rg
+    det = s_rr * i_rr + s_rg * i_rg + s_rb * i_rb  # > 0: Sigma is PSD and eps > 0
+    inv = torch.stack([torch.stack([i_rr, i_rg, i_rb]), torch.stack([i_rg, i_gg, i_gb]),
+                       torch.stack([i_rb, i_gb, i_bb])]) / det  # [3, 3, H, W]
+    cov = mIp - mI[:, None] * mp[None]  # [3, C, H, W]
+    a = torch.einsum("ijhw,jchw->ichw", inv, cov)  # [3, C, H, W]
+    b = mp - (a * mI[:, None]).sum(0)  # [C, H, W]
+    ab = box_filter(torch.cat([a.reshape(3 * C, H, W), b])[None], radius)[0]  # [4C, H, W]
+    return ab[:3 * C].reshape(3, C, H, W), ab[3 * C:]  # [3C, H, W] -> [3, C, H, W]; [C, H, W]
+
+
+def guided_upsample(x, image, *, radius: int = 8, eps: float = 1e-4, renormalize: bool = True,
+                    subsample: int = 1) -> torch.Tensor:
+    """Upsample maps ``x`` (``[C, gh, gw]`` on the patch grid, or already ``[C, H, W]``) to the image with the image
+    (uint8 ``[H, W, 3]``) as guide: ``-> [C, H, W]`` float32.
+
+    ``x`` is first resized bilinearly (``align_corners=False``: patch centres land where ``FeatureMap.grid_to_pixel_xy``
+    says) to ``(H, W)``, then colour-guided-filtered (:func:`guided_filter`; ``radius`` in image pixels, ``eps`` on the
+    [0, 1] colour scale). ``renormalize=True`` treats ``x`` as probabilities over ``C``: negative values are clipped
+    and each pixel is divided by its sum (the filter keeps sums only up to rounding and can undershoot 0). Use
+    ``renormalize=False`` for heatmaps and logits. ``subsample > 1`` is He's "fast guided filter": the coefficients are
+    computed on the guide and maps downsampled by that factor (radius too) and upsampled bilinearly; ~``subsample**2``
+    times cheaper and nearly as sharp, since the input maps are smooth at that scale anyway.
+    """
+    I = _guide(image)  # [3, H, W]
+    H, W = I.shape[1:]
+    x = _maps(x, "x")
+    if tuple(x.shape[1:]) != (H, W):
+        x = F.interpolate(x[None], size=(H, W), mode="bilinear", align_corners=False)[0]  # [C, h, w] -> [C, H, W]
+    s = int(subsample)
+    if s < 1:
+        raise ValueError(f"subsample must be >= 1, got {subsample}")
+    if s == 1:
+        q = guided_filter(I, x, radius, eps)
+    else:  # fast guided filter: coefficients at low resolution, applied with the full-resolution guide
+        hs, ws = max(1, round(H / s)), max(1, round(W / s))
+        I_lo = F.interpolate(I[None], size=(hs, ws), mode="area")[0]  # [3, hs, ws]
+        x_lo = F.interpolate(x[None], size=(hs, ws), mode="area")[0]  # [C, hs, ws]
+        q = _fast_guided(I_lo, x_lo, max(1, round(radius / s)), eps, I)
+    if renormalize:
+        q = q.clamp_min(0)
+        q = q / q.sum(0, keepdim=True).clamp_min(1e-8)
+    return q
+
+
+def _fast_guided(I_lo, p_lo, radius, eps, I_full) -> torch.Tensor:
+    """He & Sun's fast guided filter: coefficients at low resolution, upsampled bilinearly, applied to the guide."""
+    C = p_lo.shape[0]
+    H, W = I_full.shape[1:]
+    ma, mb = _coefficients(I_lo, p_lo, radius, eps)  # [3, C, hs, ws], [C, hs, ws]
+    ab = torch.cat([ma.reshape(3 * C, *ma.shape[2:]), mb])[None]  # [1, 4C, hs, ws]
+    ab = F.interpolate(ab, size=(H, W), mode="bilinear", align_corners=False)[0]  # -> [4C, H, W]
+    ma, mb = ab[:3 * C].reshape(3, C, H, W), ab[3 * C:]  # [3, C, H, W], [C, H, W]
+    return (ma * I_full[:, None]).sum(0) + mb  # [C, H, W]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Learned upsampler
+
+
+@dataclass
+class UpsamplerConfig:
+    """Architecture and training settings of :class:`Upsampler` (saved with its weights)."""
+
+    guide_dim: int = 24  # image-feature channels of the guide CNN (3 x 3 convs at image resolution)
+    key_dim: int = 24  # query / key channels
+    offset_hidden: int = 16  # hidden units of the MLP that scores a pixel's offset from a patch centre
+    neighbourhood: int = 3  # (3, 5): patches per side that each pixel mixes
+    target_scale: int = 2  # training target: the encoder's tokens on a grid this many times finer per side
+    max_patches: int | None = None  # token budget of the low-resolution input (None: the encoder's default)
+    epochs: int = 6
+    lr: float = 3e-3
+    images_per_step: int = 4  # gradient accumulation over images of different sizes
+    seed: int = 0
+
+
+def _neighbours(image_hw, resized_hw, patch_size, out_hw, n: int):
+    """For every cell of an ``out_hw`` grid laid over the original image: its ``n x n`` surrounding patches.
+
+    Returns ``index`` int64 ``[n*n, ho*wo]`` (flat patch index, clamped), ``valid`` bool ``[n*n, ho*wo]`` and
+    ``offset`` float32 ``[n*n, ho*wo, 2]``: the cell centre minus the patch centre as (rows, columns) in patches.
+    """
+    H, W = image_hw
+    ho, wo = out_hw
+    gh, gw = resized_hw[0] // patch_size, resized_hw[1] // patch_size
+    ys, xs = (np.arange(ho) + 0.5) * (H / ho), (np.arange(wo) + 0.5) * (W / wo)  # cell centres, original pixels
+    xy = np.stack(np.meshgrid(xs, ys), axis=-1)  # [ho, wo, 2] as (x, y)
+    ij = pixel_to_grid(xy, image_hw, resized_hw, patch_size).reshape(-1, 2)  # [ho*wo, 2] the covering patch
+    origin = grid_to_pixel_xy((0.0, 0.0), image_hw, resized_hw, patch_size)
+    pitch_xy = grid_to_pixel_xy((1.0, 1.0), image_hw, resized_hw, patch_size) - origin  # pixels per patch (x, y)
+    r = n // 2
+    d = np.stack(np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1), indexing="ij"), -1).reshape(-1, 1, 2)
+    nb = ij[None] + d  # [n*n, ho*wo, 2] neighbour (i, j)
+    valid = (nb[..., 0] >= 0) & (nb[..., 0] < gh) & (nb[..., 1] >= 0) & (nb[..., 1] < gw)
+    centre_xy = grid_to_pixel_xy(nb, image_hw, resized_hw, patch_size)  # [n*n, ho*wo, 2] (x, y)
+    off_xy = (xy.reshape(1, -1, 2) - centre_xy) / pitch_xy  # [n*n, ho*wo, 2] in patches, (x, y)
+    offset = off_xy[..., ::-1].copy()  # -> (rows, columns)
+    index = np.clip(nb[..., 0], 0, gh - 1) * gw + np.clip(nb[..., 1], 0, gw - 1)  # [n*n, ho*wo]
+    return (torch.from_numpy(index), torch.from_numpy(valid), torch.from_numpy(offset.astype(np.float32)))
+
+
+def _resize_features(x: torch.Tensor, size_hw) -> torch.Tensor:
+    """``[C, h, w]`` -> ``[C, *size_hw]``: area mean when shrinking, bilinear otherwise."""
+    if tuple(x.shape[1:]) == tuple(size_hw):
+        return x
+    if size_hw[0] <= x.shape[1] and size_hw[1] <= x.shape[2]:
+        return F.adaptive_avg_pool2d(x[None], size_hw)[0]
+    return F.interpolate(x[None], size=size_hw, mode="bilinear", align_corners=False)[0]
+
+
+class Upsampler(nn.Module):
+    """Learned joint upsampler: patch-grid values ``[C, gh, gw]`` + image -> ``[C, H, W]`` (see the module docstring).
+
+    For output cell ``x`` and each of the ``n x n`` patches ``j`` around it::
+
+        w_xj = softmax_j( q(x) . k(j) / sqrt(key_dim) + mlp(offset_xj) - exp(s) |offset_xj|^2 )
+        out(x) = sum_j w_xj value(j)
+
+    ``q`` comes from image features at ``x``; ``k(j)`` from image features averaged over patch ``j`` plus a linear map
+    of its (layer-normalised) token. The weights are convex, so any patch-grid map can be upsampled with them.
+    """
+
+    def __init__(self, in_dim: int, config: UpsamplerConfig | None = None, *, encoder_spec: dict | None = None,
+                 layers: Sequence[int] | None = None, meta: dict | None = None):
+        super().__init__()
+        cfg = config or UpsamplerConfig()
+        if cfg.neighbourhood not in (3, 5):
+            raise ValueError(f"neighbourhood must be 3 or 5, got {cfg.neighbourhood}")
+        self.config = cfg
+        self.in_dim = int(in_dim)
+        self.encoder_spec = dict(encoder_spec or {})
+        n = self.encoder_spec.get("num_layers")
+        layers = list(layers) if layers is not None else list(self.encoder_spec.get("layers", [-1]))
+        self.layers = [b % n if (n and b < 0) else b for b in layers]
+        self.meta = dict(meta or {})
+        g, k = cfg.guide_dim, cfg.key_dim
+        self.guide = nn.Sequential(nn.Conv2d(3, g, 3, padding=1), nn.GELU(), nn.Conv2d(g, g, 3, padding=1), nn.GELU(),
+                                   nn.Conv2d(g, g, 3, padding=1))
+        self.query = nn.Conv2d(g, k, 1)
+        self.key_image = nn.Conv2d(g, k, 1)
+        self.key_token = nn.Linear(self.in_dim, k)
+        self.offset_mlp = nn.Sequential(nn.Linear(2, cfg.offset_hidden), nn.GELU(), nn.Linear(cfg.offset_hidden, 1))
+        nn.init.zeros_(self.offset_mlp[2].weight)
+        nn.init.zeros_(self.offset_mlp[2].bias)
+        self.log_sharpness = nn.Parameter(torch.zeros(()))  # starts as a Gaussian of the distance: bilinear-like
+
+    # --- identity -----------------------------------------------------------------------------------------------------
+    def check(self, spec: dict) -> None:
+        """Raise :class:`UpsamplerMismatchError` unless features of encoder ``spec`` can feed this upsampler."""
+        diff = {k: (self.encoder_spec.get(k), spec.get(k)) for k in IDENTITY_KEYS
+                if self.encoder_spec.get(k) != spec.get(k)}
+        if diff:
+            detail = ", ".join(f"{k}: trained on {a!r}, given {b!r}" for k, (a, b) in diff.items())
+            raise UpsamplerMismatchError(f"upsampler was trained on another encoder ({detail})")
+        missing = [b for b in self.layers if b not in spec.get("layers", [])]
+        if missing:
+            raise UpsamplerMismatchError(f"upsampler reads blocks {self.layers}; "
+                                         f"the features hold {spec.get('layers')}")
+
+    # --- the mixing weights -------------------------------------------------------------------------------------------
+    def weights(self, fmap: FeatureMap, image, size_hw: tuple[int, int] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixing weights ``[n*n, ho*wo]`` (sum 1 over the first axis) and patch indices ``[n*n, ho*wo]`` for an output
+        of ``size_hw`` (default: the image's own size) covering the whole original image.
+
+        ``image`` is uint8 ``[h, w, 3]`` covering the same view as ``fmap`` (usually the original image; any size).
+        """
+        self.check(fmap.encoder)
+        guide = _guide(image)  # [3, h, w]
+        ho, wo = tuple(size_hw) if size_hw is not None else tuple(guide.shape[1:])
+        gh, gw = fmap.grid_hw
+        dtype = self.query.weight.dtype
+        feats = self.guide(((guide - 0.5) / 0.25)[None].to(dtype))[0]  # [g, h, w]
+        q = self.query(_resize_features(feats, (ho, wo))[None])[0].reshape(-1, ho * wo)  # [k, ho*wo]
+        tok = fmap.layer_tokens(self.layers).to(dtype)  # [gh, gw, D]
+        tok = F.layer_norm(tok, tok.shape[-1:])
+        k_img = self.key_image(_resize_features(feats, (gh, gw))[None])[0]  # [k, gh, gw]
+        keys = k_img.reshape(-1, gh * gw) + self.key_token(tok.reshape(gh * gw, -1)).T  # [k, gh*gw]
+        index, valid, offset = _neighbours(fmap.image_hw, fmap.resized_hw, fmap.patch_size, (ho, wo),
+                                           self.config.neighbourhood)
+        scale = 1.0 / math.sqrt(keys.shape[0])
+        # one neighbour at a time: never a [k, n*n, ho*wo] tensor (a photo-sized output would need gigabytes)
+        logits = torch.stack([(q * keys[:, index[d]]).sum(0) * scale for d in range(index.shape[0])])  # [n*n, ho*wo]
+        logits = logits + self.offset_mlp(offset.to(dtype))[..., 0]  # [n*n, ho*wo, 2] -> [n*n, ho*wo]
+        logits = logits - self.log_sharpness.exp() * (offset.to(dtype) ** 2).sum(-1)
+        logits = logits.masked_fill(~valid, float("-inf"))
+        return logits.softmax(0), index
+
+    @staticmethod
+    def mix(values: torch.Tensor, weights: torch.Tensor, index: torch.Tensor, size_hw: tuple[int, int]
+            ) -> torch.Tensor:
+        """``values [C, gh, gw]`` mixed with :meth:`weights` -> ``[C, ho, wo]``."""
+        C = values.shape[0]
+        flat = values.reshape(C, -1).to(weights.dtype)  # [C, gh, gw] -> [C, gh*gw]
+        out = sum(flat[:, index[d]] * weights[d] for d in range(index.shape[0]))  # [C, ho*wo]
+        return out.reshape(C, *size_hw)  # [C, ho*wo] -> [C, ho, wo]
+
+    def upsample(self, fmap: FeatureMap, image, values=None, *, size_hw: tuple[int, int] | None = None
+                 ) -> torch.Tensor:
+        """Patch-grid ``values [C, gh, gw]`` (default: the feature map's own tokens) -> ``[C, ho, wo]``, ``size_hw``
+        defaulting to the image's size.
+
+        Upsample probe LOGITS (``[K, gh, gw]``) rather than tokens: the weights are convex, so a linear probe's
+        logits of upsampled tokens equal the upsampled logits, at ``K / D`` of the cost and memory.
+        """
+        gh, gw = fmap.grid_hw
+        if values is None:
+            values = fmap.layer_tokens(self.layers).permute(2, 0, 1)  # [gh, gw, D] -> [D, gh, gw]
+        values = _maps(values, "values")
+        if tuple(values.shape[1:]) != (gh, gw):
+            raise ValueError(f"values: expected [C, {gh}, {gw}] on the feature map's grid, got {tuple(values.shape)}")
+        size_hw = tuple(size_hw) if size_hw is not None else tuple(np.asarray(image).shape[:2])
+        with torch.inference_mode():
+            w, index = self.weights(fmap, image, size_hw)
+            return self.mix(values, w, index, size_hw).float()
+
+    # --- persistence --------------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """One ``.safetensors`` file: weights + config + encoder spec + layers + meta; atomic (temp + rename)."""
+        path = Path(path)
+        header = {"format": FORMAT, "version": VERSION, "in_dim": self.in_dim, "config": asdict(self.config),
+                  "encoder": self.encoder_spec, "layers": self.layers, "meta": self.meta}
+        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"dense": json.dumps(header)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, encoder=None) -> Upsampler:
+        """Read an upsampler; with ``encoder`` (an ``Encoder`` or a spec dict) one trained for another encoder raises
+        :class:`UpsamplerMismatchError` naming the file."""
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = json.loads((f.metadata() or {})["dense"])
+                tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            raise ValueError(f"{path}: not a dense upsampler file ({type(e).__name__}: {e})") from e
+        if header.get("format") != FORMAT or header.get("version") != VERSION:
+            raise ValueError(f"{path}: unknown upsampler format {header.get('format')!r} v{header.get('version')}")
+        up = cls(header["in_dim"], UpsamplerConfig(**header["config"]), encoder_spec=header["encoder"],
+                 layers=header["layers"], meta=header.get("meta"))
+        up.load_state_dict(tensors, strict=True)
+        up.eval()
+        if encoder is not None:
+            spec = encoder if isinstance(encoder, dict) else encoder.spec(layers=tuple(up.layers))
+            try:
+                up.check(spec)
+            except UpsamplerMismatchError as e:
+                raise UpsamplerMismatchError(f"{path}: {e}") from None
+        return up
+
+
+def _pairs(encoder, images, cfg: UpsamplerConfig, layers) -> list[tuple[FeatureMap, np.ndarray, torch.Tensor]]:
+    """(low-res FeatureMap, image uint8 [H, W, 3], target tokens [D, s*gh, s*gw]) per training image."""
+    from dense.preprocess import to_pixels
+
+    s = cfg.target_scale
+    out = []
+    for image in images:
+        rgb, (gh, gw) = encoder.prepare(image, cfg.max_patches)
+        lo = encoder.forward_pixels(to_pixels(rgb, (gh, gw), encoder.pixels)[None], layers)[0]  # [gh, gw, D]
+        hi = encoder.forward_pixels(to_pixels(rgb, (s * gh, s * gw), encoder.pixels)[None], layers)[0]  # [sgh, sgw, D]
+        fmap = encoder._feature_map(lo, rgb.shape[:2], (gh, gw), cfg.max_patches, layers)
+        out.append((fmap, rgb, hi.permute(2, 0, 1).contiguous()))  # [s*gh, s*gw, D] -> [D, s*gh, s*gw]
+    return out
+
+
+def train_upsampler(encoder, images: Sequence, config: UpsamplerConfig | None = None, *,
+                    layers: tuple[int, ...] = (-1,), progress: bool = True) -> Upsampler:
+    """Train an :class:`Upsampler` without labels: from each image's tokens at the budget grid ``(gh, gw)`` and the
+    image, predict the encoder's own tokens on the ``target_scale`` times finer grid (``(s*gh, s*gw)``, extracted
+    from a larger resize). Loss: mean squared error of per-channel standardised tokens (what a probe's BatchNorm
+    sees). ``images``: paths, PIL images or uint8 arrays. Deterministic for ``config.seed`` on CPU.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config or UpsamplerConfig()
+    images = list(images)
+    if not images:
+        raise ValueError("train_upsampler: no images")
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    pairs = _pairs(encoder, tqdm(images, desc="upsampler targets", unit="img", disable=not progress), cfg, layers)
+    spec = pairs[0][0].encoder
+    up = Upsampler(pairs[0][0].dim, cfg, encoder_spec=spec, layers=list(layers),
+                   meta={"images": len(images), "config": asdict(cfg)})
+    allt = torch.cat([t.reshape(t.shape[0], -1) for _, _, t in pairs], 1)  # [D, sum of target cells]
+    mu, sd = allt.mean(1, keepdim=True), allt.std(1, keepdim=True).clamp_min(1e-6)  # [D, 1]
+    opt = torch.optim.AdamW(up.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n_steps = cfg.epochs * math.ceil(len(pairs) / cfg.images_per_step)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=n_steps, pct_start=0.1)
+    history = []
+    bar = tqdm(range(cfg.epochs), desc="upsampler", unit="epoch", disable=not progress)
+    up.train()
+    for _ in bar:
+        order = torch.randperm(len(pairs), generator=gen).tolist()
+        total = 0.0
+        for start in range(0, len(order), cfg.images_per_step):
+            chunk = order[start:start + cfg.images_per_step]
+            opt.zero_grad(set_to_none=True)
+            for i in chunk:
+                fmap, rgb, target = pairs[i]
+                size_hw = tuple(target.shape[1:])
+                w, index = up.weights(fmap, rgb, size_hw)  # [n*n, s*gh*s*gw]
+                values = fmap.layer_tokens(up.layers).permute(2, 0, 1)  # [gh, gw, D] -> [D, gh, gw]
+                pred = up.mix(values, w, index, size_hw)  # [D, s*gh, s*gw]
+                loss = (((pred - target) / sd[:, :, None]) ** 2).mean()  # [D, 1] -> [D, 1, 1] per-channel scale
+                (loss / len(chunk)).backward()
+                total += loss.item()
+            opt.step()
+            sched.step()
+        history.append(total / len(pairs))
+        bar.set_postfix(loss=f"{history[-1]:.4f}")
+    up.eval()
+    # the loss of plain bilinear upsampling on the same targets, for reference in meta
+    base = float(np.mean([(((F.interpolate(f.layer_tokens(up.layers).permute(2, 0, 1)[None], size=t.shape[1:],
+                                           mode="bilinear", align_corners=False)[0] - t) / sd[:, :, None]) ** 2)
+                           .mean().item() for f, _, t in pairs]))
+    up.meta.update({"loss": history, "bilinear_loss": base, "seconds": time.perf_counter() - t0,
+                    "token_mean_abs": float(mu.abs().mean())})
+    return up

@@ -18,6 +18,10 @@ from dense.preprocess import grid_to_pixel_xy, pixel_to_grid
 
 FORMAT_VERSION = 1
 
+# What must match between the encoder that made features and a head trained on them (a probe, an upsampler). The
+# token budget (max_patches) and dtype may differ: they change the features' resolution and precision, not meaning.
+IDENTITY_KEYS = ("fingerprint", "family", "patch_size", "hidden_size", "num_layers")
+
 
 def block_indices(layers, num_layers: int | None) -> tuple[int, ...]:
     """Python-style block indices (``-1`` = the last block) -> absolute ones in ``[0, num_layers)``.

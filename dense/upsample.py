@@ -37,12 +37,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dense._atomic import atomic_path
-from dense.features import FeatureMap
+from dense.features import IDENTITY_KEYS, FeatureMap, block_indices
 from dense.preprocess import grid_to_pixel_xy, pixel_to_grid
 
-# What must match between the encoder an upsampler was trained on and the one it is used with (as probes.linear's
-# IDENTITY_KEYS; an encoder fingerprint will replace both).
-IDENTITY_KEYS = ("name", "family", "patch_size", "hidden_size", "num_layers")
 FORMAT = "dense.Upsampler"
 VERSION = 1
 
@@ -266,9 +263,8 @@ class Upsampler(nn.Module):
         self.config = cfg
         self.in_dim = int(in_dim)
         self.encoder_spec = dict(encoder_spec or {})
-        n = self.encoder_spec.get("num_layers")
         layers = list(layers) if layers is not None else list(self.encoder_spec.get("layers", [-1]))
-        self.layers = [b % n if (n and b < 0) else b for b in layers]
+        self.layers = list(block_indices(layers, self.encoder_spec.get("num_layers")))
         self.meta = dict(meta or {})
         g, k = cfg.guide_dim, cfg.key_dim
         self.guide = nn.Sequential(nn.Conv2d(3, g, 3, padding=1), nn.GELU(), nn.Conv2d(g, g, 3, padding=1), nn.GELU(),

@@ -18,13 +18,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dense._atomic import atomic_path
-from dense.features import FeatureMap, block_indices
+from dense.features import IDENTITY_KEYS, FeatureMap, block_indices
 
 FORMAT = "dense.LinearProbe"
 VERSION = 1
-# What must match between the encoder a probe was trained on and the features it is applied to. The token budget
-# (max_patches) and dtype may differ: they change the features' resolution and precision, not their meaning.
-IDENTITY_KEYS = ("fingerprint", "family", "patch_size", "hidden_size", "num_layers")
 
 
 class ProbeMismatchError(ValueError):

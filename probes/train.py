@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dense.eval.probe import evaluate_probes
-from dense.features import FeatureMap, block_indices
+from dense.features import IDENTITY_KEYS, FeatureMap, block_indices
 from dense.metrics import IGNORE
-from probes.linear import IDENTITY_KEYS, LinearProbe, ProbeMismatchError
+from probes.linear import LinearProbe, ProbeMismatchError
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,7 @@ def test_guided_upsample_bad_inputs_name_the_input():
 
 def _fmap(tokens, image_hw, p=8, spec=None):
     gh, gw = tokens.shape[:2]
-    spec = spec or dict(name="fake", family="siglip", patch_size=p, hidden_size=tokens.shape[-1], num_layers=2,
+    spec = spec or dict(fingerprint="fake", family="siglip", patch_size=p, hidden_size=tokens.shape[-1], num_layers=2,
                         max_patches=gh * gw, layers=[1], dtype="float32")
     return FeatureMap(tokens, image_hw, (gh * p, gw * p), p, (1,), spec)
 
@@ -197,11 +197,11 @@ def test_train_upsampler_learns_and_save_load_checks_identity(tiny_encoder, tmp_
     back = Upsampler.load(path, encoder=tiny_encoder)
     fmap = tiny_encoder.extract(imgs[0], max_patches=24)
     torch.testing.assert_close(back.upsample(fmap, imgs[0]), up.upsample(fmap, imgs[0]))
-    other = dict(tiny_encoder.spec(), hidden_size=64, name="another")
+    other = dict(tiny_encoder.spec(), hidden_size=64, fingerprint="another")
     with pytest.raises(UpsamplerMismatchError, match="up.safetensors.*trained on another encoder"):
         Upsampler.load(path, encoder=other)
     with pytest.raises(UpsamplerMismatchError):
-        back.upsample(_fmap(fmap.tokens, fmap.image_hw, spec=dict(fmap.encoder, name="another")), imgs[0])
+        back.upsample(_fmap(fmap.tokens, fmap.image_hw, spec=dict(fmap.encoder, fingerprint="another")), imgs[0])
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(ValueError, match="bad.safetensors"):
         Upsampler.load(tmp_path / "bad.safetensors")
@@ -229,7 +229,8 @@ class PatchMean(nn.Module):
 
 def patch_mean_encoder(p=8, budget=12):
     return Encoder(PatchMean(p), PixelConfig(patch_size=p, max_patches=budget), name="patch-mean", family="siglip",
-                   source=None, full_config=None, device=torch.device("cpu"), dtype=torch.float32)
+                   source=None, full_config=None, device=torch.device("cpu"), dtype=torch.float32,
+                   fingerprint="patch-mean")
 
 
 def test_window_starts():

@@ -59,6 +59,20 @@ def build_tiny_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dense_home(tmp_path_factory):
+    """dense's per-machine caches (file hashes, text embeddings) go to a fresh folder, not the user's home."""
+    import os
+
+    old = os.environ.get("DENSE_HOME")
+    os.environ["DENSE_HOME"] = str(tmp_path_factory.mktemp("dense-home"))
+    yield
+    if old is None:
+        os.environ.pop("DENSE_HOME", None)
+    else:
+        os.environ["DENSE_HOME"] = old
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread: these tests' ops are tiny, and on a busy 2-core machine two OpenMP threads spin-wait far

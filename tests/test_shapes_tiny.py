@@ -1,6 +1,7 @@
 """The bundled ``shapes-tiny`` SigLIP loads offline through transformers and still knows its shapes (regression floors).
 
-Held-out figures at training time are in ``dense/checkpoints/shapes-tiny/training.json``; the floors here are set
+Held-out figures at training time are in ``dense/checkpoints/shapes-tiny/training.json`` (a record, not tested); the
+floors here are set
 well below them so that a numerically different CPU never fails the test, while a broken checkpoint or a broken
 tokenizer (wrong padding side, no EOS, no lower-casing) does.
 """
@@ -106,10 +107,3 @@ def test_map_value_pointing_beats_chance(tiny):
     assert queries > 60
     print(f"pointing {hits / queries:.3f} over {queries}")
     assert hits / queries >= POINTING_FLOOR, hits / queries
-
-
-def test_training_record_meets_targets():
-    rec = json.loads((FOLDER / "training.json").read_text())
-    assert rec["wall_time_s"] < 20 * 60
-    assert rec["metrics"]["zero_shot_acc"] >= 0.9
-    assert {"seed", "steps", "metrics"} <= set(rec)

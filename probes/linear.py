@@ -77,20 +77,40 @@ class LinearProbe(nn.Module):
         return select_layers(fmap, self.layers).permute(2, 0, 1)  # [gh, gw, D] -> [D, gh, gw]
 
     @torch.inference_mode()
+    def grid_logits(self, fmap: FeatureMap) -> torch.Tensor:
+        """Logits on the patch grid: ``[K, gh, gw]``."""
+        x = self.select(fmap)[None].to(self.conv.weight.dtype)  # [1, D, gh, gw]
+        return self(x)[0].float()  # [1, K, gh, gw] -> [K, gh, gw]
+
+    @torch.inference_mode()
     def logits(self, fmap: FeatureMap, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
         """Logits ``[K, H, W]`` at the original image size (or ``size_hw``), upsampled bilinearly.
 
         The grid tiles the resized image exactly, so ``align_corners=False`` puts patch centres where
         ``FeatureMap.grid_to_pixel_xy`` says they are.
         """
-        x = self.select(fmap)[None].to(self.conv.weight.dtype)  # [1, D, gh, gw]
-        out = self(x)  # [1, K, gh, gw]
         size_hw = tuple(size_hw or fmap.image_hw)
-        return F.interpolate(out, size=size_hw, mode="bilinear", align_corners=False)[0]  # -> [K, H, W]
+        return F.interpolate(self.grid_logits(fmap)[None], size=size_hw, mode="bilinear", align_corners=False)[0]
 
-    def predict(self, fmap: FeatureMap, size_hw: tuple[int, int] | None = None) -> np.ndarray:
-        """Label map: int32 numpy ``[H, W]`` at the original image size (or ``size_hw``), like every dense label map."""
-        return self.logits(fmap, size_hw).argmax(0).to(torch.int32).numpy()
+    @torch.inference_mode()
+    def predict(self, fmap: FeatureMap, size_hw: tuple[int, int] | None = None, *, upsample: str = "bilinear",
+                image=None, upsampler=None) -> np.ndarray:
+        """Label map: int32 numpy ``[H, W]`` at the original image size (or ``size_hw``), like every dense label map.
+
+        ``upsample="guided"`` sharpens the class probabilities with the image as guide, and ``upsampler`` (a trained
+        :class:`dense.upsample.Upsampler` of the same encoder) replaces bilinear upsampling; both need ``image``
+        (see :func:`dense.upsample.upsample_maps`).
+        """
+        if upsample == "bilinear" and upsampler is None:
+            return self.logits(fmap, size_hw).argmax(0).to(torch.int32).numpy()
+        from dense.upsample import upsample_maps
+
+        grid = self.grid_logits(fmap)  # [K, gh, gw]
+        if upsample == "guided":
+            grid = grid.softmax(0)  # probabilities: the guided filter keeps them a distribution
+        up = upsample_maps(grid, fmap, mode=upsample, image=image, upsampler=upsampler,
+                           probabilities=upsample == "guided", size_hw=size_hw)  # [K, H, W]
+        return up.argmax(0).to(torch.int32).numpy()
 
     # --- persistence ------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

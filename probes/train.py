@@ -296,7 +296,7 @@ def train_probes(train: Sequence[Sample], val: Sequence[Sample], class_names: Se
             probe.conv.bias.copy_(heads.bias[h])
         probes[key] = probe.eval()
 
-    val_figs = {k: r.figures for k, r in evaluate_probes(probes, val, progress=progress).items()}
+    val_figs = {k: r.figures for k, r in evaluate_probes(probes, val, boundary=False, progress=progress).items()}
     best_key = max(keys, key=lambda k: (np.nan_to_num(val_figs[k]["mIoU"], nan=-1.0), -keys.index(k)))
     best = probes[best_key]
     best.meta["val"] = {k: v for k, v in val_figs[best_key].items() if not k.startswith("IoU/")}

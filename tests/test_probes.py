@@ -147,6 +147,13 @@ def test_cli_train_then_eval(tmp_path, tiny_siglip_dir, tiny_siglip2_dir, capsys
     assert rc == 0
     ev = json.loads((tmp_path / "e.json").read_text())
     assert ev["figures"]["mIoU"] == pytest.approx(res["test"]["mIoU"])
+    assert 0 <= ev["figures"]["bF"] <= 1 and 0 <= ev["figures"]["trimap_mIoU"] <= 1
+    capsys.readouterr()
+    rc = main(["probe", "eval", *common, "--probe", str(out), "--split", "test", "--upsample", "guided",
+               "--json", str(tmp_path / "g.json")])
+    assert rc == 0 and "boundary F" in capsys.readouterr().out
+    guided = json.loads((tmp_path / "g.json").read_text())["figures"]
+    assert {"mIoU", "bF", "trimap_mIoU"} <= set(guided)
     # one COCO file per split gives the same result as one file with a 'split' field
     data = json.loads(Path(world["annotation_file"]).read_text())
     per_split = []
@@ -165,6 +172,27 @@ def test_cli_train_then_eval(tmp_path, tiny_siglip_dir, tiny_siglip2_dir, capsys
     assert main(["probe", "eval", *common, "--probe", str(out), "--split", "test"]) == 1
     assert "trained on another encoder" in capsys.readouterr().err
     assert not list(Path(tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_guided_predict_is_the_guided_filter_of_the_probabilities():
+    """LinearProbe.predict(upsample="guided") == argmax of dense.upsample.guided_upsample on its softmax; it needs
+    the image, and the image must be the FeatureMap's."""
+    from dense.upsample import GUIDED_EPS, GUIDED_RADIUS_CELLS, guided_upsample
+
+    train, val = fake_samples(12, 0), fake_samples(4, 1)
+    probe = train_probes(train, val, NAMES, ProbeConfig(lrs=(1e-2,), epochs=2), progress=False).best
+    s = val[0]
+    H, W = s.fmap.image_hw
+    image = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    cell = np.sqrt((H / s.fmap.grid_hw[0]) * (W / s.fmap.grid_hw[1]))
+    expect = guided_upsample(probe.grid_logits(s.fmap).softmax(0), image, radius=round(GUIDED_RADIUS_CELLS * cell),
+                             eps=GUIDED_EPS, subsample=2).argmax(0).numpy()
+    got = probe.predict(s.fmap, upsample="guided", image=image)
+    assert got.dtype == np.int32 and (got == expect).all()
+    with pytest.raises(ValueError, match="needs the image"):
+        probe.predict(s.fmap, upsample="guided")
+    with pytest.raises(ValueError, match="made from"):
+        probe.predict(s.fmap, upsample="guided", image=image[:-1])
 
 
 def test_cell_counts_equal_pixel_cross_entropy():

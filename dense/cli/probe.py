@@ -55,11 +55,13 @@ def add(sub, parent) -> None:
                    help="how training features are held in memory")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="save the chosen probe (.safetensors)")
+    _upsample_args(t)
 
     e = command(actions, "eval", parent, func=run_eval, help="score a saved probe at the original image resolution")
     _common(e)
     e.add_argument("--probe", required=True, type=existing("file"), help="a probe saved by `dense probe train`")
     e.add_argument("--split", default="test")
+    _upsample_args(e)
 
     r = command(actions, "refer", parent, func=run_refer,
                 help="train the small referring head on frozen tokens and report Acc@0.5 / pointing")
@@ -77,6 +79,25 @@ def add(sub, parent) -> None:
     r.add_argument("--save", help="where to save the trained head (.pt)")
     r.add_argument("--json", help="write the figures here")
     r.add_argument("--threads", type=int, default=1, help="torch threads (1: a tiny head, a shared machine)")
+
+
+def _upsample_args(p) -> None:
+    p.add_argument("--upsample", default="bilinear", choices=("bilinear", "guided"),
+                   help="how test predictions reach the image's pixels: bilinear, or a colour guided filter with the "
+                        "image as guide (sharper edges)")
+    p.add_argument("--upsampler", type=existing("file"),
+                   help="a learned upsampler of this encoder (`dense upsampler train`) in place of bilinear")
+
+
+def _sharpen(args, encoder, data: dict) -> dict:
+    """``evaluate_probe`` options for ``--upsample``/``--upsampler``: the mode, the upsampler, each sample's image."""
+    upsampler = None
+    if args.upsampler:
+        from dense.upsample import Upsampler
+
+        upsampler = Upsampler.load(args.upsampler, encoder=encoder)
+    paths = {key: path for _, _, items in data.values() for key, path in items}
+    return {"upsample": args.upsample, "upsampler": upsampler, "image_of": lambda s: paths[s.key]}
 
 
 def _common(p) -> None:
@@ -142,7 +163,8 @@ def _dataset(args, split: str, loaded: dict):
 
 
 def _prepare(args, splits: list[str], check=None):
-    """Load the encoder, fill the cache for ``splits`` and return ``(encoder, cache, {split: (dataset, samples)})``.
+    """Load the encoder, fill the cache for ``splits`` and return
+    ``(encoder, cache, {split: (dataset, samples, [(key, image path)])})``.
 
     ``check(spec)`` runs on the cache's encoder spec before any extraction."""
     from dense.cache import FeatureCache, dataset_items, extract_to_cache
@@ -165,13 +187,14 @@ def _prepare(args, splits: list[str], check=None):
                                    progress=not args.quiet)
             if rep.skipped:
                 print(f"{split}: skipped {len(rep.skipped)} unreadable images: {rep.skipped[:3]}")
-        out[split] = (ds, load_samples(ds, cache, sub, progress=not args.quiet))
+        out[split] = (ds, load_samples(ds, cache, sub, progress=not args.quiet), items)
     return encoder, cache, out
 
 
 def _print_figures(title: str, figs: dict) -> None:
+    edges = f"  boundary F {pct(figs['bF'])}%  trimap mIoU {pct(figs['trimap_mIoU'])}%" if "bF" in figs else ""
     print(f"\n{title}: mIoU {pct(figs['mIoU'])}%  pixel acc {pct(figs['pixel_acc'])}%  "
-          f"mean acc {pct(figs['mean_acc'])}%")
+          f"mean acc {pct(figs['mean_acc'])}%{edges}")
     per_class = [(k[4:], v) for k, v in figs.items() if k.startswith("IoU/")]
     if per_class:
         width = max(len(n) for n, _ in per_class)
@@ -187,7 +210,7 @@ def run_train(args) -> int:
     t0 = time.perf_counter()
     splits = [args.train_split, args.val_split] + ([args.test_split] if args.test_split else [])
     encoder, cache, data = _prepare(args, splits)
-    ds_train, train = data[args.train_split]
+    ds_train, train, _ = data[args.train_split]
     class_names = ds_train.class_names
     layer_sets = tuple(parse_layers(s) for s in args.layer_sets.split(";")) if args.layer_sets else None
     cfg = ProbeConfig(lrs=tuple(parse_floats(args.lrs, "--lrs")), layer_sets=layer_sets, epochs=args.epochs,
@@ -204,7 +227,8 @@ def run_train(args) -> int:
               f"beyond it (widen --lrs)")
     test = None
     if args.test_split:
-        test = evaluate_probe(result.best, data[args.test_split][1], progress=not args.quiet).figures
+        test = evaluate_probe(result.best, data[args.test_split][1], progress=not args.quiet,
+                              **_sharpen(args, encoder, data)).figures
         result.best.meta["test"] = {k: v for k, v in test.items() if not k.startswith("IoU/")}
         _print_figures(f"test ({args.test_split}, {len(data[args.test_split][1])} images, reported once)", test)
     else:
@@ -228,11 +252,11 @@ def run_eval(args) -> int:
     args.layers = ",".join(str(b) for b in probe.encoder_spec.get("layers", probe.layers))
     # a probe of another encoder is an error, raised before any extraction
     encoder, cache, data = _prepare(args, [args.split], check=lambda spec: LinearProbe.load(args.probe, encoder=spec))
-    ds, samples = data[args.split]
+    ds, samples, _ = data[args.split]
     if list(ds.class_names) != probe.class_names:
         raise DenseError(f"{args.probe}: trained on classes {probe.class_names[:5]}..., the dataset has "
                          f"{list(ds.class_names)[:5]}...")
-    figs = evaluate_probe(probe, samples, progress=not args.quiet).figures
+    figs = evaluate_probe(probe, samples, progress=not args.quiet, **_sharpen(args, encoder, data)).figures
     _print_figures(f"{args.split} ({len(samples)} images)", figs)
     write_json(args.json, {"probe": str(args.probe), "encoder": cache.spec, "split": args.split,
                            "images": len(samples), "figures": figs})

@@ -1,34 +1,55 @@
-"""Linear-probe segmentation scored at the original image resolution: one confusion matrix per probe over a split."""
+"""Linear-probe segmentation scored at the original image resolution: one confusion matrix per probe over a split,
+plus boundary F-score and trimap mIoU (where label maps are blocky, mIoU alone hides it)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
 from dense.eval import Result
-from dense.metrics import SegmentationMeter, segmentation_figures
+from dense.metrics import BoundaryMeter, SegmentationMeter, segmentation_figures
 
 
-def evaluate_probes(probes: Mapping[str, object], samples: Sequence, *, progress: bool = False) -> dict[str, Result]:
+def evaluate_probes(probes: Mapping[str, object], samples: Sequence, *, upsample: str = "bilinear",
+                    upsampler=None, image_of: Callable | None = None, boundary: bool = True,
+                    progress: bool = False) -> dict[str, Result]:
     """One :class:`~dense.eval.Result` per probe key, in one pass over ``samples``.
 
-    ``probes``: anything with ``class_names`` and ``predict(fmap, size_hw) -> int32 [H, W]``
-    (:class:`probes.LinearProbe`). ``samples``: objects with ``key``, ``fmap`` and ``label`` (``[H, W]``, ignored
-    pixels = :data:`dense.metrics.IGNORE`), e.g. :class:`probes.Sample`. Predictions are made at the label map's size,
-    the original image resolution. Figures: ``mIoU``, ``pixel_acc``, ``mean_acc``, ``IoU/<class>``; rows: one per
-    image with its own pixel accuracy and mIoU over the classes it holds.
+    ``probes``: anything with ``class_names`` and ``predict(fmap, size_hw, upsample=, image=, upsampler=) -> int32
+    [H, W]`` (:class:`probes.LinearProbe`). ``samples``: objects with ``key``, ``fmap`` and ``label`` (``[H, W]``,
+    ignored pixels = :data:`dense.metrics.IGNORE`), e.g. :class:`probes.Sample`. Predictions are made at the label
+    map's size, the original image resolution, upsampled as ``upsample``/``upsampler`` say
+    (:func:`dense.upsample.upsample_maps`); ``image_of(sample)`` gives the image those need.
+
+    Figures: ``mIoU``, ``pixel_acc``, ``mean_acc``, ``IoU/<class>`` and, with ``boundary``, ``bF`` (boundary F-score
+    at 2 px), ``trimap_mIoU`` (within 4 px of a ground-truth boundary) and ``bF/<class>``; rows: one per image with its
+    own pixel accuracy and mIoU over the classes it holds.
     """
+    sharp = upsample != "bilinear" or upsampler is not None
+    if sharp and image_of is None:
+        raise ValueError(f"upsample={upsample!r}{' with an upsampler' if upsampler else ''} needs image_of(sample)")
     meters = {k: SegmentationMeter(p.class_names) for k, p in probes.items()}
+    edges = {k: BoundaryMeter(p.class_names) for k, p in probes.items()} if boundary else {}
     rows: dict[str, list[dict]] = {k: [] for k in probes}
     for s in tqdm(samples, desc="evaluate", unit="img", disable=not progress):
+        image = image_of(s) if sharp else None
         for k, p in probes.items():
-            pred = p.predict(s.fmap, s.label.shape)  # int32 [H, W]
+            pred = p.predict(s.fmap, s.label.shape, upsample=upsample, image=image, upsampler=upsampler)  # [H, W]
             figs = segmentation_figures(meters[k].update(pred, s.label))  # this image's own figures
+            if boundary:
+                edges[k].update(pred, s.label)
             rows[k].append({"key": s.key, "pixel_acc": figs["pixel_acc"], "mIoU": figs["mIoU"]})
-    return {k: Result(figures=m.figures(), rows=rows[k], meta={"images": len(samples)}) for k, m in meters.items()}
+    out = {}
+    for k, m in meters.items():
+        figures = m.figures()
+        if boundary:
+            figures.update(edges[k].figures())
+        out[k] = Result(figures=figures, rows=rows[k], meta={"images": len(samples), "upsample": upsample,
+                                                              "upsampler": upsampler is not None})
+    return out
 
 
-def evaluate_probe(probe, samples: Sequence, *, progress: bool = False) -> Result:
-    """One probe on ``samples`` (see :func:`evaluate_probes`)."""
-    return evaluate_probes({"probe": probe}, samples, progress=progress)["probe"]
+def evaluate_probe(probe, samples: Sequence, **kwargs) -> Result:
+    """One probe on ``samples`` (see :func:`evaluate_probes` for the options)."""
+    return evaluate_probes({"probe": probe}, samples, **kwargs)["probe"]

@@ -235,7 +235,11 @@ class SegDataset:
     def _where(self, image_id: str) -> tuple[Path, Path]:
         if not self._split_of:
             for s in self.layout:
-                self.ids(s)
+                if s not in self._ids:
+                    try:
+                        self.ids(s)
+                    except FileNotFoundError:  # a split that is not there (e.g. only val2017 downloaded)
+                        continue
         split = self._split_of.get(str(image_id))
         if split is None:
             raise KeyError(f"{self.root}: no image id {image_id!r} in {self.name}")

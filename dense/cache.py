@@ -3,15 +3,23 @@
 Layout::
 
     <root>/<family>-<hash>/spec.json            the encoder spec (fingerprint, family, dtype, budget, layers, ...)
-    <root>/<family>-<hash>/entries/<key>.safetensors    one FeatureMap per image (FeatureMap.save)
+    <root>/<family>-<hash>/entries/<key>.safetensors    one FeatureMap per image (FeatureMap.save), no dataset named
+    <root>/<family>-<hash>/data/<dataset identity>/<key>.safetensors    the same, for one dataset (``dataset=``)
 
 ``<hash>`` is a hash of ``Encoder.spec(max_patches=..., layers=...)``, which identifies the weights by their
 fingerprint (not by the name typed to load them), so changing the weights, their dtype, the token budget or the
 layers opens a different folder: stale features are never served. Keys are strings: a COCO image id, a
-segmentation-folder stem, or an image path relative to the image folder.
+segmentation-dataset id, or an image path relative to the image folder.
+
+Entries belong to their dataset: ``FeatureCache.for_encoder(root, enc, dataset=ds)`` (what every ``dense`` command
+does) keeps them under ``data/<ds.identity()>``, the dataset's kind and resolved root (a COCO file: the file and its
+image folder; a plain folder: the folder), so two datasets under one ``--cache`` never share an entry even when their
+image ids agree.
 
 Safety: each entry is written to a temp file and renamed (``FeatureMap.save``), so a killed run leaves whole entries
-or none (plus at most a stray temp file, removed on the next run). Resuming skips entries that load; an entry that
+or none, plus at most a stray temp file. The next run removes stray temp files of any writer (dense's
+``.<name>.<pid>.tmp``, safetensors' / tempfile's ``.tmpXXXXXX``-style names) once their writer's pid is gone or they are
+older than ``TEMP_MAX_AGE_S``. Resuming skips entries that load; an entry that
 does not load, or whose spec or shape is wrong, is reported as corrupt and extracted again.
 
 Sharding: under ``torchrun --nproc_per_node N`` (or any launcher setting ``RANK`` / ``WORLD_SIZE``), rank r takes
@@ -25,6 +33,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +47,9 @@ from dense.features import FeatureMap
 log = logging.getLogger("dense")
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+TEMP_MAX_AGE_S = 6 * 3600  # a temp file untouched this long has no live writer (pids are reused; shared disks)
+_DENSE_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # dense._atomic: .<name>.<pid>.tmp
+_OTHER_TEMP = re.compile(r"(^\.?tmp[A-Za-z0-9_]{4,}$)|(\.tmp[A-Za-z0-9_]{0,12}$)")  # safetensors, tempfile, ...
 
 
 def spec_hash(spec: dict) -> str:
@@ -57,17 +69,29 @@ def _pid_alive(pid: int) -> bool:
 class FeatureCache:
     """The cache folder of one encoder spec. ``get``/``put``/``__contains__`` by string key."""
 
-    def __init__(self, root: str | os.PathLike, spec: dict):
+    def __init__(self, root: str | os.PathLike, spec: dict, namespace: str | None = None):
         self.root = Path(root)
         self.spec = dict(spec)
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(spec.get("family", "model")))
         self.dir = self.root / f"{slug}-{spec_hash(self.spec)}"
-        self.entries = self.dir / "entries"
+        self.namespace = namespace
+        if namespace is None:
+            self.entries = self.dir / "entries"
+        else:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", namespace) or namespace in (".", ".."):
+                raise ValueError(f"cache namespace {namespace!r}: letters, digits, '_', '.', '-' only")
+            self.entries = self.dir / "data" / namespace
 
     @classmethod
-    def for_encoder(cls, root, encoder, *, max_patches: int | None = None, layers: Sequence[int] = (-1,)
-                    ) -> FeatureCache:
-        return cls(root, encoder.spec(max_patches=max_patches, layers=tuple(layers)))
+    def for_encoder(cls, root, encoder, *, max_patches: int | None = None, layers: Sequence[int] = (-1,),
+                    dataset=None) -> FeatureCache:
+        """The cache of ``encoder`` at this budget and these layers; with ``dataset`` (anything with
+        ``identity()``, or a namespace string), the part that belongs to that dataset."""
+        return cls(root, encoder.spec(max_patches=max_patches, layers=tuple(layers)), dataset_namespace(dataset))
+
+    def for_dataset(self, dataset) -> FeatureCache:
+        """The same cache, scoped to ``dataset`` (see :func:`dataset_namespace`)."""
+        return FeatureCache(self.root, self.spec, dataset_namespace(dataset))
 
     def init(self) -> None:
         """Create the folder and write ``spec.json`` (atomically; several ranks may do it at once)."""
@@ -137,14 +161,31 @@ class FeatureCache:
             raise ValueError(f"cache {self.dir}: refusing entry {key!r}: {why}")
         return fmap.save(self.path(key))
 
-    def remove_stale_temps(self) -> int:
-        """Delete temp files left by killed writers (their pid is gone). Returns how many."""
+    def remove_stale_temps(self, *, max_age_s: float = TEMP_MAX_AGE_S, now: float | None = None) -> int:
+        """Delete temp files left by killed writers anywhere in this spec's folder. Returns how many.
+
+        A dense temp file (``.<name>.<pid>.tmp``) goes when its pid is gone or it is older than ``max_age_s``; any
+        other temp-looking file (safetensors' and tempfile's ``.tmpXXXXXX``, ``*.tmp``) when it is older than
+        ``max_age_s``, since its writer is unknown. Entries and ``spec.json`` are never touched."""
+        if not self.dir.is_dir():
+            return 0
+        now = time.time() if now is None else now
         n = 0
-        for p in list(self.dir.rglob(".*.tmp")) if self.dir.is_dir() else []:
-            m = re.match(r"^\..*\.(\d+)\.tmp$", p.name)
-            if m and not _pid_alive(int(m.group(1))):
-                p.unlink(missing_ok=True)
-                n += 1
+        for p in list(self.dir.rglob("*")):
+            if (p.suffix == ".safetensors" and not p.name.startswith(".")) or p.name == "spec.json":
+                continue
+            m = _DENSE_TEMP.match(p.name)
+            if not m and not _OTHER_TEMP.search(p.name):
+                continue
+            try:
+                old = now - p.stat().st_mtime > max_age_s
+            except FileNotFoundError:  # its writer just renamed it
+                continue
+            if old or (m and not _pid_alive(int(m.group(1)))):
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+                    n += 1
+                    log.info("removed stray temp file %s", p)
         return n
 
 
@@ -161,10 +202,75 @@ def folder_items(image_dir: str | os.PathLike) -> list[tuple[str, Path]]:
                   if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
+def dataset_namespace(dataset) -> str | None:
+    """The cache namespace of ``dataset``: its ``identity()`` (``dense.coco``, ``dense.segdata``), a string as is, a
+    folder's ``folder-<hash of its resolved path>``; None for none."""
+    if dataset is None or isinstance(dataset, str):
+        return dataset
+    if isinstance(dataset, os.PathLike):
+        path = Path(dataset).resolve()
+        return f"folder-{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+    return dataset.identity()
+
+
 def dataset_items(dataset, split: str | None = None) -> list[tuple[str, Path]]:
     """``(key, image path)`` for a :class:`~dense.coco.CocoDataset` (key = image id) or
     :class:`~dense.coco.SegFolder` (key = stem); the probe trainer reads the cache with the same keys."""
     return [(str(i), dataset.image_path(i)) for i in dataset.ids(split)]
+
+
+@dataclass(frozen=True)
+class DistPlan:
+    """How this process takes part in a ``torchrun`` job: ``device`` it computes on, ``backend`` of its group."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+    backend: str | None = None  # None: a single process, no group
+
+
+def plan_distributed(device: str, env=None) -> DistPlan:
+    """The plan for ``device`` under the launcher's environment ``env`` (default ``os.environ``).
+
+    Under ``WORLD_SIZE > 1`` a CUDA device becomes ``cuda:<LOCAL_RANK>`` (each rank its own GPU; ``cuda:N`` is
+    overridden, since every rank would otherwise pile onto one GPU), and the group is gloo: the only collective is the
+    gather of small reports, so it runs on the CPU and needs no NCCL."""
+    env = os.environ if env is None else env
+    world = int(env.get("WORLD_SIZE", 1))
+    if world <= 1:
+        return DistPlan(device=device)
+    if "RANK" not in env or "LOCAL_RANK" not in env:
+        raise ValueError(f"WORLD_SIZE={world} without RANK and LOCAL_RANK: launch with torchrun")
+    rank, local = int(env["RANK"]), int(env["LOCAL_RANK"])
+    if device.startswith("cuda"):
+        device = f"cuda:{local}"
+    return DistPlan(rank=rank, world_size=world, local_rank=local, device=device, backend="gloo")
+
+
+def init_distributed(plan: DistPlan, *, set_device=None, init_group=None) -> bool:
+    """Select the plan's CUDA device, THEN join the process group (so no collective ever runs on another rank's GPU).
+    Returns whether a group was created here (destroy it when done). ``set_device``/``init_group`` default to
+    ``torch.cuda.set_device`` / ``torch.distributed.init_process_group`` (tests pass recorders)."""
+    import torch.distributed as dist
+
+    if plan.device.startswith("cuda"):
+        (set_device or torch.cuda.set_device)(torch.device(plan.device))
+    if plan.backend is None or dist.is_initialized():
+        return False
+    (init_group or dist.init_process_group)(plan.backend)
+    return True
+
+
+def gather_reports(report, plan: DistPlan) -> list:
+    """Every rank's report on every rank (a gloo object gather: CPU only), or ``[report]`` without a group."""
+    import torch.distributed as dist
+
+    if plan.world_size <= 1 or not dist.is_initialized():
+        return [report]
+    out = [None] * plan.world_size
+    dist.all_gather_object(out, report)
+    return out
 
 
 def dist_info() -> tuple[int, int]:

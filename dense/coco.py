@@ -1,4 +1,4 @@
-"""COCO-style datasets: instances, semantic label maps, referring expressions, and VOC / ADE20K label folders.
+"""COCO-style datasets: instances, semantic label maps, referring expressions.
 
 Everything a probe or an evaluator reads goes through two small types:
 
@@ -7,12 +7,12 @@ Everything a probe or an evaluator reads goes through two small types:
   are kept.
   Per annotation: :meth:`CocoDataset.mask` (bool ``[H, W]``) and :meth:`CocoDataset.box_xyxy`. Per image:
   :meth:`CocoDataset.label_map`.
-- :class:`SegFolder` (``voc_folder(root)``, ``ade20k_folder(root)``, or built directly): images + PNG label maps +
-  class names.
 
-Both are *semantic datasets*: ``class_names`` (index = label value), ``ids(split)``, ``image_path(id)``,
-``label_map(id)`` -> uint8 ``[H, W]`` with :data:`IGNORE` (255) for pixels no metric should count. The probe trainer and
-the evaluator accept either.
+It is a *semantic dataset*: ``class_names`` (index = label value), ``ids(split)``, ``image_path(id)``,
+``label_map(id)`` -> signed int ``[H, W]`` (:func:`dense.metrics.label_dtype`: int8 up to 127 categories, int16 up to
+32766) with :data:`IGNORE` (-1) for pixels no metric should count, ``identity()`` for the feature cache. The readers
+of :mod:`dense.segdata` (VOC, ADE20K, COCO-Stuff, PASCAL Context) give the same interface; the probe trainer and the
+evaluators accept any of them.
 
 Semantic label maps from COCO instances
 ---------------------------------------
@@ -41,13 +41,12 @@ import io
 import json
 import os
 import pickle
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dense.metrics import IGNORE
+from dense.metrics import IGNORE, label_dtype
 
 BOX_TOLERANCE_PX = 1.0  # a bbox may stick out of its image by this much (COCO boxes are floats, rounded on export)
 
@@ -219,10 +218,26 @@ class CocoDataset:
         return self.coco.cats[category_id]["name"]
 
     # --- per image --------------------------------------------------------------------------------------------------
+    def identity(self) -> str:
+        """The cache namespace of this dataset: the resolved annotation file and image folder."""
+        import hashlib
+
+        where = f"{self.source.resolve()}\0{self.image_dir.resolve() if self.image_dir else ''}"
+        return f"coco-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
+
+    def class_masks(self, image_id: int) -> dict[int, np.ndarray]:
+        """label -> bool ``[H, W]``: the union of each present category's non-crowd masks."""
+        out: dict[int, np.ndarray] = {}
+        for a in self.anns(image_id, crowd=False):
+            k = self.cat_to_label[a["category_id"]]
+            out[k] = out[k] | self.mask(a["id"]) if k in out else self.mask(a["id"])
+        return out
+
     def label_map(self, image_id: int) -> np.ndarray:
-        """uint8 ``[H, W]`` semantic labels: 0 background, 1..K categories, 255 crowd (see the module docstring)."""
+        """Signed int ``[H, W]`` semantic labels: 0 background, 1..K categories, IGNORE (-1) crowd (see the module
+        docstring). The dtype holds every category (int16 from 127 categories on): no id can wrap into IGNORE."""
         H, W = self.image_hw(image_id)
-        label = np.zeros((H, W), np.uint8)
+        label = np.zeros((H, W), label_dtype(len(self.class_names)))
         anns = self.anns(image_id)
         things = [a for a in anns if not a.get("iscrowd", 0)]
         masks = {a["id"]: self.mask(a["id"]) for a in anns}
@@ -410,99 +425,3 @@ def load_refs(refs_path: str | os.PathLike, dataset: CocoDataset, *, split: str 
         out.append(Ref(ref_id=int(ref_id), ann_id=int(r["ann_id"]), image_id=int(r["image_id"]),
                        category_id=int(ann["category_id"]), split=str(r["split"]), sentences=sents))
     return sorted(out, key=lambda ref: ref.ref_id)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Semantic-segmentation folders (PASCAL VOC, ADE20K, or any images + PNG labels)
-
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
-
-
-@dataclass
-class SegFolder:
-    """Images + PNG label maps with the same stem, and class names (index = label value after reduction).
-
-    Label PNGs are read as stored values (a VOC palette PNG gives its palette indices, not colours); 255 = ignore.
-    ``reduce_zero_label=True`` is ADE20K's rule: stored 0 ("other") -> 255, every other value v -> v - 1.
-    ``splits`` maps a split name to the stems in it (a VOC ``ImageSets`` list); without it every label is one split
-    ``None``.
-    """
-
-    image_dir: Path
-    label_dir: Path
-    class_names: list[str]
-    reduce_zero_label: bool = False
-    splits: dict[str, list[str]] = field(default_factory=dict)
-    image_exts: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-    def ids(self, split: str | None = None) -> list[str]:
-        """Image stems, sorted. ``split``: one of ``splits``; None: every label PNG in ``label_dir``."""
-        if split is None:
-            return sorted(p.stem for p in self.label_dir.glob("*.png"))
-        if split not in self.splits:
-            raise KeyError(f"{self.label_dir}: no split {split!r} (have {sorted(self.splits)})")
-        return list(self.splits[split])
-
-    def image_path(self, stem: str) -> Path:
-        for ext in self.image_exts:
-            p = self.image_dir / f"{stem}{ext}"
-            if p.exists():
-                return p
-        raise FileNotFoundError(f"{self.image_dir}: no image for {stem!r} (tried {', '.join(self.image_exts)})")
-
-    def label_map(self, stem: str) -> np.ndarray:
-        """uint8 ``[H, W]``, 255 = ignore; values beyond the class list raise naming the file."""
-        from PIL import Image
-
-        path = self.label_dir / f"{stem}.png"
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L", "I", "I;16"):
-                raise AnnotationError(f"{path}: label map has mode {im.mode}; expected one channel of class indices")
-            label = np.asarray(im).astype(np.int64)
-        if self.reduce_zero_label:
-            # mmsegmentation's rule: 0 ("other") -> 255, v -> v - 1, a stored 255 stays 255
-            label = np.where((label == 0) | (label == IGNORE), IGNORE, label - 1)
-        bad = (label >= len(self.class_names)) & (label != IGNORE)
-        if bad.any():
-            raise AnnotationError(f"{path}: label values {sorted(set(np.unique(label[bad]).tolist()))[:8]} exceed the "
-                                  f"{len(self.class_names)} class names")
-        return label.astype(np.uint8)
-
-
-def _read_names(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
-def voc_folder(root: str | os.PathLike, class_names: Iterable[str] | None = None) -> SegFolder:
-    """PASCAL VOC layout: ``JPEGImages/``, ``SegmentationClass/`` (palette PNGs, 255 = boundary/ignore),
-    ``ImageSets/Segmentation/{train,val,...}.txt``. Class names: ``class_names``, else ``root/classes.txt``, else the
-    21 VOC names."""
-    root = Path(root)
-    if class_names is None:
-        names_file = root / "classes.txt"
-        class_names = _read_names(names_file) if names_file.exists() else VOC_CLASSES
-    sets = root / "ImageSets" / "Segmentation"
-    splits = {p.stem: _read_names(p) for p in sorted(sets.glob("*.txt"))} if sets.is_dir() else {}
-    return SegFolder(root / "JPEGImages", root / "SegmentationClass", list(class_names), splits=splits)
-
-
-def ade20k_folder(root: str | os.PathLike, split: str = "training", class_names: Iterable[str] | None = None
-                  ) -> SegFolder:
-    """ADE20K (``ADEChallengeData2016``) layout: ``images/<split>/*.jpg``, ``annotations/<split>/*.png`` with 0 =
-    "other" (reduced to ignore) and 1..150 the classes. Class names: ``class_names``, else ``root/objectInfo150.csv``'s
-    ``Name`` column (first synonym), else ``root/classes.txt``."""
-    root = Path(root)
-    if class_names is None:
-        info = root / "objectInfo150.csv"
-        if info.exists():
-            import csv
-
-            with open(info, newline="") as f:
-                class_names = [row["Name"].split(";")[0].strip() for row in csv.DictReader(f)]
-        elif (root / "classes.txt").exists():
-            class_names = _read_names(root / "classes.txt")
-        else:
-            raise FileNotFoundError(f"{root}: no objectInfo150.csv or classes.txt; pass class_names")
-    return SegFolder(root / "images" / split, root / "annotations" / split, list(class_names), reduce_zero_label=True)

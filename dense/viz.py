@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dense.metrics import IGNORE
 from dense.preprocess import load_image
 
 MAX_WIDTH_IN = 16.0  # no figure is wider than this (inches)
@@ -194,7 +195,7 @@ def _paint(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: fl
 
 
 def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: float = 0.85,
-              background: str = "background", ignore_index: int = 255, titles: Sequence[str] | None = None):
+              background: str = "background", ignore_index: int = IGNORE, titles: Sequence[str] | None = None):
     """The image, the ground truth ``gt`` (when given), and ``labels [H, W]`` side by side.
 
     Label 0 is background (left unpainted: the image in grey), ``k + 1`` is ``class_names[k]``, ``ignore_index`` is

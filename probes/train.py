@@ -45,7 +45,7 @@ from probes.linear import LinearProbe, ProbeMismatchError
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: its cached features and its label map (uint8 ``[H, W]``, 255 = ignore) at original resolution."""
+    """One image: its cached features and its label map (signed int ``[H, W]``, IGNORE = -1) at original resolution."""
 
     key: str
     fmap: FeatureMap
@@ -105,7 +105,10 @@ def load_samples(dataset, cache, split: str | None = None, *, progress: bool = F
         fmap = cache.load(str(i))
         label = dataset.label_map(i)
         if label.shape != tuple(fmap.image_hw):
-            raise ValueError(f"image {i}: label map {label.shape} differs from the image size {fmap.image_hw}")
+            where = getattr(dataset, "label_path", None)
+            where = f"{where(i)}" if where else f"the label map of {dataset.image_path(i)}"
+            raise ValueError(f"{where}: label map is {label.shape[0]} x {label.shape[1]} (H x W), its image "
+                             f"{dataset.image_path(i)} is {fmap.image_hw[0]} x {fmap.image_hw[1]} (image id {i})")
         out.append(Sample(str(i), fmap, label))
     return out
 
@@ -118,7 +121,7 @@ def _check_samples(samples: Sequence[Sample], num_classes: int, what: str) -> di
         e = s.fmap.encoder
         if any(e.get(k) != spec.get(k) for k in (*IDENTITY_KEYS, "layers")):
             raise ProbeMismatchError(f"{what} sample {s.key}: features of {e}, the first sample's are {spec}")
-        bad = (s.label >= num_classes) & (s.label != IGNORE)
+        bad = ((s.label >= num_classes) | (s.label < 0)) & (s.label != IGNORE)
         if bad.any():
             raise ValueError(f"{what} sample {s.key}: label values {np.unique(s.label[bad])[:8].tolist()} exceed the "
                              f"{num_classes} classes")
@@ -187,7 +190,7 @@ def _token_stats(samples: Sequence[Sample], eps: float) -> tuple[torch.Tensor, t
 
 
 def cell_counts(label: np.ndarray, cells_hw: tuple[int, int], num_classes: int) -> torch.Tensor:
-    """uint8 label map ``[H, W]`` -> float32 ``[K, ch, cw]``: per cell, how many pixels carry each class.
+    """Integer label map ``[H, W]`` (IGNORE = -1) -> float32 ``[K, ch, cw]``: per cell, pixels of each class.
 
     Pixel (r, c) falls in the cell under its centre, ``(floor((r + 0.5) * ch / H), floor((c + 0.5) * cw / W))``: the
     same tiling as the patch grid over the resized image. :data:`IGNORE` pixels are not counted.

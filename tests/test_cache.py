@@ -14,7 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from dense.cache import FeatureCache, extract_to_cache, folder_items
+from dense.cache import (
+    DistPlan,
+    FeatureCache,
+    dataset_namespace,
+    extract_to_cache,
+    folder_items,
+    init_distributed,
+    plan_distributed,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,7 +138,7 @@ SLOW_CHILD = ("import sys, time, dense.encoder as e; f = e.Encoder.forward_pixel
 def test_sigkill_and_resume_equals_clean_run(tmp_path, tiny_siglip_dir, tiny_encoder):
     images = make_images(tmp_path / "img", 40)
     root = tmp_path / "killed"
-    cache = FeatureCache(root, tiny_encoder.spec())
+    cache = FeatureCache(root, tiny_encoder.spec(), dataset_namespace(images))  # the CLI's folder namespace
     cmd = [sys.executable, "-c", SLOW_CHILD, *_cli(images, root, tiny_siglip_dir)[3:]]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -162,4 +170,61 @@ def test_torchrun_two_processes_equals_single_run(tmp_path, tiny_siglip_dir, tin
     assert "ranks" in out.stdout and out.stdout.count("cache:") == 1  # rank 0 prints the summary once
     single = FeatureCache(tmp_path / "single", tiny_encoder.spec())
     extract_to_cache(tiny_encoder, folder_items(images), single, batch_size=1, progress=False)
-    assert_same(snapshot(FeatureCache(root, tiny_encoder.spec())), snapshot(single))
+    assert_same(snapshot(FeatureCache(root, tiny_encoder.spec(), dataset_namespace(images))), snapshot(single))
+
+
+def test_two_datasets_under_one_cache_never_share_entries(tmp_path, tiny_encoder):
+    a, b = make_images(tmp_path / "a", 3, seed=0), make_images(tmp_path / "b", 3, seed=1)  # same relative names
+    assert [k for k, _ in folder_items(a)] == [k for k, _ in folder_items(b)]
+    ca = FeatureCache.for_encoder(tmp_path / "c", tiny_encoder, dataset=a)
+    cb = FeatureCache.for_encoder(tmp_path / "c", tiny_encoder, dataset=b)
+    assert ca.entries != cb.entries and ca.dir == cb.dir
+    extract_to_cache(tiny_encoder, folder_items(a), ca, progress=False)
+    rep = extract_to_cache(tiny_encoder, folder_items(b), cb, progress=False)
+    assert (rep.extracted, rep.cached) == (3, 0)  # b's images are b's, whatever their names
+    for key, path in folder_items(b):
+        torch.testing.assert_close(cb.load(key).tokens, tiny_encoder.extract(path).tokens, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="namespace"):
+        FeatureCache(tmp_path / "c", tiny_encoder.spec(), "../x")
+
+
+def test_stray_temp_files_go_when_old_or_orphaned(tmp_path, tiny_encoder):
+    cache = FeatureCache.for_encoder(tmp_path / "c", tiny_encoder, dataset="ds")
+    cache.init()
+    now = time.time()
+    old = now - 10 * 24 * 3600
+
+    def touch(name: str, mtime: float) -> Path:
+        p = cache.entries / name
+        p.write_bytes(b"half")
+        os.utime(p, (mtime, mtime))
+        return p
+
+    gone = [touch(".a.safetensors.999999999.tmp", now),  # dense's temp, writer gone
+            touch("b.safetensors.tmpAb12Cd", old),  # safetensors-style, old
+            touch(".tmpx81kq2", old),  # tempfile-style, old
+            touch(f".c.safetensors.{os.getpid()}.tmp", old)]  # a live pid, but days old (pid reuse)
+    kept = [touch("d.safetensors.tmpZz99Yy", now),  # fresh: its writer may be running
+            touch(f".e.safetensors.{os.getpid()}.tmp", now),  # a live writer
+            touch("tmp1234.safetensors", old)]  # an entry whose key looks like a temp name
+    assert cache.remove_stale_temps(now=now) == len(gone)
+    assert not any(p.exists() for p in gone) and all(p.exists() for p in kept)
+    assert (cache.dir / "spec.json").exists()
+
+
+def test_distributed_plan_sets_each_rank_its_own_gpu_before_the_group():
+    assert plan_distributed("cuda", {}) == DistPlan(device="cuda")  # one process: as given, no group
+    env = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}
+    plan = plan_distributed("cuda", env)
+    assert (plan.rank, plan.world_size, plan.local_rank, plan.device, plan.backend) == (3, 4, 1, "cuda:1", "gloo")
+    assert plan_distributed("cuda:0", env).device == "cuda:1"  # never every rank on cuda:0
+    assert plan_distributed("cpu", env).device == "cpu"
+    with pytest.raises(ValueError, match="torchrun"):
+        plan_distributed("cuda", {"WORLD_SIZE": "2"})
+    calls = []
+    made = init_distributed(plan, set_device=lambda d: calls.append(("set_device", str(d))),
+                            init_group=lambda backend: calls.append(("init", backend)))
+    assert made and calls == [("set_device", "cuda:1"), ("init", "gloo")]  # the device first
+    calls.clear()
+    assert not init_distributed(plan_distributed("cpu", {}), set_device=calls.append, init_group=calls.append)
+    assert calls == []

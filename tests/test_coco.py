@@ -8,18 +8,14 @@ import pickle
 
 import numpy as np
 import pytest
-from PIL import Image
 from pycocotools import mask as mask_utils
 
 from dense.coco import (
     IGNORE,
     AnnotationError,
-    SegFolder,
-    ade20k_folder,
     box_xywh_to_xyxy,
     load_coco,
     load_refs,
-    voc_folder,
 )
 
 H, W = 20, 30
@@ -93,12 +89,12 @@ def test_label_map_contiguous_ids_crowd_and_overlap(tmp_path):
     # categories sorted by COCO id: 3 -> 1 ("dot"), 7 -> 2 ("square")
     assert ds.class_names == ["background", "dot", "square"]
     assert ds.cat_to_label == {3: 1, 7: 2}
-    want = np.zeros((H, W), np.uint8)
+    want = np.zeros((H, W), np.int8)
     want[2:12, 2:12] = 2
     want[8:14, 8:14] = 1  # the smaller annotation wins where they overlap
     want[:, 20:] = IGNORE  # crowd
     np.testing.assert_array_equal(ds.label_map(1), want)
-    np.testing.assert_array_equal(ds.label_map(2), np.zeros((H, W), np.uint8))  # no annotations: background
+    np.testing.assert_array_equal(ds.label_map(2), np.zeros((H, W), np.int8))  # no annotations: background
     ds_ignore = load_coco(write(tmp_path, coco_dict()), overlap="ignore")
     want[8:12, 8:12] = IGNORE
     np.testing.assert_array_equal(ds_ignore.label_map(1), want)
@@ -190,40 +186,33 @@ def test_bad_refs_name_the_ref_id(tmp_path, edit, words):
     assert "ref_id 5" in ds.problems[-1]
 
 
-def test_voc_folder_palette_png(tmp_path):
-    (tmp_path / "JPEGImages").mkdir()
-    (tmp_path / "SegmentationClass").mkdir()
-    (tmp_path / "ImageSets" / "Segmentation").mkdir(parents=True)
-    label = np.zeros((6, 8), np.uint8)
-    label[1:3, 1:4] = 15  # person
-    label[0, :] = 255  # boundary
-    im = Image.fromarray(label, mode="P")
-    im.putpalette([v for k in range(256) for v in (k, 255 - k, (7 * k) % 256)])  # colours differ from indices
-    im.save(tmp_path / "SegmentationClass" / "2007_000001.png")
-    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / "JPEGImages" / "2007_000001.jpg")
-    (tmp_path / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000001\n")
-    ds = voc_folder(tmp_path)
-    assert ds.ids("val") == ["2007_000001"] and ds.class_names[15] == "person"
-    np.testing.assert_array_equal(ds.label_map("2007_000001"), label)
-    assert ds.image_path("2007_000001").suffix == ".jpg"
-
-
-def test_ade20k_reduce_zero_label(tmp_path):
-    (tmp_path / "annotations" / "training").mkdir(parents=True)
-    (tmp_path / "images" / "training").mkdir(parents=True)
-    (tmp_path / "classes.txt").write_text("wall\nbuilding\nsky\n")
-    stored = np.array([[0, 1, 2], [3, 0, 1]], np.uint8)
-    Image.fromarray(stored).save(tmp_path / "annotations" / "training" / "ADE_1.png")
-    ds = ade20k_folder(tmp_path)
-    np.testing.assert_array_equal(ds.label_map("ADE_1"), [[255, 0, 1], [2, 255, 0]])
-    too_big = SegFolder(tmp_path / "images" / "training", tmp_path / "annotations" / "training", ["a", "b"])
-    with pytest.raises(AnnotationError, match="ADE_1.png"):
-        too_big.label_map("ADE_1")
-
-
 def test_input_not_mutated(tmp_path):
     data = coco_dict()
     before = copy.deepcopy(data)
     p = write(tmp_path, data)
     load_coco(p, on_error="skip")
     assert json.loads(p.read_text()) == before
+
+
+def test_category_ids_to_2000_perfect_prediction_scores_one(tmp_path):
+    """300 categories with ids up to 2000: label 255 is a class (v0.1 made it "ignore"), a perfect prediction is 1.0."""
+    from dense.metrics import SegmentationMeter
+
+    cat_ids = np.linspace(7, 2000, 300).astype(int).tolist()
+    H, W = 30, 40
+    data = {"images": [{"id": 1, "file_name": "a.png", "height": H, "width": W}], "annotations": [],
+            "categories": [{"id": c, "name": f"cat{c}"} for c in cat_ids]}
+    for k, c in enumerate(cat_ids):  # category k in row k // 40, column k % 40, one pixel each (the rest background)
+        r, col = divmod(k, W)
+        before = col * H + r  # column-major RLE: pixels before this one
+        data["annotations"].append({"id": k + 1, "image_id": 1, "category_id": c, "iscrowd": 0,
+                                    "segmentation": {"size": [H, W], "counts": [before, 1, H * W - before - 1]},
+                                    "bbox": [col, r, 1, 1]})
+    ds = load_coco(write(tmp_path, data))
+    lab = ds.label_map(1)
+    assert lab.dtype == np.int16 and lab.max() == 300 and (lab == IGNORE).sum() == 0
+    assert ds.cat_to_label[cat_ids[254]] == 255 and (lab == 255).sum() == 1  # a class, not "ignore"
+    meter = SegmentationMeter(ds.class_names)
+    meter.update(lab.astype(np.int32), lab)
+    assert meter.figures()["mIoU"] == 1.0
+    assert IGNORE == -1

@@ -8,6 +8,7 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import jaccard_score
 
 from dense.metrics import (
+    IGNORE,
     SegmentationMeter,
     acc_at_iou,
     box_iou_xyxy,
@@ -22,12 +23,12 @@ def test_confusion_matrix_matches_sklearn_with_ignore():
     rng = np.random.default_rng(0)
     K = 5
     gt = rng.integers(0, K, size=(3, 40, 50))
-    gt[rng.random(gt.shape) < 0.1] = 255
-    pred = np.where(rng.random(gt.shape) < 0.6, np.where(gt == 255, 0, gt), rng.integers(0, K, gt.shape))
+    gt[rng.random(gt.shape) < 0.1] = IGNORE
+    pred = np.where(rng.random(gt.shape) < 0.6, np.where(gt == IGNORE, 0, gt), rng.integers(0, K, gt.shape))
     meter = SegmentationMeter([f"c{k}" for k in range(K)])
     for p, g in zip(pred, gt, strict=True):
         meter.update(p, g)
-    keep = gt.ravel() != 255
+    keep = gt.ravel() != IGNORE
     want = sk_confusion_matrix(gt.ravel()[keep], pred.ravel()[keep], labels=list(range(K)))
     np.testing.assert_array_equal(meter.cm, want)
     figs = meter.figures()

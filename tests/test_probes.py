@@ -11,6 +11,7 @@ import torch
 
 from dense.eval.probe import evaluate_probe
 from dense.features import FeatureMap
+from dense.metrics import IGNORE
 from probes.linear import LinearProbe, ProbeMismatchError, select_layers
 from probes.train import ProbeConfig, Sample, train_probes
 
@@ -34,13 +35,13 @@ def fake_samples(n: int, seed: int, K: int = 3) -> list[Sample]:
         gh, gw = GRIDS[k % len(GRIDS)]
         a, b = rng.choice(K, size=2, replace=False)
         cut = int(rng.integers(1, gw))
-        grid_label = np.full((gh, gw), a, np.uint8)
+        grid_label = np.full((gh, gw), a, np.int8)
         grid_label[:, cut:] = b
         tokens = rng.normal(0, 0.3, size=(gh, gw, 2 * D)).astype(np.float32)
         tokens[..., D:D + K] += 2.0 * np.eye(K, dtype=np.float32)[grid_label]
         H, W = int(gh * P * 1.5), int(gw * P * 1.5)
-        label = np.kron(grid_label, np.ones((12, 12), np.uint8))  # 12 = 1.5 * P original pixels per patch
-        label[0, 0] = 255  # an ignored pixel
+        label = np.kron(grid_label, np.ones((12, 12), np.int8))  # 12 = 1.5 * P original pixels per patch
+        label[0, 0] = IGNORE  # an ignored pixel
         fmap = FeatureMap(torch.from_numpy(tokens), (H, W), (gh * P, gw * P), P, (1, 3), dict(SPEC))
         out.append(Sample(f"img{k}", fmap, label))
     return out
@@ -203,18 +204,18 @@ def test_cell_counts_equal_pixel_cross_entropy():
 
     rng = np.random.default_rng(0)
     K, (gh, gw), (H, W) = 4, (4, 6), (30, 45)
-    label = rng.integers(0, K, size=(H, W)).astype(np.uint8)
-    label[rng.random((H, W)) < 0.1] = 255
+    label = rng.integers(0, K, size=(H, W)).astype(np.int16)
+    label[rng.random((H, W)) < 0.1] = IGNORE
     logits = torch.from_numpy(rng.normal(size=(K, gh, gw)))
     counts = cell_counts(label, (gh, gw), K).double()  # [K, gh, gw]
     ours = -(counts * torch.log_softmax(logits, 0)).sum()
     ys, xs = np.mgrid[0:H, 0:W]
     ij = pixel_to_grid(np.stack([xs + 0.5, ys + 0.5], -1), (H, W), (gh * P, gw * P), P)  # [H, W, 2]
     full = logits[:, ij[..., 0], ij[..., 1]]  # [K, H, W]
-    want = torch.nn.functional.cross_entropy(full[None], torch.from_numpy(label).long()[None], ignore_index=255,
+    want = torch.nn.functional.cross_entropy(full[None], torch.from_numpy(label).long()[None], ignore_index=IGNORE,
                                              reduction="sum")
     torch.testing.assert_close(ours, want)
-    assert counts.sum() == (label != 255).sum()
+    assert counts.sum() == (label != IGNORE).sum()
 
 
 SHAPES_TINY = Path(__file__).resolve().parents[1] / "dense" / "checkpoints" / "shapes-tiny"

@@ -12,7 +12,7 @@ from torch import nn
 
 from dense.encoder import Encoder
 from dense.features import FeatureMap
-from dense.metrics import BoundaryMeter, boundary_counts, boundary_figures, mask_boundary, trimap_mask
+from dense.metrics import IGNORE, BoundaryMeter, boundary_counts, boundary_figures, mask_boundary, trimap_mask
 from dense.preprocess import PixelConfig, to_pixels
 from dense.tiling import extract_tiled, window_starts
 from dense.upsample import (
@@ -306,8 +306,8 @@ def test_boundary_f_of_a_shifted_square_by_construction():
     # a missed object: class 1 scores 0 (recall 0); an ignored region counts for nothing
     miss = boundary_figures(boundary_counts(np.zeros_like(gt), gt, 2))
     assert miss["bF/1"] == 0.0
-    ign = gt.copy()
-    ign[:, 20:] = 255
+    ign = gt.astype(np.int8)
+    ign[:, 20:] = IGNORE
     c_ign = boundary_counts(gt, ign, 2, tolerance_px=0)
     assert c_ign[1, 3] == mask_boundary(ign == 1).sum()  # the cut edge at column 19 is a boundary of class 1
 

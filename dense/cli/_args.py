@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# the names of dense.segdata.READERS (kept here so that building the parser imports nothing heavy)
+DATASETS = ("voc", "ade20k", "ade847", "coco-stuff", "context59", "context459", "coco")
+
 
 class DenseError(Exception):
     """A user-facing error of a command: printed as one line."""

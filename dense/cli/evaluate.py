@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dense.cli._args import (
+    DATASETS,
+    DenseError,
     add_max_patches,
     add_method,
     add_model,
@@ -25,8 +27,10 @@ def add(sub, parent) -> None:
     _, tasks = group(sub, "eval", parent, help="evaluate on a COCO-style dataset (openvocab, refer)")
     e = command(tasks, "openvocab", parent, func=run_openvocab,
                 help="open-vocabulary segmentation mIoU, pixel accuracy and pointing on a COCO-style dataset")
-    e.add_argument("--ann", required=True, type=existing("file"), help="COCO instances JSON")
-    e.add_argument("--images", required=True, type=existing("folder"), help="image folder")
+    e.add_argument("--ann", type=existing("file"), help="COCO instances JSON (or --dataset/--root)")
+    e.add_argument("--images", type=existing("folder"), help="image folder")
+    e.add_argument("--dataset", choices=DATASETS, help="a dataset by name (dense.segdata); class names are the queries")
+    e.add_argument("--root", type=existing("folder"), help="the --dataset's root folder")
     add_model(e)
     add_method(e, many=True)
     e.add_argument("--split", default=None, help="only images of this split (the images' 'split' field), e.g. val")
@@ -40,6 +44,8 @@ def add(sub, parent) -> None:
     add_runtime(e)
     e.add_argument("--out", default=None, help="JSON to write (atomically)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    add_probe(tasks, parent)
 
     r = command(tasks, "refer", parent, func=run_refer,
                 help="referring-expression localization (Acc@0.5, pointing) on RefCOCO-style refs")
@@ -79,8 +85,9 @@ def _methods(args, enc) -> list[str] | None:
 def run_openvocab(args) -> int:
     from dense.eval.openvocab import evaluate_openvocab
 
+    ann = _named_dataset(args) or args.ann
     enc = load(args)
-    res = evaluate_openvocab(enc, args.ann, args.images, methods=_methods(args, enc),
+    res = evaluate_openvocab(enc, ann, args.images, methods=_methods(args, enc),
                              background=parse_background(args.background), templates=parse_templates(args.templates),
                              split=args.split, limit=args.limit, max_patches=args.max_patches,
                              thresholds=parse_floats(args.sweep, "--sweep"), progress=not args.quiet)
@@ -154,3 +161,59 @@ def format_refer(res) -> str:
     lines.append(f"\nextraction {sec['extract']:.1f} s, localization {sec['localize']:.1f} s (all methods, scorers, "
                  f"thresholds)")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# dense eval probe
+
+
+def _named_dataset(args):
+    """The ``--dataset/--root`` dataset, or None when ``--ann/--images`` are given instead."""
+    if args.dataset is None:
+        if args.ann is None or args.images is None:
+            raise DenseError("give --ann FILE --images DIR, or --dataset NAME --root DIR")
+        return None
+    if args.root is None or args.ann is not None:
+        raise DenseError("--dataset takes --root DIR (and no --ann)")
+    from dense.segdata import load_dataset
+
+    return load_dataset(args.dataset, args.root)
+
+
+def add_probe(tasks, parent) -> None:
+    from dense.cli import probe
+
+    p = command(tasks, "probe", parent, func=run_probe,
+                help="linear-probe segmentation on a dataset by name: extract (cached), sweep, choose on a seeded "
+                     "holdout of the training split, report the test split once (mIoU, pixel accuracy, per class)")
+    add_model(p)
+    p.add_argument("--dataset", required=True, choices=DATASETS, help="the dataset (dense.segdata)")
+    p.add_argument("--root", required=True, type=existing("folder"), help="its root folder")
+    p.add_argument("--cache", default="dense-cache", help="feature cache root (resumable)")
+    p.add_argument("--holdout", type=float, default=0.1, metavar="FRACTION",
+                   help="share of the training split held out to choose the head on")
+    p.add_argument("--holdout-seed", type=int, default=0)
+    p.add_argument("--train-split", default=None, help="default: the dataset's training split")
+    p.add_argument("--test-split", default=None, help="default: the dataset's reported split (val/validation)")
+    probe.sweep_options(p)
+    add_max_patches(p)
+    add_runtime(p)
+    p.add_argument("--batch-size-extract", type=int, default=8)
+    p.add_argument("--no-extract", action="store_true", help="fail on features missing from the cache")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a report")
+    p.add_argument("--out", default=None, help="save the chosen probe (.safetensors)")
+    p.add_argument("--json", default=None, help="write the figures here (atomically)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_probe(args) -> int:
+    from dense.cli.probe import sweep_and_report
+    from dense.segdata import PROTOCOLS
+
+    train, test = PROTOCOLS[args.dataset]
+    args.train_split = args.train_split or train
+    args.test_split = args.test_split or test
+    args.ann = args.images = args.voc = args.ade20k = None
+    sweep_and_report(args, "fit", "holdout", args.test_split,
+                     meta={"task": "probe", "dataset": args.dataset, "root": str(args.root)})
+    return 0

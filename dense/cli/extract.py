@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 from dense.cli._args import (
+    DATASETS,
     DenseError,
     add_max_patches,
     add_model,
@@ -21,10 +20,12 @@ def add(sub, parent) -> None:
                 "cache", description="Fill the feature cache (resumable, atomic; under torchrun each rank takes a "
                 "shard).")
     add_model(p)
-    p.add_argument("--images", required=True, type=existing("folder"), help="image folder")
+    p.add_argument("--images", type=existing("folder"), help="image folder")
     p.add_argument("--ann", type=existing("file"),
                    help="COCO instances file (keys = image ids); without it every image under --images")
-    p.add_argument("--split", help="only images whose COCO entry has this 'split'")
+    p.add_argument("--dataset", choices=DATASETS, help="a dataset by name, read from --root (see dense.segdata)")
+    p.add_argument("--root", type=existing("folder"), help="the --dataset's root folder")
+    p.add_argument("--split", help="only images of this split (COCO: the images' 'split' field)")
     p.add_argument("--cache", required=True, help="cache root folder")
     add_max_patches(p)
     p.add_argument("--layers", default="-1", help="comma-separated block indices, -1 = last")
@@ -35,59 +36,69 @@ def add(sub, parent) -> None:
 
 
 def run(args) -> int:
-    from dense.cache import FeatureCache, dataset_items, dist_info, extract_to_cache, folder_items
+    from dense.cache import (
+        FeatureCache,
+        dataset_items,
+        extract_to_cache,
+        folder_items,
+        gather_reports,
+        init_distributed,
+        plan_distributed,
+    )
 
     layers = parse_layers(args.layers)
-    if args.ann:
+    on_error = "skip" if args.skip_bad else "raise"
+    if args.dataset:
+        from dense.segdata import load_dataset
+
+        if args.root is None or args.ann:
+            raise DenseError("--dataset takes --root DIR (and no --ann/--images)")
+        ds = load_dataset(args.dataset, args.root)
+        items = dataset_items(ds, args.split)
+        if not items:
+            raise DenseError(f"{args.root}: no images in {args.dataset} split {args.split!r} "
+                             f"(splits: {sorted(ds.splits())})")
+    elif args.images is None:
+        raise DenseError("give --images DIR [--ann FILE], or --dataset NAME --root DIR")
+    elif args.ann:
         from dense.coco import load_coco
 
-        ds = load_coco(args.ann, args.images, on_error="skip" if args.skip_bad else "raise")
+        ds = load_coco(args.ann, args.images, on_error=on_error)
         items = dataset_items(ds, args.split)
         if not items:
             raise DenseError(f"{args.ann}: no images in split {args.split!r} (splits: {sorted(ds.splits())})")
     else:
         if args.split:
-            raise DenseError("--split needs --ann (a COCO file whose images carry a 'split' field)")
+            raise DenseError("--split needs --ann or --dataset")
+        ds = args.images  # a folder: its own namespace
         items = folder_items(args.images)
         if not items:
             raise DenseError(f"{args.images}: no images found (looked for .jpg, .png, .bmp, .webp, .tif)")
 
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    group = False
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-            group = True
-    rank, world = dist_info()
-    if args.device.startswith("cuda") and world > 1:
-        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    plan = plan_distributed(args.device)
+    args.device = plan.device
+    group = init_distributed(plan)  # the device first, then the (gloo) group
     try:
         encoder = load(args)
-        cache = FeatureCache.for_encoder(args.cache, encoder, max_patches=args.max_patches, layers=layers)
+        cache = FeatureCache.for_encoder(args.cache, encoder, max_patches=args.max_patches, layers=layers,
+                                         dataset=ds)
         report = extract_to_cache(encoder, items, cache, max_patches=args.max_patches, layers=layers,
-                                  batch_size=args.batch_size, on_error="skip" if args.skip_bad else "raise",
-                                  progress=not args.quiet)
-        reports = [report]
-        if world > 1:
-            import torch.distributed as dist
-
-            reports = [None] * world
-            dist.all_gather_object(reports, report)
+                                  batch_size=args.batch_size, on_error=on_error, rank=plan.rank,
+                                  world_size=plan.world_size, progress=not args.quiet)
+        reports = gather_reports(report, plan)
     finally:
         if group:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    if rank == 0:
+    if plan.rank == 0:
         tot = {k: sum(getattr(r, k) for r in reports) for k in ("total", "extracted", "cached", "corrupt")}
         skipped = [s for r in reports for s in r.skipped]
-        print(f"cache: {cache.dir}")
+        print(f"cache: {cache.entries}")
         print(f"{'images':>8} {'extracted':>10} {'already cached':>15} {'damaged, redone':>16} {'unreadable':>11} "
               f"{'ranks':>6}")
         print(f"{tot['total']:>8} {tot['extracted']:>10} {tot['cached']:>15} {tot['corrupt']:>16} {len(skipped):>11} "
-              f"{world:>6}")
+              f"{plan.world_size:>6}")
         for s in skipped:
             print(f"unreadable, skipped: {s}")
     return 0

@@ -5,8 +5,9 @@ features.
         --test-split test --out probe.safetensors --json train.json      # splits from the images' "split" field
     dense probe train --model M --ann train=instances_train2017.json --images train=train2017 \\
         --ann val=instances_val2017.json --images val=val2017 --cache cache ...
-    dense probe train --model M --voc VOCdevkit/VOC2012 --train-split train --val-split val --cache cache ...
-    dense probe train --model M --ade20k ADEChallengeData2016 --train-split training --val-split validation ...
+    dense probe train --model M --dataset voc --root VOCdevkit/VOC2012 --holdout 0.1 --test-split val --cache cache
+    dense probe train --model M --dataset ade20k --root ADEChallengeData2016 --train-split training \
+        --holdout 0.1 --test-split validation --cache cache     # choose on 10% of training, report validation
     dense probe eval --probe probe.safetensors --model shapes-tiny --ann ... --images ... --split test --cache cache
 
 Missing features are extracted into the cache first (resumable; ``--no-extract`` to require them).
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 from dense.cli._args import (
+    DATASETS,
     DenseError,
     add_max_patches,
     add_model,
@@ -41,11 +43,23 @@ def add(sub, parent) -> None:
     t = command(actions, "train", parent, func=run_train,
                 help="sweep learning rates in one pass over cached features, choose on val, report test once")
     _common(t)
-    t.add_argument("--layers", default="-1", help="blocks to extract, comma-separated")
-    t.add_argument("--layer-sets", help="heads per layer set, ';'-separated, e.g. '-1;8,17,-1' (default: all layers)")
+    _add_eval(actions, parent)
+    _add_refer(actions, parent)
     t.add_argument("--train-split", default="train")
     t.add_argument("--val-split", default="val")
     t.add_argument("--test-split", default=None, help="scored once with the chosen head (e.g. test)")
+    t.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
+                   help="choose on a seeded FRACTION of --train-split (split 'holdout'), train on the rest ('fit'); "
+                        "--val-split is then not read")
+    t.add_argument("--holdout-seed", type=int, default=0)
+    sweep_options(t)
+    t.add_argument("--out", help="save the chosen probe (.safetensors)")
+
+
+def sweep_options(t) -> None:
+    """The options of the sweep (also used by ``dense eval probe``)."""
+    t.add_argument("--layers", default="-1", help="blocks to extract, comma-separated")
+    t.add_argument("--layer-sets", help="heads per layer set, ';'-separated, e.g. '-1;8,17,-1' (default: all layers)")
     t.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1", help="learning rates of the sweep")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=16, help="images per step")
@@ -54,15 +68,19 @@ def add(sub, parent) -> None:
     t.add_argument("--feature-dtype", default="float32", choices=("float32", "bfloat16"),
                    help="how training features are held in memory")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", help="save the chosen probe (.safetensors)")
     _upsample_args(t)
 
+
+def _add_eval(actions, parent) -> None:
     e = command(actions, "eval", parent, func=run_eval, help="score a saved probe at the original image resolution")
     _common(e)
     e.add_argument("--probe", required=True, type=existing("file"), help="a probe saved by `dense probe train`")
     e.add_argument("--split", default="test")
     _upsample_args(e)
 
+
+
+def _add_refer(actions, parent) -> None:
     r = command(actions, "refer", parent, func=run_refer,
                 help="train the small referring head on frozen tokens and report Acc@0.5 / pointing")
     add_model(r)
@@ -100,6 +118,12 @@ def _sharpen(args, encoder, data: dict) -> dict:
     return {"upsample": args.upsample, "upsampler": upsampler, "image_of": lambda s: paths[s.key]}
 
 
+def dataset_options(p) -> None:
+    """``--dataset NAME --root DIR``: a dataset of :mod:`dense.segdata` by name."""
+    p.add_argument("--dataset", choices=DATASETS, help="a dataset by name (dense.segdata), read from --root")
+    p.add_argument("--root", type=existing("folder"), help="the --dataset's root folder")
+
+
 def _common(p) -> None:
     add_model(p)
     src = p.add_argument_group("dataset (one of)")
@@ -107,10 +131,9 @@ def _common(p) -> None:
                      help="COCO instances file; FILE alone: splits from its images' 'split' field; SPLIT=FILE "
                           "(repeatable): one file per split, e.g. train=instances_train2017.json")
     src.add_argument("--images", action="append", metavar="[SPLIT=]DIR", help="image folder(s) for --ann, as --ann")
-    src.add_argument("--voc", type=existing("folder"),
-                     help="PASCAL VOC root (JPEGImages, SegmentationClass, ImageSets/Segmentation)")
-    src.add_argument("--ade20k", type=existing("folder"), help="ADEChallengeData2016 root (splits: training, "
-                     "validation)")
+    dataset_options(src)
+    src.add_argument("--voc", type=existing("folder"), help="= --dataset voc --root VOC")
+    src.add_argument("--ade20k", type=existing("folder"), help="= --dataset ade20k --root ADE20K")
     p.add_argument("--cache", required=True, help="feature cache root")
     p.add_argument("--no-extract", action="store_true", help="fail on features missing from the cache")
     add_max_patches(p)
@@ -137,36 +160,52 @@ def _per_split(values: list[str], flag: str) -> dict[str | None, str]:
 
 def _dataset(args, split: str, loaded: dict):
     """``(dataset, split name within it)`` for one split of the chosen source."""
+    holdout = getattr(args, "holdout", None)
+    carved = holdout and split in ("fit", "holdout")
     if args.ann:
         from dense.coco import load_coco
 
         anns, images = _per_split(args.ann, "--ann"), _per_split(args.images or [], "--images")
-        ann = anns.get(split, anns.get(None))
+        lookup = args.train_split if carved else split
+        ann = anns.get(lookup, anns.get(None))
         if ann is None:
-            raise DenseError(f"no --ann for split {split!r} (give FILE for one file with a 'split' field per image, "
-                             f"or {split}=FILE)")
+            raise DenseError(f"no --ann for split {lookup!r} (give FILE for one file with a 'split' field per image, "
+                             f"or {lookup}=FILE)")
         # a file named for this split holds the split whole; a shared file is filtered by its images' 'split'
-        sub = None if split in anns else split
-        key = (ann, images.get(split, images.get(None)))
+        sub = None if lookup in anns else lookup
+        key = (ann, images.get(lookup, images.get(None)))
         if key not in loaded:
             loaded[key] = load_coco(ann, key[1], on_error="skip" if args.skip_bad else "raise")
-        return loaded[key], sub
-    if args.voc:
-        from dense.coco import voc_folder
+        if not carved:
+            return loaded[key], sub
+        if (key, "holdout") not in loaded:
+            from dense.segdata import with_holdout
 
-        return voc_folder(args.voc), split
-    if args.ade20k:
-        from dense.coco import ade20k_folder
+            loaded[(key, "holdout")] = with_holdout(loaded[key], sub, holdout, args.holdout_seed)
+        return loaded[(key, "holdout")], split
+    name, root = (("voc", args.voc) if getattr(args, "voc", None) else ("ade20k", args.ade20k)
+                  if getattr(args, "ade20k", None) else (args.dataset, args.root))
+    if name is None:
+        raise DenseError("give a dataset: --ann FILE --images DIR, or --dataset NAME --root DIR")
+    if root is None:
+        raise DenseError(f"--dataset {name} needs --root DIR")
+    key = (name, str(root))
+    if key not in loaded:
+        from dense.segdata import load_dataset, with_holdout
 
-        return ade20k_folder(args.ade20k, split), None
-    raise DenseError("give a dataset: --ann FILE --images DIR, --voc ROOT or --ade20k ROOT")
+        ds = load_dataset(name, root)
+        if getattr(args, "holdout", None):
+            ds = with_holdout(ds, args.train_split, args.holdout, args.holdout_seed)
+        loaded[key] = ds
+    return loaded[key], split
 
 
 def _prepare(args, splits: list[str], check=None):
     """Load the encoder, fill the cache for ``splits`` and return
     ``(encoder, cache, {split: (dataset, samples, [(key, image path)])})``.
 
-    ``check(spec)`` runs on the cache's encoder spec before any extraction."""
+    ``check(spec)`` runs on the cache's encoder spec before any extraction. Each dataset has its own part of the
+    cache (:meth:`dense.cache.FeatureCache.for_dataset`)."""
     from dense.cache import FeatureCache, dataset_items, extract_to_cache
     from probes import load_samples
 
@@ -181,13 +220,14 @@ def _prepare(args, splits: list[str], check=None):
         items = dataset_items(ds, sub)
         if not items:
             raise DenseError(f"split {split!r} has no images")
+        ds_cache = cache.for_dataset(ds)
         if not args.no_extract:
-            rep = extract_to_cache(encoder, items, cache, max_patches=args.max_patches, layers=layers,
+            rep = extract_to_cache(encoder, items, ds_cache, max_patches=args.max_patches, layers=layers,
                                    batch_size=args.batch_size_extract, on_error="skip" if args.skip_bad else "raise",
                                    progress=not args.quiet)
             if rep.skipped:
                 print(f"{split}: skipped {len(rep.skipped)} unreadable images: {rep.skipped[:3]}")
-        out[split] = (ds, load_samples(ds, cache, sub, progress=not args.quiet), items)
+        out[split] = (ds, load_samples(ds, ds_cache, sub, progress=not args.quiet), items)
     return encoder, cache, out
 
 
@@ -204,20 +244,36 @@ def _print_figures(title: str, figs: dict) -> None:
 
 
 def run_train(args) -> int:
+    if args.holdout:
+        if args.test_split is None:
+            raise DenseError("--holdout chooses on part of --train-split: give --test-split to report on")
+        train, val = "fit", "holdout"
+    else:
+        train, val = args.train_split, args.val_split
+    sweep_and_report(args, train, val, args.test_split)
+    return 0
+
+
+def sweep_and_report(args, train_split: str, val_split: str, test_split: str | None, meta: dict | None = None
+                     ) -> dict:
+    """Extract (cached), sweep every head on ``train_split``, choose on ``val_split``, score ``test_split`` once; print
+    the tables, write ``--json`` and ``--out``. Returns the JSON record."""
     from dense.eval.probe import evaluate_probe
     from probes import ProbeConfig, train_probes
 
     t0 = time.perf_counter()
-    splits = [args.train_split, args.val_split] + ([args.test_split] if args.test_split else [])
+    if test_split in (train_split, val_split):
+        raise DenseError(f"the reported split {test_split!r} must not be the one trained on or chosen on")
+    splits = [train_split, val_split] + ([test_split] if test_split else [])
     encoder, cache, data = _prepare(args, splits)
-    ds_train, train, _ = data[args.train_split]
+    ds_train, train, _ = data[train_split]
     class_names = ds_train.class_names
     layer_sets = tuple(parse_layers(s) for s in args.layer_sets.split(";")) if args.layer_sets else None
     cfg = ProbeConfig(lrs=tuple(parse_floats(args.lrs, "--lrs")), layer_sets=layer_sets, epochs=args.epochs,
                       batch_size=args.batch_size, label_scale=args.label_scale, weight_decay=args.weight_decay,
                       seed=args.seed, feature_dtype=args.feature_dtype)
-    result = train_probes(train, data[args.val_split][1], class_names, cfg, progress=not args.quiet)
-    print(f"\nsweep ({len(result.val)} heads, {result.seconds:.1f} s), chosen on {args.val_split}:")
+    result = train_probes(train, data[val_split][1], class_names, cfg, progress=not args.quiet)
+    print(f"\nsweep ({len(result.val)} heads, {result.seconds:.1f} s), chosen on {val_split}:")
     print(f"  {'head':<28} {'val mIoU %':>10} {'pix acc %':>10}")
     for key, figs in result.val.items():
         mark = "  <- best" if key == result.best_key else ""
@@ -226,22 +282,30 @@ def run_train(args) -> int:
         print(f"  note: the best learning rate is the {result.lr_at_grid_edge} of the grid; the optimum may lie "
               f"beyond it (widen --lrs)")
     test = None
-    if args.test_split:
-        test = evaluate_probe(result.best, data[args.test_split][1], progress=not args.quiet,
+    if test_split:
+        test = evaluate_probe(result.best, data[test_split][1], progress=not args.quiet,
                               **_sharpen(args, encoder, data)).figures
         result.best.meta["test"] = {k: v for k, v in test.items() if not k.startswith("IoU/")}
-        _print_figures(f"test ({args.test_split}, {len(data[args.test_split][1])} images, reported once)", test)
+        _print_figures(f"test ({test_split}, {len(data[test_split][1])} images, reported once)", test)
     else:
-        _print_figures(f"val ({args.val_split}; no --test-split: chosen and reported on one split)",
+        _print_figures(f"val ({val_split}; no --test-split: chosen and reported on one split)",
                        result.val[result.best_key])
-    if args.out:
-        print(f"saved {result.best.save(args.out)}")
-    write_json(args.json, {
-        "encoder": cache.spec, "class_names": class_names, "config": result.best.meta["config"],
-        "splits": {s: len(d[1]) for s, d in data.items()}, "best": result.best_key,
-        "lr_at_grid_edge": result.lr_at_grid_edge, "sweep": result.val, "history": result.history, "test": test,
-        "train_seconds": result.seconds, "total_seconds": time.perf_counter() - t0, "probe": args.out})
-    return 0
+    holdout = getattr(ds_train, "holdout", None)
+    if holdout:
+        result.best.meta["holdout"] = holdout
+    out = getattr(args, "out", None)
+    if out:
+        print(f"saved {result.best.save(out)}")
+    record = {
+        **(meta or {}), "encoder": cache.spec, "class_names": class_names, "config": result.best.meta["config"],
+        "splits": {s: len(d[1]) for s, d in data.items()}, "protocol": {"train": train_split, "choose": val_split,
+                                                                         "report": test_split, "holdout": holdout},
+        "best": result.best_key, "lr_at_grid_edge": result.lr_at_grid_edge, "sweep": result.val,
+        "history": result.history, "test": test,
+        "per_class_iou": None if test is None else {n: test.get(f"IoU/{n}") for n in class_names},
+        "train_seconds": result.seconds, "total_seconds": time.perf_counter() - t0, "probe": out}
+    write_json(args.json, record)
+    return record
 
 
 def run_eval(args) -> int:

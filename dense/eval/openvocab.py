@@ -36,12 +36,17 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
     if background is None:
         background = encoder.calibration.background or 0.0
     templates = templates_of(encoder, templates)
-    ds = coco.load_coco(ann, images)
+    # ``ann`` may be a semantic dataset (dense.segdata): its class names are the queries; one whose class 0 is not
+    # "background" (ADE20K, COCO-Stuff, Context) is scored by the plain argmax over its classes
+    ds = ann if hasattr(ann, "label_map") else coco.load_coco(ann, images)
     ids = ds.ids(split)[:limit] if limit is not None else ds.ids(split)
     if not ids:
         raise ValueError(f"{ann}: no images in split {split!r} (splits present: {sorted(ds.splits())})")
-    names = ds.class_names[1:]  # label k + 1 <-> names[k], as in dense.coco
-    bg_prompts = background_prompts(background)
+    offset = 1 if ds.class_names[0] == "background" else 0
+    if not offset:
+        background = None
+    names = ds.class_names[offset:]  # label k + offset <-> names[k], as in dense.coco
+    bg_prompts = background_prompts(background) if offset else []
     layers = layers_for(encoder, methods)
     from_image = {m for m in methods if m not in supported_methods(encoder)}  # clear-* on a 1-block tower
     text = embed_texts(encoder, names + bg_prompts, templates=templates)  # [C + B, E], once for the whole run
@@ -56,16 +61,13 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
         fmap = encoder.extract(path, max_patches=max_patches, layers=layers)
         if tuple(gt.shape) != tuple(fmap.image_hw):
             raise ValueError(f"{path}: image is {fmap.image_hw}, annotation says {gt.shape} (image id {iid})")
-        by_cat: dict[int, np.ndarray] = {}
-        for a in ds.anns(iid, crowd=False):
-            k = ds.cat_to_label[a["category_id"]] - 1
-            by_cat[k] = by_cat.get(k, False) | ds.mask(a["id"])
+        by_cat = {k - offset: m for k, m in ds.class_masks(iid).items() if k >= offset}
         for m in methods:
             src = with_aligned(encoder, path, m, max_patches=max_patches) if m in from_image else fmap
             scores = patch_scores(encoder, src, text, method=m)  # [C + B, gh, gw]
             probs = upsample(scores, fmap)  # [C + B, H, W]
-            cm = meters[m].update(labels_from_scores(probs, len(names), background), gt)
-            for t in thresholds:
+            cm = meters[m].update(labels_from_scores(probs, len(names), background) - 1 + offset, gt)
+            for t in thresholds if offset else ():
                 sweep[(m, t)].update(labels_from_scores(probs[: len(names)], len(names), t), gt)
             image_hits = []
             for k, mask in by_cat.items():
@@ -80,7 +82,7 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
         figures.update({f"{m}/{k}": v for k, v in meters[m].figures().items()})
         figures[f"{m}/pointing"] = float(np.mean(hits[m])) if hits[m] else float("nan")
         figures.update({f"{m}/mIoU@thr={t}": sweep[(m, t)].figures()["mIoU"] for t in thresholds})
-    meta = {"task": "openvocab", "ann": str(ann), "split": split, "images": len(ids),
+    meta = {"task": "openvocab", "ann": str(getattr(ds, "root", ann)), "split": split, "images": len(ids),
             "points": {m: len(h) for m, h in hits.items()}, "methods": methods,
             "background": background, "templates": list(templates), "thresholds": list(thresholds),
             "encoder": encoder.name, "fingerprint": encoder.fingerprint,

@@ -53,7 +53,7 @@ def pamr(image, scores: torch.Tensor, *, num_iter: int = 10, dilations: Sequence
     The image is resized to the scores' size (bilinear, antialiased), so refining at a reduced working resolution
     is the caller's choice (:func:`dense.heatmap.image_scores` works at the encoder's input resolution).
     """
-    img = torch.as_tensor(np.asarray(image)) if not isinstance(image, torch.Tensor) else image
+    img = torch.from_numpy(np.array(image)) if not isinstance(image, torch.Tensor) else image
     if img.ndim == 3 and img.shape[-1] == 3 and img.shape[0] != 3:
         img = img.permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
     img = img.float()

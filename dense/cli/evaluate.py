@@ -163,14 +163,14 @@ def format_openvocab(res) -> str:
     settings = m.get("settings", m["methods"])
     lines = [f"open-vocabulary segmentation: {m['images']} images of split {m['split']}, {m['max_patches']} tokens, "
              f"windows {m.get('windows', 1)}, background {m['background']}, templates {m['templates']}",
-             f"{'method':<28}{'mIoU % [95% CI]':>20}{'pixAcc % [95% CI]':>20}{'pointing % [95% CI]':>22}{'points':>8}"]
+             f"{'method':<32}{'mIoU % [95% CI]':>20}{'pixAcc % [95% CI]':>20}{'pointing % [95% CI]':>22}{'points':>8}"]
     for s in settings:
-        lines.append(f"{s:<28}{ci(res, f'{s}/mIoU'):>20}{ci(res, f'{s}/pixel_acc'):>20}"
+        lines.append(f"{s:<32}{ci(res, f'{s}/mIoU'):>20}{ci(res, f'{s}/pixel_acc'):>20}"
                      f"{ci(res, f'{s}/pointing'):>22}{m['points'][s]:>8}")
     if m["thresholds"]:
         lines += ["", "by background threshold: mIoU % [95% CI] / pixel accuracy %"]
         for s in settings:
-            lines.append(f"{s:<28}" + "  ".join(f"{t}: {ci(res, f'{s}/mIoU@thr={t}')} / "
+            lines.append(f"{s:<32}" + "  ".join(f"{t}: {ci(res, f'{s}/mIoU@thr={t}')} / "
                                                 f"{pct(res.figures[f'{s}/pixel_acc@thr={t}']).strip()}"
                                                 for t in m["thresholds"]))
     lines.append("mIoU: mean over classes of intersection / union, pixels of the whole split; pointing: the share of "

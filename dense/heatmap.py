@@ -18,6 +18,12 @@ Methods (``METHODS``; every one needs the last block's output, ``clear-*`` also 
   input with self-self attention (``softmax(q q^T) + softmax(k k^T)``, SCLIP's correlative attention), no residual, no
   MLP; ``post_layernorm`` is applied (the MAP head expects it), then ``map-value`` / ``map-value-mlp``. Needs the
   FeatureMap to hold the block before the last (``layers=(-2, -1)``); images passed directly are extracted that way.
+- ``<method>+filter`` (every method above): distractor-token filtering first (:func:`filter_distractors`, after
+  "Vision Transformers Need Registers" and SC-CLIP): tokens whose norm is a robust outlier of the image (and, as an
+  option, tokens isolated in feature space) are replaced by the mean of their 3x3 grid neighbours.
+
+Image-resolution scores (:func:`image_scores`) add two options: ``windows=n`` (n x n overlapping crops, each extracted
+at the token budget, scores stitched by averaging) and ``refine="pamr"`` (:func:`dense.refine.pamr`).
 
 Which method, threshold and templates a checkpoint uses by default is its calibration
 (:class:`dense.encoder.Calibration`, read from ``dense_calibration.json`` beside its weights); the README gives the
@@ -49,6 +55,7 @@ class Method:
     fn: Callable  # (vision model, x_last [N, D], x_prev [N, D] | None) -> z [N, E] (not normalized)
     needs_prev: bool = False  # needs the input of the last block (the block before it)
     doc: str = ""
+    filter: bool = False  # replace distractor tokens by their neighbours' mean first (filter_distractors)
 
 
 def _raw(vision, x, prev):
@@ -120,6 +127,86 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("clear-map-value-mlp", _clear_map_value_mlp, needs_prev=True,
            doc="last block with self-self attention, no residual/MLP, then map-value-mlp"),
 )}
+
+
+METHODS.update({f"{m.name}+filter": replace(m, name=f"{m.name}+filter", filter=True,
+                                            doc=f"{m.doc}, distractor tokens replaced by their neighbours first")
+                for m in list(METHODS.values())})
+
+
+def _robust_z(v: torch.Tensor) -> torch.Tensor:
+    """``(v - median) / (1.4826 MAD)``; a constant vector gives 0 everywhere (and any other value a huge z)."""
+    med = v.median()
+    mad = (v - med).abs().median()
+    return (v - med) / (1.4826 * mad + 1e-6 * med.abs() + 1e-12)
+
+
+DISTRACTOR_CUES = ("norm", "isolation")
+
+
+@torch.inference_mode()
+def distractor_mask(tokens: torch.Tensor, *, cues: Sequence[str] = ("norm",), z: float = 5.0, k: int = 3,
+                    max_frac: float = 0.1) -> torch.Tensor:
+    """Bool ``[gh, gw]``: the tokens ``[gh, gw, D]`` that look like ViT "register"/global tokens.
+
+    Cues (``DISTRACTOR_CUES``), each a robust z-score over the image's tokens (``(v - median) / (1.4826 MAD)``), a
+    token being flagged when any cue exceeds ``z``:
+
+    - ``"norm"``: the token's norm (Darcet et al. 2024: artefact tokens have several times the typical norm);
+    - ``"isolation"``: one minus its mean cosine similarity to its ``k`` nearest other tokens (SC-CLIP's local-outlier
+      idea, which also catches anomalies that a final layer norm rescaled). Off by default: on sparse scenes (a few
+      small objects on a plain background, e.g. the synthetic shapes) it flags the objects themselves.
+
+    At most ``max_frac`` of the tokens (the most anomalous) are flagged.
+    """
+    gh, gw, D = tokens.shape
+    x = tokens.reshape(gh * gw, D).float()  # [gh, gw, D] -> [N, D]
+    N = x.shape[0]
+    unknown = set(cues) - set(DISTRACTOR_CUES)
+    if unknown:
+        raise ValueError(f"unknown distractor cues {sorted(unknown)}; choose from {DISTRACTOR_CUES}")
+    if N < 4 or not cues:
+        return torch.zeros(gh, gw, dtype=torch.bool)
+    score = torch.full((N,), -float("inf"))
+    if "norm" in cues:
+        score = torch.maximum(score, _robust_z(x.norm(dim=-1)))
+    if "isolation" in cues:
+        xn = F.normalize(x, dim=-1)
+        sim = xn @ xn.T  # [N, N]
+        sim.fill_diagonal_(-2.0)
+        isolation = 1 - sim.topk(min(k, N - 1), dim=1).values.mean(dim=1)  # [N]
+        score = torch.maximum(score, _robust_z(isolation))
+    flagged = score > z
+    cap = max(1, int(max_frac * N))
+    if int(flagged.sum()) > cap:
+        flagged = torch.zeros_like(flagged)
+        flagged[score.topk(cap).indices] = True
+    return flagged.reshape(gh, gw)  # [N] -> [gh, gw]
+
+
+def replace_with_neighbours(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Tokens ``[gh, gw, D]`` with each ``mask``ed one replaced by the mean of its unmasked 3x3 neighbours (kept as is
+    when it has none)."""
+    if not bool(mask.any()):
+        return tokens
+    gh, gw, D = tokens.shape
+    keep = (~mask).to(tokens.dtype)[None, None]  # [1, 1, gh, gw]
+    x = tokens.permute(2, 0, 1)[None] * keep  # [gh, gw, D] -> [1, D, gh, gw]
+    ones = torch.ones(1, 1, 3, 3, dtype=tokens.dtype, device=tokens.device)
+    total = F.conv2d(x.reshape(D, 1, gh, gw), ones, padding=1).reshape(D, gh, gw)  # [1, D, gh, gw] -> [D, gh, gw]
+    count = F.conv2d(keep, ones, padding=1)[0, 0]  # [gh, gw]
+    mean = (total / count.clamp_min(1)).permute(1, 2, 0)  # [D, gh, gw] -> [gh, gw, D]
+    use = (mask & (count > 0))[..., None]  # [gh, gw, 1]
+    return torch.where(use, mean, tokens)
+
+
+def filter_distractors(x: torch.Tensor, prev: torch.Tensor | None = None, **kwargs
+                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Last-block tokens ``x [gh, gw, D]`` (and the block's input ``prev``, same mask) with distractors replaced:
+    ``(x, prev, mask [gh, gw])``; ``kwargs`` go to :func:`distractor_mask`."""
+    mask = distractor_mask(x, **kwargs)
+    x = replace_with_neighbours(x, mask)
+    return x, (replace_with_neighbours(prev, mask) if prev is not None else None), mask
 
 
 def get_method(name: str) -> Method:
@@ -222,8 +309,11 @@ def aligned_tokens(encoder, fmap: FeatureMap, method: str | None = None) -> torc
     p = next(vision.parameters())
     tokens = check_featuremap(encoder, fmap, required_layers(method), f"method {method!r}")  # [gh, gw, D * L]
     D = encoder.hidden_size
-    x = tokens[..., -D:].reshape(gh * gw, D).to(p.device, p.dtype)  # last block: [gh, gw, D] -> [N, D]
-    prev = tokens[..., :D].reshape(gh * gw, D).to(p.device, p.dtype) if m.needs_prev else None  # [N, D]
+    x, prev = tokens[..., -D:], (tokens[..., :D] if m.needs_prev else None)  # last block (and its input) [gh, gw, D]
+    if m.filter:
+        x, prev, _ = filter_distractors(x.float(), None if prev is None else prev.float())
+    x = x.reshape(gh * gw, D).to(p.device, p.dtype)  # [gh, gw, D] -> [N, D]
+    prev = prev.reshape(gh * gw, D).to(p.device, p.dtype) if prev is not None else None  # [gh, gw, D] -> [N, D]
     z = m.fn(vision, x, prev).float().cpu()  # [N, E]
     return F.normalize(z, dim=-1).reshape(gh, gw, -1)  # [N, E] -> [gh, gw, E]
 
@@ -240,8 +330,11 @@ def with_aligned(encoder, image: ImageOrFeatureMap, method: str | None = None, *
         fmap = encoder.extract(rgb, max_patches=max_patches)
         gh, gw = fmap.grid_hw
         p = next(encoder.vision.parameters())
-        x = fmap.tokens.reshape(gh * gw, -1).to(p.device, p.dtype)  # [gh, gw, D] -> [N, D]
-        prev = _embedding_tokens(encoder, rgb, fmap.grid_hw).reshape(gh * gw, -1).to(p.device, p.dtype)  # [N, D]
+        x, prev = fmap.tokens.float(), _embedding_tokens(encoder, rgb, fmap.grid_hw)  # [gh, gw, D] each
+        if METHODS[method].filter:
+            x, prev, _ = filter_distractors(x, prev)
+        x = x.reshape(gh * gw, -1).to(p.device, p.dtype)  # [gh, gw, D] -> [N, D]
+        prev = prev.reshape(gh * gw, -1).to(p.device, p.dtype)  # [gh, gw, D] -> [N, D]
         with torch.inference_mode():
             z = METHODS[method].fn(encoder.vision, x, prev).float().cpu()  # [N, E]
         z = F.normalize(z, dim=-1).reshape(gh, gw, -1)  # [N, E] -> [gh, gw, E]
@@ -293,3 +386,64 @@ def upsample(scores: torch.Tensor, fmap: FeatureMap, size_hw: tuple[int, int] | 
         raise ValueError(f"scores {tuple(scores.shape)} do not match the grid {gh}x{gw}")
     size_hw = tuple(size_hw or fmap.image_hw)
     return F.interpolate(scores[None].float(), size=size_hw, mode="bilinear", align_corners=False)[0]  # [T, H, W]
+
+
+def _window_starts(size: int, crop: int, n: int) -> list[int]:
+    """``n`` start offsets of crops of ``crop`` pixels spread evenly over ``size`` (first at 0, last at the end)."""
+    return [round(k * (size - crop) / (n - 1)) for k in range(n)] if n > 1 else [0]
+
+
+def image_scores(encoder, image: ImageOrFeatureMap, queries, *, method: str | None = None,
+                 templates: Sequence[str] | None = None, max_patches: int | None = None, windows: int = 1,
+                 refine: str | None = None, rgb: np.ndarray | None = None) -> torch.Tensor:
+    """Sigmoid scores ``[T, H, W]`` at the original image size: :func:`patch_scores` upsampled, with two options.
+
+    ``windows=n`` (n >= 2): sliding windows for images with more detail than the token budget holds. The image is
+    cut into an n x n layout of crops of ``2 / (n + 1)`` of its height and width (neighbours overlap by half a crop),
+    each crop is extracted at ``max_patches`` and scored, and the upsampled scores are averaged where crops overlap
+    (SCLIP/ClearCLIP's sliding-window inference). ``refine="pamr"``: :func:`dense.refine.pamr` with the image, at the
+    encoder's input resolution (times ``windows``), then upsampled.
+
+    ``image``: a path, PIL image, uint8 array or FeatureMap; a FeatureMap needs ``rgb`` (its pixels) for
+    ``windows > 1`` or a refinement, and is used as is otherwise.
+    """
+    from dense.preprocess import choose_grid
+    from dense.refine import REFINES, pamr
+
+    refine = None if refine in (None, "none") else refine
+    if refine is not None and refine not in REFINES:
+        raise ValueError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINES)}")
+    if windows < 1:
+        raise ValueError(f"windows must be >= 1, got {windows}")
+    if isinstance(image, FeatureMap) and rgb is None and (windows > 1 or refine is not None):
+        raise ValueError("windows > 1 and refine need the image's pixels: pass rgb= with a FeatureMap")
+    if rgb is None and not isinstance(image, FeatureMap):
+        rgb = load_image(image)
+    text = text_matrix(encoder, queries, templates)  # [T, E]
+    budget = max_patches or encoder.pixels.max_patches
+    if windows == 1:
+        fmap = image if isinstance(image, FeatureMap) else with_aligned(encoder, rgb, method, max_patches=max_patches)
+        scores = patch_scores(encoder, fmap, text, method=method)  # [T, gh, gw]
+        if refine is None:
+            return upsample(scores, fmap)  # [T, H, W]
+        H, W = fmap.image_hw
+        probs = upsample(scores, fmap, size_hw=fmap.resized_hw)  # [T, gh * p, gw * p]
+    else:
+        H, W = rgb.shape[:2]
+        ch, cw = min(H, -(-2 * H // (windows + 1))), min(W, -(-2 * W // (windows + 1)))
+        total = torch.zeros(text.shape[0], H, W)  # [T, H, W]
+        count = torch.zeros(H, W)
+        for y0 in _window_starts(H, ch, windows):
+            for x0 in _window_starts(W, cw, windows):
+                crop = np.ascontiguousarray(rgb[y0:y0 + ch, x0:x0 + cw])
+                f = with_aligned(encoder, crop, method, max_patches=max_patches)
+                total[:, y0:y0 + ch, x0:x0 + cw] += upsample(patch_scores(encoder, f, text, method=method), f)
+                count[y0:y0 + ch, x0:x0 + cw] += 1
+        probs = total / count  # [T, H, W]: every pixel lies in at least one crop
+        if refine is None:
+            return probs
+        gh, gw = choose_grid((H, W), encoder.patch_size, budget)
+        work_hw = (min(H, gh * encoder.patch_size * windows), min(W, gw * encoder.patch_size * windows))
+        probs = F.interpolate(probs[None], size=work_hw, mode="bilinear", align_corners=False, antialias=True)[0]
+    probs = pamr(rgb, probs)  # [T, h, w]
+    return F.interpolate(probs[None], size=(H, W), mode="bilinear", align_corners=False)[0]  # [T, H, W]

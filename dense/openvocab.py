@@ -18,11 +18,9 @@ from dense.features import FeatureMap
 from dense.heatmap import (
     ImageOrFeatureMap,
     check_featuremap,
+    image_scores,
     logits,
-    patch_scores,
     templates_of,
-    upsample,
-    with_aligned,
 )
 from dense.text import embed_texts
 
@@ -81,13 +79,15 @@ def retrieve(image_emb: torch.Tensor, text_emb: torch.Tensor, *, k: int = 5, by:
 
 def segment(encoder, image: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], class_names: Sequence[str], *,
             background: float | Sequence[str] | None = None, method: str | None = None,
-            templates: Sequence[str] | None = None, max_patches: int | None = None) -> np.ndarray | list[np.ndarray]:
+            templates: Sequence[str] | None = None, max_patches: int | None = None, windows: int = 1,
+            refine: str | None = None) -> np.ndarray | list[np.ndarray]:
     """Training-free semantic segmentation at the original resolution: int32 ``[H, W]``, 0 = background, ``k + 1`` =
     ``class_names[k]``; a list of images gives a list of label maps.
 
     ``background``: a probability threshold (a pixel whose best class scores below it is background; ``0`` labels
     every pixel with its best class), a list of background prompts (``["background", "sky"]``) that compete with the
-    classes in the argmax and win as 0, or None for the encoder's calibrated threshold.
+    classes in the argmax and win as 0, or None for the encoder's calibrated threshold. ``windows`` (sliding windows)
+    and ``refine`` (``"pamr"``): see :func:`dense.heatmap.image_scores`; both need the image, not a FeatureMap.
     """
     class_names = list(class_names)
     if not class_names:
@@ -98,9 +98,9 @@ def segment(encoder, image: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], cla
     images, batch = _as_batch(image)
     out = []
     for im in images:
-        fmap = with_aligned(encoder, im, method, max_patches=max_patches)
-        scores = patch_scores(encoder, fmap, class_names + bg_prompts, method=method, templates=templates)
-        out.append(labels_from_scores(upsample(scores, fmap), len(class_names), background))  # [C + B, H, W] -> [H, W]
+        probs = image_scores(encoder, im, class_names + bg_prompts, method=method, templates=templates,
+                             max_patches=max_patches, windows=windows, refine=refine)  # [C + B, H, W]
+        out.append(labels_from_scores(probs, len(class_names), background))  # [C + B, H, W] -> [H, W]
     return out if batch else out[0]
 
 

@@ -276,3 +276,79 @@ def test_clear_methods_on_a_one_block_tower_use_the_patch_embedding():
     torch.testing.assert_close(got.aligned, F.normalize(z, dim=-1).reshape(got.aligned.shape), atol=1e-5, rtol=1e-4)
     s = heatmap.patch_scores(enc1, rgb, F.normalize(torch.randn(2, 32), dim=-1), method="clear-map-value")
     assert tuple(s.shape) == (2, *fmap.grid_hw)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Issue 14b: distractor filtering, PAMR, sliding windows
+
+
+def test_filtering_replaces_a_planted_outlier_by_its_neighbours_mean():
+    g = torch.Generator().manual_seed(0)
+    base = F.normalize(torch.randn(16, generator=g), dim=0)
+    tokens = base + 0.01 * torch.randn(6, 7, 16, generator=g)  # [gh, gw, D]: a smooth field
+    tokens[2, 3] = 12 * F.normalize(torch.randn(16, generator=g), dim=0)  # a high-norm "register" token
+    mask = heatmap.distractor_mask(tokens)
+    assert mask.sum() == 1 and mask[2, 3]
+    x, prev, m = heatmap.filter_distractors(tokens, tokens.clone())
+    neighbours = torch.cat([tokens[1:4, 2:5].reshape(9, 16)[:4], tokens[1:4, 2:5].reshape(9, 16)[5:]])  # 8 of 3x3
+    assert torch.allclose(x[2, 3], neighbours.mean(0), atol=1e-6) and torch.equal(prev, x)
+    assert torch.equal(x[~m], tokens[~m])  # nothing else moves
+    # no outlier, nothing flagged: the +filter method scores like its base
+    assert not heatmap.distractor_mask(base + 0.01 * torch.randn(6, 7, 16, generator=g)).any()
+    isolated = tokens.clone()
+    isolated[2, 3] = F.normalize(torch.randn(16, generator=g), dim=0)  # ordinary norm, unlike every other token
+    assert not heatmap.distractor_mask(isolated)[2, 3] and heatmap.distractor_mask(isolated, cues=("isolation",))[2, 3]
+
+
+def test_filter_methods_are_registered_and_equal_their_base_without_outliers(tiny_encoder):
+    fmap = tiny_encoder.extract(random_rgb(40, 56, seed=8))
+    for base in ("map-value-mlp", "leave-one-out"):
+        assert heatmap.METHODS[f"{base}+filter"].filter
+        mask = heatmap.distractor_mask(fmap.tokens)
+        a = heatmap.patch_scores(tiny_encoder, fmap, ["red circle"], method=base)
+        b = heatmap.patch_scores(tiny_encoder, fmap, ["red circle"], method=f"{base}+filter")
+        if not mask.any():
+            assert torch.allclose(a, b)
+        else:
+            assert a.shape == b.shape
+
+
+def test_pamr_keeps_constant_maps_and_colour_regions_and_sharpens_blur():
+    from dense.refine import pamr
+
+    flat = np.full((20, 24, 3), 90, np.uint8)
+    const = torch.full((2, 20, 24), 0.3)
+    assert torch.allclose(pamr(flat, const), const)  # constant colour, constant scores: a no-op
+    img = np.zeros((20, 24, 3), np.uint8)
+    img[:, 12:] = 255  # two colour regions
+    region = torch.zeros(2, 20, 24)
+    region[0, :, :12], region[1, :, 12:] = 1, 1  # scores that follow the colours (sum to one)
+    out = pamr(img, region)
+    assert torch.allclose(out, region, atol=1e-4)  # an edge stops the sharing
+    assert torch.allclose(out.sum(0), torch.ones(20, 24), atol=1e-5)
+    blurred = torch.stack([torch.linspace(1, 0, 24).expand(20, 24), torch.linspace(0, 1, 24).expand(20, 24)])
+    sharp = pamr(img, blurred)
+    assert (sharp - region).abs().mean() < (blurred - region).abs().mean()
+
+
+def test_image_scores_options(tiny_encoder):
+    rgb = random_rgb(48, 80, seed=7)
+    fmap = heatmap.with_aligned(tiny_encoder, rgb, "map-value")
+    plain = heatmap.image_scores(tiny_encoder, rgb, ["red circle", "blue star"], method="map-value")
+    assert torch.allclose(plain, heatmap.upsample(heatmap.patch_scores(tiny_encoder, fmap, ["red circle", "blue star"],
+                                                                       method="map-value"), fmap))
+    for kw in ({"windows": 2}, {"windows": 3, "refine": "pamr"}, {"refine": "pamr"}):
+        s = heatmap.image_scores(tiny_encoder, rgb, ["red circle"], method="map-value", max_patches=16, **kw)
+        assert s.shape == (1, 48, 80) and bool(((s >= 0) & (s <= 1)).all())
+    with pytest.raises(ValueError, match="rgb="):
+        heatmap.image_scores(tiny_encoder, fmap, ["red circle"], windows=2)
+    with pytest.raises(ValueError, match="refinement"):
+        heatmap.image_scores(tiny_encoder, rgb, ["red circle"], refine="crf")
+    # crops tile the image: first at 0, last at the end, neighbours overlapping
+    for size, n in ((48, 2), (80, 3), (7, 4)):
+        crop = min(size, -(-2 * size // (n + 1)))
+        starts = heatmap._window_starts(size, crop, n)
+        assert starts[0] == 0 and starts[-1] + crop == size
+        assert all(b - a < crop for a, b in zip(starts[:-1], starts[1:], strict=True))
+    labels = dense.segment(tiny_encoder, rgb, ["red circle"], windows=2, refine="pamr", max_patches=16)
+    assert labels.shape == (48, 80)

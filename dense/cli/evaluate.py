@@ -39,6 +39,17 @@ def add(sub, parent) -> None:
                         "(default: the checkpoint's calibrated threshold)")
     add_templates(e)
     e.add_argument("--sweep", default="", help="comma-separated background thresholds to sweep too (mIoU each)")
+    e.add_argument("--refine", default="none",
+                   help="comma-separated refinements to score each method with too: none, pamr (dense.refine)")
+    e.add_argument("--windows", type=int, default=1,
+                   help="sliding windows: n x n overlapping crops, each at the token budget, scores averaged")
+    e.add_argument("--choose", type=float, default=None, metavar="GUARD",
+                   help="print the (method, threshold) with the best mIoU among settings whose pixel accuracy is "
+                        "within GUARD (a fraction, e.g. 0.02) of the best; choose on val, report test")
+    e.add_argument("--calibration-out", default=None,
+                   help="with --choose: write the choice as a dense_calibration.json (an existing file's other "
+                        "keys, e.g. box_threshold, are kept)")
+    add_bootstrap(e)
     e.add_argument("--limit", type=int, default=None, help="first N images only")
     add_max_patches(e)
     add_runtime(e)
@@ -62,12 +73,41 @@ def add(sub, parent) -> None:
                    help="relative threshold in [0, 1] for the box without candidates (default: the checkpoint's "
                         "calibrated one)")
     r.add_argument("--thresholds", default="0.2,0.3,0.4,0.5,0.6,0.7,0.8", help="box thresholds to sweep")
+    r.add_argument("--choose", action="store_true",
+                   help="print the box threshold with the best Acc@0.5 (no candidates) per method")
+    r.add_argument("--calibration-out", default=None,
+                   help="with --choose: write the first method's box threshold into this dense_calibration.json "
+                        "(its other keys are kept)")
+    add_bootstrap(r)
     add_templates(r)
     r.add_argument("--limit", type=int, default=None, help="first N images only")
     add_max_patches(r)
     add_runtime(r)
     r.add_argument("--out", default=None, help="JSON to write (atomically)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_bootstrap(p) -> None:
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap draws for the 95%% intervals")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
+
+
+def ci(res, name: str) -> str:
+    """``41.2 [38.0, 44.5]``: a figure and its bootstrap interval, in percent."""
+    v = res.figures.get(name, float("nan"))
+    lo, hi = res.intervals.get(name, (float("nan"), float("nan")))
+    return f"{pct(v).strip()} [{pct(lo).strip()}, {pct(hi).strip()}]"
+
+
+def _write_calibration(path, updates: dict) -> None:
+    import json
+    from pathlib import Path
+
+    from dense._atomic import write_json as _write
+
+    data = json.loads(Path(path).read_text()) if Path(path).exists() else {}
+    data.update(updates)
+    print(f"wrote {_write(path, data, indent=2)}")
 
 
 def _methods(args, enc) -> list[str] | None:
@@ -90,25 +130,60 @@ def run_openvocab(args) -> int:
     res = evaluate_openvocab(enc, ann, args.images, methods=_methods(args, enc),
                              background=parse_background(args.background), templates=parse_templates(args.templates),
                              split=args.split, limit=args.limit, max_patches=args.max_patches,
-                             thresholds=parse_floats(args.sweep, "--sweep"), progress=not args.quiet)
+                             thresholds=parse_floats(args.sweep, "--sweep"),
+                             refines=[r.strip() for r in args.refine.split(",") if r.strip()], windows=args.windows,
+                             resamples=args.resamples, seed=args.seed, progress=not args.quiet)
     print(format_openvocab(res))
+    if args.choose is not None:
+        from dense.eval.openvocab import choose_setting
+
+        c = choose_setting(res, guard=args.choose)
+        res.meta["chosen"] = c
+        print(format_choice(c, res))
+        if args.calibration_out:
+            refine = "pamr" if c["method"].endswith("+pamr") else "none"
+            if refine != "none":
+                print("note: the choice refines with PAMR, which a calibration file cannot say; writing its method")
+            _write_calibration(args.calibration_out, {
+                "method": c["method"].removesuffix("+pamr"), "background": c["background"],
+                "templates": res.meta["templates"], "max_patches": res.meta["max_patches"],
+                "measured": {"split": res.meta["split"], "images": res.meta["images"], "ann": res.meta["ann"],
+                             "mIoU": c["mIoU"], "mIoU_interval": c["mIoU_interval"], "pixel_acc": c["pixel_acc"],
+                             "pixel_acc_interval": c["pixel_acc_interval"], "guard": c["guard"],
+                             "windows": res.meta["windows"], "refine": refine}})
     write_json(args.out, res.to_json())
     return 0
 
 
+def format_choice(c: dict, res) -> str:
+    iv = c["mIoU_interval"] or (float("nan"),) * 2
+    pv = c["pixel_acc_interval"] or (float("nan"),) * 2
+    return (f"chosen on split {res.meta['split']} ({res.meta['max_patches']} tokens): method {c['method']}, "
+            f"background {c['background']}: mIoU {pct(c['mIoU']).strip()} [{pct(iv[0]).strip()}, "
+            f"{pct(iv[1]).strip()}], pixel accuracy {pct(c['pixel_acc']).strip()} [{pct(pv[0]).strip()}, "
+            f"{pct(pv[1]).strip()}] (best pixel accuracy {pct(c['best_pixel_acc']).strip()}, guard "
+            f"{100 * c['guard']:g} points, {c['eligible']} settings eligible)")
+
+
 def format_openvocab(res) -> str:
     m = res.meta
+    settings = m.get("settings", m["methods"])
     lines = [f"open-vocabulary segmentation: {m['images']} images of split {m['split']}, {m['max_patches']} tokens, "
-             f"background {m['background']}, templates {m['templates']}",
-             f"{'method':<22}{'mIoU %':>8}{'pixAcc %':>10}{'pointing %':>12}{'points':>8}"
-             + ("  mIoU % by background threshold" if m["thresholds"] else "")]
-    for meth in m["methods"]:
-        f = res.figures
-        sweep = "  ".join(f"{t}: {pct(f[f'{meth}/mIoU@thr={t}'])}" for t in m["thresholds"])
-        lines.append(f"{meth:<22}{pct(f[f'{meth}/mIoU']):>8}{pct(f[f'{meth}/pixel_acc']):>10}"
-                     f"{pct(f[f'{meth}/pointing']):>12}{m['points'][meth]:>8}  {sweep}")
+             f"windows {m.get('windows', 1)}, background {m['background']}, templates {m['templates']}",
+             f"{'method':<32}{'mIoU % [95% CI]':>20}{'pixAcc % [95% CI]':>20}{'pointing % [95% CI]':>22}{'points':>8}"]
+    for s in settings:
+        lines.append(f"{s:<32}{ci(res, f'{s}/mIoU'):>20}{ci(res, f'{s}/pixel_acc'):>20}"
+                     f"{ci(res, f'{s}/pointing'):>22}{m['points'][s]:>8}")
+    if m["thresholds"]:
+        lines += ["", "by background threshold: mIoU % [95% CI] / pixel accuracy %"]
+        for s in settings:
+            lines.append(f"{s:<32}" + "  ".join(f"{t}: {ci(res, f'{s}/mIoU@thr={t}')} / "
+                                                f"{pct(res.figures[f'{s}/pixel_acc@thr={t}']).strip()}"
+                                                for t in m["thresholds"]))
     lines.append("mIoU: mean over classes of intersection / union, pixels of the whole split; pointing: the share of "
-                 "(image, class present) pairs whose peak patch lies inside that class's mask.")
+                 "(image, class present) pairs whose peak patch lies inside that class's mask. Intervals: "
+                 f"percentile bootstrap over images ({m['bootstrap']['resamples']} draws, seed "
+                 f"{m['bootstrap']['seed']}), the same draws for every setting.")
     return "\n".join(lines)
 
 
@@ -120,8 +195,18 @@ def run_refer(args) -> int:
                          methods=_methods(args, enc), scorers=[s.strip() for s in args.scorers.split(",") if s.strip()],
                          thresholds=parse_floats(args.thresholds, "--thresholds"), box_threshold=args.box_threshold,
                          templates=parse_templates(args.templates), limit=args.limit, max_patches=args.max_patches,
-                         progress=not args.quiet)
+                         resamples=args.resamples, seed=args.seed, progress=not args.quiet)
     print(format_refer(res))
+    if args.choose:
+        from dense.eval.refer import choose_box_threshold
+
+        for i, meth in enumerate(res.meta["methods"]):
+            t = choose_box_threshold(res, meth)
+            res.meta.setdefault("chosen", {})[meth] = t
+            print(f"chosen box threshold for {meth} on split {res.meta['split']}: {t} (Acc@0.5 "
+                  f"{ci(res, f'none/{meth}/-/acc@0.5@thr={t}')})")
+            if i == 0 and args.calibration_out:
+                _write_calibration(args.calibration_out, {"box_threshold": t})
     write_json(args.out, res.to_json())
     return 0
 
@@ -140,17 +225,21 @@ def format_refer(res) -> str:
     lines = [f"referring expressions: {m['expressions']} expressions ({m['refs_count']} refs) on {m['images']} images "
              f"of split {m['split']}; {m['expressions_multi']} on images with >= 2 objects; {m['max_patches']} tokens",
              f"{'':<53}{'all expressions':>23}{'images with >= 2 objects':>26}",
-             f"{'candidates':<11}{'method':<22}{'scorer':<20}{head}  {head}   (%)"]
+             f"{'candidates':<11}{'method':<22}{'scorer':<20}{head}  {head}   "
+             f"{'Acc@0.5 [95% CI]':>18}{'point [95% CI]':>20}   (%)"]
     for way in ways:
         setting, meth, scorer = way.split("/")
         cols = (("acc@0.5", 8), ("pointing", 7), ("pointing_box_centre", 8))
         cells = "  ".join("".join(pct(f.get(f"{p}{way}/{k}", float("nan"))).rjust(w) for k, w in cols)
                           for p in ("", "multi/"))
+        cells += f"   {ci(res, f'{way}/acc@0.5'):>18}{ci(res, f'{way}/pointing'):>20}"
         thr = setting == "none" and scorer == "-" and meth != "centre-prior"
         note = f"  (box threshold {m['box_threshold']})" if thr else ""
         lines.append(f"{setting:<11}{meth:<22}{scorer:<20}{cells}{note}")
     lines.append("Acc@0.5: the box overlaps the target's box with IoU >= 0.5; point: the answer's point lies in the "
-                 "target's mask (the pointing game); ctr-pt: the centre of the answer's box does.")
+                 "target's mask (the pointing game); ctr-pt: the centre of the answer's box does. Intervals: "
+                 f"percentile bootstrap over expressions ({m['bootstrap']['resamples']} draws, seed "
+                 f"{m['bootstrap']['seed']}).")
     if m["thresholds"]:
         lines += ["", "Acc@0.5 % without candidates, by relative box threshold:",
                   f"{'method':<22}" + "".join(f"{t:>7}" for t in m["thresholds"])]

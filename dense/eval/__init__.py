@@ -21,11 +21,15 @@ class Result:
             settings prefix the setting: ``{"map-value-mlp/mIoU": ...}``.
         rows: one dict per sample (an image, or an expression), for inspection and bootstrap intervals.
         meta: what was evaluated (dataset, split, encoder fingerprint, settings, counts, seconds).
+        intervals: bootstrap 95% intervals ``[lo, hi]`` of figures, under the figure's name
+            (:mod:`dense.eval.stats`); figures without one are absent.
     """
 
     figures: dict[str, float]
     rows: list[dict] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"figures": self.figures, "meta": self.meta, "rows": self.rows}
+        return {"figures": self.figures, "intervals": {k: list(v) for k, v in self.intervals.items()},
+                "meta": self.meta, "rows": self.rows}

@@ -11,28 +11,54 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dense import coco, metrics
-from dense.eval import Result
-from dense.heatmap import get_method, layers_for, patch_scores, supported_methods, templates_of, upsample, with_aligned
+from dense.eval import Result, stats
+from dense.heatmap import (
+    get_method,
+    image_scores,
+    layers_for,
+    patch_scores,
+    supported_methods,
+    templates_of,
+    upsample,
+    with_aligned,
+)
 from dense.openvocab import background_prompts, labels_from_scores
+from dense.preprocess import load_image
+from dense.refine import REFINES
 from dense.text import embed_texts
+
+
+def setting_key(method: str, refine: str | None = None) -> str:
+    """The figure prefix of a (method, refinement) pair: ``map-value-mlp``, ``map-value-mlp+pamr``."""
+    return method if refine in (None, "none") else f"{method}+{refine}"
 
 
 def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods: Sequence[str] | None = None,
                        background=None, templates: Sequence[str] | None = None, split: str | None = None,
                        limit: int | None = None, max_patches: int | None = None, thresholds: Sequence[float] = (),
-                       progress: bool = False) -> Result:
+                       refines: Sequence[str] = ("none",), windows: int = 1, resamples: int = stats.RESAMPLES,
+                       seed: int = 0, progress: bool = False) -> Result:
     """Score each heatmap method of ``methods`` (None: the encoder's calibrated one) on one split.
 
     Category names are the queries (``dense.coco`` label k + 1 = category k). ``background`` and ``templates``:
     None = the encoder's calibration. Pointing: for every (image, category present), is the centre of the peak patch
-    of that category's scores inside one of its (non-crowd) masks? ``thresholds``: background thresholds to sweep as
-    well, to choose one on a validation split.
+    of that category's scores (the peak pixel with ``windows > 1`` or a refinement) inside one of its (non-crowd)
+    masks? ``thresholds``: background thresholds to sweep as well, to choose one on a validation split. ``refines``:
+    each method is also scored with each refinement (``"pamr"``, :mod:`dense.refine`); ``windows``: sliding windows
+    (:func:`dense.heatmap.image_scores`).
 
-    Figures, per method m: ``m/mIoU``, ``m/pixel_acc``, ``m/mean_acc``, ``m/pointing``, ``m/IoU/<class>`` and
-    ``m/mIoU@thr=<t>`` for each swept threshold. Rows: one per (image, method) with its pixel accuracy and hits.
+    Figures, per setting s (:func:`setting_key`): ``s/mIoU``, ``s/pixel_acc``, ``s/mean_acc``, ``s/pointing``,
+    ``s/IoU/<class>``, and ``s/mIoU@thr=<t>``, ``s/pixel_acc@thr=<t>`` for each swept threshold. Intervals
+    (``Result.intervals``): the bootstrap 95% interval of every mIoU, pixel accuracy and pointing figure, resampling
+    images (``resamples`` draws, ``seed``; the same draws for every setting). Rows: one per (image, setting) with its
+    pixel accuracy, pointing hits and per-class counts ``inter``, ``union``, ``gt`` (at ``background``).
     Raises ``ValueError`` when the split holds no image.
     """
     methods = [get_method(m).name for m in (methods or [encoder.calibration.method])]
+    refines = [r or "none" for r in refines] or ["none"]
+    for r in refines:
+        if r not in REFINES:
+            raise ValueError(f"unknown refinement {r!r}; choose from {', '.join(REFINES)}")
     if background is None:
         background = encoder.calibration.background or 0.0
     templates = templates_of(encoder, templates)
@@ -43,48 +69,100 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
     if not ids:
         raise ValueError(f"{ann}: no images in split {split!r} (splits present: {sorted(ds.splits())})")
     offset = 1 if ds.class_names[0] == "background" else 0
-    if not offset:
-        background = None
+    if not offset:  # no background class: plain argmax, nothing to threshold
+        background, thresholds = None, ()
     names = ds.class_names[offset:]  # label k + offset <-> names[k], as in dense.coco
+    K = len(ds.class_names)
     bg_prompts = background_prompts(background) if offset else []
     layers = layers_for(encoder, methods)
     from_image = {m for m in methods if m not in supported_methods(encoder)}  # clear-* on a 1-block tower
     text = embed_texts(encoder, names + bg_prompts, templates=templates)  # [C + B, E], once for the whole run
-    meters = {m: metrics.SegmentationMeter(ds.class_names) for m in methods}
-    sweep = {(m, t): metrics.SegmentationMeter(ds.class_names) for m in methods for t in thresholds}
-    hits: dict[str, list[bool]] = {m: [] for m in methods}
+    settings = [(m, r, setting_key(m, r)) for m in methods for r in refines]
+    meters = {s: metrics.SegmentationMeter(ds.class_names) for _, _, s in settings}
+    sweep = {(s, t): metrics.SegmentationMeter(ds.class_names) for _, _, s in settings for t in thresholds}
+    counts: dict = {key: [] for key in [*meters, *sweep]}  # per image: (inter, union, gt), [K] each
+    points: dict[str, list[tuple[int, int]]] = {s: [] for s in meters}  # per image: (hits, points)
     rows = []
     t0 = time.perf_counter()
     for iid in tqdm(ids, desc="openvocab", unit="img", disable=not progress):
         path = ds.image_path(iid)
         gt = ds.label_map(iid)  # [H, W], IGNORE where no metric counts
-        fmap = encoder.extract(path, max_patches=max_patches, layers=layers)
+        rgb = load_image(path)
+        fmap = encoder.extract(rgb, max_patches=max_patches, layers=layers)
         if tuple(gt.shape) != tuple(fmap.image_hw):
             raise ValueError(f"{path}: image is {fmap.image_hw}, annotation says {gt.shape} (image id {iid})")
         by_cat = {k - offset: m for k, m in ds.class_masks(iid).items() if k >= offset}
-        for m in methods:
-            src = with_aligned(encoder, path, m, max_patches=max_patches) if m in from_image else fmap
-            scores = patch_scores(encoder, src, text, method=m)  # [C + B, gh, gw]
-            probs = upsample(scores, fmap)  # [C + B, H, W]
-            cm = meters[m].update(labels_from_scores(probs, len(names), background) - 1 + offset, gt)
-            for t in thresholds if offset else ():
-                sweep[(m, t)].update(labels_from_scores(probs[: len(names)], len(names), t), gt)
+        for m, r, key in settings:
+            grid = None
+            if windows > 1:
+                probs = image_scores(encoder, rgb, text, method=m, max_patches=max_patches, windows=windows,
+                                     refine=r, rgb=rgb)  # [C + B, H, W]
+            else:
+                src = with_aligned(encoder, rgb, m, max_patches=max_patches) if m in from_image else fmap
+                grid = patch_scores(encoder, src, text, method=m)  # [C + B, gh, gw]
+                probs = upsample(grid, src) if r == "none" else image_scores(encoder, src, text, method=m,
+                                                                             refine=r, rgb=rgb)  # [C + B, H, W]
+            cm = meters[key].update(labels_from_scores(probs, len(names), background) - 1 + offset, gt)
+            counts[key].append(stats.counts_from_confusion(cm))
+            for t in thresholds:
+                cm_t = sweep[(key, t)].update(labels_from_scores(probs[: len(names)], len(names), t), gt)
+                counts[(key, t)].append(stats.counts_from_confusion(cm_t))
             image_hits = []
             for k, mask in by_cat.items():
-                ij = np.unravel_index(int(scores[k].argmax()), fmap.grid_hw)  # peak patch (i, j)
-                point_xy = fmap.grid_to_pixel_xy(np.array(ij, dtype=np.float64))
+                if grid is not None and r == "none":
+                    ij = np.unravel_index(int(grid[k].argmax()), tuple(grid.shape[1:]))  # peak patch (i, j)
+                    point_xy = fmap.grid_to_pixel_xy(np.array(ij, dtype=np.float64))
+                else:
+                    y, x = np.unravel_index(int(probs[k].argmax()), tuple(probs.shape[1:]))  # peak pixel
+                    point_xy = np.array([x + 0.5, y + 0.5])
                 image_hits.append(bool(metrics.pointing_hits(point_xy[None], [mask])[0]))
-            hits[m] += image_hits
-            rows.append({"image_id": iid, "method": m, "pixel_acc": metrics.segmentation_figures(cm)["pixel_acc"],
-                         "points": len(image_hits), "hits": sum(image_hits)})
+            points[key].append((sum(image_hits), len(image_hits)))
+            inter, union, gtc = counts[key][-1]
+            rows.append({"image_id": iid, "method": key, "pixel_acc": metrics.segmentation_figures(cm)["pixel_acc"],
+                         "points": len(image_hits), "hits": sum(image_hits), "inter": inter.tolist(),
+                         "union": union.tolist(), "gt": gtc.tolist()})
     figures: dict[str, float] = {}
-    for m in methods:
-        figures.update({f"{m}/{k}": v for k, v in meters[m].figures().items()})
-        figures[f"{m}/pointing"] = float(np.mean(hits[m])) if hits[m] else float("nan")
-        figures.update({f"{m}/mIoU@thr={t}": sweep[(m, t)].figures()["mIoU"] for t in thresholds})
+    intervals: dict[str, tuple[float, float]] = {}
+    boot = dict(resamples=resamples, seed=seed)
+
+    def seg_ci(c, name_miou, name_pix):
+        arr = np.asarray(c, np.float64).reshape(len(c), 3, K)  # n x (inter, union, gt) x [K] -> [n, 3, K]
+        ci = stats.segmentation_intervals(arr[:, 0], arr[:, 1], arr[:, 2], **boot)
+        intervals[name_miou], intervals[name_pix] = ci["mIoU"], ci["pixel_acc"]
+
+    for _, _, s in settings:
+        figures.update({f"{s}/{k}": v for k, v in meters[s].figures().items()})
+        hits_pts = np.asarray(points[s], np.float64).reshape(-1, 2)  # [n, 2]
+        figures[f"{s}/pointing"] = float(hits_pts[:, 0].sum() / hits_pts[:, 1].sum()) if hits_pts[:, 1].sum() \
+            else float("nan")
+        intervals[f"{s}/pointing"] = stats.ratio_interval(hits_pts[:, 0], hits_pts[:, 1], **boot)
+        seg_ci(counts[s], f"{s}/mIoU", f"{s}/pixel_acc")
+        for t in thresholds:
+            f_t = sweep[(s, t)].figures()
+            figures[f"{s}/mIoU@thr={t}"], figures[f"{s}/pixel_acc@thr={t}"] = f_t["mIoU"], f_t["pixel_acc"]
+            seg_ci(counts[(s, t)], f"{s}/mIoU@thr={t}", f"{s}/pixel_acc@thr={t}")
     meta = {"task": "openvocab", "ann": str(getattr(ds, "root", ann)), "split": split, "images": len(ids),
-            "points": {m: len(h) for m, h in hits.items()}, "methods": methods,
+            "points": {s: int(sum(p for _, p in points[s])) for s in points}, "methods": methods,
+            "refines": list(refines), "settings": [s for _, _, s in settings], "windows": windows,
             "background": background, "templates": list(templates), "thresholds": list(thresholds),
             "encoder": encoder.name, "fingerprint": encoder.fingerprint,
-            "max_patches": max_patches or encoder.pixels.max_patches, "seconds": time.perf_counter() - t0}
-    return Result(figures=figures, rows=rows, meta=meta)
+            "max_patches": max_patches or encoder.pixels.max_patches, "bootstrap": {**boot, "level": stats.LEVEL},
+            "seconds": time.perf_counter() - t0}
+    return Result(figures=figures, rows=rows, meta=meta, intervals=intervals)
+
+
+def choose_setting(res: Result, *, guard: float = 0.02) -> dict:
+    """The (setting, background threshold) of an openvocab Result with the best mIoU among those whose pixel
+    accuracy is within ``guard`` of the best (:func:`dense.eval.stats.choose`): the run's own background and every
+    swept threshold count. The returned ``method`` is the setting key (a refinement shows as ``+pamr``)."""
+    m = res.meta
+    cands = []
+    for s in m["settings"]:
+        cands.append((s, m["background"], f"{s}/mIoU", f"{s}/pixel_acc"))
+        cands += [(s, t, f"{s}/mIoU@thr={t}", f"{s}/pixel_acc@thr={t}") for t in m["thresholds"]]
+    out = stats.choose(res.figures, cands, guard=guard)
+    fig = "mIoU" if out["background"] == m["background"] and out["background"] not in m["thresholds"] \
+        else f"mIoU@thr={out['background']}"
+    out["mIoU_interval"] = res.intervals.get(f"{out['method']}/{fig}")
+    out["pixel_acc_interval"] = res.intervals.get(f"{out['method']}/{fig.replace('mIoU', 'pixel_acc')}")
+    return out

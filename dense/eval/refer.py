@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dense import coco, metrics
-from dense.eval import Result
+from dense.eval import Result, stats
 from dense.heatmap import get_method, layers_for, supported_methods, templates_of
 from dense.localize import BOX_THRESHOLDS, CANDIDATE_METHODS, Localizer, heatmap_box_xyxy
 from dense.preprocess import load_image
@@ -25,7 +25,7 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
                    methods: Sequence[str] | None = None, scorers: Sequence[str] = ("map-box", "heatmap-mean"),
                    thresholds: Sequence[float] = BOX_THRESHOLDS, box_threshold: float | None = None,
                    templates: Sequence[str] | None = None, limit: int | None = None, max_patches: int | None = None,
-                   progress: bool = False) -> Result:
+                   resamples: int = stats.RESAMPLES, seed: int = 0, progress: bool = False) -> Result:
     """Acc@0.5 and pointing accuracy of :class:`dense.Localizer` on every sentence of every ref of ``split``.
 
     Ways of localizing (each a figure prefix, see :func:`config_key`), per heatmap method m (None: the encoder's
@@ -40,8 +40,9 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
 
     Figures: ``<prefix>/acc@0.5``, ``<prefix>/pointing`` (the Localization's point in the target mask) and
     ``<prefix>/pointing_box_centre``; the same over images with at least two objects under ``multi/<prefix>/...``.
-    Rows: one per (sentence, way) with ``iou``, ``point_hit`` and ``centre_hit``. Raises ``ValueError`` when the split
-    holds no expression.
+    Rows: one per (sentence, way) with ``iou``, ``point_hit`` and ``centre_hit``. Intervals (``Result.intervals``):
+    the bootstrap 95% interval of every figure, resampling expressions (``resamples`` draws, ``seed``; the same draws
+    for every way). Raises ``ValueError`` when the split holds no expression.
     """
     methods = [get_method(m).name for m in (methods or [encoder.calibration.method])]
     templates = templates_of(encoder, templates)
@@ -109,8 +110,11 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
                 rows.append({**base, "way": config_key("gt-boxes", "-", "random"),
                              "acc@0.5": float((cand_ious >= 0.5).mean()), "point_hit": float(cand_hits.mean()),
                              "centre_hit": float(cand_hits.mean())})
-    figures = _figures(rows, "")
-    figures.update(_figures([r for r in rows if r["candidates"] >= 2], "multi/"))
+    boot = dict(resamples=resamples, seed=seed)
+    figures, intervals = _figures(rows, "", **boot)
+    for d, part in zip((figures, intervals), _figures([r for r in rows if r["candidates"] >= 2], "multi/", **boot),
+                       strict=True):
+        d.update(part)
     meta = {"task": "refer", "ann": str(ann), "refs": str(refs), "split": split, "images": len(image_ids),
             "refs_count": sum(len(by_image[i]) for i in image_ids), "expressions": n_sentences,
             "expressions_multi": len({(r["image_id"], r["ref_id"], r["sentence"]) for r in rows
@@ -118,26 +122,42 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
             "methods": methods, "scorers": list(scorers), "thresholds": list(thresholds),
             "box_threshold": box_threshold, "templates": list(templates), "encoder": encoder.name,
             "fingerprint": encoder.fingerprint, "max_patches": max_patches or encoder.pixels.max_patches,
-            "seconds": seconds}
-    return Result(figures=figures, rows=rows, meta=meta)
+            "bootstrap": {**boot, "level": stats.LEVEL}, "seconds": seconds}
+    return Result(figures=figures, rows=rows, meta=meta, intervals=intervals)
 
 
-def _figures(rows: list[dict], prefix: str) -> dict[str, float]:
-    """Acc@0.5 and pointing per way of localizing, over ``rows``."""
+def _figures(rows: list[dict], prefix: str, *, resamples: int = stats.RESAMPLES, seed: int = 0
+             ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """Acc@0.5 and pointing per way of localizing over ``rows``, and their bootstrap intervals over expressions
+    (rows of one way are in the same expression order for every way, so the draws are paired)."""
     by_way: dict[str, list[dict]] = {}
     for r in rows:
         by_way.setdefault(r["way"], []).append(r)
-    out = {}
+    out: dict[str, float] = {}
+    cis: dict[str, tuple[float, float]] = {}
+
+    def put(name: str, values: list[float]) -> None:
+        out[name] = float(np.mean(values))
+        cis[name] = stats.mean_interval(values, resamples=resamples, seed=seed)
+
     for way, rs in by_way.items():
         if "@thr=" in way:  # a threshold of the sweep: Acc@0.5 only
             base, thr = way.split("@")
-            out[f"{prefix}{base}/acc@0.5@{thr}"] = float(np.mean([r["iou"] >= 0.5 for r in rs]))
+            put(f"{prefix}{base}/acc@0.5@{thr}", [float(r["iou"] >= 0.5) for r in rs])
             continue
-        acc = [r["acc@0.5"] if "acc@0.5" in r else float(r["iou"] >= 0.5) for r in rs]
-        out[f"{prefix}{way}/acc@0.5"] = float(np.mean(acc))
-        out[f"{prefix}{way}/pointing"] = float(np.mean([r["point_hit"] for r in rs]))
-        out[f"{prefix}{way}/pointing_box_centre"] = float(np.mean([r["centre_hit"] for r in rs]))
-    return out
+        put(f"{prefix}{way}/acc@0.5", [r["acc@0.5"] if "acc@0.5" in r else float(r["iou"] >= 0.5) for r in rs])
+        put(f"{prefix}{way}/pointing", [float(r["point_hit"]) for r in rs])
+        put(f"{prefix}{way}/pointing_box_centre", [float(r["centre_hit"]) for r in rs])
+    return out, cis
+
+
+def choose_box_threshold(res: Result, method: str) -> float:
+    """The swept box threshold with the best Acc@0.5 without candidates for ``method`` (ties: the lower one)."""
+    thresholds = res.meta["thresholds"]
+    if not thresholds:
+        raise ValueError("the run swept no box threshold (thresholds=())")
+    accs = [res.figures[f"{config_key('none', method)}/acc@0.5@thr={t}"] for t in thresholds]
+    return float(thresholds[int(np.argmax(accs))])
 
 
 def evaluate_refer_head(head, samples: Sequence, masks: Sequence[np.ndarray]) -> Result:

@@ -55,6 +55,14 @@ def add(sub, parent) -> None:
                    help="how training features are held in memory")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="save the chosen probe (.safetensors)")
+    # issue 12b: paper protocols and cache storage
+    t.add_argument("--protocol", choices=("last", "last-k", "best-block", "pooled", "all"),
+                   help="sweep a paper protocol (sets --layers and --layer-sets; see probes.protocols)")
+    t.add_argument("--last-k", type=int, default=4, help="blocks of --protocol last-k (DINOv2: 4)")
+    t.add_argument("--pooled", choices=("off", "on", "both"), default="off",
+                   help="heads with the pooled MAP embedding concatenated to every token (TIPS)")
+    t.add_argument("--store-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="dtype of the tokens in the cache (bfloat16: half the disk)")
 
     e = command(actions, "eval", parent, func=run_eval, help="score a saved probe at the original image resolution")
     _common(e)
@@ -145,12 +153,19 @@ def _prepare(args, splits: list[str], check=None):
     """Load the encoder, fill the cache for ``splits`` and return ``(encoder, cache, {split: (dataset, samples)})``.
 
     ``check(spec)`` runs on the cache's encoder spec before any extraction."""
+    import torch
+
     from dense.cache import FeatureCache, dataset_items, extract_to_cache
     from probes import load_samples
 
-    layers = parse_layers(args.layers)
     encoder = load(args)
-    cache = FeatureCache.for_encoder(args.cache, encoder, max_patches=args.max_patches, layers=layers)
+    proto = _protocol(args, encoder)
+    layers = proto.layers if proto else parse_layers(args.layers)
+    store = getattr(args, "store_dtype", "float32")
+    pooled = getattr(args, "pooled", "off") != "off" or bool(proto and proto.pooled_needed)
+    cache = FeatureCache.for_encoder(args.cache, encoder, max_patches=args.max_patches, layers=layers,
+                                     store_dtype=None if store == "float32" else getattr(torch, store),
+                                     pooled=pooled)
     if check is not None:
         check(cache.spec)
     out, loaded = {}, {}
@@ -167,6 +182,14 @@ def _prepare(args, splits: list[str], check=None):
                 print(f"{split}: skipped {len(rep.skipped)} unreadable images: {rep.skipped[:3]}")
         out[split] = (ds, load_samples(ds, cache, sub, progress=not args.quiet))
     return encoder, cache, out
+
+
+def _protocol(args, encoder):
+    """The ``--protocol`` of ``probe train`` (None without one)."""
+    from probes.protocols import protocol
+
+    name = getattr(args, "protocol", None)
+    return protocol(name, num_layers=encoder.num_layers, k=args.last_k) if name else None
 
 
 def _print_figures(title: str, figs: dict) -> None:
@@ -190,9 +213,13 @@ def run_train(args) -> int:
     ds_train, train = data[args.train_split]
     class_names = ds_train.class_names
     layer_sets = tuple(parse_layers(s) for s in args.layer_sets.split(";")) if args.layer_sets else None
+    proto = _protocol(args, encoder)
+    pooled = {"off": (False,), "on": (True,), "both": (False, True)}[args.pooled]
+    if proto:
+        layer_sets, pooled = proto.layer_sets, (proto.pooled if args.pooled == "off" else pooled)
     cfg = ProbeConfig(lrs=tuple(parse_floats(args.lrs, "--lrs")), layer_sets=layer_sets, epochs=args.epochs,
                       batch_size=args.batch_size, label_scale=args.label_scale, weight_decay=args.weight_decay,
-                      seed=args.seed, feature_dtype=args.feature_dtype)
+                      seed=args.seed, feature_dtype=args.feature_dtype, pooled=pooled)
     result = train_probes(train, data[args.val_split][1], class_names, cfg, progress=not args.quiet)
     print(f"\nsweep ({len(result.val)} heads, {result.seconds:.1f} s), chosen on {args.val_split}:")
     print(f"  {'head':<28} {'val mIoU %':>10} {'pix acc %':>10}")
@@ -226,6 +253,8 @@ def run_eval(args) -> int:
 
     probe = LinearProbe.load(args.probe)
     args.layers = ",".join(str(b) for b in probe.encoder_spec.get("layers", probe.layers))
+    args.pooled = "on" if probe.pooled else "off"  # a +pooled probe reads a cache that holds pooled embeddings
+    args.store_dtype = probe.encoder_spec.get("store_dtype", "float32")  # the cache it was trained from
     # a probe of another encoder is an error, raised before any extraction
     encoder, cache, data = _prepare(args, [args.split], check=lambda spec: LinearProbe.load(args.probe, encoder=spec))
     ds, samples = data[args.split]

@@ -28,6 +28,7 @@ the keys ``sorted(keys)[r::N]`` into the same folder; no two ranks write the sam
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -84,14 +85,30 @@ class FeatureCache:
 
     @classmethod
     def for_encoder(cls, root, encoder, *, max_patches: int | None = None, layers: Sequence[int] = (-1,),
-                    dataset=None) -> FeatureCache:
-        """The cache of ``encoder`` at this budget and these layers; with ``dataset`` (anything with
-        ``identity()``, or a namespace string), the part that belongs to that dataset."""
-        return cls(root, encoder.spec(max_patches=max_patches, layers=tuple(layers)), dataset_namespace(dataset))
+                    dataset=None, store_dtype: torch.dtype | None = None, pooled: bool = False) -> FeatureCache:
+        """The cache of ``encoder`` at this budget and these layers, storing tokens as ``store_dtype`` (and the pooled
+        embedding with ``pooled``); with ``dataset`` (anything with ``identity()``, or a namespace string), the part
+        that belongs to that dataset."""
+        return cls(root, cache_spec(encoder, max_patches=max_patches, layers=layers, store_dtype=store_dtype,
+                                    pooled=pooled), dataset_namespace(dataset))
 
     def for_dataset(self, dataset) -> FeatureCache:
         """The same cache, scoped to ``dataset`` (see :func:`dataset_namespace`)."""
         return FeatureCache(self.root, self.spec, dataset_namespace(dataset))
+
+    @property
+    def store_dtype(self) -> torch.dtype | None:
+        """The dtype tokens are stored in (None: as the encoder made them, float32)."""
+        name = self.spec.get("store_dtype")
+        return getattr(torch, name) if name else None
+
+    def stored(self, fmap: FeatureMap) -> FeatureMap:
+        """``fmap`` as this cache stores it: tokens cast to the store dtype, the cache's spec as its encoder."""
+        if self.spec == base_spec(self.spec) or fmap.encoder != base_spec(self.spec):
+            return fmap  # nothing to change, or not this cache's features (check() will say so)
+        if self.store_dtype is not None:
+            fmap = fmap.to(self.store_dtype)
+        return dataclasses.replace(fmap, encoder=dict(self.spec))
 
     def init(self) -> None:
         """Create the folder and write ``spec.json`` (atomically; several ranks may do it at once)."""
@@ -128,6 +145,10 @@ class FeatureCache:
         want_dim = self.spec.get("hidden_size", fmap.dim) * len(self.spec.get("layers", [0]))
         if fmap.dim != want_dim:
             return f"token dim {fmap.dim}, expected {want_dim}"
+        if self.store_dtype is not None and fmap.tokens.dtype != self.store_dtype:
+            return f"tokens are {fmap.tokens.dtype}, the cache stores {self.store_dtype}"
+        if self.spec.get("pooled") and fmap.pooled is None:
+            return "no pooled embedding"
         if not torch.isfinite(fmap.tokens).all():
             return "non-finite tokens"
         return None
@@ -156,6 +177,7 @@ class FeatureCache:
         return fmap
 
     def put(self, key: str, fmap: FeatureMap) -> Path:
+        fmap = self.stored(fmap)
         why = self.check(fmap)
         if why is not None:
             raise ValueError(f"cache {self.dir}: refusing entry {key!r}: {why}")
@@ -187,6 +209,42 @@ class FeatureCache:
                     n += 1
                     log.info("removed stray temp file %s", p)
         return n
+
+
+STORE_KEYS = ("store_dtype", "pooled")  # how a cache stores features: part of its spec, not of the encoder's
+
+
+def cache_spec(encoder, *, max_patches: int | None = None, layers: Sequence[int] = (-1,),
+               store_dtype: torch.dtype | None = None, pooled: bool = False) -> dict:
+    """The encoder's spec plus how the cache stores its features: ``store_dtype`` (e.g. ``torch.bfloat16``: half
+    the disk and read bandwidth of float32; None keeps float32) and ``pooled`` (each entry also holds the MAP head's
+    pooled embedding of the last block, for ``+pooled`` probes). Without either the spec is the encoder's, so
+    existing caches keep their folder."""
+    spec = encoder.spec(max_patches=max_patches, layers=tuple(layers))
+    if store_dtype is not None and store_dtype != torch.float32:
+        spec["store_dtype"] = str(store_dtype).removeprefix("torch.")
+    if pooled:
+        spec["pooled"] = True
+    return spec
+
+
+def base_spec(spec: dict) -> dict:
+    """A cache spec without its storage keys: the spec of the encoder that made the features."""
+    return {k: v for k, v in spec.items() if k not in STORE_KEYS}
+
+
+def with_pooled(encoder, fmap: FeatureMap) -> FeatureMap:
+    """``fmap`` plus its pooled embedding ``[E]``: the MAP head over its last-block tokens (which it must hold)."""
+    from dense import head as maphead
+
+    if not fmap.has_layers((-1,), encoder.num_layers):
+        raise ValueError(f"a pooled embedding needs the last block among the layers, got {fmap.layers}")
+    head = encoder.vision.head
+    p = next(head.parameters())
+    x = fmap.layer_tokens((-1,), encoder.num_layers).reshape(-1, encoder.hidden_size)  # [gh, gw, D] -> [N, D]
+    with torch.inference_mode():
+        pooled = maphead.pooled(head, x.to(p.device, p.dtype)).float().cpu()  # [E]
+    return dataclasses.replace(fmap, pooled=pooled)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -298,15 +356,22 @@ class ExtractReport:
 def extract_to_cache(encoder, items: Sequence[tuple[str, object]], cache: FeatureCache, *,
                      max_patches: int | None = None, layers: Sequence[int] = (-1,), batch_size: int = 8,
                      on_error: str = "raise", rank: int | None = None, world_size: int | None = None,
-                     progress: bool = True) -> ExtractReport:
+                     progress: bool = True, store_dtype: torch.dtype | None = None, pooled: bool | None = None
+                     ) -> ExtractReport:
     """Fill ``cache`` with the features of ``items`` (``(key, image)`` pairs), resuming where a previous run stopped.
 
     This rank takes ``sorted(items)[rank::world_size]`` (defaults: :func:`dist_info`). ``on_error='skip'`` reports
-    unreadable images and goes on; ``'raise'`` stops at the first one.
+    unreadable images and goes on; ``'raise'`` stops at the first one. ``store_dtype`` / ``pooled`` (see
+    :func:`cache_spec`; None: as ``cache``'s spec says) must agree with the cache.
     """
     layers = tuple(layers)
-    if cache.spec != encoder.spec(max_patches=max_patches, layers=layers):
-        raise ValueError(f"cache {cache.dir} is for {cache.spec}, not this encoder/max_patches/layers")
+    if store_dtype is None:
+        store_dtype = cache.store_dtype
+    if pooled is None:
+        pooled = bool(cache.spec.get("pooled"))
+    if cache.spec != cache_spec(encoder, max_patches=max_patches, layers=layers, store_dtype=store_dtype,
+                                pooled=pooled):
+        raise ValueError(f"cache {cache.dir} is for {cache.spec}, not this encoder/max_patches/layers/storage")
     if rank is None or world_size is None:
         rank, world_size = dist_info()
     keys = [k for k, _ in items]
@@ -335,7 +400,7 @@ def extract_to_cache(encoder, items: Sequence[tuple[str, object]], cache: Featur
             if fmap is None:
                 report.skipped.append(f"{key}: {image} could not be read")
             else:
-                cache.put(key, fmap)
+                cache.put(key, with_pooled(encoder, fmap) if pooled else fmap)
                 report.extracted += 1
             bar.update(1)
     finally:

@@ -52,6 +52,8 @@ class FeatureMap:
             transformers' ``last_hidden_state``.
         encoder: the spec of the encoder that made it (name, token budget, dtype), for caches and probes.
         aligned: optional text-comparable tokens ``[gh, gw, E]`` (see ``dense.heatmap``).
+        pooled: optional pooled (MAP head) image embedding ``[E]`` of the last block, for probes that concatenate it
+            to every token (the TIPS protocol of the SigLIP 2 paper's probe figures).
     """
 
     tokens: torch.Tensor
@@ -61,6 +63,7 @@ class FeatureMap:
     layers: tuple[int, ...] = (-1,)
     encoder: dict = field(default_factory=dict)
     aligned: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "layers", block_indices(self.layers, self.num_layers))
@@ -69,6 +72,8 @@ class FeatureMap:
             raise ValueError(f"tokens {tuple(self.tokens.shape)} do not match the grid {gh}x{gw} of {self.resized_hw}")
         if self.aligned is not None and tuple(self.aligned.shape[:2]) != (gh, gw):
             raise ValueError(f"aligned tokens {tuple(self.aligned.shape)} do not match the grid {gh}x{gw}")
+        if self.pooled is not None and self.pooled.ndim != 1:
+            raise ValueError(f"pooled embedding {tuple(self.pooled.shape)} must be one vector [E]")
 
     # --- geometry -------------------------------------------------------------------------------------------------
     @property
@@ -157,10 +162,10 @@ class FeatureMap:
         return (rgb * 255 + 0.5).astype(np.uint8)
 
     def to(self, dtype: torch.dtype) -> FeatureMap:
-        """A copy with tokens (and aligned tokens) cast to ``dtype``."""
+        """A copy with tokens (and aligned tokens) cast to ``dtype``; the pooled embedding keeps its own."""
         aligned = None if self.aligned is None else self.aligned.to(dtype)
         return FeatureMap(self.tokens.to(dtype), self.image_hw, self.resized_hw, self.patch_size, self.layers,
-                          dict(self.encoder), aligned)
+                          dict(self.encoder), aligned, self.pooled)
 
     # --- persistence ----------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -168,6 +173,8 @@ class FeatureMap:
         tensors = {"tokens": self.tokens.contiguous()}
         if self.aligned is not None:
             tensors["aligned"] = self.aligned.contiguous()
+        if self.pooled is not None:
+            tensors["pooled"] = self.pooled.contiguous()
         meta = {
             "format": "dense.FeatureMap",
             "version": FORMAT_VERSION,
@@ -203,10 +210,12 @@ class FeatureMap:
             layers=tuple(meta["layers"]),
             encoder=meta.get("encoder", {}),
             aligned=tensors.get("aligned"),
+            pooled=tensors.get("pooled"),
         )
 
     def __repr__(self) -> str:
         gh, gw = self.grid_hw
         extra = "" if self.aligned is None else f", aligned={self.aligned.shape[-1]}"
+        extra += "" if self.pooled is None else f", pooled={self.pooled.shape[0]}"
         return (f"FeatureMap(grid={gh}x{gw}, dim={self.dim}, image_hw={self.image_hw}, resized_hw={self.resized_hw}, "
                 f"patch_size={self.patch_size}, layers={self.layers}{extra})")

@@ -37,15 +37,18 @@ class LinearProbe(nn.Module):
         encoder_spec: the ``FeatureMap.encoder`` dict of the training features.
         layers: the block indices it reads; a subset (in order) of ``encoder_spec["layers"]``, whose tokens are
             concatenated in the feature map. None = all of them.
+        pooled: the image's pooled embedding (``FeatureMap.pooled``) is concatenated to every token after them
+            (the TIPS protocol).
     """
 
     def __init__(self, in_dim: int, class_names: list[str], *, encoder_spec: dict | None = None,
-                 layers: list[int] | None = None, meta: dict | None = None):
+                 layers: list[int] | None = None, meta: dict | None = None, pooled: bool = False):
         super().__init__()
         self.class_names = list(class_names)
         self.encoder_spec = dict(encoder_spec or {})
         layers = list(layers) if layers is not None else list(self.encoder_spec.get("layers", [-1]))
         self.layers = list(block_indices(layers, self.encoder_spec.get("num_layers")))  # as FeatureMap.layers
+        self.pooled = bool(pooled)
         self.meta = dict(meta or {})  # training config and validation figures, saved with the weights
         self.bn = nn.BatchNorm2d(in_dim)
         self.conv = nn.Conv2d(in_dim, len(self.class_names), kernel_size=1)
@@ -72,9 +75,18 @@ class LinearProbe(nn.Module):
                                      f"(extract with --layers including {missing})")
 
     def select(self, fmap: FeatureMap) -> torch.Tensor:
-        """The probe's input from a feature map: ``[gh, gw, D_all]`` -> ``[D, gh, gw]`` (its layers, concatenated)."""
+        """The probe's input from a feature map: ``[gh, gw, D_all]`` -> ``[D, gh, gw]`` (its layers, concatenated;
+        then the pooled embedding broadcast to every patch for a ``pooled`` probe)."""
         self.check(fmap.encoder)
-        return select_layers(fmap, self.layers).permute(2, 0, 1)  # [gh, gw, D] -> [D, gh, gw]
+        x = select_layers(fmap, self.layers).permute(2, 0, 1)  # [gh, gw, D] -> [D, gh, gw]
+        if not self.pooled:
+            return x
+        if fmap.pooled is None:
+            raise ProbeMismatchError("this probe reads the pooled embedding, which the features lack (cache them "
+                                     "with pooled=True)")
+        gh, gw = fmap.grid_hw
+        p = fmap.pooled.to(x.dtype)[:, None, None].expand(-1, gh, gw)  # [E] -> [E, gh, gw]
+        return torch.cat([x, p])  # -> [D + E, gh, gw]
 
     @torch.inference_mode()
     def grid_logits(self, fmap: FeatureMap) -> torch.Tensor:
@@ -119,7 +131,7 @@ class LinearProbe(nn.Module):
         path.parent.mkdir(parents=True, exist_ok=True)
         header = {"format": FORMAT, "version": VERSION, "in_dim": self.bn.num_features,
                   "class_names": self.class_names, "encoder": self.encoder_spec, "layers": self.layers,
-                  "meta": self.meta}
+                  "pooled": self.pooled, "meta": self.meta}
         tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"dense": json.dumps(header)})
@@ -141,7 +153,7 @@ class LinearProbe(nn.Module):
         if header.get("format") != FORMAT or header.get("version") != VERSION:
             raise ValueError(f"{path}: unknown probe format {header.get('format')!r} v{header.get('version')}")
         probe = cls(header["in_dim"], header["class_names"], encoder_spec=header["encoder"], layers=header["layers"],
-                    meta=header.get("meta"))
+                    meta=header.get("meta"), pooled=header.get("pooled", False))
         probe.load_state_dict(tensors, strict=True)
         probe.eval()
         if encoder is not None:

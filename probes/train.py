@@ -22,6 +22,17 @@ Choices, and why:
   bilinearly to the cells, closer to full-resolution training but ``s**2`` times the loss cost (measured in
   ``benchmarks/probe_train.py``). Validation and test are always scored at the original image resolution
   (:mod:`dense.eval.probe`).
+- **Streaming.** Samples from :func:`load_samples` (``stream=True``, the default) are
+  :class:`probes.stream.CachedSample`: tokens are read from the cache batch by batch (one batch ahead, on a
+  thread), targets are computed from the label map when its batch comes, and the BN statistics pass streams too;
+  peak memory does not grow with the dataset.
+  In-memory :class:`Sample` lists train through the same loop (same batches, same arithmetic: the same probe).
+- **Protocols** (heads of one sweep, keyed by learning rate, layer set and ``+pooled``): the last block (default),
+  the last k blocks concatenated (DINOv2; a layer set of k blocks), the best single block chosen on val (PE; one
+  layer set per block, see :mod:`probes.protocols`), and ``+pooled`` (TIPS, the SigLIP 2 paper's probe figures: the
+  image's pooled MAP embedding concatenated to every token; cached with ``FeatureCache.for_encoder(...,
+  pooled=True)``). Heads of a layer set share one matmul over its columns only; the pooled part of a head is a
+  per-image constant, so it costs one ``[K, E] @ [E]`` product per image.
 - Seeded (``torch.Generator``) initialisation and batch order: the same inputs and seed give the same probe on CPU.
 """
 
@@ -51,6 +62,22 @@ class Sample:
     fmap: FeatureMap
     label: np.ndarray
 
+    # the interface the trainer reads (shared with probes.stream.CachedSample)
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        return self.fmap.grid_hw
+
+    @property
+    def encoder(self) -> dict:
+        return self.fmap.encoder
+
+    @property
+    def pooled_dim(self) -> int | None:
+        return None if self.fmap.pooled is None else self.fmap.pooled.shape[0]
+
+    def read(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.fmap.tokens, self.fmap.pooled
+
 
 @dataclass
 class ProbeConfig:
@@ -63,7 +90,10 @@ class ProbeConfig:
     label_scale: int = 1  # training cells per patch side (see the module docstring); val/test at original size
     weight_decay: float = 0.0
     seed: int = 0
-    feature_dtype: str = "float32"  # ('float32', 'bfloat16'): how training tokens are held in memory
+    feature_dtype: str = "float32"  # ('float32', 'bfloat16'): how in-memory Sample tokens are held (streamed
+    # samples are read in the cache's own dtype)
+    pooled: tuple[bool, ...] = (False,)  # ((False,), (True,), (False, True)): heads without / with the pooled
+    # embedding concatenated to every token (TIPS); True needs features cached with pooled=True
 
 
 @dataclass
@@ -89,17 +119,29 @@ class SweepResult:
         return "lowest" if lr == lrs[0] else "highest" if lr == lrs[-1] else None
 
 
-def head_key(lr: float, layers: Sequence[int]) -> str:
-    return f"lr={lr:g} layers={','.join(str(b) for b in layers)}"
+def head_key(lr: float, layers: Sequence[int], pooled: bool = False) -> str:
+    return f"lr={lr:g} layers={','.join(str(b) for b in layers)}{'+pooled' if pooled else ''}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Loading samples from a dataset and a cache
 
 
-def load_samples(dataset, cache, split: str | None = None, *, progress: bool = False) -> list[Sample]:
+def load_samples(dataset, cache, split: str | None = None, *, progress: bool = False, stream: bool = True) -> list:
     """Features (from ``cache``, a :class:`dense.cache.FeatureCache`) + label maps for one split of a COCO dataset or
-    a segmentation folder. A missing entry raises ``KeyError`` naming it (run ``dense extract``)."""
+    a segmentation folder. A missing entry raises ``KeyError`` naming it (run ``dense extract``).
+
+    ``stream=True``: :class:`probes.stream.CachedSample` (headers only; tokens and labels are read when used);
+    ``False``: :class:`Sample` with everything in memory.
+    """
+    if stream:
+        from functools import partial
+
+        from probes.stream import cached_samples
+
+        ids = list(dataset.ids(split))
+        return cached_samples(cache, [str(i) for i in ids], [partial(dataset.label_map, i) for i in ids],
+                              progress=progress, desc=f"open {split or 'all'}")
     out = []
     for i in tqdm(dataset.ids(split), desc=f"load {split or 'all'}", unit="img", disable=not progress):
         fmap = cache.load(str(i))
@@ -113,19 +155,26 @@ def load_samples(dataset, cache, split: str | None = None, *, progress: bool = F
     return out
 
 
-def _check_samples(samples: Sequence[Sample], num_classes: int, what: str) -> dict:
+def _check_samples(samples: Sequence, num_classes: int, what: str) -> dict:
+    """Same encoder and layers for all; labels of in-memory samples in range (streamed ones: when read)."""
     if not samples:
         raise ValueError(f"no {what} samples")
-    spec = samples[0].fmap.encoder
+    spec = samples[0].encoder
     for s in samples:
-        e = s.fmap.encoder
+        e = s.encoder
         if any(e.get(k) != spec.get(k) for k in (*IDENTITY_KEYS, "layers")):
             raise ProbeMismatchError(f"{what} sample {s.key}: features of {e}, the first sample's are {spec}")
-        bad = ((s.label >= num_classes) | (s.label < 0)) & (s.label != IGNORE)
-        if bad.any():
-            raise ValueError(f"{what} sample {s.key}: label values {np.unique(s.label[bad])[:8].tolist()} exceed the "
-                             f"{num_classes} classes")
+        if isinstance(s, Sample):
+            _check_label(s.key, s.label, num_classes, what)
     return spec
+
+
+def _check_label(key: str, label: np.ndarray, num_classes: int, what: str = "train") -> np.ndarray:
+    bad = ((label >= num_classes) | (label < 0)) & (label != IGNORE)
+    if bad.any():
+        raise ValueError(f"{what} sample {key}: label values {np.unique(label[bad])[:8].tolist()} exceed the "
+                         f"{num_classes} classes (or are negative; ignore = {IGNORE})")
+    return label
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -147,18 +196,17 @@ class _Heads(torch.nn.Module):
         self.bias = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(num_classes)) for _ in in_dims])
 
 
-def _fold(heads: _Heads, cols: list[torch.Tensor], mu: torch.Tensor, sd: torch.Tensor, d_all: int
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stacked ``A [H*K, D_all]`` and ``c [H*K]`` so that ``x @ A.T + c`` are every head's logits."""
-    A_rows, c_rows = [], []
+def _fold(heads: _Heads, cols: list[torch.Tensor], mu: torch.Tensor, sd: torch.Tensor
+          ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each head's ``a_h [K, d_h]`` over its input columns ``cols[h]`` and the stacked ``c [H*K]``, so that head h's
+    logits are ``x[:, cols[h]] @ a_h.T + c_h`` (``x``: tokens, plus the pooled embedding for ``+pooled`` heads)."""
+    A, c_rows = [], []
     for h, idx in enumerate(cols):
         W = heads.weight[h] * heads.gamma[h][None, :]  # [K, d]
         a = W / sd[idx][None, :]  # [K, d]
-        c = heads.weight[h] @ heads.beta[h] + heads.bias[h] - a @ mu[idx]  # [K]
-        full = a.new_zeros(a.shape[0], d_all).index_copy(1, idx, a)  # [K, d] -> [K, D_all]
-        A_rows.append(full)
-        c_rows.append(c)
-    return torch.cat(A_rows), torch.cat(c_rows)
+        A.append(a)
+        c_rows.append(heads.weight[h] @ heads.beta[h] + heads.bias[h] - a @ mu[idx])  # [K]
+    return A, torch.cat(c_rows)
 
 
 def _columns(spec: dict, layer_set: Sequence[int], d_all: int) -> torch.Tensor:
@@ -173,20 +221,35 @@ def _columns(spec: dict, layer_set: Sequence[int], d_all: int) -> torch.Tensor:
     return torch.cat(idx)
 
 
-def _token_stats(samples: Sequence[Sample], eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact per-channel mean and variance over every training token (float64 sums): ``mu, var, sd``."""
-    d = samples[0].fmap.dim
-    s1 = torch.zeros(d, dtype=torch.float64)
-    s2 = torch.zeros(d, dtype=torch.float64)
+def _token_stats(samples: Sequence, d_all: int, e: int, eps: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact per-channel mean and variance over every training token (float64 sums), streamed one sample at a time:
+    ``mu, var, sd`` over ``d_all`` token channels then ``e`` pooled channels (each image's pooled embedding counts
+    once per token, as it is concatenated to every token)."""
+    s1 = torch.zeros(d_all + e, dtype=torch.float64)
+    s2 = torch.zeros(d_all + e, dtype=torch.float64)
     n = 0
-    for s in samples:
-        x = s.fmap.tokens.reshape(-1, d).float()  # [gh, gw, D] -> [N, D]
-        s1 += x.sum(0, dtype=torch.float64)
-        s2 += x.square().sum(0, dtype=torch.float64)
+    for tokens, pooled in _reads(samples):
+        x = tokens.reshape(-1, d_all).float()  # [gh, gw, D] -> [N, D]
+        s1[:d_all] += x.sum(0, dtype=torch.float64)
+        s2[:d_all] += x.square().sum(0, dtype=torch.float64)
+        if e:
+            p = pooled.double()
+            s1[d_all:] += p * x.shape[0]
+            s2[d_all:] += p.square() * x.shape[0]
         n += x.shape[0]
     mu = s1 / n
     var = (s2 / n - mu * mu).clamp_min(0)
     return mu.float(), var.float(), (var + eps).sqrt().float()
+
+
+def _reads(samples: Sequence):
+    """``(tokens, pooled)`` per sample, in order; streamed samples are read one ahead on a thread."""
+    from probes.stream import Prefetcher
+
+    if all(isinstance(s, Sample) for s in samples):
+        return (s.read() for s in samples)
+    return iter(Prefetcher(lambda s: s.read(), samples))
 
 
 def cell_counts(label: np.ndarray, cells_hw: tuple[int, int], num_classes: int) -> torch.Tensor:
@@ -217,55 +280,103 @@ def _batches(grids: list[tuple[int, int]], batch_size: int, gen: torch.Generator
     return [chunks[j] for j in torch.randperm(len(chunks), generator=gen).tolist()]
 
 
-def train_probes(train: Sequence[Sample], val: Sequence[Sample], class_names: Sequence[str],
-                 config: ProbeConfig | None = None, *, progress: bool = True) -> SweepResult:
+def train_probes(train: Sequence, val: Sequence, class_names: Sequence[str], config: ProbeConfig | None = None, *,
+                 progress: bool = True) -> SweepResult:
     """Train every head of the sweep in one pass over ``train``; score each on ``val`` at original resolution.
 
-    Returns the best head (by val mIoU) as a :class:`LinearProbe` carrying ``class_names``, the features' encoder
-    spec, its layers and ``meta`` (config, key, val figures).
+    ``train`` / ``val``: :class:`Sample` (in memory) or :class:`probes.stream.CachedSample` (streamed from the
+    cache), e.g. from :func:`load_samples`. Returns the best head (by val mIoU) as a :class:`LinearProbe` carrying
+    ``class_names``, the features' encoder spec, its layers and ``meta`` (config, key, val figures).
     """
     cfg = config or ProbeConfig()
     t0 = time.perf_counter()
     K = len(class_names)
     spec = _check_samples(train, K, "train")
     _check_samples(val, K, "val")
-    if val[0].fmap.encoder.get("layers") != spec.get("layers"):
+    if val[0].encoder.get("layers") != spec.get("layers"):
         raise ProbeMismatchError("train and val features hold different layers")
-    d_all = train[0].fmap.dim
+    d_all = spec["hidden_size"] * len(spec["layers"]) if spec.get("hidden_size") else train[0].read()[0].shape[-1]
     layer_sets = [tuple(ls) for ls in (cfg.layer_sets or [tuple(spec["layers"])])]
-    heads_cfg = [(lr, ls) for ls in layer_sets for lr in cfg.lrs]
-    keys = [head_key(lr, ls) for lr, ls in heads_cfg]
-    cols = [_columns(spec, ls, d_all) for _, ls in heads_cfg]
+    # heads ordered by layer set, then pooled, then lr: the heads of a layer set are contiguous (one matmul)
+    heads_cfg = [(lr, ls, pool) for ls in dict.fromkeys(layer_sets) for pool in dict.fromkeys(cfg.pooled)
+                 for lr in cfg.lrs]
+    E = 0
+    if any(pool for _, _, pool in heads_cfg):
+        dims = {s.pooled_dim for s in (*train, *val)}
+        if None in dims or len(dims) != 1:
+            raise ProbeMismatchError("+pooled heads need the pooled embedding in every sample's features (cache "
+                                     "them with FeatureCache.for_encoder(..., pooled=True))")
+        E = dims.pop()
+    keys = [head_key(lr, ls, pool) for lr, ls, pool in heads_cfg]
+    tok_cols = [_columns(spec, ls, d_all) for _, ls, _ in heads_cfg]
+    cols = [torch.cat([c, torch.arange(d_all, d_all + E)]) if pool else c
+            for c, (_, _, pool) in zip(tok_cols, heads_cfg, strict=True)]
+    groups = {}  # layer set -> (its token columns, its head indices)
+    for h, (_, ls, _) in enumerate(heads_cfg):
+        groups.setdefault(ls, (tok_cols[h], []))[1].append(h)
+    groups = [(_as_slice(c), slice(hs[0] * K, (hs[-1] + 1) * K)) for c, hs in groups.values()]  # columns, rows
     eps = 1e-5  # BatchNorm2d's default, so the saved module computes exactly what was trained
-    mu, var, sd = _token_stats(train, eps)
+    mu, var, sd = _token_stats(train, d_all, E, eps)
 
     gen = torch.Generator().manual_seed(cfg.seed)  # batch order
     heads = _Heads([len(c) for c in cols], K, cfg.seed)
-    groups = [{"params": [heads.gamma[h], heads.beta[h], heads.weight[h], heads.bias[h]], "lr": lr}
-              for h, (lr, _) in enumerate(heads_cfg)]
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    opt_groups = [{"params": [heads.gamma[h], heads.beta[h], heads.weight[h], heads.bias[h]], "lr": lr}
+                  for h, (lr, _, _) in enumerate(heads_cfg)]
+    opt = torch.optim.AdamW(opt_groups, weight_decay=cfg.weight_decay)
     base_lrs = [g["lr"] for g in opt.param_groups]
 
-    store = getattr(torch, cfg.feature_dtype)
     s = cfg.label_scale
-    grids = [s_.fmap.grid_hw for s_ in train]
-    tokens = [s_.fmap.tokens.to(store) for s_ in train]  # [gh, gw, D_all] each (no copy for float32)
-    targets = [cell_counts(s_.label, (gh * s, gw * s), K) for s_, (gh, gw) in zip(train, grids, strict=True)]
+    grids = [s_.grid_hw for s_ in train]
+    in_memory = all(isinstance(s_, Sample) for s_ in train)
+    if in_memory:  # tokens converted once, targets computed once
+        store = getattr(torch, cfg.feature_dtype)
+        tokens = [s_.fmap.tokens.to(store) for s_ in train]  # [gh, gw, D_all] each (no copy for float32)
+        targets = [cell_counts(s_.label, (gh * s, gw * s), K) for s_, (gh, gw) in zip(train, grids, strict=True)]
+
+    def load_batch(idx: list[int]) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        """``(tokens [gh, gw, D_all], pooled [E] or None, target [K, gh*s, gw*s])`` per sample of a batch."""
+        if in_memory:
+            return [(tokens[i], train[i].fmap.pooled, targets[i]) for i in idx]
+        out = []
+        for i in idx:
+            x, p = train[i].read()
+            gh, gw = grids[i]
+            label = _check_label(train[i].key, train[i].read_label(), K)
+            out.append((x, p, cell_counts(label, (gh * s, gw * s), K)))
+        return out
+
     n_steps = cfg.epochs * len(_batches(grids, cfg.batch_size, torch.Generator().manual_seed(0)))
     H = len(heads_cfg)
+    pooled_heads = [h for h, (_, _, pool) in enumerate(heads_cfg) if pool]
     history = {k: [] for k in keys}
     step = 0
     bar = tqdm(range(cfg.epochs), desc="probe", unit="epoch", disable=not progress)
     for _ in bar:
         sums, count = torch.zeros(H), 0
-        for idx in _batches(grids, cfg.batch_size, gen):
+        batches = _batches(grids, cfg.batch_size, gen)
+        loaded = (load_batch(idx) for idx in batches) if in_memory else iter(_prefetch(load_batch, batches))
+        for idx, data in zip(batches, loaded, strict=True):
             gh, gw = grids[idx[0]]
             B = len(idx)
-            t = torch.stack([targets[i] for i in idx])  # [B, K, gh*s, gw*s] pixel counts
-            A, c = _fold(heads, cols, mu, sd, d_all)  # [H*K, D_all], [H*K]
-            # one matmul per image on a view of its tokens: stacking the batch first would copy every token again
-            logits = torch.cat([torch.addmm(c, tokens[i].reshape(gh * gw, d_all).float(), A.T)  # [N, D] -> [N, H*K]
-                                for i in idx])  # [BN, H*K]
+            t = torch.stack([d[2] for d in data])  # [B, K, gh*s, gw*s] pixel counts
+            A, c = _fold(heads, cols, mu, sd)  # [K, d_h] per head, [H*K]
+            A_tok = torch.cat([A[h][:, :len(tok_cols[h])] for h in range(H)]) if len(groups) == 1 else [
+                torch.cat([A[h][:, :len(tok_cols[h])] for h in range(r.start // K, r.stop // K)]) for _, r in groups]
+            P = None
+            if pooled_heads:  # the pooled part of each head: a per-image constant added to its logits
+                P = torch.zeros(H, K, E)
+                P = P.index_put((torch.tensor(pooled_heads),), torch.stack([A[h][:, -E:] for h in pooled_heads]))
+                P = P.reshape(H * K, E)  # [H*K, E]
+            rows = []
+            for x, p, _ in data:
+                x = x.reshape(gh * gw, d_all).float()  # [gh, gw, D] -> [N, D]: a view for float32 tokens
+                bias = c if P is None else c + P @ p.float()  # [H*K]
+                if len(groups) == 1:  # one matmul for all heads: [N, D] @ [D, H*K]
+                    rows.append(torch.addmm(bias, x[:, groups[0][0]], A_tok.T))
+                else:  # one matmul per layer set over its own columns: [N, d] @ [d, n_h*K]
+                    rows.append(torch.cat([torch.addmm(bias[r], x[:, cs], a.T)
+                                           for (cs, r), a in zip(groups, A_tok, strict=True)], dim=1))  # [N, H*K]
+            logits = torch.cat(rows)  # [BN, H*K]
             logits = logits.reshape(B, gh, gw, H * K).permute(0, 3, 1, 2)  # -> [B, H*K, gh, gw]
             if s > 1:
                 logits = F.interpolate(logits, size=(gh * s, gw * s), mode="bilinear", align_corners=False)
@@ -286,9 +397,9 @@ def train_probes(train: Sequence[Sample], val: Sequence[Sample], class_names: Se
         bar.set_postfix(loss=f"{min(h[-1] for h in history.values()):.3f}")
 
     probes = {}
-    for h, ((lr, ls), key) in enumerate(zip(heads_cfg, keys, strict=True)):
+    for h, ((lr, ls, pool), key) in enumerate(zip(heads_cfg, keys, strict=True)):
         idx = cols[h]
-        probe = LinearProbe(len(idx), list(class_names), encoder_spec=spec, layers=list(ls),
+        probe = LinearProbe(len(idx), list(class_names), encoder_spec=spec, layers=list(ls), pooled=pool,
                             meta={"key": key, "lr": lr, "config": asdict(cfg)})
         with torch.no_grad():
             probe.bn.running_mean.copy_(mu[idx])
@@ -305,3 +416,15 @@ def train_probes(train: Sequence[Sample], val: Sequence[Sample], class_names: Se
     best.meta["val"] = {k: v for k, v in val_figs[best_key].items() if not k.startswith("IoU/")}
     return SweepResult(best=best, best_key=best_key, val=val_figs, history=history,
                        seconds=time.perf_counter() - t0, probes=probes)
+
+
+def _as_slice(cols: torch.Tensor) -> slice | torch.Tensor:
+    """Contiguous columns as a slice (a view, no copy), others as an index tensor."""
+    lo, n = int(cols[0]), len(cols)
+    return slice(lo, lo + n) if torch.equal(cols, torch.arange(lo, lo + n)) else cols
+
+
+def _prefetch(fn, items):
+    from probes.stream import Prefetcher
+
+    return Prefetcher(fn, items)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
+os.environ.setdefault("DENSE_TEXT_CACHE", "0")  # no test reads text embeddings another run left on disk
 torch.set_num_threads(2)
 
 WORDS = ("a photo of the red green blue yellow circle square triangle star small big large left right top bottom "

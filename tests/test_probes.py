@@ -249,3 +249,21 @@ def test_shapes_tiny_features_beat_random_weights(tmp_path):
         res = train_probes(train, val, ds.class_names, config, progress=False)
         scores[tag] = evaluate_probe(res.best, test).figures["mIoU"]
     assert scores["trained"] > scores["random"] + 0.1, scores
+
+
+def test_cli_protocols_and_bf16_cache(tmp_path, tiny_siglip_dir):
+    from dense.cli import main
+    from dense.datasets import make_shapes
+
+    world = make_shapes(tmp_path / "w", 12, seed=7)
+    common = ["--model", str(tiny_siglip_dir), "--ann", str(world["annotation_file"]), "--images",
+              str(tmp_path / "w" / "images"), "--cache", str(tmp_path / "cache"), "--quiet"]
+    out = tmp_path / "probe.safetensors"
+    assert main(["probe", "train", *common, "--epochs", "1", "--lrs", "1e-2", "--protocol", "all", "--last-k", "2",
+                 "--store-dtype", "bfloat16", "--out", str(out), "--json", str(tmp_path / "t.json")]) == 0
+    res = json.loads((tmp_path / "t.json").read_text())
+    assert res["encoder"]["store_dtype"] == "bfloat16" and res["encoder"]["pooled"] is True
+    assert set(res["sweep"]) == {f"lr=0.01 layers={ls}{p}" for ls in ("1", "0,1", "0") for p in ("", "+pooled")}
+    ev = tmp_path / "e.json"
+    assert main(["probe", "eval", *common, "--probe", str(out), "--split", "val", "--json", str(ev)]) == 0
+    assert json.loads(ev.read_text())["figures"]["mIoU"] == pytest.approx(res["sweep"][res["best"]]["mIoU"])

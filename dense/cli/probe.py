@@ -69,6 +69,14 @@ def sweep_options(t) -> None:
                    help="how training features are held in memory")
     t.add_argument("--seed", type=int, default=0)
     _upsample_args(t)
+    # issue 12b: paper protocols and cache storage
+    t.add_argument("--protocol", choices=("last", "last-k", "best-block", "pooled", "all"),
+                   help="sweep a paper protocol (sets --layers and --layer-sets; see probes.protocols)")
+    t.add_argument("--last-k", type=int, default=4, help="blocks of --protocol last-k (DINOv2: 4)")
+    t.add_argument("--pooled", choices=("off", "on", "both"), default="off",
+                   help="heads with the pooled MAP embedding concatenated to every token (TIPS)")
+    t.add_argument("--store-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="dtype of the tokens in the cache (bfloat16: half the disk)")
 
 
 def _add_eval(actions, parent) -> None:
@@ -206,12 +214,19 @@ def _prepare(args, splits: list[str], check=None):
 
     ``check(spec)`` runs on the cache's encoder spec before any extraction. Each dataset has its own part of the
     cache (:meth:`dense.cache.FeatureCache.for_dataset`)."""
+    import torch
+
     from dense.cache import FeatureCache, dataset_items, extract_to_cache
     from probes import load_samples
 
-    layers = parse_layers(args.layers)
     encoder = load(args)
-    cache = FeatureCache.for_encoder(args.cache, encoder, max_patches=args.max_patches, layers=layers)
+    proto = _protocol(args, encoder)
+    layers = proto.layers if proto else parse_layers(args.layers)
+    store = getattr(args, "store_dtype", "float32")
+    pooled = getattr(args, "pooled", "off") != "off" or bool(proto and proto.pooled_needed)
+    cache = FeatureCache.for_encoder(args.cache, encoder, max_patches=args.max_patches, layers=layers,
+                                     store_dtype=None if store == "float32" else getattr(torch, store),
+                                     pooled=pooled)
     if check is not None:
         check(cache.spec)
     out, loaded = {}, {}
@@ -229,6 +244,14 @@ def _prepare(args, splits: list[str], check=None):
                 print(f"{split}: skipped {len(rep.skipped)} unreadable images: {rep.skipped[:3]}")
         out[split] = (ds, load_samples(ds, ds_cache, sub, progress=not args.quiet), items)
     return encoder, cache, out
+
+
+def _protocol(args, encoder):
+    """The ``--protocol`` of ``probe train`` (None without one)."""
+    from probes.protocols import protocol
+
+    name = getattr(args, "protocol", None)
+    return protocol(name, num_layers=encoder.num_layers, k=args.last_k) if name else None
 
 
 def _print_figures(title: str, figs: dict) -> None:
@@ -269,9 +292,13 @@ def sweep_and_report(args, train_split: str, val_split: str, test_split: str | N
     ds_train, train, _ = data[train_split]
     class_names = ds_train.class_names
     layer_sets = tuple(parse_layers(s) for s in args.layer_sets.split(";")) if args.layer_sets else None
+    proto = _protocol(args, encoder)
+    pooled = {"off": (False,), "on": (True,), "both": (False, True)}[args.pooled]
+    if proto:
+        layer_sets, pooled = proto.layer_sets, (proto.pooled if args.pooled == "off" else pooled)
     cfg = ProbeConfig(lrs=tuple(parse_floats(args.lrs, "--lrs")), layer_sets=layer_sets, epochs=args.epochs,
                       batch_size=args.batch_size, label_scale=args.label_scale, weight_decay=args.weight_decay,
-                      seed=args.seed, feature_dtype=args.feature_dtype)
+                      seed=args.seed, feature_dtype=args.feature_dtype, pooled=pooled)
     result = train_probes(train, data[val_split][1], class_names, cfg, progress=not args.quiet)
     print(f"\nsweep ({len(result.val)} heads, {result.seconds:.1f} s), chosen on {val_split}:")
     print(f"  {'head':<28} {'val mIoU %':>10} {'pix acc %':>10}")
@@ -314,6 +341,8 @@ def run_eval(args) -> int:
 
     probe = LinearProbe.load(args.probe)
     args.layers = ",".join(str(b) for b in probe.encoder_spec.get("layers", probe.layers))
+    args.pooled = "on" if probe.pooled else "off"  # a +pooled probe reads a cache that holds pooled embeddings
+    args.store_dtype = probe.encoder_spec.get("store_dtype", "float32")  # the cache it was trained from
     # a probe of another encoder is an error, raised before any extraction
     encoder, cache, data = _prepare(args, [args.split], check=lambda spec: LinearProbe.load(args.probe, encoder=spec))
     ds, samples, _ = data[args.split]

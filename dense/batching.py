@@ -158,7 +158,7 @@ def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.T
         for b, g in enumerate(grids):
             by_grid.setdefault(g, []).append(b)
         for g, idx in by_grid.items():
-            px = to_device(torch.stack([pixels[b] for b in idx]))  # [b, 3, gh*p, gw*p]
+            px = torch.stack([to_device(pixels[b]) for b in idx])  # [b, 3, gh*p, gw*p]; pinned copies stay async
             emb = vision.embeddings(px, interpolate_pos_encoding=True)  # [b, gh*gw, D]
             if len(by_grid) == 1:
                 x = emb
@@ -168,11 +168,11 @@ def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.T
             x[idx, : g[0] * g[1]] = emb
     else:
         # NaFlex: channel-last patches padded to N, with the grid of each image as spatial_shapes.
-        patches = torch.zeros(B, N, p * p * 3, dtype=pixels[0].dtype)  # [B, N, p*p*3]
+        patches = torch.zeros(B, N, p * p * 3, dtype=dtype, device=device)  # [B, N, p*p*3]
         for b, px in enumerate(pixels):
-            patches[b, : lengths[b]] = patchify(px[None], p)[0]  # [1, 3, gh*p, gw*p] -> [gh*gw, p*p*3]
+            patches[b, : lengths[b]] = patchify(to_device(px)[None], p)[0]  # [1, 3, gh*p, gw*p] -> [gh*gw, p*p*3]
         shapes = torch.tensor(grids, dtype=torch.long, device=device)  # [B, 2]
-        x = vision.embeddings(to_device(patches), shapes)  # [B, N, D]
+        x = vision.embeddings(patches, shapes)  # [B, N, D]
 
     mask = None
     if min(lengths) < N:

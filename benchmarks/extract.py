@@ -180,9 +180,9 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
             batches = []
             for s in range(0, len(items), window):
                 chunk = items[s:s + window]
-                batches += [[chunk[k] for k in b] for b in plan_batches([it.tokens for it in chunk], batch,
+                batches += [[chunk[k] for k in b] for b in plan_batches([it.n_tokens for it in chunk], batch,
                                                                         keys=[it.grid_hw for it in chunk])]
-            tokens = [it.tokens for it in items]
+            tokens = [it.n_tokens for it in items]
             row["padding_waste"] = padding_waste(tokens, [[it.index for it in b] for b in batches])
             enc.forward_batch([it.pixels for it in batches[0]])  # warm-up
             if way == "dense-model":

@@ -38,7 +38,7 @@ class Prepared:
     error: str | None = None  # the ImageError message (names the input) when it could not be read
 
     @property
-    def tokens(self) -> int:
+    def n_tokens(self) -> int:
         return self.grid_hw[0] * self.grid_hw[1]
 
     def pin_memory(self) -> Prepared:

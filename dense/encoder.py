@@ -354,7 +354,7 @@ class Encoder:
                 tqdm.write(f"dense: skipped {item.error}")
         ok = [item for item in window if item.error is None]
         results: dict[int, FeatureMap] = {}
-        for batch in plan_batches([it.tokens for it in ok], batch_size, keys=[it.grid_hw for it in ok]):
+        for batch in plan_batches([it.n_tokens for it in ok], batch_size, keys=[it.grid_hw for it in ok]):
             tokens = self.forward_batch([ok[k].pixels for k in batch], layers)  # b x [gh*gw, D*L]
             for k, t in zip(batch, tokens, strict=True):
                 gh, gw = ok[k].grid_hw

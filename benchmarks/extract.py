@@ -246,7 +246,7 @@ def main() -> None:
         ("folder: dense model only", "dense-model", "auto", folder_batch, True, None),
         ("folder: dense end to end", "dense-e2e", "auto", folder_batch, True, None),
     ]
-    if args.device == "cpu" and not args.quick:
+    if args.device == "cpu":
         rows.append(("folder: dense e2e, 1 worker", "dense-e2e", "auto", folder_batch, True, 1))
     if args.device == "cuda":
         rows.insert(4, ("dense (default)", "dense", "auto", 32, False, None))

@@ -306,9 +306,10 @@ def summary(results: dict, auto: str, other: str, folder_batch: int) -> None:
         r = results.get((label, dtype, batch))
         return r["images_per_s"] if r else float("nan")
 
-    dense1 = ips("dense (default)", auto, 1)
-    print(f"dense default ({auto}) vs idiom float32, batch 1: {dense1 / ips('idiom', 'float32', 1):.2f}x; "
-          f"vs idiom bfloat16: {dense1 / ips('idiom', 'bfloat16', 1):.2f}x")
+    for batch in (1, 8):
+        dense_ips = ips("dense (default)", auto, batch)
+        print(f"dense default ({auto}) batch {batch} vs idiom float32: {dense_ips / ips('idiom', 'float32', 1):.2f}x; "
+              f"vs idiom bfloat16: {dense_ips / ips('idiom', 'bfloat16', 1):.2f}x")
     for label, dtype in (("dense (default)", auto), (f"dense {other}", other)):
         print(f"{dtype}: batch-8 s/img / batch-1 s/img = {ips(label, dtype, 1) / ips(label, dtype, 8):.3f}")
     e2e = ips("folder: dense end to end", auto, folder_batch)

@@ -98,14 +98,14 @@ def tiny_siglip2_dir(tmp_path_factory) -> Path:
 def tiny_encoder(tiny_siglip_dir):
     import dense
 
-    return dense.load_encoder(tiny_siglip_dir)
+    return dense.load_encoder(tiny_siglip_dir, dtype="fp32")
 
 
 @pytest.fixture(scope="session")
 def tiny_encoder2(tiny_siglip2_dir):
     import dense
 
-    return dense.load_encoder(tiny_siglip2_dir)
+    return dense.load_encoder(tiny_siglip2_dir, dtype="fp32")
 
 
 def random_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:

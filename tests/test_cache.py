@@ -125,12 +125,12 @@ def test_shards_union_equals_single_run(tmp_path, tiny_encoder):
 
 def _cli(images, cache_root, ckpt, *extra):
     return [sys.executable, "-m", "dense.cli", "extract", "--model", str(ckpt), "--images", str(images),
-            "--cache", str(cache_root), "--batch-size", "1", "--quiet", *extra]
+            "--cache", str(cache_root), "--batch-size", "1", "--dtype", "fp32", "--quiet", *extra]
 
 
 # The child slows each forward pass down so that the kill lands mid-run whatever the machine's speed.
-SLOW_CHILD = ("import sys, time, dense.encoder as e; f = e.Encoder.forward_pixels; "
-              "e.Encoder.forward_pixels = lambda self, *a, **k: (time.sleep(0.05), f(self, *a, **k))[1]; "
+SLOW_CHILD = ("import sys, time, dense.encoder as e; f = e.Encoder.forward_batch; "
+              "e.Encoder.forward_batch = lambda self, *a, **k: (time.sleep(0.05), f(self, *a, **k))[1]; "
               "from dense.cli import main; sys.exit(main(sys.argv[1:]))")
 
 

@@ -77,18 +77,18 @@ def test_extract_many_batches_by_grid_in_input_order(tiny_encoder):
     sizes = [(64, 64), (333, 517), (64, 64), (40, 300), (333, 517), (90, 90), (64, 64)]
     images = [random_rgb(h, w, seed=k) for k, (h, w) in enumerate(sizes)]
     calls = []
-    original = tiny_encoder.forward_pixels
+    original = tiny_encoder.forward_batch
 
     def spy(pixels, layers=(-1,)):
-        calls.append(pixels.shape[0])
+        calls.append(len(pixels))
         return original(pixels, layers)
 
-    tiny_encoder.forward_pixels = spy
+    tiny_encoder.forward_batch = spy
     try:
         many = list(tiny_encoder.extract_many(images, batch_size=4, progress=False))
     finally:
-        del tiny_encoder.forward_pixels
-    assert len(calls) < len(images)  # equal grids share a forward pass
+        del tiny_encoder.forward_batch
+    assert calls == [4, 3]  # mixed grids share padded batches of batch_size
     for img, fmap in zip(images, many, strict=True):
         one = tiny_encoder.extract(img)
         assert fmap.image_hw == img.shape[:2] and fmap.grid_hw == one.grid_hw
@@ -110,7 +110,7 @@ def test_extract_many_skips_bad_files_and_reports(tiny_encoder, tmp_path, caplog
 @pytest.mark.parametrize("spec", ["tiny-siglip", "tiny-siglip2"])
 def test_contract_shapes_finite_dtypes(spec):
     img = random_rgb(70, 130)
-    fp32 = dense.random_encoder(spec)
+    fp32 = dense.random_encoder(spec, dtype="fp32")
     bf16 = dense.random_encoder(spec, dtype="bf16")
     assert next(bf16.vision.parameters()).dtype == torch.bfloat16
     a, b = fp32.extract(img), bf16.extract(img)
@@ -150,7 +150,7 @@ def test_strict_loading_rejects_extra_and_missing_keys(tmp_path):
 
 def test_vision_only_folder_loads_and_text_is_refused(tmp_path, tiny_encoder):
     tiny_encoder.vision.save_pretrained(tmp_path / "v")
-    enc = dense.load_encoder(tmp_path / "v")
+    enc = dense.load_encoder(tmp_path / "v", dtype="fp32")
     img = random_rgb(64, 64)
     torch.testing.assert_close(enc.extract(img).tokens, tiny_encoder.extract(img).tokens)
     with pytest.raises(CheckpointError, match="vision-only"):

@@ -20,7 +20,7 @@ from dense.features import FeatureMap
 @pytest.fixture()
 def enc(tiny_siglip_dir):
     """A private encoder (tests here overwrite its head's weights)."""
-    return dense.load_encoder(tiny_siglip_dir)
+    return dense.load_encoder(tiny_siglip_dir, dtype="fp32")
 
 
 def _fmap(tokens: torch.Tensor, p: int = 8, image_hw=None, layers=(-1,)) -> FeatureMap:
@@ -255,7 +255,7 @@ def test_heatmap_cli_writes_a_png(tiny_siglip_dir, tmp_path):
 
 
 def test_clear_methods_on_a_one_block_tower_use_the_patch_embedding():
-    enc1 = dense.random_encoder("tiny-siglip")
+    enc1 = dense.random_encoder("tiny-siglip", dtype="fp32")
     enc1.vision.encoder.layers = enc1.vision.encoder.layers[:1]  # a 1-block tower, like shapes-tiny
     enc1.vision.config.num_hidden_layers = 1
     rgb = random_rgb(32, 48, seed=3)

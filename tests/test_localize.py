@@ -98,7 +98,7 @@ def test_box_patch_weights_are_cell_overlaps():
 
 @pytest.fixture()
 def tiny_random():
-    return dense.random_encoder("tiny-siglip", seed=1)
+    return dense.random_encoder("tiny-siglip", seed=1, dtype="fp32")
 
 
 def test_region_pooling_matches_the_head(tiny_random):
@@ -184,7 +184,7 @@ def test_twenty_expressions_cost_one_extraction(tiny_encoder):
     from conftest import random_rgb
 
     calls = []
-    hook = tiny_encoder.vision.register_forward_hook(lambda *a: calls.append(1))
+    hook = tiny_encoder.vision.embeddings.register_forward_hook(lambda *a: calls.append(1))
     try:
         boxes = np.array([[0, 0, 40, 30], [30, 10, 90, 60], [5, 20, 60, 70.5]])
         loc = Localizer(tiny_encoder, random_rgb(72, 100, seed=3))

@@ -166,7 +166,7 @@ def test_label_size_mismatch_names_file_and_id(tmp_path, tiny_encoder):
     cache = FeatureCache.for_encoder(tmp_path / "c", tiny_encoder, dataset=ds)
     extract_to_cache(tiny_encoder, dataset_items(ds, "train"), cache, progress=False)
     with pytest.raises(ValueError, match=r"x1\.png.*20 x 31.*x1\.jpg is 20 x 30 \(image id x1\)"):
-        load_samples(ds, cache, "train")
+        load_samples(ds, cache, "train", stream=False)
 
 
 def _voc_from_shapes(tmp_path: Path, n: int) -> Path:

@@ -21,7 +21,7 @@ def disk(tmp_path, monkeypatch):
 
 @pytest.fixture
 def tiny_encoder(tiny_siglip_dir):
-    return dense.load_encoder(tiny_siglip_dir)
+    return dense.load_encoder(tiny_siglip_dir, dtype="fp32")
 
 
 def test_second_process_reads_the_disk(disk, tiny_encoder, monkeypatch):
@@ -42,7 +42,7 @@ def test_keys_separate_templates_and_checkpoints(disk, tiny_encoder, tiny_siglip
     a = text.embed_texts(tiny_encoder, ["red circle"], templates=("{}",))
     b = text.embed_texts(tiny_encoder, ["red circle"], templates=("a photo of a {}",))
     assert not torch.allclose(a, b)
-    other = dense.load_encoder(tiny_siglip2_dir)
+    other = dense.load_encoder(tiny_siglip2_dir, dtype="fp32")
     c = text.embed_texts(other, ["red circle"], templates=("{}",))
     assert not torch.allclose(a, c)
     assert len({p.parent.parent.name for p in disk.rglob("*.safetensors")}) == 2  # one folder per checkpoint

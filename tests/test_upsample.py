@@ -211,26 +211,25 @@ def test_train_upsampler_learns_and_save_load_checks_identity(tiny_encoder, tmp_
 # Tiled extraction
 
 
-class PatchMean(nn.Module):
-    """A vision tower whose token is the mean colour of its patch (channels 0-2) and a constant (channel 3): no
-    context at all, so any window sees exactly what the full image would."""
+class PatchMeanEncoder(Encoder):
+    """An encoder whose token is the mean colour of its patch (channels 0-2) and a constant (channel 3): no context
+    at all, so any window sees exactly what the full image would."""
 
-    def __init__(self, p: int):
-        super().__init__()
-        self.p = p
-        self.config = SimpleNamespace(hidden_size=4, num_hidden_layers=1, _attn_implementation="eager")
-
-    def forward(self, pixel_values, **kwargs):
-        B, _, h, w = pixel_values.shape
-        x = torch.nn.functional.avg_pool2d(pixel_values, self.p)  # [B, 3, gh, gw]
-        x = torch.cat([x, torch.ones_like(x[:, :1])], 1)  # [B, 4, gh, gw]
-        return SimpleNamespace(last_hidden_state=x.flatten(2).transpose(1, 2))  # -> [B, gh*gw, 4]
+    def forward_batch(self, pixels, layers=(-1,)):
+        out = []
+        for px in pixels:  # [3, h, w] each
+            x = torch.nn.functional.avg_pool2d(px[None], self.patch_size)[0]  # [3, gh, gw]
+            x = torch.cat([x, torch.ones_like(x[:1])], 0)  # [4, gh, gw]
+            out.append(x.flatten(1).T)  # [4, gh*gw] -> [gh*gw, 4]
+        return out
 
 
 def patch_mean_encoder(p=8, budget=12):
-    return Encoder(PatchMean(p), PixelConfig(patch_size=p, max_patches=budget), name="patch-mean", family="siglip",
-                   source=None, full_config=None, device=torch.device("cpu"), dtype=torch.float32,
-                   fingerprint="patch-mean")
+    tower = nn.Module()
+    tower.config = SimpleNamespace(hidden_size=4, num_hidden_layers=1, _attn_implementation="eager")
+    return PatchMeanEncoder(tower, PixelConfig(patch_size=p, max_patches=budget), name="patch-mean", family="siglip",
+                            source=None, full_config=None, device=torch.device("cpu"), dtype=torch.float32,
+                            fingerprint="patch-mean")
 
 
 def test_window_starts():

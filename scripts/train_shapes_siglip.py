@@ -440,7 +440,7 @@ def _save_image_processor(out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "dense/checkpoints/shapes-tiny-v2"))
-    ap.add_argument("--steps", type=int, default=1150)
+    ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--wd", type=float, default=1e-4)

@@ -81,7 +81,8 @@ def _pointing(enc, scenes, max_patches: int) -> tuple[float, float]:
         cats = [o.category for o in objs]
         unique = [k for k, c in enumerate(cats) if cats.count(c) == 1]
         fmap = enc.extract(img, max_patches=max_patches)
-        scores = patch_scores(enc, fmap, [cats[k] for k in unique], method=DEFAULT_METHOD, templates=None)  # [T, gh, gw]
+        queries_t = [cats[k] for k in unique]
+        scores = patch_scores(enc, fmap, queries_t, method=DEFAULT_METHOD, templates=None)  # [T, gh, gw]
         gh, gw = scores.shape[-2:]
         ij = np.stack(np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij"), -1)  # [gh, gw, 2]
         xy = fmap.grid_to_pixel_xy(ij).astype(int)  # [gh, gw, 2] patch centres in image pixels

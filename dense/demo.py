@@ -22,7 +22,7 @@ import numpy as np
 from dense._atomic import write_text
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-BUNDLED_MODEL = "shapes-tiny"
+BUNDLED_MODEL = "shapes-tiny-v2"
 
 METRICS_HELP = {
     "mIoU": "mean intersection-over-union: per class, the overlap of predicted and true pixels divided by their "
@@ -31,9 +31,9 @@ METRICS_HELP = {
     "Acc@0.5": "the share of expressions whose predicted box overlaps the true box with IoU >= 0.5",
     "pointing game": "the share of expressions whose predicted point falls inside the referred object's mask",
 }
-SHAPES_TINY_NOTE = ("The bundled shapes-tiny model is a tiny SigLIP trained only on synthetic shapes: it knows 16 "
+SHAPES_TINY_NOTE = ("The bundled shapes-tiny models are tiny SigLIPs trained only on synthetic shapes: they know 16 "
                     "phrases, a colour (red, green, blue, yellow) and a shape (circle, square, triangle, star). On "
-                    "photos it still answers, but with one of those phrases (an astronaut may come out as \"a red "
+                    "photos they still answer, but with one of those phrases (an astronaut may come out as \"a red "
                     "car\"): the figures show the pipeline, not what SigLIP 2 sees. For real photos use --model "
                     "google/siglip2-so400m-patch14-384.")
 
@@ -126,7 +126,8 @@ def run_demo(out_dir: str | Path = "dense-demo", *, model: str = BUNDLED_MODEL, 
         paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise ValueError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)})")
-        summary = _photos(encoder, out, paths, queries, max_images=max_images, bundled=model == BUNDLED_MODEL)
+        bundled = str(model).startswith("shapes-tiny")
+        summary = _photos(encoder, out, paths, queries, max_images=max_images, bundled=bundled)
     summary.update(model=model, seconds=round(time.perf_counter() - t0, 1))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -155,7 +156,7 @@ def format_summary(summary: dict) -> str:
         if summary.get("left_out"):
             lines.append(f"  left out ({len(summary['left_out'])}, raise --max-images to include them): "
                          + ", ".join(summary["left_out"][:8]) + (" ..." if len(summary["left_out"]) > 8 else ""))
-        if summary.get("model", BUNDLED_MODEL) == BUNDLED_MODEL:
+        if str(summary.get("model", BUNDLED_MODEL)).startswith("shapes-tiny"):
             lines.append("  note: shapes-tiny knows only 16 colour+shape phrases; use --model "
                          "google/siglip2-so400m-patch14-384 for photos")
     return "\n".join(lines)

@@ -5,7 +5,7 @@ shapes world, on CPU.
     python scripts/train_shapes_siglip.py --v1 --steps 1500 --out dense/checkpoints/shapes-tiny    # the v1 recipe
     python scripts/train_shapes_siglip.py --eval-only FOLDER      # held-out figures of a saved checkpoint
 
-Recipe (see FINDINGS.md, "A tiny SigLIP trained here"):
+Recipe:
 - Vision tower: hidden 128, ``--layers`` 2, patch 8, 64 px (an 8 x 8 grid). Text tower: hidden 128, 2 layers, a
   word-level tokenizer (lower-case, ``</s>`` appended, right-padded to 16 = ``max_position_embeddings``: SigLIP's text
   tower pools the LAST position; it returns ``input_ids`` only, like SigLIP's own tokenizers).
@@ -390,7 +390,7 @@ def evaluate(
             rng, (SIZE, SIZE), 1, radius_frac=SINGLE_RADIUS, categories=[(cat["colour"], cat["shape"])]
         )
         images.append(render_scene(rng, (SIZE, SIZE), objs)[0])
-    probs = dense.classify(enc, images, names, templates=None)  # [n_single, 16]
+    probs = dense.classify(enc, images, names, templates=("{}",))  # [n_single, 16], names verbatim
     metrics = {"zero_shot_acc": float((probs.argmax(-1).numpy() == cats).mean())}
 
     hits = {(m, b): 0 for m in methods for b in budgets}
@@ -407,7 +407,8 @@ def evaluate(
         for b in budgets:
             fmap = enc.extract(img, max_patches=b, layers=(-2, -1))
             for m in methods:
-                scores = patch_scores(enc, fmap, [obj_cats[k] for k in unique], method=m, templates=None)  # [T, gh, gw]
+                queries = [obj_cats[k] for k in unique]
+                scores = patch_scores(enc, fmap, queries, method=m, templates=("{}",))  # [T, gh, gw], verbatim
                 gw = scores.shape[-1]
                 for t, k in enumerate(unique):
                     i, j = divmod(int(scores[t].argmax()), gw)

@@ -230,9 +230,13 @@ def test_calibration_belongs_to_the_checkpoint(tmp_path, tiny_siglip_dir):
     file or dict overrides; unknown keys are an error naming the file."""
     from dense.encoder import Calibration, CheckpointError
 
-    bundled = dense.load_encoder("shapes-tiny").calibration
-    assert bundled.source.endswith("dense_calibration.json") and bundled.box_threshold == 0.3
-    assert len(bundled.templates) > 1
+    import json
+
+    bundled = dense.load_encoder("shapes-tiny")
+    on_disk = json.loads(Path(bundled.calibration.source).read_text())
+    assert bundled.calibration.source.endswith("dense_calibration.json")
+    assert bundled.calibration.box_threshold == on_disk["box_threshold"] and len(bundled.calibration.templates) > 1
+    assert bundled.pixels.max_patches == on_disk["max_patches"]  # the measured token budget is the default
     neutral = dense.load_encoder(tiny_siglip_dir).calibration
     assert neutral == Calibration() and neutral.source == "neutral defaults"
     assert neutral.templates == ("{}",) and neutral.background == 0.5

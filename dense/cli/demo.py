@@ -6,10 +6,10 @@ from pathlib import Path
 
 from dense.cli._args import add_model, command
 
-DESCRIPTION = ("Draws a small synthetic world of coloured shapes, loads the bundled shapes-tiny SigLIP and writes PCA "
-               "feature images, open-vocabulary heatmaps, a linear-probe segmentation with its test mIoU and "
-               "referring-expression boxes with Acc@0.5 to OUT/index.html. With --images and --queries it does the "
-               "same on your own photos, without the parts that need labels.")
+DESCRIPTION = ("Draws a small synthetic world of coloured shapes, loads the bundled shapes-tiny-v2 SigLIP and "
+               "writes PCA feature images, open-vocabulary heatmaps, a linear-probe segmentation with its test mIoU "
+               "and referring-expression boxes with Acc@0.5 to OUT/index.html. With --images and --queries it does "
+               "the same on your own photos, without the parts that need labels.")
 
 
 def add(sub, parent) -> None:
@@ -17,7 +17,7 @@ def add(sub, parent) -> None:
                 help="run everything on a synthetic world (offline) or on your photos",
                 description=DESCRIPTION)
     p.add_argument("--out", default="dense-demo", help="output folder")
-    add_model(p, required=False, default="shapes-tiny")
+    add_model(p, required=False, default="shapes-tiny-v2")
     p.add_argument("--images", help="a folder of your own photos (needs --queries)")
     p.add_argument("--queries", nargs="+", help="text queries, e.g. 'a dog' 'a red car'")
     p.add_argument("--n-images", type=int, default=120, help="synthetic images to draw")

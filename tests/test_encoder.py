@@ -228,9 +228,9 @@ def test_identity_is_the_weights_not_the_name(tmp_path):
 def test_calibration_belongs_to_the_checkpoint(tmp_path, tiny_siglip_dir):
     """The bundled model carries its measured calibration; a checkpoint without one gets the neutral defaults; a
     file or dict overrides; unknown keys are an error naming the file."""
-    from dense.encoder import Calibration, CheckpointError
-
     import json
+
+    from dense.encoder import Calibration, CheckpointError
 
     bundled = dense.load_encoder("shapes-tiny")
     on_disk = json.loads(Path(bundled.calibration.source).read_text())

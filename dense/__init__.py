@@ -27,6 +27,10 @@ __version__ = "0.2.0"
 _EXPORTS = {"load_encoder": "dense.encoder", "random_encoder": "dense.encoder", "FeatureMap": "dense.features",
             "classify": "dense.openvocab", "segment": "dense.openvocab", "Localizer": "dense.localize"}
 
+_SUBMODULES = ("preprocess", "features", "encoder", "batching", "head", "text", "heatmap", "refine", "openvocab",
+               "localize", "upsample", "tiling", "coco", "segdata", "metrics", "cache", "eval", "viz", "datasets",
+               "demo", "cli")
+
 __all__ = ["load_encoder", "random_encoder", "FeatureMap", "classify", "segment", "Localizer"]
 
 if TYPE_CHECKING:
@@ -41,6 +45,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value  # later lookups skip this function
         return value
+    if name in _SUBMODULES:  # `dense.heatmap.patch_scores(...)` after a plain `import dense`
+        return importlib.import_module(f"dense.{name}")
     raise AttributeError(f"module 'dense' has no attribute {name!r}")
 
 

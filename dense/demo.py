@@ -216,9 +216,10 @@ def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int,
     _synthetic_data(data, out / "cache", n_images=n_images, seed=seed)
     ds = load_coco(data / "annotations.json", data / "images")
     page = _Page("dense demo: the synthetic shapes world")
-    page.section("What this is", f"{n_images} synthetic images of coloured shapes (seed {seed}), the bundled "
-                 "shapes-tiny SigLIP (trained here on such images), and every part of dense run on them. Figures "
-                 f"show the first {max_images} test images.")
+    page.section("What this is", f"{n_images} synthetic images of coloured shapes (seed {seed}), the model "
+                 f"{encoder.name} (with its calibration: method {encoder.calibration.method}, "
+                 f"{encoder.pixels.max_patches} tokens), and every part of dense run on them. Figures show the first "
+                 f"{max_images} test images.")
     page.note(SHAPES_TINY_NOTE.split(" On photos")[0])
 
     test_ids = ds.ids("test")

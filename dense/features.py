@@ -23,6 +23,20 @@ FORMAT_VERSION = 1
 IDENTITY_KEYS = ("fingerprint", "family", "patch_size", "hidden_size", "num_layers")
 
 
+def identity_mismatch(trained: dict, given: dict, layers) -> str | None:
+    """Why features of encoder spec ``given`` cannot feed a head trained on ``trained`` that reads blocks ``layers``
+    (None when they can): the one check behind probes and upsamplers."""
+    diff = {k: (trained.get(k), given.get(k)) for k in IDENTITY_KEYS if trained.get(k) != given.get(k)}
+    if diff:
+        detail = ", ".join(f"{k}: trained on {a!r}, given {b!r}" for k, (a, b) in diff.items())
+        return f"trained on another encoder ({detail})"
+    missing = [b for b in layers if b not in given.get("layers", [])]
+    if missing:
+        return (f"reads blocks {list(layers)}; the features hold {given.get('layers')} (extract with --layers "
+                f"including {missing})")
+    return None
+
+
 def block_indices(layers, num_layers: int | None) -> tuple[int, ...]:
     """Python-style block indices (``-1`` = the last block) -> absolute ones in ``[0, num_layers)``.
 

@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dense._atomic import atomic_path
-from dense.features import IDENTITY_KEYS, FeatureMap, block_indices
+from dense.features import FeatureMap, block_indices, identity_mismatch
 from dense.preprocess import grid_to_pixel_xy, pixel_to_grid
 
 FORMAT = "dense.Upsampler"
@@ -280,15 +280,9 @@ class Upsampler(nn.Module):
     # --- identity -----------------------------------------------------------------------------------------------------
     def check(self, spec: dict) -> None:
         """Raise :class:`UpsamplerMismatchError` unless features of encoder ``spec`` can feed this upsampler."""
-        diff = {k: (self.encoder_spec.get(k), spec.get(k)) for k in IDENTITY_KEYS
-                if self.encoder_spec.get(k) != spec.get(k)}
-        if diff:
-            detail = ", ".join(f"{k}: trained on {a!r}, given {b!r}" for k, (a, b) in diff.items())
-            raise UpsamplerMismatchError(f"upsampler was trained on another encoder ({detail})")
-        missing = [b for b in self.layers if b not in spec.get("layers", [])]
-        if missing:
-            raise UpsamplerMismatchError(f"upsampler reads blocks {self.layers}; "
-                                         f"the features hold {spec.get('layers')}")
+        why = identity_mismatch(self.encoder_spec, spec, self.layers)
+        if why:
+            raise UpsamplerMismatchError(f"upsampler {why}")
 
     # --- the mixing weights -------------------------------------------------------------------------------------------
     def weights(self, fmap: FeatureMap, image, size_hw: tuple[int, int] | None = None

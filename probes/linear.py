@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dense._atomic import atomic_path
-from dense.features import IDENTITY_KEYS, FeatureMap, block_indices
+from dense.features import FeatureMap, block_indices, identity_mismatch
 
 FORMAT = "dense.LinearProbe"
 VERSION = 1
@@ -64,15 +64,9 @@ class LinearProbe(nn.Module):
     # --- features -> input ------------------------------------------------------------------------------------------
     def check(self, spec: dict) -> None:
         """Raise :class:`ProbeMismatchError` unless features with encoder ``spec`` can feed this probe."""
-        diff = {k: (self.encoder_spec.get(k), spec.get(k)) for k in IDENTITY_KEYS
-                if self.encoder_spec.get(k) != spec.get(k)}
-        if diff:
-            detail = ", ".join(f"{k}: trained on {a!r}, given {b!r}" for k, (a, b) in diff.items())
-            raise ProbeMismatchError(f"probe was trained on another encoder ({detail})")
-        missing = [b for b in self.layers if b not in spec.get("layers", [])]
-        if missing:
-            raise ProbeMismatchError(f"probe reads blocks {self.layers}; the features hold {spec.get('layers')} "
-                                     f"(extract with --layers including {missing})")
+        why = identity_mismatch(self.encoder_spec, spec, self.layers)
+        if why:
+            raise ProbeMismatchError(f"probe {why}")
 
     def select(self, fmap: FeatureMap) -> torch.Tensor:
         """The probe's input from a feature map: ``[gh, gw, D_all]`` -> ``[D, gh, gw]`` (its layers, concatenated;

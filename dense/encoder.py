@@ -462,8 +462,7 @@ class Encoder:
             if item.error is not None:
                 if on_error == "raise":
                     raise ImageError(item.error)
-                log.warning("skipped: %s", item.error)
-                tqdm.write(f"dense: skipped {item.error}")
+                log.warning("dense: skipped unreadable image: %s", item.error)  # once, naming the file
         ok = [item for item in window if item.error is None]
         results: dict[int, FeatureMap] = {}
         for batch in plan_batches([it.n_tokens for it in ok], batch_size, keys=[it.grid_hw for it in ok]):

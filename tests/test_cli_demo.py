@@ -6,7 +6,9 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from dense.cli import build_parser, main
 
@@ -63,6 +65,14 @@ def test_argument_errors_are_one_line_and_name_the_command(tmp_path):
     (tmp_path / "empty").mkdir()
     out = _run("extract", "--model", "shapes-tiny", "--images", tmp_path / "empty", "--cache", tmp_path / "c")
     assert out.returncode == 1 and "no images" in out.stderr  # an empty folder is an error, not a success
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    (imgs / "bad.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(imgs / "good.png")
+    out = _run("extract", "--model", "shapes-tiny", "--images", imgs, "--cache", tmp_path / "c2", "--skip-bad",
+               "--quiet")
+    assert out.returncode == 0 and (out.stdout + out.stderr).count("bad.png") == 1, out  # reported once
+    assert "1 unreadable" in out.stdout
     out = _run("--version")
     assert out.returncode == 0 and out.stdout.startswith("dense ")
 

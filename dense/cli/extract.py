@@ -99,6 +99,6 @@ def run(args) -> int:
               f"{'ranks':>6}")
         print(f"{tot['total']:>8} {tot['extracted']:>10} {tot['cached']:>15} {tot['corrupt']:>16} {len(skipped):>11} "
               f"{plan.world_size:>6}")
-        for s in skipped:
-            print(f"unreadable, skipped: {s}")
+        if skipped:
+            print(f"{len(skipped)} unreadable image(s) skipped; each was named above as it was met")
     return 0

@@ -78,7 +78,7 @@ def main(argv=None) -> None:
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    ap.add_argument("--method", default=heatmap.DEFAULT_METHOD, choices=list(heatmap.METHODS))
+    ap.add_argument("--method", default="map-value-mlp", choices=list(heatmap.METHODS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--text-sample", type=int, default=10, help="names to embed and time (0 = all)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

@@ -20,6 +20,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, unless it is None/False or the help text already says what the default is."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def common_parent() -> argparse.ArgumentParser:
     """Options every command accepts, wherever they are placed on the line."""
     parent = Parser(add_help=False, allow_abbrev=False)
@@ -31,7 +40,7 @@ def common_parent() -> argparse.ArgumentParser:
 def command(sub, name: str, parent, *, help: str, description: str | None = None, func=None):
     """A subcommand parser: no abbreviations, help shown with defaults, ``--debug`` accepted."""
     p = sub.add_parser(name, help=help, description=description or help[:1].upper() + help[1:] + ".",
-                       parents=[parent], allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       parents=[parent], allow_abbrev=False, formatter_class=HelpFormatter)
     p.set_defaults(_parser=p)
     if func is not None:
         p.set_defaults(func=func)
@@ -47,7 +56,8 @@ def group(sub, name: str, parent, *, help: str, description: str | None = None):
 
 def add_model(p, *, required: bool = True, default: str | None = None) -> None:
     p.add_argument("--model", required=required, default=default,
-                   help="hub id (google/siglip2-so400m-patch14-384), local save_pretrained folder, or 'shapes-tiny'")
+                   help="hub id (google/siglip2-so400m-patch14-384), local save_pretrained folder, or a bundled "
+                        "name: 'shapes-tiny', 'shapes-tiny-v2'")
 
 
 def add_runtime(p) -> None:

@@ -24,7 +24,7 @@ from dense.cli._args import (
 
 
 def add(sub, parent) -> None:
-    _, tasks = group(sub, "eval", parent, help="evaluate on a COCO-style dataset (openvocab, refer)")
+    _, tasks = group(sub, "eval", parent, help="evaluate on a dataset (openvocab, refer, probe)")
     e = command(tasks, "openvocab", parent, func=run_openvocab,
                 help="open-vocabulary segmentation mIoU, pixel accuracy and pointing on a COCO-style dataset")
     e.add_argument("--ann", type=existing("file"), help="COCO instances JSON (or --dataset/--root)")

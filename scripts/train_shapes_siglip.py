@@ -407,8 +407,8 @@ def evaluate(
         for b in budgets:
             fmap = enc.extract(img, max_patches=b, layers=(-2, -1))
             for m in methods:
-                queries = [obj_cats[k] for k in unique]
-                scores = patch_scores(enc, fmap, queries, method=m, templates=("{}",))  # [T, gh, gw], verbatim
+                named = [obj_cats[k] for k in unique]
+                scores = patch_scores(enc, fmap, named, method=m, templates=("{}",))  # [T, gh, gw], verbatim
                 gw = scores.shape[-1]
                 for t, k in enumerate(unique):
                     i, j = divmod(int(scores[t].argmax()), gw)
@@ -441,7 +441,7 @@ def _save_image_processor(out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "dense/checkpoints/shapes-tiny-v2"))
-    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--steps", type=int, default=1400)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--wd", type=float, default=1e-4)

@@ -15,7 +15,8 @@ Templates
 ---------
 ``templates`` is a sequence of format strings with one ``{}``; a query's embedding is the normalized mean of its
 normalized template embeddings (CLIP's prompt ensemble, in embedding space). ``templates=None`` uses the query
-verbatim. :data:`DEFAULT_TEMPLATES` is the ensemble used by ``dense.classify`` / ``dense.segment``.
+verbatim. The higher-level functions (``dense.classify``, ``dense.segment``, heatmaps, localization) pass the
+checkpoint's calibrated templates; :data:`DEFAULT_TEMPLATES` is the ensemble ``shapes-tiny``'s calibration uses.
 
 Caches
 ------

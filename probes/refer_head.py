@@ -23,6 +23,7 @@ trains on the ``train`` refs, reports Acc@0.5 / pointing on ``val`` (and ``test`
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ import torch.nn.functional as F
 from dense._atomic import atomic_path
 from dense.features import FeatureMap
 from dense.localize import box_patch_weights, refine_peak_grid
+
+log = logging.getLogger("dense")
 
 
 def patch_positions(fmap: FeatureMap) -> torch.Tensor:
@@ -188,7 +191,7 @@ def train_refer_head(samples: Sequence[Sample], *, steps: int = 1500, batch_size
         opt.step()
         sched.step()
         if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"step {step:5d}  loss {loss.item():.4f}  bce {bce.item():.4f}")
+            log.info("refer head step %5d  loss %.4f  bce %.4f", step, loss.item(), bce.item())
     return head.eval()
 
 

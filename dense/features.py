@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from dense._atomic import atomic_path
+from dense._atomic import load_tensors, save_tensors
 from dense.preprocess import grid_to_pixel_xy, pixel_to_grid
 
 FORMAT_VERSION = 1
@@ -184,11 +181,11 @@ class FeatureMap:
     # --- persistence ----------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write one ``.safetensors`` file (tokens + JSON geometry in its metadata), atomically (temp + rename)."""
-        tensors = {"tokens": self.tokens.contiguous()}
+        tensors = {"tokens": self.tokens}
         if self.aligned is not None:
-            tensors["aligned"] = self.aligned.contiguous()
+            tensors["aligned"] = self.aligned
         if self.pooled is not None:
-            tensors["pooled"] = self.pooled.contiguous()
+            tensors["pooled"] = self.pooled
         meta = {
             "format": "dense.FeatureMap",
             "version": FORMAT_VERSION,
@@ -198,24 +195,12 @@ class FeatureMap:
             "layers": list(self.layers),
             "encoder": self.encoder,
         }
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"dense": json.dumps(meta)})
-        return Path(path)
+        return save_tensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureMap:
         """Read a file written by :meth:`save`; a file that is not one raises ``ValueError`` naming it."""
-        path = Path(path)
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["dense"])
-                tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # own the memory: no tie to the file
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # safetensors raises its own SafetensorError for a damaged header
-            raise ValueError(f"{path}: not a dense FeatureMap file ({type(e).__name__}: {e})") from e
-        if meta.get("format") != "dense.FeatureMap" or meta.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unknown FeatureMap format {meta.get('format')!r} v{meta.get('version')}")
+        meta, tensors = load_tensors(path, "dense.FeatureMap", FORMAT_VERSION, "FeatureMap")
         return cls(
             tokens=tensors["tokens"],
             image_hw=tuple(meta["image_hw"]),

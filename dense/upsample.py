@@ -21,7 +21,6 @@ Geometry: a pixel's patch and its offset from the neighbouring patch centres com
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -32,11 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from dense._atomic import atomic_path
+from dense._atomic import load_tensors, save_tensors
 from dense.features import FeatureMap, block_indices, identity_mismatch
 from dense.preprocess import grid_to_pixel_xy, pixel_to_grid
 
@@ -344,29 +341,15 @@ class Upsampler(nn.Module):
     # --- persistence --------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """One ``.safetensors`` file: weights + config + encoder spec + layers + meta; atomic (temp + rename)."""
-        path = Path(path)
         header = {"format": FORMAT, "version": VERSION, "in_dim": self.in_dim, "config": asdict(self.config),
                   "encoder": self.encoder_spec, "layers": self.layers, "meta": self.meta}
-        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"dense": json.dumps(header)})
-        return path
+        return save_tensors(path, {k: v.detach() for k, v in self.state_dict().items()}, header)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, encoder=None) -> Upsampler:
         """Read an upsampler; with ``encoder`` (an ``Encoder`` or a spec dict) one trained for another encoder raises
         :class:`UpsamplerMismatchError` naming the file."""
-        path = Path(path)
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = json.loads((f.metadata() or {})["dense"])
-                tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
-        except FileNotFoundError:
-            raise
-        except Exception as e:
-            raise ValueError(f"{path}: not a dense upsampler file ({type(e).__name__}: {e})") from e
-        if header.get("format") != FORMAT or header.get("version") != VERSION:
-            raise ValueError(f"{path}: unknown upsampler format {header.get('format')!r} v{header.get('version')}")
+        header, tensors = load_tensors(path, FORMAT, VERSION, "upsampler")
         up = cls(header["in_dim"], UpsamplerConfig(**header["config"]), encoder_spec=header["encoder"],
                  layers=header["layers"], meta=header.get("meta"))
         up.load_state_dict(tensors, strict=True)

@@ -6,18 +6,15 @@ map's layers it reads. Applying it to features of another encoder is an error (:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from dense._atomic import atomic_path
+from dense._atomic import load_tensors, save_tensors
 from dense.features import FeatureMap, block_indices, identity_mismatch
 
 FORMAT = "dense.LinearProbe"
@@ -121,31 +118,16 @@ class LinearProbe(nn.Module):
     # --- persistence ------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """One ``.safetensors`` file: weights + class names + encoder spec + layers + meta; atomic (temp + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = {"format": FORMAT, "version": VERSION, "in_dim": self.bn.num_features,
                   "class_names": self.class_names, "encoder": self.encoder_spec, "layers": self.layers,
                   "pooled": self.pooled, "meta": self.meta}
-        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"dense": json.dumps(header)})
-        return path
+        return save_tensors(path, {k: v.detach() for k, v in self.state_dict().items()}, header)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, encoder=None) -> LinearProbe:
         """Read a probe; with ``encoder`` (an ``Encoder`` or a spec dict) a probe trained on another one raises
         :class:`ProbeMismatchError`."""
-        path = Path(path)
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = json.loads((f.metadata() or {})["dense"])
-                tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
-        except FileNotFoundError:
-            raise
-        except Exception as e:
-            raise ValueError(f"{path}: not a dense probe file ({type(e).__name__}: {e})") from e
-        if header.get("format") != FORMAT or header.get("version") != VERSION:
-            raise ValueError(f"{path}: unknown probe format {header.get('format')!r} v{header.get('version')}")
+        header, tensors = load_tensors(path, FORMAT, VERSION, "probe")
         probe = cls(header["in_dim"], header["class_names"], encoder_spec=header["encoder"], layers=header["layers"],
                     meta=header.get("meta"), pooled=header.get("pooled", False))
         probe.load_state_dict(tensors, strict=True)

@@ -7,14 +7,13 @@ the label map when the batch comes, so peak memory does not grow with the datase
 are 34 GB in bf16 on disk, a few MB per batch in memory. The next batch is read on a background thread while the
 current one trains.
 
-Evaluators read ``sample.fmap`` / ``sample.label`` as for an in-memory :class:`probes.Sample`; the most recently
-read one is kept (one entry), so scoring many heads on one sample reads it once.
+Evaluators read ``sample.fmap`` / ``sample.label`` as for an in-memory :class:`probes.Sample`; each access reads the
+file, so a caller that needs them twice keeps them (``dense.eval.probe`` reads each sample once for all heads).
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,9 +23,6 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from dense.features import FeatureMap
-
-_LAST: dict = {}  # {"fmap": (path, FeatureMap), "label": (path, array)}: one entry each, see the module docstring
-_LOCK = threading.Lock()
 
 
 class CachedSample:
@@ -69,11 +65,11 @@ class CachedSample:
 
     @property
     def fmap(self) -> FeatureMap:
-        return _memo("fmap", self.path, lambda: FeatureMap.load(self.path))
+        return FeatureMap.load(self.path)
 
     @property
     def label(self) -> np.ndarray:
-        return _memo("label", self.path, self.read_label)
+        return self.read_label()
 
     def read_label(self) -> np.ndarray:
         """The label map ``[H, W]``, checked against the image size."""
@@ -84,17 +80,6 @@ class CachedSample:
 
     def __repr__(self) -> str:
         return f"CachedSample({self.key!r}, grid={self.grid_hw}, image_hw={self.image_hw}, path={str(self.path)!r})"
-
-
-def _memo(what: str, path: Path, load):
-    with _LOCK:
-        hit = _LAST.get(what)
-    if hit is not None and hit[0] == path:
-        return hit[1]
-    value = load()
-    with _LOCK:
-        _LAST[what] = (path, value)
-    return value
 
 
 def cached_samples(cache, keys: Sequence[str], label_fns: Sequence[Callable[[], np.ndarray]], *,

@@ -34,11 +34,12 @@ def evaluate_probes(probes: Mapping[str, object], samples: Sequence, *, upsample
     rows: dict[str, list[dict]] = {k: [] for k in probes}
     for s in tqdm(samples, desc="evaluate", unit="img", disable=not progress):
         image = image_of(s) if sharp else None
+        fmap, label = s.fmap, s.label  # read once (a streamed sample reads them from disk), scored by every probe
         for k, p in probes.items():
-            pred = p.predict(s.fmap, s.label.shape, upsample=upsample, image=image, upsampler=upsampler)  # [H, W]
-            figs = segmentation_figures(meters[k].update(pred, s.label))  # this image's own figures
+            pred = p.predict(fmap, label.shape, upsample=upsample, image=image, upsampler=upsampler)  # [H, W]
+            figs = segmentation_figures(meters[k].update(pred, label))  # this image's own figures
             if boundary:
-                edges[k].update(pred, s.label)
+                edges[k].update(pred, label)
             rows[k].append({"key": s.key, "pixel_acc": figs["pixel_acc"], "mIoU": figs["mIoU"]})
     out = {}
     for k, m in meters.items():

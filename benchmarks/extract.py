@@ -122,7 +122,7 @@ def _idiom(dtype: torch.dtype, device: str):
     from dense.preprocess import choose_grid
 
     torch.manual_seed(0)
-    model = SiglipVisionModel(SiglipVisionConfig(**dense.encoder.RANDOM_SPECS[SPEC]["vision"]))
+    model = SiglipVisionModel(SiglipVisionConfig(**dense.checkpoint.RANDOM_SPECS[SPEC]["vision"]))
     model = model.to(device, dtype).eval()
     proc = Processor(resample=Image.BILINEAR, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
@@ -141,9 +141,9 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
             save_dir: str | None, num_workers: int | None = None) -> dict:
     import dense
     from dense.batching import padding_waste, plan_batches, prepared_stream
-    from dense.encoder import _default_dtype
+    from dense.device import resolve_dtype
 
-    dtype = _default_dtype("auto" if dtype_name == "auto" else dtype_name, device)
+    dtype = resolve_dtype("auto" if dtype_name == "auto" else dtype_name, device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     row: dict = {"way": way, "dtype": str(dtype).removeprefix("torch."), "batch": batch}
     first = None
@@ -231,9 +231,9 @@ def main() -> None:
     n_folder = args.folder_images or (48 if args.quick else 200)
     folder_batch = 32 if args.device == "cuda" else 8
     n_idiom_folder = 4 if args.quick else (n_folder if args.device == "cuda" else 16)
-    from dense.encoder import _default_dtype
+    from dense.device import resolve_dtype
 
-    auto = str(_default_dtype("auto", args.device)).removeprefix("torch.")
+    auto = str(resolve_dtype("auto", args.device)).removeprefix("torch.")
     other = "float32" if auto == "bfloat16" else "bfloat16"
     rows = [  # (label, way, dtype, batch, folder?, num_workers)
         ("idiom", "idiom", "fp32", 1, False, None),

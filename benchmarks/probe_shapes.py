@@ -44,9 +44,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    from dense.checkpoint import resolve_checkpoint
     from dense.cli import main as dense_main
     from dense.datasets import make_shapes
-    from dense.encoder import resolve_checkpoint
 
     out = Path(args.out)
     world = out / "world"

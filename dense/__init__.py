@@ -27,9 +27,9 @@ __version__ = "0.2.0"
 _EXPORTS = {"load_encoder": "dense.encoder", "random_encoder": "dense.encoder", "FeatureMap": "dense.features",
             "classify": "dense.openvocab", "segment": "dense.openvocab", "Localizer": "dense.localize"}
 
-_SUBMODULES = ("preprocess", "features", "encoder", "batching", "head", "text", "heatmap", "refine", "openvocab",
-               "localize", "upsample", "tiling", "coco", "segdata", "metrics", "cache", "eval", "viz", "datasets",
-               "demo", "cli")
+_SUBMODULES = ("preprocess", "labels", "features", "device", "checkpoint", "encoder", "distributed", "batching", "head",
+               "text", "heatmap", "refine", "openvocab", "localize", "upsample", "tiling", "coco", "segdata", "metrics",
+               "cache", "eval", "viz", "datasets", "demo", "cli")
 
 __all__ = ["load_encoder", "random_encoder", "FeatureMap", "classify", "segment", "Localizer"]
 

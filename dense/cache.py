@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dense._atomic import write_json
+from dense.distributed import dist_info
 from dense.features import FeatureMap
 
 log = logging.getLogger("dense")
@@ -277,69 +278,6 @@ def dataset_items(dataset, split: str | None = None) -> list[tuple[str, Path]]:
     return [(str(i), dataset.image_path(i)) for i in dataset.ids(split)]
 
 
-@dataclass(frozen=True)
-class DistPlan:
-    """How this process takes part in a ``torchrun`` job: ``device`` it computes on, ``backend`` of its group."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: str = "cpu"
-    backend: str | None = None  # None: a single process, no group
-
-
-def plan_distributed(device: str, env=None) -> DistPlan:
-    """The plan for ``device`` under the launcher's environment ``env`` (default ``os.environ``).
-
-    Under ``WORLD_SIZE > 1`` a CUDA device becomes ``cuda:<LOCAL_RANK>`` (each rank its own GPU; ``cuda:N`` is
-    overridden, since every rank would otherwise pile onto one GPU), and the group is gloo: the only collective is the
-    gather of small reports, so it runs on the CPU and needs no NCCL."""
-    env = os.environ if env is None else env
-    world = int(env.get("WORLD_SIZE", 1))
-    if world <= 1:
-        return DistPlan(device=device)
-    if "RANK" not in env or "LOCAL_RANK" not in env:
-        raise ValueError(f"WORLD_SIZE={world} without RANK and LOCAL_RANK: launch with torchrun")
-    rank, local = int(env["RANK"]), int(env["LOCAL_RANK"])
-    if device.startswith("cuda"):
-        device = f"cuda:{local}"
-    return DistPlan(rank=rank, world_size=world, local_rank=local, device=device, backend="gloo")
-
-
-def init_distributed(plan: DistPlan, *, set_device=None, init_group=None) -> bool:
-    """Select the plan's CUDA device, THEN join the process group (so no collective ever runs on another rank's GPU).
-    Returns whether a group was created here (destroy it when done). ``set_device``/``init_group`` default to
-    ``torch.cuda.set_device`` / ``torch.distributed.init_process_group`` (tests pass recorders)."""
-    import torch.distributed as dist
-
-    if plan.device.startswith("cuda"):
-        (set_device or torch.cuda.set_device)(torch.device(plan.device))
-    if plan.backend is None or dist.is_initialized():
-        return False
-    (init_group or dist.init_process_group)(plan.backend)
-    return True
-
-
-def gather_reports(report, plan: DistPlan) -> list:
-    """Every rank's report on every rank (a gloo object gather: CPU only), or ``[report]`` without a group."""
-    import torch.distributed as dist
-
-    if plan.world_size <= 1 or not dist.is_initialized():
-        return [report]
-    out = [None] * plan.world_size
-    dist.all_gather_object(out, report)
-    return out
-
-
-def dist_info() -> tuple[int, int]:
-    """``(rank, world_size)`` of an initialised ``torch.distributed`` group, else from ``RANK`` / ``WORLD_SIZE``."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 @dataclass
 class ExtractReport:
     """What one rank did. ``skipped``: unreadable images (``on_error='skip'``), one line each."""
@@ -360,9 +298,9 @@ def extract_to_cache(encoder, items: Sequence[tuple[str, object]], cache: Featur
                      ) -> ExtractReport:
     """Fill ``cache`` with the features of ``items`` (``(key, image)`` pairs), resuming where a previous run stopped.
 
-    This rank takes ``sorted(items)[rank::world_size]`` (defaults: :func:`dist_info`). ``on_error='skip'`` reports
-    unreadable images and goes on; ``'raise'`` stops at the first one. ``store_dtype`` / ``pooled`` (see
-    :func:`cache_spec`; None: as ``cache``'s spec says) must agree with the cache.
+    This rank takes ``sorted(items)[rank::world_size]`` (defaults: :func:`dense.distributed.dist_info`).
+    ``on_error='skip'`` reports unreadable images and goes on; ``'raise'`` stops at the first one. ``store_dtype`` /
+    ``pooled`` (see :func:`cache_spec`; None: as ``cache``'s spec says) must agree with the cache.
     """
     layers = tuple(layers)
     if store_dtype is None:

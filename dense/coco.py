@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dense.metrics import IGNORE, label_dtype
+from dense.labels import IGNORE, label_dtype
 
 BOX_TOLERANCE_PX = 1.0  # a bbox may stick out of its image by this much (COCO boxes are floats, rounded on export)
 

@@ -237,7 +237,7 @@ class Localizer:
     ``image``: a path / PIL image / uint8 array (extracted here), or a :class:`FeatureMap` made by the same encoder
     with the layers the method needs (``dense.heatmap.required_layers``; ``(-1,)`` for the default); then
     ``original=`` (the image itself) is needed only by the ``"crop"`` scorer.
-    ``method``, ``templates``: None = the encoder's calibration (:class:`dense.encoder.Calibration`).
+    ``method``, ``templates``: None = the encoder's calibration (:class:`dense.checkpoint.Calibration`).
     """
 
     def __init__(self, encoder, image: ImageOrFeatureMap, *, method: str | None = None,

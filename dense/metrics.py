@@ -15,19 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-IGNORE = -1  # label value no metric counts (crowd regions, VOC boundaries, ADE20K "other"); never a class index
-
-
-def label_dtype(num_classes: int) -> np.dtype:
-    """The narrowest signed integer type that holds labels ``0..num_classes-1`` and :data:`IGNORE`.
-
-    Label maps are signed so that the ignore value can never be a class: v0.1's uint8 maps with 255 = ignore wrapped
-    ADE-847 and Context-459 (a stored 300 became 44) and turned a 256th COCO category into "ignore".
-    """
-    for dt in (np.int8, np.int16, np.int32):
-        if num_classes - 1 <= np.iinfo(dt).max:
-            return np.dtype(dt)
-    raise ValueError(f"{num_classes} classes do not fit an int32 label map")
+from dense.labels import IGNORE
 
 
 def _np(x) -> np.ndarray:
@@ -54,7 +42,7 @@ def confusion_matrix(pred, gt, num_classes: int, *, ignore_index: int = IGNORE) 
     for name, v in (("ground truth", gt), ("prediction", pred)):
         if v.size and (v.min() < 0 or v.max() >= num_classes):
             bad = np.unique(v[(v < 0) | (v >= num_classes)])[:8].tolist()
-            hint = (" (255 = ignore is v0.1's uint8 convention; ignored pixels are now dense.metrics.IGNORE = -1)"
+            hint = (" (255 = ignore is v0.1's uint8 convention; ignored pixels are now dense.labels.IGNORE = -1)"
                     if 255 in bad and ignore_index != 255 else "")
             raise ValueError(f"{name} labels {bad} are outside [0, {num_classes}) (ignore index {ignore_index}){hint}")
     return np.bincount(gt * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)

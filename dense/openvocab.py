@@ -2,7 +2,7 @@
 
 All take ``image``: a path, PIL image, uint8 array or :class:`~dense.FeatureMap` (or a list of them), and
 ``max_patches`` for images that are extracted here. ``method``, ``templates`` and ``background`` default to the
-encoder's calibration (:class:`dense.encoder.Calibration`).
+encoder's calibration (:class:`dense.checkpoint.Calibration`).
 """
 
 from __future__ import annotations

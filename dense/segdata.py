@@ -5,7 +5,7 @@ Every reader returns a *semantic dataset*, the protocol :class:`dense.coco.CocoD
 ``identity()`` (names the dataset for the feature cache, so two datasets under one ``--cache`` never share entries).
 
 Label maps are signed integers (:func:`dense.metrics.label_dtype`: int8 for VOC, int16 for ADE-847) with
-:data:`dense.metrics.IGNORE` (-1) for pixels no metric counts. Stored values are mapped through a lookup table; a value
+:data:`dense.labels.IGNORE` (-1) for pixels no metric counts. Stored values are mapped through a lookup table; a value
 the table does not know raises :class:`~dense.coco.AnnotationError` naming the file.
 
 Layouts (``root`` is the folder given as ``--root``)
@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from dense.coco import AnnotationError, load_coco
-from dense.metrics import IGNORE, label_dtype
+from dense.labels import IGNORE, label_dtype
 
 _BAD = -2  # a stored value the lookup table does not allow
 

@@ -167,10 +167,10 @@ def disk_cache_dir(encoder) -> Path | None:
     fp = getattr(encoder, "fingerprint", None)
     if not fp or os.environ.get("DENSE_TEXT_CACHE", "1").lower() in ("0", "false", "no", "off"):
         return None
-    from dense.encoder import _memo_path  # the root of dense's per-machine files (DENSE_HOME)
+    from dense.checkpoint import dense_home
 
     dtype = str(getattr(encoder, "dtype", "")).removeprefix("torch.")  # the text tower runs in the encoder's dtype
-    return _memo_path().parent / "text-embeddings" / f"{fp}-{dtype}"
+    return dense_home() / "text-embeddings" / f"{fp}-{dtype}"
 
 
 def _disk_path(folder: Path, text: str, templates: tuple[str, ...]) -> Path:

@@ -98,4 +98,4 @@ def extract_tiled(encoder, image: ImageInput, *, scale: int = 2, overlap: int = 
     if scale > 1:
         spec["tiling"] = {"scale": scale, "overlap": overlap, "blend": blend, "windows": len(boxes)}
     return FeatureMap(tokens=tokens, image_hw=tuple(int(v) for v in rgb.shape[:2]), resized_hw=(Gh * p, Gw * p),
-                      patch_size=p, layers=tuple(encoder._block_index(i) for i in layers), encoder=spec)
+                      patch_size=p, layers=tuple(encoder.block_index(i) for i in layers), encoder=spec)

@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dense.metrics import IGNORE
+from dense.labels import IGNORE
 from dense.preprocess import load_image
 
 MAX_WIDTH_IN = 16.0  # no figure is wider than this (inches)

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from dense.eval.probe import evaluate_probes
 from dense.features import IDENTITY_KEYS, FeatureMap, block_indices
-from dense.metrics import IGNORE
+from dense.labels import IGNORE
 from probes.linear import LinearProbe, ProbeMismatchError
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 import dense
 from dense.batching import padding_waste, plan_batches, prepared_stream
-from dense.encoder import _default_dtype, _native_bf16
+from dense.device import native_bf16, resolve_dtype
 from dense.preprocess import ImageError, choose_grid, patchify, to_pixels
 
 # Aspect ratios of a COCO-like mix, including a 1:2.5 panorama and its portrait.
@@ -154,16 +154,16 @@ def test_plan_batches_sorts_by_tokens_and_pads_little():
 
 def test_dtype_auto_and_errors():
     cpu = torch.device("cpu")
-    assert _default_dtype("auto", cpu) == _default_dtype(None, cpu)
-    assert _default_dtype("auto", cpu) == (torch.bfloat16 if _native_bf16(cpu) else torch.float32)
-    assert _default_dtype("bf16", cpu) == torch.bfloat16 and _default_dtype(torch.float32, cpu) == torch.float32
-    assert _default_dtype("fp16", "cuda") == torch.float16  # allowed off the CPU (no GPU needed to resolve)
+    assert resolve_dtype("auto", cpu) == resolve_dtype(None, cpu)
+    assert resolve_dtype("auto", cpu) == (torch.bfloat16 if native_bf16(cpu) else torch.float32)
+    assert resolve_dtype("bf16", cpu) == torch.bfloat16 and resolve_dtype(torch.float32, cpu) == torch.float32
+    assert resolve_dtype("fp16", "cuda") == torch.float16  # allowed off the CPU (no GPU needed to resolve)
     with pytest.raises(ValueError, match="float16 on a CPU"):
-        _default_dtype("fp16", cpu)
+        resolve_dtype("fp16", cpu)
     with pytest.raises(ValueError, match="float16 on a CPU"):
         dense.random_encoder("tiny-siglip", dtype=torch.float16)
     with pytest.raises(ValueError, match="'auto'"):
-        _default_dtype("half-ish", cpu)
+        resolve_dtype("half-ish", cpu)
     enc = dense.random_encoder("tiny-siglip")  # "auto"
     name = str(enc.dtype).removeprefix("torch.")
     assert enc.spec()["dtype"] == name and f"dtype={name})" in repr(enc)

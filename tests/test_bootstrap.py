@@ -87,7 +87,7 @@ def test_openvocab_rows_carry_counts_and_intervals(tiny_encoder, tiny_siglip_dir
     assert "raw/mIoU" in saved["intervals"] and saved["meta"]["chosen"]["method"] in ("raw", "map-value+filter")
     written = json.loads(cal.read_text())
     assert written["box_threshold"] == 0.3 and written["method"] == saved["meta"]["chosen"]["method"]
-    from dense.encoder import Calibration
+    from dense.checkpoint import Calibration
 
     Calibration.from_dict(written, str(cal))  # a valid calibration file
 

@@ -14,15 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dense.cache import (
-    DistPlan,
-    FeatureCache,
-    dataset_namespace,
-    extract_to_cache,
-    folder_items,
-    init_distributed,
-    plan_distributed,
-)
+from dense.cache import FeatureCache, dataset_namespace, extract_to_cache, folder_items
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -210,21 +202,3 @@ def test_stray_temp_files_go_when_old_or_orphaned(tmp_path, tiny_encoder):
     assert cache.remove_stale_temps(now=now) == len(gone)
     assert not any(p.exists() for p in gone) and all(p.exists() for p in kept)
     assert (cache.dir / "spec.json").exists()
-
-
-def test_distributed_plan_sets_each_rank_its_own_gpu_before_the_group():
-    assert plan_distributed("cuda", {}) == DistPlan(device="cuda")  # one process: as given, no group
-    env = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}
-    plan = plan_distributed("cuda", env)
-    assert (plan.rank, plan.world_size, plan.local_rank, plan.device, plan.backend) == (3, 4, 1, "cuda:1", "gloo")
-    assert plan_distributed("cuda:0", env).device == "cuda:1"  # never every rank on cuda:0
-    assert plan_distributed("cpu", env).device == "cpu"
-    with pytest.raises(ValueError, match="torchrun"):
-        plan_distributed("cuda", {"WORLD_SIZE": "2"})
-    calls = []
-    made = init_distributed(plan, set_device=lambda d: calls.append(("set_device", str(d))),
-                            init_group=lambda backend: calls.append(("init", backend)))
-    assert made and calls == [("set_device", "cuda:1"), ("init", "gloo")]  # the device first
-    calls.clear()
-    assert not init_distributed(plan_distributed("cpu", {}), set_device=calls.append, init_group=calls.append)
-    assert calls == []

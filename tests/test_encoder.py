@@ -9,7 +9,7 @@ from conftest import build_tiny_checkpoint, random_rgb
 from PIL import Image
 
 import dense
-from dense.encoder import CheckpointError
+from dense.checkpoint import CheckpointError
 from dense.preprocess import ImageError, choose_grid, patchify, to_pixels
 
 
@@ -124,7 +124,7 @@ def test_contract_shapes_finite_dtypes(spec):
 
 
 def test_random_so400m_architecture_is_exact():
-    cfg = dense.encoder.RANDOM_SPECS["so400m-patch14-384"]["vision"]
+    cfg = dense.checkpoint.RANDOM_SPECS["so400m-patch14-384"]["vision"]
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     with torch.device("meta"):
@@ -179,7 +179,7 @@ def test_uncached_hub_id_fails_at_once_without_network(tmp_path, monkeypatch, of
     retry loop (tens of seconds per file) is never entered."""
     from huggingface_hub import constants
 
-    import dense.encoder as encoder_module
+    import dense.checkpoint as checkpoint_module
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
@@ -190,7 +190,7 @@ def test_uncached_hub_id_fails_at_once_without_network(tmp_path, monkeypatch, of
         attempts.append(address)
         raise TimeoutError("timed out")  # what a black-holed endpoint gives after `timeout`
 
-    monkeypatch.setattr(encoder_module.socket, "create_connection", never_answers)
+    monkeypatch.setattr(checkpoint_module.socket, "create_connection", never_answers)
     monkeypatch.setattr("transformers.AutoConfig.from_pretrained",
                         lambda *a, **k: pytest.fail("transformers was asked to download"))
     with pytest.raises(CheckpointError, match="not in the local Hugging Face cache") as e:
@@ -208,7 +208,7 @@ def test_identity_is_the_weights_not_the_name(tmp_path):
 
     from dense.cache import FeatureCache
 
-    folder = Path(dense.encoder.__file__).parent / dense.encoder.BUNDLED["shapes-tiny"]
+    folder = Path(dense.checkpoint.__file__).parent / dense.checkpoint.BUNDLED["shapes-tiny"]
     names = ["shapes-tiny", str(folder), str(folder) + "/"]
     encs = [dense.load_encoder(n) for n in names]
     assert len({e.fingerprint for e in encs}) == 1
@@ -230,7 +230,7 @@ def test_calibration_belongs_to_the_checkpoint(tmp_path, tiny_siglip_dir):
     file or dict overrides; unknown keys are an error naming the file."""
     import json
 
-    from dense.encoder import Calibration, CheckpointError
+    from dense.checkpoint import Calibration, CheckpointError
 
     bundled = dense.load_encoder("shapes-tiny")
     on_disk = json.loads(Path(bundled.calibration.source).read_text())

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dense.cache import FeatureCache
-from dense.metrics import IGNORE
+from dense.labels import IGNORE
 from probes.linear import LinearProbe, ProbeMismatchError
 from probes.protocols import protocol
 from probes.stream import CachedSample, cached_samples

@@ -11,7 +11,7 @@ import torch
 
 from dense.eval.probe import evaluate_probe
 from dense.features import FeatureMap
-from dense.metrics import IGNORE
+from dense.labels import IGNORE
 from probes.linear import LinearProbe, ProbeMismatchError, select_layers
 from probes.train import ProbeConfig, Sample, train_probes
 

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from dense.coco import AnnotationError
-from dense.metrics import IGNORE, SegmentationMeter
+from dense.labels import IGNORE
+from dense.metrics import SegmentationMeter
 from dense.segdata import (
     COCO_STUFF_UNUSED,
     PROTOCOLS,

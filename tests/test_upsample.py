@@ -12,7 +12,8 @@ from torch import nn
 
 from dense.encoder import Encoder
 from dense.features import FeatureMap
-from dense.metrics import IGNORE, BoundaryMeter, boundary_counts, boundary_figures, mask_boundary, trimap_mask
+from dense.labels import IGNORE
+from dense.metrics import BoundaryMeter, boundary_counts, boundary_figures, mask_boundary, trimap_mask
 from dense.preprocess import PixelConfig, to_pixels
 from dense.tiling import extract_tiled, window_starts
 from dense.upsample import (
@@ -166,7 +167,7 @@ def test_upsampler_contract_convex_weights_and_linear_commute():
 
 
 def test_upsampler_geometry_neighbours_centre_on_the_covering_patch():
-    from dense.upsample import _neighbours
+    from dense.upsample.learned import _neighbours
 
     # 4 x 6 grid of 8 px patches, original image 1.5 x the resized one
     index, valid, offset = _neighbours((48, 72), (32, 48), 8, (48, 72), 3)

@@ -102,7 +102,7 @@ def test_label_map_shows_ground_truth_beside_the_prediction():
     pred[:5] = 1
     gt = np.zeros((20, 30), np.int32)
     gt[10:] = 3
-    gt[0, 0] = -1  # dense.metrics.IGNORE: unpainted
+    gt[0, 0] = -1  # dense.labels.IGNORE: unpainted
     fig = viz.label_map(rgb, pred, ["red circle", "blue star", "green square"], gt=gt)
     assert [ax.get_title() for ax in fig.axes] == ["image", "ground truth", "prediction"]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["red circle", "green square",

@@ -41,10 +41,8 @@ def run(args) -> int:
         dataset_items,
         extract_to_cache,
         folder_items,
-        gather_reports,
-        init_distributed,
-        plan_distributed,
     )
+    from dense.distributed import gather_reports, init_distributed, plan_distributed
 
     layers = parse_layers(args.layers)
     on_error = "skip" if args.skip_bad else "raise"

@@ -18,7 +18,7 @@ def evaluate_probes(probes: Mapping[str, object], samples: Sequence, *, upsample
 
     ``probes``: anything with ``class_names`` and ``predict(fmap, size_hw, upsample=, image=, upsampler=) -> int32
     [H, W]`` (:class:`probes.LinearProbe`). ``samples``: objects with ``key``, ``fmap`` and ``label`` (``[H, W]``,
-    ignored pixels = :data:`dense.metrics.IGNORE`), e.g. :class:`probes.Sample`. Predictions are made at the label
+    ignored pixels = :data:`dense.labels.IGNORE`), e.g. :class:`probes.Sample`. Predictions are made at the label
     map's size, the original image resolution, upsampled as ``upsample``/``upsampler`` say
     (:func:`dense.upsample.upsample_maps`); ``image_of(sample)`` gives the image those need.
 

@@ -1,19 +1,10 @@
-"""Sharper maps than the patch grid: guided filtering (training-free) and a small learned upsampler.
+"""A learned joint upsampler in the JAFAR / AnyUp family, trained without labels from the encoder's own tokens.
 
-Two ways to bring patch-grid maps ``[C, gh, gw]`` (probe logits or probabilities, heatmaps, tokens) to the image's
-pixels ``[C, H, W]`` with the image itself as guide:
-
-- :func:`guided_upsample`: bilinear to ``(H, W)`` (the geometry of ``FeatureMap.to_image``), then a COLOUR guided
-  filter (He, Sun & Tang, "Guided Image Filtering", TPAMI 2013, the 3 x 3 covariance form), then renormalised.
-  Plain torch (separable ``avg_pool2d`` box filters), no dependency: OpenCV's ``cv2.ximgproc.guidedFilter`` does the
-  same but lives in ``opencv-contrib-python-headless`` (172 MB installed vs 72 MB), which must REPLACE
-  ``opencv-python-headless`` (both install the same ``cv2`` module). ``benchmarks/upsample.py`` times both.
-- :class:`Upsampler`: a learned joint upsampler in the JAFAR / AnyUp family, trained without labels from the encoder's
-  own tokens (:func:`train_upsampler`): every output pixel is a softmax-weighted mix of the 3 x 3 patch tokens around
-  it, the weights coming from image features at the pixel (query) against image features pooled over each patch plus a
-  projection of its token (keys), plus a learned bias on the pixel's offset from each patch centre. Because the output
-  is a convex mix of grid values, the same weights upsample tokens, logits, probabilities or heatmaps, and a linear
-  probe's logits of upsampled tokens equal the upsampled logits: upsample the ``K`` logits, never the ``D`` tokens.
+Every output pixel is a softmax-weighted mix of the 3 x 3 patch tokens around it, the weights coming from image
+features at the pixel (query) against image features pooled over each patch plus a projection of its token (keys),
+plus a learned bias on the pixel's offset from each patch centre. Because the output is a convex mix of grid values,
+the same weights upsample tokens, logits, probabilities or heatmaps, and a linear probe's logits of upsampled tokens
+equal the upsampled logits: upsample the ``K`` logits, never the ``D`` tokens.
 
 Geometry: a pixel's patch and its offset from the neighbouring patch centres come from
 :func:`dense.preprocess.pixel_to_grid` and :func:`dense.preprocess.grid_to_pixel_xy`, nothing else.
@@ -36,6 +27,7 @@ from torch import nn
 from dense._atomic import load_tensors, save_tensors
 from dense.features import FeatureMap, block_indices, identity_mismatch
 from dense.preprocess import grid_to_pixel_xy, pixel_to_grid
+from dense.upsample.guided import _guide, _maps
 
 FORMAT = "dense.Upsampler"
 VERSION = 1
@@ -43,146 +35,6 @@ VERSION = 1
 
 class UpsamplerMismatchError(ValueError):
     """An upsampler was loaded for (or applied to features of) another encoder or layer set."""
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Inputs
-
-
-def _guide(image, name: str = "image") -> torch.Tensor:
-    """uint8 ``[H, W, 3]`` (numpy or torch) -> float32 ``[3, H, W]`` in [0, 1]."""
-    x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image, copy=True))
-    if x.dtype != torch.uint8 or x.ndim != 3 or x.shape[2] != 3 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name}: expected a uint8 RGB array [H, W, 3], got {x.dtype} {tuple(x.shape)}")
-    return x.permute(2, 0, 1).float().div(255.0)  # [H, W, 3] -> [3, H, W]
-
-
-def _maps(x, name: str) -> torch.Tensor:
-    x = torch.as_tensor(x)
-    if x.ndim != 3 or not x.is_floating_point() or min(x.shape) == 0:
-        raise ValueError(f"{name}: expected a float tensor [C, h, w], got {x.dtype} {tuple(x.shape)}")
-    return x.float()
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Guided filter (He et al.), colour guide
-
-
-def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean over the ``(2r+1) x (2r+1)`` window clipped to the image (He et al.'s ``boxfilter / N``): ``[B, C, H, W]``.
-
-    Running sums (``cumsum`` over the zero-padded map) along each axis, divided by the clipped window's pixel count:
-    O(1) per pixel whatever the radius, ~4x faster on CPU than separable ``avg_pool2d`` (which loops over the window)
-    and within 1e-6 of it for values in [0, 1] at photo sizes (float32 running sums).
-    """
-    r = int(radius)
-    if r <= 0:
-        return x
-    H, W = x.shape[-2:]
-    out = x
-    for dim, n in ((2, H), (3, W)):
-        c = F.pad(out, (0, 0, r + 1, r) if dim == 2 else (r + 1, r)).cumsum(dim)  # n -> n + 2r + 1 along dim
-        out = c.narrow(dim, 2 * r + 1, n) - c.narrow(dim, 0, n)  # window sums, back to n along dim
-    pos_h, pos_w = torch.arange(H), torch.arange(W)
-    count_h = (pos_h + r + 1).clamp_max(H) - (pos_h - r).clamp_min(0)  # [H] pixels of the clipped window per row
-    count_w = (pos_w + r + 1).clamp_max(W) - (pos_w - r).clamp_min(0)  # [W]
-    return out / (count_h[:, None] * count_w[None]).to(x.dtype)  # [H, W] broadcast over [B, C]
-
-
-def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
-    """He et al.'s guided filter with a colour guide: ``guide [3, H, W]``, ``src [C, H, W]`` -> ``[C, H, W]``.
-
-    Per window: ``q = a^T I + b`` with ``a = (Sigma_I + eps U)^-1 cov(I, p)``, ``b = mean(p) - a^T mean(I)``; ``a`` and
-    ``b`` are then averaged over the windows covering each pixel. ``eps`` is in the guide's units squared (guide in
-    [0, 1]). All ``C`` channels share the guide statistics, so the 3 x 3 inverse is computed once per pixel.
-    """
-    ma, mb = _coefficients(guide, src, radius, eps)  # [3, C, H, W], [C, H, W]
-    return (ma * guide.float()[:, None]).sum(0) + mb  # [C, H, W]
-
-
-def _coefficients(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Window-averaged coefficients of :func:`guided_filter`: ``mean_a [3, C, H, W]``, ``mean_b [C, H, W]``."""
-    if guide.ndim != 3 or guide.shape[0] != 3:
-        raise ValueError(f"guide: expected [3, H, W], got {tuple(guide.shape)}")
-    if src.ndim != 3 or src.shape[1:] != guide.shape[1:]:
-        raise ValueError(f"src: expected [C, H, W] with (H, W) = {tuple(guide.shape[1:])}, got {tuple(src.shape)}")
-    if radius < 1 or not eps > 0:
-        raise ValueError(f"radius must be >= 1 and eps > 0, got radius={radius}, eps={eps}")
-    C, H, W = src.shape
-    I, p = guide.float(), src.float()
-    ii = torch.stack([I[0] * I[0], I[0] * I[1], I[0] * I[2], I[1] * I[1], I[1] * I[2], I[2] * I[2]])  # [6, H, W]
-    Ip = (I[:, None] * p[None]).reshape(3 * C, H, W)  # [3, C, H, W] -> [3C, H, W]
-    stats = box_filter(torch.cat([I, ii, p, Ip])[None], radius)[0]  # [3 + 6 + C + 3C, H, W]
-    mI, mII, mp, mIp = stats[:3], stats[3:9], stats[9:9 + C], stats[9 + C:].reshape(3, C, H, W)
-    # Sigma + eps U, symmetric: entries (rr, rg, rb, gg, gb, bb)
-    s_rr = mII[0] - mI[0] * mI[0] + eps
-    s_rg = mII[1] - mI[0] * mI[1]
-    s_rb = mII[2] - mI[0] * mI[2]
-    s_gg = mII[3] - mI[1] * mI[1] + eps
-    s_gb = mII[4] - mI[1] * mI[2]
-    s_bb = mII[5] - mI[2] * mI[2] + eps
-    # inverse through the adjugate (symmetric, so the cofactor matrix is its own transpose); ~3x faster than a
-    # batched torch.linalg.solve over H*W tiny systems
-    i_rr = s_gg * s_bb - s_gb * s_gb
-    i_rg = s_gb * s_rb - s_rg * s_bb
-    i_rb = s_rg * s_gb - s_gg * s_rb
-    i_gg = s_rr * s_bb - s_rb * s_rb
-    i_gb = s_rb * s_rg - s_rr * s_gb
-    i_bb = s_rr * s_gg - s_rg * s_rg
-    det = s_rr * i_rr + s_rg * i_rg + s_rb * i_rb  # > 0: Sigma is PSD and eps > 0
-    inv = torch.stack([torch.stack([i_rr, i_rg, i_rb]), torch.stack([i_rg, i_gg, i_gb]),
-                       torch.stack([i_rb, i_gb, i_bb])]) / det  # [3, 3, H, W]
-    cov = mIp - mI[:, None] * mp[None]  # [3, C, H, W]
-    a = torch.einsum("ijhw,jchw->ichw", inv, cov)  # [3, C, H, W]
-    b = mp - (a * mI[:, None]).sum(0)  # [C, H, W]
-    ab = box_filter(torch.cat([a.reshape(3 * C, H, W), b])[None], radius)[0]  # [4C, H, W]
-    return ab[:3 * C].reshape(3, C, H, W), ab[3 * C:]  # [3C, H, W] -> [3, C, H, W]; [C, H, W]
-
-
-def guided_upsample(x, image, *, radius: int = 8, eps: float = 1e-4, renormalize: bool = True,
-                    subsample: int = 1) -> torch.Tensor:
-    """Upsample maps ``x`` (``[C, gh, gw]`` on the patch grid, or already ``[C, H, W]``) to the image with the image
-    (uint8 ``[H, W, 3]``) as guide: ``-> [C, H, W]`` float32.
-
-    ``x`` is first resized bilinearly (``align_corners=False``: patch centres land where ``FeatureMap.grid_to_pixel_xy``
-    says) to ``(H, W)``, then colour-guided-filtered (:func:`guided_filter`; ``radius`` in image pixels, ``eps`` on the
-    [0, 1] colour scale). ``renormalize=True`` treats ``x`` as probabilities over ``C``: negative values are clipped
-    and each pixel is divided by its sum (the filter keeps sums only up to rounding and can undershoot 0). Use
-    ``renormalize=False`` for heatmaps and logits. ``subsample > 1`` is He's "fast guided filter": the coefficients are
-    computed on the guide and maps downsampled by that factor (radius too) and upsampled bilinearly; ~``subsample**2``
-    times cheaper and nearly as sharp, since the input maps are smooth at that scale anyway.
-    """
-    I = _guide(image)  # [3, H, W]
-    H, W = I.shape[1:]
-    x = _maps(x, "x")
-    if tuple(x.shape[1:]) != (H, W):
-        x = F.interpolate(x[None], size=(H, W), mode="bilinear", align_corners=False)[0]  # [C, h, w] -> [C, H, W]
-    s = int(subsample)
-    if s < 1:
-        raise ValueError(f"subsample must be >= 1, got {subsample}")
-    if s == 1:
-        q = guided_filter(I, x, radius, eps)
-    else:  # fast guided filter: coefficients at low resolution, applied with the full-resolution guide
-        hs, ws = max(1, round(H / s)), max(1, round(W / s))
-        I_lo = F.interpolate(I[None], size=(hs, ws), mode="area")[0]  # [3, hs, ws]
-        x_lo = F.interpolate(x[None], size=(hs, ws), mode="area")[0]  # [C, hs, ws]
-        q = _fast_guided(I_lo, x_lo, max(1, round(radius / s)), eps, I)
-    if renormalize:
-        q = q.clamp_min(0)
-        q = q / q.sum(0, keepdim=True).clamp_min(1e-8)
-    return q
-
-
-def _fast_guided(I_lo, p_lo, radius, eps, I_full) -> torch.Tensor:
-    """He & Sun's fast guided filter: coefficients at low resolution, upsampled bilinearly, applied to the guide."""
-    C = p_lo.shape[0]
-    H, W = I_full.shape[1:]
-    ma, mb = _coefficients(I_lo, p_lo, radius, eps)  # [3, C, hs, ws], [C, hs, ws]
-    ab = torch.cat([ma.reshape(3 * C, *ma.shape[2:]), mb])[None]  # [1, 4C, hs, ws]
-    ab = F.interpolate(ab, size=(H, W), mode="bilinear", align_corners=False)[0]  # -> [4C, H, W]
-    ma, mb = ab[:3 * C].reshape(3, C, H, W), ab[3 * C:]  # [3, C, H, W], [C, H, W]
-    return (ma * I_full[:, None]).sum(0) + mb  # [C, H, W]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -373,7 +225,7 @@ def _pairs(encoder, images, cfg: UpsamplerConfig, layers) -> list[tuple[FeatureM
         rgb, (gh, gw) = encoder.prepare(image, cfg.max_patches)
         lo = encoder.forward_pixels(to_pixels(rgb, (gh, gw), encoder.pixels)[None], layers)[0]  # [gh, gw, D]
         hi = encoder.forward_pixels(to_pixels(rgb, (s * gh, s * gw), encoder.pixels)[None], layers)[0]  # [sgh, sgw, D]
-        fmap = encoder._feature_map(lo, rgb.shape[:2], (gh, gw), cfg.max_patches, layers)
+        fmap = encoder.feature_map(lo, rgb.shape[:2], (gh, gw), cfg.max_patches, layers)
         out.append((fmap, rgb, hi.permute(2, 0, 1).contiguous()))  # [s*gh, s*gw, D] -> [D, s*gh, s*gw]
     return out
 
@@ -433,45 +285,3 @@ def train_upsampler(encoder, images: Sequence, config: UpsamplerConfig | None = 
     up.meta.update({"loss": history, "bilinear_loss": base, "seconds": time.perf_counter() - t0,
                     "token_mean_abs": float(mu.abs().mean())})
     return up
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The one entry point: patch-grid maps -> pixels, by the method the caller chose
-
-UPSAMPLE_MODES = ("bilinear", "guided")  # with or without a trained Upsampler underneath
-GUIDED_RADIUS_CELLS = 1.3  # guided-filter radius in patch cells: 16 px at ~12.5 px cells was best on the shapes val
-GUIDED_EPS = 1e-4
-
-
-def upsample_maps(maps: torch.Tensor, fmap: FeatureMap, *, mode: str = "bilinear", image=None,
-                  upsampler: Upsampler | None = None, probabilities: bool = False,
-                  size_hw: tuple[int, int] | None = None) -> torch.Tensor:
-    """Patch-grid maps ``[C, gh, gw]`` (probe logits/probabilities, heatmaps) -> ``[C, H, W]`` at the image size.
-
-    ``mode``: ``"bilinear"`` (the geometry of ``FeatureMap.to_image``) or ``"guided"`` (then a colour guided filter
-    with the image as guide, :func:`guided_upsample`; radius ``GUIDED_RADIUS_CELLS`` patch cells, computed at half
-    resolution). ``upsampler``: a trained :class:`Upsampler` of the same encoder replaces the bilinear step. ``image``
-    (path, PIL or uint8 ``[H, W, 3]`` at the original size) is needed by both. ``probabilities``: the maps sum to one
-    over ``C`` (renormalised after filtering).
-    """
-    if mode not in UPSAMPLE_MODES:
-        raise ValueError(f"upsample mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
-    size_hw = tuple(size_hw or fmap.image_hw)
-    if mode == "bilinear" and upsampler is None:
-        return F.interpolate(maps[None].float(), size=size_hw, mode="bilinear", align_corners=False)[0]
-    if image is None:
-        raise ValueError(f"upsample mode {mode!r}{' with an upsampler' if upsampler else ''} needs the image")
-    from dense.preprocess import load_image
-
-    rgb = load_image(image)
-    if tuple(rgb.shape[:2]) != tuple(fmap.image_hw):
-        raise ValueError(f"image is {rgb.shape[:2]}, the FeatureMap was made from {fmap.image_hw}")
-    if upsampler is not None:
-        maps = upsampler.upsample(fmap, rgb, maps.float(), size_hw=size_hw)  # [C, H, W]
-    if mode == "bilinear":
-        return maps
-    cell_px = float(np.sqrt((fmap.image_hw[0] / fmap.grid_hw[0]) * (fmap.image_hw[1] / fmap.grid_hw[1])))
-    radius = max(1, round(GUIDED_RADIUS_CELLS * cell_px))
-    if size_hw != tuple(fmap.image_hw):
-        raise ValueError("guided upsampling works at the image's own size")
-    return guided_upsample(maps, rgb, radius=radius, eps=GUIDED_EPS, renormalize=probabilities, subsample=2)

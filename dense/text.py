@@ -2,7 +2,7 @@
 
 How a query becomes token ids (:func:`tokenize`)
 -----------------------------------------------
-1. lower-case it (``str.lower``: SigLIP 2 was trained on lower-cased text; other scripts pass through unchanged);
+1. canonicalize it by the checkpoint's rule (:func:`canonicalize`, :func:`text_rule`; below);
 2. tokenize WITHOUT special tokens (so no BOS, whatever the tokenizer's defaults);
 3. keep at most ``max_length - 1`` tokens and append EOS ("sticky" EOS: a long query keeps its EOS);
 4. pad on the RIGHT with the pad id to the checkpoint's text length (``TextParts.max_length``, 64 for So400m).
@@ -10,6 +10,33 @@ How a query becomes token ids (:func:`tokenize`)
 Right padding matters: the SigLIP text tower pools the LAST position whatever the attention mask says, and
 transformers' Gemma/Siglip2 tokenizers pad on the left by default. No attention mask is passed (big_vision trained
 without one), which is also what ``SiglipModel`` does with the ids its processor makes.
+
+Canonicalization: one rule per checkpoint
+-----------------------------------------
+:func:`text_rule` reads it from the checkpoint's tokenizer (its class, as ``tokenizer_config.json`` names it):
+
+- ``"siglip2"`` (a Gemma tokenizer: ``GemmaTokenizer``, ``Siglip2Tokenizer``; every SigLIP 2 checkpoint, So400m
+  included): big_vision's ``canonicalize_text`` (``big_vision/evaluators/proj/image_text/prompt_engineering.py``),
+  step for step: ``_`` -> space, ASCII punctuation (``string.punctuation``) removed, ``str.lower``, runs of
+  whitespace -> one space, stripped. big_vision is the reference implementation of SigLIP 2; its zero-shot
+  evaluator applies this function to every class name and prompt (its published zero-shot figures), OpenCLIP's
+  SigLIP 2 tokenizers (``clean="canonicalize"``) apply the same function, and transformers' hub tokenizer for
+  SigLIP 2 does not (at most it lower-cases), which RADIO's authors found costs zero-shot accuracy badly.
+  OpenCLIP also runs ftfy's ``fix_text`` and ``html.unescape`` first (its own repair of web captions, for every
+  model it wraps, CLIP's included); dense does not, so curly quotes, full-width forms and ``&amp;`` reach the
+  tokenizer as typed, as in big_vision. Only ASCII punctuation goes: ``“quoted”`` keeps its curly quotes, ``café``
+  its accent, Chinese/Arabic/Cyrillic text its letters (Cyrillic and other cased scripts are lower-cased).
+- ``"siglip"`` (``SiglipTokenizer``: SigLIP v1's SentencePiece tokenizer): that tokenizer's own
+  ``canonicalize_text`` (transformers ``models/siglip/tokenization_siglip.py``, run inside its ``_tokenize``):
+  ``str.lower``, ASCII punctuation removed (``_`` too: ``hot_dog`` -> ``hotdog``), runs of whitespace -> one space,
+  stripped. Applying it first changes nothing the tokenizer would not do (the rule is idempotent); it makes the
+  rule visible and testable without the SentencePiece model.
+- ``"lower"`` (any other tokenizer, e.g. the bundled ``shapes-tiny`` / ``shapes-tiny-v2``, whose word-level
+  tokenizers lower-case and split on whitespace and punctuation): ``str.lower`` only, dense's rule before
+  :data:`TEXT_RULES_VERSION` 2, so those checkpoints see exactly the ids they were trained and calibrated with.
+
+The rule and :data:`TEXT_RULES_VERSION` are part of every text-cache key (memory and disk): an embedding computed
+under another rule is never served.
 
 Templates
 ---------
@@ -20,14 +47,14 @@ checkpoint's calibrated templates; :data:`DEFAULT_TEMPLATES` is the ensemble ``s
 
 Caches
 ------
-Embeddings are cached per (encoder, query, templates) in a weak dictionary keyed by the encoder, so segmenting many
-images with the same class names encodes each name once per process; and on disk, so they are encoded once per
-machine (So400m's 27-layer text tower takes minutes on a CPU for ADE20K's 150 names x 5 templates). Disk entries live
-under ``$DENSE_HOME/text-embeddings`` (default ``~/.cache/dense``, beside ``dense.encoder``'s file-hash memo), one
-small ``.safetensors`` file per (checkpoint fingerprint, text-tower dtype, query, templates), written atomically
-(temp + rename), so concurrent processes never read a half file and at worst both compute the same entry. An
-encoder without a fingerprint, an explicit ``tokenizer=`` (it may change the ids) or ``DENSE_TEXT_CACHE=0`` skips the
-disk.
+Embeddings are cached per (encoder, text rules, query, templates) in a weak dictionary keyed by the encoder, so
+segmenting many images with the same class names encodes each name once per process; and on disk, so they are encoded
+once per machine (So400m's 27-layer text tower takes minutes on a CPU for ADE20K's 150 names x 5 templates). Disk
+entries live under ``$DENSE_HOME/text-embeddings`` (default ``~/.cache/dense``, beside ``dense.checkpoint``'s file-hash
+memo), one small ``.safetensors`` file per (checkpoint fingerprint, text-tower dtype, text rules, query, templates),
+written atomically (temp + rename), so concurrent processes never read a half file and at worst both compute the same
+entry. An encoder without a fingerprint, an explicit ``tokenizer=`` (it may change the ids) or ``DENSE_TEXT_CACHE=0``
+skips the disk.
 """
 
 from __future__ import annotations
@@ -36,6 +63,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import string
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,8 +78,84 @@ log = logging.getLogger("dense")
 # word-level vocabulary of the bundled ``shapes-tiny`` model, which was trained on the same phrasings.
 DEFAULT_TEMPLATES: tuple[str, ...] = ("{}", "a photo of a {}", "a picture of a {}", "an image of a {}", "this is a {}")
 
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Encoder -> {(query, templates): [E] tensor}
+# The version of dense's text rules (canonicalization, EOS, padding) in every text-cache key. 1: lower-case only
+# (dense <= 0.2); 2: the per-checkpoint rules of :func:`canonicalize`.
+TEXT_RULES_VERSION = 2
+TEXT_RULES = ("siglip2", "siglip", "lower")  # see the module docstring
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Encoder -> {(rules, query, templates): [E]}
 _CACHE_LIMIT = 100_000  # entries per encoder; cleared when full (queries are cheap to recompute)
+_RULE_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Encoder -> its rule (read once)
+_ASCII_PUNCTUATION = str.maketrans("", "", string.punctuation)  # what big_vision and transformers remove
+_SPACES = re.compile(r"\s+")  # Unicode whitespace: the same characters as str.split() (checked over all of Unicode)
+
+
+def canonicalize(text: str, rule: str) -> str:
+    """``text`` as checkpoints of ``rule`` (one of :data:`TEXT_RULES`) were trained to read it (module docstring).
+
+    >>> canonicalize("The man, in the RED shirt.", "siglip2")
+    'the man in the red shirt'
+    >>> canonicalize("hot_dog", "siglip2"), canonicalize("hot_dog", "siglip")
+    ('hot dog', 'hotdog')
+    """
+    if rule == "siglip2":  # big_vision prompt_engineering.canonicalize_text
+        text = text.replace("_", " ").translate(_ASCII_PUNCTUATION).lower()
+        return _SPACES.sub(" ", text).strip()
+    if rule == "siglip":  # transformers SiglipTokenizer.canonicalize_text with do_lower_case=True
+        text = text.lower().translate(_ASCII_PUNCTUATION)
+        return _SPACES.sub(" ", text).strip()
+    if rule == "lower":
+        return text.lower()
+    raise ValueError(f"unknown text rule {rule!r}; one of {TEXT_RULES}")
+
+
+def rule_of_tokenizer(tokenizer) -> str:
+    """The rule of a tokenizer object, by its class (and the class its ``tokenizer_config.json`` names)."""
+    names = [c.__name__ for c in type(tokenizer).__mro__]
+    names.append(str((getattr(tokenizer, "init_kwargs", None) or {}).get("tokenizer_class") or ""))
+    return _rule_of_class(*names)
+
+
+def _rule_of_class(*names: str) -> str:
+    names = [n.removesuffix("Fast") for n in names if n]
+    if any(n.startswith(("Gemma", "Siglip2")) for n in names):  # SigLIP 2's tokenizer is Gemma's
+        return "siglip2"
+    if "SiglipTokenizer" in names:  # SigLIP v1's SentencePiece tokenizer
+        return "siglip"
+    return "lower"
+
+
+def text_rule(encoder, tokenizer=None) -> str:
+    """The canonicalization rule of ``encoder``'s checkpoint (or of an explicit ``tokenizer``), one of
+    :data:`TEXT_RULES`.
+
+    Read from the loaded tokenizer when the text side is loaded, else from ``tokenizer_config.json``'s
+    ``tokenizer_class`` (the class ``AutoTokenizer`` builds), so a cached query needs no text tower. A checkpoint
+    without a tokenizer (random weights: token ids only) gets ``"lower"``.
+    """
+    if tokenizer is not None:
+        return rule_of_tokenizer(tokenizer)
+    rule = _RULE_OF.get(encoder)
+    if rule is None:
+        rule = _rule_of_encoder(encoder)
+        _RULE_OF[encoder] = rule
+    return rule
+
+
+def _rule_of_encoder(encoder) -> str:
+    loaded = getattr(encoder, "_text", None)
+    if loaded is not None and loaded.tokenizer is not None:
+        return rule_of_tokenizer(loaded.tokenizer)
+    source = getattr(encoder, "source", None)
+    if source is None:
+        return "lower"
+    from dense.checkpoint import read_json
+
+    name = read_json(source, "tokenizer_config.json").get("tokenizer_class")
+    if name:
+        return _rule_of_class(name)
+    tok = encoder.text_parts().tokenizer  # no class named: the one AutoTokenizer chose
+    return "lower" if tok is None else rule_of_tokenizer(tok)
 
 
 def _as_list(texts: str | Sequence[str]) -> list[str]:
@@ -77,7 +182,8 @@ def _check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def tokenize(encoder, texts: str | Sequence[str], *, tokenizer=None) -> torch.Tensor:
-    """Queries -> token ids ``[T, L]`` (int64): lower-cased, no BOS, EOS kept, right-padded to ``L = max_length``.
+    """Queries -> token ids ``[T, L]`` (int64): canonicalized by the checkpoint's rule (:func:`text_rule`), no BOS,
+    EOS kept, right-padded to ``L = max_length``.
 
     ``tokenizer`` overrides the checkpoint's (any callable with transformers' ``__call__(texts,
     add_special_tokens=False)`` and ``eos_token_id``/``pad_token_id``); random encoders have none.
@@ -93,7 +199,8 @@ def tokenize(encoder, texts: str | Sequence[str], *, tokenizer=None) -> torch.Te
     if eos is None or pad is None:
         raise ValueError(f"{encoder.name}: tokenizer and config define no EOS/pad id (eos={eos}, pad={pad})")
     L = parts.max_length
-    texts = [t.lower() for t in _as_list(texts)]
+    rule = text_rule(encoder, tokenizer)
+    texts = [canonicalize(t, rule) for t in _as_list(texts)]
     pieces = tok(texts, add_special_tokens=False)["input_ids"]
     ids = torch.full((len(texts), L), int(pad), dtype=torch.long)  # [T, L]
     for row, p in enumerate(pieces):
@@ -125,36 +232,44 @@ def _cache_for(encoder) -> dict:
     return cache
 
 
+def rules_key(rule: str) -> str:
+    """The text rules of a cache key: :data:`TEXT_RULES_VERSION` and the checkpoint's rule, e.g. ``"2/siglip2"``."""
+    return f"{TEXT_RULES_VERSION}/{rule}"
+
+
 def embed_texts(encoder, texts: str | Sequence[str], *, templates: Sequence[str] | None = None,
                 tokenizer=None) -> torch.Tensor:
-    """Queries -> unit-normalized text embeddings ``[T, E]`` (float32, CPU), cached per (encoder, query, templates)
-    in memory and on disk (see the module docstring).
+    """Queries -> unit-normalized text embeddings ``[T, E]`` (float32, CPU), cached per (encoder, text rules, query,
+    templates) in memory and on disk (see the module docstring).
 
     With ``templates``, each query is formatted with every template, embedded, and the normalized embeddings are
-    averaged and re-normalized. ``templates=None`` embeds the queries verbatim.
+    averaged and re-normalized. ``templates=None`` embeds the queries verbatim. Each formatted prompt is
+    canonicalized whole (as OpenCLIP's tokenizer does), so ``"a photo of a {}."`` loses its full stop.
     """
     texts = _as_list(texts)
     templates = _check_templates(templates)
-    cache = _cache_for(encoder) if tokenizer is None else {}
-    missing = [t for t in dict.fromkeys(texts) if (t, templates) not in cache]
-    disk = disk_cache_dir(encoder) if tokenizer is None else None
+    if tokenizer is None:
+        cache, disk, rules = _cache_for(encoder), disk_cache_dir(encoder), rules_key(text_rule(encoder))
+    else:  # an explicit tokenizer may change the ids: no cache
+        cache, disk, rules = {}, None, ""
+    missing = [t for t in dict.fromkeys(texts) if (rules, t, templates) not in cache]
     if missing and disk is not None:
         for t in missing:
-            e = _disk_get(disk, t, templates)
+            e = _disk_get(disk, rules, t, templates)
             if e is not None:
-                cache[(t, templates)] = e
-        missing = [t for t in missing if (t, templates) not in cache]
+                cache[(rules, t, templates)] = e
+        missing = [t for t in missing if (rules, t, templates) not in cache]
     if missing:
         prompts = [tpl.format(t) for t in missing for tpl in templates]  # query-major: [len(missing) * K]
         emb = embed_token_ids(encoder, tokenize(encoder, prompts, tokenizer=tokenizer))  # [M*K, E]
         emb = emb.reshape(len(missing), len(templates), -1).mean(dim=1)  # [M*K, E] -> [M, K, E] -> [M, E]
         for t, e in zip(missing, F.normalize(emb, dim=-1), strict=True):
-            cache[(t, templates)] = e
+            cache[(rules, t, templates)] = e
             if disk is not None:
-                _disk_put(disk, t, templates, e)
+                _disk_put(disk, rules, t, templates, e)
     if not texts:
         return torch.zeros(0, encoder.text_parts().model.config.projection_size)
-    return torch.stack([cache[(t, templates)] for t in texts])  # [T, E]
+    return torch.stack([cache[(rules, t, templates)] for t in texts])  # [T, E]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -173,20 +288,24 @@ def disk_cache_dir(encoder) -> Path | None:
     return dense_home() / "text-embeddings" / f"{fp}-{dtype}"
 
 
-def _disk_path(folder: Path, text: str, templates: tuple[str, ...]) -> Path:
-    key = hashlib.sha256(json.dumps([text, list(templates)]).encode()).hexdigest()[:32]
+def _disk_key(rules: str, text: str, templates: tuple[str, ...]) -> str:
+    return json.dumps([rules, text, list(templates)])
+
+
+def _disk_path(folder: Path, rules: str, text: str, templates: tuple[str, ...]) -> Path:
+    key = hashlib.sha256(_disk_key(rules, text, templates).encode()).hexdigest()[:32]
     return folder / key[:2] / f"{key}.safetensors"
 
 
-def _disk_get(folder: Path, text: str, templates: tuple[str, ...]) -> torch.Tensor | None:
+def _disk_get(folder: Path, rules: str, text: str, templates: tuple[str, ...]) -> torch.Tensor | None:
     from safetensors import safe_open
 
-    path = _disk_path(folder, text, templates)
+    path = _disk_path(folder, rules, text, templates)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            if json.loads(meta.get("key", "null")) != [text, list(templates)]:
-                return None  # a hash collision: recompute (and overwrite)
+            if meta.get("key") != _disk_key(rules, text, templates):
+                return None  # a hash collision or another rule's entry: recompute (and overwrite)
             return f.get_tensor("embedding").float().clone()
     except FileNotFoundError:
         return None
@@ -195,16 +314,16 @@ def _disk_get(folder: Path, text: str, templates: tuple[str, ...]) -> torch.Tens
         return None
 
 
-def _disk_put(folder: Path, text: str, templates: tuple[str, ...], emb: torch.Tensor) -> None:
+def _disk_put(folder: Path, rules: str, text: str, templates: tuple[str, ...], emb: torch.Tensor) -> None:
     from safetensors.torch import save_file
 
     from dense._atomic import atomic_path
 
-    path = _disk_path(folder, text, templates)
+    path = _disk_path(folder, rules, text, templates)
     try:
         with atomic_path(path) as tmp:
             save_file({"embedding": emb.float().contiguous()}, str(tmp),
-                      metadata={"key": json.dumps([text, list(templates)])})
+                      metadata={"key": _disk_key(rules, text, templates)})
     except OSError as e:  # a read-only home only costs recomputing next time
         log.warning("could not write the text cache entry %s: %s", path, e)
 
@@ -217,13 +336,16 @@ def put_cache(encoder, texts: Sequence[str], embeddings: torch.Tensor, *, templa
     if embeddings.ndim != 2 or embeddings.shape[0] != len(texts):
         raise ValueError(f"{len(texts)} texts for embeddings of shape {tuple(embeddings.shape)}")
     cache = _cache_for(encoder)
+    rules, templates = rules_key(text_rule(encoder)), _check_templates(templates)
     for t, e in zip(texts, F.normalize(embeddings.float(), dim=-1), strict=True):
-        cache[(t, _check_templates(templates))] = e
+        cache[(rules, t, templates)] = e
 
 
 def clear_cache(encoder=None) -> None:
     """Forget cached text embeddings (of one encoder, or all)."""
     if encoder is None:
         _CACHE.clear()
+        _RULE_OF.clear()
     else:
         _CACHE.pop(encoder, None)
+        _RULE_OF.pop(encoder, None)

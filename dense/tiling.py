@@ -6,17 +6,26 @@ exactly the budget grid ``(gh, gw)`` (the trained token count and the image's ow
 are stitched into ONE :class:`~dense.FeatureMap` on the ``(gh', gw')`` grid with ``resized_hw = (gh' * p, gw' * p)``:
 ``grid_to_pixel_xy`` / ``pixel_to_grid`` stay exact. ``scale=1`` is one window: the plain extraction, bit for bit.
 Cost: ``windows`` encoder passes of the budget's size (``scale**2`` without overlap).
+
+Sliding-window evaluation (:func:`predict_slide`) is the other use of windows: the segmentation protocol of
+mmsegmentation and DINOv3 (``mode="slide"``). The image is resized so its short side is ``short_side_px``, square
+windows of ``window_px`` are placed every ``stride_px`` pixels (the last one flush with the far edge), each window is
+encoded and classified on its own, its logits are upsampled to the window's pixels and averaged where windows
+overlap; the averaged logits are upsampled to the original image and the label is their argmax.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from dense.features import FeatureMap
-from dense.preprocess import ImageInput, to_pixels
+from dense.preprocess import ImageInput, load_image, to_pixels
 
 
 def window_starts(length: int, window: int, overlap: int) -> list[int]:
@@ -99,3 +108,103 @@ def extract_tiled(encoder, image: ImageInput, *, scale: int = 2, overlap: int = 
         spec["tiling"] = {"scale": scale, "overlap": overlap, "blend": blend, "windows": len(boxes)}
     return FeatureMap(tokens=tokens, image_hw=tuple(int(v) for v in rgb.shape[:2]), resized_hw=(Gh * p, Gw * p),
                       patch_size=p, layers=tuple(encoder.block_index(i) for i in layers), encoder=spec)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sliding-window evaluation
+
+
+def resize_short_side(image_hw: tuple[int, int], short_side: int) -> tuple[int, int]:
+    """``(H, W)`` of an image resized so its short side is ``short_side``, the aspect ratio kept and the long side
+    rounded half up (DINOv3's ``FixedSideResize``): ``(300, 400) -> (512, 683)``."""
+    H, W = image_hw
+    if H > W:
+        return int(short_side * H / W + 0.5), short_side
+    return short_side, int(short_side * W / H + 0.5)
+
+
+def slide_starts(length: int, window: int, stride: int) -> list[int]:
+    """Start positions of windows of ``window`` cells every ``stride`` cells along an axis of ``length`` cells, the
+    last one moved back to end at ``length``, as mmsegmentation's and DINOv3's ``slide_inference`` place them
+    (``length=683, window=512, stride=341 -> [0, 171]``). A window longer than the axis is cut to it: one window.
+    """
+    if window < 1 or not 1 <= stride <= window:
+        raise ValueError(f"window {window} and stride {stride}: need 1 <= stride <= window (no gaps)")
+    n = max(length - window + stride - 1, 0) // stride + 1
+    return [max(min(k * stride + window, length) - window, 0) for k in range(n)]
+
+
+def slide_logits(image_hw: tuple[int, int], window: int, stride: int,
+                 logits_of: Callable[[int, int, int, int], torch.Tensor]) -> torch.Tensor:
+    """Logits averaged over sliding windows: float32 ``[K, H, W]``.
+
+    ``logits_of(y0, x0, y1, x1)`` returns the logits ``[K, y1 - y0, x1 - x0]`` of the window covering rows
+    ``[y0, y1)`` and columns ``[x0, x1)``; windows are placed by :func:`slide_starts` on both axes (cut to the image
+    on an axis shorter than ``window``), and each pixel gets the mean over the windows that cover it.
+    """
+    H, W = image_hw
+    total, count = None, torch.zeros(1, H, W)
+    for y0 in slide_starts(H, window, stride):
+        for x0 in slide_starts(W, window, stride):
+            y1, x1 = min(y0 + window, H), min(x0 + window, W)
+            lg = logits_of(y0, x0, y1, x1).float()  # [K, y1 - y0, x1 - x0]
+            if lg.shape[1:] != (y1 - y0, x1 - x0):
+                raise ValueError(f"logits_of gave {tuple(lg.shape)} for a {y1 - y0} x {x1 - x0} window")
+            if total is None:
+                total = torch.zeros(lg.shape[0], H, W)
+            total[:, y0:y1, x0:x1] += lg
+            count[:, y0:y1, x0:x1] += 1
+    return total / count  # every pixel is covered: the last window of each axis ends at its edge
+
+
+@torch.inference_mode()
+def predict_slide(encoder, head, image: ImageInput, *, window_px: int, stride_px: int,
+                  short_side_px: int | None = None, max_patches: int | None = None,
+                  size_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """A label map (int32 ``[H, W]``, the original size or ``size_hw``) for a whole image from sliding windows.
+
+    Args:
+        head: a trained probe (:class:`probes.LinearProbe`): ``layers``, ``pooled`` and ``grid_logits(fmap)``
+            (logits ``[K, gh, gw]``).
+        window_px: the side of the square windows, in pixels of the resized image (DINOv3: 512).
+        stride_px: pixels between window starts (DINOv3: 341); at most ``window_px``.
+        short_side_px: the image is first resized (bilinear) so its short side is this (default ``window_px``:
+            windows then span the short side and slide along the long one).
+        max_patches: each window's token budget (default ``(window_px // patch_size) ** 2``: a 512 px window at
+            patch 14 is 36 x 36 = 1,296 tokens; a window is encoded at its own aspect ratio, square ones exactly).
+
+    Each window's logits are upsampled bilinearly to its pixels and averaged where windows overlap
+    (:func:`slide_logits`); the averaged logits are upsampled bilinearly to the output size and argmax'd.
+    """
+    p = encoder.patch_size
+    if window_px < p:
+        raise ValueError(f"window_px={window_px} is smaller than one patch ({p} px)")
+    if not 1 <= stride_px <= window_px:
+        raise ValueError(f"stride_px={stride_px} must be in [1, window_px={window_px}] (windows leave no gaps)")
+    short = int(short_side_px or window_px)
+    if short < 1:
+        raise ValueError(f"short_side_px={short_side_px} must be positive")
+    budget = int(max_patches or (window_px // p) ** 2)
+    rgb = load_image(image)
+    H, W = rgb.shape[:2]
+    h2, w2 = resize_short_side((H, W), short)
+    if (h2, w2) != (H, W):
+        rgb = np.asarray(Image.fromarray(rgb).resize((w2, h2), resample=Image.Resampling.BILINEAR))
+    layers = tuple(head.layers)
+    pooled = bool(getattr(head, "pooled", False))
+    if pooled and encoder.num_layers - 1 not in layers:
+        layers = (*layers, encoder.num_layers - 1)  # the pooled embedding is the MAP head over the last block
+    from dense.cache import with_pooled
+
+    def logits_of(y0: int, x0: int, y1: int, x1: int) -> torch.Tensor:
+        fmap = encoder.extract(rgb[y0:y1, x0:x1], max_patches=budget, layers=layers)
+        if pooled:
+            fmap = with_pooled(encoder, fmap)
+        grid = head.grid_logits(fmap)[None]  # [1, K, gh, gw]
+        return F.interpolate(grid, size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
+
+    logits = slide_logits((h2, w2), window_px, stride_px, logits_of)  # [K, h2, w2]
+    out_hw = tuple(size_hw or (H, W))
+    if tuple(logits.shape[1:]) != out_hw:
+        logits = F.interpolate(logits[None], size=out_hw, mode="bilinear", align_corners=False)[0]
+    return logits.argmax(0).to(torch.int32).numpy()

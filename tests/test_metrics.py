@@ -49,6 +49,48 @@ def test_absent_class_is_left_out_of_the_mean():
     assert figs["pixel_acc"] == pytest.approx(3 / 4)
 
 
+def test_miou_matches_sklearn_on_random_maps_with_ignore_and_absent_classes():
+    """mIoU as mmsegmentation computes it (one confusion matrix over the split, ignore index skipped, classes absent
+    from both ground truth and prediction left out of the mean; a class only predicted counts with IoU 0) against
+    scikit-learn's jaccard_score on the pooled pixels, to 1e-9."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(1)
+    K = 12
+    names = [f"c{k}" for k in range(K)]
+    in_gt = np.array([0, 1, 2, 3, 4, 5, 6, 7])  # 8, 9: only predicted; 10, 11: in neither (left out)
+    meter = SegmentationMeter(names)
+    all_gt, all_pred, per_image = [], [], []
+    for i, (H, W) in enumerate([(31, 47), (64, 20), (17, 90), (50, 50)]):  # images of different sizes
+        gt = rng.choice(in_gt, size=(H, W))
+        gt[rng.random((H, W)) < 0.15] = IGNORE
+        pred = np.where(rng.random((H, W)) < 0.55, np.where(gt == IGNORE, 8, gt), rng.integers(0, 10, (H, W)))
+        pred[gt == IGNORE] = rng.integers(0, K, int((gt == IGNORE).sum()))  # whatever is predicted there: ignored
+        if i == 0:
+            gt[gt == 7] = 6  # class 7 only in the later images: a dataset-level mean, not per image
+        per_image.append(segmentation_figures(meter.update(pred, gt))["mIoU"])
+        keep = gt != IGNORE
+        all_gt.append(gt[keep])
+        all_pred.append(pred[keep])
+    gt, pred = np.concatenate(all_gt), np.concatenate(all_pred)
+    assert 10 not in pred and 11 not in pred and 8 in pred and 9 in pred
+    figs = meter.figures()
+    present = np.union1d(gt, pred)  # the classes of the mean: in the ground truth or the prediction
+    assert present.tolist() == list(range(10))
+    want = jaccard_score(gt, pred, labels=present, average="macro")
+    assert abs(figs["mIoU"] - want) <= 1e-9
+    per_class = jaccard_score(gt, pred, labels=present, average=None)
+    for k, iou in zip(present, per_class, strict=True):
+        assert abs(figs[f"IoU/c{k}"] - iou) <= 1e-9
+    assert "IoU/c10" not in figs and "IoU/c11" not in figs  # absent from both: not classes of the mean
+    assert figs["IoU/c8"] == 0.0 and figs["IoU/c9"] == 0.0  # only predicted: IoU 0, counted (mmsegmentation)
+    assert abs(figs["pixel_acc"] - (gt == pred).mean()) <= 1e-9
+    with pytest.warns(UserWarning, match="y_pred contains classes not in y_true"):
+        mean_acc = balanced_accuracy_score(gt, pred)  # recall averaged over the classes in the ground truth
+    assert abs(figs["mean_acc"] - mean_acc) <= 1e-9
+    assert abs(figs["mIoU"] - np.mean(per_image)) > 1e-3  # the mean of per-image mIoU is another figure
+
+
 def test_out_of_range_labels_raise():
     with pytest.raises(ValueError, match=r"\[7\]"):
         confusion_matrix(np.array([0, 7]), np.array([0, 1]), 3)

@@ -12,7 +12,9 @@ file (``--json``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -39,3 +41,20 @@ class Result:
     def to_json(self) -> dict:
         return {"figures": self.figures, "intervals": {k: list(v) for k, v in self.intervals.items()},
                 "meta": self.meta, "rows": self.rows}
+
+
+def update_calibration(path: str | Path, entries: dict) -> Path:
+    """Merge ``entries`` into the ``dense_calibration.json`` at ``path`` (created if missing; its other keys are
+    kept, ``measured`` is merged per key) and write it atomically. The result must be a valid calibration
+    (:class:`dense.encoder.Calibration`): nothing is written otherwise."""
+    from dense._atomic import write_json
+    from dense.encoder import Calibration
+
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    measured = {**data.get("measured", {}), **entries.get("measured", {})}
+    data.update({k: v for k, v in entries.items() if k != "measured"})
+    if measured:
+        data["measured"] = measured
+    Calibration.from_dict(data, str(path))
+    return write_json(path, data, indent=2)

@@ -73,10 +73,10 @@ class _Data:
         if ann is not None:
             from dense.coco import load_coco
 
-            anns, folders = _per_split(ann, "annotation file (ann=, --ann)"), _per_split(images, "image folder "
-                                                                                                   "(images=, --images)")
             if images is None:
                 raise ValueError("no image folder for the annotations: give images= (--images)")
+            anns = _per_split(ann, "annotation file (ann=, --ann)")
+            folders = _per_split(images, "image folder (images=, --images)")
             for split, path in anns.items():
                 folder = folders.get(split, folders.get(None))
                 if folder is None:
@@ -97,7 +97,8 @@ class _Data:
             self.what = "datasets of splits " + ", ".join(map(str, dataset))
         else:
             self.by_split[None] = dataset
-            self.what = str(getattr(dataset, "root", None) or getattr(dataset, "source", None) or type(dataset).__name__)
+            where = getattr(dataset, "root", None) or getattr(dataset, "source", None)
+            self.what = str(where or type(dataset).__name__)
         self.name = dataset if isinstance(dataset, str) else None
 
     def splits(self) -> list[str]:

@@ -31,7 +31,7 @@ OPTIONS = {
     "--json": "write the results as JSON here (atomically)",
     "--quiet": "no progress bars",
     "--batch-size": "images per extraction pass",
-    "--train-batch-size": "images per training step",
+    "--train-batch-size": "training samples per step",
     "--seed": "seed of the command's random draws",
     "--limit": "the first N images only",
     "--images": "image folder",
@@ -42,7 +42,8 @@ OPTIONS = {
     "--split": "the split to read (the images' 'split' field for COCO files)",
     "--train-split": "the split heads are trained on",
     "--val-split": "the split the best head is chosen on",
-    "--test-split": "the split scored once, with the chosen head (none: no test report)",
+    "--test-split": "the split scored once, at the end, with the head trained and chosen before (none: no test "
+                    "report)",
     "--holdout": "choose on a seeded FRACTION of --train-split (split 'holdout') and train on the rest ('fit'), "
                  "instead of on --val-split",
     "--holdout-seed": "seed of the --holdout draw",

@@ -69,7 +69,7 @@ def add(sub, parent) -> None:
     opt(r, "--refs", required=True, type=existing("file"))
     opt(r, "--images", required=True, type=existing("folder"))
     opt(r, "--train-split", default="train")
-    opt(r, "--val-split", "reported too", default="val")
+    opt(r, "--split", "the split reported", default="val")
     opt(r, "--test-split")
     add_templates(r)
     add_max_patches(r)
@@ -105,7 +105,7 @@ def sweep_options(t) -> None:
     opt(t, "--layer-sets", type=layer_sets, metavar="SETS")
     opt(t, "--lrs", type=floats, default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1")
     opt(t, "--epochs", type=positive_int, default=10)
-    opt(t, "--train-batch-size", "all images of a step share one patch grid", type=positive_int, default=16)
+    opt(t, "--train-batch-size", "images, all of one patch grid", type=positive_int, default=16)
     opt(t, "--label-scale", type=positive_int, default=1)
     opt(t, "--weight-decay", type=float, default=0.0)
     opt(t, "--feature-dtype", choices=STORE_DTYPES, default="float32")
@@ -208,7 +208,7 @@ def run_refer(args) -> int:
 
     torch.set_num_threads(args.threads)
     res = evaluate_refer_head_protocol(args.model, ann=args.ann, refs=args.refs, images=args.images,
-                                       train_split=args.train_split, val_split=args.val_split,
+                                       train_split=args.train_split, split=args.split,
                                        test_split=args.test_split, templates=args.templates,
                                        max_patches=args.max_patches, steps=args.steps,
                                        train_batch_size=args.train_batch_size, lr=args.lr, seed=args.seed,

@@ -203,12 +203,12 @@ def box_threshold_calibration(res: Result, method: str, *, command: str | None =
 
 
 def evaluate_refer_head_protocol(encoder, *, ann: str | Path, refs: str | Path, images: str | Path,
-                                 train_split: str = "train", val_split: str = "val", test_split: str | None = None,
+                                 train_split: str = "train", split: str = "val", test_split: str | None = None,
                                  templates: Sequence[str] | None = None, max_patches: int | None = None,
                                  steps: int = 1500, train_batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                                  device: str | None = None, dtype: str | None = None) -> Result:
     """Train the small referring head (:mod:`probes.refer_head`) on ``train_split``'s expressions over frozen tokens
-    and report Acc@0.5 and pointing on ``val_split`` (and ``test_split`` once, when given).
+    and report Acc@0.5 and pointing on ``split`` (and on ``test_split`` once, when given).
 
     Every split is checked before the model is loaded. ``encoder``: an Encoder or a name for :func:`dense.load_encoder`
     (with ``device``, ``dtype``). Figures: ``<split>/acc@0.5``, ``<split>/pointing`` per reported split; ``meta``:
@@ -222,12 +222,12 @@ def evaluate_refer_head_protocol(encoder, *, ann: str | Path, refs: str | Path, 
             raise ValueError(f"{name} must be at least 1, got {v}")
     if max_patches is not None and max_patches < 1:
         raise ValueError(f"max_patches must be at least 1 (None: the checkpoint's budget), got {max_patches}")
-    reported = [val_split] + ([test_split] if test_split else [])
-    if test_split is not None and test_split in (train_split, val_split):
+    reported = [split] + ([test_split] if test_split else [])
+    if test_split is not None and test_split in (train_split, split):
         raise ValueError(f"the reported split {test_split!r} must not be the one trained on or chosen on")
     ds = coco.load_coco(ann, images)
-    for split in (train_split, *reported):
-        refs_of_split(refs, ds, split)  # each split holds expressions, before any extraction
+    for s in (train_split, *reported):
+        refs_of_split(refs, ds, s)  # each split holds expressions, before any extraction
     if isinstance(encoder, (str, Path)):
         from dense.encoder import load_encoder
 
@@ -240,11 +240,11 @@ def evaluate_refer_head_protocol(encoder, *, ann: str | Path, refs: str | Path, 
                             log_every=max(steps // 10, 1))
     t2 = time.perf_counter()
     figures, counts = {}, {train_split: len(train)}
-    for split in reported:
-        samples, masks = dataset_samples(encoder, ann, refs, images, split=split, **common)
+    for s in reported:
+        samples, masks = dataset_samples(encoder, ann, refs, images, split=s, **common)
         r = evaluate_refer_head(head, samples, masks)
-        figures.update({f"{split}/{k}": v for k, v in r.figures.items()})
-        counts[split] = r.meta["expressions"]
+        figures.update({f"{s}/{k}": v for k, v in r.figures.items()})
+        counts[s] = r.meta["expressions"]
     meta = {"task": "refer-head", "ann": str(ann), "refs": str(refs), "encoder": encoder.spec(), "steps": steps,
             "train_batch_size": train_batch_size, "lr": lr, "seed": seed, "train_split": train_split,
             "reported": reported, "expressions": counts, "seconds_features": t1 - t0, "seconds_train": t2 - t1}

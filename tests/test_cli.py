@@ -287,6 +287,6 @@ def test_calibration_out_writes_the_refinement_it_chose(world, tiny_siglip_dir, 
     again = evaluate_openvocab(enc, world / "annotations.json", world / "images", split="val", resamples=10)
     assert again.figures["map-value+pamr/mIoU"] == pytest.approx(measured["mIoU"])
     # background prompts cannot be a calibration: refused before any work
-    assert main([*argv[:-4], "--background", "sky,ground", "--json", str(tmp_path / "r2.json")]) == 1
+    assert main([*argv[:-3], "--background", "sky,ground", "--json", str(tmp_path / "r2.json")]) == 1
     assert "not prompts" in _one_line(capsys) and not (tmp_path / "r2.json").exists()
     assert np.isfinite(measured["pixel_acc"])

@@ -290,3 +290,11 @@ def test_calibration_out_writes_the_refinement_it_chose(world, tiny_siglip_dir, 
     assert main([*argv[:-3], "--background", "sky,ground", "--json", str(tmp_path / "r2.json")]) == 1
     assert "not prompts" in _one_line(capsys) and not (tmp_path / "r2.json").exists()
     assert np.isfinite(measured["pixel_acc"])
+
+
+def test_a_zero_token_budget_is_an_error_not_the_default(tiny_encoder):
+    rgb = random_rgb(20, 30)
+    for call in (lambda: tiny_encoder.extract(rgb, max_patches=0),
+                 lambda: list(tiny_encoder.extract_many([rgb], max_patches=0))):
+        with pytest.raises(ValueError, match="max_patches must be >= 1, got 0"):
+            call()

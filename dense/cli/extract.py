@@ -5,6 +5,7 @@ from __future__ import annotations
 from dense.cli._args import (
     DenseError,
     add_dataset,
+    add_json,
     add_max_patches,
     add_model,
     add_quiet,
@@ -15,6 +16,7 @@ from dense.cli._args import (
     opt,
     positive_int,
     runtime,
+    write_json,
 )
 
 
@@ -33,6 +35,7 @@ def add(sub, parent) -> None:
     add_runtime(p)
     opt(p, "--batch-size", type=positive_int, default=8)
     opt(p, "--skip-bad", action="store_true")
+    add_json(p, "what was extracted, cached and skipped")
     add_quiet(p)
 
 
@@ -105,4 +108,6 @@ def run(args) -> int:
               f"{plan.world_size:>6}")
         if skipped:
             print(f"{len(skipped)} unreadable image(s) skipped; each was named above as it was met")
+        write_json(args.json, {"cache": str(cache.entries), "spec": cache.spec, **tot, "skipped": skipped,
+                               "ranks": plan.world_size})
     return 0

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import random_rgb
 from PIL import Image
 
 from dense.cli import build_parser, main
 from dense.cli._args import OPTIONS, flags_by_command, option_table
-from conftest import random_rgb
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -346,8 +346,8 @@ def evaluate_saved_probe(probe, encoder, *, cache: str | Path, split: str = "tes
     """Score a saved probe on one split at the original resolution (extracting missing features into the cache).
 
     ``probe``: a :class:`probes.LinearProbe` or its file. ``encoder``, the data, ``upsample``/``upsampler`` and the
-    extraction options: as :func:`evaluate_linear_probe`. The cache is read at the probe's layers, pooled embedding
-    and stored dtype (those it was trained from). A probe of another encoder, or of other classes, is refused
+    extraction options: as :func:`evaluate_linear_probe`. The cache is read at the probe's layers, pooled embedding,
+    stored dtype and (unless ``max_patches`` is given) token budget: those it was trained from. A probe of another encoder, or of other classes, is refused
     before any image is read. Figures: as :func:`evaluate_probes`; ``meta``: split, images, the probe's key and
     file, the encoder spec.
     """
@@ -373,6 +373,7 @@ def evaluate_saved_probe(probe, encoder, *, cache: str | Path, split: str = "tes
 
     encoder = _encoder(encoder, device, dtype)
     spec = probe.encoder_spec
+    max_patches = spec.get("max_patches") if max_patches is None else max_patches  # the budget it was trained at
     layers = tuple(spec.get("layers", probe.layers))
     stored = _store_dtype(spec.get("store_dtype", "float32"), "the probe's store_dtype")
     cache_ = FeatureCache.for_encoder(cache, encoder, max_patches=max_patches, layers=layers,

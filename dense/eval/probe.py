@@ -347,9 +347,9 @@ def evaluate_saved_probe(probe, encoder, *, cache: str | Path, split: str = "tes
 
     ``probe``: a :class:`probes.LinearProbe` or its file. ``encoder``, the data, ``upsample``/``upsampler`` and the
     extraction options: as :func:`evaluate_linear_probe`. The cache is read at the probe's layers, pooled embedding,
-    stored dtype and (unless ``max_patches`` is given) token budget: those it was trained from. A probe of another encoder, or of other classes, is refused
-    before any image is read. Figures: as :func:`evaluate_probes`; ``meta``: split, images, the probe's key and
-    file, the encoder spec.
+    stored dtype and (unless ``max_patches`` is given) token budget: those it was trained from. A probe of another
+    encoder, or of other classes, is refused before any image is read. Figures: as :func:`evaluate_probes`;
+    ``meta``: split, images, the probe's key and file, the encoder spec.
     """
     from probes import LinearProbe
 

@@ -77,7 +77,7 @@ def run_one(args) -> dict:
     data_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     timings = {}
     t0 = time.perf_counter()
-    orig_stats, orig_eval = pt._token_stats, pt.evaluate_probes
+    orig_stats, orig_eval = pt._token_stats, pt.score_probes
 
     def stats(*a, **k):
         out = orig_stats(*a, **k)
@@ -91,7 +91,7 @@ def run_one(args) -> dict:
         timings["val"] = time.perf_counter() - t1
         return out
 
-    pt._token_stats, pt.evaluate_probes = stats, evaluate
+    pt._token_stats, pt.score_probes = stats, evaluate
     lrs = tuple(float(x) for x in 10.0 ** np.linspace(-4, -2, args.heads))
     cfg = ProbeConfig(lrs=lrs, epochs=args.epochs, batch_size=args.batch_size, feature_dtype="bfloat16")
     train_probes(train, val, [f"c{k}" for k in range(args.classes)], cfg, progress=False)

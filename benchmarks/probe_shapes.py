@@ -74,10 +74,11 @@ def main() -> None:
     print(f"{'encoder':<12} {'train/val/test':>15} {'best head':<22} {'val mIoU':>8} {'test mIoU':>9} "
           f"{'test pix acc':>12} {'seconds':>8}")
     for tag, res, sec in rows:
-        sp = res["splits"]
-        print(f"{tag:<12} {sp['train']:>5}/{sp['val']:>4}/{sp['test']:>4} {res['best']:<22} "
-              f"{100 * res['sweep'][res['best']]['mIoU']:>8.2f} {100 * res['test']['mIoU']:>9.2f} "
-              f"{100 * res['test']['pixel_acc']:>12.2f} {sec:>8.1f}")
+        m, test = res["meta"], res["figures"]  # dense.eval.Result.to_json()
+        sp = m["splits"]
+        print(f"{tag:<12} {sp['train']:>5}/{sp['val']:>4}/{sp['test']:>4} {m['best']:<22} "
+              f"{100 * m['sweep'][m['best']]['mIoU']:>8.2f} {100 * test['mIoU']:>9.2f} "
+              f"{100 * test['pixel_acc']:>12.2f} {sec:>8.1f}")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def run_one(args) -> dict:
     # time the training loop and the validation separately: wrap the evaluator the sweep calls at its end
     import probes.train as pt
 
-    orig = pt.evaluate_probes
+    orig = pt.score_probes
 
     def timed(*a, **k):
         timings["train"] = time.perf_counter() - t0
@@ -71,7 +71,7 @@ def run_one(args) -> dict:
         timings["val"] = time.perf_counter() - t1
         return out
 
-    pt.evaluate_probes = timed
+    pt.score_probes = timed
     res = train_probes(train, val, [f"c{k}" for k in range(K)], cfg, progress=False)
     return {"images": args.images, "epochs": args.epochs, "heads": len(lrs), "classes": K,
             "feature_dtype": args.feature_dtype, "threads": args.threads, "label_scale": args.label_scale,

@@ -207,6 +207,8 @@ class Calibration:
     box_threshold: float = 0.5  # localize(): relative heatmap threshold in [0, 1] for the box without candidates
     templates: tuple[str, ...] = ("{}",)  # prompt templates, one "{}" each; ("{}",) = verbatim
     max_patches: int | None = None  # token budget for dense tasks; None = the checkpoint's trained count
+    refine: str = "none"  # segment(): refinement of the scores with the image ('none', 'pamr': dense.refine)
+    windows: int = 1  # segment(): n x n sliding windows, each at the token budget (1: the whole image at once)
     source: str = field(default="neutral defaults", compare=False)  # where the values came from
 
     @classmethod
@@ -216,6 +218,12 @@ class Calibration:
         if unknown:
             raise CheckpointError(f"{source}: unknown calibration keys {unknown}; expected some of {sorted(known)}")
         kw = {k: v for k, v in data.items() if k in known}
+        from dense.refine import REFINES
+
+        if kw.get("refine", "none") not in REFINES:
+            raise CheckpointError(f"{source}: refine must be one of {', '.join(REFINES)}, got {kw['refine']!r}")
+        if not isinstance(kw.get("windows", 1), int) or kw.get("windows", 1) < 1:
+            raise CheckpointError(f"{source}: windows must be a whole number >= 1, got {kw['windows']!r}")
         if "templates" in kw:
             kw["templates"] = tuple(kw["templates"])
         return cls(**kw, source=source)

@@ -190,7 +190,8 @@ class CocoDataset:
 
     def image_path(self, image_id: int) -> Path:
         if self.image_dir is None:
-            raise ValueError(f"{self.source}: no image folder was given to load_coco")
+            raise ValueError(f"{self.source}: no image folder was given for its images (--images DIR, or "
+                             f"load_coco(..., image_dir))")
         return self.image_dir / self.image_info(image_id)["file_name"]
 
     def anns(self, image_id: int, *, crowd: bool = True) -> list[dict]:

@@ -23,6 +23,9 @@ from dense._atomic import write_text
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 BUNDLED_MODEL = "shapes-tiny-v2"
+# make_shapes splits 70/15/15 by floor + remainder to the largest: 7 images is the fewest with an image in each of
+# train, val and test
+MIN_SYNTHETIC_IMAGES = 7
 
 METRICS_HELP = {
     "mIoU": "mean intersection-over-union: per class, the overlap of predicted and true pixels divided by their "
@@ -103,31 +106,42 @@ class _Page:
 
 def run_demo(out_dir: str | Path = "dense-demo", *, model: str = BUNDLED_MODEL, images: str | Path | None = None,
              queries: list[str] | None = None, n_images: int = 120, seed: int = 0, max_images: int = 4,
+             device: str | None = None, dtype: str | None = None, max_patches: int | None = None,
              progress: bool = True) -> dict:
     """Run the demo and return its figures (also written to ``out_dir/summary.json``); see the module docstring.
 
     ``max_images``: how many images the figures show (of your photos: how many are used at all; the page and
     :func:`format_summary` say how many were left out). A synthetic world from an earlier run in ``out_dir`` is
-    reused only when it was drawn with the same ``n_images`` and ``seed``; otherwise it is drawn again."""
+    reused only when it was drawn with the same ``n_images`` and ``seed``; otherwise it is drawn again. ``device``,
+    ``dtype``: as :func:`dense.load_encoder`; ``max_patches``: the token budget of every extraction (None: the
+    checkpoint's, and at least 256 for the linear probe)."""
     import dense
 
     if max_images < 1:
         raise ValueError(f"max_images must be at least 1, got {max_images}")
+    if max_patches is not None and max_patches < 1:
+        raise ValueError(f"max_patches must be at least 1, got {max_patches}")
+    if images is None and n_images < MIN_SYNTHETIC_IMAGES:
+        raise ValueError(f"n_images must be at least {MIN_SYNTHETIC_IMAGES} (the synthetic world is split 70/15/15 "
+                         f"into train, val and test, and each needs an image), got {n_images}")
+    if images is not None and not queries:
+        raise ValueError("--images needs --queries (what to look for in your photos)")
+    if queries is not None and any(not str(q).strip() for q in queries):
+        raise ValueError("a query of --queries is empty; give some text")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    encoder = dense.load_encoder(model)
+    encoder = dense.load_encoder(model, **{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
     if images is None:
         summary = _synthetic(encoder, out, n_images=n_images, seed=seed, max_images=max_images,
-                             queries=queries, progress=progress)
+                             queries=queries, max_patches=max_patches, progress=progress)
     else:
-        if not queries:
-            raise ValueError("--images needs --queries (what to look for in your photos)")
         paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise ValueError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)})")
         bundled = str(model).startswith("shapes-tiny")
-        summary = _photos(encoder, out, paths, queries, max_images=max_images, bundled=bundled)
+        summary = _photos(encoder, out, paths, queries, max_images=max_images, bundled=bundled,
+                          max_patches=max_patches)
     summary.update(model=model, seconds=round(time.perf_counter() - t0, 1))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -151,8 +165,9 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  {'figure':<34} {'value':>8}   count")
         lines += [f"  {name:<34} {value:>8}   {count}".rstrip() for name, value, count in rows]
     else:
+        n_queries = len(summary.get("queries", []))
         lines.append(f"dense demo: {summary['images']} of {summary.get('photos_found', summary['images'])} photos, "
-                     f"{len(summary.get('queries', []))} queries, model {summary.get('model', '?')}")
+                     f"{n_queries} {'query' if n_queries == 1 else 'queries'}, model {summary.get('model', '?')}")
         if summary.get("left_out"):
             lines.append(f"  left out ({len(summary['left_out'])}, raise --max-images to include them): "
                          + ", ".join(summary["left_out"][:8]) + (" ..." if len(summary["left_out"]) > 8 else ""))
@@ -162,14 +177,15 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _feature_panels(encoder, page: _Page, out: Path, items: list[tuple[str, object]], queries_for) -> None:
+def _feature_panels(encoder, page: _Page, out: Path, items: list[tuple[str, object]], queries_for,
+                    max_patches: int | None = None) -> None:
     """PCA and heatmap figures for ``(name, image)`` pairs; ``queries_for(name)`` lists each image's queries."""
     from dense import heatmap, viz
 
     method = encoder.calibration.method
     pca_names, heat_names = [], []
     for name, image in items:
-        fmap = encoder.extract(image, layers=heatmap.required_layers(method))
+        fmap = encoder.extract(image, layers=heatmap.required_layers(method), max_patches=max_patches)
         pca_names.append(_save(viz.pca(fmap, image), out / f"pca_{name}.png"))
         queries = queries_for(name)
         scores = heatmap.upsample(heatmap.patch_scores(encoder, fmap, queries, method=method), fmap)  # [T, H, W]
@@ -203,7 +219,8 @@ def _synthetic_data(data: Path, cache: Path, *, n_images: int, seed: int) -> Non
     write_text(stamp, json.dumps(params))  # last: a run cut short leaves no stamp, so the next one draws again
 
 
-def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int, queries, progress: bool) -> dict:
+def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int, queries, progress: bool,
+               max_patches: int | None = None) -> dict:
     from dense import viz
     from dense.cache import FeatureCache, dataset_items, extract_to_cache
     from dense.coco import load_coco, load_refs
@@ -232,11 +249,11 @@ def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int,
         present = sorted({ds.category_name(a["category_id"]) for a in ds.anns(int(name), crowd=False)})
         return present[:3] or [names.get(name, "red circle")]
 
-    _feature_panels(encoder, page, out, [(str(i), ds.image_path(i)) for i in shown], queries_for)
+    _feature_panels(encoder, page, out, [(str(i), ds.image_path(i)) for i in shown], queries_for, max_patches)
 
     # linear probe: cache features once, train on train, choose on val, report test once
     # a finer grid than the default budget: shapes-tiny's 8-px patches at 64 tokens are too coarse for masks
-    probe_patches = max(256, encoder.pixels.max_patches)
+    probe_patches = max_patches or max(256, encoder.pixels.max_patches)
     cache = FeatureCache.for_encoder(out / "cache", encoder, max_patches=probe_patches)
     extract_to_cache(encoder, dataset_items(ds), cache, max_patches=probe_patches, progress=progress)
     samples = {s: load_samples(ds, cache, s) for s in ("train", "val", "test")}
@@ -266,7 +283,7 @@ def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int,
     for ref in refs:
         by_image.setdefault(ref.image_id, []).append(ref)
     for image_id, image_refs in by_image.items():
-        loc = Localizer(encoder, ds.image_path(image_id))
+        loc = Localizer(encoder, ds.image_path(image_id), max_patches=max_patches)
         shown_boxes, shown_gt, shown_labels, shown_points = [], [], [], []
         for ref in image_refs:
             for sentence in ref.sentences:
@@ -300,7 +317,7 @@ def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int,
 
 
 def _photos(encoder, out: Path, all_paths: list[Path], queries: list[str], *, max_images: int,
-            bundled: bool) -> dict:
+            bundled: bool, max_patches: int | None = None) -> dict:
     import dense
     from dense import viz
     from dense.localize import Localizer
@@ -316,12 +333,13 @@ def _photos(encoder, out: Path, all_paths: list[Path], queries: list[str], *, ma
                   + ", ".join(p.name for p in left_out[:20]) + (" ..." if len(left_out) > 20 else ""))
     if bundled:
         page.note(SHAPES_TINY_NOTE)
-    _feature_panels(encoder, page, out, list(zip(names, paths, strict=True)), lambda name: list(queries))
+    _feature_panels(encoder, page, out, list(zip(names, paths, strict=True)), lambda name: list(queries),
+                    max_patches)
     seg_names, box_names = [], []
     for name, p in zip(names, paths, strict=True):
-        labels = dense.segment(encoder, p, queries)
+        labels = dense.segment(encoder, p, queries, max_patches=max_patches)
         seg_names.append(_save(viz.label_map(p, labels, queries), out / f"segment_{name}.png"))
-        found = Localizer(encoder, p).localize_many(queries)
+        found = Localizer(encoder, p, max_patches=max_patches).localize_many(queries)
         fig = viz.boxes(p, np.array([f.box_xyxy for f in found]), list(queries),
                         points_xy=np.array([f.point_xy for f in found]))
         box_names.append(_save(fig, out / f"refer_{name}.png"))

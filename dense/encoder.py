@@ -98,7 +98,7 @@ class Encoder:
         """
         return {"fingerprint": self.fingerprint, "family": self.family, "patch_size": self.patch_size,
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers,
-                "max_patches": int(max_patches or self.pixels.max_patches),
+                "max_patches": int(self.pixels.max_patches if max_patches is None else max_patches),
                 "layers": list(block_indices(layers, self.num_layers)),
                 "dtype": str(self.dtype).removeprefix("torch.")}
 
@@ -141,7 +141,8 @@ class Encoder:
     def prepare(self, image: ImageInput, max_patches: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
         """Read an image and choose its grid: ``(uint8 [H, W, 3], (gh, gw))``."""
         rgb = load_image(image)
-        return rgb, choose_grid(rgb.shape[:2], self.patch_size, int(max_patches or self.pixels.max_patches))
+        budget = self.pixels.max_patches if max_patches is None else max_patches  # 0 is an error, not the default
+        return rgb, choose_grid(rgb.shape[:2], self.patch_size, int(budget))
 
     def feature_map(self, tokens: torch.Tensor, image_hw, grid_hw, max_patches, layers) -> FeatureMap:
         gh, gw = grid_hw
@@ -180,7 +181,9 @@ class Encoder:
         if num_workers is None:
             num_workers = default_num_workers(self.device, total)
         window = int(window or 8 * batch_size)
-        max_patches = int(max_patches or self.pixels.max_patches)
+        max_patches = int(self.pixels.max_patches if max_patches is None else max_patches)
+        if max_patches < 1:  # before any image is read
+            raise ValueError(f"max_patches must be >= 1, got {max_patches}")
         stream = prepared_stream(images, self.pixels, max_patches, num_workers=num_workers,
                                  pin_memory=self.device.type == "cuda")
         bar = tqdm(total=total, desc="extract", unit="img", disable=not progress)

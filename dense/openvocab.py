@@ -28,6 +28,17 @@ from dense.heatmap import (
 from dense.text import embed_texts
 
 
+def _check_queries(queries: Sequence[str], what: str) -> list[str]:
+    """Text queries: at least one, none empty."""
+    queries = list(queries)
+    if not queries:
+        raise ValueError(f"{what} is empty: give at least one text query")
+    empty = [k for k, q in enumerate(queries) if not str(q).strip()]
+    if empty:
+        raise ValueError(f"{what}[{empty[0]}] is an empty query: give some text")
+    return queries
+
+
 def _as_batch(images) -> tuple[list, bool]:
     """``(list of images, was it a batch)``: a list or tuple is a batch; anything else is one image."""
     if isinstance(images, (list, tuple)):
@@ -59,6 +70,7 @@ def classify(encoder, image: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], la
 
     Independent per label (SigLIP's sigmoid, not a softmax): they need not sum to one.
     """
+    _check_queries([labels] if isinstance(labels, str) else labels, "labels")
     images, batch = _as_batch(image)
     img = embed_images(encoder, images, max_patches=max_patches)  # [B, E]
     text = embed_texts(encoder, labels, templates=templates_of(encoder, templates))  # [T, E]
@@ -82,7 +94,7 @@ def retrieve(image_emb: torch.Tensor, text_emb: torch.Tensor, *, k: int = 5, by:
 
 def segment(encoder, image: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], class_names: Sequence[str], *,
             background: float | Sequence[str] | None = None, method: str | None = None,
-            templates: Sequence[str] | None = None, max_patches: int | None = None, windows: int = 1,
+            templates: Sequence[str] | None = None, max_patches: int | None = None, windows: int | None = None,
             refine: str | None = None) -> np.ndarray | list[np.ndarray]:
     """Training-free semantic segmentation at the original resolution: int32 ``[H, W]``, 0 = background, ``k + 1`` =
     ``class_names[k]``; a list of images gives a list of label maps.
@@ -90,18 +102,26 @@ def segment(encoder, image: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], cla
     ``background``: a probability threshold (a pixel whose best class scores below it is background; ``0`` labels
     every pixel with its best class), a list of background prompts (``["background", "sky"]``) that compete with the
     classes in the argmax and win as 0, or None for the encoder's calibrated threshold. ``windows`` (sliding windows)
-    and ``refine`` (``"pamr"``): see :func:`dense.heatmap.image_scores`; both need the image, not a FeatureMap.
+    and ``refine`` (``"pamr"``): see :func:`dense.heatmap.image_scores`; None: the encoder's calibration; both need
+    the image, not a FeatureMap.
     """
-    class_names = list(class_names)
-    if not class_names:
-        raise ValueError("class_names is empty")
+    class_names = _check_queries(class_names, "class_names")
+    cal = encoder.calibration
+    windows = cal.windows if windows is None else windows
+    refine = cal.refine if refine is None else refine
     if background is None:
-        background = encoder.calibration.background or 0.0
+        background = cal.background or 0.0
+    if isinstance(background, (int, float)) and not 0.0 <= background <= 1.0:
+        raise ValueError(f"background threshold must be in [0, 1], got {background}")
     bg_prompts = background_prompts(background)
     images, batch = _as_batch(image)
     out = []
+    pixels = windows > 1 or refine not in (None, "none")
+    if pixels and any(isinstance(im, FeatureMap) for im in images):
+        raise ValueError(f"windows={windows}, refine={refine!r} (the encoder's calibration unless given) need the "
+                         "image's pixels: pass the image, not a FeatureMap, or windows=1, refine='none'")
     for im in images:
-        if windows > 1 or refine not in (None, "none"):  # scores at the image's pixels
+        if pixels:  # scores at the image's pixels
             probs = image_scores(encoder, im, class_names + bg_prompts, method=method, templates=templates,
                                  max_patches=max_patches, windows=windows, refine=refine)  # [C + B, H, W]
             out.append(labels_from_scores(probs, len(class_names), background))  # -> [H, W]

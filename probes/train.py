@@ -21,7 +21,7 @@ Choices, and why:
   instead of ``H * W`` pixels. ``s = 1`` (default) trains on the patch grid itself; ``s > 1`` upsamples the logits
   bilinearly to the cells, closer to full-resolution training but ``s**2`` times the loss cost (measured in
   ``benchmarks/probe_train.py``). Validation and test are always scored at the original image resolution
-  (:mod:`dense.eval.probe`).
+  (:mod:`probes.score`).
 - **Streaming.** Samples from :func:`load_samples` (``stream=True``, the default) are
   :class:`probes.stream.CachedSample`: tokens are read from the cache batch by batch (one batch ahead, on a
   thread), targets are computed from the label map when its batch comes, and the BN statistics pass streams too;
@@ -48,10 +48,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from dense.eval.probe import evaluate_probes
 from dense.features import IDENTITY_KEYS, FeatureMap, block_indices
 from dense.labels import IGNORE
 from probes.linear import LinearProbe, ProbeMismatchError
+from probes.score import score_probes
 
 
 @dataclass(frozen=True)
@@ -410,7 +410,7 @@ def train_probes(train: Sequence, val: Sequence, class_names: Sequence[str], con
             probe.conv.bias.copy_(heads.bias[h])
         probes[key] = probe.eval()
 
-    val_figs = {k: r.figures for k, r in evaluate_probes(probes, val, boundary=False, progress=progress).items()}
+    val_figs = {k: figs for k, (figs, _) in score_probes(probes, val, boundary=False, progress=progress).items()}
     best_key = max(keys, key=lambda k: (np.nan_to_num(val_figs[k]["mIoU"], nan=-1.0), -keys.index(k)))
     best = probes[best_key]
     best.meta["val"] = {k: v for k, v in val_figs[best_key].items() if not k.startswith("IoU/")}

@@ -120,34 +120,31 @@ viz.label_map(image, labels_hw, present)''',
         "DINOv2's protocol on SigLIP tokens: features are extracted once into an on-disk cache (keyed by model, "
         "layers, token budget and dtype), then BatchNorm + 1x1 conv heads for several learning rates train together "
         "in one pass over them; the best on val is reported once on test. The same runs from the shell as "
-        "`dense extract` and `dense probe train`.",
+        "`dense probe train`; both are one call of `dense.eval.probe.evaluate_linear_probe`.",
         SETUP,
-        '''from dense.cache import FeatureCache, dataset_items, extract_to_cache
-from dense.coco import load_coco
-from dense.eval.probe import evaluate_probe
-from probes import ProbeConfig, load_samples, train_probes
+        '''from dense.coco import load_coco
+from dense.eval.probe import evaluate_linear_probe
 
 datasets.make_shapes(work, 60, seed=3)
 ds = load_coco(work / "annotations.json", work / "images")
 {split: len(ds.ids(split)) for split in ("train", "val", "test")}''',
-        "## Cache the features once",
-        '''cache = FeatureCache.for_encoder(work / "cache", enc)
-report = extract_to_cache(enc, dataset_items(ds), cache, progress=False)
-report''',
-        "## Train the sweep, choose on val",
-        '''samples = {split: load_samples(ds, cache, split) for split in ("train", "val", "test")}
-result = train_probes(samples["train"], samples["val"], ds.class_names, ProbeConfig(epochs=10), progress=False)
-{key: round(figs["mIoU"], 3) for key, figs in result.val.items()}''',
-        "## Report test once\nmIoU: per class, the overlap of predicted and true pixels over their union, averaged "
+        "## Cache the features, train the sweep, choose on val, report test once\nOne call: missing features are "
+        "extracted into the cache (a second run reads them from it), every head trains in one pass, the best on val "
+        "is scored once on test.",
+        '''res = evaluate_linear_probe(enc, dataset=ds, cache=work / "cache", test_split="test", epochs=10)
+{key: round(figs["mIoU"], 3) for key, figs in res.meta["sweep"].items()}''',
+        "## The test report\nmIoU: per class, the overlap of predicted and true pixels over their union, averaged "
         "over classes. The figure shows the ground truth beside the prediction; background is left unpainted.",
-        '''test = evaluate_probe(result.best, samples["test"]).figures
-print(f"test mIoU {100 * test['mIoU']:.1f}  pixel accuracy {100 * test['pixel_acc']:.1f}")''',
-        '''sample = samples["test"][0]
-viz.label_map(ds.image_path(int(sample.key)), result.best.predict(sample.fmap), ds.class_names[1:], gt=sample.label)''',
+        '''print(f"chosen {res.meta['best']}: test mIoU {100 * res.figures['mIoU']:.1f}  "
+      f"pixel accuracy {100 * res.figures['pixel_acc']:.1f}")''',
+        '''probe = res.artifacts["probe"]
+image_id = ds.ids("test")[0]
+fmap = enc.extract(ds.image_path(image_id))
+viz.label_map(ds.image_path(image_id), probe.predict(fmap), ds.class_names[1:], gt=ds.label_map(image_id))''',
         "## Save it with the encoder it belongs to\nLoading a probe against features of another encoder is an error.",
         '''from probes import LinearProbe
 
-path = result.best.save(work / "probe.safetensors")
+path = probe.save(work / "probe.safetensors")
 LinearProbe.load(path, encoder=enc)''',
     ],
     "04_referring_expressions.ipynb": [

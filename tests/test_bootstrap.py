@@ -81,12 +81,17 @@ def test_openvocab_rows_carry_counts_and_intervals(tiny_encoder, tiny_siglip_dir
     cal.write_text(json.dumps({"box_threshold": 0.3}))
     assert main(["eval", "openvocab", "--ann", str(tmp_path / "w/annotations.json"), "--images",
                  str(tmp_path / "w/images"), "--model", str(tiny_siglip_dir), "--methods", "raw,map-value+filter",
-                 "--sweep", "0.4", "--choose", "0.05", "--calibration-out", str(cal), "--resamples", "50",
-                 "--out", str(out), "--quiet"]) == 0
+                 "--sweep", "0.4", "--choose", "--guard", "0.05", "--calibration-out", str(cal),
+                 "--resamples", "50", "--json", str(out), "--quiet"]) == 0
     saved = json.loads(out.read_text())
     assert "raw/mIoU" in saved["intervals"] and saved["meta"]["chosen"]["method"] in ("raw", "map-value+filter")
     written = json.loads(cal.read_text())
-    assert written["box_threshold"] == 0.3 and written["method"] == saved["meta"]["chosen"]["method"]
+    chosen = saved["meta"]["chosen"]
+    assert written["box_threshold"] == 0.3 and written["method"] == chosen["method"]
+    assert (written["refine"], written["windows"]) == (chosen["refine"], 1)
+    measured = written["measured"]["segmentation"]
+    assert measured["command"].startswith("dense eval openvocab") and measured["mIoU"] == chosen["mIoU"]
+    assert measured["split"] == "all" and measured["images"] == 4
     from dense.checkpoint import Calibration
 
     Calibration.from_dict(written, str(cal))  # a valid calibration file

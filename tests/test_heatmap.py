@@ -230,7 +230,7 @@ def test_openvocab_eval_and_cli(tiny_encoder, tiny_siglip_dir, tmp_path):
     out = tmp_path / "res.json"
     rc = main(["eval", "openvocab", "--ann", str(tmp_path / "world/annotations.json"), "--images",
                str(tmp_path / "world/images"), "--model", str(tiny_siglip_dir), "--methods", "raw,clear-map-value",
-               "--background", "0", "--out", str(out), "--quiet"])
+               "--background", "0", "--json", str(out), "--quiet"])
     assert rc == 0
     saved = json.loads(out.read_text())
     assert saved["meta"]["methods"] == ["raw", "clear-map-value"] and saved["meta"]["images"] == 3

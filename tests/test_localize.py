@@ -226,7 +226,7 @@ def test_eval_refer_end_to_end(tiny_siglip_dir, tmp_path, capsys):
     out = tmp_path / "refer.json"
     rc = main(["eval", "refer", "--ann", str(world / "annotations.json"), "--refs", str(world / "refs.json"),
                "--images", str(world / "images"), "--split", "val", "--model", str(tiny_siglip_dir),
-               "--thresholds", "0.3,0.6", "--out", str(out), "--quiet"])
+               "--sweep", "0.3,0.6", "--json", str(out), "--quiet"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "random" in text and "map-box" in text and "by relative box threshold" in text

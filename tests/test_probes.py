@@ -143,11 +143,12 @@ def test_cli_train_then_eval(tmp_path, tiny_siglip_dir, tiny_siglip2_dir, capsys
     text = capsys.readouterr().out
     assert "<- best" in text and "reported once" in text
     res = json.loads((tmp_path / "train.json").read_text())
-    assert set(res["sweep"]) == {"lr=0.001 layers=1", "lr=0.01 layers=1"} and res["class_names"][0] == "background"
+    assert set(res["meta"]["sweep"]) == {"lr=0.001 layers=1", "lr=0.01 layers=1"}
+    assert res["meta"]["class_names"][0] == "background" and res["probe"] == str(out)
     rc = main(["probe", "eval", *common, "--probe", str(out), "--split", "test", "--json", str(tmp_path / "e.json")])
     assert rc == 0
     ev = json.loads((tmp_path / "e.json").read_text())
-    assert ev["figures"]["mIoU"] == pytest.approx(res["test"]["mIoU"])
+    assert ev["figures"]["mIoU"] == pytest.approx(res["figures"]["mIoU"])
     assert 0 <= ev["figures"]["bF"] <= 1 and 0 <= ev["figures"]["trimap_mIoU"] <= 1
     capsys.readouterr()
     rc = main(["probe", "eval", *common, "--probe", str(out), "--split", "test", "--upsample", "guided",
@@ -168,7 +169,7 @@ def test_cli_train_then_eval(tmp_path, tiny_siglip_dir, tiny_siglip2_dir, capsys
     argv = [*common[:2], *per_split, *common[4:]]
     assert main(["probe", "train", *argv, "--epochs", "2", "--lrs", "1e-3,1e-2", "--test-split", "test",
                  "--json", str(tmp_path / "split.json")]) == 0
-    assert json.loads((tmp_path / "split.json").read_text())["test"] == pytest.approx(res["test"])
+    assert json.loads((tmp_path / "split.json").read_text())["figures"] == pytest.approx(res["figures"])
     common[1] = str(tiny_siglip2_dir)
     assert main(["probe", "eval", *common, "--probe", str(out), "--split", "test"]) == 1
     assert "trained on another encoder" in capsys.readouterr().err
@@ -262,8 +263,10 @@ def test_cli_protocols_and_bf16_cache(tmp_path, tiny_siglip_dir):
     assert main(["probe", "train", *common, "--epochs", "1", "--lrs", "1e-2", "--protocol", "all", "--last-k", "2",
                  "--store-dtype", "bfloat16", "--out", str(out), "--json", str(tmp_path / "t.json")]) == 0
     res = json.loads((tmp_path / "t.json").read_text())
-    assert res["encoder"]["store_dtype"] == "bfloat16" and res["encoder"]["pooled"] is True
-    assert set(res["sweep"]) == {f"lr=0.01 layers={ls}{p}" for ls in ("1", "0,1", "0") for p in ("", "+pooled")}
+    assert res["meta"]["encoder"]["store_dtype"] == "bfloat16" and res["meta"]["encoder"]["pooled"] is True
+    assert set(res["meta"]["sweep"]) == {f"lr=0.01 layers={ls}{p}" for ls in ("1", "0,1", "0")
+                                         for p in ("", "+pooled")}
     ev = tmp_path / "e.json"
     assert main(["probe", "eval", *common, "--probe", str(out), "--split", "val", "--json", str(ev)]) == 0
-    assert json.loads(ev.read_text())["figures"]["mIoU"] == pytest.approx(res["sweep"][res["best"]]["mIoU"])
+    best = res["meta"]["sweep"][res["meta"]["best"]]
+    assert json.loads(ev.read_text())["figures"]["mIoU"] == pytest.approx(best["mIoU"])

@@ -200,10 +200,12 @@ def test_cli_eval_probe_on_a_voc_fixture(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     rec = json.loads(out.read_text())
-    assert rec["protocol"]["choose"] == "holdout" and rec["protocol"]["report"] == "val"
-    assert rec["protocol"]["holdout"]["from"] == "train" and rec["protocol"]["holdout"]["seed"] == 0
-    assert rec["splits"] == {"fit": 16, "holdout": 2, "val": 6}
-    assert 0 < rec["test"]["mIoU"] <= 1 and set(rec["per_class_iou"]) == set(rec["class_names"])
+    meta = rec["meta"]
+    assert meta["protocol"]["choose"] == "holdout" and meta["protocol"]["report"] == "val"
+    assert meta["protocol"]["holdout"]["from"] == "train" and meta["protocol"]["holdout"]["seed"] == 0
+    assert meta["splits"] == {"fit": 16, "holdout": 2, "val": 6}
+    assert 0 < rec["figures"]["mIoU"] <= 1
+    assert {k[4:] for k in rec["figures"] if k.startswith("IoU/")} <= set(meta["class_names"])
     assert "test (val, 6 images, reported once)" in res.stdout
     # a second run reads every feature from the cache, and nothing is shared with another dataset's namespace
     entries = list((tmp_path / "cache").rglob("*.safetensors"))

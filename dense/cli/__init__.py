@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from dense.cli import demo, evaluate, extract, probe, query, upsampler
-from dense.cli._args import DenseError, Parser, common_parent
+from dense.cli._args import DenseError, Parser, common_parent, opt, set_command_line
 
 GROUPS = (extract, probe, upsampler, query, evaluate, demo)  # each has add(sub, parent) -> adds its subcommands
 
@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Dense features from SigLIP 2 So400m: extraction, linear probes, open-vocabulary heatmaps and "
                     "segmentation, referring expressions, COCO-style evaluation.",
         epilog="`dense COMMAND --help` describes each command. Errors are one line; --debug shows the traceback.")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors (any position)")
-    parser.add_argument("--version", action="version", version=f"dense {_version()}")
+    opt(parser, "--debug", action="store_true")
+    opt(parser, "--version", action="version", version=f"dense {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for group in GROUPS:
         group.add(sub, parent)
@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    set_command_line(argv)
     args, extra = parser.parse_known_args(argv)
     if extra:  # a misspelled flag: the usage of the command it was given to, not the top level's
         args._parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -1,12 +1,99 @@
-"""Arguments and parsers shared by the commands (no model code imported here)."""
+"""The command line's one vocabulary, and the parsers shared by the commands (no model code imported here).
+
+Every option of every command is declared through :func:`opt`, which takes its meaning from :data:`OPTIONS`: one
+flag, one meaning, in every command (a command may add what the value is for it, after a semicolon). The README's
+option table is :func:`option_table`, and a test checks that both agree with the parser.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
 # the names of dense.segdata.READERS (kept here so that building the parser imports nothing heavy)
 DATASETS = ("voc", "ade20k", "ade847", "coco-stuff", "context59", "context459", "coco")
+DTYPES = ("auto", "fp32", "bf16", "float32", "bfloat16")  # the spellings dense.encoder accepts
+STORE_DTYPES = ("float32", "bfloat16", "fp32", "bf16")
+
+# flag -> its one meaning across commands
+OPTIONS = {
+    "--debug": "show full tracebacks on errors (any position on the line)",
+    "--version": "print dense's version",
+    "--model": "the encoder: a hub id (google/siglip2-so400m-patch14-384), a local save_pretrained folder, or a "
+               "bundled name ('shapes-tiny', 'shapes-tiny-v2')",
+    "--dtype": "weights/activations dtype: auto (bf16 where the hardware runs it natively, else fp32), fp32 or "
+               "bf16 (float32, bfloat16 are the same)",
+    "--device": "where the model runs: cpu, cuda (the current GPU) or cuda:N",
+    "--max-patches": "token budget per image, at least 1",
+    "--out": "where the command's main artifact is written, exactly at this path",
+    "--json": "write the results as JSON here (atomically)",
+    "--quiet": "no progress bars",
+    "--batch-size": "images per extraction pass",
+    "--train-batch-size": "training samples per step",
+    "--seed": "seed of the command's random draws",
+    "--limit": "the first N images only",
+    "--images": "image folder",
+    "--ann": "COCO instances JSON",
+    "--refs": "referring expressions in the RefCOCO layout (JSON, or the official refs(unc).p)",
+    "--dataset": f"a dataset by name (dense.segdata), read from --root: {', '.join(DATASETS)}",
+    "--root": "the --dataset's root folder",
+    "--split": "the split to read (the images' 'split' field for COCO files)",
+    "--train-split": "the split heads are trained on",
+    "--val-split": "the split the best head is chosen on",
+    "--test-split": "the split scored once, at the end, with the head trained and chosen before (none: no test "
+                    "report)",
+    "--holdout": "choose on a seeded FRACTION of --train-split (split 'holdout') and train on the rest ('fit'), "
+                 "instead of on --val-split",
+    "--holdout-seed": "seed of the --holdout draw",
+    "--cache": "feature cache root folder (resumable, atomic)",
+    "--no-extract": "fail on features missing from the cache instead of extracting them",
+    "--skip-bad": "report unreadable images and bad annotations and go on (default: stop at the first)",
+    "--layers": "blocks whose tokens are extracted, comma-separated indices (-1 = the last)",
+    "--layer-sets": "one head per layer set, ';'-separated, e.g. '-1;8,17,-1' (default: all --layers together)",
+    "--lrs": "comma-separated learning rates of the sweep (one head each)",
+    "--lr": "learning rate",
+    "--epochs": "passes over the training images",
+    "--steps": "training steps",
+    "--label-scale": "training cells per patch side (1: the patch grid)",
+    "--weight-decay": "AdamW weight decay of every head",
+    "--feature-dtype": "dtype of training tokens held in memory: float32 or bfloat16 (fp32, bf16)",
+    "--store-dtype": "dtype of the tokens in the cache: float32 or bfloat16 (fp32, bf16; bfloat16: half the disk)",
+    "--protocol": "sweep a paper protocol (sets --layers and --layer-sets; see probes.protocols)",
+    "--last-k": "blocks of --protocol last-k (DINOv2: 4)",
+    "--pooled": "heads with the pooled MAP embedding concatenated to every token (TIPS): off, on or both",
+    "--upsample": "how predictions reach the image's pixels: bilinear, or guided (a colour guided filter with the "
+                  "image as guide: sharper edges)",
+    "--upsampler": "a learned upsampler of this encoder (`dense upsampler train`) in place of bilinear",
+    "--probe": "a probe saved by `dense probe train --out`",
+    "--method": "heatmap method of dense.heatmap.METHODS (default: the checkpoint's calibrated method)",
+    "--methods": "comma-separated heatmap methods of dense.heatmap.METHODS, or 'all' (default: the checkpoint's "
+                 "calibrated method)",
+    "--templates": "'|'-separated prompt templates with one {} each, or 'none' for verbatim queries (default: the "
+                   "checkpoint's calibrated templates)",
+    "--background": "a probability threshold in [0, 1] (0: every pixel gets a class), or comma-separated background "
+                    "prompts (default: the checkpoint's calibrated threshold)",
+    "--box-threshold": "relative heatmap threshold in [0, 1] for the box without candidates (default: the "
+                       "checkpoint's calibrated one)",
+    "--sweep": "comma-separated values of the command's threshold to score as well, to choose one with --choose",
+    "--choose": "choose the best setting on this split, print it and keep it in the JSON (choose on val, report "
+                "test)",
+    "--guard": "with --choose: the best mIoU among settings whose pixel accuracy is within GUARD (a fraction) of "
+               "the best",
+    "--calibration-out": "with --choose: write the choice into this dense_calibration.json (its other keys are "
+                         "kept)",
+    "--refine": "comma-separated refinements to score each method with: none, pamr (dense.refine) (default: the "
+                "checkpoint's calibrated one)",
+    "--windows": "sliding windows: n x n overlapping crops, each at the token budget, scores averaged (default: the "
+                 "checkpoint's calibrated count)",
+    "--resamples": "bootstrap draws for the 95%% intervals",
+    "--scorers": "comma-separated candidate scorers of dense.localize.CANDIDATE_METHODS",
+    "--threads": "torch threads",
+    "--queries": "text queries, e.g. 'a dog' 'a red car'",
+    "--n-images": "synthetic images to draw (at least 7: train, val and test each need one)",
+    "--max-images": "images (or photos) shown on the page",
+}
 
 
 class DenseError(Exception):
@@ -21,19 +108,26 @@ class Parser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default, unless it is None/False or the help text already says what the default is."""
+    """Shows an option's default, unless it is None/False/empty or the help text already says what the default is."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS) or "(default" in (action.help or ""):
+        if action.default in (None, False, "", argparse.SUPPRESS) or "(default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+
+def opt(p, flag: str, detail: str | None = None, **kwargs):
+    """``p.add_argument(flag, ...)`` with the flag's one meaning from :data:`OPTIONS` as its help (``detail``: what it
+    is for this command, after a semicolon)."""
+    meaning = OPTIONS[flag]
+    kwargs["help"] = meaning if detail is None else f"{meaning}; {detail}"
+    return p.add_argument(flag, **kwargs)
 
 
 def common_parent() -> argparse.ArgumentParser:
     """Options every command accepts, wherever they are placed on the line."""
     parent = Parser(add_help=False, allow_abbrev=False)
-    parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show full tracebacks on errors")
+    opt(parent, "--debug", action="store_true", default=argparse.SUPPRESS)
     return parent
 
 
@@ -54,37 +148,44 @@ def group(sub, name: str, parent, *, help: str, description: str | None = None):
     return p, p.add_subparsers(dest=f"{name}_action", metavar="ACTION")
 
 
-def add_model(p, *, required: bool = True, default: str | None = None) -> None:
-    p.add_argument("--model", required=required, default=default,
-                   help="hub id (google/siglip2-so400m-patch14-384), local save_pretrained folder, or a bundled "
-                        "name: 'shapes-tiny', 'shapes-tiny-v2'")
+# ---------------------------------------------------------------------------------------------------------------------
+# argparse types: bad values are refused while parsing, before any work
 
 
-def add_runtime(p) -> None:
-    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="weights/activations dtype; auto = bf16 where the hardware runs it natively, else fp32")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
 
 
-def add_max_patches(p) -> None:
-    p.add_argument("--max-patches", type=int, default=None,
-                   help="token budget per image (default: the checkpoint's calibrated or trained budget)")
+def fraction(text: str) -> float:
+    """A number in [0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return v
 
 
-def add_method(p, *, many: bool = False) -> None:
-    if many:
-        p.add_argument("--methods", default=None,
-                       help="comma-separated heatmap methods of dense.heatmap.METHODS, or 'all' "
-                            "(default: the checkpoint's calibrated method)")
-    else:
-        p.add_argument("--method", default=None,
-                       help="heatmap method of dense.heatmap.METHODS (default: the checkpoint's calibrated method)")
+def open_fraction(text: str) -> float:
+    """A number in (0, 1)."""
+    v = fraction(text)
+    if v in (0.0, 1.0):
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
+    return v
 
 
-def add_templates(p) -> None:
-    p.add_argument("--templates", default=None,
-                   help="'|'-separated prompt templates with one {} each, or 'none' for verbatim queries "
-                        "(default: the checkpoint's calibrated templates)")
+def query(text: str) -> str:
+    """A text query: not empty."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a query is empty; give some text, e.g. 'a dog'")
+    return text
 
 
 def existing(kind: str):
@@ -103,55 +204,111 @@ def existing(kind: str):
     return check
 
 
-def parse_layers(text: str) -> tuple[int, ...]:
+def background(text: str):
+    """``--background``: a probability threshold in [0, 1], or a list of background prompts."""
+    try:
+        v = float(text)
+    except ValueError:
+        prompts = [t.strip() for t in text.split(",") if t.strip()]
+        if not prompts:
+            raise argparse.ArgumentTypeError("expected a threshold in [0, 1] or background prompts, got "
+                                             f"{text!r}") from None
+        return prompts
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"a threshold must be in [0, 1], got {text}")
+    return v
+
+
+def floats(text: str) -> list[float]:
+    """Comma-separated numbers."""
+    try:
+        out = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return out
+
+
+def layers(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise DenseError(f"--layers takes comma-separated block indices like -1 or 8,17,-1, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated block indices like -1 or 8,17,-1, got "
+                                         f"{text!r}") from None
 
 
-def parse_background(text: str | None):
-    """None (calibrated), a float threshold, or a list of background prompts."""
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return [t.strip() for t in text.split(",") if t.strip()]
+def layer_sets(text: str) -> tuple[tuple[int, ...], ...]:
+    return tuple(layers(s) for s in text.split(";"))
 
 
-def parse_templates(text: str | None):
-    if text is None:
-        return None
-    if text == "none":
-        return ("{}",)
-    return tuple(text.split("|"))
+def names(text: str) -> list[str]:
+    """Comma-separated names."""
+    out = [t.strip() for t in text.split(",") if t.strip()]
+    if not out:
+        raise argparse.ArgumentTypeError("expected at least one name")
+    return out
 
 
-def parse_floats(text: str, flag: str) -> list[float]:
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise DenseError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+def templates(text: str) -> tuple[str, ...]:
+    return ("{}",) if text == "none" else tuple(text.split("|"))
 
 
-def parse_methods(text: str | None, encoder) -> list[str] | None:
-    """``--methods``: None (calibrated), 'all' (every method this encoder supports), or a comma-separated list."""
-    from dense.heatmap import METHODS, get_method
+# ---------------------------------------------------------------------------------------------------------------------
+# Options several commands share
 
-    if text is None:
-        return None
-    if text == "all":
-        return list(METHODS)
-    return [get_method(m.strip()).name for m in text.split(",") if m.strip()]
+
+def add_model(p, *, required: bool = True, default: str | None = None) -> None:
+    opt(p, "--model", required=required, default=default)
+
+
+def add_runtime(p) -> None:
+    opt(p, "--dtype", default="auto", choices=DTYPES)
+    opt(p, "--device", default="cpu")
+
+
+def add_max_patches(p, detail: str = "default: the checkpoint's calibrated or trained budget") -> None:
+    opt(p, "--max-patches", detail, type=positive_int, default=None)
+
+
+def add_method(p, *, many: bool = False) -> None:
+    if many:
+        opt(p, "--methods", default=None, type=names)
+    else:
+        opt(p, "--method", default=None)
+
+
+def add_templates(p) -> None:
+    opt(p, "--templates", default=None, type=templates)
+
+
+def add_quiet(p) -> None:
+    opt(p, "--quiet", action="store_true")
+
+
+def add_json(p, detail: str | None = None) -> None:
+    opt(p, "--json", detail, default=None)
+
+
+def add_dataset(p, *, required: bool = False) -> None:
+    opt(p, "--dataset", required=required, choices=DATASETS, metavar="NAME")
+    opt(p, "--root", required=required, type=existing("folder"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Running: the encoder, files, printing
 
 
 def load(args):
     """The encoder of ``--model`` with ``--dtype``/``--device`` where the command has them."""
     from dense.encoder import load_encoder
 
-    kwargs = {k: getattr(args, k) for k in ("dtype", "device") if getattr(args, k, None) not in (None, "auto")}
-    return load_encoder(args.model, **kwargs)
+    return load_encoder(args.model, **runtime(args))
+
+
+def runtime(args) -> dict:
+    """``{"dtype": ..., "device": ...}`` of the flags a command has (``auto`` left to the encoder)."""
+    return {k: getattr(args, k) for k in ("dtype", "device") if getattr(args, k, None) not in (None, "auto")}
 
 
 def write_json(path, obj) -> None:
@@ -161,6 +318,69 @@ def write_json(path, obj) -> None:
         print(f"wrote {_write(path, obj, indent=2)}")
 
 
+def save_figure(fig, path) -> None:
+    """A PNG at exactly ``path`` (no extension appended), atomically."""
+    from dense._atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    print(f"wrote {path}")
+
+
+_COMMAND_LINE: list[str] = []
+
+
+def set_command_line(argv: list[str]) -> None:
+    _COMMAND_LINE[:] = argv
+
+
+def command_line() -> str:
+    """The command being run, as typed (recorded where a file says which command measured it)."""
+    return shlex.join(["dense", *(_COMMAND_LINE or sys.argv[1:])])
+
+
 def pct(v: float) -> str:
     """A fraction as a percentage with one decimal ('  nan' for NaN)."""
     return "  nan" if v != v else f"{100 * v:5.1f}"
+
+
+def plural(n: int, word: str) -> str:
+    """``1 query``, ``2 queries``, ``3 images``."""
+    if n == 1:
+        return f"1 {word}"
+    return f"{n} {word[:-1] + 'ies' if word.endswith('y') and word[-2] not in 'aeiou' else word + 's'}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The README's option table
+
+
+def walk(parser, prefix: str = ""):
+    """``(command path, parser)`` for every command and action under ``parser`` (the top level as "dense")."""
+    yield prefix or "dense", parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from walk(sub, f"{prefix} {name}".strip())
+
+
+def flags_by_command(parser) -> dict[str, dict[str, str]]:
+    """``{command: {flag: help}}`` of every option (``-h/--help`` left out)."""
+    out = {}
+    for cmd, p in walk(parser):
+        out[cmd] = {s: a.help for a in p._actions for s in a.option_strings
+                    if s.startswith("--") and s != "--help"}
+    return out
+
+
+def option_table(parser) -> str:
+    """Markdown: one row per flag, its meaning, and the commands that take it."""
+    used: dict[str, list[str]] = {}
+    for cmd, flags in flags_by_command(parser).items():
+        for flag in flags:
+            used.setdefault(flag, []).append(cmd)
+    rows = ["| flag | meaning | commands |", "| --- | --- | --- |"]
+    for flag in sorted(used):
+        cmds = "all" if flag == "--debug" else ", ".join(f"`{c}`" for c in used[flag])
+        rows.append(f"| `{flag}` | {OPTIONS[flag].replace('%%', '%').replace('|', chr(92) + '|')} | {cmds} |")
+    return "\n".join(rows)

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dense.cli._args import add_model, command
+from dense.cli._args import (
+    add_max_patches,
+    add_model,
+    add_runtime,
+    command,
+    existing,
+    opt,
+    positive_int,
+    query,
+    runtime,
+)
 
 DESCRIPTION = ("Draws a small synthetic world of coloured shapes, loads the bundled shapes-tiny-v2 SigLIP and "
                "writes PCA feature images, open-vocabulary heatmaps, a linear-probe segmentation with its test mIoU "
@@ -16,20 +26,23 @@ def add(sub, parent) -> None:
     p = command(sub, "demo", parent, func=run,
                 help="run everything on a synthetic world (offline) or on your photos",
                 description=DESCRIPTION)
-    p.add_argument("--out", default="dense-demo", help="output folder")
+    opt(p, "--out", "a folder (index.html and its figures)", default="dense-demo")
     add_model(p, required=False, default="shapes-tiny-v2")
-    p.add_argument("--images", help="a folder of your own photos (needs --queries)")
-    p.add_argument("--queries", nargs="+", help="text queries, e.g. 'a dog' 'a red car'")
-    p.add_argument("--n-images", type=int, default=120, help="synthetic images to draw")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic world")
-    p.add_argument("--max-images", type=int, default=4, help="images (or photos) shown on the page")
+    opt(p, "--images", "your own photos (needs --queries)", type=existing("folder"))
+    opt(p, "--queries", nargs="+", type=query)
+    opt(p, "--n-images", type=positive_int, default=120)
+    opt(p, "--seed", "the synthetic world", type=int, default=0)
+    opt(p, "--max-images", type=positive_int, default=4)
+    add_max_patches(p, "default: the checkpoint's, at least 256 for the linear probe")
+    add_runtime(p)
 
 
 def run(args) -> int:
     from dense.demo import format_summary, run_demo
 
     summary = run_demo(args.out, model=args.model, images=args.images, queries=args.queries, n_images=args.n_images,
-                       seed=args.seed, max_images=args.max_images)
+                       seed=args.seed, max_images=args.max_images, max_patches=args.max_patches,
+                       **runtime(args))
     print(format_summary(summary))
     print(f"dense demo: results in {Path(args.out).resolve() / 'index.html'} ({summary['seconds']} s)")
     return 0

@@ -1,24 +1,33 @@
-"""``dense eval openvocab | refer``: the evaluators of :mod:`dense.eval` as tables and JSON."""
+"""``dense eval openvocab | refer | probe``: the evaluators of :mod:`dense.eval` as tables and JSON.
+
+Each command maps its flags to one evaluator call and prints its Result; ``--json`` writes it.
+"""
 
 from __future__ import annotations
 
 from dense.cli._args import (
-    DATASETS,
     DenseError,
+    add_dataset,
+    add_json,
     add_max_patches,
     add_method,
     add_model,
+    add_quiet,
     add_runtime,
     add_templates,
+    background,
     command,
+    command_line,
     existing,
+    floats,
+    fraction,
     group,
     load,
-    parse_background,
-    parse_floats,
-    parse_methods,
-    parse_templates,
+    names,
+    open_fraction,
+    opt,
     pct,
+    positive_int,
     write_json,
 )
 
@@ -27,69 +36,57 @@ def add(sub, parent) -> None:
     _, tasks = group(sub, "eval", parent, help="evaluate on a dataset (openvocab, refer, probe)")
     e = command(tasks, "openvocab", parent, func=run_openvocab,
                 help="open-vocabulary segmentation mIoU, pixel accuracy and pointing on a COCO-style dataset")
-    e.add_argument("--ann", type=existing("file"), help="COCO instances JSON (or --dataset/--root)")
-    e.add_argument("--images", type=existing("folder"), help="image folder")
-    e.add_argument("--dataset", choices=DATASETS, help="a dataset by name (dense.segdata); class names are the queries")
-    e.add_argument("--root", type=existing("folder"), help="the --dataset's root folder")
+    opt(e, "--ann", "or --dataset/--root", type=existing("file"))
+    opt(e, "--images", type=existing("folder"))
+    add_dataset(e)
     add_model(e)
     add_method(e, many=True)
-    e.add_argument("--split", default=None, help="only images of this split (the images' 'split' field), e.g. val")
-    e.add_argument("--background", default=None,
-                   help="a probability threshold, or comma-separated background prompts "
-                        "(default: the checkpoint's calibrated threshold)")
+    opt(e, "--split", "default: every image; 'all' is the same")
+    opt(e, "--background", type=background)
     add_templates(e)
-    e.add_argument("--sweep", default="", help="comma-separated background thresholds to sweep too (mIoU each)")
-    e.add_argument("--refine", default="none",
-                   help="comma-separated refinements to score each method with too: none, pamr (dense.refine)")
-    e.add_argument("--windows", type=int, default=1,
-                   help="sliding windows: n x n overlapping crops, each at the token budget, scores averaged")
-    e.add_argument("--choose", type=float, default=None, metavar="GUARD",
-                   help="print the (method, threshold) with the best mIoU among settings whose pixel accuracy is "
-                        "within GUARD (a fraction, e.g. 0.02) of the best; choose on val, report test")
-    e.add_argument("--calibration-out", default=None,
-                   help="with --choose: write the choice as a dense_calibration.json (an existing file's other "
-                        "keys, e.g. box_threshold, are kept)")
+    opt(e, "--sweep", "background thresholds in [0, 1]", type=floats, metavar="THRESHOLDS")
+    opt(e, "--refine", type=names)
+    opt(e, "--windows", type=positive_int)
+    opt(e, "--choose", "the (method, refinement, background threshold) with the best mIoU among settings whose pixel "
+                       "accuracy is within --guard of the best", action="store_true")
+    opt(e, "--guard", type=fraction, default=0.02)
+    opt(e, "--calibration-out", "method, refinement, windows, threshold, templates and budget, with what they "
+                                "measured")
     add_bootstrap(e)
-    e.add_argument("--limit", type=int, default=None, help="first N images only")
+    opt(e, "--limit", type=positive_int)
     add_max_patches(e)
     add_runtime(e)
-    e.add_argument("--out", default=None, help="JSON to write (atomically)")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_json(e)
+    add_quiet(e)
 
     add_probe(tasks, parent)
 
     r = command(tasks, "refer", parent, func=run_refer,
                 help="referring-expression localization (Acc@0.5, pointing) on RefCOCO-style refs")
-    r.add_argument("--ann", required=True, type=existing("file"), help="COCO instances JSON")
-    r.add_argument("--refs", required=True, type=existing("file"),
-                   help="refs in the RefCOCO layout (JSON, or the official refs(unc).p)")
-    r.add_argument("--images", required=True, type=existing("folder"), help="image folder")
-    r.add_argument("--split", default="val", help="the refs' split to evaluate ('all' for every split)")
+    opt(r, "--ann", required=True, type=existing("file"))
+    opt(r, "--refs", required=True, type=existing("file"))
+    opt(r, "--images", required=True, type=existing("folder"))
+    opt(r, "--split", "'all' for every split", default="val")
     add_model(r)
     add_method(r, many=True)
-    r.add_argument("--scorers", default="map-box,heatmap-mean",
-                   help="comma-separated candidate scorers (map-box, heatmap-mean, crop)")
-    r.add_argument("--box-threshold", type=float, default=None,
-                   help="relative threshold in [0, 1] for the box without candidates (default: the checkpoint's "
-                        "calibrated one)")
-    r.add_argument("--thresholds", default="0.2,0.3,0.4,0.5,0.6,0.7,0.8", help="box thresholds to sweep")
-    r.add_argument("--choose", action="store_true",
-                   help="print the box threshold with the best Acc@0.5 (no candidates) per method")
-    r.add_argument("--calibration-out", default=None,
-                   help="with --choose: write the first method's box threshold into this dense_calibration.json "
-                        "(its other keys are kept)")
+    opt(r, "--scorers", type=names, default="map-box,heatmap-mean")
+    opt(r, "--box-threshold", type=fraction)
+    opt(r, "--sweep", "relative box thresholds in [0, 1]", type=floats, default="0.2,0.3,0.4,0.5,0.6,0.7,0.8",
+        metavar="THRESHOLDS")
+    opt(r, "--choose", "the box threshold with the best Acc@0.5 (no candidates) per method", action="store_true")
+    opt(r, "--calibration-out", "the first method's box threshold, with what it measured")
     add_bootstrap(r)
     add_templates(r)
-    r.add_argument("--limit", type=int, default=None, help="first N images only")
+    opt(r, "--limit", type=positive_int)
     add_max_patches(r)
     add_runtime(r)
-    r.add_argument("--out", default=None, help="JSON to write (atomically)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_json(r)
+    add_quiet(r)
 
 
 def add_bootstrap(p) -> None:
-    p.add_argument("--resamples", type=int, default=1000, help="bootstrap draws for the 95%% intervals")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
+    opt(p, "--resamples", type=positive_int, default=1000)
+    opt(p, "--seed", "the bootstrap draws", type=int, default=0)
 
 
 def ci(res, name: str) -> str:
@@ -99,59 +96,59 @@ def ci(res, name: str) -> str:
     return f"{pct(v).strip()} [{pct(lo).strip()}, {pct(hi).strip()}]"
 
 
-def _write_calibration(path, updates: dict) -> None:
-    import json
-    from pathlib import Path
-
-    from dense._atomic import write_json as _write
-
-    data = json.loads(Path(path).read_text()) if Path(path).exists() else {}
-    data.update(updates)
-    print(f"wrote {_write(path, data, indent=2)}")
-
-
 def _methods(args, enc) -> list[str] | None:
+    """``--methods``: None (calibrated), 'all' (every method, with a note on those computed from the image)."""
     from dense.heatmap import METHODS, supported_methods
 
-    methods = parse_methods(args.methods, enc)
-    if args.methods == "all":
-        skipped = sorted(set(METHODS) - set(supported_methods(enc)))
-        if skipped:
-            print(f"note: {', '.join(skipped)} need the input of the last block, which a {enc.num_layers}-block "
-                  f"tower's FeatureMaps do not hold: computed from each image instead")
-    return methods
+    if args.methods is None:
+        return None
+    if args.methods != ["all"]:
+        return args.methods
+    skipped = sorted(set(METHODS) - set(supported_methods(enc)))
+    if skipped:
+        print(f"note: {', '.join(skipped)} need the input of the last block, which a {enc.num_layers}-block "
+              f"tower's FeatureMaps do not hold: computed from each image instead")
+    return list(METHODS)
+
+
+def _check_choose(args) -> None:
+    """``--calibration-out`` needs ``--choose``; a calibration holds a threshold, not background prompts."""
+    if args.calibration_out and not args.choose:
+        raise DenseError("--calibration-out writes what --choose chose: add --choose")
+    if args.calibration_out and isinstance(getattr(args, "background", None), list):
+        raise DenseError("--calibration-out: a calibration holds a background threshold, not prompts "
+                         f"{args.background}: give --background as a number")
 
 
 def run_openvocab(args) -> int:
     from dense.eval.openvocab import evaluate_openvocab
 
-    ann = _named_dataset(args) or args.ann
-    enc = load(args)
-    res = evaluate_openvocab(enc, ann, args.images, methods=_methods(args, enc),
-                             background=parse_background(args.background), templates=parse_templates(args.templates),
-                             split=args.split, limit=args.limit, max_patches=args.max_patches,
-                             thresholds=parse_floats(args.sweep, "--sweep"),
-                             refines=[r.strip() for r in args.refine.split(",") if r.strip()], windows=args.windows,
-                             resamples=args.resamples, seed=args.seed, progress=not args.quiet)
-    print(format_openvocab(res))
-    if args.choose is not None:
-        from dense.eval.openvocab import choose_setting
+    _check_choose(args)
+    if (args.dataset is None) == (args.ann is None) or (args.ann is not None and args.images is None):
+        raise DenseError("give --ann FILE --images DIR, or --dataset NAME --root DIR")
+    if args.dataset is not None and args.root is None:
+        raise DenseError(f"--dataset {args.dataset} needs --root DIR")
+    data = args.ann
+    if args.dataset is not None:
+        from dense.segdata import load_dataset
 
-        c = choose_setting(res, guard=args.choose)
-        res.meta["chosen"] = c
-        print(format_choice(c, res))
-        if args.calibration_out:
-            refine = "pamr" if c["method"].endswith("+pamr") else "none"
-            if refine != "none":
-                print("note: the choice refines with PAMR, which a calibration file cannot say; writing its method")
-            _write_calibration(args.calibration_out, {
-                "method": c["method"].removesuffix("+pamr"), "background": c["background"],
-                "templates": res.meta["templates"], "max_patches": res.meta["max_patches"],
-                "measured": {"split": res.meta["split"], "images": res.meta["images"], "ann": res.meta["ann"],
-                             "mIoU": c["mIoU"], "mIoU_interval": c["mIoU_interval"], "pixel_acc": c["pixel_acc"],
-                             "pixel_acc_interval": c["pixel_acc_interval"], "guard": c["guard"],
-                             "windows": res.meta["windows"], "refine": refine}})
-    write_json(args.out, res.to_json())
+        data = load_dataset(args.dataset, args.root)
+    enc = load(args)
+    res = evaluate_openvocab(enc, data, args.images, methods=_methods(args, enc), background=args.background,
+                             templates=args.templates, split=args.split, limit=args.limit,
+                             max_patches=args.max_patches, thresholds=args.sweep or (), refines=args.refine,
+                             windows=args.windows, resamples=args.resamples, seed=args.seed, choose=args.choose,
+                             guard=args.guard, progress=not args.quiet)
+    print(format_openvocab(res))
+    if args.choose:
+        print(format_choice(res.meta["chosen"], res))
+    if args.calibration_out:
+        from dense.eval import update_calibration
+        from dense.eval.openvocab import calibration_from_choice
+
+        entries = calibration_from_choice(res, res.meta["chosen"], command=command_line())
+        print(f"wrote {update_calibration(args.calibration_out, entries)}")
+    write_json(args.json, res.to_json())
     return 0
 
 
@@ -190,24 +187,23 @@ def format_openvocab(res) -> str:
 def run_refer(args) -> int:
     from dense.eval.refer import evaluate_refer
 
+    _check_choose(args)
     enc = load(args)
-    res = evaluate_refer(enc, args.ann, args.refs, args.images, split=None if args.split == "all" else args.split,
-                         methods=_methods(args, enc), scorers=[s.strip() for s in args.scorers.split(",") if s.strip()],
-                         thresholds=parse_floats(args.thresholds, "--thresholds"), box_threshold=args.box_threshold,
-                         templates=parse_templates(args.templates), limit=args.limit, max_patches=args.max_patches,
-                         resamples=args.resamples, seed=args.seed, progress=not args.quiet)
+    res = evaluate_refer(enc, args.ann, args.refs, args.images, split=args.split, methods=_methods(args, enc),
+                         scorers=args.scorers, thresholds=args.sweep, box_threshold=args.box_threshold,
+                         templates=args.templates, limit=args.limit, max_patches=args.max_patches,
+                         resamples=args.resamples, seed=args.seed, choose=args.choose, progress=not args.quiet)
     print(format_refer(res))
-    if args.choose:
-        from dense.eval.refer import choose_box_threshold
+    for meth, t in res.meta.get("chosen", {}).items():
+        print(f"chosen box threshold for {meth} on split {res.meta['split']}: {t} (Acc@0.5 "
+              f"{ci(res, f'none/{meth}/-/acc@0.5@thr={t}')})")
+    if args.calibration_out:
+        from dense.eval import update_calibration
+        from dense.eval.refer import box_threshold_calibration
 
-        for i, meth in enumerate(res.meta["methods"]):
-            t = choose_box_threshold(res, meth)
-            res.meta.setdefault("chosen", {})[meth] = t
-            print(f"chosen box threshold for {meth} on split {res.meta['split']}: {t} (Acc@0.5 "
-                  f"{ci(res, f'none/{meth}/-/acc@0.5@thr={t}')})")
-            if i == 0 and args.calibration_out:
-                _write_calibration(args.calibration_out, {"box_threshold": t})
-    write_json(args.out, res.to_json())
+        entries = box_threshold_calibration(res, res.meta["methods"][0], command=command_line())
+        print(f"wrote {update_calibration(args.calibration_out, entries)}")
+    write_json(args.json, res.to_json())
     return 0
 
 
@@ -256,19 +252,6 @@ def format_refer(res) -> str:
 # dense eval probe
 
 
-def _named_dataset(args):
-    """The ``--dataset/--root`` dataset, or None when ``--ann/--images`` are given instead."""
-    if args.dataset is None:
-        if args.ann is None or args.images is None:
-            raise DenseError("give --ann FILE --images DIR, or --dataset NAME --root DIR")
-        return None
-    if args.root is None or args.ann is not None:
-        raise DenseError("--dataset takes --root DIR (and no --ann)")
-    from dense.segdata import load_dataset
-
-    return load_dataset(args.dataset, args.root)
-
-
 def add_probe(tasks, parent) -> None:
     from dense.cli import probe
 
@@ -276,33 +259,31 @@ def add_probe(tasks, parent) -> None:
                 help="linear-probe segmentation on a dataset by name: extract (cached), sweep, choose on a seeded "
                      "holdout of the training split, report the test split once (mIoU, pixel accuracy, per class)")
     add_model(p)
-    p.add_argument("--dataset", required=True, choices=DATASETS, help="the dataset (dense.segdata)")
-    p.add_argument("--root", required=True, type=existing("folder"), help="its root folder")
-    p.add_argument("--cache", default="dense-cache", help="feature cache root (resumable)")
-    p.add_argument("--holdout", type=float, default=0.1, metavar="FRACTION",
-                   help="share of the training split held out to choose the head on")
-    p.add_argument("--holdout-seed", type=int, default=0)
-    p.add_argument("--train-split", default=None, help="default: the dataset's training split")
-    p.add_argument("--test-split", default=None, help="default: the dataset's reported split (val/validation)")
+    add_dataset(p, required=True)
+    opt(p, "--cache", default="dense-cache")
+    opt(p, "--holdout", type=open_fraction, default=0.1, metavar="FRACTION")
+    opt(p, "--holdout-seed", type=int, default=0)
+    opt(p, "--train-split", "default: the dataset's training split")
+    opt(p, "--test-split", "default: the dataset's reported split (val/validation)")
     probe.sweep_options(p)
     add_max_patches(p)
     add_runtime(p)
-    p.add_argument("--batch-size-extract", type=int, default=8)
-    p.add_argument("--no-extract", action="store_true", help="fail on features missing from the cache")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a report")
-    p.add_argument("--out", default=None, help="save the chosen probe (.safetensors)")
-    p.add_argument("--json", default=None, help="write the figures here (atomically)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    opt(p, "--batch-size", type=positive_int, default=8)
+    opt(p, "--no-extract", action="store_true")
+    opt(p, "--skip-bad", action="store_true")
+    opt(p, "--out", "the chosen probe (.safetensors)")
+    add_json(p)
+    add_quiet(p)
 
 
 def run_probe(args) -> int:
-    from dense.cli.probe import sweep_and_report
+    from dense.cli import probe
+    from dense.eval.probe import evaluate_linear_probe
     from dense.segdata import PROTOCOLS
 
-    train, test = PROTOCOLS[args.dataset]
-    args.train_split = args.train_split or train
-    args.test_split = args.test_split or test
-    args.ann = args.images = args.voc = args.ade20k = None
-    sweep_and_report(args, "fit", "holdout", args.test_split,
-                     meta={"task": "probe", "dataset": args.dataset, "root": str(args.root)})
+    res = evaluate_linear_probe(args.model, dataset=args.dataset, root=args.root, train_split=args.train_split,
+                                test_split=args.test_split or PROTOCOLS[args.dataset][1], holdout=args.holdout,
+                                holdout_seed=args.holdout_seed, **probe.sweep_kwargs(args),
+                                **probe.extract_kwargs(args))
+    probe.report(res, args.out, args.json)
     return 0

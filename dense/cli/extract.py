@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from dense.cli._args import (
-    DATASETS,
     DenseError,
+    add_dataset,
+    add_json,
     add_max_patches,
     add_model,
+    add_quiet,
     add_runtime,
     command,
     existing,
-    load,
-    parse_layers,
+    layers,
+    opt,
+    positive_int,
+    runtime,
+    write_json,
 )
 
 
@@ -20,19 +25,18 @@ def add(sub, parent) -> None:
                 "cache", description="Fill the feature cache (resumable, atomic; under torchrun each rank takes a "
                 "shard).")
     add_model(p)
-    p.add_argument("--images", type=existing("folder"), help="image folder")
-    p.add_argument("--ann", type=existing("file"),
-                   help="COCO instances file (keys = image ids); without it every image under --images")
-    p.add_argument("--dataset", choices=DATASETS, help="a dataset by name, read from --root (see dense.segdata)")
-    p.add_argument("--root", type=existing("folder"), help="the --dataset's root folder")
-    p.add_argument("--split", help="only images of this split (COCO: the images' 'split' field)")
-    p.add_argument("--cache", required=True, help="cache root folder")
+    opt(p, "--images", type=existing("folder"))
+    opt(p, "--ann", "keys = image ids; without it every image under --images", type=existing("file"))
+    add_dataset(p)
+    opt(p, "--split", "default: every image")
+    opt(p, "--cache", required=True)
     add_max_patches(p)
-    p.add_argument("--layers", default="-1", help="comma-separated block indices, -1 = last")
+    opt(p, "--layers", type=layers, default="-1", metavar="BLOCKS")
     add_runtime(p)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--skip-bad", action="store_true", help="report unreadable images/annotations and go on")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    opt(p, "--batch-size", type=positive_int, default=8)
+    opt(p, "--skip-bad", action="store_true")
+    add_json(p, "what was extracted, cached and skipped")
+    add_quiet(p)
 
 
 def run(args) -> int:
@@ -44,7 +48,7 @@ def run(args) -> int:
     )
     from dense.distributed import gather_reports, init_distributed, plan_distributed
 
-    layers = parse_layers(args.layers)
+    blocks = args.layers
     on_error = "skip" if args.skip_bad else "raise"
     if args.dataset:
         from dense.segdata import load_dataset
@@ -54,8 +58,9 @@ def run(args) -> int:
         ds = load_dataset(args.dataset, args.root)
         items = dataset_items(ds, args.split)
         if not items:
-            raise DenseError(f"{args.root}: no images in {args.dataset} split {args.split!r} "
-                             f"(splits: {sorted(ds.splits())})")
+            raise DenseError(f"{args.root}: no images in {args.dataset} "
+                             f"{'split ' + repr(args.split) if args.split else 'dataset'}; splits present: "
+                             f"{', '.join(sorted(ds.splits())) or 'none'}")
     elif args.images is None:
         raise DenseError("give --images DIR [--ann FILE], or --dataset NAME --root DIR")
     elif args.ann:
@@ -64,7 +69,8 @@ def run(args) -> int:
         ds = load_coco(args.ann, args.images, on_error=on_error)
         items = dataset_items(ds, args.split)
         if not items:
-            raise DenseError(f"{args.ann}: no images in split {args.split!r} (splits: {sorted(ds.splits())})")
+            raise DenseError(f"{args.ann}: no images in {'split ' + repr(args.split) if args.split else 'the file'}; "
+                             f"splits present: {', '.join(sorted(ds.splits())) or 'none'}")
     else:
         if args.split:
             raise DenseError("--split needs --ann or --dataset")
@@ -74,13 +80,14 @@ def run(args) -> int:
             raise DenseError(f"{args.images}: no images found (looked for .jpg, .png, .bmp, .webp, .tif)")
 
     plan = plan_distributed(args.device)
-    args.device = plan.device
     group = init_distributed(plan)  # the device first, then the (gloo) group
     try:
-        encoder = load(args)
-        cache = FeatureCache.for_encoder(args.cache, encoder, max_patches=args.max_patches, layers=layers,
+        from dense.encoder import load_encoder
+
+        encoder = load_encoder(args.model, **{**runtime(args), "device": plan.device})
+        cache = FeatureCache.for_encoder(args.cache, encoder, max_patches=args.max_patches, layers=blocks,
                                          dataset=ds)
-        report = extract_to_cache(encoder, items, cache, max_patches=args.max_patches, layers=layers,
+        report = extract_to_cache(encoder, items, cache, max_patches=args.max_patches, layers=blocks,
                                   batch_size=args.batch_size, on_error=on_error, rank=plan.rank,
                                   world_size=plan.world_size, progress=not args.quiet)
         reports = gather_reports(report, plan)
@@ -99,4 +106,6 @@ def run(args) -> int:
               f"{plan.world_size:>6}")
         if skipped:
             print(f"{len(skipped)} unreadable image(s) skipped; each was named above as it was met")
+        write_json(args.json, {"cache": str(cache.entries), "spec": cache.spec, **tot, "skipped": skipped,
+                               "ranks": plan.world_size})
     return 0

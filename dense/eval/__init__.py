@@ -2,14 +2,19 @@
 
 - :mod:`dense.eval.openvocab`: open-vocabulary segmentation (mIoU, pixel accuracy, pointing) on COCO-style data;
 - :mod:`dense.eval.refer`: referring-expression localization (Acc@0.5, pointing game) on RefCOCO-style refs;
-- :mod:`dense.eval.probe`: linear-probe segmentation at the original resolution.
+- :mod:`dense.eval.probe`: the linear-probe protocol (extract, sweep, choose on val, report test once) and the
+  scoring of saved probes at the original resolution.
 
-Evaluators print nothing; ``dense eval ...`` (:mod:`dense.cli`) turns a Result into a table and a JSON file.
+Evaluators are plain keyword functions, data in -> :class:`Result` out; they print nothing. ``dense eval ...`` and
+``dense probe ...`` (:mod:`dense.cli`) map their flags to one such call and turn its Result into a table and a JSON
+file (``--json``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -23,13 +28,33 @@ class Result:
         meta: what was evaluated (dataset, split, encoder fingerprint, settings, counts, seconds).
         intervals: bootstrap 95% intervals ``[lo, hi]`` of figures, under the figure's name
             (:mod:`dense.eval.stats`); figures without one are absent.
+        artifacts: what the run made besides figures, by name (e.g. ``"probe"``: the chosen
+            :class:`probes.LinearProbe`); not part of :meth:`to_json`.
     """
 
     figures: dict[str, float]
     rows: list[dict] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    artifacts: dict = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
         return {"figures": self.figures, "intervals": {k: list(v) for k, v in self.intervals.items()},
                 "meta": self.meta, "rows": self.rows}
+
+
+def update_calibration(path: str | Path, entries: dict) -> Path:
+    """Merge ``entries`` into the ``dense_calibration.json`` at ``path`` (created if missing; its other keys are
+    kept, ``measured`` is merged per key) and write it atomically. The result must be a valid calibration
+    (:class:`dense.checkpoint.Calibration`): nothing is written otherwise."""
+    from dense._atomic import write_json
+    from dense.checkpoint import Calibration
+
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    measured = {**data.get("measured", {}), **entries.get("measured", {})}
+    data.update({k: v for k, v in entries.items() if k != "measured"})
+    if measured:
+        data["measured"] = measured
+    Calibration.from_dict(data, str(path))
+    return write_json(path, data, indent=2)

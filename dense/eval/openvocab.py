@@ -36,16 +36,21 @@ def setting_key(method: str, refine: str | None = None) -> str:
 def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods: Sequence[str] | None = None,
                        background=None, templates: Sequence[str] | None = None, split: str | None = None,
                        limit: int | None = None, max_patches: int | None = None, thresholds: Sequence[float] = (),
-                       refines: Sequence[str] = ("none",), windows: int = 1, resamples: int = stats.RESAMPLES,
-                       seed: int = 0, progress: bool = False) -> Result:
+                       refines: Sequence[str] | None = None, windows: int | None = None,
+                       resamples: int = stats.RESAMPLES, seed: int = 0, choose: bool = False,
+                       guard: float = 0.02, progress: bool = False) -> Result:
     """Score each heatmap method of ``methods`` (None: the encoder's calibrated one) on one split.
 
     Category names are the queries (``dense.coco`` label k + 1 = category k). ``background`` and ``templates``:
     None = the encoder's calibration. Pointing: for every (image, category present), is the centre of the peak patch
     of that category's scores (the peak pixel with ``windows > 1`` or a refinement) inside one of its (non-crowd)
     masks? ``thresholds``: background thresholds to sweep as well, to choose one on a validation split. ``refines``:
-    each method is also scored with each refinement (``"pamr"``, :mod:`dense.refine`); ``windows``: sliding windows
-    (:func:`dense.heatmap.image_scores`).
+    each method is scored with each refinement (``"none"``, ``"pamr"``: :mod:`dense.refine`); ``windows``: sliding
+    windows (:func:`dense.heatmap.image_scores`); None for either: the encoder's calibration, so a run with no
+    settings reproduces what the calibration measured. ``ann`` may also be a dataset object (:mod:`dense.segdata`).
+    ``split``: None or ``"all"``: every image. ``choose``: also choose a setting on this split
+    (:func:`choose_setting` with ``guard``), kept as ``meta["chosen"]`` (:func:`calibration_from_choice` turns it into
+    a calibration).
 
     Figures, per setting s (:func:`setting_key`): ``s/mIoU``, ``s/pixel_acc``, ``s/mean_acc``, ``s/pointing``,
     ``s/IoU/<class>``, and ``s/mIoU@thr=<t>``, ``s/pixel_acc@thr=<t>`` for each swept threshold. Intervals
@@ -54,20 +59,36 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
     pixel accuracy, pointing hits and per-class counts ``inter``, ``union``, ``gt`` (at ``background``).
     Raises ``ValueError`` when the split holds no image.
     """
-    methods = [get_method(m).name for m in (methods or [encoder.calibration.method])]
-    refines = [r or "none" for r in refines] or ["none"]
+    cal = encoder.calibration
+    methods = [get_method(m).name for m in (methods or [cal.method])]
+    refines = [r or "none" for r in (refines if refines is not None else [cal.refine])] or ["none"]
     for r in refines:
         if r not in REFINES:
             raise ValueError(f"unknown refinement {r!r}; choose from {', '.join(REFINES)}")
+    windows = cal.windows if windows is None else windows
+    if windows < 1:
+        raise ValueError(f"windows must be at least 1, got {windows}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
     if background is None:
-        background = encoder.calibration.background or 0.0
+        background = cal.background or 0.0
+    if isinstance(background, (int, float)) and not 0.0 <= background <= 1.0:
+        raise ValueError(f"background threshold must be in [0, 1], got {background}")
+    if any(not 0.0 <= t <= 1.0 for t in thresholds):
+        raise ValueError(f"swept background thresholds must be in [0, 1], got {list(thresholds)}")
+    split = None if split == "all" else split
+    if not 0.0 <= guard <= 1.0:
+        raise ValueError(f"guard must be a fraction in [0, 1], got {guard}")
     templates = templates_of(encoder, templates)
     # ``ann`` may be a semantic dataset (dense.segdata): its class names are the queries; one whose class 0 is not
     # "background" (ADE20K, COCO-Stuff, Context) is scored by the plain argmax over its classes
     ds = ann if hasattr(ann, "label_map") else coco.load_coco(ann, images)
     ids = ds.ids(split)[:limit] if limit is not None else ds.ids(split)
     if not ids:
-        raise ValueError(f"{ann}: no images in split {split!r} (splits present: {sorted(ds.splits())})")
+        present = ", ".join(sorted(ds.splits())) or "none (the images carry no 'split' field)"
+        where = getattr(ds, "root", None) or getattr(ds, "source", None) or ann
+        raise ValueError(f"{where}: no images in {'the dataset' if split is None else f'split {split!r}'}; splits "
+                         f"present: {present}")
     offset = 1 if ds.class_names[0] == "background" else 0
     if not offset:  # no background class: plain argmax, nothing to threshold
         background, thresholds = None, ()
@@ -141,14 +162,17 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
             f_t = sweep[(s, t)].figures()
             figures[f"{s}/mIoU@thr={t}"], figures[f"{s}/pixel_acc@thr={t}"] = f_t["mIoU"], f_t["pixel_acc"]
             seg_ci(counts[(s, t)], f"{s}/mIoU@thr={t}", f"{s}/pixel_acc@thr={t}")
-    meta = {"task": "openvocab", "ann": str(getattr(ds, "root", ann)), "split": split, "images": len(ids),
+    meta = {"task": "openvocab", "ann": str(getattr(ds, "root", ann)), "split": split or "all", "images": len(ids),
             "points": {s: int(sum(p for _, p in points[s])) for s in points}, "methods": methods,
             "refines": list(refines), "settings": [s for _, _, s in settings], "windows": windows,
             "background": background, "templates": list(templates), "thresholds": list(thresholds),
             "encoder": encoder.name, "fingerprint": encoder.fingerprint,
             "max_patches": max_patches or encoder.pixels.max_patches, "bootstrap": {**boot, "level": stats.LEVEL},
             "seconds": time.perf_counter() - t0}
-    return Result(figures=figures, rows=rows, meta=meta, intervals=intervals)
+    res = Result(figures=figures, rows=rows, meta=meta, intervals=intervals)
+    if choose:
+        res.meta["chosen"] = choose_setting(res, guard=guard)
+    return res
 
 
 def choose_setting(res: Result, *, guard: float = 0.02) -> dict:
@@ -165,4 +189,37 @@ def choose_setting(res: Result, *, guard: float = 0.02) -> dict:
         else f"mIoU@thr={out['background']}"
     out["mIoU_interval"] = res.intervals.get(f"{out['method']}/{fig}")
     out["pixel_acc_interval"] = res.intervals.get(f"{out['method']}/{fig.replace('mIoU', 'pixel_acc')}")
+    out["setting"] = out["method"]
+    out["method"], out["refine"] = split_setting(out["setting"])
+    out["windows"] = m["windows"]
     return out
+
+
+def split_setting(key: str) -> tuple[str, str]:
+    """``(method, refinement)`` of a setting key (:func:`setting_key`): ``"map-value-mlp+pamr"`` ->
+    ``("map-value-mlp", "pamr")``."""
+    for r in REFINES:
+        if r != "none" and key.endswith(f"+{r}"):
+            return key[: -len(r) - 1], r
+    return key, "none"
+
+
+def calibration_from_choice(res: Result, choice: dict, *, command: str | None = None) -> dict:
+    """The ``dense_calibration.json`` entries that make ``choice`` (:func:`choose_setting`) the encoder's defaults:
+    method, refinement, windows, background threshold, templates and token budget, plus the ``measured`` provenance
+    of the figures it was chosen by (command, split, images, mIoU and pixel accuracy with their intervals).
+
+    Raises ``ValueError`` for a setting a calibration cannot express (background prompts instead of a threshold), so
+    that no calibration records a figure its defaults would not reproduce."""
+    m = res.meta
+    bg = choice["background"]
+    if bg is not None and not isinstance(bg, (int, float)):
+        raise ValueError(f"the chosen background is a list of prompts {bg}, which a calibration cannot express (it "
+                         "holds a threshold): choose among thresholds (--background 0.5 --sweep ...)")
+    return {"method": choice["method"], "refine": choice["refine"], "windows": choice["windows"], "background": bg,
+            "templates": list(m["templates"]), "max_patches": m["max_patches"],
+            "measured": {"segmentation": {
+                "command": command, "split": m["split"], "images": m["images"], "data": m["ann"],
+                "setting": choice["setting"], "mIoU": choice["mIoU"], "mIoU_interval": choice["mIoU_interval"],
+                "pixel_acc": choice["pixel_acc"], "pixel_acc_interval": choice["pixel_acc_interval"],
+                "guard": choice["guard"], "eligible": choice["eligible"]}}}

@@ -21,11 +21,25 @@ def config_key(setting: str, method: str, scorer: str = "-") -> str:
     return f"{setting}/{method}/{scorer}"
 
 
+def refs_of_split(refs: str | Path, ds, split: str | None) -> list:
+    """The refs of ``split`` (None or ``"all"``: every split) joined with ``ds``; raises naming the splits that
+    exist when it holds none."""
+    split = None if split == "all" else split
+    every = coco.load_refs(refs, ds)
+    out = [r for r in every if split is None or r.split == split]
+    if not out:
+        present = sorted({r.split for r in every})
+        raise ValueError(f"{refs}: no referring expressions in {'any split' if split is None else f'split {split!r}'}"
+                         f"; splits present: {', '.join(present) or 'none'}")
+    return out
+
+
 def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Path, *, split: str | None = "val",
                    methods: Sequence[str] | None = None, scorers: Sequence[str] = ("map-box", "heatmap-mean"),
                    thresholds: Sequence[float] = BOX_THRESHOLDS, box_threshold: float | None = None,
                    templates: Sequence[str] | None = None, limit: int | None = None, max_patches: int | None = None,
-                   resamples: int = stats.RESAMPLES, seed: int = 0, progress: bool = False) -> Result:
+                   resamples: int = stats.RESAMPLES, seed: int = 0, choose: bool = False,
+                   progress: bool = False) -> Result:
     """Acc@0.5 and pointing accuracy of :class:`dense.Localizer` on every sentence of every ref of ``split``.
 
     Ways of localizing (each a figure prefix, see :func:`config_key`), per heatmap method m (None: the encoder's
@@ -38,6 +52,9 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
     - baselines ``none/centre-prior/-`` (the whole image, its centre) and ``gt-boxes/-/random`` (the EXPECTED
       Acc@0.5 / pointing of a uniformly random candidate, pointing at its centre).
 
+    ``split``: the refs' split; None or ``"all"``: every split. ``choose``: also choose each method's box threshold
+    among ``thresholds`` (:func:`choose_box_thresholds`), kept as ``meta["chosen"]``.
+
     Figures: ``<prefix>/acc@0.5``, ``<prefix>/pointing`` (the Localization's point in the target mask) and
     ``<prefix>/pointing_box_centre``; the same over images with at least two objects under ``multi/<prefix>/...``.
     Rows: one per (sentence, way) with ``iou``, ``point_hit`` and ``centre_hit``. Intervals (``Result.intervals``):
@@ -48,18 +65,23 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
     templates = templates_of(encoder, templates)
     if box_threshold is None:
         box_threshold = encoder.calibration.box_threshold
+    if choose and not thresholds:
+        raise ValueError("choose needs box thresholds to choose from (thresholds=, --sweep)")
+    if not 0.0 <= box_threshold <= 1.0 or any(not 0.0 <= t <= 1.0 for t in thresholds):
+        raise ValueError(f"box thresholds must be in [0, 1], got {box_threshold} and {list(thresholds)}")
     from_image = {m for m in methods if m not in supported_methods(encoder)}  # clear-* on a 1-block tower
     layers = layers_for(encoder, methods)
     for s in scorers:
         if s not in CANDIDATE_METHODS:
             raise ValueError(f"unknown candidate scorer {s!r}; choose from {CANDIDATE_METHODS}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    split = None if split == "all" else split
     ds = coco.load_coco(ann, images)
     by_image: dict[int, list] = {}
-    for r in coco.load_refs(refs, ds, split=split):
+    for r in refs_of_split(refs, ds, split):
         by_image.setdefault(r.image_id, []).append(r)
     image_ids = sorted(by_image)[:limit] if limit is not None else sorted(by_image)
-    if not image_ids:
-        raise ValueError(f"{refs}: no referring expressions in split {split!r}")
 
     rows: list[dict] = []
     seconds = {"extract": 0.0, "localize": 0.0}
@@ -115,7 +137,7 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
     for d, part in zip((figures, intervals), _figures([r for r in rows if r["candidates"] >= 2], "multi/", **boot),
                        strict=True):
         d.update(part)
-    meta = {"task": "refer", "ann": str(ann), "refs": str(refs), "split": split, "images": len(image_ids),
+    meta = {"task": "refer", "ann": str(ann), "refs": str(refs), "split": split or "all", "images": len(image_ids),
             "refs_count": sum(len(by_image[i]) for i in image_ids), "expressions": n_sentences,
             "expressions_multi": len({(r["image_id"], r["ref_id"], r["sentence"]) for r in rows
                                       if r["candidates"] >= 2}),
@@ -123,7 +145,10 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
             "box_threshold": box_threshold, "templates": list(templates), "encoder": encoder.name,
             "fingerprint": encoder.fingerprint, "max_patches": max_patches or encoder.pixels.max_patches,
             "bootstrap": {**boot, "level": stats.LEVEL}, "seconds": seconds}
-    return Result(figures=figures, rows=rows, meta=meta, intervals=intervals)
+    res = Result(figures=figures, rows=rows, meta=meta, intervals=intervals)
+    if choose:
+        res.meta["chosen"] = choose_box_thresholds(res)
+    return res
 
 
 def _figures(rows: list[dict], prefix: str, *, resamples: int = stats.RESAMPLES, seed: int = 0
@@ -158,6 +183,72 @@ def choose_box_threshold(res: Result, method: str) -> float:
         raise ValueError("the run swept no box threshold (thresholds=())")
     accs = [res.figures[f"{config_key('none', method)}/acc@0.5@thr={t}"] for t in thresholds]
     return float(thresholds[int(np.argmax(accs))])
+
+
+def choose_box_thresholds(res: Result) -> dict[str, float]:
+    """``{method: box threshold}``: :func:`choose_box_threshold` for each method of an :func:`evaluate_refer` Result."""
+    return {m: choose_box_threshold(res, m) for m in res.meta["methods"]}
+
+
+def box_threshold_calibration(res: Result, method: str, *, command: str | None = None) -> dict:
+    """The ``dense_calibration.json`` entries of the box threshold chosen for ``method`` on ``res``'s split: the
+    threshold and its ``measured`` provenance (command, split, images, expressions, Acc@0.5 and its interval)."""
+    t = choose_box_threshold(res, method)
+    name = f"{config_key('none', method)}/acc@0.5@thr={t}"
+    m = res.meta
+    return {"box_threshold": t, "measured": {"box_threshold": {
+        "command": command, "split": m["split"], "images": m["images"], "expressions": m["expressions"],
+        "method": method, "max_patches": m["max_patches"], "acc@0.5": res.figures[name],
+        "acc@0.5_interval": list(res.intervals.get(name, ())), "thresholds": m["thresholds"]}}}
+
+
+def evaluate_refer_head_protocol(encoder, *, ann: str | Path, refs: str | Path, images: str | Path,
+                                 train_split: str = "train", split: str = "val", test_split: str | None = None,
+                                 templates: Sequence[str] | None = None, max_patches: int | None = None,
+                                 steps: int = 1500, train_batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
+                                 device: str | None = None, dtype: str | None = None) -> Result:
+    """Train the small referring head (:mod:`probes.refer_head`) on ``train_split``'s expressions over frozen tokens
+    and report Acc@0.5 and pointing on ``split`` (and on ``test_split`` once, when given).
+
+    Every split is checked before the model is loaded. ``encoder``: an Encoder or a name for :func:`dense.load_encoder`
+    (with ``device``, ``dtype``). Figures: ``<split>/acc@0.5``, ``<split>/pointing`` per reported split; ``meta``:
+    ``reported`` (the splits), ``expressions`` per split, ``encoder`` (its spec), seconds; the trained head is
+    ``result.artifacts["head"]`` (``.save(path, result.meta["encoder"])``).
+    """
+    from probes.refer_head import dataset_samples, train_refer_head
+
+    for name, v in (("steps", steps), ("train_batch_size", train_batch_size)):
+        if v < 1:
+            raise ValueError(f"{name} must be at least 1, got {v}")
+    if max_patches is not None and max_patches < 1:
+        raise ValueError(f"max_patches must be at least 1 (None: the checkpoint's budget), got {max_patches}")
+    reported = [split] + ([test_split] if test_split else [])
+    if test_split is not None and test_split in (train_split, split):
+        raise ValueError(f"the reported split {test_split!r} must not be the one trained on or chosen on")
+    ds = coco.load_coco(ann, images)
+    for s in (train_split, *reported):
+        refs_of_split(refs, ds, s)  # each split holds expressions, before any extraction
+    if isinstance(encoder, (str, Path)):
+        from dense.encoder import load_encoder
+
+        encoder = load_encoder(encoder, **{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
+    common = dict(templates=templates, max_patches=max_patches)
+    t0 = time.perf_counter()
+    train, _ = dataset_samples(encoder, ann, refs, images, split=train_split, **common)
+    t1 = time.perf_counter()
+    head = train_refer_head(train, steps=steps, batch_size=train_batch_size, lr=lr, seed=seed,
+                            log_every=max(steps // 10, 1))
+    t2 = time.perf_counter()
+    figures, counts = {}, {train_split: len(train)}
+    for s in reported:
+        samples, masks = dataset_samples(encoder, ann, refs, images, split=s, **common)
+        r = evaluate_refer_head(head, samples, masks)
+        figures.update({f"{s}/{k}": v for k, v in r.figures.items()})
+        counts[s] = r.meta["expressions"]
+    meta = {"task": "refer-head", "ann": str(ann), "refs": str(refs), "encoder": encoder.spec(), "steps": steps,
+            "train_batch_size": train_batch_size, "lr": lr, "seed": seed, "train_split": train_split,
+            "reported": reported, "expressions": counts, "seconds_features": t1 - t0, "seconds_train": t2 - t1}
+    return Result(figures=figures, meta=meta, artifacts={"head": head})
 
 
 def evaluate_refer_head(head, samples: Sequence, masks: Sequence[np.ndarray]) -> Result:

@@ -7,7 +7,7 @@ dense's core; :func:`dense.eval.probe.evaluate_probes` wraps it into :class:`den
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -15,8 +15,8 @@ from dense.metrics import BoundaryMeter, SegmentationMeter, segmentation_figures
 
 
 def score_probes(probes: Mapping[str, object], samples: Sequence, *, upsample: str = "bilinear", upsampler=None,
-                 images: Mapping[str, object] | None = None, boundary: bool = True, progress: bool = False
-                 ) -> dict[str, tuple[dict[str, float], list[dict]]]:
+                 images: Mapping[str, object] | None = None, boundary: bool = True, progress: bool = False,
+                 predict: Callable | None = None) -> dict[str, tuple[dict[str, float], list[dict]]]:
     """``{probe key: (figures, rows)}`` in one pass over ``samples``.
 
     ``probes``: anything with ``class_names`` and ``predict(fmap, size_hw, upsample=, image=, upsampler=) -> int32
@@ -28,8 +28,11 @@ def score_probes(probes: Mapping[str, object], samples: Sequence, *, upsample: s
     Figures: ``mIoU``, ``pixel_acc``, ``mean_acc``, ``IoU/<class>`` and, with ``boundary``, ``bF`` (boundary F-score
     at 2 px), ``trimap_mIoU`` (within 4 px of a ground-truth boundary) and ``bF/<class>``; rows: one per image with its
     own pixel accuracy and mIoU over the classes it holds.
+
+    ``predict(probe, sample, size_hw) -> int32 [H, W]`` replaces the prediction from the sample's cached FeatureMap
+    (e.g. sliding windows, :func:`dense.tiling.predict_slide`); samples then need only ``key`` and ``label``.
     """
-    sharp = upsample != "bilinear" or upsampler is not None
+    sharp = predict is None and (upsample != "bilinear" or upsampler is not None)
     if sharp and images is None:
         raise ValueError(f"upsample={upsample!r}{' with an upsampler' if upsampler else ''} needs each sample's image "
                          "(images={key: image})")
@@ -42,9 +45,13 @@ def score_probes(probes: Mapping[str, object], samples: Sequence, *, upsample: s
     rows: dict[str, list[dict]] = {k: [] for k in probes}
     for s in tqdm(samples, desc="evaluate", unit="img", disable=not progress):
         image = images[s.key] if sharp else None
-        fmap, label = s.fmap, s.label  # read once (a streamed sample reads them from disk), scored by every probe
+        label = s.label  # read once (a streamed sample reads it from disk), scored by every probe
+        fmap = s.fmap if predict is None else None
         for k, p in probes.items():
-            pred = p.predict(fmap, label.shape, upsample=upsample, image=image, upsampler=upsampler)  # [H, W]
+            if predict is None:
+                pred = p.predict(fmap, label.shape, upsample=upsample, image=image, upsampler=upsampler)  # [H, W]
+            else:
+                pred = predict(p, s, label.shape)  # [H, W]
             figs = segmentation_figures(meters[k].update(pred, label))  # this image's own figures
             if boundary:
                 edges[k].update(pred, label)

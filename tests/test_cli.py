@@ -212,8 +212,10 @@ def test_probe_protocol_is_one_call_returning_a_result(world, tiny_encoder, tmp_
 
     kw = dict(ann=world / "annotations.json", images=world / "images", cache=tmp_path / "cache", epochs=2,
               lrs=(1e-2, 3e-2))
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError, match="unknown --preset 'voc-tips'"):
         evaluate_linear_probe(tiny_encoder, preset="voc-tips", **kw)
+    with pytest.raises(ValueError, match="preset 'dinov3' fixes pooled, max_patches; leave them out"):
+        evaluate_linear_probe(tiny_encoder, preset="dinov3", max_patches=64, pooled="on", **kw)
     with pytest.raises(ValueError, match="must not be the one trained on or chosen on"):
         evaluate_linear_probe(tiny_encoder, test_split="val", **kw)
     res = evaluate_linear_probe(tiny_encoder, test_split="test", **kw)
@@ -298,3 +300,32 @@ def test_a_zero_token_budget_is_an_error_not_the_default(tiny_encoder):
                  lambda: list(tiny_encoder.extract_many([rgb], max_patches=0))):
         with pytest.raises(ValueError, match="max_patches must be >= 1, got 0"):
             call()
+
+
+def test_a_preset_fixes_the_budget_layers_and_sliding_evaluation(world, tiny_encoder, tmp_path, monkeypatch,
+                                                                    one_thread):
+    """``preset=`` drives the whole protocol: the cache is written at the preset's token budget and layers, and the
+    reported split is scored with the preset's sliding windows: the same figures as predict_slide image by image."""
+    from dense.coco import load_coco
+    from dense.eval.probe import evaluate_linear_probe
+    from dense.metrics import SegmentationMeter
+    from dense.tiling import predict_slide
+    from probes import protocols
+
+    tiny = protocols.Preset("slide-32", "a tiny sliding preset", "this test", layers="last", pooled=False,
+                            resolution_px=32, head="bn-linear", evaluation="slide", stride_px=16)
+    monkeypatch.setitem(protocols.PRESETS, "slide-32", tiny)
+    res = evaluate_linear_probe(tiny_encoder, preset="slide-32", ann=world / "annotations.json",
+                                images=world / "images", cache=tmp_path / "cache", epochs=2, lrs=(3e-2,),
+                                test_split="test")
+    assert res.meta["encoder"]["max_patches"] == 16 and res.meta["encoder"]["layers"] == [1]  # (32 // 8) ** 2
+    assert res.meta["preset"]["slide"] == {"window_px": 32, "stride_px": 16, "short_side_px": 32}
+    assert any("sliding windows" in line for line in res.meta["preset"]["lines"])
+    ds = load_coco(world / "annotations.json", world / "images")
+    meter = SegmentationMeter(ds.class_names)
+    for i in ds.ids("test"):
+        label = ds.label_map(i)
+        meter.update(predict_slide(tiny_encoder, res.artifacts["probe"], ds.image_path(i), size_hw=label.shape,
+                                   **res.meta["preset"]["slide"]), label)
+    assert res.figures["mIoU"] == pytest.approx(meter.figures()["mIoU"])
+    assert res.meta["splits"]["test"] == len(ds.ids("test"))

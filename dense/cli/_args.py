@@ -16,6 +16,7 @@ from pathlib import Path
 DATASETS = ("voc", "ade20k", "ade847", "coco-stuff", "context59", "context459", "coco")
 DTYPES = ("auto", "fp32", "bf16", "float32", "bfloat16")  # the spellings dense.encoder accepts
 STORE_DTYPES = ("float32", "bfloat16", "fp32", "bf16")
+PRESETS = ("siglip2-tips", "pe-best-block", "dinov3", "radio")  # the names of probes.protocols.PRESETS (light parser)
 
 # flag -> its one meaning across commands
 OPTIONS = {
@@ -62,6 +63,9 @@ OPTIONS = {
     "--store-dtype": "dtype of the tokens in the cache: float32 or bfloat16 (fp32, bf16; bfloat16: half the disk)",
     "--protocol": "sweep a paper protocol (sets --layers and --layer-sets; see probes.protocols)",
     "--last-k": "blocks of --protocol last-k (DINOv2: 4)",
+    "--preset": f"a published probe protocol ({', '.join(PRESETS)}): fixes the layers, +pooled, the token budget of "
+                "its resolution, sliding-window evaluation and label handling, and prints what it fixed "
+                "(probes.protocols)",
     "--pooled": "heads with the pooled MAP embedding concatenated to every token (TIPS): off, on or both",
     "--upsample": "how predictions reach the image's pixels: bilinear, or guided (a colour guided filter with the "
                   "image as guide: sharper edges)",

@@ -15,6 +15,7 @@ one call of :mod:`dense.eval.probe` / :mod:`dense.eval.refer`; this module maps 
 from __future__ import annotations
 
 from dense.cli._args import (
+    PRESETS,
     STORE_DTYPES,
     add_dataset,
     add_json,
@@ -112,6 +113,7 @@ def sweep_options(t) -> None:
     opt(t, "--seed", "head initialisation and batch order", type=int, default=0)
     opt(t, "--protocol", choices=("last", "last-k", "best-block", "pooled", "all"))
     opt(t, "--last-k", type=positive_int, default=4)
+    opt(t, "--preset", choices=PRESETS)
     opt(t, "--pooled", choices=("off", "on", "both"), default="off")
     opt(t, "--store-dtype", choices=STORE_DTYPES, default="float32")
     upsample_options(t)
@@ -131,7 +133,8 @@ def sweep_kwargs(args) -> dict:
     return dict(layers=args.layers, layer_sets=args.layer_sets, lrs=args.lrs, epochs=args.epochs,
                 train_batch_size=args.train_batch_size, label_scale=args.label_scale, weight_decay=args.weight_decay,
                 feature_dtype=args.feature_dtype, seed=args.seed, protocol=args.protocol, last_k=args.last_k,
-                pooled=args.pooled, store_dtype=args.store_dtype, upsample=args.upsample, upsampler=args.upsampler)
+                pooled=args.pooled, store_dtype=args.store_dtype, upsample=args.upsample, upsampler=args.upsampler,
+                preset=args.preset)
 
 
 def extract_kwargs(args) -> dict:
@@ -155,6 +158,8 @@ def print_figures(title: str, figs: dict) -> None:
 def print_sweep(res) -> None:
     """The sweep table and the report of :func:`dense.eval.probe.evaluate_linear_probe`'s Result."""
     m = res.meta
+    for line in (m.get("preset") or {}).get("lines", []):
+        print(line)
     for line in m["skipped"]:
         print(f"skipped {line}")
     print(f"\nsweep ({len(m['sweep'])} heads, {m['train_seconds']:.1f} s), chosen on {m['protocol']['choose']}:")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from dense.eval import Result
@@ -215,6 +216,34 @@ def _upsampler(upsampler, encoder):
     return Upsampler.load(upsampler, encoder=encoder)
 
 
+@dataclass(frozen=True)
+class _Labelled:
+    """A test image scored without cached features: its key, its image and (read when asked) its label map."""
+
+    key: str
+    image: object
+    dataset: object
+    image_id: object
+
+    @property
+    def label(self):
+        return self.dataset.label_map(self.image_id)  # [H, W], read once per scoring pass
+
+
+def _evaluate_slide(encoder, probe, ds, sub, slide: dict, *, progress: bool) -> Result:
+    """``probe`` on split ``sub`` of ``ds`` with sliding windows (:func:`dense.tiling.predict_slide` with ``slide``)."""
+    from dense.tiling import predict_slide
+    from probes.score import score_probes
+
+    items = [_Labelled(str(i), ds.image_path(i), ds, i) for i in ds.ids(sub)]
+
+    def predict(p, s, size_hw):
+        return predict_slide(encoder, p, s.image, size_hw=size_hw, **slide)  # int32 [H, W]
+
+    figures, rows = score_probes({"probe": probe}, items, predict=predict, progress=progress)["probe"]
+    return Result(figures=figures, rows=rows, meta={"images": len(items), "evaluation": "slide", **slide})
+
+
 def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None, images=None, root=None,
                           train_split: str | None = None, val_split: str = "val", test_split: str | None = None,
                           holdout: float | None = None, holdout_seed: int = 0,
@@ -258,9 +287,19 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
     ``class_names``, ``history`` and seconds. The chosen probe is ``result.artifacts["probe"]`` (a
     :class:`probes.LinearProbe`; ``.save(path)`` writes it).
     """
-    if preset is not None:
-        raise NotImplementedError("presets of probes.protocols are not wired into evaluate_linear_probe yet")
     t0 = time.perf_counter()
+    chosen_preset = None
+    if preset is not None:
+        from probes.protocols import preset as preset_of
+
+        chosen_preset = preset_of(preset)  # an unknown name fails here, before anything is read
+        fixed = {"protocol": protocol is not None, "layers": tuple(layers) != (-1,), "pooled": pooled != "off",
+                 "layer_sets": layer_sets is not None, "max_patches": max_patches is not None,
+                 "upsample": upsample != "bilinear" or upsampler is not None}
+        clash = [k for k, given in fixed.items() if given]
+        if clash:
+            raise ValueError(f"preset {preset!r} fixes {', '.join(clash)}; leave them out (what it fixes: "
+                             f"probes.protocols.preset({preset!r}).describe())")
     lrs = tuple(float(v) for v in lrs)
     _check_options(lrs=lrs, epochs=epochs, train_batch_size=train_batch_size, batch_size=batch_size,
                    label_scale=label_scale, max_patches=max_patches, holdout=holdout, pooled=pooled,
@@ -300,6 +339,11 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
     encoder = _encoder(encoder, device, dtype)
     proto = protocol_of(protocol, num_layers=encoder.num_layers, k=last_k) if protocol else None
     heads_pooled = POOLED[pooled]
+    slide = None
+    if chosen_preset is not None:
+        settings = chosen_preset.settings(patch_size=encoder.patch_size, num_layers=encoder.num_layers)
+        proto = chosen_preset.protocol(encoder.num_layers)
+        max_patches, slide = settings["max_patches"], settings["slide"]
     if proto:
         layers, layer_sets = proto.layers, proto.layer_sets
         heads_pooled = proto.pooled if pooled == "off" else heads_pooled
@@ -310,8 +354,10 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
                                       store_dtype=None if stored == torch.float32 else stored,
                                       pooled=any(heads_pooled))
     upsampler = _upsampler(upsampler, encoder)
-    samples, paths, skipped = _fill(encoder, cache_, opened, max_patches=max_patches, layers=tuple(layers),
-                                    batch_size=batch_size, extract=extract, on_error=on_error, progress=progress)
+    by_window = {test_split: opened[test_split]} if slide and test_split is not None else {}
+    samples, paths, skipped = _fill(encoder, cache_, {s: v for s, v in opened.items() if s not in by_window},
+                                    max_patches=max_patches, layers=tuple(layers), batch_size=batch_size,
+                                    extract=extract, on_error=on_error, progress=progress)
     cfg = ProbeConfig(lrs=lrs, layer_sets=None if layer_sets is None else tuple(tuple(s) for s in layer_sets),
                       epochs=epochs, batch_size=train_batch_size, label_scale=label_scale, weight_decay=weight_decay,
                       seed=seed, feature_dtype=STORE_DTYPES[feature_dtype], pooled=tuple(heads_pooled))
@@ -320,8 +366,12 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
     val = sweep.val[sweep.best_key]
     figures, rows = dict(val), []
     if test_split is not None:
-        test = evaluate_probe(best, samples[test_split], upsample=upsample, upsampler=upsampler, images=paths,
-                              progress=progress)
+        if slide:  # the preset's windows, each encoded on its own: no cached features
+            test = _evaluate_slide(encoder, best, *by_window[test_split], slide, progress=progress)
+            samples[test_split] = test.rows
+        else:
+            test = evaluate_probe(best, samples[test_split], upsample=upsample, upsampler=upsampler, images=paths,
+                                  progress=progress)
         figures, rows = dict(test.figures), test.rows
         best.meta["test"] = {k: v for k, v in figures.items() if not k.startswith(("IoU/", "bF/"))}
     figures.update({f"val/{k}": val[k] for k in ("mIoU", "pixel_acc") if k in val})
@@ -335,7 +385,10 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
                          "holdout_from": train_split if holdout else None},
             "reported": test_split or choose, "best": sweep.best_key, "lr_at_grid_edge": sweep.lr_at_grid_edge,
             "sweep": sweep.val, "history": sweep.history, "upsample": upsample, "upsampler": upsampler is not None,
-            "skipped": skipped, "train_seconds": sweep.seconds, "seconds": time.perf_counter() - t0}
+            "skipped": skipped, "train_seconds": sweep.seconds, "seconds": time.perf_counter() - t0,
+            "preset": None if chosen_preset is None else {
+                "name": chosen_preset.name, "max_patches": max_patches, "slide": slide,
+                "lines": chosen_preset.describe(patch_size=encoder.patch_size, num_layers=encoder.num_layers)}}
     return Result(figures=figures, rows=rows, meta=meta, artifacts={"probe": best})
 
 

@@ -55,6 +55,7 @@ def add(sub, parent) -> None:
     add_runtime(e)
     e.add_argument("--out", default=None, help="JSON to write (atomically)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    with_layouts(e)
 
     add_probe(tasks, parent)
 
@@ -266,7 +267,22 @@ def _named_dataset(args):
         raise DenseError("--dataset takes --root DIR (and no --ann)")
     from dense.segdata import load_dataset
 
-    return load_dataset(args.dataset, args.root)
+    ds = load_dataset(args.dataset, args.root, splits=[args.split] if args.split else [])
+    for split in [args.split] if args.split else sorted(ds.splits()):  # label files checked before the model loads
+        ds.check_files(split, progress=not args.quiet)
+    return ds
+
+
+def with_layouts(p) -> None:
+    """``--help`` of ``p`` ends with the dataset layouts of :mod:`dense.segdata` (imported only when asked)."""
+    plain = p.format_help
+
+    def format_help() -> str:
+        from dense.segdata import LAYOUTS_HELP
+
+        return plain() + "\n" + LAYOUTS_HELP + "\n"
+
+    p.format_help = format_help
 
 
 def add_probe(tasks, parent) -> None:
@@ -293,15 +309,19 @@ def add_probe(tasks, parent) -> None:
     p.add_argument("--out", default=None, help="save the chosen probe (.safetensors)")
     p.add_argument("--json", default=None, help="write the figures here (atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    with_layouts(p)
 
 
 def run_probe(args) -> int:
     from dense.cli.probe import sweep_and_report
-    from dense.segdata import PROTOCOLS
+    from dense.segdata import PROTOCOLS, load_dataset
 
     train, test = PROTOCOLS[args.dataset]
     args.train_split = args.train_split or train
     args.test_split = args.test_split or test
+    # split lists, label files and their sizes are checked (headers only) before the model loads
+    load_dataset(args.dataset, args.root, splits=(args.train_split, args.test_split), check_files=True,
+                 progress=not args.quiet)
     args.ann = args.images = args.voc = args.ade20k = None
     sweep_and_report(args, "fit", "holdout", args.test_split,
                      meta={"task": "probe", "dataset": args.dataset, "root": str(args.root)})

@@ -120,9 +120,13 @@ PROTOCOLS = {"voc": ("train", "val"), "ade20k": ("training", "validation"), "ade
              "coco": ("train2017", "val2017")}
 
 
-def load_dataset(name: str, root: str | os.PathLike, *, splits: Iterable[str] = ()):
-    """The dataset ``name`` (a key of :data:`READERS`) under ``root``; each of ``splits`` is checked to be there (an
-    error names the list or folder it would come from) before anything else reads it."""
+def load_dataset(name: str, root: str | os.PathLike, *, splits: Iterable[str] = (), check_files: bool = False,
+                 progress: bool = False):
+    """The dataset ``name`` (a key of :data:`READERS`) under ``root``.
+
+    Each of ``splits`` is checked to be there (an error names the list or folder it would come from); with
+    ``check_files``, its label files too (channels, bit depth and size against the image, from headers): errors come
+    before anything expensive starts."""
     if name not in READERS:
         raise ValueError(f"unknown dataset {name!r}; one of {', '.join(READERS)}")
     if not Path(root).is_dir():
@@ -130,6 +134,9 @@ def load_dataset(name: str, root: str | os.PathLike, *, splits: Iterable[str] = 
     ds = READERS[name](root)
     for s in splits:
         ds.ids(s)
+    if check_files:
+        for s in splits:
+            ds.check_files(s, progress=progress)
     return ds
 
 

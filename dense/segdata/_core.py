@@ -86,18 +86,29 @@ def read_label_file(path: str | os.PathLike, bits: int | None = None, what: str 
         except (UnidentifiedImageError, OSError) as e:
             raise AnnotationError(f"{path}: not an image ({e})") from e
         with im:
-            if im.mode not in _MODES_8BIT + _MODES_16BIT:
-                raise AnnotationError(f"{path}: a {len(im.getbands())}-channel {im.mode} image, not one channel of "
-                                      f"class indices ({what}); a colour rendering of labels cannot be read")
-            if bits == 8 and im.mode not in _MODES_8BIT:
-                raise AnnotationError(f"{path}: a 16-bit label map ({im.mode}); {what} is 8-bit")
-            if bits == 16 and im.mode in _MODES_8BIT:
-                raise AnnotationError(f"{path}: an 8-bit label map ({im.mode}); {what} is 16-bit")
+            _check_mode(im, path, bits, what)
             arr = np.asarray(im)
     arr = np.asarray(arr)
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
         raise AnnotationError(f"{path}: expected an integer label map [H, W], got {arr.dtype} {arr.shape}")
     return arr.astype(np.int64)
+
+
+def _check_mode(im, path: Path, bits: int | None, what: str) -> None:
+    """One channel of class indices, at the bit depth (8, 16) the producing script writes."""
+    if im.mode not in _MODES_8BIT + _MODES_16BIT:
+        raise AnnotationError(f"{path}: a {len(im.getbands())}-channel {im.mode} image, not one channel of class "
+                              f"indices ({what}); a colour rendering of labels cannot be read")
+    if bits == 8 and im.mode not in _MODES_8BIT:
+        raise AnnotationError(f"{path}: a 16-bit label map ({im.mode}); {what} is 8-bit")
+    if bits == 16 and im.mode in _MODES_8BIT:
+        raise AnnotationError(f"{path}: an 8-bit label map ({im.mode}); {what} is 16-bit")
+
+
+def size_mismatch(label_path, label_hw, image_path, image_hw, image_id) -> str:
+    """The one-line message for a label map whose size is not its image's."""
+    return (f"{label_path}: label map is {label_hw[0]} x {label_hw[1]} (H x W), its image {image_path} is "
+            f"{image_hw[0]} x {image_hw[1]} (image id {image_id})")
 
 
 def apply_lut(stored: np.ndarray, lut: np.ndarray | None, num_classes: int, path: Path, what: str = "") -> np.ndarray:
@@ -273,6 +284,32 @@ class SegDataset:
         """label -> bool ``[H, W]`` for every class present in the image."""
         lab = self.label_map(image_id)
         return {int(k): lab == k for k in np.unique(lab) if k != IGNORE}
+
+    def check_files(self, split: str, *, progress: bool = False) -> None:
+        """Before any expensive work: every id of ``split`` has a label file of the channels and bit depth its
+        script writes, the size of its image. Reads headers only (``.mat`` files are checked when read); an image
+        that cannot be opened is left to the extraction (which may skip it)."""
+        from PIL import Image, UnidentifiedImageError
+        from tqdm.auto import tqdm
+
+        for i in tqdm(self.ids(split), desc=f"check {split}", unit="img", disable=not progress):
+            path, src = self._label_source(i)
+            if path.suffix == ".mat":
+                continue
+            try:
+                with Image.open(path) as lab:
+                    _check_mode(lab, path, src.encoding.bits or None, src.encoding.what)
+                    label_hw = (lab.height, lab.width)
+            except (UnidentifiedImageError, OSError) as e:
+                raise AnnotationError(f"{path}: not an image ({e})") from e
+            image = self.image_path(i)
+            try:
+                with Image.open(image) as im:
+                    image_hw = (im.height, im.width)
+            except (UnidentifiedImageError, OSError):
+                continue
+            if label_hw != image_hw:
+                raise AnnotationError(size_mismatch(path, label_hw, image, image_hw, i))
 
 
 def _list_ids(sources: Sequence[LabelSource]) -> list[str]:

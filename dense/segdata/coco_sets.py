@@ -90,6 +90,25 @@ class CocoSplits:
     def splits(self) -> set[str]:
         return set(self._parts)
 
+    def check_files(self, split: str, *, progress: bool = False) -> None:
+        """Before any expensive work: each image of ``split`` is the size its instances file says (headers only;
+        an image that cannot be opened is left to the extraction)."""
+        from PIL import Image, UnidentifiedImageError
+        from tqdm.auto import tqdm
+
+        ds = self._part(split)
+        for iid in tqdm(ds.ids(), desc=f"check {split}", unit="img", disable=not progress):
+            path = ds.image_path(iid)
+            try:
+                with Image.open(path) as im:
+                    image_hw = (im.height, im.width)
+            except (UnidentifiedImageError, OSError):
+                continue
+            if tuple(ds.image_hw(iid)) != image_hw:
+                h, w = ds.image_hw(iid)
+                raise AnnotationError(f"{self._parts[split]}: image id {iid} is {h} x {w} (H x W) there, its image "
+                                      f"{path} is {image_hw[0]} x {image_hw[1]}")
+
     def identity(self) -> str:
         return identity("coco", self.root)
 

@@ -295,13 +295,14 @@ class SegDataset:
         for i in tqdm(self.ids(split), desc=f"check {split}", unit="img", disable=not progress):
             path, src = self._label_source(i)
             if path.suffix == ".mat":
-                continue
-            try:
-                with Image.open(path) as lab:
-                    _check_mode(lab, path, src.encoding.bits or None, src.encoding.what)
-                    label_hw = (lab.height, lab.width)
-            except (UnidentifiedImageError, OSError) as e:
-                raise AnnotationError(f"{path}: not an image ({e})") from e
+                label_hw = _mat_label_hw(path)
+            else:
+                try:
+                    with Image.open(path) as lab:
+                        _check_mode(lab, path, src.encoding.bits or None, src.encoding.what)
+                        label_hw = (lab.height, lab.width)
+                except (UnidentifiedImageError, OSError) as e:
+                    raise AnnotationError(f"{path}: not an image ({e})") from e
             image = self.image_path(i)
             try:
                 with Image.open(image) as im:
@@ -310,6 +311,22 @@ class SegDataset:
                 continue
             if label_hw != image_hw:
                 raise AnnotationError(size_mismatch(path, label_hw, image, image_hw, i))
+
+
+def _mat_label_hw(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of a PASCAL Context ``.mat``'s ``LabelMap``, from the file's headers (``scipy.io.whosmat``)."""
+    from scipy.io import whosmat
+
+    try:
+        found = {name: (shape, cls) for name, shape, cls in whosmat(str(path))}
+    except (ValueError, OSError, TypeError) as e:
+        raise AnnotationError(f"{path}: not a MATLAB file ({e})") from e
+    if "LabelMap" not in found:
+        raise AnnotationError(f"{path}: no 'LabelMap' (expected an official PASCAL Context .mat file)")
+    shape, cls = found["LabelMap"]
+    if len(shape) != 2 or not cls.startswith(("uint", "int")):
+        raise AnnotationError(f"{path}: LabelMap is {cls} {shape}; expected one channel of class indices [H, W]")
+    return int(shape[0]), int(shape[1])
 
 
 def _list_ids(sources: Sequence[LabelSource]) -> list[str]:

@@ -6,7 +6,16 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from dense.segdata._core import Encoding, LabelSource, LayoutError, SegDataset, Split, first_dir, names_file
+from dense.segdata._core import (
+    Encoding,
+    LabelSource,
+    LayoutError,
+    SegDataset,
+    Split,
+    first_dir,
+    names_file,
+    read_names,
+)
 from dense.segdata.names import CONTEXT59_CLASSES, CONTEXT459_CLASSES, VOC_CLASSES
 
 
@@ -25,11 +34,11 @@ def voc(root: str | os.PathLike, class_names: Iterable[str] | None = None) -> Se
 
     An id's label is ``SegmentationClass/<id>.png`` when VOC annotated it, else ``SegmentationClassAug/<id>.png``:
     mmsegmentation trains ``trainaug`` as VOC ``train`` (its own labels) + ``aug`` (SBD's), and DeepLab's
-    ``SegmentationClassAug.zip`` holds VOC's images too. ``classes.txt`` (one name a line) replaces the 21 names."""
+    ``SegmentationClassAug.zip`` holds VOC's images too. ``classes.txt`` (one name a line) replaces the 21 names, for
+    a dataset of other classes in VOC's layout."""
     root = Path(root)
-    if class_names is None:
-        class_names = names_file(root / "classes.txt", VOC_CLASSES) if (root / "classes.txt").is_file() else \
-            VOC_CLASSES
+    if class_names is None:  # a VOC-layout dataset of other classes names them in classes.txt
+        class_names = read_names(root / "classes.txt") if (root / "classes.txt").is_file() else VOC_CLASSES
     names = list(class_names)
     n = len(names)
     official = Encoding.of("VOC SegmentationClass: palette PNG, 0..20, 255 = boundary", 8,

@@ -24,6 +24,11 @@ def _lists(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.txt"))} if folder.is_dir() else {}
 
 
+def _deeper(root: Path, name: str) -> str:
+    """A hint when ``root`` is the VOCdevkit above the folder meant."""
+    return f"; --root is the {name} folder: {root / name}?" if (root / name).is_dir() else ""
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # VOC
 
@@ -49,7 +54,7 @@ def voc(root: str | os.PathLike, class_names: Iterable[str] | None = None) -> Se
                LabelSource(root / "SegmentationClassAug", ".png", aug)]
     if not any(s.folder.is_dir() for s in sources):
         raise LayoutError(root / "SegmentationClass", "no VOC label folder (SegmentationClass or "
-                          "SegmentationClassAug)")
+                          f"SegmentationClassAug){_deeper(root, 'VOC2012')}")
     seg_lists = root / "ImageSets" / "Segmentation"
     # DeepLab's lists (train_aug.txt: "/JPEGImages/x.jpg /SegmentationClassAug/x.png" lines) where present
     lists = {**_lists(root / "ImageSets" / "SegmentationAug"), **_lists(seg_lists)}
@@ -118,7 +123,7 @@ def _context(root: Path, name: str, names: list[str], *, voc2010: list[tuple[str
         hint = {"*": str(root / ann / "{split}")}
     else:
         raise LayoutError(root / "JPEGImages", "not a PASCAL Context folder: no VOC2010 JPEGImages/, SAN "
-                          "val/label/ or ODISE images/")
+                          f"val/label/ or ODISE images/{_deeper(root, 'VOC2010')}")
     return SegDataset(name, root, names, found, " + ".join(layouts), hint)
 
 

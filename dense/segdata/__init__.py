@@ -27,7 +27,8 @@ ade20k      ADEChallengeData2016: images/{training,validation}/<id>.jpg, annotat
 ade20k      ADEChallengeData2016: annotations_detectron2/{training,validation}/<id>.png (when annotations/ is not there)
               <- MaskFormer prepare_ade20k_sem_seg.py, CAT-Seg prepare_ade20k_150.py: grey PNG, 0..149, 255 = ignore
 ade847      ADE20K_2021_17_01: images_detectron2/{training,validation}/<id>.jpg, annotations_detectron2/{...}/<id>.tif
-              <- MaskFormer (and CAT-Seg) prepare_ade20k_full_sem_seg.py: uint16 TIFF, 0..846, 65535 = ignore
+              <- MaskFormer prepare_ade20k_full_sem_seg.py (CAT-Seg prepare_ade20k_full.py): uint16 TIFF, 0..846,
+                 65535 = ignore
 coco-stuff  coco_stuff164k: images/{train2017,val2017}/<id>.jpg, annotations/{train2017,val2017}/<id>.png
               <- official stuffthingmaps_trainval2017.zip: grey PNG, COCO id - 1 (0..181), 255 = ignore; the 11 ids
                  COCO never used are an error

@@ -9,7 +9,7 @@ Everything a probe or an evaluator reads goes through two small types:
   :meth:`CocoDataset.label_map`.
 
 It is a *semantic dataset*: ``class_names`` (index = label value), ``ids(split)``, ``image_path(id)``,
-``label_map(id)`` -> signed int ``[H, W]`` (:func:`dense.metrics.label_dtype`: int8 up to 127 categories, int16 up to
+``label_map(id)`` -> signed int ``[H, W]`` (:func:`dense.labels.label_dtype`: int8 up to 127 categories, int16 up to
 32766) with :data:`IGNORE` (-1) for pixels no metric should count, ``identity()`` for the feature cache. The readers
 of :mod:`dense.segdata` (VOC, ADE20K, COCO-Stuff, PASCAL Context) give the same interface; the probe trainer and the
 evaluators accept any of them.

@@ -21,7 +21,7 @@ def score_probes(probes: Mapping[str, object], samples: Sequence, *, upsample: s
 
     ``probes``: anything with ``class_names`` and ``predict(fmap, size_hw, upsample=, image=, upsampler=) -> int32
     [H, W]`` (:class:`probes.LinearProbe`). ``samples``: objects with ``key``, ``fmap`` and ``label`` (``[H, W]``,
-    ignored pixels = ``dense.metrics.IGNORE``). Predictions are made at the label map's size, the original image
+    ignored pixels = ``dense.labels.IGNORE``). Predictions are made at the label map's size, the original image
     resolution, upsampled as ``upsample``/``upsampler`` say; those two need ``images``: each sample's image (a path or
     a uint8 array) under its key.
 

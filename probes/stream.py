@@ -32,12 +32,14 @@ class CachedSample:
     """
 
     def __init__(self, key: str, path: Path, label_fn: Callable[[], np.ndarray], *, grid_hw: tuple[int, int],
-                 image_hw: tuple[int, int], encoder: dict, pooled_dim: int | None):
-        self.key, self.path, self.label_fn = key, Path(path), label_fn
+                 image_hw: tuple[int, int], encoder: dict, pooled_dim: int | None,
+                 label_where: Callable[[], str] | None = None):
+        self.key, self.path, self.label_fn, self.label_where = key, Path(path), label_fn, label_where
         self.grid_hw, self.image_hw, self.encoder, self.pooled_dim = grid_hw, image_hw, encoder, pooled_dim
 
     @classmethod
-    def open(cls, key: str, path: str | Path, label_fn: Callable[[], np.ndarray]) -> CachedSample:
+    def open(cls, key: str, path: str | Path, label_fn: Callable[[], np.ndarray],
+             label_where: Callable[[], str] | None = None) -> CachedSample:
         """Read only the header of the entry at ``path``; a missing entry raises ``KeyError`` naming it."""
         path = Path(path)
         if not path.exists():
@@ -54,7 +56,7 @@ class CachedSample:
         if tuple(shape[:2]) != grid:
             raise ValueError(f"{path}: tokens {shape} do not match the grid {grid}")
         return cls(key, path, label_fn, grid_hw=grid, image_hw=tuple(meta["image_hw"]),
-                   encoder=meta.get("encoder", {}), pooled_dim=pooled)
+                   encoder=meta.get("encoder", {}), pooled_dim=pooled, label_where=label_where)
 
     def read(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(tokens [gh, gw, D] in the stored dtype, pooled [E] or None)``, read from disk now."""
@@ -72,10 +74,12 @@ class CachedSample:
         return self.read_label()
 
     def read_label(self) -> np.ndarray:
-        """The label map ``[H, W]``, checked against the image size."""
+        """The label map ``[H, W]``, checked against the image size (the error names the label file, where known)."""
         label = np.asarray(self.label_fn())
         if label.shape != tuple(self.image_hw):
-            raise ValueError(f"image {self.key}: label map {label.shape} differs from the image size {self.image_hw}")
+            where = self.label_where() if self.label_where else "label map"
+            raise ValueError(f"{where}: label map is {label.shape[0]} x {label.shape[1]} (H x W), its image is "
+                             f"{self.image_hw[0]} x {self.image_hw[1]} (image id {self.key})")
         return label
 
     def __repr__(self) -> str:
@@ -83,11 +87,15 @@ class CachedSample:
 
 
 def cached_samples(cache, keys: Sequence[str], label_fns: Sequence[Callable[[], np.ndarray]], *,
-                   progress: bool = False, desc: str = "open") -> list[CachedSample]:
-    """:class:`CachedSample` per key of ``cache`` (a :class:`dense.cache.FeatureCache`), reading headers only."""
+                   progress: bool = False, desc: str = "open",
+                   label_wheres: Sequence[Callable[[], str]] | None = None) -> list[CachedSample]:
+    """:class:`CachedSample` per key of ``cache`` (a :class:`dense.cache.FeatureCache`), reading headers only.
+    ``label_wheres``: per key, the label file's name for errors."""
     out = []
-    for key, fn in tqdm(list(zip(keys, label_fns, strict=True)), desc=desc, unit="img", disable=not progress):
-        s = CachedSample.open(str(key), cache.path(str(key)), fn)
+    wheres = label_wheres if label_wheres is not None else [None] * len(keys)
+    for key, fn, where in tqdm(list(zip(keys, label_fns, wheres, strict=True)), desc=desc, unit="img",
+                               disable=not progress):
+        s = CachedSample.open(str(key), cache.path(str(key)), fn, where)
         if s.encoder != cache.spec:
             raise ValueError(f"{s.path}: made by {s.encoder}, not {cache.spec}")
         out.append(s)

@@ -140,8 +140,10 @@ def load_samples(dataset, cache, split: str | None = None, *, progress: bool = F
         from probes.stream import cached_samples
 
         ids = list(dataset.ids(split))
+        where = getattr(dataset, "label_path", None)  # segmentation folders name their label files in errors
         return cached_samples(cache, [str(i) for i in ids], [partial(dataset.label_map, i) for i in ids],
-                              progress=progress, desc=f"open {split or 'all'}")
+                              progress=progress, desc=f"open {split or 'all'}",
+                              label_wheres=[partial(where, i) for i in ids] if where else None)
     out = []
     for i in tqdm(dataset.ids(split), desc=f"load {split or 'all'}", unit="img", disable=not progress):
         fmap = cache.load(str(i))

@@ -7,6 +7,8 @@ instant. Each command's ``run`` function imports what it needs.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 
 from dense.cli import demo, evaluate, extract, probe, query, upsampler
@@ -65,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(e: Exception) -> str:
-    if isinstance(e, FileNotFoundError) and e.filename:
-        return f"{e.filename}: no such file or directory"
+    if isinstance(e, FileNotFoundError) and e.filename:  # keep dense's own explanation where it gave one
+        why = e.strerror if e.strerror and e.strerror != os.strerror(errno.ENOENT) else "no such file or directory"
+        return f"{e.filename}: {why}"
     if isinstance(e, (KeyError, DenseError)) and e.args:
         return str(e.args[0])
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

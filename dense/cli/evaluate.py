@@ -58,6 +58,7 @@ def add(sub, parent) -> None:
     add_runtime(e)
     add_json(e)
     add_quiet(e)
+    with_layouts(e)
 
     add_probe(tasks, parent)
 
@@ -132,7 +133,10 @@ def run_openvocab(args) -> int:
     if args.dataset is not None:
         from dense.segdata import load_dataset
 
-        data = load_dataset(args.dataset, args.root)
+        split = None if args.split in (None, "all") else args.split
+        # split lists and label files (headers) are checked before the model loads
+        data = load_dataset(args.dataset, args.root, splits=[split] if split else [], check_files=split is not None,
+                            progress=not args.quiet)
     enc = load(args)
     res = evaluate_openvocab(enc, data, args.images, methods=_methods(args, enc), background=args.background,
                              templates=args.templates, split=args.split, limit=args.limit,
@@ -252,6 +256,18 @@ def format_refer(res) -> str:
 # dense eval probe
 
 
+def with_layouts(p) -> None:
+    """``--help`` of ``p`` ends with the dataset layouts of :mod:`dense.segdata` (imported only when asked)."""
+    plain = p.format_help
+
+    def format_help() -> str:
+        from dense.segdata import LAYOUTS_HELP
+
+        return plain() + "\n" + LAYOUTS_HELP + "\n"
+
+    p.format_help = format_help
+
+
 def add_probe(tasks, parent) -> None:
     from dense.cli import probe
 
@@ -274,6 +290,7 @@ def add_probe(tasks, parent) -> None:
     opt(p, "--out", "the chosen probe (.safetensors)")
     add_json(p)
     add_quiet(p)
+    with_layouts(p)
 
 
 def run_probe(args) -> int:

@@ -89,6 +89,9 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
         where = getattr(ds, "root", None) or getattr(ds, "source", None) or ann
         raise ValueError(f"{where}: no images in {'the dataset' if split is None else f'split {split!r}'}; splits "
                          f"present: {present}")
+    if hasattr(ds, "check_files"):  # every label file's channels, bit depth and size, before any text or image work
+        for s in [split] if split is not None else sorted(ds.splits()):
+            ds.check_files(s)
     offset = 1 if ds.class_names[0] == "background" else 0
     if not offset:  # no background class: plain argmax, nothing to threshold
         background, thresholds = None, ()

@@ -120,8 +120,10 @@ class _Data:
         ids = []
         if ds is not None:
             try:
-                ids = ds.ids(sub)
-            except (KeyError, FileNotFoundError):
+                ids = ds.ids(sub)  # a reader whose split list is missing raises naming the file it looked for
+            except KeyError as e:
+                if e.args and isinstance(e.args[0], str) and " " in e.args[0]:  # the reader's own explanation
+                    raise ValueError(e.args[0]) from None
                 ids = []
         if not ids:
             present = self.splits()
@@ -129,6 +131,8 @@ class _Data:
                                       "e.g. --ann train=FILE)"
             raise ValueError(f"{self.what}: no images in split {split!r}; splits present: "
                              f"{', '.join(present) or 'none'}{hint}")
+        if hasattr(ds, "check_files"):  # label files' channels, bit depth and size, from headers: before the model
+            ds.check_files(sub)
         return ds, sub
 
 

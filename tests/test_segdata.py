@@ -331,13 +331,13 @@ def test_eval_probe_and_openvocab_run_end_to_end(tmp_path, capsys, dataset):
     assert main(["eval", "probe", "--model", "shapes-tiny", "--dataset", dataset, "--root", str(b.root),
                  "--cache", str(tmp_path / "cache"), "--epochs", "1", "--lrs", "1e-2", "--quiet",
                  "--json", str(out)]) == 0
-    rec = json.loads(out.read_text())
+    rec = json.loads(out.read_text())["meta"]
     assert rec["protocol"]["report"] == test and rec["splits"][test] == len(b.truth[test])
     assert rec["class_names"] == list(load_dataset(dataset, b.root).class_names)
-    assert 0 <= rec["test"]["mIoU"] <= 1
+    assert 0 <= json.loads(out.read_text())["figures"]["mIoU"] <= 1
     ov = tmp_path / "openvocab.json"
     assert main(["eval", "openvocab", "--model", "shapes-tiny", "--dataset", dataset, "--root", str(b.root),
-                 "--split", test, "--templates", "none", "--resamples", "10", "--quiet", "--out", str(ov)]) == 0
+                 "--split", test, "--templates", "none", "--resamples", "10", "--quiet", "--json", str(ov)]) == 0
     res = json.loads(ov.read_text())
     assert res["meta"]["images"] == len(b.truth[test])
     capsys.readouterr()

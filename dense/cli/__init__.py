@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dense.cli import demo, evaluate, extract, probe, query, upsampler
+from dense.cli import demo, evaluate, explore, extract, probe, query, upsampler
 from dense.cli._args import DenseError, Parser, common_parent
 
-GROUPS = (extract, probe, upsampler, query, evaluate, demo)  # each has add(sub, parent) -> adds its subcommands
+GROUPS = (extract, probe, upsampler, query, evaluate, demo, explore)  # each has add(sub, parent): its subcommands
 
 
 def _version() -> str:

@@ -1,0 +1,59 @@
+"""``dense explore``: a local page to click through a folder of images (similarity, heatmaps, boxes, segments)."""
+
+from __future__ import annotations
+
+import sys
+
+from dense.cli._args import DenseError, add_max_patches, add_method, add_model, add_runtime, command, existing
+
+DESCRIPTION = ("Serves a local page showing the images of --images at their own aspect ratios, with their PCA view. "
+               "Click a patch: its similarity to every patch of every image. Type text queries: heatmaps. An "
+               "expression: its box, point and score. A class list: a segmentation. Features are extracted once per "
+               "image, on first view (and kept in --cache when given). Binds to 127.0.0.1 unless --host says "
+               "otherwise; serves only the image files under the folder.")
+
+
+def add(sub, parent) -> None:
+    p = command(sub, "explore", parent, func=run, help="a local page to explore a folder of images interactively",
+                description=DESCRIPTION)
+    add_model(p)
+    p.add_argument("--images", required=True, type=existing("folder"), help="the image folder (searched recursively)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind; anything but a loopback address shows the images to your network")
+    p.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one")
+    p.add_argument("--cache", default=None, help="feature cache root folder (features survive restarts)")
+    p.add_argument("--layers", default=None,
+                   help="comma-separated block indices to extract for similarity, -1 = last (default: the last "
+                        "block and what the heatmap method needs)")
+    p.add_argument("--max-images", type=int, default=64, help="images shown: the first ones by name (0: all)")
+    add_method(p)
+    add_max_patches(p)
+    add_runtime(p)
+
+
+def run(args) -> int:
+    from dense.cli._args import load, parse_layers
+    from dense.explore.server import Explorer, Server, create_app, describe, is_loopback
+
+    if not 0 <= args.port <= 65535:
+        raise DenseError(f"--port {args.port}: must be 0..65535")
+    if args.max_images < 0:
+        raise DenseError(f"--max-images {args.max_images}: must be >= 0")
+    layers = parse_layers(args.layers) if args.layers else None
+    encoder = load(args)
+    explorer = Explorer(encoder, args.images, cache=args.cache, max_patches=args.max_patches, layers=layers,
+                        method=args.method, max_images=args.max_images or None)
+    try:
+        server = Server(create_app(explorer), args.host, args.port)
+    except OSError as e:
+        raise DenseError(f"--host {args.host} --port {args.port}: cannot listen ({e.strerror or e})") from None
+    if not is_loopback(server.host):
+        print(f"dense explore: warning: listening on {server.host}, not loopback: anyone who can reach this machine "
+              f"can see the images in {args.images}", file=sys.stderr)
+    print(describe(server, explorer), flush=True)
+    print("dense explore: Ctrl-C stops it", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+    return 0

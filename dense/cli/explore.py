@@ -53,7 +53,8 @@ def run(args) -> int:
     print(describe(server, explorer), flush=True)
     print("dense explore: Ctrl-C stops it", flush=True)
     try:
-        server.serve_forever()
+        server.serve_forever()  # until Ctrl-C (werkzeug returns from it then)
     finally:
         server.close()
+    print("dense explore: stopped", flush=True)
     return 0

@@ -333,6 +333,7 @@ def create_app(explorer: Explorer):
 
     app = Flask(__name__, static_folder=str(STATIC), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.url_map.merge_slashes = False  # "/images//etc/passwd" is a 404, not a redirect to "/images/etc/passwd"
     app.json.sort_keys = False
 
     @app.errorhandler(RequestError)

@@ -35,6 +35,10 @@ def run(args) -> int:
     from dense.cli._args import load, parse_layers
     from dense.explore.server import Explorer, Server, create_app, describe, is_loopback
 
+    try:
+        import flask  # noqa: F401
+    except ImportError:
+        raise DenseError("dense explore needs Flask: pip install 'dense[explore]'") from None
     if not 0 <= args.port <= 65535:
         raise DenseError(f"--port {args.port}: must be 0..65535")
     if args.max_images < 0:

@@ -46,8 +46,8 @@ def make_folder(root: Path, n: int = 3) -> Path:
     src = sorted((root / "world" / "images").iterdir())
     for p in src[:-1]:
         shutil.copy(p, images / p.name)
-    (images / "sub").mkdir()
-    shutil.copy(src[-1], images / "sub" / src[-1].name)
+    (images / "sub dir").mkdir()  # a space and an accent: names travel URL-encoded
+    shutil.copy(src[-1], images / "sub dir" / "scène 2.png")
     (images / "broken.png").write_bytes(b"this is not an image")
     (images / "huge.png").write_bytes(huge_png_header())
     (root / "secret.png").write_bytes(SECRET)
@@ -116,7 +116,7 @@ def raw_post(server: Server, path: str, body: bytes, content_type: str = "applic
 def test_only_image_files_inside_the_folder_are_served(folder, explorer):
     names = list(image_files(folder))
     assert "leak.png" not in names  # a symlink whose target leaves the folder
-    assert "alias.png" in names and "sub/000002.png" in names
+    assert "alias.png" in names and "sub dir/scène 2.png" in names
     assert names == sorted(names) and list(explorer.files) == names
     assert all(p.resolve().is_relative_to(folder.resolve()) for p in explorer.files.values())
 
@@ -236,7 +236,7 @@ def test_path_traversal_is_refused_in_every_spelling(server, folder):
         "/images/%2e%2e/secret.png",
         "/images/%2E%2E%2Fsecret.png",
         "/images/..%2fsecret.png",
-        "/images/sub/../../secret.png",
+        "/images/sub%20dir/../../secret.png",
         "/images/" + str(secret),
         "/images/" + quote(str(secret), safe=""),
         "/images/leak.png",
@@ -249,7 +249,7 @@ def test_path_traversal_is_refused_in_every_spelling(server, folder):
         status, body = raw_get(server, path)
         assert status == 404, (path, status)
         assert SECRET not in body and b"import" not in body
-    assert raw_get(server, "/images/sub/000002.png")[0] == 200
+    assert raw_get(server, "/images/" + quote("sub dir/scène 2.png"))[0] == 200
     assert raw_get(server, "/images/alias.png")[0] == 200  # a symlink that stays inside the folder
 
 

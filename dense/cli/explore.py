@@ -33,7 +33,7 @@ def add(sub, parent) -> None:
 
 def run(args) -> int:
     from dense.cli._args import load, parse_layers
-    from dense.explore.server import Explorer, Server, create_app, describe, is_loopback
+    from dense.explore.server import describe, is_loopback, make_server
 
     try:
         import flask  # noqa: F401
@@ -45,10 +45,10 @@ def run(args) -> int:
         raise DenseError(f"--max-images {args.max_images}: must be >= 0")
     layers = parse_layers(args.layers) if args.layers else None
     encoder = load(args)
-    explorer = Explorer(encoder, args.images, cache=args.cache, max_patches=args.max_patches, layers=layers,
-                        method=args.method, max_images=args.max_images or None)
     try:
-        server = Server(create_app(explorer), args.host, args.port)
+        server, explorer = make_server(encoder, args.images, host=args.host, port=args.port, cache=args.cache,
+                                       max_patches=args.max_patches, layers=layers, method=args.method,
+                                       max_images=args.max_images or None)
     except OSError as e:
         raise DenseError(f"--host {args.host} --port {args.port}: cannot listen ({e.strerror or e})") from None
     if not is_loopback(server.host):

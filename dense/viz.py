@@ -139,6 +139,21 @@ def heatmaps(image, scores, queries: Sequence[str], *, alpha: float = 0.5, cmap:
     return fig
 
 
+def heat_overlay(image, scores, *, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+    """Scores ``[H, W]`` drawn over the image in greyscale with the jet map on the fixed ``vmin..vmax`` scale:
+    uint8 ``[H, W, 3]``. Values outside the scale are clipped to its ends; NaN leaves the grey image."""
+    from matplotlib import colormaps
+
+    image = load_image(image)
+    s = _np(scores).astype(np.float32)
+    _check_hw(image, s, "scores")
+    grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # [H, W, 3] -> [H, W]
+    t = np.clip((s - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+    jet = colormaps["jet"](np.nan_to_num(t))[..., :3] * 255.0  # [H, W] -> [H, W, 3]
+    out = np.where(np.isnan(s)[..., None], grey[..., None], 0.5 * grey[..., None] + 0.5 * jet)
+    return (out + 0.5).clip(0, 255).astype(np.uint8)
+
+
 # -- label maps -------------------------------------------------------------------------------------------------------
 
 # Colour words a class name may contain, and how to draw them (tab10 shades where matplotlib has one: softer than pure

@@ -11,10 +11,10 @@ import errno
 import os
 import sys
 
-from dense.cli import demo, evaluate, extract, probe, query, upsampler
+from dense.cli import demo, evaluate, explore, extract, probe, query, upsampler
 from dense.cli._args import DenseError, Parser, common_parent, opt, set_command_line
 
-GROUPS = (extract, probe, upsampler, query, evaluate, demo)  # each has add(sub, parent) -> adds its subcommands
+GROUPS = (extract, probe, upsampler, query, evaluate, demo, explore)  # each has add(sub, parent): its subcommands
 
 
 def _version() -> str:

@@ -97,6 +97,8 @@ OPTIONS = {
     "--queries": "text queries, e.g. 'a dog' 'a red car'",
     "--n-images": "synthetic images to draw (at least 7: train, val and test each need one)",
     "--max-images": "images (or photos) shown on the page",
+    "--host": "address the local page listens on; anything but a loopback address shows the images to your network",
+    "--port": "port the local page listens on; 0 picks a free one",
 }
 
 

@@ -40,10 +40,57 @@ def test_heatmaps_use_a_fixed_probability_scale_with_a_colour_bar():
     scores[0] += 0.9
     scores[1] += 0.001  # "a dog" on a cat photo: must not be drawn at the top of the scale
     fig = viz.heatmaps(rgb, scores, ["a cat", "a dog"])
-    overlays = [ax.images[-1] for ax in fig.axes[1:3]]
-    assert all(im.get_clim() == (0.0, 1.0) for im in overlays)
-    assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
-    assert "probability" in [ax.get_ylabel() for ax in fig.axes]
+    bar = next(ax for ax in fig.axes if ax.get_label() == "<colorbar>")
+    assert bar.get_ylim() == (0.0, 1.0)
+    assert bar.get_ylabel().startswith("probability")
+    drawn = [ax.images[-1].get_array() for ax in fig.axes[1:3]]
+    assert np.array_equal(drawn[0], viz.heat_overlay(rgb, scores[0]))  # one rendering rule
+    assert np.abs(drawn[1].astype(int) - viz.heat_overlay(rgb, np.zeros((30, 50))).astype(int)).max() <= 1
+
+
+def _coloured_scene():
+    """A blue square (hot: p ~ 0.96) and a red circle (cold: p ~ 0.01) on white, as in the issue's photo."""
+    H, W = 120, 200
+    rgb = np.full((H, W, 3), 255, np.uint8)
+    rgb[30:90, 20:80] = (20, 40, 220)  # blue square
+    yy, xx = np.mgrid[:H, :W]
+    circle = (yy - 60) ** 2 + (xx - 150) ** 2 < 30**2
+    rgb[circle] = (220, 30, 30)  # red circle
+    scores = np.full((H, W), 0.02, np.float32)
+    scores[30:90, 20:80] = 0.96
+    scores[circle] = 0.01
+    return rgb, scores
+
+
+def _rendered_rgb(fig) -> np.ndarray:
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)  # [rows, cols, 3], row 0 at the top
+
+
+def _pixel_at(fig, pixels, ax, x, y) -> np.ndarray:
+    """The rendered colour at data point (x, y) of ``ax`` (display y runs up, buffer rows run down)."""
+    px, py = ax.transData.transform((x, y))
+    return pixels[int(round(pixels.shape[0] - py)), int(round(px))]
+
+
+def test_heatmap_pixels_tell_hot_from_cold_and_match_the_colour_bar():
+    rgb, scores = _coloured_scene()
+    fig = viz.heatmaps(rgb, scores[None], ["blue square"])
+    pixels = _rendered_rgb(fig)
+    panel = fig.axes[1]
+    bar = next(ax for ax in fig.axes if ax.get_label() == "<colorbar>")
+    hot = _pixel_at(fig, pixels, panel, 50, 60)  # inside the blue square
+    cold = _pixel_at(fig, pixels, panel, 150, 60)  # inside the red circle
+    assert np.linalg.norm(hot - cold) > 150  # not "the same purple"
+    for value, drawn in ((0.96, hot), (0.01, cold)):
+        on_bar = _pixel_at(fig, pixels, bar, 0.5, value)  # the colour bar, rendered, at that value
+        assert np.linalg.norm(drawn - on_bar) < 30, (value, drawn, on_bar)
+    # nothing of the objects' own colours survives where the map is cold: the base is grey
+    assert np.ptp(cold) < 12 and np.ptp(_pixel_at(fig, pixels, panel, 110, 10)) < 12
+    with pytest.raises(ValueError, match="image size"):
+        viz.heat_overlay(rgb, scores[:, :10])
+    with pytest.raises(ValueError, match="vmax"):
+        viz.heat_overlay(rgb, scores, vmin=1.0, vmax=1.0)
 
 
 @pytest.mark.parametrize("hw", [(100, 100), (40, 1000), (1000, 40)])

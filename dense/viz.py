@@ -204,27 +204,38 @@ _COLOUR_WORDS: dict[str, tuple[float, float, float]] = {
     "gold": (0.85, 0.65, 0.13), "olive": (0.50, 0.50, 0.10), "teal": (0.0, 0.50, 0.50),
     "navy": (0.0, 0.0, 0.50), "silver": (0.75, 0.75, 0.75), "beige": (0.90, 0.85, 0.70),
 }
-_SHADES = (0.0, -0.35, 0.35, -0.55, 0.55, -0.2, 0.2)  # <0 darker, >0 lighter: classes sharing a colour word
+SHADE_LIGHTNESS = (0.22, 0.82)  # classes sharing a colour word spread evenly over this HLS lightness range
 
 
-def _shade(rgb, f: float) -> np.ndarray:
-    rgb = np.asarray(rgb, np.float64)
-    return rgb * (1 + f) if f < 0 else rgb + (1 - rgb) * f
+def _shades(rgb, n: int) -> list[np.ndarray]:
+    """``n`` shades of one colour, as far apart in lightness as ``SHADE_LIGHTNESS`` allows (hue and saturation kept);
+    the one nearest the colour itself first, so a lone class keeps its plain colour."""
+    import colorsys
+
+    if n == 1:
+        return [np.asarray(rgb, np.float64)]
+    h, light, sat = colorsys.rgb_to_hls(*rgb)
+    levels = np.linspace(*SHADE_LIGHTNESS, n)
+    order = np.argsort(np.abs(levels - light), kind="stable")
+    return [np.array(colorsys.hls_to_rgb(h, float(levels[k]), sat)) for k in order]
+
+
+def _colour_word(name: str) -> str | None:
+    return next((w for w in re.findall(r"[a-z]+", str(name).lower()) if w in _COLOUR_WORDS), None)
 
 
 def class_colours(class_names: Sequence[str]) -> np.ndarray:
-    """``[K, 3]`` RGB in [0, 1], one per class: the colour a name mentions ("green triangle" -> green; classes that
-    share a colour word get darker and lighter shades of it), otherwise a distinct tab20 colour not already used."""
+    """``[K, 3]`` RGB in [0, 1], one per class: the colour a name mentions ("green triangle" -> green), otherwise a
+    distinct tab20 colour not already used. Classes that share a colour word (red circle, red square, red star) get
+    shades of it spread evenly in lightness (:data:`SHADE_LIGHTNESS`): four reds stay at least 0.3 apart in RGB."""
     from matplotlib import colormaps
 
     colours: list[np.ndarray | None] = [None] * len(class_names)
-    seen: dict[str, int] = {}
-    for k, name in enumerate(class_names):
-        word = next((w for w in re.findall(r"[a-z]+", str(name).lower()) if w in _COLOUR_WORDS), None)
+    words = [_colour_word(n) for n in class_names]
+    shades = {w: _shades(_COLOUR_WORDS[w], words.count(w)) for w in set(words) - {None}}
+    for k, word in enumerate(words):
         if word is not None:
-            n = seen.get(word, 0)
-            seen[word] = n + 1
-            colours[k] = _shade(_COLOUR_WORDS[word], _SHADES[n % len(_SHADES)])
+            colours[k] = shades[word].pop(0)
     tab = colormaps["tab20"]
     spare = [np.array(tab(i)[:3]) for i in (*range(0, 20, 2), *range(1, 20, 2))]
     for k in range(len(class_names)):
@@ -237,22 +248,42 @@ def class_colours(class_names: Sequence[str]) -> np.ndarray:
     return np.array(colours, np.float64).reshape(-1, 3)
 
 
-def _paint(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
-    """Classes painted in their colours over a light grey copy of the image; background (0) and ignore stay grey."""
-    grey = (image.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255.0)[..., None]  # [H, W, 1]
-    base = 0.35 + 0.6 * np.repeat(grey, 3, axis=2)  # lightened, so painted colours stand out
+PAINT_BASE = (0.35, 0.95)  # label maps: the image's luminance 0..1 drawn in this (light) grey range
+IGNORE_RGB = (0.25, 0.25, 0.25)  # the dark stripes over ignore / crowd pixels
+
+
+def _painted(colours: np.ndarray, alpha: float) -> np.ndarray:
+    """The colour a class shows with, over the middle of the grey base: its legend swatch."""
+    return alpha * np.asarray(colours, np.float64) + (1 - alpha) * float(np.mean(PAINT_BASE))
+
+
+def _paint(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float,
+           ignore: np.ndarray | None = None) -> np.ndarray:
+    """Classes painted in their colours over a light grey copy of the image; background (0) stays grey; ``ignore``
+    (bool ``[H, W]``) gets dark diagonal stripes."""
+    lo, hi = PAINT_BASE
+    grey = (image.astype(np.float64) @ _LUMA / 255.0)[..., None]  # [H, W, 3] -> [H, W, 1]
+    base = lo + (hi - lo) * np.repeat(grey, 3, axis=2)  # lightened, so painted colours stand out
     painted = (labels > 0) & (labels <= len(colours))
     rgb = colours[np.clip(labels - 1, 0, len(colours) - 1)]  # [H, W] -> [H, W, 3]
-    return np.where(painted[..., None], (1 - alpha) * base + alpha * rgb, base)
+    out = np.where(painted[..., None], (1 - alpha) * base + alpha * rgb, base)
+    if ignore is not None and ignore.any():
+        H, W = labels.shape
+        period = max(4, round(min(H, W) / 16))  # a few stripes across even a small region
+        yy, xx = np.mgrid[:H, :W]
+        stripe = ((xx + yy) // max(1, period // 2)) % 2 == 0  # [H, W]
+        out = np.where((ignore & stripe)[..., None], np.asarray(IGNORE_RGB), out)
+    return out
 
 
 def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: float = 0.85,
               background: str = "background", ignore_index: int = IGNORE, titles: Sequence[str] | None = None):
     """The image, the ground truth ``gt`` (when given), and ``labels [H, W]`` side by side.
 
-    Label 0 is background (left unpainted: the image in grey), ``k + 1`` is ``class_names[k]``, ``ignore_index`` is
-    unpainted. Colours follow colour words in the names (:func:`class_colours`); the legend lists the classes present
-    in the maps shown."""
+    Label 0 is background (left unpainted: the image in grey), ``k + 1`` is ``class_names[k]``, ``ignore_index``
+    (ignore / crowd regions, not scored) is striped dark grey. Colours follow colour words in the names
+    (:func:`class_colours`); the legend lists the classes present in the maps shown, with the colour they are painted
+    in, then background and ignore when present."""
     image = load_image(image)
     maps = [_np(labels).astype(np.int64)]
     if gt is not None:
@@ -269,16 +300,21 @@ def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: floa
     axes[0].imshow(image)
     _title(axes[0], "image", w)
     for ax, m, t in zip(axes[1:], maps, titles, strict=True):
-        ax.imshow(_paint(image, np.where(m == ignore_index, 0, m), colours, alpha))
+        ignored = m == ignore_index
+        ax.imshow(_paint(image, np.where(ignored, 0, m), colours, alpha, ignore=ignored))
         _title(ax, t, w)
     from matplotlib.patches import Patch
 
     values = {int(v) for m in maps for v in np.unique(m)}
-    handles = [Patch(facecolor=colours[k - 1], edgecolor="black", linewidth=0.5, label=class_names[k - 1])
+    swatches = _painted(colours, alpha)
+    handles = [Patch(facecolor=swatches[k - 1], edgecolor="black", linewidth=0.5, label=class_names[k - 1])
                for k in sorted(values - {0, ignore_index})]
-    if values & {0, ignore_index}:  # a neutral swatch: background is the image itself, in grey
-        handles.append(Patch(facecolor=(0.75, 0.75, 0.75), edgecolor="black", linewidth=0.5,
+    if 0 in values:  # a neutral swatch: background is the image itself, in grey
+        handles.append(Patch(facecolor=(np.mean(PAINT_BASE),) * 3, edgecolor="black", linewidth=0.5,
                              label=f"{background} (unpainted)"))
+    if ignore_index in values:  # the same stripes as the map
+        handles.append(Patch(facecolor=(np.mean(PAINT_BASE),) * 3, edgecolor=IGNORE_RGB, hatch="////",
+                             linewidth=0.5, label="ignore / crowd (not scored)"))
     fig.legend(handles=handles, loc="outside right upper", fontsize=FONT_PT, frameon=False)
     return fig
 

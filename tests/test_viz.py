@@ -149,13 +149,56 @@ def test_label_map_shows_ground_truth_beside_the_prediction():
     pred[:5] = 1
     gt = np.zeros((20, 30), np.int32)
     gt[10:] = 3
-    gt[0, 0] = -1  # dense.metrics.IGNORE: unpainted
+    gt[0, 0] = -1  # dense.metrics.IGNORE: striped, with its own swatch
     fig = viz.label_map(rgb, pred, ["red circle", "blue star", "green square"], gt=gt)
     assert [ax.get_title() for ax in fig.axes] == ["image", "ground truth", "prediction"]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["red circle", "green square",
-                                                                  "background (unpainted)"]
+                                                                  "background (unpainted)",
+                                                                  "ignore / crowd (not scored)"]
     painted = fig.axes[1].images[0].get_array()
     assert painted[15, 15, 1] > painted[15, 15, 0] + 0.2  # the ground truth's green square is painted green
+
+
+def test_ignore_regions_are_striped_and_have_their_own_legend_swatch():
+    from dense.metrics import IGNORE
+
+    rgb = np.full((40, 40, 3), 128, np.uint8)
+    gt = np.zeros((40, 40), np.int32)
+    gt[:, 20:] = IGNORE  # a crowd region: not scored
+    gt[:10, :10] = 1
+    fig = viz.label_map(rgb, gt, ["red circle"], gt=gt)
+    legend = fig.legends[0]
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == ["red circle", "background (unpainted)", "ignore / crowd (not scored)"]
+    ignore_swatch = legend.legend_handles[2]
+    assert ignore_swatch.get_hatch() and legend.legend_handles[1].get_hatch() is None  # not the background's swatch
+    painted = fig.axes[1].images[0].get_array()  # [H, W, 3] floats
+    ignored, background = painted[:, 20:].reshape(-1, 3), painted[10:, :20].reshape(-1, 3)
+    assert np.allclose(background, background[0])  # plain grey
+    dark = np.all(np.isclose(ignored, viz.IGNORE_RGB), axis=1)
+    assert 0.3 < dark.mean() < 0.7  # stripes: half dark, half the grey image
+    # the legend swatch of a class is the colour its pixels are painted in (over the middle grey)
+    red_swatch = np.array(legend.legend_handles[0].get_facecolor()[:3])
+    assert np.abs(painted[5, 5] - red_swatch).max() < 0.06
+
+
+def test_classes_sharing_a_colour_word_get_clearly_distinct_colours():
+    import itertools
+
+    from dense.datasets import CATEGORIES
+
+    names = [c["name"] for c in CATEGORIES]  # 4 colours x 4 shapes: "red circle", "red square", ...
+    colours = dict(zip(names, viz.class_colours(names), strict=True))
+    painted = dict(zip(names, viz._painted(viz.class_colours(names), 0.85), strict=True))
+    for a, b in itertools.combinations(names, 2):
+        same_word = a.split()[0] == b.split()[0]
+        assert np.linalg.norm(colours[a] - colours[b]) > (0.3 if same_word else 0.2), (a, b)
+        assert np.linalg.norm(painted[a] - painted[b]) > (0.25 if same_word else 0.15), (a, b)
+    for name in names:  # each keeps its colour word's hue: reds are red, blues blue
+        r, g, b = colours[name]
+        word = name.split()[0]
+        assert {"red": r > max(g, b), "green": g > max(r, b), "blue": b > max(r, g),
+                "yellow": min(r, g) > b}[word], name
 
 
 def test_boxes_and_points():

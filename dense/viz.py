@@ -321,6 +321,14 @@ def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: floa
 
 # -- boxes ------------------------------------------------------------------------------------------------------------
 
+BOX_PANEL_IN = (9.0, 5.0)  # a box figure's image panel fills this (w, h) box at the image's aspect ratio: at the
+# demo page's 90 dpi the whole figure stays under its 600 px image height, so 11 pt labels are never scaled down
+MIN_FIG_W_IN = 4.6  # titles, legends and notes need this much width, even beside a narrow image
+MARKER_PT2 = 220  # the point's star marker (area in pt^2)
+LABEL_PAD_PT = 2.0  # the coloured box around a label's text
+LABEL_GAP_PT = 1.5  # free space kept between labels, and between a label and a marker
+MIN_LABEL_CHARS = 10  # a panel narrower than this many characters gets numbered tags and a key beside it
+
 
 def _iou_xyxy(a: np.ndarray, b: np.ndarray) -> float:
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -334,100 +342,239 @@ def _overlaps(a, b) -> bool:
     return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
 
 
-def _place_labels(fig, ax, texts) -> None:
-    """Move each label (an annotation anchored at its box) up or down in steps of its own height until its rendered
-    extent overlaps no label placed before it (nor the title or legend) and stays inside the figure."""
+def label_extent(text, renderer):
+    """A label's window extent including its coloured box (what a reader sees as the label)."""
+    from matplotlib.transforms import Bbox
+
+    ext = text.get_window_extent(renderer)
+    patch = text.get_bbox_patch()
+    if patch is None:
+        return ext
+    pad = LABEL_PAD_PT * text.figure.dpi / 72
+    return Bbox.from_extents(ext.x0 - pad, ext.y0 - pad, ext.x1 + pad, ext.y1 + pad)
+
+
+def marker_extents(ax) -> list:
+    """The window extent of every point marker drawn by :func:`boxes` on ``ax`` (one per point)."""
+    from matplotlib.transforms import Bbox
+
+    out = []
+    for coll in ax.collections:
+        if coll.get_gid() != "dense-points":
+            continue
+        half = (math.sqrt(MARKER_PT2) / 2 + 1.2) * ax.figure.dpi / 72  # the star's radius plus its white edge
+        for x, y in coll.get_offset_transform().transform(coll.get_offsets()):
+            out.append(Bbox.from_extents(x - half, y - half, x + half, y + half))
+    return out
+
+
+def _place_labels(fig, ax, texts, anchors_px) -> bool:
+    """Put each label inside the axes, free of every label placed before it and of every marker, as near to its box
+    as possible (``anchors_px``: the box ``(x0, y0, x1, y1)`` in display pixels, y up). Candidate places: rows in steps
+    of the label's height over the whole panel, aligned to the box's left or right edge or spread across the panel;
+    the nearest free one to the box wins (just above it, when free; a place over the box's own inside costs four
+    rows). Returns False when some label found no free place."""
+    from matplotlib.transforms import Bbox
+
     renderer = fig.canvas.get_renderer()
-    fig.draw_without_rendering()  # settle the constrained layout before measuring
-    placed = [a.get_window_extent(renderer) for a in (ax.title, ax.get_legend()) if a is not None and a.get_visible()
-              and (a is not ax.title or a.get_text())]  # labels keep off the title and the legend too
-    for t in texts:
+    axbox = ax.get_window_extent(renderer)
+    gap = LABEL_GAP_PT * fig.dpi / 72
+    pad = LABEL_PAD_PT * fig.dpi / 72
+    placed = [b.padded(gap) for b in marker_extents(ax)]
+    to_axes = ax.transAxes.inverted()
+    for t, (bx0, by0, bx1, by1) in zip(texts, anchors_px, strict=True):
+        t.set_position((0.0, 0.0))
         ext = t.get_window_extent(renderer)
-        step = ext.height * 72 / fig.dpi + 1  # points
-        x, y0 = t.xyann
-        first_free = None
-        for k in range(80):
-            dy = (k + 1) // 2 * step * (1 if k % 2 else -1)  # 0, +1, -1, +2, -2 ... steps
-            t.xyann = (x, y0 + dy)
-            ext = t.get_window_extent(renderer)
-            if not any(_overlaps(ext, p) for p in placed):
-                first_free = first_free or (x, y0 + dy)
-                if fig.bbox.contains(ext.x0, ext.y0) and fig.bbox.contains(ext.x1, ext.y1):
-                    break
-        else:
-            if first_free is not None:  # nowhere free inside the figure: free of overlaps, outside it
-                t.xyann = first_free
-        placed.append(t.get_window_extent(renderer))
+        w, h = ext.width + 2 * pad, ext.height + 2 * pad
+        if w > axbox.width or h > axbox.height:
+            return False
+        step = h + gap
+        xs = np.clip([bx0, bx1 - w, *np.linspace(axbox.x0, axbox.x1 - w, 9)], axbox.x0, axbox.x1 - w)
+        rows = int(axbox.height / step) + 2
+        ys = np.clip(by1 + step * np.arange(-rows, rows + 1), axbox.y0, axbox.y1 - h)
+        cx, cy = np.meshgrid(xs, ys)  # [rows, xs]: lower-left corners of the candidates
+        cx, cy = cx.ravel(), cy.ravel()
+        dx = np.maximum.reduce([bx0 - (cx + w), cx - bx1, np.zeros_like(cx)])  # rectangle-to-box distance
+        dy = np.maximum.reduce([by0 - (cy + h), cy - by1, np.zeros_like(cy)])
+        inside = (dx == 0) & (dy == 0) & (cy < by1 - 0.5)  # over the box's contents
+        cost = np.hypot(dx, dy) + 4 * step * inside + 1e-3 * np.abs(cy - by1)  # ties: nearest to the top edge
+        spot = None
+        for i in np.argsort(cost, kind="stable"):
+            cand = Bbox.from_extents(cx[i], cy[i], cx[i] + w, cy[i] + h)
+            if not any(_overlaps(cand, p) for p in placed):
+                spot = cand
+                break
+        if spot is None:
+            return False
+        t.set_position(to_axes.transform((spot.x0 + pad, spot.y0 + pad)))
+        placed.append(spot.padded(gap))
+    return True
 
 
 def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=None, gt_boxes_xyxy=None,
-          colours: Sequence | None = None):
+          colours: Sequence | None = None, scores: Sequence[float] | None = None,
+          found: Sequence[bool] | None = None, found_threshold: float | None = None):
     """Boxes ``[N, 4]`` (``x0, y0, x1, y1``, original-image pixels), optional points ``[N, 2]`` and ground-truth
-    boxes ``[N, 4]`` over the image.
+    boxes ``[N, 4]`` over the image, each box labelled (with its score when ``scores`` is given).
 
-    With ground truth, each prediction is marked hit (IoU >= 0.5, solid box) or miss (dashed), its ground truth is
-    drawn dotted in the same colour, and the title counts the hits. Labels never overprint each other."""
+    ``found`` (bool ``[N]``): a box that was not found is not drawn (nor its point); a note under the panel lists it
+    with its score (and ``found_threshold`` when given). With ground truth, each prediction is marked hit (IoU >= 0.5,
+    solid box) or miss (dashed; a not-found answer is a miss), its ground truth is drawn dotted in the same colour,
+    and the title counts the hits.
+
+    Labels stay inside the panel and never cover each other or a point: each goes as near its box as a free place
+    allows (a thin line joins it to its box when it had to move away). When they cannot all fit, or the panel is too
+    narrow for words, the boxes get numbered tags and the full labels a key beside the panel."""
     from matplotlib import patheffects
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
 
     image = load_image(image)
     b = _np(boxes_xyxy).astype(np.float64).reshape(-1, 4)  # -> [N, 4]
+    n = len(b)
     gt = None if gt_boxes_xyxy is None else _np(gt_boxes_xyxy).astype(np.float64).reshape(-1, 4)  # -> [N, 4]
-    if gt is not None and len(gt) != len(b):
-        raise ValueError(f"{len(gt)} ground-truth boxes for {len(b)} predicted boxes")
-    if labels is not None and len(labels) != len(b):
-        raise ValueError(f"{len(labels)} labels for {len(b)} boxes")
+    for name, given in (("ground-truth boxes", gt), ("labels", labels), ("scores", scores), ("found", found)):
+        if given is not None and len(given) != n:
+            raise ValueError(f"{len(given)} {name} for {n} boxes")
+    pts = None if points_xy is None else _np(points_xy).astype(np.float64).reshape(-1, 2)  # -> [N, 2]
+    if pts is not None and len(pts) != n:
+        raise ValueError(f"{len(pts)} points for {n} boxes")
+    shown = np.ones(n, bool) if found is None else np.asarray(found, bool)
     if colours is None:  # colour words in the expressions, as in label maps ("the red circle" drawn red)
-        colours = class_colours(labels if labels is not None else [""] * len(b))
+        colours = class_colours(labels if labels is not None else [""] * n)
     halo = [patheffects.withStroke(linewidth=4.5, foreground="white")]  # visible on any background
     H, W = image.shape[:2]
-    rows, cols, w, h = panel_layout(1, (H, W), max_width=10.0)
-    # one panel, at least 5.5 in on its long side and 4.5 in wide, so labels and the legend fit beside the image
-    scale = max(1.0, 5.5 / max(w, h), 4.5 / w)
-    fig_w = w * scale + 0.3
-    legend_cols = 3 if fig_w >= 5.5 else 1
-    fig = DenseFigure(figsize=(fig_w, h * scale + (0.8 if legend_cols == 3 else 1.3)), layout="constrained")
-    wrap = max(12, int(0.8 * fig_w * 72 / (FONT_PT * 0.6)))  # characters per label line
+    scale = min(BOX_PANEL_IN[0] / W, BOX_PANEL_IN[1] / H)
+    w, h = W * scale, H * scale  # the panel, inches
+    fig_w = max(w, MIN_FIG_W_IN) + 0.3
+    hits = [None if gt is None else (bool(shown[k]) and _iou_xyxy(b[k], gt[k]) >= IOU_HIT) for k in range(n)]
+
+    def label_text(k: int) -> str:
+        text = labels[k] if labels is not None else f"#{k + 1}"
+        if scores is not None:
+            text += f" ({scores[k]:.2f})"
+        if gt is not None and shown[k]:
+            text += f": {'hit' if hits[k] else 'miss'} (IoU {_iou_xyxy(b[k], gt[k]):.2f})"
+        return text
+
+    missing = [k for k in range(n) if not shown[k]]
+    note = ""
+    if missing:
+        below = "" if found_threshold is None else f", score below {found_threshold:.2f}"
+        note = f"not found{below}: " + "; ".join(
+            (labels[k] if labels is not None else f"#{k + 1}") + (f" ({scores[k]:.2f})" if scores is not None else "")
+            for k in missing)
+        note = textwrap.fill(note, max(20, int(fig_w * 72 / (FONT_PT * 0.55))))
+    fig_h = h + 0.5 + (0.55 if gt is not None else 0.0) + (0.25 * (note.count("\n") + 1) + 0.1 if note else 0.0)
+    fig = DenseFigure(figsize=(fig_w, fig_h + 0.2), layout="constrained")
     ax = fig.add_subplot()
     ax.set_axis_off()
     ax.imshow(image)
-    hits = []
-    texts = []
-    for k, (x0, y0, x1, y1) in enumerate(b):
+    for k in range(n):
         c = colours[k]
-        hit = None if gt is None else _iou_xyxy(b[k], gt[k]) >= IOU_HIT
         if gt is not None:
             g = gt[k]
             ax.add_patch(Rectangle((g[0], g[1]), g[2] - g[0], g[3] - g[1], fill=False, edgecolor=c, linewidth=2,
                                    linestyle=":", path_effects=halo))
-            hits.append(hit)
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=c, linewidth=2.5,
-                               linestyle="-" if hit in (None, True) else "--", path_effects=halo))
-        if labels is not None:
-            text = labels[k] if gt is None else f"{labels[k]}: {'hit' if hit else 'miss'} " \
-                                                 f"(IoU {_iou_xyxy(b[k], gt[k]):.2f})"
-            right = x0 > W / 2  # anchor labels of right-hand boxes at their right edge, so they stay in the image
-            t = ax.annotate(textwrap.fill(text, wrap), xy=(x1 if right else x0, y0), xytext=(0, 0),
-                            textcoords="offset points",
-                            ha="right" if right else "left", va="bottom", fontsize=FONT_PT,
-                            color="black" if np.dot(c, (0.299, 0.587, 0.114)) > 0.5 else "white",
-                            bbox=dict(facecolor=c, alpha=0.85, pad=1.5, linewidth=0), annotation_clip=False)
-            t.set_in_layout(False)  # labels must not reshape the layout they are placed in
-            texts.append(t)
-    if points_xy is not None:
-        p = _np(points_xy).astype(np.float64).reshape(-1, 2)  # -> [N, 2]
-        ax.scatter(p[:, 0], p[:, 1], marker="*", s=220, c=[colours[k % len(colours)] for k in range(len(p))],
-                   edgecolors="white", linewidths=1.2, zorder=3)
+        if shown[k]:
+            x0, y0, x1, y1 = b[k]
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=c, linewidth=2.5,
+                                   linestyle="-" if hits[k] in (None, True) else "--", path_effects=halo,
+                                   gid="dense-box"))
+    if pts is not None and shown.any():
+        ax.scatter(pts[shown, 0], pts[shown, 1], marker="*", s=MARKER_PT2,
+                   c=[colours[k] for k in np.flatnonzero(shown)], edgecolors="white", linewidths=1.2, zorder=3,
+                   gid="dense-points")
     if gt is not None:
-        _title(ax, f"{sum(hits)}/{len(hits)} hits (IoU >= {IOU_HIT})", w * scale)
+        _title(ax, f"{sum(bool(x) for x in hits)}/{n} hits (IoU >= {IOU_HIT})", fig_w)
         ax.legend(handles=[Line2D([], [], color="grey", lw=2.5, label="predicted: hit"),
                            Line2D([], [], color="grey", lw=2.5, ls="--", label="predicted: miss"),
                            Line2D([], [], color="grey", lw=2, ls=":", label="ground truth")],
-                  loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=legend_cols, fontsize=FONT_PT - 1, frameon=False)
-    if texts:
-        _place_labels(fig, ax, texts)
+                  loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=3 if fig_w >= 5.5 else 1,
+                  fontsize=FONT_PT - 1, frameon=False)
+    if note:
+        fig.supxlabel(note, fontsize=FONT_PT, ha="center", color=(0.55, 0.1, 0.1))
+    ks = [k for k in range(n) if shown[k]]
+    if ks and (labels is not None or scores is not None):
+        _label_boxes(fig, ax, b, ks, colours, [label_text(k) for k in ks])
     return fig
+
+
+def _label_boxes(fig, ax, b, ks, colours, texts):
+    """Labels on boxes ``ks`` (see :func:`boxes`); numbered tags and a key when the words do not fit."""
+    from matplotlib.patches import Patch
+
+    def add(k, s):
+        c = colours[k]
+        t = ax.text(0, 0, s, transform=ax.transAxes, ha="left", va="bottom", fontsize=FONT_PT, zorder=5,
+                    color="black" if np.dot(c, _LUMA) > 0.5 else "white",
+                    bbox=dict(facecolor=c, alpha=0.9, pad=LABEL_PAD_PT, linewidth=0), gid="dense-label")
+        t.set_in_layout(False)  # labels must not reshape the layout they are placed in
+        return t
+
+    fig.draw_without_rendering()  # settle the constrained layout before measuring
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    anchors = []
+    for k in ks:
+        (px0, py0), (px1, py1) = to_px((b[k, 0], b[k, 3])), to_px((b[k, 2], b[k, 1]))  # image y runs down
+        anchors.append((min(px0, px1), min(py0, py1), max(px0, px1), max(py0, py1)))
+    chars = int(ax.get_window_extent(renderer).width * 72 / fig.dpi / (FONT_PT * 0.6))
+    artists = []
+    if chars >= MIN_LABEL_CHARS:
+        artists = [add(k, textwrap.fill(s, chars)) for k, s in zip(ks, texts, strict=True)]
+        if _place_labels(fig, ax, artists, anchors):
+            _leaders(fig, ax, artists, anchors, [colours[k] for k in ks])
+            return
+        for t in artists:
+            t.remove()
+    # numbered tags on the boxes, the words in a key beside the panel
+    key_chars = min(48, max(len(s) for s in texts) + 4)  # longer labels wrap
+    key_w = key_chars * FONT_PT * 0.55 / 72 + 0.6
+    fw, fh = fig.get_size_inches()
+    panel_w = ax.get_window_extent(renderer).width / fig.dpi
+    fig.set_size_inches(max(fw, panel_w + key_w + 0.5), fh)
+    ax.set_anchor("NE")  # the panel beside its key, not centred away from it
+    fig.legend(handles=[Patch(facecolor=colours[k], edgecolor="black", linewidth=0.5,
+                              label=textwrap.fill(f"{i + 1}  {s}", key_chars, subsequent_indent="    "))
+                        for i, (k, s) in enumerate(zip(ks, texts, strict=True))],
+               loc="outside right upper", fontsize=FONT_PT, frameon=False, handlelength=1.2)
+    fig.draw_without_rendering()
+    anchors = []
+    for k in ks:
+        (px0, py0), (px1, py1) = to_px((b[k, 0], b[k, 3])), to_px((b[k, 2], b[k, 1]))
+        anchors.append((min(px0, px1), min(py0, py1), max(px0, px1), max(py0, py1)))
+    tags = [add(k, str(i + 1)) for i, k in enumerate(ks)]
+    if _place_labels(fig, ax, tags, anchors):
+        _leaders(fig, ax, tags, anchors, [colours[k] for k in ks])
+
+
+def _leaders(fig, ax, texts, anchors_px, colours) -> None:
+    """A thin line from each label that had to move away from its box to the nearest point of the box."""
+    renderer = fig.canvas.get_renderer()
+    pad = LABEL_PAD_PT * fig.dpi / 72
+    to_data = ax.transData.inverted()
+    for t, (bx0, by0, bx1, by1), c in zip(texts, anchors_px, colours, strict=True):
+        e = t.get_window_extent(renderer).padded(pad)
+        # nearest points of the label and of the box (rectangles, display pixels)
+        lx = float(np.clip((bx0 + bx1) / 2, e.x0, e.x1))
+        ly = float(np.clip((by0 + by1) / 2, e.y0, e.y1))
+        px, py = float(np.clip(lx, bx0, bx1)), float(np.clip(ly, by0, by1))
+        lx, ly = float(np.clip(px, e.x0, e.x1)), float(np.clip(py, e.y0, e.y1))
+        if math.hypot(px - lx, py - ly) < e.height:  # touching, or nearly: no line needed
+            continue
+        (x0, y0), (x1, y1) = to_data.transform([(lx, ly), (px, py)])
+        ax.plot([x0, x1], [y0, y1], color=c, lw=1.2, zorder=4, solid_capstyle="round")
+
+
+def localizations(image, found: Sequence, *, gt_boxes_xyxy=None, found_threshold: float | None = None):
+    """:func:`boxes` for a list of :class:`dense.localize.Localization`: each expression's box, point and score; an
+    answer that was not found (``found=False``) gets no box, only a note."""
+    if not found:
+        raise ValueError("no localizations to draw")
+    return boxes(image, np.stack([f.box_xyxy for f in found]), [f.expression for f in found],
+                 points_xy=np.stack([f.point_xy for f in found]), gt_boxes_xyxy=gt_boxes_xyxy,
+                 scores=[f.score for f in found], found=[f.found for f in found], found_threshold=found_threshold)
 
 
 # -- PCA --------------------------------------------------------------------------------------------------------------

@@ -202,9 +202,79 @@ def test_classes_sharing_a_colour_word_get_clearly_distinct_colours():
 
 
 def test_boxes_and_points():
-    fig = viz.boxes(random_rgb(40, 60), [[1, 2, 30, 20], [10, 10, 50, 35]], ["a", "b"], points_xy=[[5, 5], [20, 20]])
+    fig = viz.boxes(random_rgb(40, 60), [[1, 2, 30, 20], [10, 10, 50, 35]], ["a long label", "another label"],
+                    points_xy=[[5, 5], [20, 20]])
     ax = fig.axes[0]
-    assert len(ax.patches) == 2 and [t.get_text() for t in ax.texts] == ["a", "b"]
+    assert len(ax.patches) == 2 and [t.get_text() for t in _labels(ax)] == ["a long label", "another label"]
+
+
+def _labels(ax):
+    return [t for t in ax.texts if t.get_gid() == "dense-label"]
+
+
+def _drawn_label_extents(fig, ax):
+    """What the reader sees: each label's text and its coloured box, after a real draw."""
+    from matplotlib.transforms import Bbox
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    return [Bbox.union([t.get_window_extent(renderer), t.get_bbox_patch().get_window_extent(renderer)])
+            for t in _labels(ax)]
+
+
+def _drawn_marker_extents(fig, ax):
+    """Each star marker's extent, from the scatter's points and its marker size (not from dense.viz's helpers)."""
+    from matplotlib.transforms import Bbox
+
+    out = []
+    for coll in ax.collections:
+        half = np.sqrt(coll.get_sizes()[0]) / 2 * fig.dpi / 72
+        for x, y in ax.transData.transform(coll.get_offsets()):
+            out.append(Bbox.from_extents(x - half, y - half, x + half, y + half))
+    return out
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def _assert_labels_readable(fig, ax):
+    labels = _drawn_label_extents(fig, ax)
+    markers = _drawn_marker_extents(fig, ax)
+    inside = ax.get_window_extent(fig.canvas.get_renderer())
+    texts = [t.get_text() for t in _labels(ax)]
+    for i, a in enumerate(labels):
+        assert inside.x0 - 0.5 <= a.x0 and a.x1 <= inside.x1 + 0.5, texts[i]  # inside the panel
+        assert inside.y0 - 0.5 <= a.y0 and a.y1 <= inside.y1 + 0.5, texts[i]
+        for j in range(i + 1, len(labels)):
+            assert not _overlap(a, labels[j]), (texts[i], texts[j])
+        for m in markers:
+            assert not _overlap(a, m), texts[i]
+    assert all(t.get_fontsize() >= 10 for t in _labels(ax))
+
+
+def test_many_labels_on_one_box_at_the_right_edge_stay_inside_and_apart():
+    rgb = np.full((300, 400, 3), 200, np.uint8)
+    labels = ["the red circle", "the big red circle on the right", "a red one", "the circle at the top",
+              "the red circle on the left", "one red circle", "the small red circle", "the red square"]
+    n = len(labels)
+    box = [300, 120, 395, 200]  # its labels would run off the right edge if left-aligned at the box
+    fig = viz.boxes(rgb, [box] * n, labels, points_xy=[[350, 160]] * n, scores=np.linspace(0.2, 0.9, n))
+    ax = fig.axes[0]
+    assert len(_labels(ax)) == n and all(f"({v:.2f})" in t.get_text()
+                                         for v, t in zip(np.linspace(0.2, 0.9, n), _labels(ax), strict=True))
+    _assert_labels_readable(fig, ax)
+
+
+def test_labels_on_a_tall_strip_become_numbered_tags_with_a_key():
+    fig = viz.boxes(random_rgb(1500, 200), [[10, 100, 190, 400], [20, 900, 180, 1200]],
+                    ["the red circle at the top", "the blue square"], points_xy=[[100, 250], [100, 1000]],
+                    scores=[0.8, 0.6])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in _labels(ax)] == ["1", "2"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["1  the red circle at the top (0.80)",
+                                                                  "2  the blue square (0.60)"]
+    _assert_labels_readable(fig, ax)
 
 
 def test_boxes_mark_hits_against_ground_truth_and_labels_do_not_overprint():
@@ -215,17 +285,28 @@ def test_boxes_mark_hits_against_ground_truth_and_labels_do_not_overprint():
     fig = viz.boxes(rgb, pred, labels, points_xy=pred[:, :2] + 10, gt_boxes_xyxy=gt)
     ax = fig.axes[0]
     assert len(ax.patches) == 8  # a predicted and a ground-truth box each
-    texts = [t.get_text() for t in ax.texts]
+    texts = [t.get_text() for t in _labels(ax)]
     assert ": hit" in texts[0] and ": miss" in texts[1] and ": hit" in texts[3]
     assert ax.get_title().startswith("3/4 hits")
-    assert all(t.get_fontsize() >= 10 for t in ax.texts)
-    extents = _text_extents(fig)
-    for i in range(len(extents)):
-        for j in range(i + 1, len(extents)):
-            a, b = extents[i], extents[j]
-            assert not (a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1), (texts[i], texts[j])
+    _assert_labels_readable(fig, ax)
     red = np.array(ax.patches[3].get_edgecolor()[:3])  # "the big red circle"'s predicted box
     assert red[0] > red[1] + 0.3 and red[0] > red[2] + 0.3
+
+
+def test_a_not_found_answer_draws_no_box_and_a_note():
+    rgb = random_rgb(120, 200)
+    pred = np.array([[20, 20, 90, 80], [100, 30, 190, 110]])
+    gt = np.array([[20, 20, 90, 80], [100, 30, 190, 110]])
+    fig = viz.boxes(rgb, pred, ["the red circle", "the yellow triangle"], points_xy=[[50, 50], [150, 70]],
+                    scores=[0.93, 0.01], found=[True, False], found_threshold=0.09, gt_boxes_xyxy=gt)
+    ax = fig.axes[0]
+    drawn = [p for p in ax.patches if p.get_gid() == "dense-box"]
+    assert len(drawn) == 1 and tuple(drawn[0].get_xy()) == (20.0, 20.0)  # the found one only
+    assert [t.get_text() for t in _labels(ax)] == ["the red circle (0.93): hit (IoU 1.00)"]
+    assert len(ax.collections[0].get_offsets()) == 1  # no point for the answer that is not there
+    note = fig._supxlabel.get_text()
+    assert "not found" in note and "0.09" in note and "the yellow triangle (0.01)" in note
+    assert ax.get_title().startswith("1/2 hits")  # not found, though it is there: a miss
 
 
 def test_pca_panels_follow_the_image(tiny_encoder, one_thread):

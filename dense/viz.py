@@ -321,8 +321,9 @@ def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: floa
 
 # -- boxes ------------------------------------------------------------------------------------------------------------
 
-BOX_PANEL_IN = (9.0, 5.0)  # a box figure's image panel fills this (w, h) box at the image's aspect ratio: at the
-# demo page's 90 dpi the whole figure stays under its 600 px image height, so 11 pt labels are never scaled down
+BOX_PANEL_IN = (9.0, 4.8)  # a box figure's image panel fills this (w, h) box at the image's aspect ratio ...
+BOX_FIG_MAX_H_IN = 6.4  # ... and the panel gives up height to the title, legend and notes so the figure stays this
+# tall: at the demo page's 90 dpi that is under its 600 px image height, so 11 pt labels are never scaled down
 MIN_FIG_W_IN = 4.6  # titles, legends and notes need this much width, even beside a narrow image
 MARKER_PT2 = 220  # the point's star marker (area in pt^2)
 LABEL_PAD_PT = 2.0  # the coloured box around a label's text
@@ -444,9 +445,6 @@ def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=N
         colours = class_colours(labels if labels is not None else [""] * n)
     halo = [patheffects.withStroke(linewidth=4.5, foreground="white")]  # visible on any background
     H, W = image.shape[:2]
-    scale = min(BOX_PANEL_IN[0] / W, BOX_PANEL_IN[1] / H)
-    w, h = W * scale, H * scale  # the panel, inches
-    fig_w = max(w, MIN_FIG_W_IN) + 0.3
     hits = [None if gt is None else (bool(shown[k]) and _iou_xyxy(b[k], gt[k]) >= IOU_HIT) for k in range(n)]
 
     def label_text(k: int) -> str:
@@ -464,9 +462,14 @@ def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=N
         note = f"not found{below}: " + "; ".join(
             (labels[k] if labels is not None else f"#{k + 1}") + (f" ({scores[k]:.2f})" if scores is not None else "")
             for k in missing)
-        note = textwrap.fill(note, max(20, int(fig_w * 72 / (FONT_PT * 0.55))))
-    fig_h = h + 0.5 + (0.55 if gt is not None else 0.0) + (0.25 * (note.count("\n") + 1) + 0.1 if note else 0.0)
-    fig = DenseFigure(figsize=(fig_w, fig_h + 0.2), layout="constrained")
+        note = textwrap.fill(note, int(MIN_FIG_W_IN * 72 / (FONT_PT * 0.55)))
+    legend_cols = 3 if min(BOX_PANEL_IN[0], W * BOX_PANEL_IN[1] / H) >= 5.2 else 1
+    extras = 0.3 + (0.4 + 0.22 * (4 - legend_cols) if gt is not None else 0.0)  # margins; the title and legend
+    extras += 0.2 * (note.count("\n") + 1) + 0.15 if note else 0.0
+    scale = min(BOX_PANEL_IN[0] / W, min(BOX_PANEL_IN[1], BOX_FIG_MAX_H_IN - extras) / H)
+    w, h = W * scale, H * scale  # the panel, inches
+    fig_w = max(w, MIN_FIG_W_IN) + 0.3
+    fig = DenseFigure(figsize=(fig_w, h + extras), layout="constrained")
     ax = fig.add_subplot()
     ax.set_axis_off()
     ax.imshow(image)
@@ -490,7 +493,7 @@ def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=N
         ax.legend(handles=[Line2D([], [], color="grey", lw=2.5, label="predicted: hit"),
                            Line2D([], [], color="grey", lw=2.5, ls="--", label="predicted: miss"),
                            Line2D([], [], color="grey", lw=2, ls=":", label="ground truth")],
-                  loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=3 if fig_w >= 5.5 else 1,
+                  loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=legend_cols,
                   fontsize=FONT_PT - 1, frameon=False)
     if note:
         fig.supxlabel(note, fontsize=FONT_PT, ha="center", color=(0.55, 0.1, 0.1))
@@ -529,7 +532,7 @@ def _label_boxes(fig, ax, b, ks, colours, texts):
         for t in artists:
             t.remove()
     # numbered tags on the boxes, the words in a key beside the panel
-    key_chars = min(48, max(len(s) for s in texts) + 4)  # longer labels wrap
+    key_chars = min(60, max(len(s) for s in texts) + 4)  # longer labels wrap
     key_w = key_chars * FONT_PT * 0.55 / 72 + 0.6
     fw, fh = fig.get_size_inches()
     panel_w = ax.get_window_extent(renderer).width / fig.dpi

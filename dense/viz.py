@@ -462,7 +462,7 @@ def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=N
         note = f"not found{below}: " + "; ".join(
             (labels[k] if labels is not None else f"#{k + 1}") + (f" ({scores[k]:.2f})" if scores is not None else "")
             for k in missing)
-        note = textwrap.fill(note, int(MIN_FIG_W_IN * 72 / (FONT_PT * 0.55)))
+        note = textwrap.fill(note, int(MIN_FIG_W_IN * 72 / (FONT_PT * 0.55)))  # the most lines it can take
     legend_cols = 3 if min(BOX_PANEL_IN[0], W * BOX_PANEL_IN[1] / H) >= 5.2 else 1
     extras = 0.3 + (0.4 + 0.22 * (4 - legend_cols) if gt is not None else 0.0)  # margins; the title and legend
     extras += 0.2 * (note.count("\n") + 1) + 0.15 if note else 0.0
@@ -496,6 +496,7 @@ def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=N
                   loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=legend_cols,
                   fontsize=FONT_PT - 1, frameon=False)
     if note:
+        note = textwrap.fill(" ".join(note.split()), int(fig_w * 72 / (FONT_PT * 0.55)))
         fig.supxlabel(note, fontsize=FONT_PT, ha="center", color=(0.55, 0.1, 0.1))
     ks = [k for k in range(n) if shown[k]]
     if ks and (labels is not None or scores is not None):

@@ -304,7 +304,7 @@ def test_a_not_found_answer_draws_no_box_and_a_note():
     assert len(drawn) == 1 and tuple(drawn[0].get_xy()) == (20.0, 20.0)  # the found one only
     assert [t.get_text() for t in _labels(ax)] == ["the red circle (0.93): hit (IoU 1.00)"]
     assert len(ax.collections[0].get_offsets()) == 1  # no point for the answer that is not there
-    note = fig._supxlabel.get_text()
+    note = " ".join(fig._supxlabel.get_text().split())
     assert "not found" in note and "0.09" in note and "the yellow triangle (0.01)" in note
     assert ax.get_title().startswith("1/2 hits")  # not found, though it is there: a miss
 

@@ -374,7 +374,7 @@ def _place_labels(fig, ax, texts, anchors_px) -> bool:
     as possible (``anchors_px``: the box ``(x0, y0, x1, y1)`` in display pixels, y up). Candidate places: rows in steps
     of the label's height over the whole panel, aligned to the box's left or right edge or spread across the panel;
     the nearest free one to the box wins (just above it, when free; a place over the box's own inside costs four
-    rows). Returns False when some label found no free place."""
+    rows, one over any box two more). Returns False when some label found no free place."""
     from matplotlib.transforms import Bbox
 
     renderer = fig.canvas.get_renderer()
@@ -398,7 +398,9 @@ def _place_labels(fig, ax, texts, anchors_px) -> bool:
         dx = np.maximum.reduce([bx0 - (cx + w), cx - bx1, np.zeros_like(cx)])  # rectangle-to-box distance
         dy = np.maximum.reduce([by0 - (cy + h), cy - by1, np.zeros_like(cy)])
         inside = (dx == 0) & (dy == 0) & (cy < by1 - 0.5)  # over the box's contents
-        cost = np.hypot(dx, dy) + 4 * step * inside + 1e-3 * np.abs(cy - by1)  # ties: nearest to the top edge
+        covers = sum(((cx < ox1) & (ox0 < cx + w) & (cy < oy1) & (oy0 < cy + h)).astype(float)
+                     for ox0, oy0, ox1, oy1 in anchors_px)  # how many boxes (objects) the label would hide
+        cost = np.hypot(dx, dy) + 4 * step * inside + 2 * step * covers + 1e-3 * np.abs(cy - by1)
         spot = None
         for i in np.argsort(cost, kind="stable"):
             cand = Bbox.from_extents(cx[i], cy[i], cx[i] + w, cy[i] + h)

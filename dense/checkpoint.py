@@ -199,17 +199,26 @@ class Calibration:
 
     A checkpoint without the file gets these neutral defaults, tuned on nothing: the MAP head's value path
     (MaskCLIP's trick, which needs only the last block), SigLIP's own sigmoid at 0.5 as the background threshold,
-    half the heatmap's range for boxes, queries embedded verbatim, and the checkpoint's trained token budget.
+    half the heatmap's range for boxes, queries embedded verbatim, the checkpoint's trained token budget, and a
+    ``found_threshold`` of 0, so that an uncalibrated checkpoint never answers "not found" (SigLIP's sigmoid often puts
+    even a matching pair well below 0.5, so an unmeasured threshold would hide real answers; every figure still shows
+    the score).
     """
 
     method: str = "map-value-mlp"  # heatmap method (dense.heatmap.METHODS)
     background: float | None = 0.5  # segment(): probability below which a pixel is background (None: argmax only)
     box_threshold: float = 0.5  # localize(): relative heatmap threshold in [0, 1] for the box without candidates
+    found_threshold: float = 0.0  # localize(): a score below this is "not found" (Localization.found); 0 = never
     templates: tuple[str, ...] = ("{}",)  # prompt templates, one "{}" each; ("{}",) = verbatim
     max_patches: int | None = None  # token budget for dense tasks; None = the checkpoint's trained count
     refine: str = "none"  # segment(): refinement of the scores with the image ('none', 'pamr': dense.refine)
     windows: int = 1  # segment(): n x n sliding windows, each at the token budget (1: the whole image at once)
     source: str = field(default="neutral defaults", compare=False)  # where the values came from
+
+    def __post_init__(self):
+        if not 0.0 <= self.found_threshold <= 1.0:
+            raise CheckpointError(f"{self.source}: found_threshold is a probability in [0, 1], got "
+                                  f"{self.found_threshold}")
 
     @classmethod
     def from_dict(cls, data: dict, source: str) -> Calibration:

@@ -41,8 +41,13 @@ SHAPES_TINY_NOTE = ("The bundled shapes-tiny models are tiny SigLIPs trained onl
                     "google/siglip2-so400m-patch14-384.")
 
 
+FIGURE_DPI = 90  # figures are saved at this resolution ...
+IMAGE_MAX_H_PX = 600  # ... and the page shows them at most this tall: a referring figure (at most about 6.5 in,
+# dense.viz.BOX_PANEL_IN) is never scaled down, so its 11 pt labels stay 14 px on the page
+
+
 def _save(fig, path: Path) -> str:
-    fig.savefig(path, dpi=90, bbox_inches="tight")  # a dense.viz figure: not registered with pyplot, nothing to close
+    fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight")  # a dense.viz figure: not registered with pyplot
     return path.name
 
 
@@ -92,7 +97,7 @@ class _Page:
 
     def write(self, path: Path) -> None:
         style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
-                 "img{max-height:440px;max-width:100%;margin:4px;border:1px solid #ddd}"
+                 f"img{{max-height:{IMAGE_MAX_H_PX}px;max-width:100%;margin:4px;border:1px solid #ddd}}"
                  "table{border-collapse:collapse}td{border:1px solid #ccc;padding:4px 10px}"
                  "dl{font-size:0.9em;color:#444}dt{font-weight:bold;float:left;clear:left;width:9em}"
                  "dd{margin-left:10em;margin-bottom:0.3em}"
@@ -195,7 +200,9 @@ def _feature_panels(encoder, page: _Page, out: Path, items: list[tuple[str, obje
     page.images(pca_names)
     page.section("Open-vocabulary heatmaps", f"Per-patch sigmoid probabilities that the query is there (method "
                  f"'{method}', the checkpoint's own logit scale and bias), upsampled to the image, all on one 0-1 "
-                 "scale: dark blue is 0, red is 1.")
+                 "scale. The image is drawn in grey and the colour over it grows more opaque with the probability: "
+                 "plain grey is 0, blue-green is low, orange about 0.75, dark red 1; the colour bar shows exactly "
+                 "these colours.")
     page.images(heat_names)
 
 
@@ -284,28 +291,29 @@ def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int,
         by_image.setdefault(ref.image_id, []).append(ref)
     for image_id, image_refs in by_image.items():
         loc = Localizer(encoder, ds.image_path(image_id), max_patches=max_patches)
-        shown_boxes, shown_gt, shown_labels, shown_points = [], [], [], []
+        shown, shown_gt = [], []
         for ref in image_refs:
             for sentence in ref.sentences:
                 where = loc.localize(sentence)
-                pred_boxes.append(where.box_xyxy)
+                pred_boxes.append(where.box_xyxy)  # scored as given, found or not (every expression is there)
                 gt_boxes.append(ds.box_xyxy(ref.ann_id))
                 points.append(where.point_xy)
                 masks.append(ds.mask(ref.ann_id))
-            shown_boxes.append(where.box_xyxy)
+            shown.append(where)
             shown_gt.append(ds.box_xyxy(ref.ann_id))
-            shown_labels.append(ref.sentences[-1])
-            shown_points.append(where.point_xy)
         if len(box_names) < max_images:
-            fig = viz.boxes(ds.image_path(image_id), np.array(shown_boxes), shown_labels,
-                            points_xy=np.array(shown_points), gt_boxes_xyxy=np.array(shown_gt))
+            fig = viz.localizations(ds.image_path(image_id), shown, gt_boxes_xyxy=np.array(shown_gt),
+                                    found_threshold=encoder.calibration.found_threshold)
             box_names.append(_save(fig, out / f"refer_{image_id}.png"))
     acc = acc_at_iou(np.array(pred_boxes), np.array(gt_boxes)) if pred_boxes else float("nan")
     pointing = float(np.mean([pointing_game(p[None], m[None]) for p, m in zip(points, masks, strict=True)])) \
         if points else float("nan")
     page.section("Referring expressions", "Text in, box and point out, training-free: the heatmap's peak (the star) "
-                 "and the connected component around it (the box). Dotted boxes are the ground truth; a dashed "
-                 "predicted box is a miss.")
+                 "and the connected component around it (the box), labelled with the expression and its score (the "
+                 "peak probability). Dotted boxes are the ground truth; a dashed predicted box is a miss. An "
+                 f"expression scoring below the checkpoint's found threshold "
+                 f"({encoder.calibration.found_threshold:.2f}) is 'not found': it gets no box, only a note under "
+                 "the figure (it counts as a miss there; the table scores its best-guess box all the same).")
     page.table([("test expressions", str(len(pred_boxes))), ("test images", str(len(by_image))),
                 ("Acc@0.5", f"{100 * acc:.1f} %"), ("pointing game", f"{100 * pointing:.1f} %")])
     page.glossary(["Acc@0.5", "pointing game"])
@@ -340,14 +348,14 @@ def _photos(encoder, out: Path, all_paths: list[Path], queries: list[str], *, ma
         labels = dense.segment(encoder, p, queries, max_patches=max_patches)
         seg_names.append(_save(viz.label_map(p, labels, queries), out / f"segment_{name}.png"))
         found = Localizer(encoder, p, max_patches=max_patches).localize_many(queries)
-        fig = viz.boxes(p, np.array([f.box_xyxy for f in found]), list(queries),
-                        points_xy=np.array([f.point_xy for f in found]))
+        fig = viz.localizations(p, found, found_threshold=encoder.calibration.found_threshold)
         box_names.append(_save(fig, out / f"refer_{name}.png"))
     page.section("Open-vocabulary segmentation", "Each pixel takes the query with the highest probability; pixels "
                  "where no query is probable enough stay unpainted (background).")
     page.images(seg_names)
     page.section("Localization", "Each query's box (connected component around the heatmap peak) and point (the "
-                 "star, the peak itself).")
+                 "star, the peak itself), labelled with its score. A query scoring below the checkpoint's found "
+                 f"threshold ({encoder.calibration.found_threshold:.2f}) is 'not found': no box, a note instead.")
     page.images(box_names)
     page.write(out / "index.html")
     return {"images": len(paths), "photos_found": len(all_paths), "left_out": [p.name for p in left_out],

@@ -29,6 +29,11 @@ Two ways, both reading one :class:`~dense.FeatureMap` (compute once, query many)
   synthetic shapes, all convex, the box centre lands in the mask more often; ``dense eval refer`` reports both. The
   peak is kept because it follows the object in a box it does not fill.)
 
+**Not found.** Every answer carries its ``score``; below the checkpoint's ``found_threshold``
+(:class:`dense.checkpoint.Calibration`, measured for the bundled models by ``scripts/measure_found_threshold.py``) the
+answer says ``found=False``: the expression probably names nothing in the image. Its box and point are still the best
+guess (evaluations score them), but figures draw no box for it, only a note.
+
 :class:`Localizer` holds one image's FeatureMap and caches heatmaps per expression, so localizing 20 expressions costs
 one extraction plus 20 cheap head passes; :func:`localize` is the one-call form (pass a FeatureMap to reuse one).
 """
@@ -65,12 +70,13 @@ REFINE = ("quadratic", "none")
 
 @dataclass(frozen=True, eq=False)
 class Localization:
-    """Where an expression points in one image.
+    """Where an expression points in one image, and whether it is there at all.
 
     Attributes:
-        box_xyxy: float64 ``[4]`` in original-image pixels.
+        box_xyxy: float64 ``[4]`` in original-image pixels (the best guess, also when not found).
         point_xy: float64 ``[2]`` in original-image pixels.
         score: sigmoid probability of the answer: the heatmap peak (no candidates) or the chosen box's score.
+        found: ``score >= found_threshold`` (the calibration's, unless given); False: "not found", figures draw no box.
         heatmap: ``[gh, gw]`` sigmoid patch scores of the expression (what the point came from).
         peak_grid: float64 ``[2]``: the refined peak as fractional patch ``(i, j)``.
         expression: the query.
@@ -88,10 +94,22 @@ class Localization:
     method: str = ""
     candidate_scores: torch.Tensor | None = None
     candidate_index: int | None = None
+    found: bool = True
+
+    def __repr__(self) -> str:  # short: the heatmap and candidate scores are tensors, not for printing
+        box = ", ".join(f"{v:.1f}" for v in self.box_xyxy)
+        point = ", ".join(f"{v:.1f}" for v in self.point_xy)
+        return (f"Localization({self.expression!r}, box_xyxy=[{box}], point_xy=[{point}], score={self.score:.3f}, "
+                f"found={self.found})")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Heatmap -> point and box (no text, no model: pure geometry on a score map)
+
+
+def _check_found_threshold(found_threshold: float) -> None:
+    if not 0.0 <= found_threshold <= 1.0:
+        raise ValueError(f"found_threshold is a probability in [0, 1], got {found_threshold}")
 
 
 def _check_heatmap(heatmap: torch.Tensor, fmap: FeatureMap) -> torch.Tensor:
@@ -294,10 +312,11 @@ class Localizer:
 
     def localize(self, expression: str, *, candidates_xyxy=None, scorer: str = DEFAULT_CANDIDATE_METHOD,
                  box_threshold: float | None = None, box_upsample: int = DEFAULT_BOX_UPSAMPLE,
-                 refine: str = "quadratic", rerank_thresholds: Sequence[float] | None = None) -> Localization:
+                 refine: str = "quadratic", rerank_thresholds: Sequence[float] | None = None,
+                 found_threshold: float | None = None) -> Localization:
         """One expression -> :class:`Localization` (see the module docstring for the rules).
 
-        ``box_threshold`` None: the encoder's calibrated one.
+        ``box_threshold``, ``found_threshold`` None: the encoder's calibrated ones.
 
         ``rerank_thresholds`` (only without candidates): instead of the one component at ``box_threshold``, take the
         component boxes at each of these thresholds as the expression's own proposals and keep the one ``scorer``
@@ -305,11 +324,14 @@ class Localizer:
         """
         if not isinstance(expression, str):
             raise TypeError(f"expression must be a string, got {type(expression).__name__}; use localize_many")
+        if found_threshold is None:
+            found_threshold = self.encoder.calibration.found_threshold
+        _check_found_threshold(found_threshold)  # before any text is embedded
         heatmap = self.heatmaps([expression])[0]  # [gh, gw]
         if box_threshold is None:
             box_threshold = self.encoder.calibration.box_threshold
         common = dict(expression=expression, method=self.method, box_threshold=box_threshold,
-                      box_upsample=box_upsample, refine=refine)
+                      box_upsample=box_upsample, refine=refine, found_threshold=found_threshold)
         if candidates_xyxy is not None:
             scores = self.candidate_scores(expression, candidates_xyxy, scorer=scorer, heatmap=heatmap)  # [K]
             return localize_heatmap(heatmap, self.fmap, candidates_xyxy=candidates_xyxy, candidate_scores=scores,
@@ -322,7 +344,7 @@ class Localizer:
         scores = self.candidate_scores(expression, proposals, scorer=scorer, heatmap=heatmap)  # [P]
         best = int(torch.argmax(scores))
         return replace(loc, box_xyxy=proposals[best], score=float(scores[best]), candidate_scores=scores,
-                       method=f"{self.method}+components-{scorer}")
+                       method=f"{self.method}+components-{scorer}", found=float(scores[best]) >= found_threshold)
 
     def localize_many(self, expressions: Sequence[str], **kwargs) -> list[Localization]:
         """Several expressions: their heatmaps in one call, then :meth:`localize` each."""
@@ -333,15 +355,18 @@ class Localizer:
 def localize_heatmap(heatmap: torch.Tensor, fmap: FeatureMap, *, expression: str = "", method: str = "",
                      candidates_xyxy=None, candidate_scores: torch.Tensor | None = None, scorer: str = "",
                      box_threshold: float = 0.5, box_upsample: int = DEFAULT_BOX_UPSAMPLE,
-                     refine: str = "quadratic") -> Localization:
-    """A heatmap ``[gh, gw]`` (+ optional candidate boxes ``[K, 4]`` with their scores ``[K]``) -> Localization."""
+                     refine: str = "quadratic", found_threshold: float = 0.0) -> Localization:
+    """A heatmap ``[gh, gw]`` (+ optional candidate boxes ``[K, 4]`` with their scores ``[K]``) -> Localization;
+    ``found`` is ``score >= found_threshold``."""
+    _check_found_threshold(found_threshold)
     heatmap = _check_heatmap(heatmap, fmap)
     if candidates_xyxy is None:
         peak_ij = refine_peak_grid(heatmap, refine=refine)
         box_xyxy = heatmap_box_xyxy(heatmap, fmap, threshold=box_threshold, upsample=box_upsample)
         point_xy = fmap.grid_to_pixel_xy(peak_ij)
-        return Localization(box_xyxy=box_xyxy, point_xy=point_xy, score=float(heatmap.max()), heatmap=heatmap,
-                            peak_grid=peak_ij, expression=expression, method=method)
+        score = float(heatmap.max())
+        return Localization(box_xyxy=box_xyxy, point_xy=point_xy, score=score, heatmap=heatmap,
+                            peak_grid=peak_ij, expression=expression, method=method, found=score >= found_threshold)
     boxes = np.asarray(candidates_xyxy, dtype=np.float64).reshape(-1, 4)  # [K, 4]
     if len(boxes) == 0:
         raise ValueError("candidates_xyxy is empty; pass None to localize without candidates")
@@ -352,17 +377,20 @@ def localize_heatmap(heatmap: torch.Tensor, fmap: FeatureMap, *, expression: str
     inside = box_patch_weights(fmap, box_xyxy[None])[0] > 0  # [gh, gw]
     peak_ij = refine_peak_grid(heatmap, allowed=inside, refine=refine)
     point_xy = np.clip(fmap.grid_to_pixel_xy(peak_ij), box_xyxy[:2], box_xyxy[2:])
-    return Localization(box_xyxy=box_xyxy, point_xy=point_xy, score=float(candidate_scores[best]), heatmap=heatmap,
+    score = float(candidate_scores[best])
+    return Localization(box_xyxy=box_xyxy, point_xy=point_xy, score=score, heatmap=heatmap,
                         peak_grid=peak_ij, expression=expression, method=f"{method}+{scorer}",
-                        candidate_scores=candidate_scores, candidate_index=best)
+                        candidate_scores=candidate_scores, candidate_index=best, found=score >= found_threshold)
 
 
 def localize(encoder, image: ImageOrFeatureMap, expression: str, *, candidates_xyxy=None,
              method: str | None = None, scorer: str = DEFAULT_CANDIDATE_METHOD, box_threshold: float | None = None,
              box_upsample: int = DEFAULT_BOX_UPSAMPLE, refine: str = "quadratic",
              rerank_thresholds: Sequence[float] | None = None, templates: Sequence[str] | None = None,
-             max_patches: int | None = None, original: ImageInput | None = None) -> Localization:
-    """Where does ``expression`` point in the image? -> :class:`Localization` (box_xyxy, point_xy, score, heatmap).
+             max_patches: int | None = None, original: ImageInput | None = None,
+             found_threshold: float | None = None) -> Localization:
+    """Where does ``expression`` point in the image? -> :class:`Localization` (box_xyxy, point_xy, score, found,
+    heatmap).
 
     Args:
         encoder: from :func:`dense.load_encoder` (its text side loads on first use).
@@ -380,7 +408,9 @@ def localize(encoder, image: ImageOrFeatureMap, expression: str, *, candidates_x
         templates: prompt templates for the text side (None = the calibration's).
         max_patches: token budget when ``image`` is extracted here.
         original: the image itself, when ``image`` is a FeatureMap and ``scorer="crop"``.
+        found_threshold: a score below it is "not found" (``found=False``); None = the calibration's.
     """
     loc = Localizer(encoder, image, method=method, templates=templates, max_patches=max_patches, original=original)
     return loc.localize(expression, candidates_xyxy=candidates_xyxy, scorer=scorer, box_threshold=box_threshold,
-                        box_upsample=box_upsample, refine=refine, rerank_thresholds=rerank_thresholds)
+                        box_upsample=box_upsample, refine=refine, rerank_thresholds=rerank_thresholds,
+                        found_threshold=found_threshold)

@@ -100,22 +100,75 @@ def _title(ax, text: str, panel_w: float, *, fontsize: float = FONT_PT, **kwargs
 
 # -- heatmaps ---------------------------------------------------------------------------------------------------------
 
+# One rendering rule for every heat figure (and the local web page): the image in grey, its luminance squeezed into a
+# narrow band around BAR_GREY, and the colour map on top with its opacity equal to the normalized score. A score of 1
+# is the colour map's own colour, whatever lies below; a score of 0 is the grey image. The colour bar shows the same
+# blend over BAR_GREY, so a bar colour and a drawn pixel of the same score differ by at most the band's half width
+# times (1 - score): hot and cold never share a colour, and "nothing found" looks like the plain grey image.
+HEAT_CMAP = "turbo"  # blue (low) -> green -> orange -> dark red (high); none of it is grey
+GREY_BAND = (0.40, 0.70)  # the image's luminance 0..1 is drawn in this grey range (dimmed, low contrast)
+BAR_GREY = 0.55  # the middle of GREY_BAND: what the colour bar's ramp is blended over
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma weights
 
-def heatmap(image, scores, *, title: str | None = None, alpha: float = 0.5, cmap: str = "jet",
-            vmin: float | None = 0.0, vmax: float | None = 1.0, label: str = "probability"):
-    """One heatmap ``[H, W]`` over the image, with a colour bar, on a fixed ``vmin..vmax`` scale (probabilities:
-    0..1, so a map that finds nothing looks like nothing). ``vmax=None``: the map's own maximum."""
-    return heatmaps(image, _np(scores)[None], [title or ""], alpha=alpha, cmap=cmap, vmin=vmin, vmax=vmax,
-                    label=label, show_image=False)
+
+def _heat_rgb(t: np.ndarray, base: np.ndarray, cmap: str) -> np.ndarray:
+    """Normalized scores ``t`` in [0, 1] over a grey ``base`` (same shape) -> float RGB ``[..., 3]`` in [0, 1]."""
+    from matplotlib import colormaps
+
+    colour = colormaps[cmap](np.asarray(t, np.float64))[..., :3]  # [...] -> [..., 3]; floats: never LUT indices
+    alpha = np.asarray(t, np.float64)[..., None]
+    return alpha * colour + (1.0 - alpha) * np.asarray(base, np.float64)[..., None]
 
 
-def heatmaps(image, scores, queries: Sequence[str], *, alpha: float = 0.5, cmap: str = "jet",
-             vmin: float | None = 0.0, vmax: float | None = 1.0, label: str = "probability",
-             show_image: bool = True):
-    """The image, then one panel per query: ``scores [T, H, W]`` over the image, titled with the query and its peak.
+def heat_overlay(image, scores, *, vmin: float = 0.0, vmax: float = 1.0, cmap: str = HEAT_CMAP) -> np.ndarray:
+    """The heat rendering rule: ``scores [H, W]`` over the image -> uint8 ``[H, W, 3]``.
+
+    ``image``: anything :func:`dense.preprocess.load_image` reads, or uint8 ``[H, W, 3]``; ``scores``: float
+    ``[H, W]`` at the image's size. The image is drawn in grey (luminance squeezed into ``GREY_BAND``), the colour map
+    over it with opacity ``t = clip((score - vmin) / (vmax - vmin), 0, 1)`` (NaN counts as ``vmin``). Every
+    :mod:`dense.viz` heat figure uses it, and :func:`heat_ramp` gives its colour bar."""
+    rgb = load_image(image)
+    s = _np(scores).astype(np.float64)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be one map [H, W], got shape {tuple(s.shape)}")
+    _check_hw(rgb, s, "scores")
+    if not vmax > vmin:
+        raise ValueError(f"vmax ({vmax}) must be greater than vmin ({vmin})")
+    t = np.nan_to_num(np.clip((s - vmin) / (vmax - vmin), 0.0, 1.0), nan=0.0)  # [H, W]
+    lo, hi = GREY_BAND
+    base = lo + (hi - lo) * (rgb.astype(np.float64) @ _LUMA / 255.0)  # [H, W, 3] -> [H, W]
+    return np.round(255.0 * _heat_rgb(t, base, cmap)).astype(np.uint8)
+
+
+def heat_ramp(cmap: str = HEAT_CMAP, n: int = 256):
+    """The colours :func:`heat_overlay` draws for scores ``vmin..vmax`` over ``BAR_GREY``, as a colour map (for the
+    colour bar): what the bar says is what the pixels show."""
+    from matplotlib.colors import ListedColormap
+
+    t = np.linspace(0.0, 1.0, n)
+    return ListedColormap(_heat_rgb(t, np.full(n, BAR_GREY), cmap), name=f"{cmap}-over-grey")
+
+
+def heatmap(image, scores, *, title: str | None = None, cmap: str = HEAT_CMAP, vmin: float = 0.0,
+            vmax: float | None = 1.0, label: str = "probability"):
+    """One heatmap ``[H, W]`` over the image (:func:`heat_overlay`), with its colour bar, on a fixed ``vmin..vmax``
+    scale (probabilities: 0..1, so a map that finds nothing looks like the grey image). ``vmax=None``: the map's own
+    maximum."""
+    return heatmaps(image, _np(scores)[None], [title or ""], cmap=cmap, vmin=vmin, vmax=vmax, label=label,
+                    show_image=False)
+
+
+def heatmaps(image, scores, queries: Sequence[str], *, cmap: str = HEAT_CMAP, vmin: float = 0.0,
+             vmax: float | None = 1.0, label: str = "probability", show_image: bool = True):
+    """The image, then one panel per query: ``scores [T, H, W]`` drawn by :func:`heat_overlay`, titled with the
+    query and its peak.
 
     Every panel uses one fixed colour scale, ``vmin..vmax`` (default 0..1, for sigmoid probabilities), shown by one
-    colour bar; pass ``vmax=None`` for raw similarities (then the largest score sets it)."""
+    colour bar of exactly the drawn colours (:func:`heat_ramp`); pass ``vmax=None`` for raw similarities (then the
+    largest score sets it)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     image = load_image(image)
     scores = _np(scores).astype(np.float32)
     if scores.ndim != 3 or scores.shape[0] != len(queries):
@@ -123,35 +176,19 @@ def heatmaps(image, scores, queries: Sequence[str], *, alpha: float = 0.5, cmap:
     _check_hw(image, scores, "heatmaps")
     if vmax is None:
         vmax = float(scores.max()) if scores.size else 1.0
+        vmax = vmax if vmax > vmin else vmin + 1.0
     fig, axes, w = _figure(len(queries) + show_image, image.shape[:2], extra_w=1.0)
     if show_image:
         axes[0].imshow(image)
         _title(axes[0], "image", w)
-    im = None
     for ax, s, q in zip(axes[show_image:], scores, queries, strict=True):
-        ax.imshow(image)
-        im = ax.imshow(s, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)
+        ax.imshow(heat_overlay(image, s, vmin=vmin, vmax=vmax, cmap=cmap))
         _title(ax, f"{q} (max {s.max():.2f})" if q else f"max {s.max():.2f}", w)
-    if im is not None:
-        bar = fig.colorbar(im, ax=axes, shrink=0.8, aspect=25, pad=0.02)
-        bar.solids.set_alpha(1.0)
-        bar.set_label(label, fontsize=FONT_PT)
+    if len(queries):
+        mappable = ScalarMappable(norm=Normalize(vmin=vmin, vmax=vmax), cmap=heat_ramp(cmap))
+        bar = fig.colorbar(mappable, ax=axes, shrink=0.8, aspect=25, pad=0.02)
+        bar.set_label(f"{label} (drawn over the grey image)", fontsize=FONT_PT)
     return fig
-
-
-def heat_overlay(image, scores, *, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
-    """Scores ``[H, W]`` drawn over the image in greyscale with the jet map on the fixed ``vmin..vmax`` scale:
-    uint8 ``[H, W, 3]``. Values outside the scale are clipped to its ends; NaN leaves the grey image."""
-    from matplotlib import colormaps
-
-    image = load_image(image)
-    s = _np(scores).astype(np.float32)
-    _check_hw(image, s, "scores")
-    grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # [H, W, 3] -> [H, W]
-    t = np.clip((s - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
-    jet = colormaps["jet"](np.nan_to_num(t))[..., :3] * 255.0  # [H, W] -> [H, W, 3]
-    out = np.where(np.isnan(s)[..., None], grey[..., None], 0.5 * grey[..., None] + 0.5 * jet)
-    return (out + 0.5).clip(0, 255).astype(np.uint8)
 
 
 # -- label maps -------------------------------------------------------------------------------------------------------
@@ -167,27 +204,38 @@ _COLOUR_WORDS: dict[str, tuple[float, float, float]] = {
     "gold": (0.85, 0.65, 0.13), "olive": (0.50, 0.50, 0.10), "teal": (0.0, 0.50, 0.50),
     "navy": (0.0, 0.0, 0.50), "silver": (0.75, 0.75, 0.75), "beige": (0.90, 0.85, 0.70),
 }
-_SHADES = (0.0, -0.35, 0.35, -0.55, 0.55, -0.2, 0.2)  # <0 darker, >0 lighter: classes sharing a colour word
+SHADE_LIGHTNESS = (0.22, 0.82)  # classes sharing a colour word spread evenly over this HLS lightness range
 
 
-def _shade(rgb, f: float) -> np.ndarray:
-    rgb = np.asarray(rgb, np.float64)
-    return rgb * (1 + f) if f < 0 else rgb + (1 - rgb) * f
+def _shades(rgb, n: int) -> list[np.ndarray]:
+    """``n`` shades of one colour, as far apart in lightness as ``SHADE_LIGHTNESS`` allows (hue and saturation kept);
+    the one nearest the colour itself first, so a lone class keeps its plain colour."""
+    import colorsys
+
+    if n == 1:
+        return [np.asarray(rgb, np.float64)]
+    h, light, sat = colorsys.rgb_to_hls(*rgb)
+    levels = np.linspace(*SHADE_LIGHTNESS, n)
+    order = np.argsort(np.abs(levels - light), kind="stable")
+    return [np.array(colorsys.hls_to_rgb(h, float(levels[k]), sat)) for k in order]
+
+
+def _colour_word(name: str) -> str | None:
+    return next((w for w in re.findall(r"[a-z]+", str(name).lower()) if w in _COLOUR_WORDS), None)
 
 
 def class_colours(class_names: Sequence[str]) -> np.ndarray:
-    """``[K, 3]`` RGB in [0, 1], one per class: the colour a name mentions ("green triangle" -> green; classes that
-    share a colour word get darker and lighter shades of it), otherwise a distinct tab20 colour not already used."""
+    """``[K, 3]`` RGB in [0, 1], one per class: the colour a name mentions ("green triangle" -> green), otherwise a
+    distinct tab20 colour not already used. Classes that share a colour word (red circle, red square, red star) get
+    shades of it spread evenly in lightness (:data:`SHADE_LIGHTNESS`): four reds stay at least 0.3 apart in RGB."""
     from matplotlib import colormaps
 
     colours: list[np.ndarray | None] = [None] * len(class_names)
-    seen: dict[str, int] = {}
-    for k, name in enumerate(class_names):
-        word = next((w for w in re.findall(r"[a-z]+", str(name).lower()) if w in _COLOUR_WORDS), None)
+    words = [_colour_word(n) for n in class_names]
+    shades = {w: _shades(_COLOUR_WORDS[w], words.count(w)) for w in set(words) - {None}}
+    for k, word in enumerate(words):
         if word is not None:
-            n = seen.get(word, 0)
-            seen[word] = n + 1
-            colours[k] = _shade(_COLOUR_WORDS[word], _SHADES[n % len(_SHADES)])
+            colours[k] = shades[word].pop(0)
     tab = colormaps["tab20"]
     spare = [np.array(tab(i)[:3]) for i in (*range(0, 20, 2), *range(1, 20, 2))]
     for k in range(len(class_names)):
@@ -200,22 +248,42 @@ def class_colours(class_names: Sequence[str]) -> np.ndarray:
     return np.array(colours, np.float64).reshape(-1, 3)
 
 
-def _paint(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
-    """Classes painted in their colours over a light grey copy of the image; background (0) and ignore stay grey."""
-    grey = (image.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255.0)[..., None]  # [H, W, 1]
-    base = 0.35 + 0.6 * np.repeat(grey, 3, axis=2)  # lightened, so painted colours stand out
+PAINT_BASE = (0.35, 0.95)  # label maps: the image's luminance 0..1 drawn in this (light) grey range
+IGNORE_RGB = (0.25, 0.25, 0.25)  # the dark stripes over ignore / crowd pixels
+
+
+def _painted(colours: np.ndarray, alpha: float) -> np.ndarray:
+    """The colour a class shows with, over the middle of the grey base: its legend swatch."""
+    return alpha * np.asarray(colours, np.float64) + (1 - alpha) * float(np.mean(PAINT_BASE))
+
+
+def _paint(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float,
+           ignore: np.ndarray | None = None) -> np.ndarray:
+    """Classes painted in their colours over a light grey copy of the image; background (0) stays grey; ``ignore``
+    (bool ``[H, W]``) gets dark diagonal stripes."""
+    lo, hi = PAINT_BASE
+    grey = (image.astype(np.float64) @ _LUMA / 255.0)[..., None]  # [H, W, 3] -> [H, W, 1]
+    base = lo + (hi - lo) * np.repeat(grey, 3, axis=2)  # lightened, so painted colours stand out
     painted = (labels > 0) & (labels <= len(colours))
     rgb = colours[np.clip(labels - 1, 0, len(colours) - 1)]  # [H, W] -> [H, W, 3]
-    return np.where(painted[..., None], (1 - alpha) * base + alpha * rgb, base)
+    out = np.where(painted[..., None], (1 - alpha) * base + alpha * rgb, base)
+    if ignore is not None and ignore.any():
+        H, W = labels.shape
+        period = max(4, round(min(H, W) / 16))  # a few stripes across even a small region
+        yy, xx = np.mgrid[:H, :W]
+        stripe = ((xx + yy) // max(1, period // 2)) % 2 == 0  # [H, W]
+        out = np.where((ignore & stripe)[..., None], np.asarray(IGNORE_RGB), out)
+    return out
 
 
 def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: float = 0.85,
               background: str = "background", ignore_index: int = IGNORE, titles: Sequence[str] | None = None):
     """The image, the ground truth ``gt`` (when given), and ``labels [H, W]`` side by side.
 
-    Label 0 is background (left unpainted: the image in grey), ``k + 1`` is ``class_names[k]``, ``ignore_index`` is
-    unpainted. Colours follow colour words in the names (:func:`class_colours`); the legend lists the classes present
-    in the maps shown."""
+    Label 0 is background (left unpainted: the image in grey), ``k + 1`` is ``class_names[k]``, ``ignore_index``
+    (ignore / crowd regions, not scored) is striped dark grey. Colours follow colour words in the names
+    (:func:`class_colours`); the legend lists the classes present in the maps shown, with the colour they are painted
+    in, then background and ignore when present."""
     image = load_image(image)
     maps = [_np(labels).astype(np.int64)]
     if gt is not None:
@@ -232,21 +300,35 @@ def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: floa
     axes[0].imshow(image)
     _title(axes[0], "image", w)
     for ax, m, t in zip(axes[1:], maps, titles, strict=True):
-        ax.imshow(_paint(image, np.where(m == ignore_index, 0, m), colours, alpha))
+        ignored = m == ignore_index
+        ax.imshow(_paint(image, np.where(ignored, 0, m), colours, alpha, ignore=ignored))
         _title(ax, t, w)
     from matplotlib.patches import Patch
 
     values = {int(v) for m in maps for v in np.unique(m)}
-    handles = [Patch(facecolor=colours[k - 1], edgecolor="black", linewidth=0.5, label=class_names[k - 1])
+    swatches = _painted(colours, alpha)
+    handles = [Patch(facecolor=swatches[k - 1], edgecolor="black", linewidth=0.5, label=class_names[k - 1])
                for k in sorted(values - {0, ignore_index})]
-    if values & {0, ignore_index}:  # a neutral swatch: background is the image itself, in grey
-        handles.append(Patch(facecolor=(0.75, 0.75, 0.75), edgecolor="black", linewidth=0.5,
+    if 0 in values:  # a neutral swatch: background is the image itself, in grey
+        handles.append(Patch(facecolor=(np.mean(PAINT_BASE),) * 3, edgecolor="black", linewidth=0.5,
                              label=f"{background} (unpainted)"))
+    if ignore_index in values:  # the same stripes as the map
+        handles.append(Patch(facecolor=(np.mean(PAINT_BASE),) * 3, edgecolor=IGNORE_RGB, hatch="////",
+                             linewidth=0.5, label="ignore / crowd (not scored)"))
     fig.legend(handles=handles, loc="outside right upper", fontsize=FONT_PT, frameon=False)
     return fig
 
 
 # -- boxes ------------------------------------------------------------------------------------------------------------
+
+BOX_PANEL_IN = (9.0, 4.8)  # a box figure's image panel fills this (w, h) box at the image's aspect ratio ...
+BOX_FIG_MAX_H_IN = 6.4  # ... and the panel gives up height to the title, legend and notes so the figure stays this
+# tall: at the demo page's 90 dpi that is under its 600 px image height, so 11 pt labels are never scaled down
+MIN_FIG_W_IN = 4.6  # titles, legends and notes need this much width, even beside a narrow image
+MARKER_PT2 = 220  # the point's star marker (area in pt^2)
+LABEL_PAD_PT = 2.0  # the coloured box around a label's text
+LABEL_GAP_PT = 1.5  # free space kept between labels, and between a label and a marker
+MIN_LABEL_CHARS = 10  # a panel narrower than this many characters gets numbered tags and a key beside it
 
 
 def _iou_xyxy(a: np.ndarray, b: np.ndarray) -> float:
@@ -261,100 +343,244 @@ def _overlaps(a, b) -> bool:
     return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
 
 
-def _place_labels(fig, ax, texts) -> None:
-    """Move each label (an annotation anchored at its box) up or down in steps of its own height until its rendered
-    extent overlaps no label placed before it (nor the title or legend) and stays inside the figure."""
+def label_extent(text, renderer):
+    """A label's window extent including its coloured box (what a reader sees as the label)."""
+    from matplotlib.transforms import Bbox
+
+    ext = text.get_window_extent(renderer)
+    patch = text.get_bbox_patch()
+    if patch is None:
+        return ext
+    pad = LABEL_PAD_PT * text.figure.dpi / 72
+    return Bbox.from_extents(ext.x0 - pad, ext.y0 - pad, ext.x1 + pad, ext.y1 + pad)
+
+
+def marker_extents(ax) -> list:
+    """The window extent of every point marker drawn by :func:`boxes` on ``ax`` (one per point)."""
+    from matplotlib.transforms import Bbox
+
+    out = []
+    for coll in ax.collections:
+        if coll.get_gid() != "dense-points":
+            continue
+        half = (math.sqrt(MARKER_PT2) / 2 + 1.2) * ax.figure.dpi / 72  # the star's radius plus its white edge
+        for x, y in coll.get_offset_transform().transform(coll.get_offsets()):
+            out.append(Bbox.from_extents(x - half, y - half, x + half, y + half))
+    return out
+
+
+def _place_labels(fig, ax, texts, anchors_px) -> bool:
+    """Put each label inside the axes, free of every label placed before it and of every marker, as near to its box
+    as possible (``anchors_px``: the box ``(x0, y0, x1, y1)`` in display pixels, y up). Candidate places: rows in steps
+    of the label's height over the whole panel, aligned to the box's left or right edge or spread across the panel;
+    the nearest free one to the box wins (just above it, when free; a place over the box's own inside costs four
+    rows, one over any box two more). Returns False when some label found no free place."""
+    from matplotlib.transforms import Bbox
+
     renderer = fig.canvas.get_renderer()
-    fig.draw_without_rendering()  # settle the constrained layout before measuring
-    placed = [a.get_window_extent(renderer) for a in (ax.title, ax.get_legend()) if a is not None and a.get_visible()
-              and (a is not ax.title or a.get_text())]  # labels keep off the title and the legend too
-    for t in texts:
+    axbox = ax.get_window_extent(renderer)
+    gap = LABEL_GAP_PT * fig.dpi / 72
+    pad = LABEL_PAD_PT * fig.dpi / 72
+    placed = [b.padded(gap) for b in marker_extents(ax)]
+    to_axes = ax.transAxes.inverted()
+    for t, (bx0, by0, bx1, by1) in zip(texts, anchors_px, strict=True):
+        t.set_position((0.0, 0.0))
         ext = t.get_window_extent(renderer)
-        step = ext.height * 72 / fig.dpi + 1  # points
-        x, y0 = t.xyann
-        first_free = None
-        for k in range(80):
-            dy = (k + 1) // 2 * step * (1 if k % 2 else -1)  # 0, +1, -1, +2, -2 ... steps
-            t.xyann = (x, y0 + dy)
-            ext = t.get_window_extent(renderer)
-            if not any(_overlaps(ext, p) for p in placed):
-                first_free = first_free or (x, y0 + dy)
-                if fig.bbox.contains(ext.x0, ext.y0) and fig.bbox.contains(ext.x1, ext.y1):
-                    break
-        else:
-            if first_free is not None:  # nowhere free inside the figure: free of overlaps, outside it
-                t.xyann = first_free
-        placed.append(t.get_window_extent(renderer))
+        w, h = ext.width + 2 * pad, ext.height + 2 * pad
+        if w > axbox.width or h > axbox.height:
+            return False
+        step = h + gap
+        xs = np.clip([bx0, bx1 - w, *np.linspace(axbox.x0, axbox.x1 - w, 9)], axbox.x0, axbox.x1 - w)
+        rows = int(axbox.height / step) + 2
+        ys = np.clip(by1 + step * np.arange(-rows, rows + 1), axbox.y0, axbox.y1 - h)
+        cx, cy = np.meshgrid(xs, ys)  # [rows, xs]: lower-left corners of the candidates
+        cx, cy = cx.ravel(), cy.ravel()
+        dx = np.maximum.reduce([bx0 - (cx + w), cx - bx1, np.zeros_like(cx)])  # rectangle-to-box distance
+        dy = np.maximum.reduce([by0 - (cy + h), cy - by1, np.zeros_like(cy)])
+        inside = (dx == 0) & (dy == 0) & (cy < by1 - 0.5)  # over the box's contents
+        covers = sum(((cx < ox1) & (ox0 < cx + w) & (cy < oy1) & (oy0 < cy + h)).astype(float)
+                     for ox0, oy0, ox1, oy1 in anchors_px)  # how many boxes (objects) the label would hide
+        cost = np.hypot(dx, dy) + 4 * step * inside + 2 * step * covers + 1e-3 * np.abs(cy - by1)
+        spot = None
+        for i in np.argsort(cost, kind="stable"):
+            cand = Bbox.from_extents(cx[i], cy[i], cx[i] + w, cy[i] + h)
+            if not any(_overlaps(cand, p) for p in placed):
+                spot = cand
+                break
+        if spot is None:
+            return False
+        t.set_position(to_axes.transform((spot.x0 + pad, spot.y0 + pad)))
+        placed.append(spot.padded(gap))
+    return True
 
 
 def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=None, gt_boxes_xyxy=None,
-          colours: Sequence | None = None):
+          colours: Sequence | None = None, scores: Sequence[float] | None = None,
+          found: Sequence[bool] | None = None, found_threshold: float | None = None):
     """Boxes ``[N, 4]`` (``x0, y0, x1, y1``, original-image pixels), optional points ``[N, 2]`` and ground-truth
-    boxes ``[N, 4]`` over the image.
+    boxes ``[N, 4]`` over the image, each box labelled (with its score when ``scores`` is given).
 
-    With ground truth, each prediction is marked hit (IoU >= 0.5, solid box) or miss (dashed), its ground truth is
-    drawn dotted in the same colour, and the title counts the hits. Labels never overprint each other."""
+    ``found`` (bool ``[N]``): a box that was not found is not drawn (nor its point); a note under the panel lists it
+    with its score (and ``found_threshold`` when given). With ground truth, each prediction is marked hit (IoU >= 0.5,
+    solid box) or miss (dashed; a not-found answer is a miss), its ground truth is drawn dotted in the same colour,
+    and the title counts the hits.
+
+    Labels stay inside the panel and never cover each other or a point: each goes as near its box as a free place
+    allows (a thin line joins it to its box when it had to move away). When they cannot all fit, or the panel is too
+    narrow for words, the boxes get numbered tags and the full labels a key beside the panel."""
     from matplotlib import patheffects
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
 
     image = load_image(image)
     b = _np(boxes_xyxy).astype(np.float64).reshape(-1, 4)  # -> [N, 4]
+    n = len(b)
     gt = None if gt_boxes_xyxy is None else _np(gt_boxes_xyxy).astype(np.float64).reshape(-1, 4)  # -> [N, 4]
-    if gt is not None and len(gt) != len(b):
-        raise ValueError(f"{len(gt)} ground-truth boxes for {len(b)} predicted boxes")
-    if labels is not None and len(labels) != len(b):
-        raise ValueError(f"{len(labels)} labels for {len(b)} boxes")
+    for name, given in (("ground-truth boxes", gt), ("labels", labels), ("scores", scores), ("found", found)):
+        if given is not None and len(given) != n:
+            raise ValueError(f"{len(given)} {name} for {n} boxes")
+    pts = None if points_xy is None else _np(points_xy).astype(np.float64).reshape(-1, 2)  # -> [N, 2]
+    if pts is not None and len(pts) != n:
+        raise ValueError(f"{len(pts)} points for {n} boxes")
+    shown = np.ones(n, bool) if found is None else np.asarray(found, bool)
     if colours is None:  # colour words in the expressions, as in label maps ("the red circle" drawn red)
-        colours = class_colours(labels if labels is not None else [""] * len(b))
+        colours = class_colours(labels if labels is not None else [""] * n)
     halo = [patheffects.withStroke(linewidth=4.5, foreground="white")]  # visible on any background
     H, W = image.shape[:2]
-    rows, cols, w, h = panel_layout(1, (H, W), max_width=10.0)
-    # one panel, at least 5.5 in on its long side and 4.5 in wide, so labels and the legend fit beside the image
-    scale = max(1.0, 5.5 / max(w, h), 4.5 / w)
-    fig_w = w * scale + 0.3
-    legend_cols = 3 if fig_w >= 5.5 else 1
-    fig = DenseFigure(figsize=(fig_w, h * scale + (0.8 if legend_cols == 3 else 1.3)), layout="constrained")
-    wrap = max(12, int(0.8 * fig_w * 72 / (FONT_PT * 0.6)))  # characters per label line
+    hits = [None if gt is None else (bool(shown[k]) and _iou_xyxy(b[k], gt[k]) >= IOU_HIT) for k in range(n)]
+
+    def label_text(k: int) -> str:
+        text = labels[k] if labels is not None else f"#{k + 1}"
+        if scores is not None:
+            text += f" ({scores[k]:.2f})"
+        if gt is not None and shown[k]:
+            text += f": {'hit' if hits[k] else 'miss'} (IoU {_iou_xyxy(b[k], gt[k]):.2f})"
+        return text
+
+    missing = [k for k in range(n) if not shown[k]]
+    note = ""
+    if missing:
+        below = "" if found_threshold is None else f", score below {found_threshold:.2f}"
+        note = f"not found{below}: " + "; ".join(
+            (labels[k] if labels is not None else f"#{k + 1}") + (f" ({scores[k]:.2f})" if scores is not None else "")
+            for k in missing)
+        note = textwrap.fill(note, int(MIN_FIG_W_IN * 72 / (FONT_PT * 0.55)))  # the most lines it can take
+    legend_cols = 3 if min(BOX_PANEL_IN[0], W * BOX_PANEL_IN[1] / H) >= 5.2 else 1
+    extras = 0.3 + (0.4 + 0.22 * (4 - legend_cols) if gt is not None else 0.0)  # margins; the title and legend
+    extras += 0.2 * (note.count("\n") + 1) + 0.15 if note else 0.0
+    scale = min(BOX_PANEL_IN[0] / W, min(BOX_PANEL_IN[1], BOX_FIG_MAX_H_IN - extras) / H)
+    w, h = W * scale, H * scale  # the panel, inches
+    fig_w = max(w, MIN_FIG_W_IN) + 0.3
+    fig = DenseFigure(figsize=(fig_w, h + extras), layout="constrained")
     ax = fig.add_subplot()
     ax.set_axis_off()
     ax.imshow(image)
-    hits = []
-    texts = []
-    for k, (x0, y0, x1, y1) in enumerate(b):
+    for k in range(n):
         c = colours[k]
-        hit = None if gt is None else _iou_xyxy(b[k], gt[k]) >= IOU_HIT
         if gt is not None:
             g = gt[k]
             ax.add_patch(Rectangle((g[0], g[1]), g[2] - g[0], g[3] - g[1], fill=False, edgecolor=c, linewidth=2,
                                    linestyle=":", path_effects=halo))
-            hits.append(hit)
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=c, linewidth=2.5,
-                               linestyle="-" if hit in (None, True) else "--", path_effects=halo))
-        if labels is not None:
-            text = labels[k] if gt is None else f"{labels[k]}: {'hit' if hit else 'miss'} " \
-                                                 f"(IoU {_iou_xyxy(b[k], gt[k]):.2f})"
-            right = x0 > W / 2  # anchor labels of right-hand boxes at their right edge, so they stay in the image
-            t = ax.annotate(textwrap.fill(text, wrap), xy=(x1 if right else x0, y0), xytext=(0, 0),
-                            textcoords="offset points",
-                            ha="right" if right else "left", va="bottom", fontsize=FONT_PT,
-                            color="black" if np.dot(c, (0.299, 0.587, 0.114)) > 0.5 else "white",
-                            bbox=dict(facecolor=c, alpha=0.85, pad=1.5, linewidth=0), annotation_clip=False)
-            t.set_in_layout(False)  # labels must not reshape the layout they are placed in
-            texts.append(t)
-    if points_xy is not None:
-        p = _np(points_xy).astype(np.float64).reshape(-1, 2)  # -> [N, 2]
-        ax.scatter(p[:, 0], p[:, 1], marker="*", s=220, c=[colours[k % len(colours)] for k in range(len(p))],
-                   edgecolors="white", linewidths=1.2, zorder=3)
+        if shown[k]:
+            x0, y0, x1, y1 = b[k]
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=c, linewidth=2.5,
+                                   linestyle="-" if hits[k] in (None, True) else "--", path_effects=halo,
+                                   gid="dense-box"))
+    if pts is not None and shown.any():
+        ax.scatter(pts[shown, 0], pts[shown, 1], marker="*", s=MARKER_PT2,
+                   c=[colours[k] for k in np.flatnonzero(shown)], edgecolors="white", linewidths=1.2, zorder=3,
+                   gid="dense-points")
     if gt is not None:
-        _title(ax, f"{sum(hits)}/{len(hits)} hits (IoU >= {IOU_HIT})", w * scale)
+        _title(ax, f"{sum(bool(x) for x in hits)}/{n} hits (IoU >= {IOU_HIT})", fig_w)
         ax.legend(handles=[Line2D([], [], color="grey", lw=2.5, label="predicted: hit"),
                            Line2D([], [], color="grey", lw=2.5, ls="--", label="predicted: miss"),
                            Line2D([], [], color="grey", lw=2, ls=":", label="ground truth")],
-                  loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=legend_cols, fontsize=FONT_PT - 1, frameon=False)
-    if texts:
-        _place_labels(fig, ax, texts)
+                  loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=legend_cols,
+                  fontsize=FONT_PT - 1, frameon=False)
+    if note:
+        note = textwrap.fill(" ".join(note.split()), int(fig_w * 72 / (FONT_PT * 0.55)))
+        fig.supxlabel(note, fontsize=FONT_PT, ha="center", color=(0.55, 0.1, 0.1))
+    ks = [k for k in range(n) if shown[k]]
+    if ks and (labels is not None or scores is not None):
+        _label_boxes(fig, ax, b, ks, colours, [label_text(k) for k in ks])
     return fig
+
+
+def _label_boxes(fig, ax, b, ks, colours, texts):
+    """Labels on boxes ``ks`` (see :func:`boxes`); numbered tags and a key when the words do not fit."""
+    from matplotlib.patches import Patch
+
+    def add(k, s):
+        c = colours[k]
+        t = ax.text(0, 0, s, transform=ax.transAxes, ha="left", va="bottom", fontsize=FONT_PT, zorder=5,
+                    color="black" if np.dot(c, _LUMA) > 0.5 else "white",
+                    bbox=dict(facecolor=c, alpha=0.9, pad=LABEL_PAD_PT, linewidth=0), gid="dense-label")
+        t.set_in_layout(False)  # labels must not reshape the layout they are placed in
+        return t
+
+    fig.draw_without_rendering()  # settle the constrained layout before measuring
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    anchors = []
+    for k in ks:
+        (px0, py0), (px1, py1) = to_px((b[k, 0], b[k, 3])), to_px((b[k, 2], b[k, 1]))  # image y runs down
+        anchors.append((min(px0, px1), min(py0, py1), max(px0, px1), max(py0, py1)))
+    chars = int(ax.get_window_extent(renderer).width * 72 / fig.dpi / (FONT_PT * 0.6))
+    artists = []
+    if chars >= MIN_LABEL_CHARS:
+        artists = [add(k, textwrap.fill(s, chars)) for k, s in zip(ks, texts, strict=True)]
+        if _place_labels(fig, ax, artists, anchors):
+            _leaders(fig, ax, artists, anchors, [colours[k] for k in ks])
+            return
+        for t in artists:
+            t.remove()
+    # numbered tags on the boxes, the words in a key beside the panel
+    key_chars = min(60, max(len(s) for s in texts) + 4)  # longer labels wrap
+    key_w = key_chars * FONT_PT * 0.55 / 72 + 0.6
+    fw, fh = fig.get_size_inches()
+    panel_w = ax.get_window_extent(renderer).width / fig.dpi
+    fig.set_size_inches(max(fw, panel_w + key_w + 0.5), fh)
+    ax.set_anchor("NE")  # the panel beside its key, not centred away from it
+    fig.legend(handles=[Patch(facecolor=colours[k], edgecolor="black", linewidth=0.5,
+                              label=textwrap.fill(f"{i + 1}  {s}", key_chars, subsequent_indent="    "))
+                        for i, (k, s) in enumerate(zip(ks, texts, strict=True))],
+               loc="outside right upper", fontsize=FONT_PT, frameon=False, handlelength=1.2)
+    fig.draw_without_rendering()
+    anchors = []
+    for k in ks:
+        (px0, py0), (px1, py1) = to_px((b[k, 0], b[k, 3])), to_px((b[k, 2], b[k, 1]))
+        anchors.append((min(px0, px1), min(py0, py1), max(px0, px1), max(py0, py1)))
+    tags = [add(k, str(i + 1)) for i, k in enumerate(ks)]
+    if _place_labels(fig, ax, tags, anchors):
+        _leaders(fig, ax, tags, anchors, [colours[k] for k in ks])
+
+
+def _leaders(fig, ax, texts, anchors_px, colours) -> None:
+    """A thin line from each label that had to move away from its box to the nearest point of the box."""
+    renderer = fig.canvas.get_renderer()
+    pad = LABEL_PAD_PT * fig.dpi / 72
+    to_data = ax.transData.inverted()
+    for t, (bx0, by0, bx1, by1), c in zip(texts, anchors_px, colours, strict=True):
+        e = t.get_window_extent(renderer).padded(pad)
+        # nearest points of the label and of the box (rectangles, display pixels)
+        lx = float(np.clip((bx0 + bx1) / 2, e.x0, e.x1))
+        ly = float(np.clip((by0 + by1) / 2, e.y0, e.y1))
+        px, py = float(np.clip(lx, bx0, bx1)), float(np.clip(ly, by0, by1))
+        lx, ly = float(np.clip(px, e.x0, e.x1)), float(np.clip(py, e.y0, e.y1))
+        if math.hypot(px - lx, py - ly) < e.height:  # touching, or nearly: no line needed
+            continue
+        (x0, y0), (x1, y1) = to_data.transform([(lx, ly), (px, py)])
+        ax.plot([x0, x1], [y0, y1], color=c, lw=1.2, zorder=4, solid_capstyle="round")
+
+
+def localizations(image, found: Sequence, *, gt_boxes_xyxy=None, found_threshold: float | None = None):
+    """:func:`boxes` for a list of :class:`dense.localize.Localization`: each expression's box, point and score; an
+    answer that was not found (``found=False``) gets no box, only a note."""
+    if not found:
+        raise ValueError("no localizations to draw")
+    return boxes(image, np.stack([f.box_xyxy for f in found]), [f.expression for f in found],
+                 points_xy=np.stack([f.point_xy for f in found]), gt_boxes_xyxy=gt_boxes_xyxy,
+                 scores=[f.score for f in found], found=[f.found for f in found], found_threshold=found_threshold)
 
 
 # -- PCA --------------------------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Open them with ``pip install -e ".[notebook]"`` then ``jupyter lab notebooks/``. Every ``dense.viz`` figure shows inline
 (it has a ``_repr_png_``), so a cell that ends in a ``viz`` call displays its figure.
 
-Each notebook runs top to bottom on the bundled ``shapes-tiny`` model in well under a minute; tests/test_notebooks.py
-executes them. Set DENSE_MODEL to run them on another checkpoint (e.g. google/siglip2-so400m-patch14-384).
+Each notebook runs top to bottom on the bundled ``shapes-tiny-v2`` model (the one ``dense demo`` uses) in well under a
+minute; tests/test_notebooks.py executes them. Set DENSE_MODEL to run them on another checkpoint (e.g.
+google/siglip2-so400m-patch14-384).
 """
 
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import dense
 from dense import datasets, viz
 
-MODEL = os.environ.get("DENSE_MODEL", "shapes-tiny")  # or "google/siglip2-so400m-patch14-384"
+MODEL = os.environ.get("DENSE_MODEL", "shapes-tiny-v2")  # or "google/siglip2-so400m-patch14-384"
 enc = dense.load_encoder(MODEL)
 work = Path(tempfile.mkdtemp(prefix="dense-notebook-"))
 enc'''
@@ -31,8 +32,8 @@ NOTEBOOKS = {
         "# Quickstart: feature maps at native aspect ratio\n\n"
         "`dense` runs a SigLIP / SigLIP 2 vision tower on each image at its own aspect ratio (no square squash, no "
         "crop) and returns a `FeatureMap`: patch tokens `[gh, gw, D]` that know their geometry. This notebook uses "
-        "the bundled `shapes-tiny` model (a tiny SigLIP trained on synthetic shapes) so it runs offline; swap in "
-        "`google/siglip2-so400m-patch14-384` for the real thing.",
+        "the bundled `shapes-tiny-v2` model (a tiny SigLIP trained only on synthetic shapes, the model `dense demo` "
+        "uses) so it runs offline; set `DENSE_MODEL=google/siglip2-so400m-patch14-384` for the real thing.",
         SETUP,
         "## Some images\n`make_shapes` draws a small COCO-style world of coloured shapes: images of varied size and "
         "aspect ratio, with masks and referring expressions.",
@@ -75,24 +76,38 @@ back''',
         "SigLIP has no CLS token: its image embedding comes from a multi-head attention-pooling (MAP) head. "
         "`dense.heatmap` turns each patch token into a text-comparable vector through that head and scores it "
         "against text queries with the checkpoint's own `logit_scale` / `logit_bias`, so the heatmaps are sigmoid "
-        "probabilities.",
+        "probabilities. The bundled `shapes-tiny-v2` knows 16 phrases (a colour and a shape); it is small, and "
+        "it misses some objects: the printouts below say where.",
         SETUP,
         '''from dense import heatmap
 from dense.coco import load_coco
 
 datasets.make_shapes(work, 12, seed=2)
 ds = load_coco(work / "annotations.json", work / "images")
-image_id = max(ds.ids(), key=lambda i: len(ds.anns(i, crowd=False)))
+image_id = max(ds.ids(), key=lambda i: len(ds.anns(i, crowd=False)))  # the busiest image, whatever the model says
 image = ds.image_path(image_id)
 present = sorted({ds.category_name(a["category_id"]) for a in ds.anns(image_id, crowd=False)})
-present''',
-        "## Heatmaps\nOne extraction serves any number of queries; text embeddings are cached. All panels share "
-        "one 0-1 probability scale, so a query that is absent stays dark blue.",
+# an absent query: a class whose colour and shape are both missing from the image (crowd regions included)
+there = [ds.category_name(a["category_id"]).split() for a in ds.anns(image_id, crowd=True)]
+absent = next(n for n in ds.class_names[1:]
+              if all(n.split()[0] != c and n.split()[1] != s for c, s in there))
+queries = [*present, absent]
+print("present:", present, "| absent:", absent)''',
+        "## Heatmaps\nOne extraction serves any number of queries; text embeddings are cached. The image is drawn "
+        "in grey and each query's probability in colour over it, more opaque where it is higher, on one 0-1 scale "
+        "for all panels: the colour bar shows exactly the colours drawn. The last panel is the absent query. Each "
+        "title gives the panel's peak; the next cell says whether each peak lands on its object.",
         '''fmap = enc.extract(image, layers=heatmap.required_layers(enc.calibration.method))
-scores = heatmap.patch_scores(enc, fmap, present)  # [T, gh, gw] sigmoid probabilities
-viz.heatmaps(image, heatmap.upsample(scores, fmap), present)''',
+scores = heatmap.upsample(heatmap.patch_scores(enc, fmap, queries), fmap)  # [T, gh, gw] -> [T, H, W] probabilities
+viz.heatmaps(image, scores, queries)''',
+        '''for name, probs in zip(queries, scores.numpy()):
+    y, x = np.unravel_index(probs.argmax(), probs.shape)
+    masks = [ds.mask(a["id"]) for a in ds.anns(image_id, crowd=False) if ds.category_name(a["category_id"]) == name]
+    where = ("absent" if not masks else "on the object" if any(m[y, x] for m in masks) else "off the object")
+    print(f"{name:<16} peak {probs.max():.2f}  {where}")''',
         "## Methods\nEach method is a few lines in `dense/heatmap.py`; `raw` (the tokens as they are) is the "
-        "baseline. The peak of each class's heatmap should fall on that object:",
+        "baseline. How many present classes have their heatmap's peak on their object, per method, on this one "
+        "image (`dense eval openvocab` measures it over a split):",
         '''for method in heatmap.supported_methods(enc):
     aligned = heatmap.with_aligned(enc, image, method)  # extracts the layers this method needs
     up = heatmap.upsample(heatmap.patch_scores(enc, aligned, present, method=method), aligned).numpy()  # [T, H, W]
@@ -151,7 +166,8 @@ LinearProbe.load(path, encoder=enc)''',
         "# Referring expressions: text in, box and point out\n\n"
         "Training-free: the expression's heatmap gives a point (its peak, refined below a patch) and a box (the "
         "connected component around the peak). With candidate boxes, each box is scored by the MAP head's "
-        "attention restricted to it, all boxes in one pass.",
+        "attention restricted to it, all boxes in one pass. Every answer has a score; below the checkpoint's "
+        "measured `found_threshold` it is \"not found\".",
         SETUP,
         '''from dense.coco import load_coco, load_refs
 from dense.localize import Localizer
@@ -161,18 +177,32 @@ ds = load_coco(work / "annotations.json", work / "images")
 refs = load_refs(work / "refs.json", ds)
 [(r.ref_id, r.sentences) for r in refs[:4]]''',
         "## One image, many expressions, one extraction\nThe figure draws each expression's box (solid: a hit, "
-        "IoU >= 0.5 with the ground truth; dashed: a miss), its ground-truth box (dotted) and its point (the star).",
+        "IoU >= 0.5 with the ground truth; dashed: a miss) labelled with its score, its ground-truth box (dotted) "
+        "and its point (the star). An expression scoring below the found threshold gets no box, only a note under "
+        "the figure.",
         '''ref = refs[0]
 image = ds.image_path(ref.image_id)
 loc = Localizer(enc, image)
 pairs = [(s, ds.box_xyxy(r.ann_id)) for r in refs if r.image_id == ref.image_id for s in r.sentences]
 sentences = [s for s, _ in pairs]
 found = loc.localize_many(sentences)
-for sentence, where in zip(sentences, found):
-    print(f"{sentence!r:36} box {where.box_xyxy.round(0).tolist()}  point {where.point_xy.round(0).tolist()}  "
-          f"score {where.score:.2f}")
-viz.boxes(image, np.array([f.box_xyxy for f in found]), sentences, points_xy=np.array([f.point_xy for f in found]),
-          gt_boxes_xyxy=np.array([g for _, g in pairs]))''',
+for where in found:
+    print(where)
+viz.localizations(image, found, gt_boxes_xyxy=np.array([g for _, g in pairs]),
+                  found_threshold=enc.calibration.found_threshold)''',
+        "## Not found\nAn expression naming something the image does not hold should score low. Here: a colour "
+        "and shape absent from the image (crowd regions included), next to the first expression above. "
+        "`found_threshold` was chosen on validation images of the synthetic world (`enc.calibration`; how it was "
+        "measured is in the checkpoint's `dense_calibration.json`).",
+        '''from dense.datasets import CATEGORIES
+
+there = {ds.category_name(a["category_id"]) for a in ds.anns(ref.image_id, crowd=True)}
+missing = next(f"the {c['name']}" for c in CATEGORIES if c["name"] not in there)
+answers = loc.localize_many([sentences[0], missing])
+print(f"found_threshold {enc.calibration.found_threshold}")
+for where in answers:
+    print(where)
+viz.localizations(image, answers, found_threshold=enc.calibration.found_threshold)''',
         "## Scoring a split\nAcc@0.5 (box IoU >= 0.5) and the pointing game (point inside the mask), without and with "
         "the image's ground-truth boxes as candidates: the evaluator behind `dense eval refer`.",
         '''from dense.cli.evaluate import format_refer

@@ -75,6 +75,27 @@ def test_format_summary_has_a_header_percentages_and_counts():
     assert "2 of 5 photos" in photos and "left out (3" in photos and "16 colour+shape" in photos
 
 
+@pytest.mark.parametrize("hw", [(1500, 200), (200, 1500), (683, 1024), (64, 64)])
+def test_referring_figures_are_not_scaled_down_on_the_page(hw, tmp_path):
+    """The page shows figures at most IMAGE_MAX_H_PX tall and 1200 px wide: a referring figure saved as the demo
+    saves it fits both, so its 11 pt labels reach the reader at their full 14 px, even for a tall strip."""
+    from conftest import random_rgb
+
+    from dense import viz
+
+    H, W = hw
+    rgb = random_rgb(H, W)
+    boxes = np.array([[0.1 * W, 0.1 * H, 0.5 * W, 0.4 * H], [0.5 * W, 0.6 * H, 0.9 * W, 0.9 * H]])
+    fig = viz.boxes(rgb, boxes, ["the red circle at the top", "the blue square on the right"],
+                    points_xy=boxes[:, :2] + 2, gt_boxes_xyxy=boxes, scores=[0.9, 0.05], found=[True, False],
+                    found_threshold=0.09)
+    demo._save(fig, tmp_path / "refer.png")
+    w_px, h_px = Image.open(tmp_path / "refer.png").size
+    assert h_px <= demo.IMAGE_MAX_H_PX and w_px <= 1200, (w_px, h_px)
+    label_px = min(t.get_fontsize() for t in fig.axes[0].texts) * demo.FIGURE_DPI / 72
+    assert label_px >= 13
+
+
 @pytest.mark.slow
 def test_photo_demo_names_every_photo_and_says_what_it_left_out(tmp_path, one_thread):
     photos = tmp_path / "photos"
@@ -107,6 +128,8 @@ def test_synthetic_page_explains_its_figures(tmp_path, one_thread):
     assert "intersection-over-union" in text and "IoU >= 0.5" in text and "inside the referred object" in text
     assert "16 phrases" in text and "%" in text
     assert {Path(s).name.split("_")[0] for s in page.srcs} == {"pca", "heatmap", "probe", "refer"}
+    assert "not found" in text and "found threshold" in text and "colour bar shows exactly" in text
+    assert f"max-height:{demo.IMAGE_MAX_H_PX}px" in (out / "index.html").read_text()
     # a second run with other parameters in the same folder draws a new world
     demo.run_demo(out, n_images=20, seed=2, max_images=1, progress=False)
     assert len(json.loads((out / "data" / "annotations.json").read_text())["images"]) == 20

@@ -365,3 +365,105 @@ def test_component_reranking_picks_the_tightest_box_around_a_planted_object(tiny
     np.testing.assert_allclose(plain.box_xyxy, boxes[0.2])
     np.testing.assert_allclose(r.point_xy, plain.point_xy)  # the point is the heatmap's, whatever the box
     assert r.method.endswith("+components-map-box") and r.score == pytest.approx(float(r.candidate_scores.max()))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Found / not found
+
+
+def test_below_the_found_threshold_the_answer_is_not_found():
+    fmap = geometry_fmap()
+    heatmap = torch.zeros(fmap.grid_hw)
+    heatmap[2, 7] = 0.05  # "yellow triangle" on a red square: the peak is tiny
+    faint = localize_heatmap(heatmap, fmap, expression="the yellow triangle", found_threshold=0.09)
+    assert faint.found is False and faint.score == pytest.approx(0.05)
+    assert faint.box_xyxy.shape == (4,)  # the best guess is still there, for evaluations
+    assert localize_heatmap(heatmap, fmap, found_threshold=0.05).found  # at the threshold: found
+    assert localize_heatmap(heatmap, fmap).found  # the neutral default (0) never says "not found"
+    ranked = localize_heatmap(heatmap, fmap, candidates_xyxy=[[0, 0, 50, 40], [100, 10, 190, 80]],
+                              candidate_scores=torch.tensor([0.02, 0.04]), scorer="map-box", found_threshold=0.09)
+    assert ranked.found is False and ranked.candidate_index == 1
+    with pytest.raises(ValueError, match="found_threshold"):
+        localize_heatmap(heatmap, fmap, found_threshold=1.5)
+
+
+def test_localization_repr_is_short():
+    fmap = geometry_fmap(gh=40, gw=60)
+    loc = localize_heatmap(torch.rand(40, 60), fmap, expression="the green star", found_threshold=0.99)
+    text = repr(loc)
+    assert "tensor" not in text and len(text) < 200
+    assert text.startswith("Localization('the green star'") and "box_xyxy=[" in text and "point_xy=[" in text
+    assert f"score={loc.score:.3f}" in text and f"found={loc.found}" in text
+
+
+def test_found_threshold_comes_from_the_calibration(tiny_siglip_dir):
+    from conftest import random_rgb
+
+    from dense.checkpoint import CheckpointError
+
+    image = random_rgb(40, 56, seed=5)
+    strict = dense.load_encoder(tiny_siglip_dir, calibration={"found_threshold": 1.0})
+    neutral = dense.load_encoder(tiny_siglip_dir)
+    assert neutral.calibration.found_threshold == 0.0
+    assert Localizer(strict, image).localize("red circle").found is False  # a sigmoid never reaches 1
+    assert Localizer(neutral, image).localize("red circle").found is True
+    assert Localizer(strict, image).localize("red circle", found_threshold=0.0).found is True  # given wins
+    with pytest.raises(CheckpointError, match="found_threshold is a probability"):
+        dense.load_encoder(tiny_siglip_dir, calibration={"found_threshold": 1.5})
+    loc = Localizer(neutral, image)
+    with pytest.raises(ValueError, match="found_threshold"):
+        loc.localize("red circle", found_threshold=-0.1)
+    assert not loc._heatmaps  # refused before any text was embedded
+
+
+@pytest.mark.parametrize("name", ["shapes-tiny", "shapes-tiny-v2"])
+def test_bundled_models_carry_a_measured_found_threshold(name):
+    import json
+    from pathlib import Path
+
+    enc_cal = dense.load_encoder(name).calibration
+    on_disk = json.loads(Path(enc_cal.source).read_text())
+    assert 0.0 < enc_cal.found_threshold == on_disk["found_threshold"] < 0.5
+    measured = on_disk["measured"]["found_threshold"]
+    assert measured["command"].startswith("python scripts/measure_found_threshold.py")
+    chose, told = measured["chosen_on"], measured["reported_on"]
+    assert chose["seed"] != told["seed"] and (chose["split"], told["split"]) == ("val", "test")
+    assert told["found|present"] > 0.7 and told["not_found|absent"] > 0.7  # absent mostly not found, present found
+
+
+def test_found_threshold_choice_and_rates_known_by_construction():
+    from dense.eval import Result
+    from dense.eval.found import choose_found_threshold, rates_at
+
+    rows = [{"present": True, "score": s} for s in (0.5, 0.6, 0.04)] + \
+           [{"present": False, "score": s} for s in (0.01, 0.02, 0.3)]
+    res = Result(figures={}, rows=rows)
+    # 0.03 (3/3 found, 2/3 not found) ties 0.31..0.50 (2/3, 3/3) for the best balanced rate: the lower one wins
+    assert choose_found_threshold(res) == 0.03
+    assert rates_at(res, 0.03) == pytest.approx({"found|present": 1.0, "not_found|absent": 2 / 3,
+                                                 "balanced": 5 / 6})
+    assert rates_at(res, 0.05)["balanced"] == pytest.approx(2 / 3)
+    assert rates_at(res, 0.55)["found|present"] == pytest.approx(1 / 3)
+
+
+def test_evaluate_found_counts_present_and_absent_expressions(tiny_encoder, tmp_path):
+    import json
+
+    from dense import datasets
+    from dense.eval.found import evaluate_found
+
+    datasets.make_shapes(tmp_path, 4, seed=3, splits={"val": 1.0})
+    ann = json.loads((tmp_path / "annotations.json").read_text())
+    refs = json.loads((tmp_path / "refs.json").read_text())
+    res = evaluate_found(tiny_encoder, tmp_path / "annotations.json", tmp_path / "refs.json", tmp_path / "images",
+                         split="val", threshold=0.5, resamples=20)
+    iids = sorted({r["image_id"] for r in refs})
+    n_present = sum(len(r["sentences"]) for r in refs)
+    n_absent = sum(16 - len({a["category_id"] for a in ann["annotations"] if a["image_id"] == i}) for i in iids)
+    assert (res.meta["present"], res.meta["absent"]) == (n_present, n_absent)
+    present = [r["score"] for r in res.rows if r["present"]]
+    assert res.figures["found|present"] == pytest.approx(np.mean(np.array(present) >= 0.5))
+    assert all(r["expression"].startswith("the ") for r in res.rows if not r["present"])
+    with pytest.raises(ValueError, match="no referring expressions in split 'test'"):
+        evaluate_found(tiny_encoder, tmp_path / "annotations.json", tmp_path / "refs.json", tmp_path / "images",
+                       split="test")

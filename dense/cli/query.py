@@ -117,7 +117,6 @@ def run_segment(args) -> int:
 
 
 def run_localize(args) -> int:
-    import numpy as np
 
     from dense import viz
     from dense.localize import Localizer
@@ -127,7 +126,7 @@ def run_localize(args) -> int:
     image = load_image(args.image)
     found = Localizer(enc, image, method=args.method, templates=args.templates,
                       max_patches=args.max_patches).localize_many(args.queries, box_threshold=args.box_threshold)
-    rows = [{"expression": q, "found": bool(getattr(f, "found", True)), "score": f.score,
+    rows = [{"expression": q, "found": bool(f.found), "score": f.score,
              "box_xyxy": [round(float(v), 2) for v in f.box_xyxy], "point_xy": [round(float(v), 2) for v in f.point_xy]}
             for q, f in zip(args.queries, found, strict=True)]
     width = max(len(r["expression"]) for r in rows)
@@ -137,13 +136,7 @@ def run_localize(args) -> int:
         box = "not found" if not r["found"] else "[" + ", ".join(f"{v:.0f}" for v in r["box_xyxy"]) + "]"
         print(f"  {r['expression']:<{width}}  {pct(r['score']):>7}  {box:<26}  "
               f"({r['point_xy'][0]:.0f}, {r['point_xy'][1]:.0f})")
-    shown = [(r, f) for r, f in zip(rows, found, strict=True) if r["found"]]
-    fig = viz.boxes(image, np.array([f.box_xyxy for _, f in shown]).reshape(-1, 4),
-                    [f"{r['expression']} ({r['score']:.2f})" for r, _ in shown],
-                    points_xy=np.array([f.point_xy for _, f in shown]).reshape(-1, 2))
-    missing = [r["expression"] for r in rows if not r["found"]]
-    if missing:
-        fig.suptitle("not found: " + ", ".join(missing), fontsize=9)
+    fig = viz.localizations(image, found, found_threshold=enc.calibration.found_threshold)
     save_figure(fig, args.out)
     write_json(args.json, {"image": str(args.image), "method": args.method or enc.calibration.method,
                            "box_threshold": args.box_threshold if args.box_threshold is not None

@@ -277,7 +277,7 @@ class Explorer:
                 if n not in self._localizers:
                     self._localizers[n] = Localizer(self.encoder, self._fmaps[n], method=self.method)
                 loc = self._localizers[n].localize(expression)
-                found = bool(getattr(loc, "found", True))
+                found = bool(loc.found)
                 results.append({"image": n, "box_xyxy": _round(loc.box_xyxy), "point_xy": _round(loc.point_xy),
                                 "score": round(float(loc.score), 4), "found": found})
         return {"expression": expression, "results": results}

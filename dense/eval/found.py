@@ -1,0 +1,91 @@
+"""Found / not found: does a localization's score tell an expression that names something in the image from one that
+names nothing?
+
+Present expressions are every referring sentence of the split (each names exactly one object). Absent expressions are
+``"the <colour> <shape>"`` for every class of the dataset with no annotation at all in the image (crowd regions
+included), the form of the simplest generated sentence. Each gets :meth:`dense.Localizer.localize`'s ``score`` (the
+heatmap peak, no candidates).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from dense import coco
+from dense.eval import Result, stats
+
+CHOICE_GRID = tuple(round(float(t), 2) for t in np.arange(0.01, 1.0, 0.01))  # thresholds choose_found_threshold tries
+
+
+def _rates(rows: list[dict], threshold: float) -> dict[str, float]:
+    present = np.array([r["score"] for r in rows if r["present"]], np.float64)
+    absent = np.array([r["score"] for r in rows if not r["present"]], np.float64)
+    found = float((present >= threshold).mean()) if present.size else float("nan")
+    not_found = float((absent < threshold).mean()) if absent.size else float("nan")
+    return {"found|present": found, "not_found|absent": not_found, "balanced": (found + not_found) / 2}
+
+
+def evaluate_found(encoder, ann: str | Path, refs: str | Path, images: str | Path, *, split: str | None = "val",
+                   threshold: float | None = None, limit: int | None = None, max_patches: int | None = None,
+                   resamples: int = stats.RESAMPLES, seed: int = 0, progress: bool = False) -> Result:
+    """Found rate on present expressions and not-found rate on absent ones at ``threshold`` (None: the encoder's
+    calibrated ``found_threshold``).
+
+    Figures: ``found|present``, ``not_found|absent`` and their mean ``balanced``, with bootstrap 95% intervals
+    (``resamples`` draws, ``seed``). Rows: one per expression with ``image_id``, ``expression``, ``present`` and
+    ``score``, so :func:`choose_found_threshold` can try other thresholds without running the model again.
+    """
+    from dense.datasets import CATEGORIES
+    from dense.localize import Localizer
+
+    if threshold is None:
+        threshold = encoder.calibration.found_threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")
+    ds = coco.load_coco(ann, images)
+    by_image: dict[int, list[str]] = {}
+    for r in coco.load_refs(refs, ds, split=split):
+        by_image.setdefault(r.image_id, []).extend(r.sentences)
+    image_ids = sorted(by_image)[:limit] if limit is not None else sorted(by_image)
+    if not image_ids:
+        raise ValueError(f"{refs}: no referring expressions in split {split!r}")
+    names = [f"{c['colour']} {c['shape']}" for c in CATEGORIES]
+    rows: list[dict] = []
+    for iid in tqdm(image_ids, desc="found", unit="img", disable=not progress):
+        there = {ds.category_name(a["category_id"]) for a in ds.anns(iid, crowd=True)}
+        present = by_image[iid]
+        absent = [f"the {n}" for n in names if n not in there]
+        loc = Localizer(encoder, ds.image_path(iid), max_patches=max_patches)
+        for expr, is_present in [(e, True) for e in present] + [(e, False) for e in absent]:
+            rows.append({"image_id": iid, "expression": expr, "present": is_present,
+                         "score": loc.localize(expr, found_threshold=threshold).score})
+    figures = _rates(rows, threshold)
+    intervals = {}
+    for name, subset, hit in (("found|present", [r for r in rows if r["present"]], lambda s: s >= threshold),
+                              ("not_found|absent", [r for r in rows if not r["present"]], lambda s: s < threshold)):
+        if subset:
+            intervals[name] = stats.mean_interval([float(hit(r["score"])) for r in subset], resamples=resamples,
+                                                  seed=seed)
+    meta = {"task": "found", "ann": str(ann), "refs": str(refs), "split": split, "images": len(image_ids),
+            "present": sum(r["present"] for r in rows), "absent": sum(not r["present"] for r in rows),
+            "threshold": threshold, "encoder": encoder.name, "fingerprint": encoder.fingerprint,
+            "max_patches": max_patches or encoder.pixels.max_patches}
+    return Result(figures=figures, rows=rows, meta=meta, intervals=intervals)
+
+
+def choose_found_threshold(res: Result, grid=CHOICE_GRID) -> float:
+    """The threshold of ``grid`` with the best balanced rate (mean of found|present and not_found|absent) over the
+    rows of an :func:`evaluate_found` run (ties: the lower threshold)."""
+    if not res.rows:
+        raise ValueError("the run holds no expressions")
+    balanced = [_rates(res.rows, t)["balanced"] for t in grid]
+    return float(grid[int(np.argmax(balanced))])
+
+
+def rates_at(res: Result, threshold: float) -> dict[str, float]:
+    """``found|present``, ``not_found|absent`` and ``balanced`` of an :func:`evaluate_found` run's rows at
+    another threshold."""
+    return _rates(res.rows, threshold)

@@ -102,7 +102,7 @@ def _add_refer(actions, parent) -> None:
     r.add_argument("--lr", type=float, default=2e-3)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--test", action="store_true", help="also report the test split (once, after choosing on val)")
-    r.add_argument("--save", help="where to save the trained head (.pt)")
+    r.add_argument("--save", help="where to save the trained head (.safetensors)")
     r.add_argument("--json", help="write the figures here")
     r.add_argument("--threads", type=int, default=1, help="torch threads (1: a tiny head, a shared machine)")
 
@@ -384,6 +384,6 @@ def run_refer(args) -> int:
         print(f"{split:<8}{pct(r.figures['acc@0.5']):>10}{pct(r.figures['pointing']):>9}{len(samples):>13}")
     print(f"features {t1 - t0:.1f} s, training {t2 - t1:.1f} s on {len(train)} expressions")
     if args.save:
-        head.save(args.save, enc.spec())
+        head.save(args.save)
     write_json(args.json, res)
     return 0

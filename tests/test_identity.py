@@ -122,6 +122,17 @@ def test_probes_upsamplers_heads_and_pooling_refuse_another_encoders_featuremap(
     assert head.predict(own, torch.zeros(D))["box_xyxy"].shape == (1, 4)
 
 
+def test_probe_training_refuses_val_features_of_another_encoder_before_training(tiny, v2, fmaps):
+    from probes import ProbeConfig, ProbeMismatchError, Sample, train_probes
+
+    fmap = fmaps["plain"]
+    label = np.zeros(fmap.image_hw, np.int64)
+    train = [Sample(f"t{k}", fmap, label) for k in range(2)]
+    val = [Sample("v0", replace(fmap, encoder=v2.spec(layers=(0, 1))), label)]
+    with pytest.raises(ProbeMismatchError, match="val sample v0.*fingerprint"):
+        train_probes(train, val, ["bg", "fg"], ProbeConfig(epochs=10**6), progress=False)  # raised before any epoch
+
+
 def test_cache_reads_refuse_another_encoders_entries(tiny, v2, fmaps, tmp_path):
     from dense.cache import FeatureCache
     from probes.stream import cached_samples

@@ -16,11 +16,15 @@ does) keeps them under ``data/<ds.identity()>``, the dataset's kind and resolved
 image folder; a plain folder: the folder), so two datasets under one ``--cache`` never share an entry even when their
 image ids agree.
 
-Safety: each entry is written to a temp file and renamed (``FeatureMap.save``), so a killed run leaves whole entries
-or none, plus at most a stray temp file. The next run removes stray temp files of any writer (dense's
-``.<name>.<pid>.tmp``, safetensors' / tempfile's ``.tmpXXXXXX``-style names) once their writer's pid is gone or they are
-older than ``TEMP_MAX_AGE_S``. Resuming skips entries that load; an entry that
-does not load, or whose spec or shape is wrong, is reported as corrupt and extracted again.
+Safety: each entry is serialized in memory and written to dense's pid-named temp file, fsynced and renamed
+(``FeatureMap.save`` through :func:`dense._atomic.write_bytes`), so a killed run leaves whole entries or none, plus
+at most one ``.<name>.<pid>.tmp`` per killed writer. The next run removes those at once when their writer's pid is
+gone (and any temp file older than ``TEMP_MAX_AGE_S``, including ``.tmpXXXXXX``-style ones that older versions,
+which let safetensors write the file, could leave). Resuming skips entries that load; an entry that does not load, or
+whose spec or shape is wrong, is reported as corrupt and extracted again.
+
+The spec holds ``rules`` (:data:`dense.features.RULES_VERSION`), so features made under other versions of dense's
+pixel and token rules live in another folder and are never served.
 
 Sharding: under ``torchrun --nproc_per_node N`` (or any launcher setting ``RANK`` / ``WORLD_SIZE``), rank r takes
 the keys ``sorted(keys)[r::N]`` into the same folder; no two ranks write the same entry.
@@ -237,7 +241,9 @@ def base_spec(spec: dict) -> dict:
 def with_pooled(encoder, fmap: FeatureMap) -> FeatureMap:
     """``fmap`` plus its pooled embedding ``[E]``: the MAP head over its last-block tokens (which it must hold)."""
     from dense import head as maphead
+    from dense.features import check_featuremap_identity
 
+    check_featuremap_identity(encoder.spec(), fmap, "the pooled embedding")
     if not fmap.has_layers((-1,), encoder.num_layers):
         raise ValueError(f"a pooled embedding needs the last block among the layers, got {fmap.layers}")
     head = encoder.vision.head

@@ -255,6 +255,19 @@ def read_calibration(given, source: str | None) -> Calibration:
 
 _HASH_MEMO = "file-hashes.json"  # realpath|size|mtime_ns -> sha256, so a local checkpoint is hashed once per machine
 
+# Every file beside the weights that can change an output of dense: the config (architecture, text length, token ids),
+# the preprocessor (normalisation, resample filter, NaFlex budget) and each file transformers' tokenizers may read.
+# Not here, on purpose: dense_calibration.json. A calibration sets DEFAULTS (heatmap method, thresholds, templates,
+# token budget), and each default that shapes a stored result is already in that result's own key: the budget in the
+# feature spec (max_patches), the templates in the text-cache key, the method in a FeatureMap's aligned_method; the
+# thresholds are applied at query time and never stored. Hashing it would re-extract every feature when a threshold
+# is re-measured. training.json and READMEs describe, they change nothing.
+IDENTITY_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer.json",
+                  "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "spiece.model",
+                  "sentencepiece.bpe.model", "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt")
+_WEIGHT_INDEXES = (("model.safetensors.index.json", "model.safetensors"),
+                   ("pytorch_model.bin.index.json", "pytorch_model.bin"))
+
 
 def dense_home() -> Path:
     """The root of dense's per-machine files: ``$DENSE_HOME``, else ``$XDG_CACHE_HOME/dense`` (``~/.cache/dense``)."""
@@ -266,49 +279,75 @@ def _hash_memo_path() -> Path:
     return dense_home() / _HASH_MEMO
 
 
-def _file_sha256(path: str) -> str:
-    """The sha256 of a weight file. Files in the Hugging Face cache are named by their hash already (blobs/<sha>);
-    others are hashed once and remembered by (path, size, mtime)."""
+def _file_sha256(path: str, memo: dict) -> str:
+    """The sha256 of a file's bytes. Large files in the Hugging Face cache are named by it already (``blobs/<sha256>``;
+    small ones are named by their git sha1, which is not it); others are hashed once and remembered in ``memo`` by
+    (path, size, mtime)."""
     real = os.path.realpath(path)
-    if Path(real).parent.name == "blobs" and len(Path(real).name) in (40, 64):
+    if Path(real).parent.name == "blobs" and len(Path(real).name) == 64:
         return Path(real).name
     st = os.stat(real)
     key = f"{real}|{st.st_size}|{st.st_mtime_ns}"
+    if key not in memo:
+        h = hashlib.sha256()
+        with open(real, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
+        memo[key] = h.hexdigest()
+    return memo[key]
+
+
+def _optional_file(source: str, name: str) -> str | None:
+    """The local path of ``name`` in a folder or hub id (through transformers' cache), None when it has none."""
+    from transformers.utils import cached_file
+
+    try:
+        return cached_file(source, name, _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        return None
+
+
+def identity_files(source: str) -> list[tuple[str, str]]:
+    """``(name, local path)`` of every file :func:`fingerprint` hashes: the weights (all shards) and each of
+    :data:`IDENTITY_FILES` the checkpoint has."""
+    weights = []
+    for index_name, single in _WEIGHT_INDEXES:
+        index = read_json(source, index_name)
+        names = sorted(set(index["weight_map"].values())) if index else [single]
+        found = [(n, _optional_file(source, n)) for n in names]
+        if all(path for _, path in found):
+            weights = [(index_name, _optional_file(source, index_name))] if index else []
+            weights += found
+            break
+    if not weights:
+        raise CheckpointError(f"{source}: no weights (model.safetensors, its shards, or pytorch_model.bin)")
+    extra = [(n, _optional_file(source, n)) for n in IDENTITY_FILES]
+    return weights + [(n, path) for n, path in extra if path]
+
+
+def fingerprint(source: str) -> str:
+    """What identifies a checkpoint: sha256 over the names and contents of every file that changes an output of dense
+    (the weights, config, preprocessor and tokenizer files: :func:`identity_files`; not the calibration, see
+    :data:`IDENTITY_FILES`).
+
+    The same files reached as a bundled name, a folder, a folder with a trailing slash, a copy elsewhere or a hub id
+    give one fingerprint; retrained weights, another tokenizer or another preprocessor give another.
+    """
     memo_file = _hash_memo_path()
     try:
         memo = json.loads(memo_file.read_text())
     except (OSError, ValueError):
         memo = {}
-    if key in memo:
-        return memo[key]
+    size = len(memo)
     h = hashlib.sha256()
-    with open(real, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    memo[key] = h.hexdigest()
-    with contextlib.suppress(OSError):  # a read-only home only costs a re-hash next time
-        from dense._atomic import write_json
+    for name, path in identity_files(source):
+        h.update(name.encode() + b"\0")
+        h.update(_file_sha256(path, memo).encode())
+    if len(memo) != size:
+        with contextlib.suppress(OSError):  # a read-only home only costs a re-hash next time
+            from dense._atomic import write_json
 
-        memo_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json(memo_file, memo)
-    return memo[key]
-
-
-def fingerprint(source: str) -> str:
-    """What identifies a checkpoint's weights: sha256 over its ``config.json`` and its weight files' hashes.
-
-    The same weights reached as a bundled name, a folder, a folder with a trailing slash or a hub id give one
-    fingerprint; weights retrained into the same folder give another.
-    """
-    from transformers.utils import cached_file
-
-    index = read_json(source, "model.safetensors.index.json")
-    files = sorted(set(index["weight_map"].values())) if index else ["model.safetensors"]
-    h = hashlib.sha256()
-    h.update(json.dumps(read_json(source, "config.json"), sort_keys=True).encode())
-    for name in files:
-        h.update(name.encode())
-        h.update(_file_sha256(cached_file(source, name)).encode())
+            write_json(memo_file, memo)
     return h.hexdigest()[:16]
 
 

@@ -39,7 +39,7 @@ from dense.checkpoint import (
     resolve_checkpoint,
 )
 from dense.device import resolve_device, resolve_dtype
-from dense.features import FeatureMap, block_indices
+from dense.features import RULES_VERSION, FeatureMap, block_indices
 from dense.preprocess import ImageError, ImageInput, PixelConfig, choose_grid, load_image, to_pixels
 
 log = logging.getLogger("dense")
@@ -94,10 +94,11 @@ class Encoder:
     def spec(self, *, max_patches: int | None = None, layers: tuple[int, ...] = (-1,)) -> dict:
         """What identifies features made by this encoder: for cache keys and trained probes.
 
-        The weights are identified by :attr:`fingerprint`, not by the name typed to load them.
+        The checkpoint is identified by :attr:`fingerprint`, not by the name typed to load them; ``rules`` is
+        :data:`dense.features.RULES_VERSION`, the version of dense's own pixel and token rules.
         """
-        return {"fingerprint": self.fingerprint, "family": self.family, "patch_size": self.patch_size,
-                "hidden_size": self.hidden_size, "num_layers": self.num_layers,
+        return {"fingerprint": self.fingerprint, "rules": RULES_VERSION, "family": self.family,
+                "patch_size": self.patch_size, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
                 "max_patches": int(self.pixels.max_patches if max_patches is None else max_patches),
                 "layers": list(block_indices(layers, self.num_layers)),
                 "dtype": str(self.dtype).removeprefix("torch.")}

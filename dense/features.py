@@ -13,17 +13,59 @@ import torch.nn.functional as F
 from dense._atomic import load_tensors, save_tensors
 from dense.preprocess import grid_to_pixel_xy, pixel_to_grid
 
-FORMAT_VERSION = 1
+FORMAT = "dense.FeatureMap"  # the header of a saved FeatureMap file (dense._atomic.save_tensors)
+FORMAT_VERSION = 1  # the layout of a saved FeatureMap file
 
-# What must match between the encoder that made features and a head trained on them (a probe, an upsampler). The
-# token budget (max_patches) and dtype may differ: they change the features' resolution and precision, not meaning.
-IDENTITY_KEYS = ("fingerprint", "family", "patch_size", "hidden_size", "num_layers")
+# The version of dense's own rules that shape features: the grid choice (dense.preprocess.choose_grid), the resize and
+# normalisation (to_pixels), how tokens are read from the tower (position-embedding resizing, which blocks, after
+# which norm) and the aligned-token maths (dense.heatmap.METHODS). It is part of every encoder spec, so of every
+# feature-cache key and of every probe's and upsampler's identity: features made under other rules are never served
+# or accepted. tests/test_rules_version.py pins reference outputs of each rule to this number; a rule that changes
+# without a bump fails there.
+RULES_VERSION = 1
+
+# What must match between the encoder that made features and whatever reads them (heatmaps, segmentation, probes,
+# upsamplers). The token budget (max_patches) and dtype may differ: they change the features' resolution and
+# precision, not their meaning.
+IDENTITY_KEYS = ("fingerprint", "family", "patch_size", "hidden_size", "num_layers", "rules")
+
+
+class FeatureMapMismatchError(ValueError):
+    """A FeatureMap was given to an encoder (or under rules) other than the one that made it."""
+
+
+def _identity_diff(want: dict, given: dict) -> dict:
+    return {k: (want.get(k), given.get(k)) for k in IDENTITY_KEYS if want.get(k) != given.get(k)}
+
+
+def featuremap_mismatch(spec: dict, fmap: FeatureMap) -> str | None:
+    """Why ``fmap`` cannot be read as features of the encoder whose spec is ``spec`` (None when it can): the one
+    check behind every consumer of a FeatureMap, run before any shortcut (stored aligned tokens included).
+
+    A FeatureMap whose ``encoder`` spec holds none of :data:`IDENTITY_KEYS` (built by hand from tokens) makes no
+    claim and is taken as is; one that holds any must match ``spec`` on all of them.
+    """
+    if not any(k in fmap.encoder for k in IDENTITY_KEYS):
+        return None
+    diff = _identity_diff(spec, fmap.encoder)
+    if not diff:
+        return None
+    detail = ", ".join(f"{k}: {b!r}, not {a!r}" for k, (a, b) in diff.items())
+    return f"the FeatureMap was made by another encoder or under other rules ({detail})"
+
+
+def check_featuremap_identity(spec: dict, fmap: FeatureMap, what: str) -> None:
+    """Raise :class:`FeatureMapMismatchError` (one line: ``what``, then why) when :func:`featuremap_mismatch` says
+    ``fmap`` is not features of the encoder whose spec is ``spec``."""
+    why = featuremap_mismatch(spec, fmap)
+    if why:
+        raise FeatureMapMismatchError(f"{what}: {why}; extract the image again with this encoder")
 
 
 def identity_mismatch(trained: dict, given: dict, layers) -> str | None:
     """Why features of encoder spec ``given`` cannot feed a head trained on ``trained`` that reads blocks ``layers``
-    (None when they can): the one check behind probes and upsamplers."""
-    diff = {k: (trained.get(k), given.get(k)) for k in IDENTITY_KEYS if trained.get(k) != given.get(k)}
+    (None when they can): the one check behind probes, upsamplers and referring heads."""
+    diff = _identity_diff(trained, given)
     if diff:
         detail = ", ".join(f"{k}: trained on {a!r}, given {b!r}" for k, (a, b) in diff.items())
         return f"trained on another encoder ({detail})"
@@ -187,7 +229,7 @@ class FeatureMap:
         if self.pooled is not None:
             tensors["pooled"] = self.pooled
         meta = {
-            "format": "dense.FeatureMap",
+            "format": FORMAT,
             "version": FORMAT_VERSION,
             "image_hw": list(self.image_hw),
             "resized_hw": list(self.resized_hw),
@@ -200,7 +242,7 @@ class FeatureMap:
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureMap:
         """Read a file written by :meth:`save`; a file that is not one raises ``ValueError`` naming it."""
-        meta, tensors = load_tensors(path, "dense.FeatureMap", FORMAT_VERSION, "FeatureMap")
+        meta, tensors = load_tensors(path, FORMAT, FORMAT_VERSION, "FeatureMap")
         return cls(
             tokens=tensors["tokens"],
             image_hw=tuple(meta["image_hw"]),

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from dense import head as maphead
-from dense.features import FeatureMap
+from dense.features import FeatureMap, check_featuremap_identity
 from dense.preprocess import ImageInput, load_image, patchify, to_pixels
 from dense.text import embed_texts
 
@@ -263,12 +263,10 @@ def _embedding_tokens(encoder, rgb: np.ndarray, grid_hw: tuple[int, int]) -> tor
 def check_featuremap(encoder, fmap: FeatureMap, layers: Sequence[int], what: str) -> torch.Tensor:
     """The tokens of ``layers`` (Python block indices) out of ``fmap``, which must come from ``encoder``.
 
-    Raises ``ValueError`` naming what is missing and how to extract it.
+    Raises ``ValueError`` naming what is missing and how to extract it (``FeatureMapMismatchError`` for another
+    encoder's FeatureMap).
     """
-    made_by = fmap.encoder.get("fingerprint")
-    if made_by is not None and made_by != encoder.fingerprint:
-        raise ValueError(f"{what}: the FeatureMap was made by another encoder (fingerprint {made_by}, not "
-                         f"{encoder.fingerprint} of {encoder.name})")
+    check_featuremap_identity(encoder.spec(), fmap, what)
     if not fmap.has_layers(layers, encoder.num_layers):
         raise ValueError(f"{what} needs blocks {list(layers)} of the encoder; the FeatureMap holds blocks "
                          f"{list(fmap.layers)}: extract it with layers={tuple(layers)}")
@@ -298,6 +296,7 @@ def aligned_tokens(encoder, fmap: FeatureMap, method: str | None = None) -> torc
     stored tokens.
     """
     method = method_of(encoder, method)
+    check_featuremap_identity(encoder.spec(), fmap, f"method {method!r}")  # before the stored tokens are trusted
     if fmap.aligned is not None and fmap.encoder.get("aligned_method") == method:
         return fmap.aligned
     m = get_method(method)
@@ -415,6 +414,8 @@ def image_scores(encoder, image: ImageOrFeatureMap, queries, *, method: str | No
         raise ValueError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINES)}")
     if windows < 1:
         raise ValueError(f"windows must be >= 1, got {windows}")
+    if isinstance(image, FeatureMap):  # even when windows re-extract from rgb: never mix in another encoder's map
+        check_featuremap_identity(encoder.spec(), image, "image_scores")
     if isinstance(image, FeatureMap) and rgb is None and (windows > 1 or refine is not None):
         raise ValueError("windows > 1 and refine need the image's pixels: pass rgb= with a FeatureMap")
     if rgb is None and not isinstance(image, FeatureMap):

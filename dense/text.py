@@ -78,8 +78,10 @@ log = logging.getLogger("dense")
 # word-level vocabulary of the bundled ``shapes-tiny`` model, which was trained on the same phrasings.
 DEFAULT_TEMPLATES: tuple[str, ...] = ("{}", "a photo of a {}", "a picture of a {}", "an image of a {}", "this is a {}")
 
-# The version of dense's text rules (canonicalization, EOS, padding) in every text-cache key. 1: lower-case only
-# (dense <= 0.2); 2: the per-checkpoint rules of :func:`canonicalize`.
+# The version of dense's text rules (canonicalization, EOS, padding, template averaging) in every text-cache key and
+# the disk cache's folder name. 1: lower-case only (dense <= 0.2); 2: the per-checkpoint rules of :func:`canonicalize`.
+# tests/test_rules_version.py pins reference outputs of these rules to this number: a rule changed without a bump
+# fails there.
 TEXT_RULES_VERSION = 2
 TEXT_RULES = ("siglip2", "siglip", "lower")  # see the module docstring
 
@@ -276,16 +278,23 @@ def embed_texts(encoder, texts: str | Sequence[str], *, templates: Sequence[str]
 # The disk cache
 
 
+
+_DISK_FORMAT = "dense.TextEmbedding"  # one cached embedding (dense._atomic.save_tensors)
+_DISK_VERSION = 1
+
+
 def disk_cache_dir(encoder) -> Path | None:
-    """The folder of ``encoder``'s cached text embeddings (``$DENSE_HOME/text-embeddings/<fingerprint>-<dtype>``),
-    or None when the disk cache is off (``DENSE_TEXT_CACHE=0``) or the encoder has no fingerprint."""
+    """The folder of ``encoder``'s cached text embeddings
+    (``$DENSE_HOME/text-embeddings/v<TEXT_RULES_VERSION>/<fingerprint>-<dtype>``), or None when the disk cache is
+    off (``DENSE_TEXT_CACHE=0``) or the encoder has no fingerprint. The fingerprint covers the tokenizer's files
+    (:func:`dense.checkpoint.fingerprint`): another tokenizer is another folder."""
     fp = getattr(encoder, "fingerprint", None)
     if not fp or os.environ.get("DENSE_TEXT_CACHE", "1").lower() in ("0", "false", "no", "off"):
         return None
     from dense.checkpoint import dense_home
 
     dtype = str(getattr(encoder, "dtype", "")).removeprefix("torch.")  # the text tower runs in the encoder's dtype
-    return dense_home() / "text-embeddings" / f"{fp}-{dtype}"
+    return dense_home() / "text-embeddings" / f"v{TEXT_RULES_VERSION}" / f"{fp}-{dtype}"
 
 
 def _disk_key(rules: str, text: str, templates: tuple[str, ...]) -> str:
@@ -298,32 +307,28 @@ def _disk_path(folder: Path, rules: str, text: str, templates: tuple[str, ...]) 
 
 
 def _disk_get(folder: Path, rules: str, text: str, templates: tuple[str, ...]) -> torch.Tensor | None:
-    from safetensors import safe_open
+    from dense._atomic import load_tensors
 
     path = _disk_path(folder, rules, text, templates)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("key") != _disk_key(rules, text, templates):
-                return None  # a hash collision or another rule's entry: recompute (and overwrite)
-            return f.get_tensor("embedding").float().clone()
+        header, tensors = load_tensors(path, _DISK_FORMAT, _DISK_VERSION, "text embedding")
+        if header.get("key") != _disk_key(rules, text, templates):
+            return None  # a hash collision or another rule's entry: recompute (and overwrite)
+        return tensors["embedding"].float()
     except FileNotFoundError:
         return None
-    except Exception as e:  # a damaged file: recompute and overwrite it
+    except (ValueError, KeyError, OSError) as e:  # a damaged file: recompute and overwrite it
         log.warning("text cache entry %s unreadable (%s); recomputing it", path, e)
         return None
 
 
 def _disk_put(folder: Path, rules: str, text: str, templates: tuple[str, ...], emb: torch.Tensor) -> None:
-    from safetensors.torch import save_file
-
-    from dense._atomic import atomic_path
+    from dense._atomic import save_tensors
 
     path = _disk_path(folder, rules, text, templates)
     try:
-        with atomic_path(path) as tmp:
-            save_file({"embedding": emb.float().contiguous()}, str(tmp),
-                      metadata={"key": _disk_key(rules, text, templates)})
+        save_tensors(path, {"embedding": emb.float()},
+                     {"format": _DISK_FORMAT, "version": _DISK_VERSION, "key": _disk_key(rules, text, templates)})
     except OSError as e:  # a read-only home only costs recomputing next time
         log.warning("could not write the text cache entry %s: %s", path, e)
 

@@ -15,10 +15,13 @@ Loss: binary cross-entropy of ``l`` against the fraction of each patch's cell in
 layers), text embeddings come from :func:`dense.text.embed_texts`. Positions go through
 :func:`dense.preprocess.grid_to_pixel_xy`, so native aspect ratios and any grid size work.
 
-    dense probe refer --model M --ann A --refs R --images I [--steps 1500] [--save head.pt]
+    dense probe refer --model M --ann A --refs R --images I [--steps 1500] [--save head.safetensors]
 
 trains on the ``train`` refs, reports Acc@0.5 / pointing on ``val`` (and ``test`` with ``--test``) through
-:func:`dense.eval.refer.evaluate_refer_head`, and saves the head with the encoder spec it was trained on.
+:func:`dense.eval.refer.evaluate_refer_head`, and saves the head with the encoder spec it was trained on. Like a
+linear probe, the head reads only features of that encoder (:func:`dense.features.identity_mismatch`: the same
+checkpoint and rules; another dtype or token budget is fine) and is saved as one ``.safetensors`` file
+(:func:`dense._atomic.save_tensors`).
 """
 
 from __future__ import annotations
@@ -28,15 +31,20 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dense._atomic import atomic_path
-from dense.features import FeatureMap
+from dense._atomic import load_tensors, save_tensors
+from dense.features import FeatureMap, block_indices, identity_mismatch
 from dense.localize import box_patch_weights, refine_peak_grid
+from probes.linear import ProbeMismatchError
+
+FORMAT = "dense.ReferHead"
+VERSION = 1
 
 log = logging.getLogger("dense")
 
@@ -51,11 +59,19 @@ def patch_positions(fmap: FeatureMap) -> torch.Tensor:
 
 
 class ReferHead(nn.Module):
-    """See the module docstring. ``forward`` takes padded batches; ``predict`` one FeatureMap and one text vector."""
+    """See the module docstring. ``forward`` takes padded batches; ``predict`` one FeatureMap and one text vector.
 
-    def __init__(self, token_dim: int, text_dim: int, *, hidden: int = 128, n_freq: int = 8):
+    ``encoder_spec``: the ``FeatureMap.encoder`` dict of the training features; ``layers``: the blocks it reads
+    (default: all of the spec's), concatenated as in the FeatureMap.
+    """
+
+    def __init__(self, token_dim: int, text_dim: int, *, hidden: int = 128, n_freq: int = 8,
+                 encoder_spec: dict | None = None, layers: Sequence[int] | None = None):
         super().__init__()
         self.config = {"token_dim": token_dim, "text_dim": text_dim, "hidden": hidden, "n_freq": n_freq}
+        self.encoder_spec = dict(encoder_spec or {})
+        layers = list(layers) if layers is not None else list(self.encoder_spec.get("layers", [-1]))
+        self.layers = list(block_indices(layers, self.encoder_spec.get("num_layers")))  # as FeatureMap.layers
         self.tok = nn.Sequential(nn.LayerNorm(token_dim), nn.Linear(token_dim, hidden))
         self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n_freq, dtype=torch.float32), persistent=False)
         self.pos = nn.Linear(4 * n_freq, hidden)
@@ -79,6 +95,20 @@ class ReferHead(nn.Module):
         d = self.box(torch.einsum("bn,bnh->bh", a, h))  # [B, 4]
         return logits, torch.cat([centre + 0.5 * torch.tanh(d[:, :2]), torch.sigmoid(d[:, 2:])], dim=-1)
 
+    def check(self, spec: dict) -> None:
+        """Raise :class:`probes.linear.ProbeMismatchError` unless features of encoder ``spec`` can feed this head."""
+        why = identity_mismatch(self.encoder_spec, spec, self.layers)
+        if why:
+            raise ProbeMismatchError(f"referring head {why}")
+
+    def select(self, fmap: FeatureMap) -> torch.Tensor:
+        """The head's tokens of ``fmap`` (identity checked first): ``[gh, gw, token_dim]``."""
+        self.check(fmap.encoder)
+        try:
+            return fmap.layer_tokens(self.layers)
+        except ValueError as e:
+            raise ProbeMismatchError(str(e)) from None
+
     @torch.inference_mode()
     def predict(self, fmap: FeatureMap, text_emb: torch.Tensor) -> dict:
         """One image, T expressions (``text_emb [T, E]`` or ``[E]``) -> ``{"box_xyxy": [T, 4], "point_xy": [T, 2],
@@ -86,7 +116,7 @@ class ReferHead(nn.Module):
         text = text_emb.reshape(-1, text_emb.shape[-1]).float()  # [T, E]
         T = text.shape[0]
         gh, gw = fmap.grid_hw
-        tokens = fmap.tokens.reshape(1, gh * gw, -1).float().expand(T, -1, -1)  # [gh, gw, D] -> [T, N, D]
+        tokens = self.select(fmap).reshape(1, gh * gw, -1).float().expand(T, -1, -1)  # [gh, gw, D] -> [T, N, D]
         pos = patch_positions(fmap).reshape(1, gh * gw, 2).expand(T, -1, -1)  # [gh, gw, 2] -> [T, N, 2]
         logits, box = self(tokens, pos, text, torch.ones(T, gh * gw, dtype=torch.bool))
         heat = logits.sigmoid().reshape(T, gh, gw)  # [T, N] -> [T, gh, gw]
@@ -97,17 +127,26 @@ class ReferHead(nn.Module):
         point_xy = np.stack([fmap.grid_to_pixel_xy(refine_peak_grid(h)) for h in heat])  # [T, 2]
         return {"box_xyxy": box_xyxy.astype(np.float64), "point_xy": point_xy, "heatmap": heat}
 
-    def save(self, path: str | os.PathLike, encoder_spec: dict) -> None:
-        with atomic_path(path) as tmp:
-            torch.save({"config": self.config, "state": self.state_dict(), "encoder": encoder_spec}, tmp)
+    def save(self, path: str | os.PathLike) -> Path:
+        """One ``.safetensors`` file: weights + config + encoder spec + layers; atomic (temp + rename)."""
+        header = {"format": FORMAT, "version": VERSION, "config": self.config, "encoder": self.encoder_spec,
+                  "layers": self.layers}
+        return save_tensors(path, {k: v.detach() for k, v in self.state_dict().items()}, header)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, encoder_spec: dict | None = None) -> ReferHead:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if encoder_spec is not None and blob["encoder"] != encoder_spec:
-            raise ValueError(f"{path}: head trained on encoder {blob['encoder']}, not {encoder_spec}")
-        head = cls(**blob["config"])
-        head.load_state_dict(blob["state"], strict=True)
+    def load(cls, path: str | os.PathLike, *, encoder=None) -> ReferHead:
+        """Read a head; with ``encoder`` (an ``Encoder`` or a spec dict) one trained on another encoder raises
+        :class:`probes.linear.ProbeMismatchError` naming the file."""
+        header, tensors = load_tensors(path, FORMAT, VERSION, "referring head")
+        head = cls(**header["config"], encoder_spec=header["encoder"], layers=header["layers"])
+        head.load_state_dict(tensors, strict=True)
+        head.eval()
+        if encoder is not None:
+            spec = encoder if isinstance(encoder, dict) else encoder.spec(layers=tuple(head.layers))
+            try:
+                head.check(spec)
+            except ProbeMismatchError as e:
+                raise ProbeMismatchError(f"{path}: {e}") from None
         return head
 
 
@@ -141,12 +180,12 @@ def giou_loss(pred_xyxy: torch.Tensor, gt_xyxy: torch.Tensor) -> torch.Tensor:
     return (1 - giou).mean()
 
 
-def _prepare(s: Sample) -> dict[str, torch.Tensor]:
-    """One sample's flat tensors (computed once per training run)."""
+def _prepare(s: Sample, head: ReferHead) -> dict[str, torch.Tensor]:
+    """One sample's flat tensors (computed once per training run), its identity checked against the head's."""
     gh, gw = s.fmap.grid_hw
     N = gh * gw
     H, W = s.fmap.image_hw
-    return {"tokens": s.fmap.tokens.reshape(N, -1).float(),  # [gh, gw, D] -> [N, D]
+    return {"tokens": head.select(s.fmap).reshape(N, -1).float(),  # [gh, gw, D] -> [N, D]
             "pos": patch_positions(s.fmap).reshape(N, 2),  # [gh, gw, 2] -> [N, 2]
             "target": box_patch_weights(s.fmap, s.box_xyxy[None])[0].reshape(N),  # [gh, gw] -> [N]
             "text": s.text.float(), "box": torch.from_numpy(s.box_xyxy / np.array([W, H, W, H])).float()}
@@ -173,10 +212,12 @@ def train_refer_head(samples: Sequence[Sample], *, steps: int = 1500, batch_size
         raise ValueError("no training samples")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    head = ReferHead(samples[0].fmap.dim, samples[0].text.shape[-1], hidden=hidden)
+    first = samples[0].fmap
+    head = ReferHead(first.dim, samples[0].text.shape[-1], hidden=hidden, encoder_spec=first.encoder,
+                     layers=first.layers)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    prepared = [_prepare(s) for s in samples]
+    prepared = [_prepare(s, head) for s in samples]
     head.train()
     for step in range(steps):
         idx = torch.randint(len(samples), (min(batch_size, len(samples)),), generator=g).tolist()

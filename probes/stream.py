@@ -13,16 +13,15 @@ file, so a caller that needs them twice keeps them (``dense.eval.probe`` reads e
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from dense.features import FeatureMap
+from dense._atomic import load_tensors, read_header
+from dense.features import FORMAT, FORMAT_VERSION, FeatureMap
 
 
 class CachedSample:
@@ -44,13 +43,11 @@ class CachedSample:
         path = Path(path)
         if not path.exists():
             raise KeyError(f"{path}: not in the cache (run `dense extract` first)")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["dense"])
-                shape = f.get_slice("tokens").get_shape()  # [gh, gw, D]
-                pooled = f.get_slice("pooled").get_shape()[0] if "pooled" in f.keys() else None
-        except Exception as e:
-            raise ValueError(f"{path}: not a dense FeatureMap file ({type(e).__name__}: {e})") from e
+        meta, shapes = read_header(path, FORMAT, FORMAT_VERSION, "FeatureMap")  # format and version checked
+        if "tokens" not in shapes:
+            raise ValueError(f"{path}: not a dense FeatureMap file (no tokens)")
+        shape = shapes["tokens"]  # [gh, gw, D]
+        pooled = shapes["pooled"][0] if "pooled" in shapes else None
         p = int(meta["patch_size"])
         grid = (meta["resized_hw"][0] // p, meta["resized_hw"][1] // p)
         if tuple(shape[:2]) != grid:
@@ -60,10 +57,8 @@ class CachedSample:
 
     def read(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(tokens [gh, gw, D] in the stored dtype, pooled [E] or None)``, read from disk now."""
-        with safe_open(str(self.path), framework="pt") as f:
-            tokens = f.get_tensor("tokens").clone()  # own the memory: nothing stays mapped after the file closes
-            pooled = f.get_tensor("pooled").clone() if "pooled" in f.keys() else None
-        return tokens, pooled
+        _, tensors = load_tensors(self.path, FORMAT, FORMAT_VERSION, "FeatureMap", names=("tokens", "pooled"))
+        return tensors["tokens"], tensors.get("pooled")
 
     @property
     def fmap(self) -> FeatureMap:

@@ -295,6 +295,9 @@ def train_probes(train: Sequence, val: Sequence, class_names: Sequence[str], con
     K = len(class_names)
     spec = _check_samples(train, K, "train")
     _check_samples(val, K, "val")
+    if any(val[0].encoder.get(k) != spec.get(k) for k in IDENTITY_KEYS):  # before training, not after it
+        raise ProbeMismatchError(f"val sample {val[0].key}: features of {val[0].encoder}, the train features' are "
+                                 f"{spec}")
     if val[0].encoder.get("layers") != spec.get("layers"):
         raise ProbeMismatchError("train and val features hold different layers")
     d_all = spec["hidden_size"] * len(spec["layers"]) if spec.get("hidden_size") else train[0].read()[0].shape[-1]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 import dense
-from dense.features import FeatureMap
+from dense.features import RULES_VERSION, FeatureMap
 from dense.head import pool_with_weights
 from dense.localize import (
     Localizer,
@@ -259,6 +261,11 @@ def test_eval_refer_end_to_end(tiny_siglip_dir, tmp_path, capsys):
 # probes/refer_head.py: a trained light head must learn a task whose answer is planted in the tokens
 
 
+# the spec of the planted features: one block of 16 channels, at a token budget of 64, in float32
+PLANTED_SPEC = dict(fingerprint="planted", rules=RULES_VERSION, family="siglip", patch_size=8, hidden_size=16,
+                    num_layers=1, max_patches=64, layers=[0], dtype="float32")
+
+
 def planted_samples(n: int, seed: int):
     """Each image: 2-3 objects, each a 2x2 block of patches holding its class vector (+ noise); the text is the
     target's class vector; the target box is the block's cells. Grids and image sizes vary."""
@@ -272,7 +279,8 @@ def planted_samples(n: int, seed: int):
         gh, gw, p = int(rng.integers(5, 8)), int(rng.integers(5, 9)), 8
         image_hw = (int(rng.integers(60, 200)), int(rng.integers(60, 200)))
         tokens = torch.from_numpy(rng.normal(0, 0.3, (gh, gw, D))).float()
-        fmap0 = FeatureMap(tokens=tokens, image_hw=image_hw, resized_hw=(gh * p, gw * p), patch_size=p)
+        fmap0 = FeatureMap(tokens=tokens, image_hw=image_hw, resized_hw=(gh * p, gw * p), patch_size=p,
+                           encoder=PLANTED_SPEC)
         cells = rng.permutation([(i, j) for i in range(0, gh - 1, 2) for j in range(0, gw - 1, 2)])[:3]
         cls = rng.permutation(C)[:len(cells)]
         for (i, j), c in zip(cells, cls, strict=True):
@@ -287,6 +295,7 @@ def planted_samples(n: int, seed: int):
 def test_refer_head_learns_a_planted_task(tmp_path):
     from dense import metrics
     from dense.eval.refer import evaluate_refer_head
+    from probes import ProbeMismatchError
     from probes.refer_head import ReferHead, train_refer_head
 
     train, test = planted_samples(200, seed=0), planted_samples(60, seed=1)
@@ -307,13 +316,26 @@ def test_refer_head_learns_a_planted_task(tmp_path):
     assert res["acc@0.5"] >= 0.6, res
     pred = np.stack([head.predict(s.fmap, s.text)["box_xyxy"][0] for s in test])
     assert np.median(np.diag(metrics.box_iou_xyxy(pred, np.stack([s.box_xyxy for s in test])))) >= 0.5
-    # save / load round trip, refusing another encoder
-    head.save(tmp_path / "head.pt", {"name": "planted"})
-    again = ReferHead.load(tmp_path / "head.pt", {"name": "planted"})
+    # save / load round trip (one .safetensors file); the identity rule of probes: another dtype or token budget is
+    # the same encoder, another checkpoint is refused when loading and when predicting
+    path = head.save(tmp_path / "head.safetensors")
+    again = ReferHead.load(path, encoder=dict(PLANTED_SPEC, dtype="bfloat16", max_patches=256))
     np.testing.assert_allclose(again.predict(test[0].fmap, test[0].text)["box_xyxy"],
                                head.predict(test[0].fmap, test[0].text)["box_xyxy"], atol=1e-6)
-    with pytest.raises(ValueError, match="trained on encoder"):
-        ReferHead.load(tmp_path / "head.pt", {"name": "other"})
+    with pytest.raises(ProbeMismatchError, match="head.safetensors.*trained on another encoder.*fingerprint"):
+        ReferHead.load(path, encoder=dict(PLANTED_SPEC, fingerprint="other"))
+    other = replace(test[0].fmap, encoder=dict(PLANTED_SPEC, fingerprint="other"))
+    with pytest.raises(ProbeMismatchError, match="fingerprint"):
+        again.predict(other, test[0].text)
+    # files that are not a referring head: a probe, a torch pickle
+    torch.save({"state": head.state_dict()}, tmp_path / "head.pt")
+    with pytest.raises(ValueError, match=r"head\.pt: not a dense referring head file"):
+        ReferHead.load(tmp_path / "head.pt")
+    from probes import LinearProbe
+
+    LinearProbe(16, ["a", "b"], encoder_spec=PLANTED_SPEC).save(tmp_path / "probe.safetensors")
+    with pytest.raises(ValueError, match="unknown referring head format 'dense.LinearProbe'"):
+        ReferHead.load(tmp_path / "probe.safetensors")
 
 
 def test_crop_scorer_reencodes_the_box(tiny_encoder):

@@ -226,7 +226,7 @@ def run_refer(args) -> int:
     print(f"features {m['seconds_features']:.1f} s, training {m['seconds_train']:.1f} s on "
           f"{m['expressions'][args.train_split]} expressions")
     if args.out:
-        res.artifacts["head"].save(args.out, res.meta["encoder"])
+        res.artifacts["head"].save(args.out)
         print(f"wrote {args.out}")
     write_json(args.json, res.to_json())
     return 0

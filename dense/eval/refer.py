@@ -213,7 +213,7 @@ def evaluate_refer_head_protocol(encoder, *, ann: str | Path, refs: str | Path, 
     Every split is checked before the model is loaded. ``encoder``: an Encoder or a name for :func:`dense.load_encoder`
     (with ``device``, ``dtype``). Figures: ``<split>/acc@0.5``, ``<split>/pointing`` per reported split; ``meta``:
     ``reported`` (the splits), ``expressions`` per split, ``encoder`` (its spec), seconds; the trained head is
-    ``result.artifacts["head"]`` (``.save(path, result.meta["encoder"])``).
+    ``result.artifacts["head"]`` (``.save(path)``: a ``.safetensors`` file).
     """
     from probes.refer_head import dataset_samples, train_refer_head
 

@@ -113,14 +113,14 @@ def main() -> None:
             t0 = time.perf_counter()
             lg = grid_logits(fmap)
             if learned:
-                lg = up.upsample(fmap, it["rgb"], values=lg)  # [K, H, W]
+                lg = up.to_image(fmap, it["rgb"], values=lg)  # [K, H, W]
             probs = guided_upsample(lg.softmax(0), it["rgb"], radius=r, eps=eps, subsample=sub)
             return probs.argmax(0), time.perf_counter() - t0 + (it["tiled_sec"] if tiled else it["extract_sec"])
         return run
 
     def learned(it):
         t0 = time.perf_counter()
-        lab = up.upsample(it["fmap"], it["rgb"], values=grid_logits(it["fmap"])).argmax(0)
+        lab = up.to_image(it["fmap"], it["rgb"], values=grid_logits(it["fmap"])).argmax(0)
         return lab, time.perf_counter() - t0 + it["extract_sec"]
 
     # guided filter: choose radius / eps / subsample on val

@@ -129,13 +129,13 @@ def padding_waste(token_counts: Sequence[int], batches: Sequence[Sequence[int]])
     return 1.0 - real / padded if padded else 0.0
 
 
-def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.Tensor], blocks: Sequence[int], *,
+def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.Tensor], layers: Sequence[int], *,
                   device: torch.device, dtype: torch.dtype, non_blocking: bool = False) -> list[torch.Tensor]:
-    """Images of any grids, as normalized pixels ``[3, gh*p, gw*p]`` each -> tokens ``[gh*gw, D * len(blocks)]`` each.
+    """Images of any grids, as normalized pixels ``[3, gh*p, gw*p]`` each -> tokens ``[gh*gw, D * len(layers)]`` each.
 
     One padded batch: each image's sequence is zero-padded to the longest, and padded keys are masked in every block
     (transformers' own ``create_bidirectional_mask``, in the form the attention implementation wants; no mask at all
-    when the grids are equal). ``blocks`` are absolute block indices; the last block is read after ``post_layernorm``
+    when the grids are equal). ``layers`` are absolute block indices; the last block is read after ``post_layernorm``
     (``last_hidden_state``), the others raw (``hidden_states[b + 1]``). Blocks after the deepest one asked for are not
     run. Returns float32 CPU tensors, in the order of ``pixels``.
     """
@@ -178,11 +178,11 @@ def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.T
     if min(lengths) < N:
         valid = (torch.arange(N)[None] < torch.tensor(lengths)[:, None]).to(device, torch.int32)  # [B, N], 1 = real
         mask = create_bidirectional_mask(config=vision.config, inputs_embeds=x, attention_mask=valid)
-    last = max(blocks)
+    last = max(layers)
     kept: dict[int, torch.Tensor] = {}
     for i, layer in enumerate(vision.encoder.layers[: last + 1]):
         x = layer(x, mask)  # [B, N, D]
-        if i in blocks:
+        if i in layers:
             kept[i] = vision.post_layernorm(x) if i == n_blocks - 1 else x
-    out = torch.cat([kept[b] for b in blocks], dim=-1).float().cpu()  # [B, N, D * L]
+    out = torch.cat([kept[b] for b in layers], dim=-1).float().cpu()  # [B, N, D * L]
     return [out[b, : lengths[b]].clone() for b in range(B)]  # [B, N, D*L] -> B x [gh*gw, D*L], padding dropped

@@ -172,7 +172,7 @@ def _feature_panels(encoder, page: _Page, out: Path, items: list[tuple[str, obje
         fmap = encoder.extract(image, layers=heatmap.required_layers(method))
         pca_names.append(_save(viz.pca(fmap, image), out / f"pca_{name}.png"))
         queries = queries_for(name)
-        scores = heatmap.upsample(heatmap.patch_scores(encoder, fmap, queries, method=method), fmap)  # [T, H, W]
+        scores = heatmap.to_image_size(heatmap.patch_scores(encoder, fmap, queries, method=method), fmap)  # [T, H, W]
         heat_names.append(_save(viz.heatmaps(image, scores, queries), out / f"heatmap_{name}.png"))
     page.section("Feature maps (PCA)", "The first three principal components of the patch tokens, at each image's own "
                  "aspect ratio, upsampled to the image: parts with similar features get similar colours.")

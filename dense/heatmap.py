@@ -375,7 +375,7 @@ def patch_scores(encoder, image: ImageOrFeatureMap, queries, *, method: str | No
     return torch.sigmoid(logits(encoder, z, text))  # [T, gh, gw]
 
 
-def upsample(scores: torch.Tensor, fmap: FeatureMap, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
+def to_image_size(scores: torch.Tensor, fmap: FeatureMap, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
     """Patch scores ``[T, gh, gw]`` -> ``[T, H, W]`` at the original image size (or ``size_hw``), bilinear.
 
     Same geometry as :meth:`FeatureMap.to_image`: the grid tiles the resized image, ``align_corners=False`` puts each
@@ -393,9 +393,9 @@ def _window_starts(size: int, crop: int, n: int) -> list[int]:
     return [round(k * (size - crop) / (n - 1)) for k in range(n)] if n > 1 else [0]
 
 
-def image_scores(encoder, image: ImageOrFeatureMap, queries, *, method: str | None = None,
-                 templates: Sequence[str] | None = None, max_patches: int | None = None, windows: int = 1,
-                 refine: str | None = None, rgb: np.ndarray | None = None) -> torch.Tensor:
+def image_scores(encoder, image: ImageOrFeatureMap, queries, *, features: FeatureMap | None = None,
+                 method: str | None = None, templates: Sequence[str] | None = None, max_patches: int | None = None,
+                 windows: int = 1, refine: str | None = None) -> torch.Tensor:
     """Sigmoid scores ``[T, H, W]`` at the original image size: :func:`patch_scores` upsampled, with two options.
 
     ``windows=n`` (n >= 2): sliding windows for images with more detail than the token budget holds. The image is
@@ -404,8 +404,9 @@ def image_scores(encoder, image: ImageOrFeatureMap, queries, *, method: str | No
     (SCLIP/ClearCLIP's sliding-window inference). ``refine="pamr"``: :func:`dense.refine.pamr` with the image, at the
     encoder's input resolution (times ``windows``), then upsampled.
 
-    ``image``: a path, PIL image, uint8 array or FeatureMap; a FeatureMap needs ``rgb`` (its pixels) for
-    ``windows > 1`` or a refinement, and is used as is otherwise.
+    ``image``: a path, PIL image or uint8 array (read with :func:`dense.preprocess.load_image`), or a FeatureMap when
+    neither option needs the pixels. ``features``: the image's FeatureMap, already extracted (used as is when
+    ``windows == 1``).
     """
     from dense.preprocess import choose_grid
     from dense.refine import REFINES, pamr
@@ -415,19 +416,26 @@ def image_scores(encoder, image: ImageOrFeatureMap, queries, *, method: str | No
         raise ValueError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINES)}")
     if windows < 1:
         raise ValueError(f"windows must be >= 1, got {windows}")
-    if isinstance(image, FeatureMap) and rgb is None and (windows > 1 or refine is not None):
-        raise ValueError("windows > 1 and refine need the image's pixels: pass rgb= with a FeatureMap")
-    if rgb is None and not isinstance(image, FeatureMap):
-        rgb = load_image(image)
+    if isinstance(image, FeatureMap):
+        if features is not None:
+            raise ValueError("image is a FeatureMap and features= is given too: pass the image itself as image")
+        image, features = None, image
+    if image is None and (windows > 1 or refine is not None):
+        raise ValueError("windows > 1 and refine need the image's pixels: pass the image as image= (and its "
+                         "FeatureMap as features=)")
+    rgb = None if image is None else load_image(image)
+    if rgb is not None and features is not None and tuple(rgb.shape[:2]) != tuple(features.image_hw):
+        raise ValueError(f"image is {tuple(rgb.shape[:2])}, its FeatureMap (features=) was made from "
+                         f"{tuple(features.image_hw)}")
     text = text_matrix(encoder, queries, templates)  # [T, E]
     budget = max_patches or encoder.pixels.max_patches
     if windows == 1:
-        fmap = image if isinstance(image, FeatureMap) else with_aligned(encoder, rgb, method, max_patches=max_patches)
+        fmap = features if features is not None else with_aligned(encoder, rgb, method, max_patches=max_patches)
         scores = patch_scores(encoder, fmap, text, method=method)  # [T, gh, gw]
         if refine is None:
-            return upsample(scores, fmap)  # [T, H, W]
+            return to_image_size(scores, fmap)  # [T, H, W]
         H, W = fmap.image_hw
-        probs = upsample(scores, fmap, size_hw=fmap.resized_hw)  # [T, gh * p, gw * p]
+        probs = to_image_size(scores, fmap, size_hw=fmap.resized_hw)  # [T, gh * p, gw * p]
     else:
         H, W = rgb.shape[:2]
         ch, cw = min(H, -(-2 * H // (windows + 1))), min(W, -(-2 * W // (windows + 1)))
@@ -437,7 +445,7 @@ def image_scores(encoder, image: ImageOrFeatureMap, queries, *, method: str | No
             for x0 in _window_starts(W, cw, windows):
                 crop = np.ascontiguousarray(rgb[y0:y0 + ch, x0:x0 + cw])
                 f = with_aligned(encoder, crop, method, max_patches=max_patches)
-                total[:, y0:y0 + ch, x0:x0 + cw] += upsample(patch_scores(encoder, f, text, method=method), f)
+                total[:, y0:y0 + ch, x0:x0 + cw] += to_image_size(patch_scores(encoder, f, text, method=method), f)
                 count[y0:y0 + ch, x0:x0 + cw] += 1
         probs = total / count  # [T, H, W]: every pixel lies in at least one crop
         if refine is None:

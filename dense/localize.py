@@ -234,24 +234,30 @@ class Localizer:
         >>> loc.localize("the dog on the left")          # Localization
         >>> loc.localize("the red mug", candidates_xyxy=boxes)
 
-    ``image``: a path / PIL image / uint8 array (extracted here), or a :class:`FeatureMap` made by the same encoder
-    with the layers the method needs (``dense.heatmap.required_layers``; ``(-1,)`` for the default); then
-    ``original=`` (the image itself) is needed only by the ``"crop"`` scorer.
+    ``image``: a path / PIL image / uint8 array (read with :func:`dense.preprocess.load_image`), or a
+    :class:`FeatureMap` of it when the ``"crop"`` scorer (which re-encodes the image) is not used. ``features``: the
+    image's FeatureMap, already extracted by the same encoder with the layers the method needs
+    (``dense.heatmap.required_layers``; ``(-1,)`` for the default); without it the image is extracted here.
     ``method``, ``templates``: None = the encoder's calibration (:class:`dense.checkpoint.Calibration`).
     """
 
-    def __init__(self, encoder, image: ImageOrFeatureMap, *, method: str | None = None,
-                 templates: Sequence[str] | None = None, max_patches: int | None = None,
-                 original: ImageInput | None = None):
+    def __init__(self, encoder, image: ImageOrFeatureMap, *, features: FeatureMap | None = None,
+                 method: str | None = None, templates: Sequence[str] | None = None, max_patches: int | None = None):
         self.encoder = encoder
         self.templates = templates_of(encoder, templates)
         self.max_patches = max_patches
         self.method = method_of(encoder, method)
         if isinstance(image, FeatureMap):
-            self.rgb = None if original is None else load_image(original)
-            self.fmap = with_aligned(encoder, image, self.method)  # aligned tokens computed once
+            if features is not None:
+                raise ValueError("image is a FeatureMap and features= is given too: pass the image itself as image")
+            image, features = None, image
+        self.rgb = None if image is None else load_image(image)
+        if features is not None:
+            if self.rgb is not None and tuple(self.rgb.shape[:2]) != tuple(features.image_hw):
+                raise ValueError(f"image is {tuple(self.rgb.shape[:2])}, its FeatureMap (features=) was made from "
+                                 f"{tuple(features.image_hw)}")
+            self.fmap = with_aligned(encoder, features, self.method)  # aligned tokens computed once
         else:
-            self.rgb = load_image(image)
             # one extraction, with the layers the method needs
             self.fmap = with_aligned(encoder, self.rgb, self.method, max_patches=max_patches)
         self._heatmaps: dict[str, torch.Tensor] = {}
@@ -286,7 +292,8 @@ class Localizer:
         emb = self._regions.get(key)
         if emb is None and scorer == "crop":
             if self.rgb is None:
-                raise ValueError("the 'crop' scorer re-encodes the image: pass original= (the image) with a FeatureMap")
+                raise ValueError("the 'crop' scorer re-encodes the image: pass the image as image= (and its "
+                                 "FeatureMap as features=)")
             emb = self._regions[key] = crop_embeddings(self.encoder, self.rgb, boxes, max_patches=self.max_patches)
         elif emb is None:
             emb = self._regions[key] = region_embeddings(self.encoder, self.fmap, boxes)  # [K, E], one head pass
@@ -361,13 +368,14 @@ def localize(encoder, image: ImageOrFeatureMap, expression: str, *, candidates_x
              method: str | None = None, scorer: str = DEFAULT_CANDIDATE_METHOD, box_threshold: float | None = None,
              box_upsample: int = DEFAULT_BOX_UPSAMPLE, refine: str = "quadratic",
              rerank_thresholds: Sequence[float] | None = None, templates: Sequence[str] | None = None,
-             max_patches: int | None = None, original: ImageInput | None = None) -> Localization:
+             max_patches: int | None = None, features: FeatureMap | None = None) -> Localization:
     """Where does ``expression`` point in the image? -> :class:`Localization` (box_xyxy, point_xy, score, heatmap).
 
     Args:
         encoder: from :func:`dense.load_encoder` (its text side loads on first use).
-        image: a path, PIL image or uint8 array (extracted here), or a :class:`FeatureMap` of it: pass the FeatureMap
-            to localize many expressions on one extraction (or use :class:`Localizer`).
+        image: a path, PIL image or uint8 array (extracted here unless ``features`` is given), or a
+            :class:`FeatureMap` of it (not for ``scorer="crop"``); to localize many expressions on one extraction use
+            :class:`Localizer`.
         expression: e.g. ``"the mug on the left"``.
         candidates_xyxy: optional ``[K, 4]`` boxes in original-image pixels; the best-scoring one is returned.
         method: heatmap method of :func:`dense.heatmap.patch_scores` (None = the encoder's calibration).
@@ -379,8 +387,8 @@ def localize(encoder, image: ImageOrFeatureMap, expression: str, *, candidates_x
             (e.g. ``BOX_THRESHOLDS``) instead of cutting at ``box_threshold`` alone.
         templates: prompt templates for the text side (None = the calibration's).
         max_patches: token budget when ``image`` is extracted here.
-        original: the image itself, when ``image`` is a FeatureMap and ``scorer="crop"``.
+        features: the image's FeatureMap, already extracted (then ``image`` is read only by the ``"crop"`` scorer).
     """
-    loc = Localizer(encoder, image, method=method, templates=templates, max_patches=max_patches, original=original)
+    loc = Localizer(encoder, image, features=features, method=method, templates=templates, max_patches=max_patches)
     return loc.localize(expression, candidates_xyxy=candidates_xyxy, scorer=scorer, box_threshold=box_threshold,
                         box_upsample=box_upsample, refine=refine, rerank_thresholds=rerank_thresholds)

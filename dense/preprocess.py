@@ -128,6 +128,18 @@ def load_image(image: ImageInput) -> np.ndarray:
         raise ImageError(f"{path}: corrupt or truncated image ({e})") from e
 
 
+def image_tensor(image: ImageInput, name: str = "image") -> torch.Tensor:
+    """An image (path, PIL image, uint8 ``[H, W, 3]`` numpy or torch array) -> float32 ``[3, H, W]`` in [0, 255].
+
+    Read with :func:`load_image`; a bad input raises :class:`ImageError` naming the argument ``name`` and the input.
+    """
+    try:
+        rgb = load_image(image.numpy() if isinstance(image, torch.Tensor) else image)  # uint8 [H, W, 3]
+    except ImageError as e:
+        raise ImageError(f"{name}: {e}") from None
+    return torch.tensor(rgb).permute(2, 0, 1).float()  # [H, W, 3] -> [3, H, W]; a copy (load_image may share)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Grid choice and pixels
 

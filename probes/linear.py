@@ -96,23 +96,23 @@ class LinearProbe(nn.Module):
         return F.interpolate(self.grid_logits(fmap)[None], size=size_hw, mode="bilinear", align_corners=False)[0]
 
     @torch.inference_mode()
-    def predict(self, fmap: FeatureMap, size_hw: tuple[int, int] | None = None, *, upsample: str = "bilinear",
+    def predict(self, fmap: FeatureMap, size_hw: tuple[int, int] | None = None, *, sharpen: str = "bilinear",
                 image=None, upsampler=None) -> np.ndarray:
         """Label map: int32 numpy ``[H, W]`` at the original image size (or ``size_hw``), like every dense label map.
 
-        ``upsample="guided"`` sharpens the class probabilities with the image as guide, and ``upsampler`` (a trained
+        ``sharpen="guided"`` sharpens the class probabilities with the image as guide, and ``upsampler`` (a trained
         :class:`dense.upsample.Upsampler` of the same encoder) replaces bilinear upsampling; both need ``image``
         (see :func:`dense.upsample.upsample_maps`).
         """
-        if upsample == "bilinear" and upsampler is None:
+        if sharpen == "bilinear" and upsampler is None:
             return self.logits(fmap, size_hw).argmax(0).to(torch.int32).numpy()
         from dense.upsample import upsample_maps
 
         grid = self.grid_logits(fmap)  # [K, gh, gw]
-        if upsample == "guided":
+        if sharpen == "guided":
             grid = grid.softmax(0)  # probabilities: the guided filter keeps them a distribution
-        up = upsample_maps(grid, fmap, mode=upsample, image=image, upsampler=upsampler,
-                           probabilities=upsample == "guided", size_hw=size_hw)  # [K, H, W]
+        up = upsample_maps(grid, fmap, sharpen=sharpen, image=image, upsampler=upsampler,
+                           probabilities=sharpen == "guided", size_hw=size_hw)  # [K, H, W]
         return up.argmax(0).to(torch.int32).numpy()
 
     # --- persistence ------------------------------------------------------------------------------------------------

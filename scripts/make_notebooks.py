@@ -90,12 +90,12 @@ present''',
         "one 0-1 probability scale, so a query that is absent stays dark blue.",
         '''fmap = enc.extract(image, layers=heatmap.required_layers(enc.calibration.method))
 scores = heatmap.patch_scores(enc, fmap, present)  # [T, gh, gw] sigmoid probabilities
-viz.heatmaps(image, heatmap.upsample(scores, fmap), present)''',
+viz.heatmaps(image, heatmap.to_image_size(scores, fmap), present)''',
         "## Methods\nEach method is a few lines in `dense/heatmap.py`; `raw` (the tokens as they are) is the "
         "baseline. The peak of each class's heatmap should fall on that object:",
         '''for method in heatmap.supported_methods(enc):
     aligned = heatmap.with_aligned(enc, image, method)  # extracts the layers this method needs
-    up = heatmap.upsample(heatmap.patch_scores(enc, aligned, present, method=method), aligned).numpy()  # [T, H, W]
+    up = heatmap.to_image_size(heatmap.patch_scores(enc, aligned, present, method=method), aligned).numpy()  # [T, H, W]
     hits = []
     for name, probs in zip(present, up):
         y, x = np.unravel_index(probs.argmax(), probs.shape)

@@ -15,6 +15,7 @@ import dense
 from dense import head as maphead
 from dense import heatmap, openvocab
 from dense.features import FeatureMap
+from dense.preprocess import ImageError
 
 
 @pytest.fixture()
@@ -171,13 +172,13 @@ def test_unknown_method_and_with_aligned_reuse(tiny_encoder):
 def test_upsample_puts_patch_values_at_patch_centres():
     scores = torch.arange(12, dtype=torch.float32).reshape(1, 3, 4)  # [1, gh, gw]
     fmap = _fmap(torch.zeros(3, 4, 2), p=8, image_hw=(60, 100))
-    up = heatmap.upsample(scores, fmap)
+    up = heatmap.to_image_size(scores, fmap)
     assert tuple(up.shape) == (1, 60, 100)
     for i, j in [(0, 0), (1, 2), (2, 3)]:
         x, y = fmap.grid_to_pixel_xy((i, j))  # the patch centre in original pixels
         assert up[0, int(y), int(x)].item() == pytest.approx(scores[0, i, j].item(), abs=0.35)
     with pytest.raises(ValueError, match="grid"):
-        heatmap.upsample(torch.zeros(1, 4, 3), fmap)
+        heatmap.to_image_size(torch.zeros(1, 4, 3), fmap)
 
 
 def test_labels_from_scores_background_rules():
@@ -195,7 +196,7 @@ def test_segment_at_original_resolution(tiny_encoder):
     labels = dense.segment(tiny_encoder, rgb, names, background=0)  # threshold 0: every pixel gets its best class
     assert labels.shape == (45, 70) and labels.dtype == np.int32 and labels.min() >= 1 and labels.max() <= 3
     fmap = tiny_encoder.extract(rgb)
-    probs = heatmap.upsample(heatmap.patch_scores(tiny_encoder, fmap, names,
+    probs = heatmap.to_image_size(heatmap.patch_scores(tiny_encoder, fmap, names,
                                                   templates=tiny_encoder.calibration.templates), fmap)
     assert (labels == probs.argmax(0).numpy() + 1).all()
     # the default background is the encoder's calibrated threshold (neutral: SigLIP's own 0.5)
@@ -335,13 +336,19 @@ def test_image_scores_options(tiny_encoder):
     rgb = random_rgb(48, 80, seed=7)
     fmap = heatmap.with_aligned(tiny_encoder, rgb, "map-value")
     plain = heatmap.image_scores(tiny_encoder, rgb, ["red circle", "blue star"], method="map-value")
-    assert torch.allclose(plain, heatmap.upsample(heatmap.patch_scores(tiny_encoder, fmap, ["red circle", "blue star"],
-                                                                       method="map-value"), fmap))
+    grid = heatmap.patch_scores(tiny_encoder, fmap, ["red circle", "blue star"], method="map-value")
+    assert torch.allclose(plain, heatmap.to_image_size(grid, fmap))
     for kw in ({"windows": 2}, {"windows": 3, "refine": "pamr"}, {"refine": "pamr"}):
         s = heatmap.image_scores(tiny_encoder, rgb, ["red circle"], method="map-value", max_patches=16, **kw)
         assert s.shape == (1, 48, 80) and bool(((s >= 0) & (s <= 1)).all())
-    with pytest.raises(ValueError, match="rgb="):
+    with pytest.raises(ValueError, match="pass the image as image="):
         heatmap.image_scores(tiny_encoder, fmap, ["red circle"], windows=2)
+    # the pixels from image=, the tokens from features=: the same scores as extracting here
+    refined = heatmap.image_scores(tiny_encoder, rgb, ["red circle"], method="map-value", refine="pamr")
+    torch.testing.assert_close(heatmap.image_scores(tiny_encoder, rgb, ["red circle"], features=fmap,
+                                                    method="map-value", refine="pamr"), refined)
+    with pytest.raises(ValueError, match="features="):
+        heatmap.image_scores(tiny_encoder, rgb[:24], ["red circle"], features=fmap, refine="pamr")
     with pytest.raises(ValueError, match="refinement"):
         heatmap.image_scores(tiny_encoder, rgb, ["red circle"], refine="crf")
     # crops tile the image: first at 0, last at the end, neighbours overlapping
@@ -352,3 +359,32 @@ def test_image_scores_options(tiny_encoder):
         assert all(b - a < crop for a, b in zip(starts[:-1], starts[1:], strict=True))
     labels = dense.segment(tiny_encoder, rgb, ["red circle"], windows=2, refine="pamr", max_patches=16)
     assert labels.shape == (48, 80)
+
+
+def test_paths_work_wherever_an_image_is_read(tiny_encoder, tmp_path):
+    """image= may be a path everywhere pixels are read (load_image): segment with refine on a FeatureMap,
+    image_scores, pamr, guided_upsample; each gives what the array gives."""
+    from PIL import Image
+
+    from dense.refine import pamr
+    from dense.upsample import guided_upsample, upsample_maps
+
+    rgb = random_rgb(48, 80, seed=8)
+    path = tmp_path / "img.png"
+    Image.fromarray(rgb).save(path)
+    fmap = heatmap.with_aligned(tiny_encoder, rgb, "map-value")
+    names = ["red circle", "blue star"]
+    want = dense.segment(tiny_encoder, rgb, names, method="map-value", refine="pamr")
+    np.testing.assert_array_equal(dense.segment(tiny_encoder, path, names, features=fmap, method="map-value",
+                                                refine="pamr"), want)
+    np.testing.assert_array_equal(dense.segment(tiny_encoder, [str(path)], names, features=[fmap],
+                                                method="map-value", refine="pamr")[0], want)
+    with pytest.raises(ValueError, match="features"):
+        dense.segment(tiny_encoder, [path, path], names, features=[fmap])
+    scores = torch.rand(2, 6, 10)
+    torch.testing.assert_close(pamr(path, scores), pamr(rgb, scores))
+    torch.testing.assert_close(guided_upsample(scores, path, radius=4), guided_upsample(scores, rgb, radius=4))
+    torch.testing.assert_close(upsample_maps(scores, fmap, sharpen="guided", image=path),
+                               upsample_maps(scores, fmap, sharpen="guided", image=rgb))
+    with pytest.raises(ImageError, match="missing.png"):
+        pamr(tmp_path / "missing.png", scores)

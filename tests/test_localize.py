@@ -327,12 +327,33 @@ def test_crop_scorer_reencodes_the_box(tiny_encoder):
     emb = crop_embeddings(tiny_encoder, rgb, boxes)
     torch.testing.assert_close(emb[0], embed_images(tiny_encoder, rgb)[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(emb[1], embed_images(tiny_encoder, rgb[20:61, 10:51])[0], atol=1e-5, rtol=1e-5)
-    loc = Localizer(tiny_encoder, tiny_encoder.extract(rgb), original=rgb)
+    loc = Localizer(tiny_encoder, rgb, features=tiny_encoder.extract(rgb))
     r = loc.localize("the red circle", candidates_xyxy=boxes, scorer="crop")
     assert r.method.endswith("+crop") and r.candidate_scores.shape == (2,)
-    with pytest.raises(ValueError, match="pass original="):
+    with pytest.raises(ValueError, match="pass the image as image="):
         Localizer(tiny_encoder, tiny_encoder.extract(rgb)).localize("the red circle", candidates_xyxy=boxes,
                                                                      scorer="crop")
+
+
+def test_localizer_reads_a_path_and_reuses_given_features(tiny_encoder, tmp_path):
+    """A path is read through load_image; with features= the FeatureMap is used as is (no extraction), and the
+    answers equal those of the array with its own extraction."""
+    from conftest import random_rgb
+    from PIL import Image
+
+    rgb = random_rgb(40, 56, seed=9)
+    path = tmp_path / "img.png"
+    Image.fromarray(rgb).save(path)
+    fmap = tiny_encoder.extract(rgb)
+    want = localize(tiny_encoder, rgb, "the red circle")
+    for kw in ({"image": path}, {"image": str(path), "features": fmap}):
+        got = localize(tiny_encoder, expression="the red circle", **kw)
+        np.testing.assert_allclose(got.box_xyxy, want.box_xyxy)
+        torch.testing.assert_close(got.heatmap, want.heatmap)
+    with pytest.raises(ValueError, match="features="):
+        Localizer(tiny_encoder, rgb[:20], features=fmap)  # the FeatureMap of another image size
+    with pytest.raises(ValueError, match="features= is given too"):
+        Localizer(tiny_encoder, fmap, features=fmap)
 
 
 def test_component_reranking_picks_the_tightest_box_around_a_planted_object(tiny_random):

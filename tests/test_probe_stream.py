@@ -164,7 +164,7 @@ def test_pooled_heads_learn_what_only_the_pooled_vector_says(tmp_path):
 def test_protocols():
     assert protocol("last", num_layers=27).layer_sets == ((26,),)
     assert protocol("last-k", num_layers=27).layer_sets == ((23, 24, 25, 26),)
-    best = protocol("best-block", num_layers=27, blocks=(20, 24, 26))
+    best = protocol("best-block", num_layers=27, layers=(20, 24, 26))
     assert best.layer_sets == ((20,), (24,), (26,)) and best.layers == (20, 24, 26) and not best.pooled_needed
     p = protocol("pooled", num_layers=27)
     assert p.pooled == (True,) and p.pooled_needed
@@ -177,6 +177,6 @@ def test_protocols():
 def test_best_single_block_is_chosen_on_val():
     """Block 3 carries the classes, block 1 noise: a sweep over single blocks picks block 3."""
     train, val = fake_samples(24, 0), fake_samples(8, 1)
-    p = protocol("best-block", num_layers=4, blocks=(1, 3))
+    p = protocol("best-block", num_layers=4, layers=(1, 3))
     res = train_probes(train, val, NAMES, ProbeConfig(lrs=(1e-2,), layer_sets=p.layer_sets, epochs=4), progress=False)
     assert res.best_key == "lr=0.01 layers=3" and res.best.layers == [3]

@@ -176,7 +176,7 @@ def test_cli_train_then_eval(tmp_path, tiny_siglip_dir, tiny_siglip2_dir, capsys
 
 
 def test_guided_predict_is_the_guided_filter_of_the_probabilities():
-    """LinearProbe.predict(upsample="guided") == argmax of dense.upsample.guided_upsample on its softmax; it needs
+    """LinearProbe.predict(sharpen="guided") == argmax of dense.upsample.guided_upsample on its softmax; it needs
     the image, and the image must be the FeatureMap's."""
     from dense.upsample import GUIDED_EPS, GUIDED_RADIUS_CELLS, guided_upsample
 
@@ -188,12 +188,12 @@ def test_guided_predict_is_the_guided_filter_of_the_probabilities():
     cell = np.sqrt((H / s.fmap.grid_hw[0]) * (W / s.fmap.grid_hw[1]))
     expect = guided_upsample(probe.grid_logits(s.fmap).softmax(0), image, radius=round(GUIDED_RADIUS_CELLS * cell),
                              eps=GUIDED_EPS, subsample=2).argmax(0).numpy()
-    got = probe.predict(s.fmap, upsample="guided", image=image)
+    got = probe.predict(s.fmap, sharpen="guided", image=image)
     assert got.dtype == np.int32 and (got == expect).all()
     with pytest.raises(ValueError, match="needs the image"):
-        probe.predict(s.fmap, upsample="guided")
+        probe.predict(s.fmap, sharpen="guided")
     with pytest.raises(ValueError, match="made from"):
-        probe.predict(s.fmap, upsample="guided", image=image[:-1])
+        probe.predict(s.fmap, sharpen="guided", image=image[:-1])
 
 
 def test_cell_counts_equal_pixel_cross_entropy():

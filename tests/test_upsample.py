@@ -147,23 +147,23 @@ def test_upsampler_contract_convex_weights_and_linear_commute():
     w, index = up.weights(fmap, img)
     assert w.shape == index.shape == (9, 37 * 61)
     torch.testing.assert_close(w.sum(0), torch.ones(37 * 61))
-    tokens = up.upsample(fmap, img)  # [D, H, W]
+    tokens = up.to_image(fmap, img)  # [D, H, W]
     assert tokens.shape == (12, 37, 61) and torch.isfinite(tokens).all()
     # a linear head on upsampled tokens == the upsampled head output (the weights are convex)
     head = nn.Conv2d(12, 3, 1)
     with torch.no_grad():
         grid_logits = head(fmap.tokens.permute(2, 0, 1)[None])[0]  # [3, 5, 7]
-        torch.testing.assert_close(up.upsample(fmap, img, values=grid_logits), head(tokens[None])[0], atol=1e-4,
+        torch.testing.assert_close(up.to_image(fmap, img, values=grid_logits), head(tokens[None])[0], atol=1e-4,
                                    rtol=1e-4)
         # a constant map stays constant
-        torch.testing.assert_close(up.upsample(fmap, img, values=torch.full((1, 5, 7), 2.5)), torch.full((1, 37, 61),
+        torch.testing.assert_close(up.to_image(fmap, img, values=torch.full((1, 5, 7), 2.5)), torch.full((1, 37, 61),
                                    2.5))
     # every parameter gets a gradient through the training path
     w, index = up.weights(fmap, img, (10, 14))
     up.mix(fmap.tokens.permute(2, 0, 1), w, index, (10, 14)).square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in up.parameters())
     with pytest.raises(ValueError, match="values"):
-        up.upsample(fmap, img, values=torch.zeros(3, 4, 4))
+        up.to_image(fmap, img, values=torch.zeros(3, 4, 4))
 
 
 def test_upsampler_geometry_neighbours_centre_on_the_covering_patch():
@@ -197,12 +197,12 @@ def test_train_upsampler_learns_and_save_load_checks_identity(tiny_encoder, tmp_
     path = up.save(tmp_path / "up.safetensors")
     back = Upsampler.load(path, encoder=tiny_encoder)
     fmap = tiny_encoder.extract(imgs[0], max_patches=24)
-    torch.testing.assert_close(back.upsample(fmap, imgs[0]), up.upsample(fmap, imgs[0]))
+    torch.testing.assert_close(back.to_image(fmap, imgs[0]), up.to_image(fmap, imgs[0]))
     other = dict(tiny_encoder.spec(), hidden_size=64, fingerprint="another")
     with pytest.raises(UpsamplerMismatchError, match="up.safetensors.*trained on another encoder"):
         Upsampler.load(path, encoder=other)
     with pytest.raises(UpsamplerMismatchError):
-        back.upsample(_fmap(fmap.tokens, fmap.image_hw, spec=dict(fmap.encoder, fingerprint="another")), imgs[0])
+        back.to_image(_fmap(fmap.tokens, fmap.image_hw, spec=dict(fmap.encoder, fingerprint="another")), imgs[0])
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(ValueError, match="bad.safetensors"):
         Upsampler.load(tmp_path / "bad.safetensors")

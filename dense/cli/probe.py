@@ -123,7 +123,7 @@ def _sharpen(args, encoder, data: dict) -> dict:
 
         upsampler = Upsampler.load(args.upsampler, encoder=encoder)
     paths = {key: path for _, _, items in data.values() for key, path in items}
-    return {"upsample": args.upsample, "upsampler": upsampler, "image_of": lambda s: paths[s.key]}
+    return {"sharpen": args.upsample, "upsampler": upsampler, "image_of": lambda s: paths[s.key]}
 
 
 def dataset_options(p) -> None:

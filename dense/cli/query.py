@@ -45,12 +45,12 @@ def add(sub, parent) -> None:
 
 def run_heatmap(args) -> int:
     from dense import viz
-    from dense.heatmap import patch_scores, upsample, with_aligned
+    from dense.heatmap import patch_scores, to_image_size, with_aligned
     from dense.preprocess import load_image
 
     enc = load(args)
     fmap = with_aligned(enc, args.image, args.method, max_patches=args.max_patches)
-    scores = upsample(patch_scores(enc, fmap, args.queries, method=args.method,
+    scores = to_image_size(patch_scores(enc, fmap, args.queries, method=args.method,
                                    templates=parse_templates(args.templates)), fmap)  # [T, H, W]
     fig = viz.heatmaps(load_image(args.image), scores.numpy(), args.queries)
     fig.savefig(args.out, dpi=100)

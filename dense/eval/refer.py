@@ -75,8 +75,8 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
         cand_anns = ds.anns(iid, crowd=False)
         cands_xyxy = np.stack([ds.box_xyxy(a["id"]) for a in cand_anns])  # [K, 4]
         H, W = rgb.shape[:2]
-        locs = {m: Localizer(encoder, rgb if m in from_image else fmap, method=m, templates=templates,
-                             max_patches=max_patches, original=rgb) for m in methods}
+        locs = {m: Localizer(encoder, rgb, features=None if m in from_image else fmap, method=m, templates=templates,
+                             max_patches=max_patches) for m in methods}
         for ref in by_image[iid]:
             gt_xyxy, mask = ds.box_xyxy(ref.ann_id), ds.mask(ref.ann_id)
             cand_ious = metrics.box_iou_xyxy(cands_xyxy, gt_xyxy)[:, 0]  # [K]

@@ -78,7 +78,7 @@ def main() -> None:
             path = ds.image_path(i)
             fmap, sec = _timed(enc.extract, path, max_patches=mp)
             fmap = FeatureMap(fmap.tokens.clone(), fmap.image_hw, fmap.resized_hw, fmap.patch_size, fmap.layers,
-                              fmap.encoder)  # an inference-mode tensor cannot enter the probe's autograd
+                              fmap.encoder_spec)  # an inference-mode tensor cannot enter the probe's autograd
             items[split].append({"key": str(i), "path": path, "rgb": load_image(path), "fmap": fmap,
                                  "label": ds.label_map(i), "extract_sec": sec})
     print(f"world {world}: " + ", ".join(f"{k} {len(v)}" for k, v in items.items()), flush=True)
@@ -168,7 +168,7 @@ def so400m_costs(args) -> None:
     fmap, ext = _timed(enc.extract, rgb)
     gh, gw = fmap.grid_hw
     logits = torch.randn(17, gh, gw)
-    up = Upsampler(fmap.dim, UpsamplerConfig(), encoder_spec=fmap.encoder)
+    up = Upsampler(fmap.dim, UpsamplerConfig(), encoder_spec=fmap.encoder_spec)
     rows = [("bilinear", _timed(lambda: F.interpolate(logits[None], size=(480, 640), mode="bilinear"))[1])]
     for sub in (1, 2, 4):
         sec = _timed(guided_upsample, logits.softmax(0), rgb, radius=8, subsample=sub)[1]

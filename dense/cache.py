@@ -105,11 +105,11 @@ class FeatureCache:
 
     def stored(self, fmap: FeatureMap) -> FeatureMap:
         """``fmap`` as this cache stores it: tokens cast to the store dtype, the cache's spec as its encoder."""
-        if self.spec == base_spec(self.spec) or fmap.encoder != base_spec(self.spec):
+        if self.spec == base_spec(self.spec) or fmap.encoder_spec != base_spec(self.spec):
             return fmap  # nothing to change, or not this cache's features (check() will say so)
         if self.store_dtype is not None:
             fmap = fmap.to(self.store_dtype)
-        return dataclasses.replace(fmap, encoder=dict(self.spec))
+        return dataclasses.replace(fmap, encoder_spec=dict(self.spec))
 
     def init(self) -> None:
         """Create the folder and write ``spec.json`` (atomically; several ranks may do it at once)."""
@@ -141,8 +141,8 @@ class FeatureCache:
 
     def check(self, fmap: FeatureMap) -> str | None:
         """Why ``fmap`` is not a valid entry of this cache (None when it is)."""
-        if fmap.encoder != self.spec:
-            return f"made by {fmap.encoder}, not {self.spec}"
+        if fmap.encoder_spec != self.spec:
+            return f"made by {fmap.encoder_spec}, not {self.spec}"
         want_dim = self.spec.get("hidden_size", fmap.dim) * len(self.spec.get("layers", [0]))
         if fmap.dim != want_dim:
             return f"token dim {fmap.dim}, expected {want_dim}"

@@ -148,7 +148,7 @@ class Encoder:
         p = self.patch_size
         return FeatureMap(tokens=tokens, image_hw=tuple(int(v) for v in image_hw), resized_hw=(gh * p, gw * p),
                           patch_size=p, layers=tuple(self.block_index(i) for i in layers),
-                          encoder=self.spec(max_patches=max_patches, layers=layers))
+                          encoder_spec=self.spec(max_patches=max_patches, layers=layers))
 
     def extract(self, image: ImageInput, *, max_patches: int | None = None, layers: tuple[int, ...] = (-1,)
                 ) -> FeatureMap:

@@ -61,7 +61,8 @@ class FeatureMap:
         layers: which block outputs ``tokens`` holds: absolute block indices when the depth is known (``-1`` given at
             construction becomes ``num_layers - 1``); the last block is read after ``post_layernorm``, i.e.
             transformers' ``last_hidden_state``.
-        encoder: the spec of the encoder that made it (name, token budget, dtype), for caches and probes.
+        encoder_spec: the spec of the encoder that made it (``Encoder.spec()``: fingerprint, token budget, dtype, ...),
+            for caches and probes. (Saved under the header key ``"encoder"``.)
         aligned: optional text-comparable tokens ``[gh, gw, E]`` (see ``dense.heatmap``).
         pooled: optional pooled (MAP head) image embedding ``[E]`` of the last block, for probes that concatenate it
             to every token (the TIPS protocol of the SigLIP 2 paper's probe figures).
@@ -72,7 +73,7 @@ class FeatureMap:
     resized_hw: tuple[int, int]
     patch_size: int
     layers: tuple[int, ...] = (-1,)
-    encoder: dict = field(default_factory=dict)
+    encoder_spec: dict = field(default_factory=dict)
     aligned: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
 
@@ -99,7 +100,7 @@ class FeatureMap:
     @property
     def num_layers(self) -> int | None:
         """The depth of the encoder that made it (None when unknown)."""
-        return self.encoder.get("num_layers")
+        return self.encoder_spec.get("num_layers")
 
     def has_layers(self, layers, num_layers: int | None = None) -> bool:
         """Does this FeatureMap hold every block of ``layers`` (Python indices allowed)?
@@ -176,7 +177,7 @@ class FeatureMap:
         """A copy with tokens (and aligned tokens) cast to ``dtype``; the pooled embedding keeps its own."""
         aligned = None if self.aligned is None else self.aligned.to(dtype)
         return FeatureMap(self.tokens.to(dtype), self.image_hw, self.resized_hw, self.patch_size, self.layers,
-                          dict(self.encoder), aligned, self.pooled)
+                          dict(self.encoder_spec), aligned, self.pooled)
 
     # --- persistence ----------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -193,7 +194,7 @@ class FeatureMap:
             "resized_hw": list(self.resized_hw),
             "patch_size": self.patch_size,
             "layers": list(self.layers),
-            "encoder": self.encoder,
+            "encoder": self.encoder_spec,
         }
         return save_tensors(path, tensors, meta)
 
@@ -207,7 +208,7 @@ class FeatureMap:
             resized_hw=tuple(meta["resized_hw"]),
             patch_size=int(meta["patch_size"]),
             layers=tuple(meta["layers"]),
-            encoder=meta.get("encoder", {}),
+            encoder_spec=meta.get("encoder", {}),
             aligned=tensors.get("aligned"),
             pooled=tensors.get("pooled"),
         )

@@ -265,7 +265,7 @@ def check_featuremap(encoder, fmap: FeatureMap, layers: Sequence[int], what: str
 
     Raises ``ValueError`` naming what is missing and how to extract it.
     """
-    made_by = fmap.encoder.get("fingerprint")
+    made_by = fmap.encoder_spec.get("fingerprint")
     if made_by is not None and made_by != encoder.fingerprint:
         raise ValueError(f"{what}: the FeatureMap was made by another encoder (fingerprint {made_by}, not "
                          f"{encoder.fingerprint} of {encoder.name})")
@@ -298,7 +298,7 @@ def aligned_tokens(encoder, fmap: FeatureMap, method: str | None = None) -> torc
     stored tokens.
     """
     method = method_of(encoder, method)
-    if fmap.aligned is not None and fmap.encoder.get("aligned_method") == method:
+    if fmap.aligned is not None and fmap.encoder_spec.get("aligned_method") == method:
         return fmap.aligned
     m = get_method(method)
     if m.needs_prev and encoder.num_layers < 2:
@@ -341,7 +341,7 @@ def with_aligned(encoder, image: ImageOrFeatureMap, method: str | None = None, *
     else:
         fmap = as_featuremap(encoder, image, method, max_patches=max_patches)
         z = aligned_tokens(encoder, fmap, method)
-    return replace(fmap, aligned=z, encoder={**fmap.encoder, "aligned_method": method})
+    return replace(fmap, aligned=z, encoder_spec={**fmap.encoder_spec, "aligned_method": method})
 
 
 def logits(encoder, image_or_patch_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,7 @@ def extract_tiled(encoder, image: ImageInput, *, scale: int = 2, overlap: int = 
             from a window's border when another window sees it in the middle; ``'mean'``: overlapping tokens averaged.
         batch_size: windows per encoder call (1 keeps peak memory at one extraction's).
 
-    The returned map has ``aligned=None`` (text-aligned tokens are not stitched) and its ``encoder`` spec records the
+    The returned map has ``aligned=None`` (text-aligned tokens are not stitched) and its ``encoder_spec`` records the
     tiling (``{"scale", "overlap", "blend", "windows"}``) next to the per-window ``max_patches``.
     """
     if int(scale) != scale or scale < 1:
@@ -98,4 +98,4 @@ def extract_tiled(encoder, image: ImageInput, *, scale: int = 2, overlap: int = 
     if scale > 1:
         spec["tiling"] = {"scale": scale, "overlap": overlap, "blend": blend, "windows": len(boxes)}
     return FeatureMap(tokens=tokens, image_hw=tuple(int(v) for v in rgb.shape[:2]), resized_hw=(Gh * p, Gw * p),
-                      patch_size=p, layers=tuple(encoder.block_index(i) for i in layers), encoder=spec)
+                      patch_size=p, layers=tuple(encoder.block_index(i) for i in layers), encoder_spec=spec)

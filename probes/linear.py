@@ -31,7 +31,7 @@ class LinearProbe(nn.Module):
     Args:
         in_dim: channels the probe reads (``hidden_size * len(layers)``).
         class_names: one per output class (index = label value).
-        encoder_spec: the ``FeatureMap.encoder`` dict of the training features.
+        encoder_spec: the ``FeatureMap.encoder_spec`` dict of the training features.
         layers: the block indices it reads; a subset (in order) of ``encoder_spec["layers"]``, whose tokens are
             concatenated in the feature map. None = all of them.
         pooled: the image's pooled embedding (``FeatureMap.pooled``) is concatenated to every token after them
@@ -68,7 +68,7 @@ class LinearProbe(nn.Module):
     def select(self, fmap: FeatureMap) -> torch.Tensor:
         """The probe's input from a feature map: ``[gh, gw, D_all]`` -> ``[D, gh, gw]`` (its layers, concatenated;
         then the pooled embedding broadcast to every patch for a ``pooled`` probe)."""
-        self.check(fmap.encoder)
+        self.check(fmap.encoder_spec)
         x = select_layers(fmap, self.layers).permute(2, 0, 1)  # [gh, gw, D] -> [D, gh, gw]
         if not self.pooled:
             return x
@@ -124,16 +124,19 @@ class LinearProbe(nn.Module):
         return save_tensors(path, {k: v.detach() for k, v in self.state_dict().items()}, header)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, encoder=None) -> LinearProbe:
-        """Read a probe; with ``encoder`` (an ``Encoder`` or a spec dict) a probe trained on another one raises
-        :class:`ProbeMismatchError`."""
+    def load(cls, path: str | os.PathLike, *, encoder=None, encoder_spec: dict | None = None) -> LinearProbe:
+        """Read a probe; given the ``encoder`` (an :class:`~dense.encoder.Encoder`) or the ``encoder_spec`` of the
+        features it will read (``FeatureMap.encoder_spec``), one trained for another encoder raises
+        :class:`ProbeMismatchError` naming the file."""
+        if isinstance(encoder, dict):
+            raise TypeError("encoder= takes an Encoder; pass a spec dict as encoder_spec=")
         header, tensors = load_tensors(path, FORMAT, VERSION, "probe")
         probe = cls(header["in_dim"], header["class_names"], encoder_spec=header["encoder"], layers=header["layers"],
                     meta=header.get("meta"), pooled=header.get("pooled", False))
         probe.load_state_dict(tensors, strict=True)
         probe.eval()
-        if encoder is not None:
-            spec = encoder if isinstance(encoder, dict) else encoder.spec(layers=tuple(probe.layers))
+        if encoder is not None or encoder_spec is not None:
+            spec = encoder_spec if encoder_spec is not None else encoder.spec(layers=tuple(probe.layers))
             try:
                 probe.check(spec)
             except ProbeMismatchError as e:

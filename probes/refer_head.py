@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from dense._atomic import atomic_path
 from dense.features import FeatureMap
-from dense.localize import box_patch_weights, refine_peak_grid
+from dense.localize import box_patch_weights, find_peak_grid
 
 log = logging.getLogger("dense")
 
@@ -94,7 +94,7 @@ class ReferHead(nn.Module):
         size = torch.tensor([W, H, W, H], dtype=torch.float32)
         box_xyxy = (torch.cat([box[:, :2] - box[:, 2:] / 2, box[:, :2] + box[:, 2:] / 2], dim=-1) * size).numpy()
         box_xyxy = np.clip(box_xyxy, 0, size.numpy())
-        point_xy = np.stack([fmap.grid_to_pixel_xy(refine_peak_grid(h)) for h in heat])  # [T, 2]
+        point_xy = np.stack([fmap.grid_to_pixel_xy(find_peak_grid(h)) for h in heat])  # [T, 2]
         return {"box_xyxy": box_xyxy.astype(np.float64), "point_xy": point_xy, "heatmap": heat}
 
     def save(self, path: str | os.PathLike, encoder_spec: dict) -> None:
@@ -116,7 +116,7 @@ class ReferHead(nn.Module):
 
 
 @dataclass
-class Sample:
+class ReferSample:
     """One expression on one image: ``fmap`` is shared between the expressions of an image."""
 
     fmap: FeatureMap
@@ -141,7 +141,7 @@ def giou_loss(pred_xyxy: torch.Tensor, gt_xyxy: torch.Tensor) -> torch.Tensor:
     return (1 - giou).mean()
 
 
-def _prepare(s: Sample) -> dict[str, torch.Tensor]:
+def _prepare(s: ReferSample) -> dict[str, torch.Tensor]:
     """One sample's flat tensors (computed once per training run)."""
     gh, gw = s.fmap.grid_hw
     N = gh * gw
@@ -166,7 +166,7 @@ def _collate(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
     return out
 
 
-def train_refer_head(samples: Sequence[Sample], *, steps: int = 1500, batch_size: int = 64, lr: float = 2e-3,
+def train_refer_head(samples: Sequence[ReferSample], *, steps: int = 1500, batch_size: int = 64, lr: float = 2e-3,
                      hidden: int = 128, seed: int = 0, log_every: int = 0) -> ReferHead:
     """Adam with cosine decay over ``steps`` batches drawn with replacement. Seeded; deterministic on CPU."""
     if not samples:
@@ -196,7 +196,7 @@ def train_refer_head(samples: Sequence[Sample], *, steps: int = 1500, batch_size
 
 
 def dataset_samples(encoder, ann, refs, images, *, split: str, templates=None, max_patches: int | None = None,
-                    limit: int | None = None) -> tuple[list[Sample], list[np.ndarray]]:
+                    limit: int | None = None) -> tuple[list[ReferSample], list[np.ndarray]]:
     """Extract each image of ``split`` once and pair every sentence with its target box; also the targets' masks."""
     from dense import coco
     from dense.heatmap import templates_of
@@ -214,6 +214,6 @@ def dataset_samples(encoder, ann, refs, images, *, split: str, templates=None, m
             box, mask = ds.box_xyxy(ref.ann_id), ds.mask(ref.ann_id)
             text = embed_texts(encoder, ref.sentences, templates=templates_of(encoder, templates))  # [S, E]
             for t in text:
-                samples.append(Sample(fmap, t, box))
+                samples.append(ReferSample(fmap, t, box))
                 masks.append(mask)
     return samples, masks

@@ -120,7 +120,7 @@ def test_contract_shapes_finite_dtypes(spec):
     assert torch.isfinite(a.tokens).all() and torch.isfinite(b.tokens).all()
     cos = torch.nn.functional.cosine_similarity(a.tokens.flatten(0, 1), b.tokens.flatten(0, 1), dim=-1)
     assert cos.min() > 0.98
-    assert a.encoder["dtype"] == "float32" and b.encoder["dtype"] == "bfloat16"
+    assert a.encoder_spec["dtype"] == "float32" and b.encoder_spec["dtype"] == "bfloat16"
 
 
 def test_random_so400m_architecture_is_exact():

@@ -161,7 +161,7 @@ def test_unknown_method_and_with_aligned_reuse(tiny_encoder):
     with pytest.raises(ValueError, match="unknown heatmap method"):
         heatmap.patch_scores(tiny_encoder, random_rgb(32, 32), "cat", method="cls")
     fmap = heatmap.with_aligned(tiny_encoder, random_rgb(32, 48, seed=5), "leave-one-out")
-    assert fmap.aligned is not None and fmap.encoder["aligned_method"] == "leave-one-out"
+    assert fmap.aligned is not None and fmap.encoder_spec["aligned_method"] == "leave-one-out"
     torch.testing.assert_close(heatmap.patch_scores(tiny_encoder, fmap, "red star", method="leave-one-out"),
                                heatmap.patch_scores(tiny_encoder, heatmap.as_featuremap(tiny_encoder, fmap),
                                                     "red star", method="leave-one-out"))
@@ -219,7 +219,7 @@ def test_openvocab_eval_and_cli(tiny_encoder, tiny_siglip_dir, tmp_path):
 
     make_shapes(tmp_path / "world", 3, seed=1, size_range=(64, 96))
     res = evaluate_openvocab(tiny_encoder, tmp_path / "world/annotations.json", tmp_path / "world/images",
-                             methods=["raw", "map-value"], background=0.5, thresholds=(0.0, 0.5))
+                             methods=["raw", "map-value"], background=0.5, background_thresholds=(0.0, 0.5))
     assert res.meta["images"] == 3 and res.meta["methods"] == ["raw", "map-value"]
     for m in ("raw", "map-value"):
         f = res.figures

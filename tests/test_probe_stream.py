@@ -26,7 +26,7 @@ def to_cache(root, samples, spec=SPEC, dtype=None):
     cache = FeatureCache(root, spec)
     cache.init()
     for s in samples:
-        cache.put(s.key, dataclasses.replace(s.fmap, encoder=dict(SPEC)))
+        cache.put(s.key, dataclasses.replace(s.fmap, encoder_spec=dict(SPEC)))
     labels = {s.key: s.label for s in samples}
     return cache, cached_samples(cache, [s.key for s in samples], [partial(labels.get, s.key) for s in samples])
 
@@ -87,7 +87,7 @@ def test_bf16_store_through_extract(tmp_path, tiny_siglip_dir):
     extract_to_cache(enc, items, half, progress=False)
     for key, _ in items:
         a, b = full.load(key), half.load(key)
-        assert b.tokens.dtype == torch.bfloat16 and b.encoder == half.spec
+        assert b.tokens.dtype == torch.bfloat16 and b.encoder_spec == half.spec
         torch.testing.assert_close(b.tokens, a.tokens.to(torch.bfloat16), rtol=0, atol=0)
         assert half.path(key).stat().st_size < 0.75 * full.path(key).stat().st_size
     with pytest.raises(ValueError, match="storage"):
@@ -156,7 +156,7 @@ def test_pooled_heads_learn_what_only_the_pooled_vector_says(tmp_path):
     cache = FeatureCache(tmp_path / "c", spec)
     cache.init()
     for s in train + val:
-        cache.put(s.key + ("v" if s in val else ""), dataclasses.replace(s.fmap, encoder=spec))
+        cache.put(s.key + ("v" if s in val else ""), dataclasses.replace(s.fmap, encoder_spec=spec))
     tr = cached_samples(cache, [s.key for s in train], [partial(lambda s: s.label, s) for s in train])
     same_probes(train_probes(tr, val, NAMES, cfg, progress=False), res)
 

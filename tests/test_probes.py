@@ -90,16 +90,18 @@ def test_save_load_and_encoder_mismatch(tmp_path):
     train, val = fake_samples(8, 0), fake_samples(4, 1)
     res = train_probes(train, val, NAMES, ProbeConfig(lrs=(1e-2,), layer_sets=((3,),), epochs=2), progress=False)
     path = res.best.save(tmp_path / "p.safetensors")
-    loaded = LinearProbe.load(path, encoder=dict(SPEC, max_patches=256, dtype="bfloat16"))  # budget/dtype may differ
+    loaded = LinearProbe.load(path, encoder_spec=dict(SPEC, max_patches=256, dtype="bfloat16"))  # budget, dtype differ
     assert loaded.class_names == NAMES and loaded.layers == [3] and loaded.encoder_spec == SPEC
     for s in val:
         torch.testing.assert_close(loaded.logits(s.fmap), res.best.logits(s.fmap))
     with pytest.raises(ProbeMismatchError, match="hidden_size: trained on 12, given 16"):
-        LinearProbe.load(path, encoder=dict(SPEC, hidden_size=16))
+        LinearProbe.load(path, encoder_spec=dict(SPEC, hidden_size=16))
     with pytest.raises(ProbeMismatchError, match="fingerprint"):
-        LinearProbe.load(path, encoder=dict(SPEC, fingerprint="other"))
+        LinearProbe.load(path, encoder_spec=dict(SPEC, fingerprint="other"))
     with pytest.raises(ProbeMismatchError, match="blocks"):
-        LinearProbe.load(path, encoder=dict(SPEC, layers=[1]))
+        LinearProbe.load(path, encoder_spec=dict(SPEC, layers=[1]))
+    with pytest.raises(TypeError, match="encoder_spec="):  # encoder= is an Encoder, never a spec dict
+        LinearProbe.load(path, encoder=dict(SPEC))
     with pytest.raises(ProbeMismatchError):
         res.best.predict(FeatureMap(torch.zeros(2, 2, 24), (16, 16), (16, 16), P, (1, 3), dict(SPEC, fingerprint="x")))
     bad = tmp_path / "bad.safetensors"

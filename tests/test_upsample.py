@@ -143,7 +143,7 @@ def test_upsampler_contract_convex_weights_and_linear_commute():
     torch.manual_seed(0)
     fmap = _fmap(torch.randn(5, 7, 12), (37, 61))  # the image is not a multiple of the grid
     img = np.random.default_rng(0).integers(0, 256, (37, 61, 3), dtype=np.uint8)
-    up = Upsampler(12, UpsamplerConfig(guide_dim=8, key_dim=8), encoder_spec=fmap.encoder)
+    up = Upsampler(12, UpsamplerConfig(guide_dim=8, key_dim=8), encoder_spec=fmap.encoder_spec)
     w, index = up.weights(fmap, img)
     assert w.shape == index.shape == (9, 37 * 61)
     torch.testing.assert_close(w.sum(0), torch.ones(37 * 61))
@@ -200,9 +200,9 @@ def test_train_upsampler_learns_and_save_load_checks_identity(tiny_encoder, tmp_
     torch.testing.assert_close(back.to_image(fmap, imgs[0]), up.to_image(fmap, imgs[0]))
     other = dict(tiny_encoder.spec(), hidden_size=64, fingerprint="another")
     with pytest.raises(UpsamplerMismatchError, match="up.safetensors.*trained on another encoder"):
-        Upsampler.load(path, encoder=other)
+        Upsampler.load(path, encoder_spec=other)
     with pytest.raises(UpsamplerMismatchError):
-        back.to_image(_fmap(fmap.tokens, fmap.image_hw, spec=dict(fmap.encoder, fingerprint="another")), imgs[0])
+        back.to_image(_fmap(fmap.tokens, fmap.image_hw, spec=dict(fmap.encoder_spec, fingerprint="another")), imgs[0])
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(ValueError, match="bad.safetensors"):
         Upsampler.load(tmp_path / "bad.safetensors")
@@ -251,7 +251,7 @@ def test_tiled_equals_the_finer_grid_and_a_planted_square_lands_where_the_geomet
     for blend in ("centre", "mean"):
         fm = extract_tiled(enc, img, scale=2, overlap=1, blend=blend)
         assert fm.grid_hw == (2 * gh, 2 * gw) and fm.resized_hw == (2 * gh * 8, 2 * gw * 8)
-        assert fm.encoder["tiling"]["scale"] == 2 and fm.image_hw == (H, W)
+        assert fm.encoder_spec["tiling"]["scale"] == 2 and fm.image_hw == (H, W)
         # no context: the stitched map equals one pass over the whole finer grid
         want = enc.forward_pixels(to_pixels(rgb, (2 * gh, 2 * gw), enc.pixels)[None])[0]
         torch.testing.assert_close(fm.tokens, want, atol=1e-6, rtol=0)
@@ -275,8 +275,8 @@ def test_tiled_scale_one_is_the_plain_extraction(tiny_encoder):
     plain = tiny_encoder.extract(img, layers=(0, -1))
     tiled = extract_tiled(tiny_encoder, img, scale=1, layers=(0, -1))
     torch.testing.assert_close(tiled.tokens, plain.tokens, rtol=0, atol=0)
-    assert (tiled.grid_hw, tiled.resized_hw, tiled.layers, tiled.encoder) == (plain.grid_hw, plain.resized_hw,
-                                                                              plain.layers, plain.encoder)
+    assert (tiled.grid_hw, tiled.resized_hw, tiled.layers, tiled.encoder_spec) == (plain.grid_hw, plain.resized_hw,
+                                                                              plain.layers, plain.encoder_spec)
     two = extract_tiled(tiny_encoder, img, scale=2)
     assert two.grid_hw == (2 * plain.grid_hw[0], 2 * plain.grid_hw[1]) and torch.isfinite(two.tokens).all()
     with pytest.raises(ValueError, match="scale"):

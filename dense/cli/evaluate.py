@@ -130,7 +130,7 @@ def run_openvocab(args) -> int:
     res = evaluate_openvocab(enc, ann, args.images, methods=_methods(args, enc),
                              background=parse_background(args.background), templates=parse_templates(args.templates),
                              split=args.split, limit=args.limit, max_patches=args.max_patches,
-                             thresholds=parse_floats(args.sweep, "--sweep"),
+                             background_thresholds=parse_floats(args.sweep, "--sweep"),
                              refines=[r.strip() for r in args.refine.split(",") if r.strip()], windows=args.windows,
                              resamples=args.resamples, seed=args.seed, progress=not args.quiet)
     print(format_openvocab(res))
@@ -193,7 +193,7 @@ def run_refer(args) -> int:
     enc = load(args)
     res = evaluate_refer(enc, args.ann, args.refs, args.images, split=None if args.split == "all" else args.split,
                          methods=_methods(args, enc), scorers=[s.strip() for s in args.scorers.split(",") if s.strip()],
-                         thresholds=parse_floats(args.thresholds, "--thresholds"), box_threshold=args.box_threshold,
+                         box_thresholds=parse_floats(args.thresholds, "--thresholds"), box_threshold=args.box_threshold,
                          templates=parse_templates(args.templates), limit=args.limit, max_patches=args.max_patches,
                          resamples=args.resamples, seed=args.seed, progress=not args.quiet)
     print(format_refer(res))

@@ -344,7 +344,8 @@ def run_eval(args) -> int:
     args.pooled = "on" if probe.pooled else "off"  # a +pooled probe reads a cache that holds pooled embeddings
     args.store_dtype = probe.encoder_spec.get("store_dtype", "float32")  # the cache it was trained from
     # a probe of another encoder is an error, raised before any extraction
-    encoder, cache, data = _prepare(args, [args.split], check=lambda spec: LinearProbe.load(args.probe, encoder=spec))
+    encoder, cache, data = _prepare(args, [args.split],
+                                    check=lambda spec: LinearProbe.load(args.probe, encoder_spec=spec))
     ds, samples, _ = data[args.split]
     if list(ds.class_names) != probe.class_names:
         raise DenseError(f"{args.probe}: trained on classes {probe.class_names[:5]}..., the dataset has "

@@ -35,7 +35,8 @@ def setting_key(method: str, refine: str | None = None) -> str:
 
 def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods: Sequence[str] | None = None,
                        background=None, templates: Sequence[str] | None = None, split: str | None = None,
-                       limit: int | None = None, max_patches: int | None = None, thresholds: Sequence[float] = (),
+                       limit: int | None = None, max_patches: int | None = None,
+                       background_thresholds: Sequence[float] = (),
                        refines: Sequence[str] = ("none",), windows: int = 1, resamples: int = stats.RESAMPLES,
                        seed: int = 0, progress: bool = False) -> Result:
     """Score each heatmap method of ``methods`` (None: the encoder's calibrated one) on one split.
@@ -43,9 +44,9 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
     Category names are the queries (``dense.coco`` label k + 1 = category k). ``background`` and ``templates``:
     None = the encoder's calibration. Pointing: for every (image, category present), is the centre of the peak patch
     of that category's scores (the peak pixel with ``windows > 1`` or a refinement) inside one of its (non-crowd)
-    masks? ``thresholds``: background thresholds to sweep as well, to choose one on a validation split. ``refines``:
-    each method is also scored with each refinement (``"pamr"``, :mod:`dense.refine`); ``windows``: sliding windows
-    (:func:`dense.heatmap.image_scores`).
+    masks? ``background_thresholds``: background thresholds to sweep as well, to choose one on a validation split.
+    ``refines``: each method is also scored with each refinement (``"pamr"``, :mod:`dense.refine`); ``windows``:
+    sliding windows (:func:`dense.heatmap.image_scores`).
 
     Figures, per setting s (:func:`setting_key`): ``s/mIoU``, ``s/pixel_acc``, ``s/mean_acc``, ``s/pointing``,
     ``s/IoU/<class>``, and ``s/mIoU@thr=<t>``, ``s/pixel_acc@thr=<t>`` for each swept threshold. Intervals
@@ -70,7 +71,7 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
         raise ValueError(f"{ann}: no images in split {split!r} (splits present: {sorted(ds.splits())})")
     offset = 1 if ds.class_names[0] == "background" else 0
     if not offset:  # no background class: plain argmax, nothing to threshold
-        background, thresholds = None, ()
+        background, background_thresholds = None, ()
     names = ds.class_names[offset:]  # label k + offset <-> names[k], as in dense.coco
     K = len(ds.class_names)
     bg_prompts = background_prompts(background) if offset else []
@@ -79,7 +80,7 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
     text = embed_texts(encoder, names + bg_prompts, templates=templates)  # [C + B, E], once for the whole run
     settings = [(m, r, setting_key(m, r)) for m in methods for r in refines]
     meters = {s: metrics.SegmentationMeter(ds.class_names) for _, _, s in settings}
-    sweep = {(s, t): metrics.SegmentationMeter(ds.class_names) for _, _, s in settings for t in thresholds}
+    sweep = {(s, t): metrics.SegmentationMeter(ds.class_names) for _, _, s in settings for t in background_thresholds}
     counts: dict = {key: [] for key in [*meters, *sweep]}  # per image: (inter, union, gt), [K] each
     points: dict[str, list[tuple[int, int]]] = {s: [] for s in meters}  # per image: (hits, points)
     rows = []
@@ -104,7 +105,7 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
                                                                                    method=m, refine=r)  # [C + B, H, W]
             cm = meters[key].update(labels_from_scores(probs, len(names), background) - 1 + offset, gt)
             counts[key].append(stats.counts_from_confusion(cm))
-            for t in thresholds:
+            for t in background_thresholds:
                 cm_t = sweep[(key, t)].update(labels_from_scores(probs[: len(names)], len(names), t), gt)
                 counts[(key, t)].append(stats.counts_from_confusion(cm_t))
             image_hits = []
@@ -137,14 +138,14 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
             else float("nan")
         intervals[f"{s}/pointing"] = stats.ratio_interval(hits_pts[:, 0], hits_pts[:, 1], **boot)
         seg_ci(counts[s], f"{s}/mIoU", f"{s}/pixel_acc")
-        for t in thresholds:
+        for t in background_thresholds:
             f_t = sweep[(s, t)].figures()
             figures[f"{s}/mIoU@thr={t}"], figures[f"{s}/pixel_acc@thr={t}"] = f_t["mIoU"], f_t["pixel_acc"]
             seg_ci(counts[(s, t)], f"{s}/mIoU@thr={t}", f"{s}/pixel_acc@thr={t}")
     meta = {"task": "openvocab", "ann": str(getattr(ds, "root", ann)), "split": split, "images": len(ids),
             "points": {s: int(sum(p for _, p in points[s])) for s in points}, "methods": methods,
             "refines": list(refines), "settings": [s for _, _, s in settings], "windows": windows,
-            "background": background, "templates": list(templates), "thresholds": list(thresholds),
+            "background": background, "templates": list(templates), "thresholds": list(background_thresholds),
             "encoder": encoder.name, "fingerprint": encoder.fingerprint,
             "max_patches": max_patches or encoder.pixels.max_patches, "bootstrap": {**boot, "level": stats.LEVEL},
             "seconds": time.perf_counter() - t0}

@@ -23,7 +23,7 @@ def config_key(setting: str, method: str, scorer: str = "-") -> str:
 
 def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Path, *, split: str | None = "val",
                    methods: Sequence[str] | None = None, scorers: Sequence[str] = ("map-box", "heatmap-mean"),
-                   thresholds: Sequence[float] = BOX_THRESHOLDS, box_threshold: float | None = None,
+                   box_thresholds: Sequence[float] = BOX_THRESHOLDS, box_threshold: float | None = None,
                    templates: Sequence[str] | None = None, limit: int | None = None, max_patches: int | None = None,
                    resamples: int = stats.RESAMPLES, seed: int = 0, progress: bool = False) -> Result:
     """Acc@0.5 and pointing accuracy of :class:`dense.Localizer` on every sentence of every ref of ``split``.
@@ -32,8 +32,8 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
     calibrated one):
 
     - ``none/m/-``: no candidates; the component box at ``box_threshold`` (None: the calibration's) and the refined
-      peak; ``none/m/-/acc@0.5@thr=<t>`` for each threshold of ``thresholds``;
-    - ``none/m/components+map-box``: the components at all ``thresholds`` re-ranked by the map-box scorer;
+      peak; ``none/m/-/acc@0.5@thr=<t>`` for each threshold of ``box_thresholds``;
+    - ``none/m/components+map-box``: the components at all ``box_thresholds`` re-ranked by the map-box scorer;
     - ``gt-boxes/m/<scorer>``: the image's non-crowd ground-truth boxes are the candidates, ranked by each scorer;
     - baselines ``none/centre-prior/-`` (the whole image, its centre) and ``gt-boxes/-/random`` (the EXPECTED
       Acc@0.5 / pointing of a uniformly random candidate, pointing at its centre).
@@ -89,12 +89,12 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
                 t0 = time.perf_counter()
                 for m, loc in locs.items():
                     heatmap = loc.heatmaps([sent])[0]
-                    for t in thresholds:
+                    for t in box_thresholds:
                         found[f"{config_key('none', m)}@thr={t}"] = (heatmap_box_xyxy(heatmap, loc.fmap, threshold=t),
                                                                      None)
                     r = loc.localize(sent, box_threshold=box_threshold)
                     found[config_key("none", m)] = (r.box_xyxy, r.point_xy)
-                    r = loc.localize(sent, rerank_thresholds=thresholds)
+                    r = loc.localize(sent, rerank_thresholds=box_thresholds)
                     found[config_key("none", m, "components+map-box")] = (r.box_xyxy, r.point_xy)
                     for s in scorers:
                         r = loc.localize(sent, candidates_xyxy=cands_xyxy, scorer=s)
@@ -119,7 +119,7 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
             "refs_count": sum(len(by_image[i]) for i in image_ids), "expressions": n_sentences,
             "expressions_multi": len({(r["image_id"], r["ref_id"], r["sentence"]) for r in rows
                                       if r["candidates"] >= 2}),
-            "methods": methods, "scorers": list(scorers), "thresholds": list(thresholds),
+            "methods": methods, "scorers": list(scorers), "thresholds": list(box_thresholds),
             "box_threshold": box_threshold, "templates": list(templates), "encoder": encoder.name,
             "fingerprint": encoder.fingerprint, "max_patches": max_patches or encoder.pixels.max_patches,
             "bootstrap": {**boot, "level": stats.LEVEL}, "seconds": seconds}

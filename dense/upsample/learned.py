@@ -142,7 +142,7 @@ class Upsampler(nn.Module):
         ``image`` (path, PIL image or uint8 ``[h, w, 3]``) covers the same view as ``fmap`` (usually the original
         image; any size).
         """
-        self.check(fmap.encoder)
+        self.check(fmap.encoder_spec)
         guide = image_guide(image)  # [3, h, w]
         ho, wo = tuple(size_hw) if size_hw is not None else tuple(guide.shape[1:])
         gh, gw = fmap.grid_hw
@@ -200,16 +200,19 @@ class Upsampler(nn.Module):
         return save_tensors(path, {k: v.detach() for k, v in self.state_dict().items()}, header)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, encoder=None) -> Upsampler:
-        """Read an upsampler; with ``encoder`` (an ``Encoder`` or a spec dict) one trained for another encoder raises
+    def load(cls, path: str | os.PathLike, *, encoder=None, encoder_spec: dict | None = None) -> Upsampler:
+        """Read a upsampler; given the ``encoder`` (an :class:`~dense.encoder.Encoder`) or the ``encoder_spec`` of the
+        features it will read (``FeatureMap.encoder_spec``), one trained for another encoder raises
         :class:`UpsamplerMismatchError` naming the file."""
+        if isinstance(encoder, dict):
+            raise TypeError("encoder= takes an Encoder; pass a spec dict as encoder_spec=")
         header, tensors = load_tensors(path, FORMAT, VERSION, "upsampler")
         up = cls(header["in_dim"], UpsamplerConfig(**header["config"]), encoder_spec=header["encoder"],
                  layers=header["layers"], meta=header.get("meta"))
         up.load_state_dict(tensors, strict=True)
         up.eval()
-        if encoder is not None:
-            spec = encoder if isinstance(encoder, dict) else encoder.spec(layers=tuple(up.layers))
+        if encoder is not None or encoder_spec is not None:
+            spec = encoder_spec if encoder_spec is not None else encoder.spec(layers=tuple(up.layers))
             try:
                 up.check(spec)
             except UpsamplerMismatchError as e:
@@ -248,7 +251,7 @@ def train_upsampler(encoder, images: Sequence, config: UpsamplerConfig | None = 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     pairs = _pairs(encoder, tqdm(images, desc="upsampler targets", unit="img", disable=not progress), cfg, layers)
-    spec = pairs[0][0].encoder
+    spec = pairs[0][0].encoder_spec
     up = Upsampler(pairs[0][0].dim, cfg, encoder_spec=spec, layers=list(layers),
                    meta={"images": len(images), "config": asdict(cfg)})
     allt = torch.cat([t.reshape(t.shape[0], -1) for _, _, t in pairs], 1)  # [D, sum of target cells]

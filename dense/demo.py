@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from dense._atomic import write_text
+from dense.preprocess import IMAGE_EXTS
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 BUNDLED_MODEL = "shapes-tiny-v2"
 
 METRICS_HELP = {
@@ -123,9 +123,9 @@ def run_demo(out_dir: str | Path = "dense-demo", *, model: str = BUNDLED_MODEL, 
     else:
         if not queries:
             raise ValueError("--images needs --queries (what to look for in your photos)")
-        paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if not paths:
-            raise ValueError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise ValueError(f"{images}: no images ({', '.join(IMAGE_EXTS)})")
         bundled = str(model).startswith("shapes-tiny")
         summary = _photos(encoder, out, paths, queries, max_images=max_images, bundled=bundled)
     summary.update(model=model, seconds=round(time.perf_counter() - t0, 1))
@@ -205,9 +205,10 @@ def _synthetic_data(data: Path, cache: Path, *, n_images: int, seed: int) -> Non
 
 def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int, queries, progress: bool) -> dict:
     from dense import viz
-    from dense.cache import FeatureCache, dataset_items, extract_to_cache
+    from dense.cache import FeatureCache
     from dense.coco import load_coco, load_refs
     from dense.eval.probe import evaluate_probe
+    from dense.extract import dataset_items, extract_to_cache
     from dense.localize import Localizer
     from dense.metrics import acc_at_iou, pointing_game
     from probes import ProbeConfig, load_samples, train_probes

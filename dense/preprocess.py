@@ -35,6 +35,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
+# File suffixes taken as images when a folder is listed or an image id is looked up (lower case)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
 
 class ImageError(ValueError):
     """An input image could not be read or is not a valid image; the message names the input."""

@@ -53,6 +53,7 @@ import numpy as np
 
 from dense.coco import AnnotationError, load_coco
 from dense.labels import IGNORE, label_dtype
+from dense.preprocess import IMAGE_EXTS
 
 _BAD = -2  # a stored value the lookup table does not allow
 
@@ -106,7 +107,6 @@ CONTEXT59_CLASSES = (
     "ground", "keyboard", "light", "mountain", "mouse", "curtain", "platform", "sign", "plate", "road", "rock",
     "shelves", "sidewalk", "sky", "snow", "bedclothes", "track", "tree", "truck", "wall", "water", "window", "wood")
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -122,9 +122,10 @@ viz.label_map(image, labels_hw, present)''',
         "in one pass over them; the best on val is reported once on test. The same runs from the shell as "
         "`dense extract` and `dense probe train`.",
         SETUP,
-        '''from dense.cache import FeatureCache, dataset_items, extract_to_cache
+        '''from dense.cache import FeatureCache
 from dense.coco import load_coco
 from dense.eval.probe import evaluate_probe
+from dense.extract import dataset_items, extract_to_cache
 from probes import ProbeConfig, load_samples, train_probes
 
 datasets.make_shapes(work, 60, seed=3)

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dense.cache import FeatureCache, dataset_namespace, extract_to_cache, folder_items
+from dense.cache import FeatureCache, dataset_namespace
+from dense.extract import extract_to_cache, folder_items
 
 REPO = Path(__file__).resolve().parents[1]
 

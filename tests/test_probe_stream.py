@@ -75,7 +75,7 @@ def test_streamed_labels_are_checked_when_read(tmp_path):
 
 def test_bf16_store_through_extract(tmp_path, tiny_siglip_dir):
     import dense
-    from dense.cache import extract_to_cache
+    from dense.extract import extract_to_cache
 
     enc = dense.load_encoder(tiny_siglip_dir)
     rng = np.random.default_rng(0)
@@ -96,7 +96,7 @@ def test_bf16_store_through_extract(tmp_path, tiny_siglip_dir):
 
 def test_pooled_cached_at_extraction(tmp_path, tiny_siglip_dir):
     import dense
-    from dense.cache import extract_to_cache
+    from dense.extract import extract_to_cache
     from dense.openvocab import embed_images
 
     enc = dense.load_encoder(tiny_siglip_dir)

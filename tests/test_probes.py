@@ -229,9 +229,10 @@ def test_shapes_tiny_features_beat_random_weights(tmp_path):
     from transformers import AutoConfig, AutoModel
 
     import dense
-    from dense.cache import FeatureCache, dataset_items, extract_to_cache
+    from dense.cache import FeatureCache
     from dense.coco import load_coco
     from dense.datasets import make_shapes
+    from dense.extract import dataset_items, extract_to_cache
     from probes.train import load_samples
 
     world = make_shapes(tmp_path / "w", 100, seed=1)

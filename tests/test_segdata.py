@@ -157,7 +157,8 @@ def test_holdout_is_seeded_disjoint_and_recorded(tmp_path):
 
 
 def test_label_size_mismatch_names_file_and_id(tmp_path, tiny_encoder):
-    from dense.cache import FeatureCache, dataset_items, extract_to_cache
+    from dense.cache import FeatureCache
+    from dense.extract import dataset_items, extract_to_cache
     from probes.train import load_samples
 
     _lists(tmp_path / "ImageSets" / "Segmentation", {"train": ["x1"]})

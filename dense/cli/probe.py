@@ -216,7 +216,8 @@ def _prepare(args, splits: list[str], check=None):
     cache (:meth:`dense.cache.FeatureCache.for_dataset`)."""
     import torch
 
-    from dense.cache import FeatureCache, dataset_items, extract_to_cache
+    from dense.cache import FeatureCache
+    from dense.extract import dataset_items, extract_to_cache
     from probes import load_samples
 
     encoder = load(args)

@@ -34,7 +34,7 @@ def add(sub, parent) -> None:
 
 
 def run_train(args) -> int:
-    from dense.cache import folder_items
+    from dense.extract import folder_items
     from dense.upsample import UpsamplerConfig, train_upsampler
 
     items = folder_items(args.images)[: args.limit]

@@ -74,8 +74,8 @@ def default_num_workers(device: torch.device, total: int | None) -> int:
     """Worker processes for reading: 0 on CPU devices and for a handful of images, else up to 8 (one core kept free).
 
     On a CPU device the model already uses every core; a worker would only take cycles from its matmuls (reading a
-    JPEG costs ~1-2% of an So400m forward), and the model's OpenMP threads stall when one is preempted. On a GPU the
-    model waits for the CPU, so decoding and resizing go to workers.
+    JPEG costs little next to an So400m forward), and the model's OpenMP threads stall when one is preempted. On a
+    GPU the model waits for the CPU, so decoding and resizing go to workers.
     """
     if device.type == "cpu" or (total is not None and total < 16):
         return 0

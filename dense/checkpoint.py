@@ -199,7 +199,8 @@ class Calibration:
 
     A checkpoint without the file gets these neutral defaults, tuned on nothing: the MAP head's value path
     (MaskCLIP's trick, which needs only the last block), SigLIP's own sigmoid at 0.5 as the background threshold,
-    half the heatmap's range for boxes, queries embedded verbatim, and the checkpoint's trained token budget.
+    half the heatmap's range for boxes, queries embedded verbatim, the checkpoint's trained token budget, a guided
+    filter of one patch cell computed exactly, and both published distractor cues.
     """
 
     method: str = "map-value-mlp"  # heatmap method (dense.heatmap.METHODS)
@@ -207,7 +208,17 @@ class Calibration:
     box_threshold: float = 0.5  # localize(): relative heatmap threshold in [0, 1] for the box without candidates
     templates: tuple[str, ...] = ("{}",)  # prompt templates, one "{}" each; ("{}",) = verbatim
     max_patches: int | None = None  # token budget for dense tasks; None = the checkpoint's trained count
+    guided_radius_cells: float = 1.0  # dense.upsample sharpen="guided": filter radius in patch cells
+    guided_subsample: int = 1  # (1, 2, ...): 1 = the exact guided filter; s = He's fast filter at 1/s resolution
+    distractor_cues: tuple[str, ...] = ("norm", "isolation")  # '+filter' methods (dense.heatmap.DISTRACTOR_CUES)
     source: str = field(default="neutral defaults", compare=False)  # where the values came from
+
+    def __post_init__(self):
+        if not self.guided_radius_cells > 0:
+            raise CheckpointError(f"{self.source}: guided_radius_cells must be > 0, got {self.guided_radius_cells}")
+        if int(self.guided_subsample) != self.guided_subsample or self.guided_subsample < 1:
+            raise CheckpointError(f"{self.source}: guided_subsample must be an integer >= 1, got "
+                                  f"{self.guided_subsample}")
 
     @classmethod
     def from_dict(cls, data: dict, source: str) -> Calibration:
@@ -216,8 +227,9 @@ class Calibration:
         if unknown:
             raise CheckpointError(f"{source}: unknown calibration keys {unknown}; expected some of {sorted(known)}")
         kw = {k: v for k, v in data.items() if k in known}
-        if "templates" in kw:
-            kw["templates"] = tuple(kw["templates"])
+        for key in ("templates", "distractor_cues"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
         return cls(**kw, source=source)
 
 

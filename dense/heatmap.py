@@ -19,8 +19,9 @@ Methods (``METHODS``; every one needs the last block's output, ``clear-*`` also 
   MLP; ``post_layernorm`` is applied (the MAP head expects it), then ``map-value`` / ``map-value-mlp``. Needs the
   FeatureMap to hold the block before the last (``layers=(-2, -1)``); images passed directly are extracted that way.
 - ``<method>+filter`` (every method above): distractor-token filtering first (:func:`filter_distractors`, after
-  "Vision Transformers Need Registers" and SC-CLIP): tokens whose norm is a robust outlier of the image (and, as an
-  option, tokens isolated in feature space) are replaced by the mean of their 3x3 grid neighbours.
+  "Vision Transformers Need Registers" and SC-CLIP): tokens whose norm is a robust outlier of the image, or that are
+  isolated in feature space (the cues are the checkpoint's ``Calibration.distractor_cues``), are replaced by the
+  mean of their 3x3 grid neighbours.
 
 Image-resolution scores (:func:`image_scores`) add two options: ``windows=n`` (n x n overlapping crops, each extracted
 at the token budget, scores stitched by averaging) and ``refine="pamr"`` (:func:`dense.refine.pamr`).
@@ -145,7 +146,7 @@ DISTRACTOR_CUES = ("norm", "isolation")
 
 
 @torch.inference_mode()
-def distractor_mask(tokens: torch.Tensor, *, cues: Sequence[str] = ("norm",), z: float = 5.0, k: int = 3,
+def distractor_mask(tokens: torch.Tensor, *, cues: Sequence[str] = DISTRACTOR_CUES, z: float = 5.0, k: int = 3,
                     max_frac: float = 0.1) -> torch.Tensor:
     """Bool ``[gh, gw]``: the tokens ``[gh, gw, D]`` that look like ViT "register"/global tokens.
 
@@ -154,8 +155,9 @@ def distractor_mask(tokens: torch.Tensor, *, cues: Sequence[str] = ("norm",), z:
 
     - ``"norm"``: the token's norm (Darcet et al. 2024: artefact tokens have several times the typical norm);
     - ``"isolation"``: one minus its mean cosine similarity to its ``k`` nearest other tokens (SC-CLIP's local-outlier
-      idea, which also catches anomalies that a final layer norm rescaled). Off by default: on sparse scenes (a few
-      small objects on a plain background, e.g. the synthetic shapes) it flags the objects themselves.
+      idea, which also catches anomalies that a final layer norm rescaled). On sparse scenes (a few small objects on
+      a plain background, e.g. the synthetic shapes) it flags the objects themselves, so the bundled checkpoints'
+      calibrations (``Calibration.distractor_cues``) leave it out.
 
     At most ``max_frac`` of the tokens (the most anomalous) are flagged.
     """
@@ -311,7 +313,8 @@ def aligned_tokens(encoder, fmap: FeatureMap, method: str | None = None) -> torc
     D = encoder.hidden_size
     x, prev = tokens[..., -D:], (tokens[..., :D] if m.needs_prev else None)  # last block (and its input) [gh, gw, D]
     if m.filter:
-        x, prev, _ = filter_distractors(x.float(), None if prev is None else prev.float())
+        x, prev, _ = filter_distractors(x.float(), None if prev is None else prev.float(),
+                                        cues=encoder.calibration.distractor_cues)
     x = x.reshape(gh * gw, D).to(p.device, p.dtype)  # [gh, gw, D] -> [N, D]
     prev = prev.reshape(gh * gw, D).to(p.device, p.dtype) if prev is not None else None  # [gh, gw, D] -> [N, D]
     z = m.fn(vision, x, prev).float().cpu()  # [N, E]
@@ -332,7 +335,7 @@ def with_aligned(encoder, image: ImageOrFeatureMap, method: str | None = None, *
         p = next(encoder.vision.parameters())
         x, prev = fmap.tokens.float(), _embedding_tokens(encoder, rgb, fmap.grid_hw)  # [gh, gw, D] each
         if METHODS[method].filter:
-            x, prev, _ = filter_distractors(x, prev)
+            x, prev, _ = filter_distractors(x, prev, cues=encoder.calibration.distractor_cues)
         x = x.reshape(gh * gw, -1).to(p.device, p.dtype)  # [gh, gw, D] -> [N, D]
         prev = prev.reshape(gh * gw, -1).to(p.device, p.dtype)  # [gh, gw, D] -> [N, D]
         with torch.inference_mode():

@@ -151,7 +151,7 @@ def _naflex_size(image_height: float, image_width: float, patch_size: int, max_n
                  eps: float = 1e-5) -> tuple[int, int]:
     """transformers' ``get_image_size_for_max_num_patches`` (siglip2 image processor), step for step.
 
-    Restated here because importing it pulls in transformers' whole image-processing stack (~3 s per process);
+    Restated here because importing it pulls in transformers' whole image-processing stack (seconds per process);
     ``tests/test_preprocess.py`` checks that both give the same size over many shapes and budgets.
     """
 

@@ -97,12 +97,13 @@ class LinearProbe(nn.Module):
 
     @torch.inference_mode()
     def predict(self, fmap: FeatureMap, size_hw: tuple[int, int] | None = None, *, sharpen: str = "bilinear",
-                image=None, upsampler=None) -> np.ndarray:
+                image=None, upsampler=None, calibration=None) -> np.ndarray:
         """Label map: int32 numpy ``[H, W]`` at the original image size (or ``size_hw``), like every dense label map.
 
         ``sharpen="guided"`` sharpens the class probabilities with the image as guide, and ``upsampler`` (a trained
         :class:`dense.upsample.Upsampler` of the same encoder) replaces bilinear upsampling; both need ``image``
-        (see :func:`dense.upsample.upsample_maps`).
+        (see :func:`dense.upsample.upsample_maps`, whose guided filter follows ``calibration``, usually
+        ``encoder.calibration``; None: neutral defaults).
         """
         if sharpen == "bilinear" and upsampler is None:
             return self.logits(fmap, size_hw).argmax(0).to(torch.int32).numpy()
@@ -112,7 +113,7 @@ class LinearProbe(nn.Module):
         if sharpen == "guided":
             grid = grid.softmax(0)  # probabilities: the guided filter keeps them a distribution
         up = upsample_maps(grid, fmap, sharpen=sharpen, image=image, upsampler=upsampler,
-                           probabilities=sharpen == "guided", size_hw=size_hw)  # [K, H, W]
+                           probabilities=sharpen == "guided", size_hw=size_hw, calibration=calibration)  # [K, H, W]
         return up.argmax(0).to(torch.int32).numpy()
 
     # --- persistence ------------------------------------------------------------------------------------------------

@@ -247,3 +247,12 @@ def test_calibration_belongs_to_the_checkpoint(tmp_path, tiny_siglip_dir):
     bad.write_text('{"methd": "raw"}')
     with pytest.raises(CheckpointError, match="cal.json.*methd"):
         dense.load_encoder(tiny_siglip_dir, calibration=bad)
+    # the choices made on the toy live in the bundled calibrations, not in library constants
+    for name in ("shapes-tiny", "shapes-tiny-v2"):
+        cal = dense.load_encoder(name).calibration
+        assert (cal.guided_radius_cells, cal.guided_subsample, cal.distractor_cues) == (1.3, 2, ("norm",))
+    assert (neutral.guided_radius_cells, neutral.guided_subsample) == (1.0, 1)
+    assert neutral.distractor_cues == ("norm", "isolation")
+    bad.write_text('{"guided_subsample": 0}')
+    with pytest.raises(CheckpointError, match="cal.json.*guided_subsample"):
+        dense.load_encoder(tiny_siglip_dir, calibration=bad)

@@ -298,20 +298,39 @@ def test_filtering_replaces_a_planted_outlier_by_its_neighbours_mean():
     assert not heatmap.distractor_mask(base + 0.01 * torch.randn(6, 7, 16, generator=g)).any()
     isolated = tokens.clone()
     isolated[2, 3] = F.normalize(torch.randn(16, generator=g), dim=0)  # ordinary norm, unlike every other token
-    assert not heatmap.distractor_mask(isolated)[2, 3] and heatmap.distractor_mask(isolated, cues=("isolation",))[2, 3]
+    assert not heatmap.distractor_mask(isolated, cues=("norm",))[2, 3] and heatmap.distractor_mask(isolated)[2, 3]
 
 
-def test_filter_methods_are_registered_and_equal_their_base_without_outliers(tiny_encoder):
-    fmap = tiny_encoder.extract(random_rgb(40, 56, seed=8))
-    for base in ("map-value-mlp", "leave-one-out"):
-        assert heatmap.METHODS[f"{base}+filter"].filter
-        mask = heatmap.distractor_mask(fmap.tokens)
-        a = heatmap.patch_scores(tiny_encoder, fmap, ["red circle"], method=base)
-        b = heatmap.patch_scores(tiny_encoder, fmap, ["red circle"], method=f"{base}+filter")
-        if not mask.any():
-            assert torch.allclose(a, b)
-        else:
-            assert a.shape == b.shape
+def test_filter_methods_replace_a_flagged_distractor_before_scoring(enc):
+    """Known answer: a planted high-norm token is flagged, and every '+filter' method scores exactly what its base
+    method scores on the tokens with that one replaced by its 8 neighbours' mean. The cues are the calibration's."""
+    import dataclasses
+
+    D = enc.hidden_size
+    g = torch.Generator().manual_seed(1)
+    base = F.normalize(torch.randn(D, generator=g), dim=0)
+    tokens = base + 0.2 * torch.randn(6, 7, D, generator=g)  # [gh, gw, D]: a field of similar tokens
+    tokens[2, 3] = 12 * F.normalize(torch.randn(D, generator=g), dim=0)  # a high-norm "register" token
+    mask = heatmap.distractor_mask(tokens, cues=enc.calibration.distractor_cues)
+    assert mask.sum() == 1 and mask[2, 3]
+    cleaned = tokens.clone()
+    cleaned[2, 3] = (tokens[1:4, 2:5].sum(dim=(0, 1)) - tokens[2, 3]) / 8  # the mean of its 8 neighbours
+    fmap, fmap_clean = _last(enc, tokens), _last(enc, cleaned)
+    bases = [m for m in heatmap.METHODS if not m.endswith("+filter") and not heatmap.METHODS[m].needs_prev]
+    for m in bases:
+        assert heatmap.METHODS[f"{m}+filter"].filter
+        got = heatmap.aligned_tokens(enc, fmap, f"{m}+filter")
+        want = heatmap.aligned_tokens(enc, fmap_clean, m)
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (m, float((got - want).abs().max()))
+        assert not torch.allclose(got[2, 3], heatmap.aligned_tokens(enc, fmap, m)[2, 3], atol=1e-3), m
+    # an ordinary-norm token unlike all others: flagged by the isolation cue only, so '+filter' follows the calibration
+    isolated = base + 0.01 * torch.randn(6, 7, D, generator=g)
+    isolated[4, 1] = F.normalize(torch.randn(D, generator=g), dim=0)
+    fmap = _last(enc, isolated)
+    for cues, moved in ((("norm",), False), (("isolation",), True)):
+        enc.calibration = dataclasses.replace(enc.calibration, distractor_cues=cues)
+        got = heatmap.aligned_tokens(enc, fmap, "map-value+filter")
+        assert torch.allclose(got, heatmap.aligned_tokens(enc, fmap, "map-value"), atol=1e-6) != moved, cues
 
 
 def test_pamr_keeps_constant_maps_and_colour_regions_and_sharpens_blur():

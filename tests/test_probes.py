@@ -178,24 +178,32 @@ def test_cli_train_then_eval(tmp_path, tiny_siglip_dir, tiny_siglip2_dir, capsys
 
 
 def test_guided_predict_is_the_guided_filter_of_the_probabilities():
-    """LinearProbe.predict(sharpen="guided") == argmax of dense.upsample.guided_upsample on its softmax; it needs
-    the image, and the image must be the FeatureMap's."""
-    from dense.upsample import GUIDED_EPS, GUIDED_RADIUS_CELLS, guided_upsample
+    """LinearProbe.predict(sharpen="guided") == argmax of dense.upsample.guided_upsample on its softmax, with the radius
+    and resolution of the calibration: cells of exactly 10 px give radius 10 at full resolution by default (one cell,
+    the neutral calibration) and 13 at half resolution with shapes-tiny's (1.3 cells, subsample 2). It needs the
+    image, and the image must be the FeatureMap's."""
+    import dataclasses
+
+    from dense.checkpoint import Calibration
+    from dense.upsample import GUIDED_EPS, guided_upsample
 
     train, val = fake_samples(12, 0), fake_samples(4, 1)
     probe = train_probes(train, val, NAMES, ProbeConfig(lrs=(1e-2,), epochs=2), progress=False).best
-    s = val[0]
-    H, W = s.fmap.image_hw
-    image = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
-    cell = np.sqrt((H / s.fmap.grid_hw[0]) * (W / s.fmap.grid_hw[1]))
-    expect = guided_upsample(probe.grid_logits(s.fmap).softmax(0), image, radius=round(GUIDED_RADIUS_CELLS * cell),
-                             eps=GUIDED_EPS, subsample=2).argmax(0).numpy()
-    got = probe.predict(s.fmap, sharpen="guided", image=image)
-    assert got.dtype == np.int32 and (got == expect).all()
+    gh, gw = val[0].fmap.grid_hw
+    fmap = dataclasses.replace(val[0].fmap, image_hw=(10 * gh, 10 * gw))  # 10 x 10 px cells
+    image = np.random.default_rng(0).integers(0, 255, (10 * gh, 10 * gw, 3), dtype=np.uint8)
+    probs = probe.grid_logits(fmap).softmax(0)  # [K, gh, gw]
+    for calibration, radius, subsample in ((None, 10, 1),
+                                           (Calibration(guided_radius_cells=1.3, guided_subsample=2), 13, 2)):
+        expect = guided_upsample(probs, image, radius=radius, eps=GUIDED_EPS, subsample=subsample).argmax(0).numpy()
+        got = probe.predict(fmap, sharpen="guided", image=image, calibration=calibration)
+        assert got.dtype == np.int32 and (got == expect).all()
+    assert (probe.predict(fmap, sharpen="guided", image=image, calibration=Calibration(guided_radius_cells=2.0))
+            != probe.predict(fmap, sharpen="guided", image=image)).any()  # the calibration is read
     with pytest.raises(ValueError, match="needs the image"):
-        probe.predict(s.fmap, sharpen="guided")
+        probe.predict(fmap, sharpen="guided")
     with pytest.raises(ValueError, match="made from"):
-        probe.predict(s.fmap, sharpen="guided", image=image[:-1])
+        probe.predict(fmap, sharpen="guided", image=image[:-1])
 
 
 def test_cell_counts_equal_pixel_cross_entropy():

@@ -41,8 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from dense import head as maphead
+from dense.batching import embed_patches
 from dense.features import FeatureMap
-from dense.preprocess import ImageInput, load_image, patchify, to_pixels
+from dense.preprocess import ImageInput, load_image, to_pixels
 from dense.text import embed_texts
 
 ImageOrFeatureMap = ImageInput | FeatureMap
@@ -245,19 +246,6 @@ def layers_for(encoder, methods: Sequence[str]) -> tuple[int, ...]:
     return tuple(sorted(need or {-1}))
 
 
-@torch.inference_mode()
-def _embedding_tokens(encoder, rgb: np.ndarray, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """The patch embedding (+ position embedding) of an image, the input of block 0: ``[gh, gw, D]`` float32 CPU."""
-    gh, gw = grid_hw
-    p = next(encoder.vision.parameters())
-    px = to_pixels(rgb, grid_hw, encoder.pixels)[None].to(p.device, p.dtype)  # [1, 3, gh*P, gw*P]
-    if encoder.family == "siglip":
-        emb = encoder.vision.embeddings(px, interpolate_pos_encoding=True)  # [1, N, D]
-    else:
-        emb = encoder.vision.embeddings(patchify(px, encoder.patch_size), torch.tensor([[gh, gw]], device=p.device))
-    return emb[0].float().cpu().reshape(gh, gw, -1)  # [1, N, D] -> [gh, gw, D]
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # FeatureMap -> aligned tokens -> scores
 
@@ -333,7 +321,11 @@ def with_aligned(encoder, image: ImageOrFeatureMap, method: str | None = None, *
         fmap = encoder.extract(rgb, max_patches=max_patches)
         gh, gw = fmap.grid_hw
         p = next(encoder.vision.parameters())
-        x, prev = fmap.tokens.float(), _embedding_tokens(encoder, rgb, fmap.grid_hw)  # [gh, gw, D] each
+        px = to_pixels(rgb, fmap.grid_hw, encoder.pixels)  # [3, gh*p, gw*p]
+        with torch.inference_mode():  # the input of block 0, the patch embedding
+            emb, _ = embed_patches(encoder.vision, encoder.family, [px], device=p.device, dtype=p.dtype)  # [1, N, D]
+        prev = emb[0].float().cpu().reshape(gh, gw, -1)  # [1, N, D] -> [gh, gw, D]
+        x = fmap.tokens.float()  # [gh, gw, D]
         if METHODS[method].filter:
             x, prev, _ = filter_distractors(x, prev, cues=encoder.calibration.distractor_cues)
         x = x.reshape(gh * gw, -1).to(p.device, p.dtype)  # [gh, gw, D] -> [N, D]
@@ -391,11 +383,6 @@ def to_image_size(scores: torch.Tensor, fmap: FeatureMap, size_hw: tuple[int, in
     return F.interpolate(scores[None].float(), size=size_hw, mode="bilinear", align_corners=False)[0]  # [T, H, W]
 
 
-def _window_starts(size: int, crop: int, n: int) -> list[int]:
-    """``n`` start offsets of crops of ``crop`` pixels spread evenly over ``size`` (first at 0, last at the end)."""
-    return [round(k * (size - crop) / (n - 1)) for k in range(n)] if n > 1 else [0]
-
-
 def image_scores(encoder, image: ImageOrFeatureMap, queries, *, features: FeatureMap | None = None,
                  method: str | None = None, templates: Sequence[str] | None = None, max_patches: int | None = None,
                  windows: int = 1, refine: str | None = None) -> torch.Tensor:
@@ -413,6 +400,7 @@ def image_scores(encoder, image: ImageOrFeatureMap, queries, *, features: Featur
     """
     from dense.preprocess import choose_grid
     from dense.refine import REFINES, pamr
+    from dense.tiling import window_starts
 
     refine = None if refine in (None, "none") else refine
     if refine is not None and refine not in REFINES:
@@ -444,8 +432,8 @@ def image_scores(encoder, image: ImageOrFeatureMap, queries, *, features: Featur
         ch, cw = min(H, -(-2 * H // (windows + 1))), min(W, -(-2 * W // (windows + 1)))
         total = torch.zeros(text.shape[0], H, W)  # [T, H, W]
         count = torch.zeros(H, W)
-        for y0 in _window_starts(H, ch, windows):
-            for x0 in _window_starts(W, cw, windows):
+        for y0 in window_starts(H, ch, n=windows):
+            for x0 in window_starts(W, cw, n=windows):
                 crop = np.ascontiguousarray(rgb[y0:y0 + ch, x0:x0 + cw])
                 f = with_aligned(encoder, crop, method, max_patches=max_patches)
                 total[:, y0:y0 + ch, x0:x0 + cw] += to_image_size(patch_scores(encoder, f, text, method=method), f)

@@ -19,17 +19,28 @@ from dense.features import FeatureMap
 from dense.preprocess import ImageInput, to_pixels
 
 
-def window_starts(length: int, window: int, overlap: int) -> list[int]:
-    """Start positions of windows of ``window`` cells covering ``[0, length)`` with at least ``overlap`` in common,
-    spread evenly (first at 0, last at ``length - window``)."""
-    if window > length:
-        raise ValueError(f"window {window} is longer than the axis {length}")
-    if not 0 <= overlap < window:
-        raise ValueError(f"overlap must be in [0, {window}), got {overlap}")
+def window_starts(length: int, window: int, *, overlap: int | None = None, n: int | None = None) -> list[int]:
+    """Start positions of windows of ``window`` cells (or pixels) covering ``[0, length)``, spread evenly: the first
+    at 0, the last at ``length - window``. How many: ``n``, or as few as keep at least ``overlap`` cells in common
+    between neighbours. One window when it spans the axis.
+
+    The one rule for tiled extraction (:func:`extract_tiled`, ``overlap``) and sliding-window scores
+    (:func:`dense.heatmap.image_scores`, ``n``).
+    """
+    if not 1 <= window <= length:
+        raise ValueError(f"window {window} must lie in [1, {length}] (the axis)")
+    if (overlap is None) == (n is None):
+        raise ValueError("pass exactly one of overlap= and n=")
     if window == length:
         return [0]
-    n = math.ceil((length - overlap) / (window - overlap))  # windows needed with stride window - overlap
-    n = max(n, 2)
+    if n is None:
+        if not 0 <= overlap < window:
+            raise ValueError(f"overlap must be in [0, {window}), got {overlap}")
+        n = max(2, math.ceil((length - overlap) / (window - overlap)))  # windows needed with stride window - overlap
+    elif n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if n == 1:
+        return [0]
     return [round(k * (length - window) / (n - 1)) for k in range(n)]
 
 
@@ -68,8 +79,8 @@ def extract_tiled(encoder, image: ImageInput, *, scale: int = 2, overlap: int = 
     p = encoder.patch_size
     Gh, Gw = scale * gh, scale * gw
     pixels = to_pixels(rgb, (Gh, Gw), encoder.pixels)  # [3, Gh*p, Gw*p]
-    rows = window_starts(Gh, gh, min(overlap, gh - 1))
-    cols = window_starts(Gw, gw, min(overlap, gw - 1))
+    rows = window_starts(Gh, gh, overlap=min(overlap, gh - 1))
+    cols = window_starts(Gw, gw, overlap=min(overlap, gw - 1))
     boxes = [(i0, j0) for i0 in rows for j0 in cols]
     crops = [pixels[:, i0 * p:(i0 + gh) * p, j0 * p:(j0 + gw) * p] for i0, j0 in boxes]  # each [3, gh*p, gw*p]
     tiles = []

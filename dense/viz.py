@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dense.labels import IGNORE
+from dense.labels import IGNORE, as_numpy
 from dense.preprocess import load_image
 
 MAX_WIDTH_IN = 16.0  # no figure is wider than this (inches)
@@ -43,12 +43,6 @@ class DenseFigure(Figure):
         buf = io.BytesIO()
         self.savefig(buf, format="png", bbox_inches="tight")
         return buf.getvalue()
-
-
-def _np(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def _check_hw(image: np.ndarray, maps: np.ndarray, what: str) -> None:
@@ -105,7 +99,7 @@ def heatmap(image, scores, *, title: str | None = None, alpha: float = 0.5, cmap
             vmin: float | None = 0.0, vmax: float | None = 1.0, label: str = "probability"):
     """One heatmap ``[H, W]`` over the image, with a colour bar, on a fixed ``vmin..vmax`` scale (probabilities:
     0..1, so a map that finds nothing looks like nothing). ``vmax=None``: the map's own maximum."""
-    return heatmaps(image, _np(scores)[None], [title or ""], alpha=alpha, cmap=cmap, vmin=vmin, vmax=vmax,
+    return heatmaps(image, as_numpy(scores)[None], [title or ""], alpha=alpha, cmap=cmap, vmin=vmin, vmax=vmax,
                     label=label, show_image=False)
 
 
@@ -117,7 +111,7 @@ def heatmaps(image, scores, queries: Sequence[str], *, alpha: float = 0.5, cmap:
     Every panel uses one fixed colour scale, ``vmin..vmax`` (default 0..1, for sigmoid probabilities), shown by one
     colour bar; pass ``vmax=None`` for raw similarities (then the largest score sets it)."""
     image = load_image(image)
-    scores = _np(scores).astype(np.float32)
+    scores = as_numpy(scores).astype(np.float32)
     if scores.ndim != 3 or scores.shape[0] != len(queries):
         raise ValueError(f"scores {scores.shape} do not match {len(queries)} queries")
     _check_hw(image, scores, "heatmaps")
@@ -202,9 +196,9 @@ def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: floa
     unpainted. Colours follow colour words in the names (:func:`class_colours`); the legend lists the classes present
     in the maps shown."""
     image = load_image(image)
-    maps = [_np(labels).astype(np.int64)]
+    maps = [as_numpy(labels).astype(np.int64)]
     if gt is not None:
-        maps.insert(0, _np(gt).astype(np.int64))
+        maps.insert(0, as_numpy(gt).astype(np.int64))
     for m, what in zip(maps, ["ground truth", "label map"] if gt is not None else ["label map"], strict=True):
         _check_hw(image, m, what)
         valid = m[m != ignore_index]
@@ -284,8 +278,8 @@ def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=N
     from matplotlib.patches import Rectangle
 
     image = load_image(image)
-    b = _np(boxes_xyxy).astype(np.float64).reshape(-1, 4)  # -> [N, 4]
-    gt = None if gt_boxes_xyxy is None else _np(gt_boxes_xyxy).astype(np.float64).reshape(-1, 4)  # -> [N, 4]
+    b = as_numpy(boxes_xyxy).astype(np.float64).reshape(-1, 4)  # -> [N, 4]
+    gt = None if gt_boxes_xyxy is None else as_numpy(gt_boxes_xyxy).astype(np.float64).reshape(-1, 4)  # -> [N, 4]
     if gt is not None and len(gt) != len(b):
         raise ValueError(f"{len(gt)} ground-truth boxes for {len(b)} predicted boxes")
     if labels is not None and len(labels) != len(b):
@@ -328,7 +322,7 @@ def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=N
             t.set_in_layout(False)  # labels must not reshape the layout they are placed in
             texts.append(t)
     if points_xy is not None:
-        p = _np(points_xy).astype(np.float64).reshape(-1, 2)  # -> [N, 2]
+        p = as_numpy(points_xy).astype(np.float64).reshape(-1, 2)  # -> [N, 2]
         ax.scatter(p[:, 0], p[:, 1], marker="*", s=220, c=[colours[k % len(colours)] for k in range(len(p))],
                    edgecolors="white", linewidths=1.2, zorder=3)
     if gt is not None:

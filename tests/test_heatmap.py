@@ -269,8 +269,12 @@ def test_clear_methods_on_a_one_block_tower_use_the_patch_embedding():
     with torch.no_grad():
         out = enc1.vision(pixel_values=to_pixels(rgb, fmap.grid_hw, enc1.pixels)[None], interpolate_pos_encoding=True,
                           output_hidden_states=True)
-    emb = heatmap._embedding_tokens(enc1, rgb, fmap.grid_hw)  # [gh, gw, D]
-    torch.testing.assert_close(emb.reshape(-1, emb.shape[-1]), out.hidden_states[0][0])  # the input of block 0
+    from dense.batching import embed_patches
+
+    px = to_pixels(rgb, fmap.grid_hw, enc1.pixels)
+    emb, lengths = embed_patches(enc1.vision, enc1.family, [px], device=enc1.device, dtype=enc1.dtype)  # [1, N, D]
+    assert lengths == [fmap.grid_hw[0] * fmap.grid_hw[1]]
+    torch.testing.assert_close(emb[0], out.hidden_states[0][0])  # the input of block 0
     got = heatmap.with_aligned(enc1, rgb, "clear-map-value")
     with torch.no_grad():
         z = heatmap.METHODS["clear-map-value"].fn(enc1.vision, fmap.tokens.reshape(-1, 32), out.hidden_states[0][0])
@@ -370,12 +374,6 @@ def test_image_scores_options(tiny_encoder):
         heatmap.image_scores(tiny_encoder, rgb[:24], ["red circle"], features=fmap, refine="pamr")
     with pytest.raises(ValueError, match="refinement"):
         heatmap.image_scores(tiny_encoder, rgb, ["red circle"], refine="crf")
-    # crops tile the image: first at 0, last at the end, neighbours overlapping
-    for size, n in ((48, 2), (80, 3), (7, 4)):
-        crop = min(size, -(-2 * size // (n + 1)))
-        starts = heatmap._window_starts(size, crop, n)
-        assert starts[0] == 0 and starts[-1] + crop == size
-        assert all(b - a < crop for a, b in zip(starts[:-1], starts[1:], strict=True))
     labels = dense.segment(tiny_encoder, rgb, ["red circle"], windows=2, refine="pamr", max_patches=16)
     assert labels.shape == (48, 80)
 

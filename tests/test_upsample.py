@@ -234,12 +234,20 @@ def patch_mean_encoder(p=8, budget=12):
 
 
 def test_window_starts():
-    assert window_starts(8, 8, 2) == [0]
-    assert window_starts(8, 4, 0) == [0, 4]
-    starts = window_starts(10, 5, 2)
-    assert starts[0] == 0 and starts[-1] == 5 and all(b - a <= 3 for a, b in zip(starts, starts[1:], strict=False))
+    """One rule for tiles (overlap=) and sliding windows (n=): known answers, first at 0, last at the end."""
+    assert window_starts(8, 8, overlap=2) == [0]
+    assert window_starts(8, 4, overlap=0) == [0, 4]
+    assert window_starts(10, 5, overlap=2) == [0, 2, 5]  # ceil(8 / 3) = 3 windows, stride at most 3
+    assert window_starts(48, 32, n=2) == [0, 16]  # image_scores(windows=2): crops of 2/3, overlapping by half
+    assert window_starts(80, 40, n=3) == [0, 20, 40]
+    assert window_starts(7, 3, n=4) == [0, 1, 3, 4]
+    assert window_starts(5, 5, n=3) == [0]  # a window spanning the axis is needed once
     with pytest.raises(ValueError, match="overlap"):
-        window_starts(10, 5, 5)
+        window_starts(10, 5, overlap=5)
+    with pytest.raises(ValueError, match="exactly one"):
+        window_starts(10, 5)
+    with pytest.raises(ValueError, match="window 11"):
+        window_starts(10, 11, n=2)
 
 
 def test_tiled_equals_the_finer_grid_and_a_planted_square_lands_where_the_geometry_says():

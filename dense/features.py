@@ -34,6 +34,16 @@ def identity_mismatch(trained: dict, given: dict, layers) -> str | None:
     return None
 
 
+def spec_to_check(encoder=None, encoder_spec: dict | None = None, layers=(-1,)) -> dict | None:
+    """The encoder spec a trained head is checked against when it is loaded: ``encoder_spec`` as given, or the spec
+    of the :class:`~dense.encoder.Encoder` ``encoder`` for ``layers``; None when neither is given."""
+    if isinstance(encoder, dict):
+        raise TypeError("encoder= takes an Encoder; pass a spec dict as encoder_spec=")
+    if encoder_spec is not None:
+        return dict(encoder_spec)
+    return None if encoder is None else encoder.spec(layers=tuple(layers))
+
+
 def block_indices(layers, num_layers: int | None) -> tuple[int, ...]:
     """Python-style block indices (``-1`` = the last block) -> absolute ones in ``[0, num_layers)``.
 

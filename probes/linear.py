@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dense._atomic import load_tensors, save_tensors
-from dense.features import FeatureMap, block_indices, identity_mismatch
+from dense.features import FeatureMap, block_indices, identity_mismatch, spec_to_check
 
 FORMAT = "dense.LinearProbe"
 VERSION = 1
@@ -129,15 +129,14 @@ class LinearProbe(nn.Module):
         """Read a probe; given the ``encoder`` (an :class:`~dense.encoder.Encoder`) or the ``encoder_spec`` of the
         features it will read (``FeatureMap.encoder_spec``), one trained for another encoder raises
         :class:`ProbeMismatchError` naming the file."""
-        if isinstance(encoder, dict):
-            raise TypeError("encoder= takes an Encoder; pass a spec dict as encoder_spec=")
+        spec = spec_to_check(encoder, encoder_spec)  # TypeError for a dict as encoder= before any file is read
         header, tensors = load_tensors(path, FORMAT, VERSION, "probe")
         probe = cls(header["in_dim"], header["class_names"], encoder_spec=header["encoder"], layers=header["layers"],
                     meta=header.get("meta"), pooled=header.get("pooled", False))
         probe.load_state_dict(tensors, strict=True)
         probe.eval()
-        if encoder is not None or encoder_spec is not None:
-            spec = encoder_spec if encoder_spec is not None else encoder.spec(layers=tuple(probe.layers))
+        if spec is not None:
+            spec = spec_to_check(encoder, encoder_spec, probe.layers)  # the layers it reads
             try:
                 probe.check(spec)
             except ProbeMismatchError as e:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dense._atomic import load_tensors, save_tensors
-from dense.features import FeatureMap, block_indices, identity_mismatch
+from dense.features import FeatureMap, block_indices, identity_mismatch, spec_to_check
 from dense.preprocess import grid_to_pixel_xy, load_image, pixel_to_grid
 from dense.upsample.guided import check_maps, image_guide
 
@@ -204,15 +204,14 @@ class Upsampler(nn.Module):
         """Read a upsampler; given the ``encoder`` (an :class:`~dense.encoder.Encoder`) or the ``encoder_spec`` of the
         features it will read (``FeatureMap.encoder_spec``), one trained for another encoder raises
         :class:`UpsamplerMismatchError` naming the file."""
-        if isinstance(encoder, dict):
-            raise TypeError("encoder= takes an Encoder; pass a spec dict as encoder_spec=")
+        spec = spec_to_check(encoder, encoder_spec)  # TypeError for a dict as encoder= before any file is read
         header, tensors = load_tensors(path, FORMAT, VERSION, "upsampler")
         up = cls(header["in_dim"], UpsamplerConfig(**header["config"]), encoder_spec=header["encoder"],
                  layers=header["layers"], meta=header.get("meta"))
         up.load_state_dict(tensors, strict=True)
         up.eval()
-        if encoder is not None or encoder_spec is not None:
-            spec = encoder_spec if encoder_spec is not None else encoder.spec(layers=tuple(up.layers))
+        if spec is not None:
+            spec = spec_to_check(encoder, encoder_spec, up.layers)  # the layers it reads
             try:
                 up.check(spec)
             except UpsamplerMismatchError as e:

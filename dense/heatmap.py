@@ -383,6 +383,29 @@ def to_image_size(scores: torch.Tensor, fmap: FeatureMap, size_hw: tuple[int, in
     return F.interpolate(scores[None].float(), size=size_hw, mode="bilinear", align_corners=False)[0]  # [T, H, W]
 
 
+def sliding_window_scores(rgb: np.ndarray, windows: int, crop_scores: Callable[[np.ndarray], torch.Tensor]
+                          ) -> torch.Tensor:
+    """Scores ``[T, H, W]`` of an image uint8 ``[H, W, 3]`` from an ``windows x windows`` layout of overlapping crops.
+
+    Each crop is ``2 / (windows + 1)`` of the image's height and width (neighbours overlap by half a crop; starts from
+    :func:`dense.tiling.window_starts`); ``crop_scores(crop)`` gives its scores ``[T, h, w]`` at the crop's pixels,
+    and each pixel gets the mean over the crops that hold it (SCLIP/ClearCLIP's sliding-window inference).
+    """
+    from dense.tiling import window_starts
+
+    H, W = rgb.shape[:2]
+    ch, cw = min(H, -(-2 * H // (windows + 1))), min(W, -(-2 * W // (windows + 1)))
+    total, count = None, torch.zeros(H, W)
+    for y0 in window_starts(H, ch, n=windows):
+        for x0 in window_starts(W, cw, n=windows):
+            s = crop_scores(np.ascontiguousarray(rgb[y0:y0 + ch, x0:x0 + cw]))  # [T, ch, cw]
+            if total is None:
+                total = torch.zeros(s.shape[0], H, W)  # [T, H, W]
+            total[:, y0:y0 + ch, x0:x0 + cw] += s
+            count[y0:y0 + ch, x0:x0 + cw] += 1
+    return total / count  # every pixel lies in at least one crop
+
+
 def image_scores(encoder, image: ImageOrFeatureMap, queries, *, features: FeatureMap | None = None,
                  method: str | None = None, templates: Sequence[str] | None = None, max_patches: int | None = None,
                  windows: int = 1, refine: str | None = None) -> torch.Tensor:
@@ -400,7 +423,6 @@ def image_scores(encoder, image: ImageOrFeatureMap, queries, *, features: Featur
     """
     from dense.preprocess import choose_grid
     from dense.refine import REFINES, pamr
-    from dense.tiling import window_starts
 
     refine = None if refine in (None, "none") else refine
     if refine is not None and refine not in REFINES:
@@ -429,16 +451,12 @@ def image_scores(encoder, image: ImageOrFeatureMap, queries, *, features: Featur
         probs = to_image_size(scores, fmap, size_hw=fmap.resized_hw)  # [T, gh * p, gw * p]
     else:
         H, W = rgb.shape[:2]
-        ch, cw = min(H, -(-2 * H // (windows + 1))), min(W, -(-2 * W // (windows + 1)))
-        total = torch.zeros(text.shape[0], H, W)  # [T, H, W]
-        count = torch.zeros(H, W)
-        for y0 in window_starts(H, ch, n=windows):
-            for x0 in window_starts(W, cw, n=windows):
-                crop = np.ascontiguousarray(rgb[y0:y0 + ch, x0:x0 + cw])
-                f = with_aligned(encoder, crop, method, max_patches=max_patches)
-                total[:, y0:y0 + ch, x0:x0 + cw] += to_image_size(patch_scores(encoder, f, text, method=method), f)
-                count[y0:y0 + ch, x0:x0 + cw] += 1
-        probs = total / count  # [T, H, W]: every pixel lies in at least one crop
+
+        def crop_scores(crop: np.ndarray) -> torch.Tensor:
+            f = with_aligned(encoder, crop, method, max_patches=max_patches)
+            return to_image_size(patch_scores(encoder, f, text, method=method), f)  # [T, h, w]
+
+        probs = sliding_window_scores(rgb, windows, crop_scores)  # [T, H, W]
         if refine is None:
             return probs
         gh, gw = choose_grid((H, W), encoder.patch_size, budget)

@@ -284,6 +284,8 @@ class Localizer:
         if scorer not in CANDIDATE_METHODS:
             raise ValueError(f"unknown candidate scorer {scorer!r}; choose one of {CANDIDATE_METHODS}")
         boxes = np.asarray(candidates_xyxy, dtype=np.float64).reshape(-1, 4)  # [K, 4]
+        if len(boxes) == 0:
+            raise ValueError("candidates_xyxy is empty; pass None to localize without candidates")
         if scorer == "heatmap-mean":
             heatmap = self.heatmaps([expression])[0] if heatmap is None else heatmap
             w = box_patch_weights(self.fmap, boxes)  # [K, gh, gw]

@@ -78,7 +78,7 @@ def main() -> None:
             path = ds.image_path(i)
             fmap, sec = _timed(enc.extract, path, max_patches=mp)
             fmap = FeatureMap(fmap.tokens.clone(), fmap.image_hw, fmap.resized_hw, fmap.patch_size, fmap.layers,
-                              fmap.encoder)  # an inference-mode tensor cannot enter the probe's autograd
+                              fmap.encoder_spec)  # an inference-mode tensor cannot enter the probe's autograd
             items[split].append({"key": str(i), "path": path, "rgb": load_image(path), "fmap": fmap,
                                  "label": ds.label_map(i), "extract_sec": sec})
     print(f"world {world}: " + ", ".join(f"{k} {len(v)}" for k, v in items.items()), flush=True)
@@ -113,14 +113,14 @@ def main() -> None:
             t0 = time.perf_counter()
             lg = grid_logits(fmap)
             if learned:
-                lg = up.upsample(fmap, it["rgb"], values=lg)  # [K, H, W]
+                lg = up.to_image(fmap, it["rgb"], values=lg)  # [K, H, W]
             probs = guided_upsample(lg.softmax(0), it["rgb"], radius=r, eps=eps, subsample=sub)
             return probs.argmax(0), time.perf_counter() - t0 + (it["tiled_sec"] if tiled else it["extract_sec"])
         return run
 
     def learned(it):
         t0 = time.perf_counter()
-        lab = up.upsample(it["fmap"], it["rgb"], values=grid_logits(it["fmap"])).argmax(0)
+        lab = up.to_image(it["fmap"], it["rgb"], values=grid_logits(it["fmap"])).argmax(0)
         return lab, time.perf_counter() - t0 + it["extract_sec"]
 
     # guided filter: choose radius / eps / subsample on val
@@ -168,7 +168,7 @@ def so400m_costs(args) -> None:
     fmap, ext = _timed(enc.extract, rgb)
     gh, gw = fmap.grid_hw
     logits = torch.randn(17, gh, gw)
-    up = Upsampler(fmap.dim, UpsamplerConfig(), encoder_spec=fmap.encoder)
+    up = Upsampler(fmap.dim, UpsamplerConfig(), encoder_spec=fmap.encoder_spec)
     rows = [("bilinear", _timed(lambda: F.interpolate(logits[None], size=(480, 640), mode="bilinear"))[1])]
     for sub in (1, 2, 4):
         sec = _timed(guided_upsample, logits.softmax(0), rgb, radius=8, subsample=sub)[1]

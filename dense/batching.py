@@ -7,8 +7,9 @@ Three parts, each usable alone:
   its error instead of killing the stream;
 - :func:`plan_batches`: group a window of images of different grids into batches whose padding stays small (sorted by
   token count, packed up to ``batch_size``);
-- :func:`forward_tower`: one padded batch of images of any grids through the vision tower's parts (embeddings ->
-  encoder blocks -> ``post_layernorm``), without the MAP pooling head that features never use.
+- :func:`forward_tower`: one padded batch of images of any grids through the vision tower's parts (embeddings,
+  :func:`embed_patches` -> encoder blocks -> ``post_layernorm``), without the MAP pooling head that features never
+  use.
 
 Why not the model's own ``forward``: it always runs the pooling head, whose ``nn.MultiheadAttention`` (batch_first)
 turns its in-projection into a ``bmm`` on an expanded ``[N, D, 3D]`` weight copy at batch > 1 (seconds per image for
@@ -74,8 +75,8 @@ def default_num_workers(device: torch.device, total: int | None) -> int:
     """Worker processes for reading: 0 on CPU devices and for a handful of images, else up to 8 (one core kept free).
 
     On a CPU device the model already uses every core; a worker would only take cycles from its matmuls (reading a
-    JPEG costs ~1-2% of an So400m forward), and the model's OpenMP threads stall when one is preempted. On a GPU the
-    model waits for the CPU, so decoding and resizing go to workers.
+    JPEG costs little next to an So400m forward), and the model's OpenMP threads stall when one is preempted. On a
+    GPU the model waits for the CPU, so decoding and resizing go to workers.
     """
     if device.type == "cpu" or (total is not None and total < 16):
         return 0
@@ -129,20 +130,15 @@ def padding_waste(token_counts: Sequence[int], batches: Sequence[Sequence[int]])
     return 1.0 - real / padded if padded else 0.0
 
 
-def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.Tensor], blocks: Sequence[int], *,
-                  device: torch.device, dtype: torch.dtype, non_blocking: bool = False) -> list[torch.Tensor]:
-    """Images of any grids, as normalized pixels ``[3, gh*p, gw*p]`` each -> tokens ``[gh*gw, D * len(blocks)]`` each.
+def embed_patches(vision: torch.nn.Module, family: str, pixels: Sequence[torch.Tensor], *, device: torch.device,
+                  dtype: torch.dtype, non_blocking: bool = False) -> tuple[torch.Tensor, list[int]]:
+    """The tower's embedding step, the input of block 0: images of any grids, as normalized pixels ``[3, gh*p, gw*p]``
+    each -> ``(x [B, N, D], lengths)``, patch + position embeddings, each image zero-padded to the longest ``N``.
 
-    One padded batch: each image's sequence is zero-padded to the longest, and padded keys are masked in every block
-    (transformers' own ``create_bidirectional_mask``, in the form the attention implementation wants; no mask at all
-    when the grids are equal). ``blocks`` are absolute block indices; the last block is read after ``post_layernorm``
-    (``last_hidden_state``), the others raw (``hidden_states[b + 1]``). Blocks after the deepest one asked for are not
-    run. Returns float32 CPU tensors, in the order of ``pixels``.
+    Fixed-resolution SigLIP: the patch conv and the position grid resized to each image's grid
+    (``interpolate_pos_encoding``), one call per distinct grid. NaFlex: channel-last patches with ``spatial_shapes``.
     """
-    from transformers.masking_utils import create_bidirectional_mask
-
     p = vision.config.patch_size
-    n_blocks = vision.config.num_hidden_layers
     B = len(pixels)
     grids = [(int(px.shape[-2]) // p, int(px.shape[-1]) // p) for px in pixels]
     lengths = [gh * gw for gh, gw in grids]
@@ -152,7 +148,6 @@ def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.T
         return x.to(device, dtype, non_blocking=non_blocking)
 
     if family == "siglip":
-        # Fixed-resolution SigLIP: the patch conv + bicubic-resized position grid, one call per distinct grid.
         x = None
         by_grid: dict[tuple[int, int], list[int]] = {}
         for b, g in enumerate(grids):
@@ -161,28 +156,44 @@ def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.T
             px = torch.stack([to_device(pixels[b]) for b in idx])  # [b, 3, gh*p, gw*p]; pinned copies stay async
             emb = vision.embeddings(px, interpolate_pos_encoding=True)  # [b, gh*gw, D]
             if len(by_grid) == 1:
-                x = emb
-                break
+                return emb, lengths
             if x is None:
                 x = emb.new_zeros(B, N, emb.shape[-1])  # [B, N, D], zero padding
             x[idx, : g[0] * g[1]] = emb
-    else:
-        # NaFlex: channel-last patches padded to N, with the grid of each image as spatial_shapes.
-        patches = torch.zeros(B, N, p * p * 3, dtype=dtype, device=device)  # [B, N, p*p*3]
-        for b, px in enumerate(pixels):
-            patches[b, : lengths[b]] = patchify(to_device(px)[None], p)[0]  # [1, 3, gh*p, gw*p] -> [gh*gw, p*p*3]
-        shapes = torch.tensor(grids, dtype=torch.long, device=device)  # [B, 2]
-        x = vision.embeddings(patches, shapes)  # [B, N, D]
+        return x, lengths
+    patches = torch.zeros(B, N, p * p * 3, dtype=dtype, device=device)  # [B, N, p*p*3]
+    for b, px in enumerate(pixels):
+        patches[b, : lengths[b]] = patchify(to_device(px)[None], p)[0]  # [1, 3, gh*p, gw*p] -> [gh*gw, p*p*3]
+    shapes = torch.tensor(grids, dtype=torch.long, device=device)  # [B, 2]
+    return vision.embeddings(patches, shapes), lengths  # [B, N, D]
+
+
+def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.Tensor], layers: Sequence[int], *,
+                  device: torch.device, dtype: torch.dtype, non_blocking: bool = False) -> list[torch.Tensor]:
+    """Images of any grids, as normalized pixels ``[3, gh*p, gw*p]`` each -> tokens ``[gh*gw, D * len(layers)]`` each.
+
+    One padded batch (:func:`embed_patches`): each image's sequence is zero-padded to the longest, and padded keys are
+    masked in every block (transformers' own ``create_bidirectional_mask``, in the form the attention implementation
+    wants; no mask at all when the grids are equal). ``layers`` are absolute block indices; the last block is read
+    after ``post_layernorm`` (``last_hidden_state``), the others raw (``hidden_states[b + 1]``). Blocks after the
+    deepest one asked for are not run. Returns float32 CPU tensors, in the order of ``pixels``.
+    """
+    from transformers.masking_utils import create_bidirectional_mask
+
+    n_blocks = vision.config.num_hidden_layers
+    B = len(pixels)
+    x, lengths = embed_patches(vision, family, pixels, device=device, dtype=dtype, non_blocking=non_blocking)
+    N = max(lengths)
 
     mask = None
     if min(lengths) < N:
         valid = (torch.arange(N)[None] < torch.tensor(lengths)[:, None]).to(device, torch.int32)  # [B, N], 1 = real
         mask = create_bidirectional_mask(config=vision.config, inputs_embeds=x, attention_mask=valid)
-    last = max(blocks)
+    last = max(layers)
     kept: dict[int, torch.Tensor] = {}
     for i, layer in enumerate(vision.encoder.layers[: last + 1]):
         x = layer(x, mask)  # [B, N, D]
-        if i in blocks:
+        if i in layers:
             kept[i] = vision.post_layernorm(x) if i == n_blocks - 1 else x
-    out = torch.cat([kept[b] for b in blocks], dim=-1).float().cpu()  # [B, N, D * L]
+    out = torch.cat([kept[b] for b in layers], dim=-1).float().cpu()  # [B, N, D * L]
     return [out[b, : lengths[b]].clone() for b in range(B)]  # [B, N, D*L] -> B x [gh*gw, D*L], padding dropped

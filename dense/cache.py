@@ -26,8 +26,8 @@ whose spec or shape is wrong, is reported as corrupt and extracted again.
 The spec holds ``rules`` (:data:`dense.features.RULES_VERSION`), so features made under other versions of dense's
 pixel and token rules live in another folder and are never served.
 
-Sharding: under ``torchrun --nproc_per_node N`` (or any launcher setting ``RANK`` / ``WORLD_SIZE``), rank r takes
-the keys ``sorted(keys)[r::N]`` into the same folder; no two ranks write the same entry.
+Filling a cache from images (resumable, sharded under ``torchrun``) is :func:`dense.extract.extract_to_cache`'s job;
+this module only stores and reads.
 """
 
 from __future__ import annotations
@@ -40,19 +40,15 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from dense._atomic import write_json
-from dense.distributed import dist_info
 from dense.features import FeatureMap
 
 log = logging.getLogger("dense")
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 TEMP_MAX_AGE_S = 6 * 3600  # a temp file untouched this long has no live writer (pids are reused; shared disks)
 _DENSE_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # dense._atomic: .<name>.<pid>.tmp
 _OTHER_TEMP = re.compile(r"(^\.?tmp[A-Za-z0-9_]{4,}$)|(\.tmp[A-Za-z0-9_]{0,12}$)")  # safetensors, tempfile, ...
@@ -109,11 +105,11 @@ class FeatureCache:
 
     def stored(self, fmap: FeatureMap) -> FeatureMap:
         """``fmap`` as this cache stores it: tokens cast to the store dtype, the cache's spec as its encoder."""
-        if self.spec == base_spec(self.spec) or fmap.encoder != base_spec(self.spec):
+        if self.spec == base_spec(self.spec) or fmap.encoder_spec != base_spec(self.spec):
             return fmap  # nothing to change, or not this cache's features (check() will say so)
         if self.store_dtype is not None:
             fmap = fmap.to(self.store_dtype)
-        return dataclasses.replace(fmap, encoder=dict(self.spec))
+        return dataclasses.replace(fmap, encoder_spec=dict(self.spec))
 
     def init(self) -> None:
         """Create the folder and write ``spec.json`` (atomically; several ranks may do it at once)."""
@@ -145,8 +141,8 @@ class FeatureCache:
 
     def check(self, fmap: FeatureMap) -> str | None:
         """Why ``fmap`` is not a valid entry of this cache (None when it is)."""
-        if fmap.encoder != self.spec:
-            return f"made by {fmap.encoder}, not {self.spec}"
+        if fmap.encoder_spec != self.spec:
+            return f"made by {fmap.encoder_spec}, not {self.spec}"
         want_dim = self.spec.get("hidden_size", fmap.dim) * len(self.spec.get("layers", [0]))
         if fmap.dim != want_dim:
             return f"token dim {fmap.dim}, expected {want_dim}"
@@ -238,35 +234,6 @@ def base_spec(spec: dict) -> dict:
     return {k: v for k, v in spec.items() if k not in STORE_KEYS}
 
 
-def with_pooled(encoder, fmap: FeatureMap) -> FeatureMap:
-    """``fmap`` plus its pooled embedding ``[E]``: the MAP head over its last-block tokens (which it must hold)."""
-    from dense import head as maphead
-    from dense.features import check_featuremap_identity
-
-    check_featuremap_identity(encoder.spec(), fmap, "the pooled embedding")
-    if not fmap.has_layers((-1,), encoder.num_layers):
-        raise ValueError(f"a pooled embedding needs the last block among the layers, got {fmap.layers}")
-    head = encoder.vision.head
-    p = next(head.parameters())
-    x = fmap.layer_tokens((-1,), encoder.num_layers).reshape(-1, encoder.hidden_size)  # [gh, gw, D] -> [N, D]
-    with torch.inference_mode():
-        pooled = maphead.pooled(head, x.to(p.device, p.dtype)).float().cpu()  # [E]
-    return dataclasses.replace(fmap, pooled=pooled)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# What to extract
-
-
-def folder_items(image_dir: str | os.PathLike) -> list[tuple[str, Path]]:
-    """Every image under ``image_dir`` (recursively) as ``(relative posix path, path)``, sorted."""
-    image_dir = Path(image_dir)
-    if not image_dir.is_dir():
-        raise FileNotFoundError(f"{image_dir}: not a folder")
-    return sorted((p.relative_to(image_dir).as_posix(), p) for p in image_dir.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-
-
 def dataset_namespace(dataset) -> str | None:
     """The cache namespace of ``dataset``: its ``identity()`` (``dense.coco``, ``dense.segdata``), a string as is, a
     folder's ``folder-<hash of its resolved path>``; None for none."""
@@ -276,77 +243,3 @@ def dataset_namespace(dataset) -> str | None:
         path = Path(dataset).resolve()
         return f"folder-{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
     return dataset.identity()
-
-
-def dataset_items(dataset, split: str | None = None) -> list[tuple[str, Path]]:
-    """``(key, image path)`` for a :class:`~dense.coco.CocoDataset` (key = image id) or
-    :class:`~dense.coco.SegFolder` (key = stem); the probe trainer reads the cache with the same keys."""
-    return [(str(i), dataset.image_path(i)) for i in dataset.ids(split)]
-
-
-@dataclass
-class ExtractReport:
-    """What one rank did. ``skipped``: unreadable images (``on_error='skip'``), one line each."""
-
-    rank: int = 0
-    world_size: int = 1
-    total: int = 0  # keys assigned to this rank
-    extracted: int = 0
-    cached: int = 0  # already valid on disk
-    corrupt: int = 0  # found damaged, extracted again
-    skipped: list[str] = field(default_factory=list)
-
-
-def extract_to_cache(encoder, items: Sequence[tuple[str, object]], cache: FeatureCache, *,
-                     max_patches: int | None = None, layers: Sequence[int] = (-1,), batch_size: int = 8,
-                     on_error: str = "raise", rank: int | None = None, world_size: int | None = None,
-                     progress: bool = True, store_dtype: torch.dtype | None = None, pooled: bool | None = None
-                     ) -> ExtractReport:
-    """Fill ``cache`` with the features of ``items`` (``(key, image)`` pairs), resuming where a previous run stopped.
-
-    This rank takes ``sorted(items)[rank::world_size]`` (defaults: :func:`dense.distributed.dist_info`).
-    ``on_error='skip'`` reports unreadable images and goes on; ``'raise'`` stops at the first one. ``store_dtype`` /
-    ``pooled`` (see :func:`cache_spec`; None: as ``cache``'s spec says) must agree with the cache.
-    """
-    layers = tuple(layers)
-    if store_dtype is None:
-        store_dtype = cache.store_dtype
-    if pooled is None:
-        pooled = bool(cache.spec.get("pooled"))
-    if cache.spec != cache_spec(encoder, max_patches=max_patches, layers=layers, store_dtype=store_dtype,
-                                pooled=pooled):
-        raise ValueError(f"cache {cache.dir} is for {cache.spec}, not this encoder/max_patches/layers/storage")
-    if rank is None or world_size is None:
-        rank, world_size = dist_info()
-    keys = [k for k, _ in items]
-    if len(set(keys)) != len(keys):
-        raise ValueError("duplicate cache keys among the items")
-    mine = sorted(items, key=lambda kv: kv[0])[rank::world_size]
-    report = ExtractReport(rank=rank, world_size=world_size, total=len(mine))
-    cache.init()
-    cache.remove_stale_temps()
-    todo = []
-    for key, image in mine:
-        if key in cache:
-            if cache.get(key) is not None:  # get() deletes what is damaged
-                report.cached += 1
-                continue
-            report.corrupt += 1
-        todo.append((key, image))
-    if not todo:
-        return report
-    desc = "extract" if world_size == 1 else f"extract[{rank}/{world_size}]"
-    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, position=rank if world_size > 1 else None)
-    try:
-        results = encoder.extract_many([img for _, img in todo], max_patches=max_patches, layers=layers,
-                                       batch_size=batch_size, on_error=on_error, progress=False)
-        for (key, image), fmap in zip(todo, results, strict=True):
-            if fmap is None:
-                report.skipped.append(f"{key}: {image} could not be read")
-            else:
-                cache.put(key, with_pooled(encoder, fmap) if pooled else fmap)
-                report.extracted += 1
-            bar.update(1)
-    finally:
-        bar.close()
-    return report

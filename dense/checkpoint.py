@@ -199,10 +199,10 @@ class Calibration:
 
     A checkpoint without the file gets these neutral defaults, tuned on nothing: the MAP head's value path
     (MaskCLIP's trick, which needs only the last block), SigLIP's own sigmoid at 0.5 as the background threshold,
-    half the heatmap's range for boxes, queries embedded verbatim, the checkpoint's trained token budget, and a
-    ``found_threshold`` of 0, so that an uncalibrated checkpoint never answers "not found" (SigLIP's sigmoid often puts
-    even a matching pair well below 0.5, so an unmeasured threshold would hide real answers; every figure still shows
-    the score).
+    half the heatmap's range for boxes, queries embedded verbatim, the checkpoint's trained token budget, a guided
+    filter of one patch cell computed exactly, both published distractor cues, and a ``found_threshold`` of 0, so that
+    an uncalibrated checkpoint never answers "not found" (SigLIP's sigmoid often puts even a matching pair well below
+    0.5, so an unmeasured threshold would hide real answers; every figure still shows the score).
     """
 
     method: str = "map-value-mlp"  # heatmap method (dense.heatmap.METHODS)
@@ -213,12 +213,20 @@ class Calibration:
     max_patches: int | None = None  # token budget for dense tasks; None = the checkpoint's trained count
     refine: str = "none"  # segment(): refinement of the scores with the image ('none', 'pamr': dense.refine)
     windows: int = 1  # segment(): n x n sliding windows, each at the token budget (1: the whole image at once)
+    guided_radius_cells: float = 1.0  # dense.upsample sharpen="guided": filter radius in patch cells
+    guided_subsample: int = 1  # (1, 2, ...): 1 = the exact guided filter; s = He's fast filter at 1/s resolution
+    distractor_cues: tuple[str, ...] = ("norm", "isolation")  # '+filter' methods (dense.heatmap.DISTRACTOR_CUES)
     source: str = field(default="neutral defaults", compare=False)  # where the values came from
 
     def __post_init__(self):
         if not 0.0 <= self.found_threshold <= 1.0:
             raise CheckpointError(f"{self.source}: found_threshold is a probability in [0, 1], got "
                                   f"{self.found_threshold}")
+        if not self.guided_radius_cells > 0:
+            raise CheckpointError(f"{self.source}: guided_radius_cells must be > 0, got {self.guided_radius_cells}")
+        if int(self.guided_subsample) != self.guided_subsample or self.guided_subsample < 1:
+            raise CheckpointError(f"{self.source}: guided_subsample must be an integer >= 1, got "
+                                  f"{self.guided_subsample}")
 
     @classmethod
     def from_dict(cls, data: dict, source: str) -> Calibration:
@@ -233,8 +241,9 @@ class Calibration:
             raise CheckpointError(f"{source}: refine must be one of {', '.join(REFINES)}, got {kw['refine']!r}")
         if not isinstance(kw.get("windows", 1), int) or kw.get("windows", 1) < 1:
             raise CheckpointError(f"{source}: windows must be a whole number >= 1, got {kw['windows']!r}")
-        if "templates" in kw:
-            kw["templates"] = tuple(kw["templates"])
+        for key in ("templates", "distractor_cues"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
         return cls(**kw, source=source)
 
 

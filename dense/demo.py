@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from dense._atomic import write_text
+from dense.preprocess import IMAGE_EXTS
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 BUNDLED_MODEL = "shapes-tiny-v2"
 # make_shapes splits 70/15/15 by floor + remainder to the largest: 7 images is the fewest with an image in each of
 # train, val and test
@@ -141,9 +141,11 @@ def run_demo(out_dir: str | Path = "dense-demo", *, model: str = BUNDLED_MODEL, 
         summary = _synthetic(encoder, out, n_images=n_images, seed=seed, max_images=max_images,
                              queries=queries, max_patches=max_patches, progress=progress)
     else:
-        paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not queries:
+            raise ValueError("--images needs --queries (what to look for in your photos)")
+        paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if not paths:
-            raise ValueError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise ValueError(f"{images}: no images ({', '.join(IMAGE_EXTS)})")
         bundled = str(model).startswith("shapes-tiny")
         summary = _photos(encoder, out, paths, queries, max_images=max_images, bundled=bundled,
                           max_patches=max_patches)
@@ -193,7 +195,7 @@ def _feature_panels(encoder, page: _Page, out: Path, items: list[tuple[str, obje
         fmap = encoder.extract(image, layers=heatmap.required_layers(method), max_patches=max_patches)
         pca_names.append(_save(viz.pca(fmap, image), out / f"pca_{name}.png"))
         queries = queries_for(name)
-        scores = heatmap.upsample(heatmap.patch_scores(encoder, fmap, queries, method=method), fmap)  # [T, H, W]
+        scores = heatmap.to_image_size(heatmap.patch_scores(encoder, fmap, queries, method=method), fmap)  # [T, H, W]
         heat_names.append(_save(viz.heatmaps(image, scores, queries), out / f"heatmap_{name}.png"))
     page.section("Feature maps (PCA)", "The first three principal components of the patch tokens, at each image's own "
                  "aspect ratio, upsampled to the image: parts with similar features get similar colours.")
@@ -229,9 +231,10 @@ def _synthetic_data(data: Path, cache: Path, *, n_images: int, seed: int) -> Non
 def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int, queries, progress: bool,
                max_patches: int | None = None) -> dict:
     from dense import viz
-    from dense.cache import FeatureCache, dataset_items, extract_to_cache
+    from dense.cache import FeatureCache
     from dense.coco import load_coco, load_refs
     from dense.eval.probe import evaluate_probe
+    from dense.extract import dataset_items, extract_to_cache
     from dense.localize import Localizer
     from dense.metrics import acc_at_iou, pointing_game
     from probes import ProbeConfig, load_samples, train_probes

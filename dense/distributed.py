@@ -1,6 +1,6 @@
 """Running under ``torchrun``: which device and rank this process has, its process group, gathering reports.
 
-Sharding is :func:`dense.cache.extract_to_cache`'s: rank r takes ``sorted(keys)[r::N]``; this module only says what r
+Sharding is :func:`dense.extract.extract_to_cache`'s: rank r takes ``sorted(keys)[r::N]``; this module only says what r
 and N are and which GPU rank r computes on.
 """
 

@@ -150,7 +150,7 @@ class Encoder:
         p = self.patch_size
         return FeatureMap(tokens=tokens, image_hw=tuple(int(v) for v in image_hw), resized_hw=(gh * p, gw * p),
                           patch_size=p, layers=tuple(self.block_index(i) for i in layers),
-                          encoder=self.spec(max_patches=max_patches, layers=layers))
+                          encoder_spec=self.spec(max_patches=max_patches, layers=layers))
 
     def extract(self, image: ImageInput, *, max_patches: int | None = None, layers: tuple[int, ...] = (-1,)
                 ) -> FeatureMap:
@@ -260,10 +260,10 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
             bundled name (``"shapes-tiny"``, ``"shapes-tiny-v2"``).
         device: where the model runs; features always come back on the CPU as float32.
         dtype: weights and activations. ``"auto"`` (default; ``None`` means the same): bfloat16 on GPUs of compute
-            capability 8+ and on CPUs with native bf16 (AMX or AVX512-BF16), float32 otherwise. bfloat16 is ~1.6x
-            faster on GPUs and ~3.5x on an AMX Xeon, but several times SLOWER (7x on an AVX2 EPYC) on CPUs without
-            bf16 instructions; float16 on a CPU is refused. ``"fp32"`` for bit-stable features. The chosen dtype is
-            in ``repr(encoder)`` and ``encoder.spec()``.
+            capability 8+ and on CPUs with native bf16 (AMX or AVX512-BF16), float32 otherwise: CPUs without bf16
+            instructions emulate it and run it slower than float32; float16 on a CPU is refused. ``"fp32"`` for
+            bit-stable features. ``python benchmarks/extract.py [--device cuda]`` times both dtypes on the machine at
+            hand. The chosen dtype is in ``repr(encoder)`` and ``encoder.spec()``.
         attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
         calibration: the defaults dense tasks use (heatmap method, thresholds, templates, token budget; see
             :class:`Calibration`). None reads ``dense_calibration.json`` beside the weights, or neutral defaults

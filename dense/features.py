@@ -45,9 +45,9 @@ def featuremap_mismatch(spec: dict, fmap: FeatureMap) -> str | None:
     A FeatureMap whose ``encoder`` spec holds none of :data:`IDENTITY_KEYS` (built by hand from tokens) makes no
     claim and is taken as is; one that holds any must match ``spec`` on all of them.
     """
-    if not any(k in fmap.encoder for k in IDENTITY_KEYS):
+    if not any(k in fmap.encoder_spec for k in IDENTITY_KEYS):
         return None
-    diff = _identity_diff(spec, fmap.encoder)
+    diff = _identity_diff(spec, fmap.encoder_spec)
     if not diff:
         return None
     detail = ", ".join(f"{k}: {b!r}, not {a!r}" for k, (a, b) in diff.items())
@@ -74,6 +74,16 @@ def identity_mismatch(trained: dict, given: dict, layers) -> str | None:
         return (f"reads blocks {list(layers)}; the features hold {given.get('layers')} (extract with --layers "
                 f"including {missing})")
     return None
+
+
+def spec_to_check(encoder=None, encoder_spec: dict | None = None, layers=(-1,)) -> dict | None:
+    """The encoder spec a trained head is checked against when it is loaded: ``encoder_spec`` as given, or the spec
+    of the :class:`~dense.encoder.Encoder` ``encoder`` for ``layers``; None when neither is given."""
+    if isinstance(encoder, dict):
+        raise TypeError("encoder= takes an Encoder; pass a spec dict as encoder_spec=")
+    if encoder_spec is not None:
+        return dict(encoder_spec)
+    return None if encoder is None else encoder.spec(layers=tuple(layers))
 
 
 def block_indices(layers, num_layers: int | None) -> tuple[int, ...]:
@@ -103,7 +113,8 @@ class FeatureMap:
         layers: which block outputs ``tokens`` holds: absolute block indices when the depth is known (``-1`` given at
             construction becomes ``num_layers - 1``); the last block is read after ``post_layernorm``, i.e.
             transformers' ``last_hidden_state``.
-        encoder: the spec of the encoder that made it (name, token budget, dtype), for caches and probes.
+        encoder_spec: the spec of the encoder that made it (``Encoder.spec()``: fingerprint, token budget, dtype, ...),
+            for caches and probes. (Saved under the header key ``"encoder"``.)
         aligned: optional text-comparable tokens ``[gh, gw, E]`` (see ``dense.heatmap``).
         pooled: optional pooled (MAP head) image embedding ``[E]`` of the last block, for probes that concatenate it
             to every token (the TIPS protocol of the SigLIP 2 paper's probe figures).
@@ -114,7 +125,7 @@ class FeatureMap:
     resized_hw: tuple[int, int]
     patch_size: int
     layers: tuple[int, ...] = (-1,)
-    encoder: dict = field(default_factory=dict)
+    encoder_spec: dict = field(default_factory=dict)
     aligned: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
 
@@ -141,7 +152,7 @@ class FeatureMap:
     @property
     def num_layers(self) -> int | None:
         """The depth of the encoder that made it (None when unknown)."""
-        return self.encoder.get("num_layers")
+        return self.encoder_spec.get("num_layers")
 
     def has_layers(self, layers, num_layers: int | None = None) -> bool:
         """Does this FeatureMap hold every block of ``layers`` (Python indices allowed)?
@@ -218,7 +229,7 @@ class FeatureMap:
         """A copy with tokens (and aligned tokens) cast to ``dtype``; the pooled embedding keeps its own."""
         aligned = None if self.aligned is None else self.aligned.to(dtype)
         return FeatureMap(self.tokens.to(dtype), self.image_hw, self.resized_hw, self.patch_size, self.layers,
-                          dict(self.encoder), aligned, self.pooled)
+                          dict(self.encoder_spec), aligned, self.pooled)
 
     # --- persistence ----------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -235,7 +246,7 @@ class FeatureMap:
             "resized_hw": list(self.resized_hw),
             "patch_size": self.patch_size,
             "layers": list(self.layers),
-            "encoder": self.encoder,
+            "encoder": self.encoder_spec,
         }
         return save_tensors(path, tensors, meta)
 
@@ -249,7 +260,7 @@ class FeatureMap:
             resized_hw=tuple(meta["resized_hw"]),
             patch_size=int(meta["patch_size"]),
             layers=tuple(meta["layers"]),
-            encoder=meta.get("encoder", {}),
+            encoder_spec=meta.get("encoder", {}),
             aligned=tensors.get("aligned"),
             pooled=tensors.get("pooled"),
         )

@@ -8,8 +8,12 @@ tokens ``x_n`` (after ``post_layernorm``) with ``v_n = W_v x_n + b_v``. ``head``
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
+
+from dense.features import FeatureMap
 
 
 def value(head, x: torch.Tensor) -> torch.Tensor:
@@ -64,3 +68,19 @@ def pool_with_weights(head, tokens: torch.Tensor, weights: torch.Tensor) -> torc
     h = head.attention(probe, x, x, attn_mask=mask, need_weights=False)[0]  # [1, K, D]
     h = mlp_residual(head, h)
     return h[0].float().cpu()  # [1, K, D] -> [K, D]
+
+
+def with_pooled(encoder, fmap: FeatureMap) -> FeatureMap:
+    """``fmap`` plus its pooled embedding ``[E]`` (``FeatureMap.pooled``): the encoder's MAP head over its last-block
+    tokens, which it must hold. What ``+pooled`` probes concatenate to every token."""
+    from dense.features import check_featuremap_identity
+
+    check_featuremap_identity(encoder.spec(), fmap, "the pooled embedding")
+    if not fmap.has_layers((-1,), encoder.num_layers):
+        raise ValueError(f"a pooled embedding needs the last block among the layers, got {fmap.layers}")
+    head = encoder.vision.head
+    p = next(head.parameters())
+    x = fmap.layer_tokens((-1,), encoder.num_layers).reshape(-1, encoder.hidden_size)  # [gh, gw, D] -> [N, D]
+    with torch.inference_mode():
+        emb = pooled(head, x.to(p.device, p.dtype)).float().cpu()  # [E]
+    return replace(fmap, pooled=emb)

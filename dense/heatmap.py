@@ -19,8 +19,9 @@ Methods (``METHODS``; every one needs the last block's output, ``clear-*`` also 
   MLP; ``post_layernorm`` is applied (the MAP head expects it), then ``map-value`` / ``map-value-mlp``. Needs the
   FeatureMap to hold the block before the last (``layers=(-2, -1)``); images passed directly are extracted that way.
 - ``<method>+filter`` (every method above): distractor-token filtering first (:func:`filter_distractors`, after
-  "Vision Transformers Need Registers" and SC-CLIP): tokens whose norm is a robust outlier of the image (and, as an
-  option, tokens isolated in feature space) are replaced by the mean of their 3x3 grid neighbours.
+  "Vision Transformers Need Registers" and SC-CLIP): tokens whose norm is a robust outlier of the image, or that are
+  isolated in feature space (the cues are the checkpoint's ``Calibration.distractor_cues``), are replaced by the
+  mean of their 3x3 grid neighbours.
 
 Image-resolution scores (:func:`image_scores`) add two options: ``windows=n`` (n x n overlapping crops, each extracted
 at the token budget, scores stitched by averaging) and ``refine="pamr"`` (:func:`dense.refine.pamr`).
@@ -40,8 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from dense import head as maphead
+from dense.batching import embed_patches
 from dense.features import FeatureMap, check_featuremap_identity
-from dense.preprocess import ImageInput, load_image, patchify, to_pixels
+from dense.preprocess import ImageInput, load_image, to_pixels
 from dense.text import embed_texts
 
 ImageOrFeatureMap = ImageInput | FeatureMap
@@ -145,7 +147,7 @@ DISTRACTOR_CUES = ("norm", "isolation")
 
 
 @torch.inference_mode()
-def distractor_mask(tokens: torch.Tensor, *, cues: Sequence[str] = ("norm",), z: float = 5.0, k: int = 3,
+def distractor_mask(tokens: torch.Tensor, *, cues: Sequence[str] = DISTRACTOR_CUES, z: float = 5.0, k: int = 3,
                     max_frac: float = 0.1) -> torch.Tensor:
     """Bool ``[gh, gw]``: the tokens ``[gh, gw, D]`` that look like ViT "register"/global tokens.
 
@@ -154,8 +156,9 @@ def distractor_mask(tokens: torch.Tensor, *, cues: Sequence[str] = ("norm",), z:
 
     - ``"norm"``: the token's norm (Darcet et al. 2024: artefact tokens have several times the typical norm);
     - ``"isolation"``: one minus its mean cosine similarity to its ``k`` nearest other tokens (SC-CLIP's local-outlier
-      idea, which also catches anomalies that a final layer norm rescaled). Off by default: on sparse scenes (a few
-      small objects on a plain background, e.g. the synthetic shapes) it flags the objects themselves.
+      idea, which also catches anomalies that a final layer norm rescaled). On sparse scenes (a few small objects on
+      a plain background, e.g. the synthetic shapes) it flags the objects themselves, so the bundled checkpoints'
+      calibrations (``Calibration.distractor_cues``) leave it out.
 
     At most ``max_frac`` of the tokens (the most anomalous) are flagged.
     """
@@ -243,19 +246,6 @@ def layers_for(encoder, methods: Sequence[str]) -> tuple[int, ...]:
     return tuple(sorted(need or {-1}))
 
 
-@torch.inference_mode()
-def _embedding_tokens(encoder, rgb: np.ndarray, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """The patch embedding (+ position embedding) of an image, the input of block 0: ``[gh, gw, D]`` float32 CPU."""
-    gh, gw = grid_hw
-    p = next(encoder.vision.parameters())
-    px = to_pixels(rgb, grid_hw, encoder.pixels)[None].to(p.device, p.dtype)  # [1, 3, gh*P, gw*P]
-    if encoder.family == "siglip":
-        emb = encoder.vision.embeddings(px, interpolate_pos_encoding=True)  # [1, N, D]
-    else:
-        emb = encoder.vision.embeddings(patchify(px, encoder.patch_size), torch.tensor([[gh, gw]], device=p.device))
-    return emb[0].float().cpu().reshape(gh, gw, -1)  # [1, N, D] -> [gh, gw, D]
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # FeatureMap -> aligned tokens -> scores
 
@@ -297,7 +287,7 @@ def aligned_tokens(encoder, fmap: FeatureMap, method: str | None = None) -> torc
     """
     method = method_of(encoder, method)
     check_featuremap_identity(encoder.spec(), fmap, f"method {method!r}")  # before the stored tokens are trusted
-    if fmap.aligned is not None and fmap.encoder.get("aligned_method") == method:
+    if fmap.aligned is not None and fmap.encoder_spec.get("aligned_method") == method:
         return fmap.aligned
     m = get_method(method)
     if m.needs_prev and encoder.num_layers < 2:
@@ -310,7 +300,8 @@ def aligned_tokens(encoder, fmap: FeatureMap, method: str | None = None) -> torc
     D = encoder.hidden_size
     x, prev = tokens[..., -D:], (tokens[..., :D] if m.needs_prev else None)  # last block (and its input) [gh, gw, D]
     if m.filter:
-        x, prev, _ = filter_distractors(x.float(), None if prev is None else prev.float())
+        x, prev, _ = filter_distractors(x.float(), None if prev is None else prev.float(),
+                                        cues=encoder.calibration.distractor_cues)
     x = x.reshape(gh * gw, D).to(p.device, p.dtype)  # [gh, gw, D] -> [N, D]
     prev = prev.reshape(gh * gw, D).to(p.device, p.dtype) if prev is not None else None  # [gh, gw, D] -> [N, D]
     z = m.fn(vision, x, prev).float().cpu()  # [N, E]
@@ -329,9 +320,13 @@ def with_aligned(encoder, image: ImageOrFeatureMap, method: str | None = None, *
         fmap = encoder.extract(rgb, max_patches=max_patches)
         gh, gw = fmap.grid_hw
         p = next(encoder.vision.parameters())
-        x, prev = fmap.tokens.float(), _embedding_tokens(encoder, rgb, fmap.grid_hw)  # [gh, gw, D] each
+        px = to_pixels(rgb, fmap.grid_hw, encoder.pixels)  # [3, gh*p, gw*p]
+        with torch.inference_mode():  # the input of block 0, the patch embedding
+            emb, _ = embed_patches(encoder.vision, encoder.family, [px], device=p.device, dtype=p.dtype)  # [1, N, D]
+        prev = emb[0].float().cpu().reshape(gh, gw, -1)  # [1, N, D] -> [gh, gw, D]
+        x = fmap.tokens.float()  # [gh, gw, D]
         if METHODS[method].filter:
-            x, prev, _ = filter_distractors(x, prev)
+            x, prev, _ = filter_distractors(x, prev, cues=encoder.calibration.distractor_cues)
         x = x.reshape(gh * gw, -1).to(p.device, p.dtype)  # [gh, gw, D] -> [N, D]
         prev = prev.reshape(gh * gw, -1).to(p.device, p.dtype)  # [gh, gw, D] -> [N, D]
         with torch.inference_mode():
@@ -340,7 +335,7 @@ def with_aligned(encoder, image: ImageOrFeatureMap, method: str | None = None, *
     else:
         fmap = as_featuremap(encoder, image, method, max_patches=max_patches)
         z = aligned_tokens(encoder, fmap, method)
-    return replace(fmap, aligned=z, encoder={**fmap.encoder, "aligned_method": method})
+    return replace(fmap, aligned=z, encoder_spec={**fmap.encoder_spec, "aligned_method": method})
 
 
 def logits(encoder, image_or_patch_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
@@ -374,7 +369,7 @@ def patch_scores(encoder, image: ImageOrFeatureMap, queries, *, method: str | No
     return torch.sigmoid(logits(encoder, z, text))  # [T, gh, gw]
 
 
-def upsample(scores: torch.Tensor, fmap: FeatureMap, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
+def to_image_size(scores: torch.Tensor, fmap: FeatureMap, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
     """Patch scores ``[T, gh, gw]`` -> ``[T, H, W]`` at the original image size (or ``size_hw``), bilinear.
 
     Same geometry as :meth:`FeatureMap.to_image`: the grid tiles the resized image, ``align_corners=False`` puts each
@@ -387,14 +382,32 @@ def upsample(scores: torch.Tensor, fmap: FeatureMap, size_hw: tuple[int, int] | 
     return F.interpolate(scores[None].float(), size=size_hw, mode="bilinear", align_corners=False)[0]  # [T, H, W]
 
 
-def _window_starts(size: int, crop: int, n: int) -> list[int]:
-    """``n`` start offsets of crops of ``crop`` pixels spread evenly over ``size`` (first at 0, last at the end)."""
-    return [round(k * (size - crop) / (n - 1)) for k in range(n)] if n > 1 else [0]
+def sliding_window_scores(rgb: np.ndarray, windows: int, crop_scores: Callable[[np.ndarray], torch.Tensor]
+                          ) -> torch.Tensor:
+    """Scores ``[T, H, W]`` of an image uint8 ``[H, W, 3]`` from an ``windows x windows`` layout of overlapping crops.
+
+    Each crop is ``2 / (windows + 1)`` of the image's height and width (neighbours overlap by half a crop; starts from
+    :func:`dense.tiling.window_starts`); ``crop_scores(crop)`` gives its scores ``[T, h, w]`` at the crop's pixels,
+    and each pixel gets the mean over the crops that hold it (SCLIP/ClearCLIP's sliding-window inference).
+    """
+    from dense.tiling import window_starts
+
+    H, W = rgb.shape[:2]
+    ch, cw = min(H, -(-2 * H // (windows + 1))), min(W, -(-2 * W // (windows + 1)))
+    total, count = None, torch.zeros(H, W)
+    for y0 in window_starts(H, ch, n=windows):
+        for x0 in window_starts(W, cw, n=windows):
+            s = crop_scores(np.ascontiguousarray(rgb[y0:y0 + ch, x0:x0 + cw]))  # [T, ch, cw]
+            if total is None:
+                total = torch.zeros(s.shape[0], H, W)  # [T, H, W]
+            total[:, y0:y0 + ch, x0:x0 + cw] += s
+            count[y0:y0 + ch, x0:x0 + cw] += 1
+    return total / count  # every pixel lies in at least one crop
 
 
-def image_scores(encoder, image: ImageOrFeatureMap, queries, *, method: str | None = None,
-                 templates: Sequence[str] | None = None, max_patches: int | None = None, windows: int = 1,
-                 refine: str | None = None, rgb: np.ndarray | None = None) -> torch.Tensor:
+def image_scores(encoder, image: ImageOrFeatureMap, queries, *, features: FeatureMap | None = None,
+                 method: str | None = None, templates: Sequence[str] | None = None, max_patches: int | None = None,
+                 windows: int = 1, refine: str | None = None) -> torch.Tensor:
     """Sigmoid scores ``[T, H, W]`` at the original image size: :func:`patch_scores` upsampled, with two options.
 
     ``windows=n`` (n >= 2): sliding windows for images with more detail than the token budget holds. The image is
@@ -403,8 +416,9 @@ def image_scores(encoder, image: ImageOrFeatureMap, queries, *, method: str | No
     (SCLIP/ClearCLIP's sliding-window inference). ``refine="pamr"``: :func:`dense.refine.pamr` with the image, at the
     encoder's input resolution (times ``windows``), then upsampled.
 
-    ``image``: a path, PIL image, uint8 array or FeatureMap; a FeatureMap needs ``rgb`` (its pixels) for
-    ``windows > 1`` or a refinement, and is used as is otherwise.
+    ``image``: a path, PIL image or uint8 array (read with :func:`dense.preprocess.load_image`), or a FeatureMap when
+    neither option needs the pixels. ``features``: the image's FeatureMap, already extracted (used as is when
+    ``windows == 1``).
     """
     from dense.preprocess import choose_grid
     from dense.refine import REFINES, pamr
@@ -414,33 +428,36 @@ def image_scores(encoder, image: ImageOrFeatureMap, queries, *, method: str | No
         raise ValueError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINES)}")
     if windows < 1:
         raise ValueError(f"windows must be >= 1, got {windows}")
-    if isinstance(image, FeatureMap):  # even when windows re-extract from rgb: never mix in another encoder's map
-        check_featuremap_identity(encoder.spec(), image, "image_scores")
-    if isinstance(image, FeatureMap) and rgb is None and (windows > 1 or refine is not None):
-        raise ValueError("windows > 1 and refine need the image's pixels: pass rgb= with a FeatureMap")
-    if rgb is None and not isinstance(image, FeatureMap):
-        rgb = load_image(image)
+    if isinstance(image, FeatureMap):
+        if features is not None:
+            raise ValueError("image is a FeatureMap and features= is given too: pass the image itself as image")
+        image, features = None, image
+    if features is not None:  # even when windows re-extract from the pixels: never mix in another encoder's map
+        check_featuremap_identity(encoder.spec(), features, "image_scores")
+    if image is None and (windows > 1 or refine is not None):
+        raise ValueError("windows > 1 and refine need the image's pixels: pass the image as image= (and its "
+                         "FeatureMap as features=)")
+    rgb = None if image is None else load_image(image)
+    if rgb is not None and features is not None and tuple(rgb.shape[:2]) != tuple(features.image_hw):
+        raise ValueError(f"image is {tuple(rgb.shape[:2])}, its FeatureMap (features=) was made from "
+                         f"{tuple(features.image_hw)}")
     text = text_matrix(encoder, queries, templates)  # [T, E]
     budget = max_patches or encoder.pixels.max_patches
     if windows == 1:
-        fmap = image if isinstance(image, FeatureMap) else with_aligned(encoder, rgb, method, max_patches=max_patches)
+        fmap = features if features is not None else with_aligned(encoder, rgb, method, max_patches=max_patches)
         scores = patch_scores(encoder, fmap, text, method=method)  # [T, gh, gw]
         if refine is None:
-            return upsample(scores, fmap)  # [T, H, W]
+            return to_image_size(scores, fmap)  # [T, H, W]
         H, W = fmap.image_hw
-        probs = upsample(scores, fmap, size_hw=fmap.resized_hw)  # [T, gh * p, gw * p]
+        probs = to_image_size(scores, fmap, size_hw=fmap.resized_hw)  # [T, gh * p, gw * p]
     else:
         H, W = rgb.shape[:2]
-        ch, cw = min(H, -(-2 * H // (windows + 1))), min(W, -(-2 * W // (windows + 1)))
-        total = torch.zeros(text.shape[0], H, W)  # [T, H, W]
-        count = torch.zeros(H, W)
-        for y0 in _window_starts(H, ch, windows):
-            for x0 in _window_starts(W, cw, windows):
-                crop = np.ascontiguousarray(rgb[y0:y0 + ch, x0:x0 + cw])
-                f = with_aligned(encoder, crop, method, max_patches=max_patches)
-                total[:, y0:y0 + ch, x0:x0 + cw] += upsample(patch_scores(encoder, f, text, method=method), f)
-                count[y0:y0 + ch, x0:x0 + cw] += 1
-        probs = total / count  # [T, H, W]: every pixel lies in at least one crop
+
+        def crop_scores(crop: np.ndarray) -> torch.Tensor:
+            f = with_aligned(encoder, crop, method, max_patches=max_patches)
+            return to_image_size(patch_scores(encoder, f, text, method=method), f)  # [T, h, w]
+
+        probs = sliding_window_scores(rgb, windows, crop_scores)  # [T, H, W]
         if refine is None:
             return probs
         gh, gw = choose_grid((H, W), encoder.patch_size, budget)

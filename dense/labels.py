@@ -21,3 +21,11 @@ def label_dtype(num_classes: int) -> np.dtype:
         if num_classes - 1 <= np.iinfo(dt).max:
             return np.dtype(dt)
     raise ValueError(f"{num_classes} classes do not fit an int32 label map")
+
+
+def as_numpy(x) -> np.ndarray:
+    """A label map, score map, box or point array as numpy: a torch tensor is detached and brought to the CPU (without
+    importing torch), anything else goes through ``np.asarray``."""
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)

@@ -6,8 +6,8 @@ Two ways, both reading one :class:`~dense.FeatureMap` (compute once, query many)
   (:func:`dense.heatmap.patch_scores`, sigmoid probabilities) gives
 
   - the point: the peak patch, refined below the patch size by a quadratic fit along each axis through the peak and its
-    two neighbours (:func:`refine_peak_grid`), mapped to pixels by :func:`dense.preprocess.grid_to_pixel_xy`;
-  - the box: the heatmap is upsampled ``box_upsample`` times (bilinear, ``align_corners=False`` so sample centres stay
+    two neighbours (:func:`find_peak_grid`), mapped to pixels by :func:`dense.preprocess.grid_to_pixel_xy`;
+  - the box: the heatmap is upsampled ``box_factor`` times (bilinear, ``align_corners=False`` so sample centres stay
     where the geometry says), thresholded at ``min + box_threshold * (max - min)`` (a RELATIVE threshold in [0, 1]),
     and the 8-connected component (OpenCV) holding the maximum becomes the box (:func:`heatmap_box_xyxy`). The default
     threshold is the encoder's calibration (``encoder.calibration.box_threshold``); ``dense eval refer`` sweeps it.
@@ -64,8 +64,8 @@ from dense.text import embed_texts
 CANDIDATE_METHODS = ("map-box", "heatmap-mean", "crop")
 DEFAULT_CANDIDATE_METHOD = "map-box"
 BOX_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the relative thresholds `dense eval refer` sweeps
-DEFAULT_BOX_UPSAMPLE = 4  # heatmap cells per patch side when the component is cut
-REFINE = ("quadratic", "none")
+DEFAULT_BOX_FACTOR = 4  # heatmap cells per patch side when the component is cut
+PEAK_RULES = ("quadratic", "none")  # sub-patch peak: a parabola through the peak and its neighbours, or none
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,25 +119,25 @@ def _check_heatmap(heatmap: torch.Tensor, fmap: FeatureMap) -> torch.Tensor:
     return heatmap
 
 
-def refine_peak_grid(heatmap: torch.Tensor, *, allowed: torch.Tensor | None = None,
-                     refine: str = "quadratic") -> np.ndarray:
+def find_peak_grid(heatmap: torch.Tensor, *, allowed: torch.Tensor | None = None,
+                     peak: str = "quadratic") -> np.ndarray:
     """The heatmap's peak as a fractional patch ``(i, j)``: float64 ``[2]``.
 
     ``heatmap``: ``[gh, gw]``. ``allowed``: optional bool ``[gh, gw]``; the peak is searched among allowed patches only
-    (all, when none is allowed). ``refine``: ``"quadratic"`` fits a parabola through the peak and its two neighbours
+    (all, when none is allowed). ``peak``: ``"quadratic"`` fits a parabola through the peak and its two neighbours
     along each axis (exact for a quadratic peak; the offset is clipped to half a patch and dropped at the border or
     where the three values are not concave); ``"none"`` returns the patch centre.
     """
-    if refine not in REFINE:
-        raise ValueError(f"refine must be one of {REFINE}, got {refine!r}")
+    if peak not in PEAK_RULES:
+        raise ValueError(f"peak must be one of {PEAK_RULES}, got {peak!r}")
     s = torch.as_tensor(heatmap, dtype=torch.float64)
     gh, gw = s.shape
     search = s if allowed is None or not bool(allowed.any()) else s.masked_fill(~allowed.bool(), float("-inf"))
     flat = int(torch.argmax(search))
     i, j = divmod(flat, gw)
-    peak = np.array([i, j], dtype=np.float64)
-    if refine == "none":
-        return peak
+    peak_ij = np.array([i, j], dtype=np.float64)
+    if peak == "none":
+        return peak_ij
     for axis, (pos, size) in enumerate(((i, gh), (j, gw))):
         if pos == 0 or pos == size - 1:
             continue
@@ -147,29 +147,29 @@ def refine_peak_grid(heatmap: torch.Tensor, *, allowed: torch.Tensor | None = No
             lo, mid, hi = float(s[i, j - 1]), float(s[i, j]), float(s[i, j + 1])
         curvature = lo - 2.0 * mid + hi
         if curvature < 0:  # concave: a real maximum
-            peak[axis] += float(np.clip(0.5 * (lo - hi) / curvature, -0.5, 0.5))
-    return peak
+            peak_ij[axis] += float(np.clip(0.5 * (lo - hi) / curvature, -0.5, 0.5))
+    return peak_ij
 
 
 def heatmap_box_xyxy(heatmap: torch.Tensor, fmap: FeatureMap, *, threshold: float = 0.5,
-                     upsample: int = DEFAULT_BOX_UPSAMPLE) -> np.ndarray:
+                     factor: int = DEFAULT_BOX_FACTOR) -> np.ndarray:
     """The box of the connected component around the heatmap's maximum: float64 ``[4]`` xyxy, original pixels.
 
-    The ``[gh, gw]`` heatmap is upsampled ``upsample`` times (bilinear, ``align_corners=False``), kept where it is at
+    The ``[gh, gw]`` heatmap is upsampled ``factor`` times (bilinear, ``align_corners=False``), kept where it is at
     least ``min + threshold * (max - min)``, and split into 8-connected components
     (``cv2.connectedComponentsWithStats``); the component holding the upsampled maximum gives the box. Fine cell ``a``
     spans patch coordinates
-    ``[a / upsample - 0.5, (a + 1) / upsample - 0.5]``, mapped to pixels by :func:`grid_to_pixel_xy`.
+    ``[a / factor - 0.5, (a + 1) / factor - 0.5]``, mapped to pixels by :func:`grid_to_pixel_xy`.
     """
     import cv2
     import torch.nn.functional as F
 
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold is relative and must lie in [0, 1], got {threshold}")
-    if upsample < 1:
-        raise ValueError(f"upsample must be >= 1, got {upsample}")
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor}")
     s = _check_heatmap(heatmap, fmap)
-    k = int(upsample)
+    k = int(factor)
     fine = F.interpolate(s[None, None], scale_factor=k, mode="bilinear", align_corners=False)[0, 0]  # [gh*k, gw*k]
     lo, hi = float(fine.min()), float(fine.max())
     keep = (fine >= lo + threshold * (hi - lo)).numpy().astype(np.uint8)  # [gh*k, gw*k]
@@ -252,24 +252,30 @@ class Localizer:
         >>> loc.localize("the dog on the left")          # Localization
         >>> loc.localize("the red mug", candidates_xyxy=boxes)
 
-    ``image``: a path / PIL image / uint8 array (extracted here), or a :class:`FeatureMap` made by the same encoder
-    with the layers the method needs (``dense.heatmap.required_layers``; ``(-1,)`` for the default); then
-    ``original=`` (the image itself) is needed only by the ``"crop"`` scorer.
+    ``image``: a path / PIL image / uint8 array (read with :func:`dense.preprocess.load_image`), or a
+    :class:`FeatureMap` of it when the ``"crop"`` scorer (which re-encodes the image) is not used. ``features``: the
+    image's FeatureMap, already extracted by the same encoder with the layers the method needs
+    (``dense.heatmap.required_layers``; ``(-1,)`` for the default); without it the image is extracted here.
     ``method``, ``templates``: None = the encoder's calibration (:class:`dense.checkpoint.Calibration`).
     """
 
-    def __init__(self, encoder, image: ImageOrFeatureMap, *, method: str | None = None,
-                 templates: Sequence[str] | None = None, max_patches: int | None = None,
-                 original: ImageInput | None = None):
+    def __init__(self, encoder, image: ImageOrFeatureMap, *, features: FeatureMap | None = None,
+                 method: str | None = None, templates: Sequence[str] | None = None, max_patches: int | None = None):
         self.encoder = encoder
         self.templates = templates_of(encoder, templates)
         self.max_patches = max_patches
         self.method = method_of(encoder, method)
         if isinstance(image, FeatureMap):
-            self.rgb = None if original is None else load_image(original)
-            self.fmap = with_aligned(encoder, image, self.method)  # aligned tokens computed once
+            if features is not None:
+                raise ValueError("image is a FeatureMap and features= is given too: pass the image itself as image")
+            image, features = None, image
+        self.rgb = None if image is None else load_image(image)
+        if features is not None:
+            if self.rgb is not None and tuple(self.rgb.shape[:2]) != tuple(features.image_hw):
+                raise ValueError(f"image is {tuple(self.rgb.shape[:2])}, its FeatureMap (features=) was made from "
+                                 f"{tuple(features.image_hw)}")
+            self.fmap = with_aligned(encoder, features, self.method)  # aligned tokens computed once
         else:
-            self.rgb = load_image(image)
             # one extraction, with the layers the method needs
             self.fmap = with_aligned(encoder, self.rgb, self.method, max_patches=max_patches)
         self._heatmaps: dict[str, torch.Tensor] = {}
@@ -296,6 +302,8 @@ class Localizer:
         if scorer not in CANDIDATE_METHODS:
             raise ValueError(f"unknown candidate scorer {scorer!r}; choose one of {CANDIDATE_METHODS}")
         boxes = np.asarray(candidates_xyxy, dtype=np.float64).reshape(-1, 4)  # [K, 4]
+        if len(boxes) == 0:
+            raise ValueError("candidates_xyxy is empty; pass None to localize without candidates")
         if scorer == "heatmap-mean":
             heatmap = self.heatmaps([expression])[0] if heatmap is None else heatmap
             w = box_patch_weights(self.fmap, boxes)  # [K, gh, gw]
@@ -304,15 +312,16 @@ class Localizer:
         emb = self._regions.get(key)
         if emb is None and scorer == "crop":
             if self.rgb is None:
-                raise ValueError("the 'crop' scorer re-encodes the image: pass original= (the image) with a FeatureMap")
+                raise ValueError("the 'crop' scorer re-encodes the image: pass the image as image= (and its "
+                                 "FeatureMap as features=)")
             emb = self._regions[key] = crop_embeddings(self.encoder, self.rgb, boxes, max_patches=self.max_patches)
         elif emb is None:
             emb = self._regions[key] = region_embeddings(self.encoder, self.fmap, boxes)  # [K, E], one head pass
         return calibrated_scores(self.encoder, emb, self.text_embeddings([expression])[0])
 
     def localize(self, expression: str, *, candidates_xyxy=None, scorer: str = DEFAULT_CANDIDATE_METHOD,
-                 box_threshold: float | None = None, box_upsample: int = DEFAULT_BOX_UPSAMPLE,
-                 refine: str = "quadratic", rerank_thresholds: Sequence[float] | None = None,
+                 box_threshold: float | None = None, box_factor: int = DEFAULT_BOX_FACTOR,
+                 peak: str = "quadratic", rerank_thresholds: Sequence[float] | None = None,
                  found_threshold: float | None = None) -> Localization:
         """One expression -> :class:`Localization` (see the module docstring for the rules).
 
@@ -331,7 +340,7 @@ class Localizer:
         if box_threshold is None:
             box_threshold = self.encoder.calibration.box_threshold
         common = dict(expression=expression, method=self.method, box_threshold=box_threshold,
-                      box_upsample=box_upsample, refine=refine, found_threshold=found_threshold)
+                      box_factor=box_factor, peak=peak, found_threshold=found_threshold)
         if candidates_xyxy is not None:
             scores = self.candidate_scores(expression, candidates_xyxy, scorer=scorer, heatmap=heatmap)  # [K]
             return localize_heatmap(heatmap, self.fmap, candidates_xyxy=candidates_xyxy, candidate_scores=scores,
@@ -339,7 +348,7 @@ class Localizer:
         loc = localize_heatmap(heatmap, self.fmap, **common)
         if not rerank_thresholds:
             return loc
-        proposals = np.unique(np.stack([heatmap_box_xyxy(heatmap, self.fmap, threshold=t, upsample=box_upsample)
+        proposals = np.unique(np.stack([heatmap_box_xyxy(heatmap, self.fmap, threshold=t, factor=box_factor)
                                         for t in rerank_thresholds]), axis=0)  # [P, 4]
         scores = self.candidate_scores(expression, proposals, scorer=scorer, heatmap=heatmap)  # [P]
         best = int(torch.argmax(scores))
@@ -354,15 +363,15 @@ class Localizer:
 
 def localize_heatmap(heatmap: torch.Tensor, fmap: FeatureMap, *, expression: str = "", method: str = "",
                      candidates_xyxy=None, candidate_scores: torch.Tensor | None = None, scorer: str = "",
-                     box_threshold: float = 0.5, box_upsample: int = DEFAULT_BOX_UPSAMPLE,
-                     refine: str = "quadratic", found_threshold: float = 0.0) -> Localization:
+                     box_threshold: float = 0.5, box_factor: int = DEFAULT_BOX_FACTOR,
+                     peak: str = "quadratic", found_threshold: float = 0.0) -> Localization:
     """A heatmap ``[gh, gw]`` (+ optional candidate boxes ``[K, 4]`` with their scores ``[K]``) -> Localization;
     ``found`` is ``score >= found_threshold``."""
     _check_found_threshold(found_threshold)
     heatmap = _check_heatmap(heatmap, fmap)
     if candidates_xyxy is None:
-        peak_ij = refine_peak_grid(heatmap, refine=refine)
-        box_xyxy = heatmap_box_xyxy(heatmap, fmap, threshold=box_threshold, upsample=box_upsample)
+        peak_ij = find_peak_grid(heatmap, peak=peak)
+        box_xyxy = heatmap_box_xyxy(heatmap, fmap, threshold=box_threshold, factor=box_factor)
         point_xy = fmap.grid_to_pixel_xy(peak_ij)
         score = float(heatmap.max())
         return Localization(box_xyxy=box_xyxy, point_xy=point_xy, score=score, heatmap=heatmap,
@@ -375,7 +384,7 @@ def localize_heatmap(heatmap: torch.Tensor, fmap: FeatureMap, *, expression: str
     best = int(torch.argmax(candidate_scores))
     box_xyxy = boxes[best].copy()
     inside = box_patch_weights(fmap, box_xyxy[None])[0] > 0  # [gh, gw]
-    peak_ij = refine_peak_grid(heatmap, allowed=inside, refine=refine)
+    peak_ij = find_peak_grid(heatmap, allowed=inside, peak=peak)
     point_xy = np.clip(fmap.grid_to_pixel_xy(peak_ij), box_xyxy[:2], box_xyxy[2:])
     score = float(candidate_scores[best])
     return Localization(box_xyxy=box_xyxy, point_xy=point_xy, score=score, heatmap=heatmap,
@@ -385,32 +394,33 @@ def localize_heatmap(heatmap: torch.Tensor, fmap: FeatureMap, *, expression: str
 
 def localize(encoder, image: ImageOrFeatureMap, expression: str, *, candidates_xyxy=None,
              method: str | None = None, scorer: str = DEFAULT_CANDIDATE_METHOD, box_threshold: float | None = None,
-             box_upsample: int = DEFAULT_BOX_UPSAMPLE, refine: str = "quadratic",
+             box_factor: int = DEFAULT_BOX_FACTOR, peak: str = "quadratic",
              rerank_thresholds: Sequence[float] | None = None, templates: Sequence[str] | None = None,
-             max_patches: int | None = None, original: ImageInput | None = None,
+             max_patches: int | None = None, features: FeatureMap | None = None,
              found_threshold: float | None = None) -> Localization:
     """Where does ``expression`` point in the image? -> :class:`Localization` (box_xyxy, point_xy, score, found,
     heatmap).
 
     Args:
         encoder: from :func:`dense.load_encoder` (its text side loads on first use).
-        image: a path, PIL image or uint8 array (extracted here), or a :class:`FeatureMap` of it: pass the FeatureMap
-            to localize many expressions on one extraction (or use :class:`Localizer`).
+        image: a path, PIL image or uint8 array (extracted here unless ``features`` is given), or a
+            :class:`FeatureMap` of it (not for ``scorer="crop"``); to localize many expressions on one extraction use
+            :class:`Localizer`.
         expression: e.g. ``"the mug on the left"``.
         candidates_xyxy: optional ``[K, 4]`` boxes in original-image pixels; the best-scoring one is returned.
         method: heatmap method of :func:`dense.heatmap.patch_scores` (None = the encoder's calibration).
         scorer: candidate scorer, one of ``CANDIDATE_METHODS`` (``"crop"`` needs the image).
         box_threshold: relative threshold in [0, 1] for the box without candidates (None = the calibration's).
-        box_upsample: heatmap cells per patch side for that box.
-        refine: sub-patch peak refinement, ``"quadratic"`` or ``"none"``.
+        box_factor: heatmap cells per patch side for that box.
+        peak: sub-patch peak rule, ``"quadratic"`` or ``"none"`` (``PEAK_RULES``).
         rerank_thresholds: without candidates, re-rank the component boxes at these thresholds with ``scorer``
             (e.g. ``BOX_THRESHOLDS``) instead of cutting at ``box_threshold`` alone.
         templates: prompt templates for the text side (None = the calibration's).
         max_patches: token budget when ``image`` is extracted here.
-        original: the image itself, when ``image`` is a FeatureMap and ``scorer="crop"``.
+        features: the image's FeatureMap, already extracted (then ``image`` is read only by the ``"crop"`` scorer).
         found_threshold: a score below it is "not found" (``found=False``); None = the calibration's.
     """
-    loc = Localizer(encoder, image, method=method, templates=templates, max_patches=max_patches, original=original)
+    loc = Localizer(encoder, image, features=features, method=method, templates=templates, max_patches=max_patches)
     return loc.localize(expression, candidates_xyxy=candidates_xyxy, scorer=scorer, box_threshold=box_threshold,
-                        box_upsample=box_upsample, refine=refine, rerank_thresholds=rerank_thresholds,
+                        box_factor=box_factor, peak=peak, rerank_thresholds=rerank_thresholds,
                         found_threshold=found_threshold)

@@ -15,14 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dense.labels import IGNORE
-
-
-def _np(x) -> np.ndarray:
-    if hasattr(x, "detach"):  # a torch tensor
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
+from dense.labels import IGNORE, as_numpy
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Segmentation
@@ -34,7 +27,7 @@ def confusion_matrix(pred, gt, num_classes: int, *, ignore_index: int = IGNORE) 
     ``pred`` and ``gt`` are integer label maps of the same shape; pixels where ``gt == ignore_index`` are skipped.
     A ground-truth or predicted value outside ``[0, K)`` (other than the ignore index in ``gt``) raises ``ValueError``.
     """
-    pred, gt = _np(pred).astype(np.int64).ravel(), _np(gt).astype(np.int64).ravel()
+    pred, gt = as_numpy(pred).astype(np.int64).ravel(), as_numpy(gt).astype(np.int64).ravel()
     if pred.shape != gt.shape:
         raise ValueError(f"prediction has {pred.size} pixels, ground truth {gt.size}")
     keep = gt != ignore_index
@@ -105,8 +98,8 @@ def box_iou_xyxy(a, b) -> np.ndarray:
     Continuous coordinates (a box from x0 to x1 is ``x1 - x0`` wide, as COCO's ``bbox``); degenerate boxes have area 0
     and IoU 0 with everything.
     """
-    a = _np(a).astype(np.float64).reshape(-1, 4)
-    b = _np(b).astype(np.float64).reshape(-1, 4)
+    a = as_numpy(a).astype(np.float64).reshape(-1, 4)
+    b = as_numpy(b).astype(np.float64).reshape(-1, 4)
     area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)  # [N]
     area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # [M]
     lt = np.maximum(a[:, None, :2], b[None, :, :2])  # [N, M, 2]
@@ -123,8 +116,8 @@ def acc_at_iou(pred_xyxy, gt_xyxy, thr: float = 0.5) -> float:
 
     ``pred_xyxy`` and ``gt_xyxy`` are ``[N, 4]``, row k of one paired with row k of the other.
     """
-    p = _np(pred_xyxy).astype(np.float64).reshape(-1, 4)
-    g = _np(gt_xyxy).astype(np.float64).reshape(-1, 4)
+    p = as_numpy(pred_xyxy).astype(np.float64).reshape(-1, 4)
+    g = as_numpy(gt_xyxy).astype(np.float64).reshape(-1, 4)
     if len(p) != len(g):
         raise ValueError(f"{len(p)} predicted boxes for {len(g)} ground-truth boxes")
     if not len(p):
@@ -140,13 +133,13 @@ def pointing_hits(points_xy, masks, *, tolerance_px: int = 0) -> np.ndarray:
     (r, c) covers ``[c, c+1) x [r, r+1)``, so ``x == W`` is already outside. A point outside the image, or NaN, is a
     miss. ``tolerance_px > 0`` also counts a mask pixel within that Chebyshev distance of the point's pixel as a hit.
     """
-    pts = _np(points_xy).astype(np.float64).reshape(-1, 2)
+    pts = as_numpy(points_xy).astype(np.float64).reshape(-1, 2)
     if len(pts) != len(masks):
         raise ValueError(f"{len(pts)} points for {len(masks)} masks")
     hits = np.zeros(len(pts), bool)
     t = int(tolerance_px)
     for k, ((x, y), m) in enumerate(zip(pts, masks, strict=True)):
-        m = _np(m).astype(bool)
+        m = as_numpy(m).astype(bool)
         H, W = m.shape
         if not (np.isfinite(x) and np.isfinite(y) and 0 <= x < W and 0 <= y < H):
             continue
@@ -167,7 +160,7 @@ def pointing_game(points_xy, masks, *, tolerance_px: int = 0) -> float:
 
 def mask_boundary(mask) -> np.ndarray:
     """bool ``[H, W]``: the pixels of ``mask`` with a 4-neighbour outside it (the image edge does not count)."""
-    m = _np(mask).astype(bool)
+    m = as_numpy(mask).astype(bool)
     inner = m.copy()
     inner[1:] &= m[:-1]
     inner[:-1] &= m[1:]
@@ -192,7 +185,7 @@ def boundary_counts(pred, gt, num_classes: int, *, tolerance_px: float = 2.0, ig
     ground-truth boundary pixels). Boundaries are those of each class's mask (:func:`mask_boundary`); pixels whose
     ground truth is ``ignore_index`` are left out of both. Sum over images, then :func:`boundary_figures`.
     """
-    pred, gt = _np(pred), _np(gt)
+    pred, gt = as_numpy(pred), as_numpy(gt)
     if pred.shape != gt.shape or pred.ndim != 2:
         raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} must be label maps of one shape")
     keep = gt != ignore_index
@@ -229,7 +222,7 @@ def boundary_figures(counts: np.ndarray, class_names: Sequence[str] | None = Non
 def trimap_mask(gt, width_px: float, *, ignore_index: int = IGNORE) -> np.ndarray:
     """bool ``[H, W]``: pixels within ``width_px`` of a boundary between two ground-truth labels (the "trimap" band of
     Kohli et al. 2009 / DeepLab), ignored pixels excluded."""
-    gt = _np(gt)
+    gt = as_numpy(gt)
     edge = np.zeros(gt.shape, bool)
     diff_v = gt[1:] != gt[:-1]  # [H-1, W] label changes between vertical neighbours
     diff_h = gt[:, 1:] != gt[:, :-1]  # [H, W-1]
@@ -257,7 +250,7 @@ class BoundaryMeter:
         self.cm = np.zeros((K, K), np.int64)
 
     def update(self, pred, gt) -> None:
-        pred, gt = _np(pred), _np(gt)
+        pred, gt = as_numpy(pred), as_numpy(gt)
         K = len(self.class_names)
         self.counts += boundary_counts(pred, gt, K, tolerance_px=self.tolerance_px, ignore_index=self.ignore_index)
         band = trimap_mask(gt, self.trimap_px, ignore_index=self.ignore_index)

@@ -22,7 +22,7 @@ from dense.heatmap import (
     logits,
     patch_scores,
     templates_of,
-    upsample,
+    to_image_size,
     with_aligned,
 )
 from dense.text import embed_texts
@@ -64,16 +64,17 @@ def embed_images(encoder, images: ImageOrFeatureMap | Sequence[ImageOrFeatureMap
     return F.normalize(torch.stack(out), dim=-1)  # [B, E]
 
 
-def classify(encoder, image: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], labels: str | Sequence[str], *,
+def classify(encoder, image: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], class_names: str | Sequence[str], *,
              templates: Sequence[str] | None = None, max_patches: int | None = None) -> torch.Tensor:
-    """Zero-shot sigmoid probabilities ``[T]`` that ``image`` shows each label; a list of images gives ``[B, T]``.
+    """Zero-shot sigmoid probabilities ``[T]`` that ``image`` shows each of ``class_names``; a list of images gives
+    ``[B, T]``.
 
-    Independent per label (SigLIP's sigmoid, not a softmax): they need not sum to one.
+    Independent per class (SigLIP's sigmoid, not a softmax): they need not sum to one.
     """
-    _check_queries([labels] if isinstance(labels, str) else labels, "labels")
+    _check_queries([class_names] if isinstance(class_names, str) else class_names, "class_names")
     images, batch = _as_batch(image)
     img = embed_images(encoder, images, max_patches=max_patches)  # [B, E]
-    text = embed_texts(encoder, labels, templates=templates_of(encoder, templates))  # [T, E]
+    text = embed_texts(encoder, class_names, templates=templates_of(encoder, templates))  # [T, E]
     probs = torch.sigmoid(logits(encoder, img, text)).T  # [T, B] -> [B, T]
     return probs if batch else probs[0]
 
@@ -93,17 +94,19 @@ def retrieve(image_emb: torch.Tensor, text_emb: torch.Tensor, *, k: int = 5, by:
 
 
 def segment(encoder, image: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], class_names: Sequence[str], *,
-            background: float | Sequence[str] | None = None, method: str | None = None,
-            templates: Sequence[str] | None = None, max_patches: int | None = None, windows: int | None = None,
-            refine: str | None = None) -> np.ndarray | list[np.ndarray]:
+            features: FeatureMap | Sequence[FeatureMap] | None = None, background: float | Sequence[str] | None = None,
+            method: str | None = None, templates: Sequence[str] | None = None, max_patches: int | None = None,
+            windows: int | None = None, refine: str | None = None) -> np.ndarray | list[np.ndarray]:
     """Training-free semantic segmentation at the original resolution: int32 ``[H, W]``, 0 = background, ``k + 1`` =
     ``class_names[k]``; a list of images gives a list of label maps.
 
-    ``background``: a probability threshold (a pixel whose best class scores below it is background; ``0`` labels
-    every pixel with its best class), a list of background prompts (``["background", "sky"]``) that compete with the
-    classes in the argmax and win as 0, or None for the encoder's calibrated threshold. ``windows`` (sliding windows)
-    and ``refine`` (``"pamr"``): see :func:`dense.heatmap.image_scores`; None: the encoder's calibration; both need
-    the image, not a FeatureMap.
+    ``image``: a path, PIL image or uint8 array, or its FeatureMap when no option needs the pixels. ``features``: the
+    image's FeatureMap (a list for a list of images), already extracted, so that ``refine``/``windows`` get the pixels
+    from ``image`` and the tokens from here. ``background``: a probability threshold (a pixel whose best class scores
+    below it is background; ``0`` labels every pixel with its best class), a list of background prompts
+    (``["background", "sky"]``) that compete with the classes in the argmax and win as 0, or None for the encoder's
+    calibrated threshold. ``windows`` (sliding windows) and ``refine`` (``"pamr"``): see
+    :func:`dense.heatmap.image_scores`; None: the encoder's calibration.
     """
     class_names = _check_queries(class_names, "class_names")
     cal = encoder.calibration
@@ -115,18 +118,27 @@ def segment(encoder, image: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], cla
         raise ValueError(f"background threshold must be in [0, 1], got {background}")
     bg_prompts = background_prompts(background)
     images, batch = _as_batch(image)
+    if features is None:
+        feats = [None] * len(images)
+    else:
+        feats, feats_batch = _as_batch(features)
+        if feats_batch != batch or len(feats) != len(images):
+            raise ValueError(f"features: expected {'a list of ' if batch else 'one '}FeatureMap for each image "
+                             f"({len(images)}), got {len(feats)}")
     out = []
     pixels = windows > 1 or refine not in (None, "none")
     if pixels and any(isinstance(im, FeatureMap) for im in images):
         raise ValueError(f"windows={windows}, refine={refine!r} (the encoder's calibration unless given) need the "
-                         "image's pixels: pass the image, not a FeatureMap, or windows=1, refine='none'")
-    for im in images:
+                         "image's pixels: pass the image (and its FeatureMap as features=), or windows=1, "
+                         "refine='none'")
+    for im, fm in zip(images, feats, strict=True):
         if pixels:  # scores at the image's pixels
-            probs = image_scores(encoder, im, class_names + bg_prompts, method=method, templates=templates,
-                                 max_patches=max_patches, windows=windows, refine=refine)  # [C + B, H, W]
+            probs = image_scores(encoder, im, class_names + bg_prompts, features=fm, method=method,
+                                 templates=templates, max_patches=max_patches, windows=windows,
+                                 refine=refine)  # [C + B, H, W]
             out.append(labels_from_scores(probs, len(class_names), background))  # -> [H, W]
             continue
-        fmap = with_aligned(encoder, im, method, max_patches=max_patches)
+        fmap = with_aligned(encoder, fm if fm is not None else im, method, max_patches=max_patches)
         scores = patch_scores(encoder, fmap, class_names + bg_prompts, method=method, templates=templates)
         out.append(labels_from_patch_scores(scores, fmap, len(class_names), background))  # [C + B, gh, gw] -> [H, W]
     return out if batch else out[0]
@@ -158,7 +170,7 @@ def labels_from_patch_scores(scores: torch.Tensor, fmap: FeatureMap, num_classes
     start = 0
     while start < n:
         stop = min(start + chunk, num_classes if start < num_classes else n)  # classes and prompts never mix
-        up = upsample(scores[start:stop], fmap, size_hw)  # [c, gh, gw] -> [c, H, W]
+        up = to_image_size(scores[start:stop], fmap, size_hw)  # [c, gh, gw] -> [c, H, W]
         for k in range(start, stop):
             m = up[k - start]  # [H, W]
             if k < num_classes:

@@ -35,6 +35,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
+# File suffixes taken as images when a folder is listed or an image id is looked up (lower case)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
 
 class ImageError(ValueError):
     """An input image could not be read or is not a valid image; the message names the input."""
@@ -128,6 +131,18 @@ def load_image(image: ImageInput) -> np.ndarray:
         raise ImageError(f"{path}: corrupt or truncated image ({e})") from e
 
 
+def image_tensor(image: ImageInput, name: str = "image") -> torch.Tensor:
+    """An image (path, PIL image, uint8 ``[H, W, 3]`` numpy or torch array) -> float32 ``[3, H, W]`` in [0, 255].
+
+    Read with :func:`load_image`; a bad input raises :class:`ImageError` naming the argument ``name`` and the input.
+    """
+    try:
+        rgb = load_image(image.numpy() if isinstance(image, torch.Tensor) else image)  # uint8 [H, W, 3]
+    except ImageError as e:
+        raise ImageError(f"{name}: {e}") from None
+    return torch.tensor(rgb).permute(2, 0, 1).float()  # [H, W, 3] -> [3, H, W]; a copy (load_image may share)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Grid choice and pixels
 
@@ -136,7 +151,7 @@ def _naflex_size(image_height: float, image_width: float, patch_size: int, max_n
                  eps: float = 1e-5) -> tuple[int, int]:
     """transformers' ``get_image_size_for_max_num_patches`` (siglip2 image processor), step for step.
 
-    Restated here because importing it pulls in transformers' whole image-processing stack (~3 s per process);
+    Restated here because importing it pulls in transformers' whole image-processing stack (seconds per process);
     ``tests/test_preprocess.py`` checks that both give the same size over many shapes and budgets.
     """
 

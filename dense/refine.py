@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from dense.preprocess import image_tensor
 
 REFINES = ("none", "pamr")
 PAMR_DILATIONS = (1, 2, 4, 8, 12, 24)
@@ -48,15 +49,22 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int] = PAMR_DILATIONS
 
 @torch.inference_mode()
 def pamr(image, scores: torch.Tensor, *, num_iter: int = 10, dilations: Sequence[int] = PAMR_DILATIONS) -> torch.Tensor:
-    """Refine score maps ``[T, h, w]`` with ``image`` (uint8 ``[H, W, 3]`` or float ``[3, H, W]``): ``[T, h, w]``.
+    """Refine score maps ``[T, h, w]`` with ``image``: ``[T, h, w]``.
 
-    The image is resized to the scores' size (bilinear, antialiased), so refining at a reduced working resolution
-    is the caller's choice (:func:`dense.heatmap.image_scores` works at the encoder's input resolution).
+    ``image``: a path, PIL image or uint8 ``[H, W, 3]`` array (read with :func:`dense.preprocess.load_image`), or a
+    float tensor ``[3, H, W]`` (any scale). It is resized to the scores' size (bilinear, antialiased), so refining at a
+    reduced working resolution is the caller's choice (:func:`dense.heatmap.image_scores` works at the encoder's input
+    resolution).
     """
-    img = torch.from_numpy(np.array(image)) if not isinstance(image, torch.Tensor) else image
-    if img.ndim == 3 and img.shape[-1] == 3 and img.shape[0] != 3:
-        img = img.permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
-    img = img.float()
+    if isinstance(image, torch.Tensor) and image.is_floating_point():
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"image: expected a float tensor [3, H, W], got {tuple(image.shape)}")
+        img = image.float()
+    else:
+        img = image_tensor(image)  # [3, H, W] in [0, 255]
+    scores = torch.as_tensor(scores)
+    if scores.ndim != 3 or min(scores.shape) == 0:
+        raise ValueError(f"scores: expected [T, h, w], got {tuple(scores.shape)}")
     h, w = scores.shape[-2:]
     if tuple(img.shape[-2:]) != (h, w):
         img = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]

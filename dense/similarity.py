@@ -4,7 +4,7 @@ Both read :class:`~dense.FeatureMap` tokens of one stored block (``layer=``, a b
 them; ``-1`` the last block) and compare them by cosine similarity, so images of any grids and aspect ratios compare
 with each other. Pixels and patches are related by the FeatureMap's own geometry
 (:meth:`~dense.FeatureMap.pixel_to_grid`, :meth:`~dense.FeatureMap.grid_to_pixel_xy`), maps are brought to image size
-by :func:`dense.heatmap.upsample`.
+by :func:`dense.heatmap.to_image_size`.
 
     >>> sims = similarity_maps(fmap, (120, 40), [fmap, other])   # SimilarityMaps: one [gh, gw] map per target
     >>> sims.maps[1].shape, sims.peak_xy[1]                       # the best-matching pixel in `other`
@@ -32,7 +32,7 @@ def _unit_tokens(fmap: FeatureMap, layer: int) -> torch.Tensor:
 
 def _check_comparable(fmaps: Sequence[FeatureMap], layer: int) -> None:
     """FeatureMaps compared with each other must come from one encoder and hold ``layer``."""
-    fps = {f.encoder.get("fingerprint") for f in fmaps} - {None}
+    fps = {f.encoder_spec.get("fingerprint") for f in fmaps} - {None}
     if len(fps) > 1:
         raise ValueError(f"FeatureMaps from different encoders (fingerprints {sorted(fps)}) cannot be compared")
     for k, f in enumerate(fmaps):
@@ -99,9 +99,9 @@ class SimilarityMaps:
 
     def at_image_size(self, k: int, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
         """Map ``k`` at its target's image size (or ``size_hw``): ``[H, W]``, bilinear, values at patch centres."""
-        from dense.heatmap import upsample
+        from dense.heatmap import to_image_size
 
-        return upsample(self.maps[k][None], self.targets[k], size_hw)[0]  # [1, gh, gw] -> [1, H, W] -> [H, W]
+        return to_image_size(self.maps[k][None], self.targets[k], size_hw)[0]  # [1, gh, gw] -> [1, H, W] -> [H, W]
 
 
 def similarity_maps(source: FeatureMap, point_xy, targets: Sequence[FeatureMap] | None = None, *,

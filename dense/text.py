@@ -43,7 +43,7 @@ Templates
 ``templates`` is a sequence of format strings with one ``{}``; a query's embedding is the normalized mean of its
 normalized template embeddings (CLIP's prompt ensemble, in embedding space). ``templates=None`` uses the query
 verbatim. The higher-level functions (``dense.classify``, ``dense.segment``, heatmaps, localization) pass the
-checkpoint's calibrated templates; :data:`DEFAULT_TEMPLATES` is the ensemble ``shapes-tiny``'s calibration uses.
+checkpoint's calibrated templates (:class:`dense.checkpoint.Calibration`; verbatim when it has none).
 
 Caches
 ------
@@ -73,10 +73,6 @@ import torch
 import torch.nn.functional as F
 
 log = logging.getLogger("dense")
-
-# Short prompts without punctuation: they suit So400m ("a photo of a {}" is SigLIP's zero-shot prompt) and the
-# word-level vocabulary of the bundled ``shapes-tiny`` model, which was trained on the same phrasings.
-DEFAULT_TEMPLATES: tuple[str, ...] = ("{}", "a photo of a {}", "a picture of a {}", "an image of a {}", "this is a {}")
 
 # The version of dense's text rules (canonicalization, EOS, padding, template averaging) in every text-cache key and
 # the disk cache's folder name. 1: lower-case only (dense <= 0.2); 2: the per-checkpoint rules of :func:`canonicalize`.

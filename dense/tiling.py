@@ -28,17 +28,28 @@ from dense.features import FeatureMap
 from dense.preprocess import ImageInput, load_image, to_pixels
 
 
-def window_starts(length: int, window: int, overlap: int) -> list[int]:
-    """Start positions of windows of ``window`` cells covering ``[0, length)`` with at least ``overlap`` in common,
-    spread evenly (first at 0, last at ``length - window``)."""
-    if window > length:
-        raise ValueError(f"window {window} is longer than the axis {length}")
-    if not 0 <= overlap < window:
-        raise ValueError(f"overlap must be in [0, {window}), got {overlap}")
+def window_starts(length: int, window: int, *, overlap: int | None = None, n: int | None = None) -> list[int]:
+    """Start positions of windows of ``window`` cells (or pixels) covering ``[0, length)``, spread evenly: the first
+    at 0, the last at ``length - window``. How many: ``n``, or as few as keep at least ``overlap`` cells in common
+    between neighbours. One window when it spans the axis.
+
+    The one rule for tiled extraction (:func:`extract_tiled`, ``overlap``) and sliding-window scores
+    (:func:`dense.heatmap.image_scores`, ``n``).
+    """
+    if not 1 <= window <= length:
+        raise ValueError(f"window {window} must lie in [1, {length}] (the axis)")
+    if (overlap is None) == (n is None):
+        raise ValueError("pass exactly one of overlap= and n=")
     if window == length:
         return [0]
-    n = math.ceil((length - overlap) / (window - overlap))  # windows needed with stride window - overlap
-    n = max(n, 2)
+    if n is None:
+        if not 0 <= overlap < window:
+            raise ValueError(f"overlap must be in [0, {window}), got {overlap}")
+        n = max(2, math.ceil((length - overlap) / (window - overlap)))  # windows needed with stride window - overlap
+    elif n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if n == 1:
+        return [0]
     return [round(k * (length - window) / (n - 1)) for k in range(n)]
 
 
@@ -63,7 +74,7 @@ def extract_tiled(encoder, image: ImageInput, *, scale: int = 2, overlap: int = 
             from a window's border when another window sees it in the middle; ``'mean'``: overlapping tokens averaged.
         batch_size: windows per encoder call (1 keeps peak memory at one extraction's).
 
-    The returned map has ``aligned=None`` (text-aligned tokens are not stitched) and its ``encoder`` spec records the
+    The returned map has ``aligned=None`` (text-aligned tokens are not stitched) and its ``encoder_spec`` records the
     tiling (``{"scale", "overlap", "blend", "windows"}``) next to the per-window ``max_patches``.
     """
     if int(scale) != scale or scale < 1:
@@ -77,8 +88,8 @@ def extract_tiled(encoder, image: ImageInput, *, scale: int = 2, overlap: int = 
     p = encoder.patch_size
     Gh, Gw = scale * gh, scale * gw
     pixels = to_pixels(rgb, (Gh, Gw), encoder.pixels)  # [3, Gh*p, Gw*p]
-    rows = window_starts(Gh, gh, min(overlap, gh - 1))
-    cols = window_starts(Gw, gw, min(overlap, gw - 1))
+    rows = window_starts(Gh, gh, overlap=min(overlap, gh - 1))
+    cols = window_starts(Gw, gw, overlap=min(overlap, gw - 1))
     boxes = [(i0, j0) for i0 in rows for j0 in cols]
     crops = [pixels[:, i0 * p:(i0 + gh) * p, j0 * p:(j0 + gw) * p] for i0, j0 in boxes]  # each [3, gh*p, gw*p]
     tiles = []
@@ -107,7 +118,7 @@ def extract_tiled(encoder, image: ImageInput, *, scale: int = 2, overlap: int = 
     if scale > 1:
         spec["tiling"] = {"scale": scale, "overlap": overlap, "blend": blend, "windows": len(boxes)}
     return FeatureMap(tokens=tokens, image_hw=tuple(int(v) for v in rgb.shape[:2]), resized_hw=(Gh * p, Gw * p),
-                      patch_size=p, layers=tuple(encoder.block_index(i) for i in layers), encoder=spec)
+                      patch_size=p, layers=tuple(encoder.block_index(i) for i in layers), encoder_spec=spec)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -194,7 +205,7 @@ def predict_slide(encoder, head, image: ImageInput, *, window_px: int, stride_px
     pooled = bool(getattr(head, "pooled", False))
     if pooled and encoder.num_layers - 1 not in layers:
         layers = (*layers, encoder.num_layers - 1)  # the pooled embedding is the MAP head over the last block
-    from dense.cache import with_pooled
+    from dense.head import with_pooled
 
     def logits_of(y0: int, x0: int, y1: int, x1: int) -> torch.Tensor:
         fmap = encoder.extract(rgb[y0:y1, x0:x1], max_patches=budget, layers=layers)

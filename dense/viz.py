@@ -4,7 +4,7 @@ Every function returns a :class:`matplotlib.figure.Figure` drawn with the Agg ba
 save it with ``fig.savefig(path)``. In Jupyter (and under nbclient / nbconvert) the figure shows inline as a PNG, with
 any backend, because it has a ``_repr_png_``. Images are uint8 ``[H, W, 3]`` (anything
 :func:`dense.preprocess.load_image` reads is accepted); heatmaps and label maps are at the image's size (use
-:func:`dense.heatmap.upsample` first).
+:func:`dense.heatmap.to_image_size` first).
 
 Panels are sized by the image's aspect ratio and wrap into rows so a figure stays at most ``MAX_WIDTH_IN`` wide.
 """
@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dense.labels import IGNORE
+from dense.labels import IGNORE, as_numpy
 from dense.preprocess import load_image
 
 MAX_WIDTH_IN = 16.0  # no figure is wider than this (inches)
@@ -45,16 +45,10 @@ class DenseFigure(Figure):
         return buf.getvalue()
 
 
-def _np(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
 def _check_hw(image: np.ndarray, maps: np.ndarray, what: str) -> None:
     if tuple(maps.shape[-2:]) != tuple(image.shape[:2]):
         raise ValueError(f"{what} {tuple(maps.shape)} is not at the image size {tuple(image.shape[:2])}; "
-                         f"upsample it first (dense.heatmap.upsample)")
+                         f"upsample it first (dense.heatmap.to_image_size)")
 
 
 def panel_layout(n_panels: int, image_hw: tuple[int, int], *, extra_w: float = 0.0,
@@ -128,7 +122,7 @@ def heat_overlay(image, scores, *, vmin: float = 0.0, vmax: float = 1.0, cmap: s
     over it with opacity ``t = clip((score - vmin) / (vmax - vmin), 0, 1)`` (NaN counts as ``vmin``). Every
     :mod:`dense.viz` heat figure uses it, and :func:`heat_ramp` gives its colour bar."""
     rgb = load_image(image)
-    s = _np(scores).astype(np.float64)
+    s = as_numpy(scores).astype(np.float64)
     if s.ndim != 2:
         raise ValueError(f"scores must be one map [H, W], got shape {tuple(s.shape)}")
     _check_hw(rgb, s, "scores")
@@ -154,7 +148,7 @@ def heatmap(image, scores, *, title: str | None = None, cmap: str = HEAT_CMAP, v
     """One heatmap ``[H, W]`` over the image (:func:`heat_overlay`), with its colour bar, on a fixed ``vmin..vmax``
     scale (probabilities: 0..1, so a map that finds nothing looks like the grey image). ``vmax=None``: the map's own
     maximum."""
-    return heatmaps(image, _np(scores)[None], [title or ""], cmap=cmap, vmin=vmin, vmax=vmax, label=label,
+    return heatmaps(image, as_numpy(scores)[None], [title or ""], cmap=cmap, vmin=vmin, vmax=vmax, label=label,
                     show_image=False)
 
 
@@ -170,7 +164,7 @@ def heatmaps(image, scores, queries: Sequence[str], *, cmap: str = HEAT_CMAP, vm
     from matplotlib.colors import Normalize
 
     image = load_image(image)
-    scores = _np(scores).astype(np.float32)
+    scores = as_numpy(scores).astype(np.float32)
     if scores.ndim != 3 or scores.shape[0] != len(queries):
         raise ValueError(f"scores {scores.shape} do not match {len(queries)} queries")
     _check_hw(image, scores, "heatmaps")
@@ -285,9 +279,9 @@ def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: floa
     (:func:`class_colours`); the legend lists the classes present in the maps shown, with the colour they are painted
     in, then background and ignore when present."""
     image = load_image(image)
-    maps = [_np(labels).astype(np.int64)]
+    maps = [as_numpy(labels).astype(np.int64)]
     if gt is not None:
-        maps.insert(0, _np(gt).astype(np.int64))
+        maps.insert(0, as_numpy(gt).astype(np.int64))
     for m, what in zip(maps, ["ground truth", "label map"] if gt is not None else ["label map"], strict=True):
         _check_hw(image, m, what)
         valid = m[m != ignore_index]
@@ -433,13 +427,13 @@ def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=N
     from matplotlib.patches import Rectangle
 
     image = load_image(image)
-    b = _np(boxes_xyxy).astype(np.float64).reshape(-1, 4)  # -> [N, 4]
+    b = as_numpy(boxes_xyxy).astype(np.float64).reshape(-1, 4)  # -> [N, 4]
     n = len(b)
-    gt = None if gt_boxes_xyxy is None else _np(gt_boxes_xyxy).astype(np.float64).reshape(-1, 4)  # -> [N, 4]
+    gt = None if gt_boxes_xyxy is None else as_numpy(gt_boxes_xyxy).astype(np.float64).reshape(-1, 4)  # -> [N, 4]
     for name, given in (("ground-truth boxes", gt), ("labels", labels), ("scores", scores), ("found", found)):
         if given is not None and len(given) != n:
             raise ValueError(f"{len(given)} {name} for {n} boxes")
-    pts = None if points_xy is None else _np(points_xy).astype(np.float64).reshape(-1, 2)  # -> [N, 2]
+    pts = None if points_xy is None else as_numpy(points_xy).astype(np.float64).reshape(-1, 2)  # -> [N, 2]
     if pts is not None and len(pts) != n:
         raise ValueError(f"{len(pts)} points for {n} boxes")
     shown = np.ones(n, bool) if found is None else np.asarray(found, bool)

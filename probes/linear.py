@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dense._atomic import load_tensors, save_tensors
-from dense.features import FeatureMap, block_indices, identity_mismatch
+from dense.features import FeatureMap, block_indices, identity_mismatch, spec_to_check
 
 FORMAT = "dense.LinearProbe"
 VERSION = 1
@@ -31,7 +31,7 @@ class LinearProbe(nn.Module):
     Args:
         in_dim: channels the probe reads (``hidden_size * len(layers)``).
         class_names: one per output class (index = label value).
-        encoder_spec: the ``FeatureMap.encoder`` dict of the training features.
+        encoder_spec: the ``FeatureMap.encoder_spec`` dict of the training features.
         layers: the block indices it reads; a subset (in order) of ``encoder_spec["layers"]``, whose tokens are
             concatenated in the feature map. None = all of them.
         pooled: the image's pooled embedding (``FeatureMap.pooled``) is concatenated to every token after them
@@ -68,7 +68,7 @@ class LinearProbe(nn.Module):
     def select(self, fmap: FeatureMap) -> torch.Tensor:
         """The probe's input from a feature map: ``[gh, gw, D_all]`` -> ``[D, gh, gw]`` (its layers, concatenated;
         then the pooled embedding broadcast to every patch for a ``pooled`` probe)."""
-        self.check(fmap.encoder)
+        self.check(fmap.encoder_spec)
         x = select_layers(fmap, self.layers).permute(2, 0, 1)  # [gh, gw, D] -> [D, gh, gw]
         if not self.pooled:
             return x
@@ -96,23 +96,24 @@ class LinearProbe(nn.Module):
         return F.interpolate(self.grid_logits(fmap)[None], size=size_hw, mode="bilinear", align_corners=False)[0]
 
     @torch.inference_mode()
-    def predict(self, fmap: FeatureMap, size_hw: tuple[int, int] | None = None, *, upsample: str = "bilinear",
-                image=None, upsampler=None) -> np.ndarray:
+    def predict(self, fmap: FeatureMap, size_hw: tuple[int, int] | None = None, *, sharpen: str = "bilinear",
+                image=None, upsampler=None, calibration=None) -> np.ndarray:
         """Label map: int32 numpy ``[H, W]`` at the original image size (or ``size_hw``), like every dense label map.
 
-        ``upsample="guided"`` sharpens the class probabilities with the image as guide, and ``upsampler`` (a trained
+        ``sharpen="guided"`` sharpens the class probabilities with the image as guide, and ``upsampler`` (a trained
         :class:`dense.upsample.Upsampler` of the same encoder) replaces bilinear upsampling; both need ``image``
-        (see :func:`dense.upsample.upsample_maps`).
+        (see :func:`dense.upsample.upsample_maps`, whose guided filter follows ``calibration``, usually
+        ``encoder.calibration``; None: neutral defaults).
         """
-        if upsample == "bilinear" and upsampler is None:
+        if sharpen == "bilinear" and upsampler is None:
             return self.logits(fmap, size_hw).argmax(0).to(torch.int32).numpy()
         from dense.upsample import upsample_maps
 
         grid = self.grid_logits(fmap)  # [K, gh, gw]
-        if upsample == "guided":
+        if sharpen == "guided":
             grid = grid.softmax(0)  # probabilities: the guided filter keeps them a distribution
-        up = upsample_maps(grid, fmap, mode=upsample, image=image, upsampler=upsampler,
-                           probabilities=upsample == "guided", size_hw=size_hw)  # [K, H, W]
+        up = upsample_maps(grid, fmap, sharpen=sharpen, image=image, upsampler=upsampler,
+                           probabilities=sharpen == "guided", size_hw=size_hw, calibration=calibration)  # [K, H, W]
         return up.argmax(0).to(torch.int32).numpy()
 
     # --- persistence ------------------------------------------------------------------------------------------------
@@ -124,16 +125,18 @@ class LinearProbe(nn.Module):
         return save_tensors(path, {k: v.detach() for k, v in self.state_dict().items()}, header)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, encoder=None) -> LinearProbe:
-        """Read a probe; with ``encoder`` (an ``Encoder`` or a spec dict) a probe trained on another one raises
-        :class:`ProbeMismatchError`."""
+    def load(cls, path: str | os.PathLike, *, encoder=None, encoder_spec: dict | None = None) -> LinearProbe:
+        """Read a probe; given the ``encoder`` (an :class:`~dense.encoder.Encoder`) or the ``encoder_spec`` of the
+        features it will read (``FeatureMap.encoder_spec``), one trained for another encoder raises
+        :class:`ProbeMismatchError` naming the file."""
+        spec = spec_to_check(encoder, encoder_spec)  # TypeError for a dict as encoder= before any file is read
         header, tensors = load_tensors(path, FORMAT, VERSION, "probe")
         probe = cls(header["in_dim"], header["class_names"], encoder_spec=header["encoder"], layers=header["layers"],
                     meta=header.get("meta"), pooled=header.get("pooled", False))
         probe.load_state_dict(tensors, strict=True)
         probe.eval()
-        if encoder is not None:
-            spec = encoder if isinstance(encoder, dict) else encoder.spec(layers=tuple(probe.layers))
+        if spec is not None:
+            spec = spec_to_check(encoder, encoder_spec, probe.layers)  # the layers it reads
             try:
                 probe.check(spec)
             except ProbeMismatchError as e:

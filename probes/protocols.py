@@ -68,12 +68,12 @@ def last_k(k: int, num_layers: int) -> tuple[int, ...]:
     return tuple(range(num_layers - k, num_layers))
 
 
-def protocol(name: str, *, num_layers: int, k: int = 4, blocks: tuple[int, ...] | None = None) -> Protocol:
+def protocol(name: str, *, num_layers: int, k: int = 4, layers: tuple[int, ...] | None = None) -> Protocol:
     """The extraction layers and sweep settings of protocol ``name`` (see :data:`NAMES`) for a ``num_layers`` deep
-    encoder. ``k``: blocks of ``last-k``; ``blocks``: the candidates of ``best-block`` (default: all)."""
+    encoder. ``k``: blocks of ``last-k``; ``layers``: the candidate blocks of ``best-block`` (default: all)."""
     last = num_layers - 1
     k = min(k, num_layers)
-    single = tuple((b,) for b in (blocks if blocks is not None else range(num_layers)))
+    single = tuple((b,) for b in (layers if layers is not None else range(num_layers)))
     if name == "last":
         return Protocol((last,), ((last,),), (False,))
     if name == "last-k":

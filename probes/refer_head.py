@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from dense._atomic import load_tensors, save_tensors
 from dense.features import FeatureMap, block_indices, identity_mismatch
-from dense.localize import box_patch_weights, refine_peak_grid
+from dense.localize import box_patch_weights, find_peak_grid
 from probes.linear import ProbeMismatchError
 
 FORMAT = "dense.ReferHead"
@@ -61,7 +61,7 @@ def patch_positions(fmap: FeatureMap) -> torch.Tensor:
 class ReferHead(nn.Module):
     """See the module docstring. ``forward`` takes padded batches; ``predict`` one FeatureMap and one text vector.
 
-    ``encoder_spec``: the ``FeatureMap.encoder`` dict of the training features; ``layers``: the blocks it reads
+    ``encoder_spec``: the ``FeatureMap.encoder_spec`` dict of the training features; ``layers``: the blocks it reads
     (default: all of the spec's), concatenated as in the FeatureMap.
     """
 
@@ -103,7 +103,7 @@ class ReferHead(nn.Module):
 
     def select(self, fmap: FeatureMap) -> torch.Tensor:
         """The head's tokens of ``fmap`` (identity checked first): ``[gh, gw, token_dim]``."""
-        self.check(fmap.encoder)
+        self.check(fmap.encoder_spec)
         try:
             return fmap.layer_tokens(self.layers)
         except ValueError as e:
@@ -124,7 +124,7 @@ class ReferHead(nn.Module):
         size = torch.tensor([W, H, W, H], dtype=torch.float32)
         box_xyxy = (torch.cat([box[:, :2] - box[:, 2:] / 2, box[:, :2] + box[:, 2:] / 2], dim=-1) * size).numpy()
         box_xyxy = np.clip(box_xyxy, 0, size.numpy())
-        point_xy = np.stack([fmap.grid_to_pixel_xy(refine_peak_grid(h)) for h in heat])  # [T, 2]
+        point_xy = np.stack([fmap.grid_to_pixel_xy(find_peak_grid(h)) for h in heat])  # [T, 2]
         return {"box_xyxy": box_xyxy.astype(np.float64), "point_xy": point_xy, "heatmap": heat}
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -155,7 +155,7 @@ class ReferHead(nn.Module):
 
 
 @dataclass
-class Sample:
+class ReferSample:
     """One expression on one image: ``fmap`` is shared between the expressions of an image."""
 
     fmap: FeatureMap
@@ -180,7 +180,7 @@ def giou_loss(pred_xyxy: torch.Tensor, gt_xyxy: torch.Tensor) -> torch.Tensor:
     return (1 - giou).mean()
 
 
-def _prepare(s: Sample, head: ReferHead) -> dict[str, torch.Tensor]:
+def _prepare(s: ReferSample, head: ReferHead) -> dict[str, torch.Tensor]:
     """One sample's flat tensors (computed once per training run), its identity checked against the head's."""
     gh, gw = s.fmap.grid_hw
     N = gh * gw
@@ -205,7 +205,7 @@ def _collate(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
     return out
 
 
-def train_refer_head(samples: Sequence[Sample], *, steps: int = 1500, batch_size: int = 64, lr: float = 2e-3,
+def train_refer_head(samples: Sequence[ReferSample], *, steps: int = 1500, batch_size: int = 64, lr: float = 2e-3,
                      hidden: int = 128, seed: int = 0, log_every: int = 0) -> ReferHead:
     """Adam with cosine decay over ``steps`` batches drawn with replacement. Seeded; deterministic on CPU."""
     if not samples:
@@ -213,7 +213,7 @@ def train_refer_head(samples: Sequence[Sample], *, steps: int = 1500, batch_size
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     first = samples[0].fmap
-    head = ReferHead(first.dim, samples[0].text.shape[-1], hidden=hidden, encoder_spec=first.encoder,
+    head = ReferHead(first.dim, samples[0].text.shape[-1], hidden=hidden, encoder_spec=first.encoder_spec,
                      layers=first.layers)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -237,7 +237,7 @@ def train_refer_head(samples: Sequence[Sample], *, steps: int = 1500, batch_size
 
 
 def dataset_samples(encoder, ann, refs, images, *, split: str, templates=None, max_patches: int | None = None,
-                    limit: int | None = None) -> tuple[list[Sample], list[np.ndarray]]:
+                    limit: int | None = None) -> tuple[list[ReferSample], list[np.ndarray]]:
     """Extract each image of ``split`` once and pair every sentence with its target box; also the targets' masks."""
     from dense import coco
     from dense.heatmap import templates_of
@@ -255,6 +255,6 @@ def dataset_samples(encoder, ann, refs, images, *, split: str, templates=None, m
             box, mask = ds.box_xyxy(ref.ann_id), ds.mask(ref.ann_id)
             text = embed_texts(encoder, ref.sentences, templates=templates_of(encoder, templates))  # [S, E]
             for t in text:
-                samples.append(Sample(fmap, t, box))
+                samples.append(ReferSample(fmap, t, box))
                 masks.append(mask)
     return samples, masks

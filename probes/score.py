@@ -14,16 +14,17 @@ from tqdm.auto import tqdm
 from dense.metrics import BoundaryMeter, SegmentationMeter, segmentation_figures
 
 
-def score_probes(probes: Mapping[str, object], samples: Sequence, *, upsample: str = "bilinear", upsampler=None,
+def score_probes(probes: Mapping[str, object], samples: Sequence, *, sharpen: str = "bilinear", upsampler=None,
                  images: Mapping[str, object] | None = None, boundary: bool = True, progress: bool = False,
-                 predict: Callable | None = None) -> dict[str, tuple[dict[str, float], list[dict]]]:
+                 predict: Callable | None = None, calibration=None) -> dict[str, tuple[dict[str, float], list[dict]]]:
     """``{probe key: (figures, rows)}`` in one pass over ``samples``.
 
-    ``probes``: anything with ``class_names`` and ``predict(fmap, size_hw, upsample=, image=, upsampler=) -> int32
-    [H, W]`` (:class:`probes.LinearProbe`). ``samples``: objects with ``key``, ``fmap`` and ``label`` (``[H, W]``,
-    ignored pixels = ``dense.labels.IGNORE``). Predictions are made at the label map's size, the original image
-    resolution, upsampled as ``upsample``/``upsampler`` say; those two need ``images``: each sample's image (a path or
-    a uint8 array) under its key.
+    ``probes``: anything with ``class_names`` and ``predict(fmap, size_hw, sharpen=, image=, upsampler=,
+    calibration=) -> int32 [H, W]`` (:class:`probes.LinearProbe`). ``samples``: objects with ``key``, ``fmap`` and
+    ``label`` (``[H, W]``, ignored pixels = ``dense.labels.IGNORE``). Predictions are made at the label map's size,
+    the original image resolution, upsampled as ``sharpen``/``upsampler`` say (the guided filter following
+    ``calibration``, the encoder's); those two need ``images``: each sample's image (a path or a uint8 array) under
+    its key.
 
     Figures: ``mIoU``, ``pixel_acc``, ``mean_acc``, ``IoU/<class>`` and, with ``boundary``, ``bF`` (boundary F-score
     at 2 px), ``trimap_mIoU`` (within 4 px of a ground-truth boundary) and ``bF/<class>``; rows: one per image with its
@@ -32,9 +33,9 @@ def score_probes(probes: Mapping[str, object], samples: Sequence, *, upsample: s
     ``predict(probe, sample, size_hw) -> int32 [H, W]`` replaces the prediction from the sample's cached FeatureMap
     (e.g. sliding windows, :func:`dense.tiling.predict_slide`); samples then need only ``key`` and ``label``.
     """
-    sharp = predict is None and (upsample != "bilinear" or upsampler is not None)
+    sharp = predict is None and (sharpen != "bilinear" or upsampler is not None)
     if sharp and images is None:
-        raise ValueError(f"upsample={upsample!r}{' with an upsampler' if upsampler else ''} needs each sample's image "
+        raise ValueError(f"sharpen={sharpen!r}{' with an upsampler' if upsampler else ''} needs each sample's image "
                          "(images={key: image})")
     if sharp:
         missing = [s.key for s in samples if s.key not in images]
@@ -49,7 +50,8 @@ def score_probes(probes: Mapping[str, object], samples: Sequence, *, upsample: s
         fmap = s.fmap if predict is None else None
         for k, p in probes.items():
             if predict is None:
-                pred = p.predict(fmap, label.shape, upsample=upsample, image=image, upsampler=upsampler)  # [H, W]
+                pred = p.predict(fmap, label.shape, sharpen=sharpen, image=image, upsampler=upsampler,
+                                  calibration=calibration)  # [H, W]
             else:
                 pred = predict(p, s, label.shape)  # [H, W]
             figs = segmentation_figures(meters[k].update(pred, label))  # this image's own figures

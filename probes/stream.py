@@ -27,14 +27,14 @@ from dense.features import FORMAT, FORMAT_VERSION, FeatureMap
 class CachedSample:
     """One image of a split: its cache entry (``path``) and its label map (``label_fn()``, read on demand).
 
-    ``grid_hw``, ``image_hw``, ``encoder`` (the entry's spec) and ``pooled_dim`` come from the entry's header.
+    ``grid_hw``, ``image_hw``, ``encoder_spec`` (the entry's spec) and ``pooled_dim`` come from the entry's header.
     """
 
     def __init__(self, key: str, path: Path, label_fn: Callable[[], np.ndarray], *, grid_hw: tuple[int, int],
-                 image_hw: tuple[int, int], encoder: dict, pooled_dim: int | None,
+                 image_hw: tuple[int, int], encoder_spec: dict, pooled_dim: int | None,
                  label_where: Callable[[], str] | None = None):
         self.key, self.path, self.label_fn, self.label_where = key, Path(path), label_fn, label_where
-        self.grid_hw, self.image_hw, self.encoder, self.pooled_dim = grid_hw, image_hw, encoder, pooled_dim
+        self.grid_hw, self.image_hw, self.encoder_spec, self.pooled_dim = grid_hw, image_hw, encoder_spec, pooled_dim
 
     @classmethod
     def open(cls, key: str, path: str | Path, label_fn: Callable[[], np.ndarray],
@@ -53,7 +53,7 @@ class CachedSample:
         if tuple(shape[:2]) != grid:
             raise ValueError(f"{path}: tokens {shape} do not match the grid {grid}")
         return cls(key, path, label_fn, grid_hw=grid, image_hw=tuple(meta["image_hw"]),
-                   encoder=meta.get("encoder", {}), pooled_dim=pooled, label_where=label_where)
+                   encoder_spec=meta.get("encoder", {}), pooled_dim=pooled, label_where=label_where)
 
     def read(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(tokens [gh, gw, D] in the stored dtype, pooled [E] or None)``, read from disk now."""
@@ -91,8 +91,8 @@ def cached_samples(cache, keys: Sequence[str], label_fns: Sequence[Callable[[], 
     for key, fn, where in tqdm(list(zip(keys, label_fns, wheres, strict=True)), desc=desc, unit="img",
                                disable=not progress):
         s = CachedSample.open(str(key), cache.path(str(key)), fn, where)
-        if s.encoder != cache.spec:
-            raise ValueError(f"{s.path}: made by {s.encoder}, not {cache.spec}")
+        if s.encoder_spec != cache.spec:
+            raise ValueError(f"{s.path}: made by {s.encoder_spec}, not {cache.spec}")
         out.append(s)
     return out
 

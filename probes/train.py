@@ -68,8 +68,8 @@ class Sample:
         return self.fmap.grid_hw
 
     @property
-    def encoder(self) -> dict:
-        return self.fmap.encoder
+    def encoder_spec(self) -> dict:
+        return self.fmap.encoder_spec
 
     @property
     def pooled_dim(self) -> int | None:
@@ -161,9 +161,9 @@ def _check_samples(samples: Sequence, num_classes: int, what: str) -> dict:
     """Same encoder and layers for all; labels of in-memory samples in range (streamed ones: when read)."""
     if not samples:
         raise ValueError(f"no {what} samples")
-    spec = samples[0].encoder
+    spec = samples[0].encoder_spec
     for s in samples:
-        e = s.encoder
+        e = s.encoder_spec
         if any(e.get(k) != spec.get(k) for k in (*IDENTITY_KEYS, "layers")):
             raise ProbeMismatchError(f"{what} sample {s.key}: features of {e}, the first sample's are {spec}")
         if isinstance(s, Sample):
@@ -295,10 +295,10 @@ def train_probes(train: Sequence, val: Sequence, class_names: Sequence[str], con
     K = len(class_names)
     spec = _check_samples(train, K, "train")
     _check_samples(val, K, "val")
-    if any(val[0].encoder.get(k) != spec.get(k) for k in IDENTITY_KEYS):  # before training, not after it
-        raise ProbeMismatchError(f"val sample {val[0].key}: features of {val[0].encoder}, the train features' are "
+    if any(val[0].encoder_spec.get(k) != spec.get(k) for k in IDENTITY_KEYS):  # before training, not after it
+        raise ProbeMismatchError(f"val sample {val[0].key}: features of {val[0].encoder_spec}, the train features' are "
                                  f"{spec}")
-    if val[0].encoder.get("layers") != spec.get("layers"):
+    if val[0].encoder_spec.get("layers") != spec.get("layers"):
         raise ProbeMismatchError("train and val features hold different layers")
     d_all = spec["hidden_size"] * len(spec["layers"]) if spec.get("hidden_size") else train[0].read()[0].shape[-1]
     layer_sets = [tuple(ls) for ls in (cfg.layer_sets or [tuple(spec["layers"])])]

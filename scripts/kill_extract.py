@@ -192,7 +192,8 @@ def _redone(stdout: str) -> int | None:
 def _valid_entries(cache: Path, images: Path) -> int:
     """Entries that are valid entries of the cache of this model (spec, shape, finite), through dense's own check."""
     import dense
-    from dense.cache import FeatureCache, folder_items
+    from dense.cache import FeatureCache
+    from dense.extract import folder_items
 
     enc = dense.load_encoder(MODEL)  # the dtype `dense extract` chose by default
     fc = FeatureCache.for_encoder(cache, enc, dataset=images)

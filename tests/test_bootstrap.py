@@ -63,7 +63,8 @@ def test_openvocab_rows_carry_counts_and_intervals(tiny_encoder, tiny_siglip_dir
     from dense.eval.openvocab import choose_setting, evaluate_openvocab
 
     make_shapes(tmp_path / "w", 4, seed=5, size_range=(64, 96))
-    kw = dict(methods=["map-value"], background=0.5, thresholds=(0.3,), refines=("none", "pamr"), resamples=200)
+    kw = dict(methods=["map-value"], background=0.5, background_thresholds=(0.3,), refines=("none", "pamr"),
+              resamples=200)
     res = evaluate_openvocab(tiny_encoder, tmp_path / "w/annotations.json", tmp_path / "w/images", **kw)
     assert res.meta["settings"] == ["map-value", "map-value+pamr"]
     for s in res.meta["settings"]:
@@ -103,7 +104,7 @@ def test_refer_intervals_and_box_threshold_choice(tiny_encoder, tmp_path):
 
     make_shapes(tmp_path / "w", 4, seed=6, size_range=(64, 96), splits={"val": 1.0})
     res = evaluate_refer(tiny_encoder, tmp_path / "w/annotations.json", tmp_path / "w/refs.json",
-                         tmp_path / "w/images", methods=["map-value"], scorers=("map-box",), thresholds=(0.3, 0.6),
+                         tmp_path / "w/images", methods=["map-value"], scorers=("map-box",), box_thresholds=(0.3, 0.6),
                          resamples=100)
     key = config_key("none", "map-value")
     for name in (f"{key}/acc@0.5", f"{key}/pointing", f"{key}/acc@0.5@thr=0.3"):

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dense.cache import FeatureCache, dataset_namespace, extract_to_cache, folder_items
+from dense.cache import FeatureCache, dataset_namespace
+from dense.extract import extract_to_cache, folder_items
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,7 @@ def test_round_trip_and_keys(tmp_path, tiny_encoder):
     assert (rep.extracted, rep.cached, rep.corrupt) == (5, 0, 0)
     for key, path in items:
         fmap = cache.load(key)
-        assert fmap.encoder == tiny_encoder.spec()
+        assert fmap.encoder_spec == tiny_encoder.spec()
         torch.testing.assert_close(fmap.tokens, tiny_encoder.extract(path).tokens, rtol=0, atol=1e-5)
     rep = extract_to_cache(tiny_encoder, items, cache, progress=False)
     assert (rep.extracted, rep.cached) == (0, 5)

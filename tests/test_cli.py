@@ -142,7 +142,7 @@ def test_classify_and_segment_refuse_no_queries_alike(tiny_encoder):
     import dense
 
     rgb = random_rgb(24, 32)
-    for fn, what in ((dense.classify, "labels"), (dense.segment, "class_names")):
+    for fn, what in ((dense.classify, "class_names"), (dense.segment, "class_names")):
         with pytest.raises(ValueError, match=rf"^{what} is empty: give at least one text query$"):
             fn(tiny_encoder, rgb, [])
         with pytest.raises(ValueError, match=rf"^{what}\[1\] is an empty query"):
@@ -195,7 +195,7 @@ def test_evaluate_refer_all_splits_like_the_cli(world, tiny_encoder, one_thread)
     ds = coco.load_coco(world / "annotations.json", world / "images")
     refs = coco.load_refs(world / "refs.json", ds)
     res = evaluate_refer(tiny_encoder, world / "annotations.json", world / "refs.json", world / "images",
-                         split="all", methods=["map-value"], scorers=("map-box",), thresholds=(0.3,), resamples=10,
+                         split="all", methods=["map-value"], scorers=("map-box",), box_thresholds=(0.3,), resamples=10,
                          choose=True)
     assert res.meta["split"] == "all" and res.meta["refs_count"] == len(refs)
     assert res.meta["chosen"] == {"map-value": 0.3}

@@ -120,7 +120,7 @@ def test_contract_shapes_finite_dtypes(spec):
     assert torch.isfinite(a.tokens).all() and torch.isfinite(b.tokens).all()
     cos = torch.nn.functional.cosine_similarity(a.tokens.flatten(0, 1), b.tokens.flatten(0, 1), dim=-1)
     assert cos.min() > 0.98
-    assert a.encoder["dtype"] == "float32" and b.encoder["dtype"] == "bfloat16"
+    assert a.encoder_spec["dtype"] == "float32" and b.encoder_spec["dtype"] == "bfloat16"
 
 
 def test_random_so400m_architecture_is_exact():
@@ -246,4 +246,13 @@ def test_calibration_belongs_to_the_checkpoint(tmp_path, tiny_siglip_dir):
     bad = tmp_path / "cal.json"
     bad.write_text('{"methd": "raw"}')
     with pytest.raises(CheckpointError, match="cal.json.*methd"):
+        dense.load_encoder(tiny_siglip_dir, calibration=bad)
+    # the choices made on the toy live in the bundled calibrations, not in library constants
+    for name in ("shapes-tiny", "shapes-tiny-v2"):
+        cal = dense.load_encoder(name).calibration
+        assert (cal.guided_radius_cells, cal.guided_subsample, cal.distractor_cues) == (1.3, 2, ("norm",))
+    assert (neutral.guided_radius_cells, neutral.guided_subsample) == (1.0, 1)
+    assert neutral.distractor_cues == ("norm", "isolation")
+    bad.write_text('{"guided_subsample": 0}')
+    with pytest.raises(CheckpointError, match="cal.json.*guided_subsample"):
         dense.load_encoder(tiny_siglip_dir, calibration=bad)

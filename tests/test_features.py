@@ -43,12 +43,12 @@ def test_pca_rgb_shapes_and_range():
 
 def test_save_load_round_trip(tmp_path):
     fmap = FeatureMap(tokens=torch.randn(2, 3, 5), image_hw=(20, 31), resized_hw=(16, 24), patch_size=8,
-                      layers=(0, 3), encoder={"name": "x", "max_patches": 6}, aligned=torch.randn(2, 3, 7))
+                      layers=(0, 3), encoder_spec={"name": "x", "max_patches": 6}, aligned=torch.randn(2, 3, 7))
     path = fmap.save(tmp_path / "sub" / "a.safetensors")
     back = FeatureMap.load(path)
     assert torch.equal(back.tokens, fmap.tokens) and torch.equal(back.aligned, fmap.aligned)
-    assert (back.image_hw, back.resized_hw, back.patch_size, back.layers, back.encoder) == (
-        fmap.image_hw, fmap.resized_hw, fmap.patch_size, fmap.layers, fmap.encoder)
+    assert (back.image_hw, back.resized_hw, back.patch_size, back.layers, back.encoder_spec) == (
+        fmap.image_hw, fmap.resized_hw, fmap.patch_size, fmap.layers, fmap.encoder_spec)
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -70,7 +70,7 @@ def test_layer_tokens_slices_concatenated_layers():
     D = 4
     tokens = torch.randn(2, 3, 3 * D)
     fmap = FeatureMap(tokens=tokens, image_hw=(16, 24), resized_hw=(16, 24), patch_size=8, layers=(0, 2, 5),
-                      encoder={"num_layers": 6})
+                      encoder_spec={"num_layers": 6})
     torch.testing.assert_close(fmap.layer_tokens([2]), tokens[..., D:2 * D])
     torch.testing.assert_close(fmap.layer_tokens([-1, 0]), torch.cat([tokens[..., 2 * D:], tokens[..., :D]], -1))
     assert fmap.layer_tokens([0, 2, 5]) is tokens

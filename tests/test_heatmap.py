@@ -15,6 +15,7 @@ import dense
 from dense import head as maphead
 from dense import heatmap, openvocab
 from dense.features import FeatureMap
+from dense.preprocess import ImageError
 
 
 @pytest.fixture()
@@ -144,23 +145,11 @@ def test_clear_methods_need_and_use_the_last_block_input(enc):
     torch.testing.assert_close(z, expected.expand_as(z), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", list(heatmap.METHODS))
-def test_every_method_on_images_both_families(method, tiny_encoder, tiny_encoder2):
-    rgb = random_rgb(50, 90, seed=2)
-    for enc_ in (tiny_encoder, tiny_encoder2):
-        s = heatmap.patch_scores(enc_, rgb, ["red circle", "blue star"], method=method)
-        fmap = heatmap.as_featuremap(enc_, rgb, method)
-        assert tuple(s.shape) == (2, *fmap.grid_hw)
-        assert torch.isfinite(s).all() and (s > 0).all() and (s < 1).all()
-        z = heatmap.aligned_tokens(enc_, fmap, method)
-        torch.testing.assert_close(z.norm(dim=-1), torch.ones(fmap.grid_hw))
-
-
 def test_unknown_method_and_with_aligned_reuse(tiny_encoder):
     with pytest.raises(ValueError, match="unknown heatmap method"):
         heatmap.patch_scores(tiny_encoder, random_rgb(32, 32), "cat", method="cls")
     fmap = heatmap.with_aligned(tiny_encoder, random_rgb(32, 48, seed=5), "leave-one-out")
-    assert fmap.aligned is not None and fmap.encoder["aligned_method"] == "leave-one-out"
+    assert fmap.aligned is not None and fmap.encoder_spec["aligned_method"] == "leave-one-out"
     torch.testing.assert_close(heatmap.patch_scores(tiny_encoder, fmap, "red star", method="leave-one-out"),
                                heatmap.patch_scores(tiny_encoder, heatmap.as_featuremap(tiny_encoder, fmap),
                                                     "red star", method="leave-one-out"))
@@ -171,13 +160,13 @@ def test_unknown_method_and_with_aligned_reuse(tiny_encoder):
 def test_upsample_puts_patch_values_at_patch_centres():
     scores = torch.arange(12, dtype=torch.float32).reshape(1, 3, 4)  # [1, gh, gw]
     fmap = _fmap(torch.zeros(3, 4, 2), p=8, image_hw=(60, 100))
-    up = heatmap.upsample(scores, fmap)
+    up = heatmap.to_image_size(scores, fmap)
     assert tuple(up.shape) == (1, 60, 100)
     for i, j in [(0, 0), (1, 2), (2, 3)]:
         x, y = fmap.grid_to_pixel_xy((i, j))  # the patch centre in original pixels
         assert up[0, int(y), int(x)].item() == pytest.approx(scores[0, i, j].item(), abs=0.35)
     with pytest.raises(ValueError, match="grid"):
-        heatmap.upsample(torch.zeros(1, 4, 3), fmap)
+        heatmap.to_image_size(torch.zeros(1, 4, 3), fmap)
 
 
 def test_labels_from_scores_background_rules():
@@ -195,7 +184,7 @@ def test_segment_at_original_resolution(tiny_encoder):
     labels = dense.segment(tiny_encoder, rgb, names, background=0)  # threshold 0: every pixel gets its best class
     assert labels.shape == (45, 70) and labels.dtype == np.int32 and labels.min() >= 1 and labels.max() <= 3
     fmap = tiny_encoder.extract(rgb)
-    probs = heatmap.upsample(heatmap.patch_scores(tiny_encoder, fmap, names,
+    probs = heatmap.to_image_size(heatmap.patch_scores(tiny_encoder, fmap, names,
                                                   templates=tiny_encoder.calibration.templates), fmap)
     assert (labels == probs.argmax(0).numpy() + 1).all()
     # the default background is the encoder's calibrated threshold (neutral: SigLIP's own 0.5)
@@ -218,7 +207,7 @@ def test_openvocab_eval_and_cli(tiny_encoder, tiny_siglip_dir, tmp_path):
 
     make_shapes(tmp_path / "world", 3, seed=1, size_range=(64, 96))
     res = evaluate_openvocab(tiny_encoder, tmp_path / "world/annotations.json", tmp_path / "world/images",
-                             methods=["raw", "map-value"], background=0.5, thresholds=(0.0, 0.5))
+                             methods=["raw", "map-value"], background=0.5, background_thresholds=(0.0, 0.5))
     assert res.meta["images"] == 3 and res.meta["methods"] == ["raw", "map-value"]
     for m in ("raw", "map-value"):
         f = res.figures
@@ -268,8 +257,12 @@ def test_clear_methods_on_a_one_block_tower_use_the_patch_embedding():
     with torch.no_grad():
         out = enc1.vision(pixel_values=to_pixels(rgb, fmap.grid_hw, enc1.pixels)[None], interpolate_pos_encoding=True,
                           output_hidden_states=True)
-    emb = heatmap._embedding_tokens(enc1, rgb, fmap.grid_hw)  # [gh, gw, D]
-    torch.testing.assert_close(emb.reshape(-1, emb.shape[-1]), out.hidden_states[0][0])  # the input of block 0
+    from dense.batching import embed_patches
+
+    px = to_pixels(rgb, fmap.grid_hw, enc1.pixels)
+    emb, lengths = embed_patches(enc1.vision, enc1.family, [px], device=enc1.device, dtype=enc1.dtype)  # [1, N, D]
+    assert lengths == [fmap.grid_hw[0] * fmap.grid_hw[1]]
+    torch.testing.assert_close(emb[0], out.hidden_states[0][0])  # the input of block 0
     got = heatmap.with_aligned(enc1, rgb, "clear-map-value")
     with torch.no_grad():
         z = heatmap.METHODS["clear-map-value"].fn(enc1.vision, fmap.tokens.reshape(-1, 32), out.hidden_states[0][0])
@@ -297,20 +290,39 @@ def test_filtering_replaces_a_planted_outlier_by_its_neighbours_mean():
     assert not heatmap.distractor_mask(base + 0.01 * torch.randn(6, 7, 16, generator=g)).any()
     isolated = tokens.clone()
     isolated[2, 3] = F.normalize(torch.randn(16, generator=g), dim=0)  # ordinary norm, unlike every other token
-    assert not heatmap.distractor_mask(isolated)[2, 3] and heatmap.distractor_mask(isolated, cues=("isolation",))[2, 3]
+    assert not heatmap.distractor_mask(isolated, cues=("norm",))[2, 3] and heatmap.distractor_mask(isolated)[2, 3]
 
 
-def test_filter_methods_are_registered_and_equal_their_base_without_outliers(tiny_encoder):
-    fmap = tiny_encoder.extract(random_rgb(40, 56, seed=8))
-    for base in ("map-value-mlp", "leave-one-out"):
-        assert heatmap.METHODS[f"{base}+filter"].filter
-        mask = heatmap.distractor_mask(fmap.tokens)
-        a = heatmap.patch_scores(tiny_encoder, fmap, ["red circle"], method=base)
-        b = heatmap.patch_scores(tiny_encoder, fmap, ["red circle"], method=f"{base}+filter")
-        if not mask.any():
-            assert torch.allclose(a, b)
-        else:
-            assert a.shape == b.shape
+def test_filter_methods_replace_a_flagged_distractor_before_scoring(enc):
+    """Known answer: a planted high-norm token is flagged, and every '+filter' method scores exactly what its base
+    method scores on the tokens with that one replaced by its 8 neighbours' mean. The cues are the calibration's."""
+    import dataclasses
+
+    D = enc.hidden_size
+    g = torch.Generator().manual_seed(1)
+    base = F.normalize(torch.randn(D, generator=g), dim=0)
+    tokens = base + 0.2 * torch.randn(6, 7, D, generator=g)  # [gh, gw, D]: a field of similar tokens
+    tokens[2, 3] = 12 * F.normalize(torch.randn(D, generator=g), dim=0)  # a high-norm "register" token
+    mask = heatmap.distractor_mask(tokens, cues=enc.calibration.distractor_cues)
+    assert mask.sum() == 1 and mask[2, 3]
+    cleaned = tokens.clone()
+    cleaned[2, 3] = (tokens[1:4, 2:5].sum(dim=(0, 1)) - tokens[2, 3]) / 8  # the mean of its 8 neighbours
+    fmap, fmap_clean = _last(enc, tokens), _last(enc, cleaned)
+    bases = [m for m in heatmap.METHODS if not m.endswith("+filter") and not heatmap.METHODS[m].needs_prev]
+    for m in bases:
+        assert heatmap.METHODS[f"{m}+filter"].filter
+        got = heatmap.aligned_tokens(enc, fmap, f"{m}+filter")
+        want = heatmap.aligned_tokens(enc, fmap_clean, m)
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (m, float((got - want).abs().max()))
+        assert not torch.allclose(got[2, 3], heatmap.aligned_tokens(enc, fmap, m)[2, 3], atol=1e-3), m
+    # an ordinary-norm token unlike all others: flagged by the isolation cue only, so '+filter' follows the calibration
+    isolated = base + 0.01 * torch.randn(6, 7, D, generator=g)
+    isolated[4, 1] = F.normalize(torch.randn(D, generator=g), dim=0)
+    fmap = _last(enc, isolated)
+    for cues, moved in ((("norm",), False), (("isolation",), True)):
+        enc.calibration = dataclasses.replace(enc.calibration, distractor_cues=cues)
+        got = heatmap.aligned_tokens(enc, fmap, "map-value+filter")
+        assert torch.allclose(got, heatmap.aligned_tokens(enc, fmap, "map-value"), atol=1e-6) != moved, cues
 
 
 def test_pamr_keeps_constant_maps_and_colour_regions_and_sharpens_blur():
@@ -335,20 +347,57 @@ def test_image_scores_options(tiny_encoder):
     rgb = random_rgb(48, 80, seed=7)
     fmap = heatmap.with_aligned(tiny_encoder, rgb, "map-value")
     plain = heatmap.image_scores(tiny_encoder, rgb, ["red circle", "blue star"], method="map-value")
-    assert torch.allclose(plain, heatmap.upsample(heatmap.patch_scores(tiny_encoder, fmap, ["red circle", "blue star"],
-                                                                       method="map-value"), fmap))
-    for kw in ({"windows": 2}, {"windows": 3, "refine": "pamr"}, {"refine": "pamr"}):
-        s = heatmap.image_scores(tiny_encoder, rgb, ["red circle"], method="map-value", max_patches=16, **kw)
-        assert s.shape == (1, 48, 80) and bool(((s >= 0) & (s <= 1)).all())
-    with pytest.raises(ValueError, match="rgb="):
+    grid = heatmap.patch_scores(tiny_encoder, fmap, ["red circle", "blue star"], method="map-value")
+    assert torch.allclose(plain, heatmap.to_image_size(grid, fmap))
+    # windows: the crops' own scores averaged (known answers in test_contracts.py's sliding-window test)
+    def crop_scores(crop):
+        f = heatmap.with_aligned(tiny_encoder, crop, "map-value", max_patches=16)
+        return heatmap.to_image_size(heatmap.patch_scores(tiny_encoder, f, ["red circle"], method="map-value"), f)
+
+    torch.testing.assert_close(heatmap.image_scores(tiny_encoder, rgb, ["red circle"], method="map-value",
+                                                    max_patches=16, windows=2),
+                               heatmap.sliding_window_scores(rgb, 2, crop_scores))
+    s = heatmap.image_scores(tiny_encoder, rgb, ["red circle"], method="map-value", max_patches=16, windows=3,
+                             refine="pamr")
+    assert s.shape == (1, 48, 80) and bool(((s >= 0) & (s <= 1)).all())  # PAMR keeps a convex mix of scores
+    with pytest.raises(ValueError, match="pass the image as image="):
         heatmap.image_scores(tiny_encoder, fmap, ["red circle"], windows=2)
+    # the pixels from image=, the tokens from features=: the same scores as extracting here
+    refined = heatmap.image_scores(tiny_encoder, rgb, ["red circle"], method="map-value", refine="pamr")
+    torch.testing.assert_close(heatmap.image_scores(tiny_encoder, rgb, ["red circle"], features=fmap,
+                                                    method="map-value", refine="pamr"), refined)
+    with pytest.raises(ValueError, match="features="):
+        heatmap.image_scores(tiny_encoder, rgb[:24], ["red circle"], features=fmap, refine="pamr")
     with pytest.raises(ValueError, match="refinement"):
         heatmap.image_scores(tiny_encoder, rgb, ["red circle"], refine="crf")
-    # crops tile the image: first at 0, last at the end, neighbours overlapping
-    for size, n in ((48, 2), (80, 3), (7, 4)):
-        crop = min(size, -(-2 * size // (n + 1)))
-        starts = heatmap._window_starts(size, crop, n)
-        assert starts[0] == 0 and starts[-1] + crop == size
-        assert all(b - a < crop for a, b in zip(starts[:-1], starts[1:], strict=True))
     labels = dense.segment(tiny_encoder, rgb, ["red circle"], windows=2, refine="pamr", max_patches=16)
     assert labels.shape == (48, 80)
+
+
+def test_paths_work_wherever_an_image_is_read(tiny_encoder, tmp_path):
+    """image= may be a path everywhere pixels are read (load_image): segment with refine on a FeatureMap,
+    image_scores, pamr, guided_upsample; each gives what the array gives."""
+    from PIL import Image
+
+    from dense.refine import pamr
+    from dense.upsample import guided_upsample, upsample_maps
+
+    rgb = random_rgb(48, 80, seed=8)
+    path = tmp_path / "img.png"
+    Image.fromarray(rgb).save(path)
+    fmap = heatmap.with_aligned(tiny_encoder, rgb, "map-value")
+    names = ["red circle", "blue star"]
+    want = dense.segment(tiny_encoder, rgb, names, method="map-value", refine="pamr")
+    np.testing.assert_array_equal(dense.segment(tiny_encoder, path, names, features=fmap, method="map-value",
+                                                refine="pamr"), want)
+    np.testing.assert_array_equal(dense.segment(tiny_encoder, [str(path)], names, features=[fmap],
+                                                method="map-value", refine="pamr")[0], want)
+    with pytest.raises(ValueError, match="features"):
+        dense.segment(tiny_encoder, [path, path], names, features=[fmap])
+    scores = torch.rand(2, 6, 10)
+    torch.testing.assert_close(pamr(path, scores), pamr(rgb, scores))
+    torch.testing.assert_close(guided_upsample(scores, path, radius=4), guided_upsample(scores, rgb, radius=4))
+    torch.testing.assert_close(upsample_maps(scores, fmap, sharpen="guided", image=path),
+                               upsample_maps(scores, fmap, sharpen="guided", image=rgb))
+    with pytest.raises(ImageError, match="missing.png"):
+        pamr(tmp_path / "missing.png", scores)

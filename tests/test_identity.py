@@ -62,7 +62,7 @@ def _refused(fn, match: str = "made by another encoder"):
 def test_the_issue_case_stored_aligned_tokens_are_checked_first(tiny, v2, fmaps):
     """patch_scores(v2, shapes-tiny's FeatureMap with aligned tokens) used to return the stored scores unchecked."""
     fmap = fmaps["aligned"]
-    assert fmap.aligned is not None and fmap.encoder["aligned_method"] == "map-value-mlp"
+    assert fmap.aligned is not None and fmap.encoder_spec["aligned_method"] == "map-value-mlp"
     err = _refused(lambda: heatmap.patch_scores(v2, fmap, ["red circle"], method="map-value-mlp"))
     assert isinstance(err, FeatureMapMismatchError) and "fingerprint" in str(err)
     assert heatmap.patch_scores(tiny, fmap, ["red circle"], method="map-value-mlp").shape == (1, *fmap.grid_hw)
@@ -77,7 +77,8 @@ def test_every_heatmap_and_openvocab_path_refuses_another_encoders_featuremap(ti
         "with_aligned": lambda enc: heatmap.with_aligned(enc, fmap, m),
         "patch_scores": lambda enc: heatmap.patch_scores(enc, fmap, QUERIES, method=m),
         "image_scores": lambda enc: heatmap.image_scores(enc, fmap, QUERIES, method=m),
-        "image_scores windows": lambda enc: heatmap.image_scores(enc, fmap, QUERIES, method=m, windows=2, rgb=rgb),
+        "image_scores windows": lambda enc: heatmap.image_scores(enc, rgb, QUERIES, features=fmap, method=m,
+                                                                  windows=2),
         "check_featuremap": lambda enc: heatmap.check_featuremap(enc, fmap, (-1,), "test"),
         "embed_images": lambda enc: openvocab.embed_images(enc, fmap),
         "classify": lambda enc: openvocab.classify(enc, fmap, QUERIES),
@@ -94,7 +95,7 @@ def test_every_heatmap_and_openvocab_path_refuses_another_encoders_featuremap(ti
 
 
 def test_probes_upsamplers_heads_and_pooling_refuse_another_encoders_featuremap(tiny, v2, fmaps):
-    from dense.cache import with_pooled
+    from dense.head import with_pooled
     from dense.upsample import Upsampler, upsample_maps
     from probes import LinearProbe, ProbeMismatchError
     from probes.refer_head import ReferHead
@@ -106,9 +107,9 @@ def test_probes_upsamplers_heads_and_pooling_refuse_another_encoders_featuremap(
     up = Upsampler(D, encoder_spec=spec, layers=[1]).eval()
     head = ReferHead(2 * D, D, hidden=8, encoder_spec=spec).eval()
     for name, call in {"probe predict": lambda: probe.predict(fmap),
-                       "probe + upsampler": lambda: probe.predict(replace(fmap, encoder=spec), image=rgb,
+                       "probe + upsampler": lambda: probe.predict(replace(fmap, encoder_spec=spec), image=rgb,
                                                                   upsampler=Upsampler(D, encoder_spec=tiny.spec())),
-                       "upsampler": lambda: up.upsample(fmap, rgb),
+                       "upsampler": lambda: up.to_image(fmap, rgb),
                        "upsample_maps": lambda: upsample_maps(torch.zeros(2, *fmap.grid_hw), fmap, image=rgb,
                                                               upsampler=up),
                        "refer head": lambda: head.predict(fmap, torch.zeros(D))}.items():
@@ -116,9 +117,9 @@ def test_probes_upsamplers_heads_and_pooling_refuse_another_encoders_featuremap(
         assert isinstance(err, ProbeMismatchError | dense.upsample.UpsamplerMismatchError), name
     _refused(lambda: with_pooled(v2, fmap))
     # the same heads accept their own encoder's features, in another dtype or budget too
-    own = replace(fmap, encoder=dict(spec, dtype="bfloat16", max_patches=16))
+    own = replace(fmap, encoder_spec=dict(spec, dtype="bfloat16", max_patches=16))
     assert probe.predict(own).shape == fmap.image_hw
-    assert up.upsample(own, rgb).shape == (D, *fmap.image_hw)
+    assert up.to_image(own, rgb).shape == (D, *fmap.image_hw)
     assert head.predict(own, torch.zeros(D))["box_xyxy"].shape == (1, 4)
 
 
@@ -128,7 +129,7 @@ def test_probe_training_refuses_val_features_of_another_encoder_before_training(
     fmap = fmaps["plain"]
     label = np.zeros(fmap.image_hw, np.int64)
     train = [Sample(f"t{k}", fmap, label) for k in range(2)]
-    val = [Sample("v0", replace(fmap, encoder=v2.spec(layers=(0, 1))), label)]
+    val = [Sample("v0", replace(fmap, encoder_spec=v2.spec(layers=(0, 1))), label)]
     with pytest.raises(ProbeMismatchError, match="val sample v0.*fingerprint"):
         train_probes(train, val, ["bg", "fg"], ProbeConfig(epochs=10**6), progress=False)  # raised before any epoch
 
@@ -250,7 +251,7 @@ def test_one_header_check_for_every_reader(tmp_path, fmaps):
     fmap = fmaps["plain"]
     good = fmap.save(tmp_path / "good.safetensors")
     header, shapes = read_header(good, "dense.FeatureMap", 1, "FeatureMap")
-    assert header["encoder"] == fmap.encoder and shapes["tokens"] == list(fmap.tokens.shape)
+    assert header["encoder"] == fmap.encoder_spec and shapes["tokens"] == list(fmap.tokens.shape)
     s = CachedSample.open("good", good, lambda: None)
     torch.testing.assert_close(s.read()[0], fmap.tokens, rtol=0, atol=0)
 

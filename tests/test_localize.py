@@ -14,10 +14,10 @@ from dense.head import pool_with_weights
 from dense.localize import (
     Localizer,
     box_patch_weights,
+    find_peak_grid,
     heatmap_box_xyxy,
     localize,
     localize_heatmap,
-    refine_peak_grid,
     region_embeddings,
 )
 from dense.preprocess import grid_cell_xyxy, grid_to_pixel_xy
@@ -36,17 +36,17 @@ def test_quadratic_peak_refinement_is_exact_on_a_paraboloid():
     gh, gw = 7, 10
     ii, jj = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij")
     heatmap = 1.0 - 0.02 * (ii - 3.3) ** 2 - 0.01 * (jj - 5.8) ** 2  # [gh, gw], maximum at (3.3, 5.8)
-    np.testing.assert_allclose(refine_peak_grid(heatmap), [3.3, 5.8], atol=1e-9)
-    np.testing.assert_array_equal(refine_peak_grid(heatmap, refine="none"), [3, 6])
+    np.testing.assert_allclose(find_peak_grid(heatmap), [3.3, 5.8], atol=1e-9)
+    np.testing.assert_array_equal(find_peak_grid(heatmap, peak="none"), [3, 6])
     # at the border there is no neighbour on one side: the integer peak stays
     edge = torch.zeros(gh, gw)
     edge[0, 4], edge[1, 4], edge[0, 5] = 1.0, 0.5, 0.9
-    ij = refine_peak_grid(edge)
+    ij = find_peak_grid(edge)
     assert ij[0] == 0 and 4.0 < ij[1] <= 4.5
     # restricted search: the best allowed patch wins
     allowed = torch.zeros(gh, gw, dtype=torch.bool)
     allowed[6, 0] = True
-    np.testing.assert_array_equal(refine_peak_grid(heatmap, allowed=allowed, refine="none"), [6, 0])
+    np.testing.assert_array_equal(find_peak_grid(heatmap, allowed=allowed, peak="none"), [6, 0])
 
 
 def test_point_goes_through_the_geometry():
@@ -58,24 +58,24 @@ def test_point_goes_through_the_geometry():
     assert loc.score == 1.0 and loc.candidate_index is None
 
 
-@pytest.mark.parametrize("upsample", [1, 4])
-def test_box_is_the_component_around_the_peak(upsample):
+@pytest.mark.parametrize("factor", [1, 4])
+def test_box_is_the_component_around_the_peak(factor):
     fmap = geometry_fmap()
     heatmap = torch.zeros(fmap.grid_hw)
     heatmap[1:4, 2:5] = 0.8  # the target blob, rows 1-3, columns 2-4
     heatmap[2, 3] = 1.0  # its peak
     heatmap[4:6, 7:9] = 0.7  # a second blob, above the threshold but not connected
-    box = heatmap_box_xyxy(heatmap, fmap, threshold=0.5, upsample=upsample)
+    box = heatmap_box_xyxy(heatmap, fmap, threshold=0.5, factor=factor)
     expect = np.concatenate([grid_cell_xyxy((1, 2), fmap.image_hw, fmap.resized_hw, 8)[:2],
                              grid_cell_xyxy((3, 4), fmap.image_hw, fmap.resized_hw, 8)[2:]])
-    if upsample == 1:
+    if factor == 1:
         np.testing.assert_allclose(box, expect)
     else:  # bilinear blur shifts the edges by less than half a patch, never to the other blob
         cell_wh = np.array([200 / 9, 90 / 6, 200 / 9, 90 / 6])
         assert np.all(np.abs(box - expect) <= cell_wh / 2 + 1e-9), (box, expect)
     # threshold 1 keeps the peak alone; threshold 0 keeps everything -> the whole image
-    np.testing.assert_allclose(heatmap_box_xyxy(heatmap, fmap, threshold=0.0, upsample=upsample), [0, 0, 200, 90])
-    tight = heatmap_box_xyxy(heatmap, fmap, threshold=1.0, upsample=upsample)
+    np.testing.assert_allclose(heatmap_box_xyxy(heatmap, fmap, threshold=0.0, factor=factor), [0, 0, 200, 90])
+    tight = heatmap_box_xyxy(heatmap, fmap, threshold=1.0, factor=factor)
     peak_cell = grid_cell_xyxy((2, 3), fmap.image_hw, fmap.resized_hw, 8)
     assert peak_cell[0] <= tight[0] < tight[2] <= peak_cell[2] and peak_cell[1] <= tight[1] < tight[3] <= peak_cell[3]
 
@@ -269,7 +269,7 @@ PLANTED_SPEC = dict(fingerprint="planted", rules=RULES_VERSION, family="siglip",
 def planted_samples(n: int, seed: int):
     """Each image: 2-3 objects, each a 2x2 block of patches holding its class vector (+ noise); the text is the
     target's class vector; the target box is the block's cells. Grids and image sizes vary."""
-    from probes.refer_head import Sample
+    from probes.refer_head import ReferSample
 
     rng = np.random.default_rng(seed)
     D, C = 16, 4
@@ -280,7 +280,7 @@ def planted_samples(n: int, seed: int):
         image_hw = (int(rng.integers(60, 200)), int(rng.integers(60, 200)))
         tokens = torch.from_numpy(rng.normal(0, 0.3, (gh, gw, D))).float()
         fmap0 = FeatureMap(tokens=tokens, image_hw=image_hw, resized_hw=(gh * p, gw * p), patch_size=p,
-                           encoder=PLANTED_SPEC)
+                           encoder_spec=PLANTED_SPEC)
         cells = rng.permutation([(i, j) for i in range(0, gh - 1, 2) for j in range(0, gw - 1, 2)])[:3]
         cls = rng.permutation(C)[:len(cells)]
         for (i, j), c in zip(cells, cls, strict=True):
@@ -288,7 +288,7 @@ def planted_samples(n: int, seed: int):
         i, j = cells[0]
         box = np.concatenate([grid_cell_xyxy((i, j), image_hw, fmap0.resized_hw, p)[:2],
                               grid_cell_xyxy((i + 1, j + 1), image_hw, fmap0.resized_hw, p)[2:]])
-        out.append(Sample(fmap0, classes[cls[0]], box))
+        out.append(ReferSample(fmap0, classes[cls[0]], box))
     return out
 
 
@@ -324,7 +324,7 @@ def test_refer_head_learns_a_planted_task(tmp_path):
                                head.predict(test[0].fmap, test[0].text)["box_xyxy"], atol=1e-6)
     with pytest.raises(ProbeMismatchError, match="head.safetensors.*trained on another encoder.*fingerprint"):
         ReferHead.load(path, encoder=dict(PLANTED_SPEC, fingerprint="other"))
-    other = replace(test[0].fmap, encoder=dict(PLANTED_SPEC, fingerprint="other"))
+    other = replace(test[0].fmap, encoder_spec=dict(PLANTED_SPEC, fingerprint="other"))
     with pytest.raises(ProbeMismatchError, match="fingerprint"):
         again.predict(other, test[0].text)
     # files that are not a referring head: a probe, a torch pickle
@@ -349,12 +349,33 @@ def test_crop_scorer_reencodes_the_box(tiny_encoder):
     emb = crop_embeddings(tiny_encoder, rgb, boxes)
     torch.testing.assert_close(emb[0], embed_images(tiny_encoder, rgb)[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(emb[1], embed_images(tiny_encoder, rgb[20:61, 10:51])[0], atol=1e-5, rtol=1e-5)
-    loc = Localizer(tiny_encoder, tiny_encoder.extract(rgb), original=rgb)
+    loc = Localizer(tiny_encoder, rgb, features=tiny_encoder.extract(rgb))
     r = loc.localize("the red circle", candidates_xyxy=boxes, scorer="crop")
     assert r.method.endswith("+crop") and r.candidate_scores.shape == (2,)
-    with pytest.raises(ValueError, match="pass original="):
+    with pytest.raises(ValueError, match="pass the image as image="):
         Localizer(tiny_encoder, tiny_encoder.extract(rgb)).localize("the red circle", candidates_xyxy=boxes,
                                                                      scorer="crop")
+
+
+def test_localizer_reads_a_path_and_reuses_given_features(tiny_encoder, tmp_path):
+    """A path is read through load_image; with features= the FeatureMap is used as is (no extraction), and the
+    answers equal those of the array with its own extraction."""
+    from conftest import random_rgb
+    from PIL import Image
+
+    rgb = random_rgb(40, 56, seed=9)
+    path = tmp_path / "img.png"
+    Image.fromarray(rgb).save(path)
+    fmap = tiny_encoder.extract(rgb)
+    want = localize(tiny_encoder, rgb, "the red circle")
+    for kw in ({"image": path}, {"image": str(path), "features": fmap}):
+        got = localize(tiny_encoder, expression="the red circle", **kw)
+        np.testing.assert_allclose(got.box_xyxy, want.box_xyxy)
+        torch.testing.assert_close(got.heatmap, want.heatmap)
+    with pytest.raises(ValueError, match="features="):
+        Localizer(tiny_encoder, rgb[:20], features=fmap)  # the FeatureMap of another image size
+    with pytest.raises(ValueError, match="features= is given too"):
+        Localizer(tiny_encoder, fmap, features=fmap)
 
 
 def test_component_reranking_picks_the_tightest_box_around_a_planted_object(tiny_random):
@@ -370,7 +391,7 @@ def test_component_reranking_picks_the_tightest_box_around_a_planted_object(tiny
     tokens = background.repeat(gh, gw, 1)  # [gh, gw, D]
     tokens[3:5, 5:7] = planted  # a 2 x 2 object
     fmap = FeatureMap(tokens=tokens, image_hw=(64, 80), resized_hw=(gh * p, gw * p), patch_size=p,
-                      encoder=enc.spec())
+                      encoder_spec=enc.spec())
     ii, jj = torch.meshgrid(torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32),
                             indexing="ij")
     heatmap = torch.exp(-((ii - 3.5) ** 2 + (jj - 5.5) ** 2) / 8)  # [gh, gw]: a broad bump over the object

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dense.labels import IGNORE
-from dense.segdata import READERS, ade20k, voc
+from dense.segdata import READERS
 from probes import ProbeConfig, Sample, train_probes
 from probes.protocols import LABELS, PRESETS, Preset, Reference, preset
 
@@ -69,13 +69,19 @@ def test_describe_says_every_choice():
 
 
 def test_label_handling_is_the_readers(tmp_path):
-    """ADE20K's reduce-zero-label and VOC's 255 are what dense.segdata's readers do (LABELS only says so)."""
+    """ADE20K's reduce-zero-label and VOC's 255 are what dense.segdata's readers do (LABELS only says so): stored maps
+    written as the official downloads hold them read back as the truth they encode."""
+    import segdata_layouts as L
+
+    from dense.segdata import load_dataset
+
     assert set(LABELS) <= set(READERS)
-    lut = ade20k(tmp_path).lut
-    assert lut[0] == IGNORE and lut[1] == 0 and lut[150] == 149 and lut[255] == IGNORE
-    (tmp_path / "ImageSets" / "Segmentation").mkdir(parents=True)
-    lut = voc(tmp_path).lut
-    assert lut[0] == 0 and lut[20] == 20 and lut[255] == IGNORE
+    for name, built in (("ade20k", L.ade150_official(tmp_path / "ade")), ("voc", L.voc_official(tmp_path / "voc"))):
+        ds = load_dataset(name, built.root)
+        for split, maps in built.truth.items():
+            for i, truth in maps.items():
+                assert np.array_equal(ds.label_map(i), truth), (name, split, i)
+        assert any((m == IGNORE).any() for maps in built.truth.values() for m in maps.values())
 
 
 def test_bad_presets_are_refused():

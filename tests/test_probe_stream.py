@@ -26,7 +26,7 @@ def to_cache(root, samples, spec=SPEC, dtype=None):
     cache = FeatureCache(root, spec)
     cache.init()
     for s in samples:
-        cache.put(s.key, dataclasses.replace(s.fmap, encoder=dict(SPEC)))
+        cache.put(s.key, dataclasses.replace(s.fmap, encoder_spec=dict(SPEC)))
     labels = {s.key: s.label for s in samples}
     return cache, cached_samples(cache, [s.key for s in samples], [partial(labels.get, s.key) for s in samples])
 
@@ -75,7 +75,7 @@ def test_streamed_labels_are_checked_when_read(tmp_path):
 
 def test_bf16_store_through_extract(tmp_path, tiny_siglip_dir):
     import dense
-    from dense.cache import extract_to_cache
+    from dense.extract import extract_to_cache
 
     enc = dense.load_encoder(tiny_siglip_dir)
     rng = np.random.default_rng(0)
@@ -87,7 +87,7 @@ def test_bf16_store_through_extract(tmp_path, tiny_siglip_dir):
     extract_to_cache(enc, items, half, progress=False)
     for key, _ in items:
         a, b = full.load(key), half.load(key)
-        assert b.tokens.dtype == torch.bfloat16 and b.encoder == half.spec
+        assert b.tokens.dtype == torch.bfloat16 and b.encoder_spec == half.spec
         torch.testing.assert_close(b.tokens, a.tokens.to(torch.bfloat16), rtol=0, atol=0)
         assert half.path(key).stat().st_size < 0.75 * full.path(key).stat().st_size
     with pytest.raises(ValueError, match="storage"):
@@ -96,7 +96,7 @@ def test_bf16_store_through_extract(tmp_path, tiny_siglip_dir):
 
 def test_pooled_cached_at_extraction(tmp_path, tiny_siglip_dir):
     import dense
-    from dense.cache import extract_to_cache
+    from dense.extract import extract_to_cache
     from dense.openvocab import embed_images
 
     enc = dense.load_encoder(tiny_siglip_dir)
@@ -156,7 +156,7 @@ def test_pooled_heads_learn_what_only_the_pooled_vector_says(tmp_path):
     cache = FeatureCache(tmp_path / "c", spec)
     cache.init()
     for s in train + val:
-        cache.put(s.key + ("v" if s in val else ""), dataclasses.replace(s.fmap, encoder=spec))
+        cache.put(s.key + ("v" if s in val else ""), dataclasses.replace(s.fmap, encoder_spec=spec))
     tr = cached_samples(cache, [s.key for s in train], [partial(lambda s: s.label, s) for s in train])
     same_probes(train_probes(tr, val, NAMES, cfg, progress=False), res)
 
@@ -164,7 +164,7 @@ def test_pooled_heads_learn_what_only_the_pooled_vector_says(tmp_path):
 def test_protocols():
     assert protocol("last", num_layers=27).layer_sets == ((26,),)
     assert protocol("last-k", num_layers=27).layer_sets == ((23, 24, 25, 26),)
-    best = protocol("best-block", num_layers=27, blocks=(20, 24, 26))
+    best = protocol("best-block", num_layers=27, layers=(20, 24, 26))
     assert best.layer_sets == ((20,), (24,), (26,)) and best.layers == (20, 24, 26) and not best.pooled_needed
     p = protocol("pooled", num_layers=27)
     assert p.pooled == (True,) and p.pooled_needed
@@ -177,6 +177,6 @@ def test_protocols():
 def test_best_single_block_is_chosen_on_val():
     """Block 3 carries the classes, block 1 noise: a sweep over single blocks picks block 3."""
     train, val = fake_samples(24, 0), fake_samples(8, 1)
-    p = protocol("best-block", num_layers=4, blocks=(1, 3))
+    p = protocol("best-block", num_layers=4, layers=(1, 3))
     res = train_probes(train, val, NAMES, ProbeConfig(lrs=(1e-2,), layer_sets=p.layer_sets, epochs=4), progress=False)
     assert res.best_key == "lr=0.01 layers=3" and res.best.layers == [3]

@@ -90,16 +90,18 @@ def test_save_load_and_encoder_mismatch(tmp_path):
     train, val = fake_samples(8, 0), fake_samples(4, 1)
     res = train_probes(train, val, NAMES, ProbeConfig(lrs=(1e-2,), layer_sets=((3,),), epochs=2), progress=False)
     path = res.best.save(tmp_path / "p.safetensors")
-    loaded = LinearProbe.load(path, encoder=dict(SPEC, max_patches=256, dtype="bfloat16"))  # budget/dtype may differ
+    loaded = LinearProbe.load(path, encoder_spec=dict(SPEC, max_patches=256, dtype="bfloat16"))  # budget, dtype differ
     assert loaded.class_names == NAMES and loaded.layers == [3] and loaded.encoder_spec == SPEC
     for s in val:
         torch.testing.assert_close(loaded.logits(s.fmap), res.best.logits(s.fmap))
     with pytest.raises(ProbeMismatchError, match="hidden_size: trained on 12, given 16"):
-        LinearProbe.load(path, encoder=dict(SPEC, hidden_size=16))
+        LinearProbe.load(path, encoder_spec=dict(SPEC, hidden_size=16))
     with pytest.raises(ProbeMismatchError, match="fingerprint"):
-        LinearProbe.load(path, encoder=dict(SPEC, fingerprint="other"))
+        LinearProbe.load(path, encoder_spec=dict(SPEC, fingerprint="other"))
     with pytest.raises(ProbeMismatchError, match="blocks"):
-        LinearProbe.load(path, encoder=dict(SPEC, layers=[1]))
+        LinearProbe.load(path, encoder_spec=dict(SPEC, layers=[1]))
+    with pytest.raises(TypeError, match="encoder_spec="):  # encoder= is an Encoder, never a spec dict
+        LinearProbe.load(path, encoder=dict(SPEC))
     with pytest.raises(ProbeMismatchError):
         res.best.predict(FeatureMap(torch.zeros(2, 2, 24), (16, 16), (16, 16), P, (1, 3), dict(SPEC, fingerprint="x")))
     bad = tmp_path / "bad.safetensors"
@@ -151,7 +153,7 @@ def test_cli_train_then_eval(tmp_path, tiny_siglip_dir, tiny_siglip2_dir, capsys
     assert ev["figures"]["mIoU"] == pytest.approx(res["figures"]["mIoU"])
     assert 0 <= ev["figures"]["bF"] <= 1 and 0 <= ev["figures"]["trimap_mIoU"] <= 1
     capsys.readouterr()
-    rc = main(["probe", "eval", *common, "--probe", str(out), "--split", "test", "--upsample", "guided",
+    rc = main(["probe", "eval", *common, "--probe", str(out), "--split", "test", "--sharpen", "guided",
                "--json", str(tmp_path / "g.json")])
     assert rc == 0 and "boundary F" in capsys.readouterr().out
     guided = json.loads((tmp_path / "g.json").read_text())["figures"]
@@ -177,24 +179,32 @@ def test_cli_train_then_eval(tmp_path, tiny_siglip_dir, tiny_siglip2_dir, capsys
 
 
 def test_guided_predict_is_the_guided_filter_of_the_probabilities():
-    """LinearProbe.predict(upsample="guided") == argmax of dense.upsample.guided_upsample on its softmax; it needs
-    the image, and the image must be the FeatureMap's."""
-    from dense.upsample import GUIDED_EPS, GUIDED_RADIUS_CELLS, guided_upsample
+    """LinearProbe.predict(sharpen="guided") == argmax of dense.upsample.guided_upsample on its softmax, with the radius
+    and resolution of the calibration: cells of exactly 10 px give radius 10 at full resolution by default (one cell,
+    the neutral calibration) and 13 at half resolution with shapes-tiny's (1.3 cells, subsample 2). It needs the
+    image, and the image must be the FeatureMap's."""
+    import dataclasses
+
+    from dense.checkpoint import Calibration
+    from dense.upsample import GUIDED_EPS, guided_upsample
 
     train, val = fake_samples(12, 0), fake_samples(4, 1)
     probe = train_probes(train, val, NAMES, ProbeConfig(lrs=(1e-2,), epochs=2), progress=False).best
-    s = val[0]
-    H, W = s.fmap.image_hw
-    image = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
-    cell = np.sqrt((H / s.fmap.grid_hw[0]) * (W / s.fmap.grid_hw[1]))
-    expect = guided_upsample(probe.grid_logits(s.fmap).softmax(0), image, radius=round(GUIDED_RADIUS_CELLS * cell),
-                             eps=GUIDED_EPS, subsample=2).argmax(0).numpy()
-    got = probe.predict(s.fmap, upsample="guided", image=image)
-    assert got.dtype == np.int32 and (got == expect).all()
+    gh, gw = val[0].fmap.grid_hw
+    fmap = dataclasses.replace(val[0].fmap, image_hw=(10 * gh, 10 * gw))  # 10 x 10 px cells
+    image = np.random.default_rng(0).integers(0, 255, (10 * gh, 10 * gw, 3), dtype=np.uint8)
+    probs = probe.grid_logits(fmap).softmax(0)  # [K, gh, gw]
+    for calibration, radius, subsample in ((None, 10, 1),
+                                           (Calibration(guided_radius_cells=1.3, guided_subsample=2), 13, 2)):
+        expect = guided_upsample(probs, image, radius=radius, eps=GUIDED_EPS, subsample=subsample).argmax(0).numpy()
+        got = probe.predict(fmap, sharpen="guided", image=image, calibration=calibration)
+        assert got.dtype == np.int32 and (got == expect).all()
+    assert (probe.predict(fmap, sharpen="guided", image=image, calibration=Calibration(guided_radius_cells=2.0))
+            != probe.predict(fmap, sharpen="guided", image=image)).any()  # the calibration is read
     with pytest.raises(ValueError, match="needs the image"):
-        probe.predict(s.fmap, upsample="guided")
+        probe.predict(fmap, sharpen="guided")
     with pytest.raises(ValueError, match="made from"):
-        probe.predict(s.fmap, upsample="guided", image=image[:-1])
+        probe.predict(fmap, sharpen="guided", image=image[:-1])
 
 
 def test_cell_counts_equal_pixel_cross_entropy():
@@ -228,9 +238,10 @@ def test_shapes_tiny_features_beat_random_weights(tmp_path):
     from transformers import AutoConfig, AutoModel
 
     import dense
-    from dense.cache import FeatureCache, dataset_items, extract_to_cache
+    from dense.cache import FeatureCache
     from dense.coco import load_coco
     from dense.datasets import make_shapes
+    from dense.extract import dataset_items, extract_to_cache
     from probes.train import load_samples
 
     world = make_shapes(tmp_path / "w", 100, seed=1)

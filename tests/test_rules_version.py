@@ -66,6 +66,7 @@ TEXT_RULES = {
     },
 }
 
+TEMPLATES = ("{}", "a photo of a {}", "a picture of a {}", "an image of a {}", "this is a {}")  # the references'
 ATOL = 2e-4  # float outputs of a 2-block fp32 model: far below any change of rule, far above CPU-to-CPU noise
 
 STRINGS = ("Red Circle", "a photo of the big blue star on the left of the small green square", "", "zebra red",
@@ -137,15 +138,15 @@ def pixel_outputs(encoder) -> dict:
 
 
 def text_outputs(encoder) -> dict:
-    from dense.text import DEFAULT_TEMPLATES, canonicalize, clear_cache, embed_texts, tokenize
     from dense.text import TEXT_RULES as RULE_NAMES
+    from dense.text import canonicalize, clear_cache, embed_texts, tokenize
 
     ids = tokenize(encoder, list(STRINGS))  # [T, L]
     clear_cache(encoder)
     old = os.environ.get("DENSE_TEXT_CACHE")
     os.environ["DENSE_TEXT_CACHE"] = "0"  # computed now, never read from a cache written under other rules
     try:
-        emb = embed_texts(encoder, ["red circle", "blue star on the left"], templates=DEFAULT_TEMPLATES)  # [2, E]
+        emb = embed_texts(encoder, ["red circle", "blue star on the left"], templates=TEMPLATES)  # [2, E]
     finally:
         os.environ.pop("DENSE_TEXT_CACHE") if old is None else os.environ.__setitem__("DENSE_TEXT_CACHE", old)
     canonical = "\n".join(canonicalize(t, rule) for rule in RULE_NAMES for t in STRINGS + AWKWARD)
@@ -198,10 +199,10 @@ def test_versions_are_in_every_key(v2, tmp_path, monkeypatch):
 
     assert v2.spec()["rules"] == RULES_VERSION
     fmap = v2.extract(_image())
-    assert fmap.encoder["rules"] == RULES_VERSION
+    assert fmap.encoder_spec["rules"] == RULES_VERSION
     monkeypatch.setenv("DENSE_TEXT_CACHE", "1")
     assert text.disk_cache_dir(v2).parent.name == f"v{text.TEXT_RULES_VERSION}"
-    older = replace(fmap, encoder={**fmap.encoder, "rules": RULES_VERSION - 1})
+    older = replace(fmap, encoder_spec={**fmap.encoder_spec, "rules": RULES_VERSION - 1})
     with pytest.raises(FeatureMapMismatchError, match=f"rules: {RULES_VERSION - 1}, not {RULES_VERSION}"):
         heatmap.patch_scores(v2, older, ["red circle"])
     cache = FeatureCache.for_encoder(tmp_path, v2)

@@ -366,7 +366,8 @@ def test_holdout_is_seeded_disjoint_and_recorded(tmp_path):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_label_size_mismatch_names_the_label_file(tmp_path, tiny_encoder, stream):
-    from dense.cache import FeatureCache, dataset_items, extract_to_cache
+    from dense.cache import FeatureCache
+    from dense.extract import dataset_items, extract_to_cache
     from probes.train import load_samples
 
     root = tmp_path / "VOC2012"

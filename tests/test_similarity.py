@@ -16,7 +16,7 @@ def _fmap(tokens: torch.Tensor, patch: int = 8, image_hw=None, layers=(-1,), enc
     gh, gw, _ = tokens.shape
     resized = (gh * patch, gw * patch)
     return FeatureMap(tokens=tokens, image_hw=tuple(image_hw or resized), resized_hw=resized, patch_size=patch,
-                      layers=layers, encoder=dict(encoder or {}))
+                      layers=layers, encoder_spec=dict(encoder or {}))
 
 
 def _pasted(seed: int = 0, D: int = 16, offset_ij=(3, 5)):

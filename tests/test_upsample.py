@@ -143,27 +143,27 @@ def test_upsampler_contract_convex_weights_and_linear_commute():
     torch.manual_seed(0)
     fmap = _fmap(torch.randn(5, 7, 12), (37, 61))  # the image is not a multiple of the grid
     img = np.random.default_rng(0).integers(0, 256, (37, 61, 3), dtype=np.uint8)
-    up = Upsampler(12, UpsamplerConfig(guide_dim=8, key_dim=8), encoder_spec=fmap.encoder)
+    up = Upsampler(12, UpsamplerConfig(guide_dim=8, key_dim=8), encoder_spec=fmap.encoder_spec)
     w, index = up.weights(fmap, img)
     assert w.shape == index.shape == (9, 37 * 61)
     torch.testing.assert_close(w.sum(0), torch.ones(37 * 61))
-    tokens = up.upsample(fmap, img)  # [D, H, W]
+    tokens = up.to_image(fmap, img)  # [D, H, W]
     assert tokens.shape == (12, 37, 61) and torch.isfinite(tokens).all()
     # a linear head on upsampled tokens == the upsampled head output (the weights are convex)
     head = nn.Conv2d(12, 3, 1)
     with torch.no_grad():
         grid_logits = head(fmap.tokens.permute(2, 0, 1)[None])[0]  # [3, 5, 7]
-        torch.testing.assert_close(up.upsample(fmap, img, values=grid_logits), head(tokens[None])[0], atol=1e-4,
+        torch.testing.assert_close(up.to_image(fmap, img, values=grid_logits), head(tokens[None])[0], atol=1e-4,
                                    rtol=1e-4)
         # a constant map stays constant
-        torch.testing.assert_close(up.upsample(fmap, img, values=torch.full((1, 5, 7), 2.5)), torch.full((1, 37, 61),
+        torch.testing.assert_close(up.to_image(fmap, img, values=torch.full((1, 5, 7), 2.5)), torch.full((1, 37, 61),
                                    2.5))
     # every parameter gets a gradient through the training path
     w, index = up.weights(fmap, img, (10, 14))
     up.mix(fmap.tokens.permute(2, 0, 1), w, index, (10, 14)).square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in up.parameters())
     with pytest.raises(ValueError, match="values"):
-        up.upsample(fmap, img, values=torch.zeros(3, 4, 4))
+        up.to_image(fmap, img, values=torch.zeros(3, 4, 4))
 
 
 def test_upsampler_geometry_neighbours_centre_on_the_covering_patch():
@@ -197,12 +197,12 @@ def test_train_upsampler_learns_and_save_load_checks_identity(tiny_encoder, tmp_
     path = up.save(tmp_path / "up.safetensors")
     back = Upsampler.load(path, encoder=tiny_encoder)
     fmap = tiny_encoder.extract(imgs[0], max_patches=24)
-    torch.testing.assert_close(back.upsample(fmap, imgs[0]), up.upsample(fmap, imgs[0]))
+    torch.testing.assert_close(back.to_image(fmap, imgs[0]), up.to_image(fmap, imgs[0]))
     other = dict(tiny_encoder.spec(), hidden_size=64, fingerprint="another")
     with pytest.raises(UpsamplerMismatchError, match="up.safetensors.*trained on another encoder"):
-        Upsampler.load(path, encoder=other)
+        Upsampler.load(path, encoder_spec=other)
     with pytest.raises(UpsamplerMismatchError):
-        back.upsample(_fmap(fmap.tokens, fmap.image_hw, spec=dict(fmap.encoder, fingerprint="another")), imgs[0])
+        back.to_image(_fmap(fmap.tokens, fmap.image_hw, spec=dict(fmap.encoder_spec, fingerprint="another")), imgs[0])
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(ValueError, match="bad.safetensors"):
         Upsampler.load(tmp_path / "bad.safetensors")
@@ -234,12 +234,20 @@ def patch_mean_encoder(p=8, budget=12):
 
 
 def test_window_starts():
-    assert window_starts(8, 8, 2) == [0]
-    assert window_starts(8, 4, 0) == [0, 4]
-    starts = window_starts(10, 5, 2)
-    assert starts[0] == 0 and starts[-1] == 5 and all(b - a <= 3 for a, b in zip(starts, starts[1:], strict=False))
+    """One rule for tiles (overlap=) and sliding windows (n=): known answers, first at 0, last at the end."""
+    assert window_starts(8, 8, overlap=2) == [0]
+    assert window_starts(8, 4, overlap=0) == [0, 4]
+    assert window_starts(10, 5, overlap=2) == [0, 2, 5]  # ceil(8 / 3) = 3 windows, stride at most 3
+    assert window_starts(48, 32, n=2) == [0, 16]  # image_scores(windows=2): crops of 2/3, overlapping by half
+    assert window_starts(80, 40, n=3) == [0, 20, 40]
+    assert window_starts(7, 3, n=4) == [0, 1, 3, 4]
+    assert window_starts(5, 5, n=3) == [0]  # a window spanning the axis is needed once
     with pytest.raises(ValueError, match="overlap"):
-        window_starts(10, 5, 5)
+        window_starts(10, 5, overlap=5)
+    with pytest.raises(ValueError, match="exactly one"):
+        window_starts(10, 5)
+    with pytest.raises(ValueError, match="window 11"):
+        window_starts(10, 11, n=2)
 
 
 def test_tiled_equals_the_finer_grid_and_a_planted_square_lands_where_the_geometry_says():
@@ -251,7 +259,7 @@ def test_tiled_equals_the_finer_grid_and_a_planted_square_lands_where_the_geomet
     for blend in ("centre", "mean"):
         fm = extract_tiled(enc, img, scale=2, overlap=1, blend=blend)
         assert fm.grid_hw == (2 * gh, 2 * gw) and fm.resized_hw == (2 * gh * 8, 2 * gw * 8)
-        assert fm.encoder["tiling"]["scale"] == 2 and fm.image_hw == (H, W)
+        assert fm.encoder_spec["tiling"]["scale"] == 2 and fm.image_hw == (H, W)
         # no context: the stitched map equals one pass over the whole finer grid
         want = enc.forward_pixels(to_pixels(rgb, (2 * gh, 2 * gw), enc.pixels)[None])[0]
         torch.testing.assert_close(fm.tokens, want, atol=1e-6, rtol=0)
@@ -275,8 +283,8 @@ def test_tiled_scale_one_is_the_plain_extraction(tiny_encoder):
     plain = tiny_encoder.extract(img, layers=(0, -1))
     tiled = extract_tiled(tiny_encoder, img, scale=1, layers=(0, -1))
     torch.testing.assert_close(tiled.tokens, plain.tokens, rtol=0, atol=0)
-    assert (tiled.grid_hw, tiled.resized_hw, tiled.layers, tiled.encoder) == (plain.grid_hw, plain.resized_hw,
-                                                                              plain.layers, plain.encoder)
+    assert (tiled.grid_hw, tiled.resized_hw, tiled.layers, tiled.encoder_spec) == (plain.grid_hw, plain.resized_hw,
+                                                                              plain.layers, plain.encoder_spec)
     two = extract_tiled(tiny_encoder, img, scale=2)
     assert two.grid_hw == (2 * plain.grid_hw[0], 2 * plain.grid_hw[1]) and torch.isfinite(two.tokens).all()
     with pytest.raises(ValueError, match="scale"):

@@ -67,7 +67,7 @@ OPTIONS = {
                 "its resolution, sliding-window evaluation and label handling, and prints what it fixed "
                 "(probes.protocols)",
     "--pooled": "heads with the pooled MAP embedding concatenated to every token (TIPS): off, on or both",
-    "--upsample": "how predictions reach the image's pixels: bilinear, or guided (a colour guided filter with the "
+    "--sharpen": "how predictions reach the image's pixels: bilinear, or guided (a colour guided filter with the "
                   "image as guide: sharper edges)",
     "--upsampler": "a learned upsampler of this encoder (`dense upsampler train`) in place of bilinear",
     "--probe": "a probe saved by `dense probe train --out`",

@@ -140,7 +140,7 @@ def run_openvocab(args) -> int:
     enc = load(args)
     res = evaluate_openvocab(enc, data, args.images, methods=_methods(args, enc), background=args.background,
                              templates=args.templates, split=args.split, limit=args.limit,
-                             max_patches=args.max_patches, thresholds=args.sweep or (), refines=args.refine,
+                             max_patches=args.max_patches, background_thresholds=args.sweep or (), refines=args.refine,
                              windows=args.windows, resamples=args.resamples, seed=args.seed, choose=args.choose,
                              guard=args.guard, progress=not args.quiet)
     print(format_openvocab(res))
@@ -194,7 +194,7 @@ def run_refer(args) -> int:
     _check_choose(args)
     enc = load(args)
     res = evaluate_refer(enc, args.ann, args.refs, args.images, split=args.split, methods=_methods(args, enc),
-                         scorers=args.scorers, thresholds=args.sweep, box_threshold=args.box_threshold,
+                         scorers=args.scorers, box_thresholds=args.sweep, box_threshold=args.box_threshold,
                          templates=args.templates, limit=args.limit, max_patches=args.max_patches,
                          resamples=args.resamples, seed=args.seed, choose=args.choose, progress=not args.quiet)
     print(format_refer(res))

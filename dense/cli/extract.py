@@ -40,13 +40,9 @@ def add(sub, parent) -> None:
 
 
 def run(args) -> int:
-    from dense.cache import (
-        FeatureCache,
-        dataset_items,
-        extract_to_cache,
-        folder_items,
-    )
+    from dense.cache import FeatureCache
     from dense.distributed import gather_reports, init_distributed, plan_distributed
+    from dense.extract import dataset_items, extract_to_cache, folder_items
 
     blocks = args.layers
     on_error = "skip" if args.skip_bad else "raise"

@@ -59,7 +59,7 @@ def add(sub, parent) -> None:
     data_options(e)
     opt(e, "--probe", required=True, type=existing("file"))
     opt(e, "--split", default="test")
-    upsample_options(e)
+    sharpen_options(e)
     add_json(e)
     add_quiet(e)
 
@@ -116,11 +116,11 @@ def sweep_options(t) -> None:
     opt(t, "--preset", choices=PRESETS)
     opt(t, "--pooled", choices=("off", "on", "both"), default="off")
     opt(t, "--store-dtype", choices=STORE_DTYPES, default="float32")
-    upsample_options(t)
+    sharpen_options(t)
 
 
-def upsample_options(p) -> None:
-    opt(p, "--upsample", "of the reported split", default="bilinear", choices=("bilinear", "guided"))
+def sharpen_options(p) -> None:
+    opt(p, "--sharpen", "of the reported split", default="bilinear", choices=("bilinear", "guided"))
     opt(p, "--upsampler", type=existing("file"))
 
 
@@ -133,7 +133,7 @@ def sweep_kwargs(args) -> dict:
     return dict(layers=args.layers, layer_sets=args.layer_sets, lrs=args.lrs, epochs=args.epochs,
                 train_batch_size=args.train_batch_size, label_scale=args.label_scale, weight_decay=args.weight_decay,
                 feature_dtype=args.feature_dtype, seed=args.seed, protocol=args.protocol, last_k=args.last_k,
-                pooled=args.pooled, store_dtype=args.store_dtype, upsample=args.upsample, upsampler=args.upsampler,
+                pooled=args.pooled, store_dtype=args.store_dtype, sharpen=args.sharpen, upsampler=args.upsampler,
                 preset=args.preset)
 
 
@@ -200,7 +200,7 @@ def run_eval(args) -> int:
     from dense.eval.probe import evaluate_saved_probe
 
     res = evaluate_saved_probe(args.probe, args.model, **data_kwargs(args), split=args.split,
-                               upsample=args.upsample, upsampler=args.upsampler, **extract_kwargs(args))
+                               sharpen=args.sharpen, upsampler=args.upsampler, **extract_kwargs(args))
     print_figures(f"{args.split} ({res.meta['images']} images)", res.figures)
     write_json(args.json, res.to_json())
     return 0

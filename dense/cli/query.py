@@ -65,13 +65,13 @@ def run_heatmap(args) -> int:
     import numpy as np
 
     from dense import viz
-    from dense.heatmap import patch_scores, upsample, with_aligned
+    from dense.heatmap import patch_scores, to_image_size, with_aligned
     from dense.preprocess import load_image
 
     enc = load(args)
     image = load_image(args.image)
     fmap = with_aligned(enc, image, args.method, max_patches=args.max_patches)
-    scores = upsample(patch_scores(enc, fmap, args.queries, method=args.method, templates=args.templates),
+    scores = to_image_size(patch_scores(enc, fmap, args.queries, method=args.method, templates=args.templates),
                       fmap).numpy()  # [T, H, W]
     rows = []
     for q, s in zip(args.queries, scores, strict=True):

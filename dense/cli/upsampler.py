@@ -38,7 +38,8 @@ def add(sub, parent) -> None:
 
 
 def run_train(args) -> int:
-    from dense.cache import IMAGE_EXTS, folder_items
+    from dense.extract import folder_items
+    from dense.preprocess import IMAGE_EXTS
     from dense.upsample import UpsamplerConfig, train_upsampler
 
     items = folder_items(args.images)[: args.limit]

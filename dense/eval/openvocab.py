@@ -19,7 +19,7 @@ from dense.heatmap import (
     patch_scores,
     supported_methods,
     templates_of,
-    upsample,
+    to_image_size,
     with_aligned,
 )
 from dense.openvocab import background_prompts, labels_from_scores
@@ -35,7 +35,8 @@ def setting_key(method: str, refine: str | None = None) -> str:
 
 def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods: Sequence[str] | None = None,
                        background=None, templates: Sequence[str] | None = None, split: str | None = None,
-                       limit: int | None = None, max_patches: int | None = None, thresholds: Sequence[float] = (),
+                       limit: int | None = None, max_patches: int | None = None,
+                       background_thresholds: Sequence[float] = (),
                        refines: Sequence[str] | None = None, windows: int | None = None,
                        resamples: int = stats.RESAMPLES, seed: int = 0, choose: bool = False,
                        guard: float = 0.02, progress: bool = False) -> Result:
@@ -44,10 +45,11 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
     Category names are the queries (``dense.coco`` label k + 1 = category k). ``background`` and ``templates``:
     None = the encoder's calibration. Pointing: for every (image, category present), is the centre of the peak patch
     of that category's scores (the peak pixel with ``windows > 1`` or a refinement) inside one of its (non-crowd)
-    masks? ``thresholds``: background thresholds to sweep as well, to choose one on a validation split. ``refines``:
-    each method is scored with each refinement (``"none"``, ``"pamr"``: :mod:`dense.refine`); ``windows``: sliding
-    windows (:func:`dense.heatmap.image_scores`); None for either: the encoder's calibration, so a run with no
-    settings reproduces what the calibration measured. ``ann`` may also be a dataset object (:mod:`dense.segdata`).
+    masks? ``background_thresholds``: background thresholds to sweep as well, to choose one on a validation split.
+    ``refines``: each method is scored with each refinement (``"none"``, ``"pamr"``: :mod:`dense.refine`);
+    ``windows``: sliding windows (:func:`dense.heatmap.image_scores`); None for either: the encoder's calibration, so
+    a run with no settings reproduces what the calibration measured. ``ann`` may also be a dataset object
+    (:mod:`dense.segdata`).
     ``split``: None or ``"all"``: every image. ``choose``: also choose a setting on this split
     (:func:`choose_setting` with ``guard``), kept as ``meta["chosen"]`` (:func:`calibration_from_choice` turns it into
     a calibration).
@@ -74,8 +76,8 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
         background = cal.background or 0.0
     if isinstance(background, (int, float)) and not 0.0 <= background <= 1.0:
         raise ValueError(f"background threshold must be in [0, 1], got {background}")
-    if any(not 0.0 <= t <= 1.0 for t in thresholds):
-        raise ValueError(f"swept background thresholds must be in [0, 1], got {list(thresholds)}")
+    if any(not 0.0 <= t <= 1.0 for t in background_thresholds):
+        raise ValueError(f"swept background thresholds must be in [0, 1], got {list(background_thresholds)}")
     split = None if split == "all" else split
     if not 0.0 <= guard <= 1.0:
         raise ValueError(f"guard must be a fraction in [0, 1], got {guard}")
@@ -94,7 +96,7 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
             ds.check_files(s)
     offset = 1 if ds.class_names[0] == "background" else 0
     if not offset:  # no background class: plain argmax, nothing to threshold
-        background, thresholds = None, ()
+        background, background_thresholds = None, ()
     names = ds.class_names[offset:]  # label k + offset <-> names[k], as in dense.coco
     K = len(ds.class_names)
     bg_prompts = background_prompts(background) if offset else []
@@ -103,7 +105,7 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
     text = embed_texts(encoder, names + bg_prompts, templates=templates)  # [C + B, E], once for the whole run
     settings = [(m, r, setting_key(m, r)) for m in methods for r in refines]
     meters = {s: metrics.SegmentationMeter(ds.class_names) for _, _, s in settings}
-    sweep = {(s, t): metrics.SegmentationMeter(ds.class_names) for _, _, s in settings for t in thresholds}
+    sweep = {(s, t): metrics.SegmentationMeter(ds.class_names) for _, _, s in settings for t in background_thresholds}
     counts: dict = {key: [] for key in [*meters, *sweep]}  # per image: (inter, union, gt), [K] each
     points: dict[str, list[tuple[int, int]]] = {s: [] for s in meters}  # per image: (hits, points)
     rows = []
@@ -120,15 +122,15 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
             grid = None
             if windows > 1:
                 probs = image_scores(encoder, rgb, text, method=m, max_patches=max_patches, windows=windows,
-                                     refine=r, rgb=rgb)  # [C + B, H, W]
+                                     refine=r)  # [C + B, H, W]
             else:
                 src = with_aligned(encoder, rgb, m, max_patches=max_patches) if m in from_image else fmap
                 grid = patch_scores(encoder, src, text, method=m)  # [C + B, gh, gw]
-                probs = upsample(grid, src) if r == "none" else image_scores(encoder, src, text, method=m,
-                                                                             refine=r, rgb=rgb)  # [C + B, H, W]
+                probs = to_image_size(grid, src) if r == "none" else image_scores(encoder, rgb, text, features=src,
+                                                                                   method=m, refine=r)  # [C + B, H, W]
             cm = meters[key].update(labels_from_scores(probs, len(names), background) - 1 + offset, gt)
             counts[key].append(stats.counts_from_confusion(cm))
-            for t in thresholds:
+            for t in background_thresholds:
                 cm_t = sweep[(key, t)].update(labels_from_scores(probs[: len(names)], len(names), t), gt)
                 counts[(key, t)].append(stats.counts_from_confusion(cm_t))
             image_hits = []
@@ -161,14 +163,14 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
             else float("nan")
         intervals[f"{s}/pointing"] = stats.ratio_interval(hits_pts[:, 0], hits_pts[:, 1], **boot)
         seg_ci(counts[s], f"{s}/mIoU", f"{s}/pixel_acc")
-        for t in thresholds:
+        for t in background_thresholds:
             f_t = sweep[(s, t)].figures()
             figures[f"{s}/mIoU@thr={t}"], figures[f"{s}/pixel_acc@thr={t}"] = f_t["mIoU"], f_t["pixel_acc"]
             seg_ci(counts[(s, t)], f"{s}/mIoU@thr={t}", f"{s}/pixel_acc@thr={t}")
     meta = {"task": "openvocab", "ann": str(getattr(ds, "root", ann)), "split": split or "all", "images": len(ids),
             "points": {s: int(sum(p for _, p in points[s])) for s in points}, "methods": methods,
             "refines": list(refines), "settings": [s for _, _, s in settings], "windows": windows,
-            "background": background, "templates": list(templates), "thresholds": list(thresholds),
+            "background": background, "templates": list(templates), "thresholds": list(background_thresholds),
             "encoder": encoder.name, "fingerprint": encoder.fingerprint,
             "max_patches": max_patches or encoder.pixels.max_patches, "bootstrap": {**boot, "level": stats.LEVEL},
             "seconds": time.perf_counter() - t0}

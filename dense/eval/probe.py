@@ -28,17 +28,18 @@ from dense.eval import Result
 
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 POOLED = {"off": (False,), "on": (True,), "both": (False, True)}  # heads without / with the pooled embedding (TIPS)
-UPSAMPLE = ("bilinear", "guided")  # how predictions reach the image's pixels (dense.upsample)
+SHARPEN = ("bilinear", "guided")  # how predictions reach the image's pixels (dense.upsample.SHARPEN_MODES)
 STORE_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
 
-def evaluate_probes(probes: Mapping[str, object], samples: Sequence, *, upsample: str = "bilinear",
-                    upsampler=None, images: Mapping[str, object] | None = None, boundary: bool = True,
+def evaluate_probes(probes: Mapping[str, object], samples: Sequence, *, sharpen: str = "bilinear",
+                    upsampler=None, images: Mapping[str, object] | None = None, calibration=None,
+                    boundary: bool = True,
                     progress: bool = False) -> dict[str, Result]:
     """One :class:`~dense.eval.Result` per probe key, in one pass over ``samples`` (:func:`probes.score.score_probes`).
 
     ``probes``: e.g. :class:`probes.LinearProbe` objects by key. ``samples``: objects with ``key``, ``fmap`` and
-    ``label`` (:class:`probes.Sample`, or streamed ones from :func:`probes.load_samples`). ``upsample="guided"`` or an
+    ``label`` (:class:`probes.Sample`, or streamed ones from :func:`probes.load_samples`). ``sharpen="guided"`` or an
     ``upsampler`` needs ``images``: each sample's image (path or uint8 array) under its key.
 
     Figures: ``mIoU``, ``pixel_acc``, ``mean_acc``, ``IoU/<class>`` and, with ``boundary``, ``bF``, ``trimap_mIoU``,
@@ -46,9 +47,10 @@ def evaluate_probes(probes: Mapping[str, object], samples: Sequence, *, upsample
     """
     from probes.score import score_probes
 
-    scored = score_probes(probes, samples, upsample=upsample, upsampler=upsampler, images=images, boundary=boundary,
+    scored = score_probes(probes, samples, sharpen=sharpen, upsampler=upsampler, images=images,
+                          calibration=calibration, boundary=boundary,
                           progress=progress)
-    meta = {"images": len(samples), "upsample": upsample, "upsampler": upsampler is not None}
+    meta = {"images": len(samples), "sharpen": sharpen, "upsampler": upsampler is not None}
     return {k: Result(figures=figs, rows=rows, meta=dict(meta)) for k, (figs, rows) in scored.items()}
 
 
@@ -165,7 +167,7 @@ def _store_dtype(name: str, what: str):
 
 
 def _check_options(*, lrs, epochs, train_batch_size, batch_size, label_scale, max_patches, holdout, pooled,
-                   upsample, on_error, feature_dtype, store_dtype) -> None:
+                   sharpen, on_error, feature_dtype, store_dtype) -> None:
     if not lrs or any(not lr > 0 for lr in lrs):
         raise ValueError(f"lrs must be positive learning rates, got {list(lrs)}")
     for name, v in (("epochs", epochs), ("train_batch_size", train_batch_size), ("batch_size", batch_size),
@@ -178,8 +180,8 @@ def _check_options(*, lrs, epochs, train_batch_size, batch_size, label_scale, ma
         raise ValueError(f"holdout must be a fraction in (0, 1), got {holdout}")
     if pooled not in POOLED:
         raise ValueError(f"pooled must be one of {', '.join(POOLED)}, got {pooled!r}")
-    if upsample not in UPSAMPLE:
-        raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE)}, got {upsample!r}")
+    if sharpen not in SHARPEN:
+        raise ValueError(f"sharpen must be one of {', '.join(SHARPEN)}, got {sharpen!r}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     _store_dtype(feature_dtype, "feature_dtype")
@@ -196,7 +198,7 @@ def _encoder(encoder, device, dtype):
 
 def _fill(encoder, cache, opened: dict, *, max_patches, layers, batch_size, extract, on_error, progress) -> tuple:
     """Extract what the cache misses for each split; ``({split: samples}, {key: image path}, [skipped])``."""
-    from dense.cache import dataset_items, extract_to_cache
+    from dense.extract import dataset_items, extract_to_cache
     from probes import load_samples
 
     samples, paths, skipped = {}, {}, []
@@ -257,7 +259,7 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
                           label_scale: int = 1, weight_decay: float = 0.0, feature_dtype: str = "float32",
                           seed: int = 0, store_dtype: str = "float32", max_patches: int | None = None,
                           batch_size: int = 8, extract: bool = True, on_error: str = "raise",
-                          upsample: str = "bilinear", upsampler=None, preset: str | None = None,
+                          sharpen: str = "bilinear", upsampler=None, preset: str | None = None,
                           device: str | None = None, dtype: str | None = None, progress: bool = False) -> Result:
     """The linear-probe protocol: extract (cached), sweep every head in one pass, choose on val, report test once.
 
@@ -277,7 +279,7 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
     ``last_k`` blocks, ``best-block``, ``pooled``, ``all``) sets ``layers``, ``layer_sets`` and ``pooled`` instead.
     ``train_batch_size`` images per step; ``batch_size`` images per extraction pass. ``store_dtype`` (``float32`` /
     ``bfloat16``, or ``fp32`` / ``bf16``): the tokens in the cache; ``feature_dtype``: in-memory training tokens.
-    ``upsample`` (``bilinear``, ``guided``) and ``upsampler`` (a :class:`dense.upsample.Upsampler` or its file):
+    ``sharpen`` (``bilinear``, ``guided``) and ``upsampler`` (a :class:`dense.upsample.Upsampler` or its file):
     how test predictions reach the image's pixels. ``extract=False`` requires every feature in the cache.
     ``on_error="skip"`` drops bad annotations and unreadable images (listed in ``meta["skipped"]``).
 
@@ -299,7 +301,7 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
         chosen_preset = preset_of(preset)  # an unknown name fails here, before anything is read
         fixed = {"protocol": protocol is not None, "layers": tuple(layers) != (-1,), "pooled": pooled != "off",
                  "layer_sets": layer_sets is not None, "max_patches": max_patches is not None,
-                 "upsample": upsample != "bilinear" or upsampler is not None}
+                 "sharpen": sharpen != "bilinear" or upsampler is not None}
         clash = [k for k, given in fixed.items() if given]
         if clash:
             raise ValueError(f"preset {preset!r} fixes {', '.join(clash)}; leave them out (what it fixes: "
@@ -307,7 +309,7 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
     lrs = tuple(float(v) for v in lrs)
     _check_options(lrs=lrs, epochs=epochs, train_batch_size=train_batch_size, batch_size=batch_size,
                    label_scale=label_scale, max_patches=max_patches, holdout=holdout, pooled=pooled,
-                   upsample=upsample, on_error=on_error, feature_dtype=feature_dtype, store_dtype=store_dtype)
+                   sharpen=sharpen, on_error=on_error, feature_dtype=feature_dtype, store_dtype=store_dtype)
     if upsampler is not None and isinstance(upsampler, (str, Path)) and not Path(upsampler).is_file():
         raise FileNotFoundError(2, "upsampler file (upsampler=, --upsampler): no such file", str(upsampler))
     data = _Data(dataset=dataset, ann=ann, images=images, root=root, on_error=on_error)
@@ -374,8 +376,8 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
             test = _evaluate_slide(encoder, best, *by_window[test_split], slide, progress=progress)
             samples[test_split] = test.rows
         else:
-            test = evaluate_probe(best, samples[test_split], upsample=upsample, upsampler=upsampler, images=paths,
-                                  progress=progress)
+            test = evaluate_probe(best, samples[test_split], sharpen=sharpen, upsampler=upsampler, images=paths,
+                                  calibration=encoder.calibration, progress=progress)
         figures, rows = dict(test.figures), test.rows
         best.meta["test"] = {k: v for k, v in figures.items() if not k.startswith(("IoU/", "bF/"))}
     figures.update({f"val/{k}": val[k] for k in ("mIoU", "pixel_acc") if k in val})
@@ -388,7 +390,7 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
             "protocol": {"train": fit, "choose": choose, "report": test_split, "holdout": held,
                          "holdout_from": train_split if holdout else None},
             "reported": test_split or choose, "best": sweep.best_key, "lr_at_grid_edge": sweep.lr_at_grid_edge,
-            "sweep": sweep.val, "history": sweep.history, "upsample": upsample, "upsampler": upsampler is not None,
+            "sweep": sweep.val, "history": sweep.history, "sharpen": sharpen, "upsampler": upsampler is not None,
             "skipped": skipped, "train_seconds": sweep.seconds, "seconds": time.perf_counter() - t0,
             "preset": None if chosen_preset is None else {
                 "name": chosen_preset.name, "max_patches": max_patches, "slide": slide,
@@ -398,11 +400,11 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
 
 def evaluate_saved_probe(probe, encoder, *, cache: str | Path, split: str = "test", dataset=None, ann=None,
                          images=None, root=None, max_patches: int | None = None, batch_size: int = 8,
-                         extract: bool = True, on_error: str = "raise", upsample: str = "bilinear", upsampler=None,
+                         extract: bool = True, on_error: str = "raise", sharpen: str = "bilinear", upsampler=None,
                          device: str | None = None, dtype: str | None = None, progress: bool = False) -> Result:
     """Score a saved probe on one split at the original resolution (extracting missing features into the cache).
 
-    ``probe``: a :class:`probes.LinearProbe` or its file. ``encoder``, the data, ``upsample``/``upsampler`` and the
+    ``probe``: a :class:`probes.LinearProbe` or its file. ``encoder``, the data, ``sharpen``/``upsampler`` and the
     extraction options: as :func:`evaluate_linear_probe`. The cache is read at the probe's layers, pooled embedding,
     stored dtype and (unless ``max_patches`` is given) token budget: those it was trained from. A probe of another
     encoder, or of other classes, is refused before any image is read. Figures: as :func:`evaluate_probes`;
@@ -411,7 +413,7 @@ def evaluate_saved_probe(probe, encoder, *, cache: str | Path, split: str = "tes
     from probes import LinearProbe
 
     _check_options(lrs=(1.0,), epochs=1, train_batch_size=1, batch_size=batch_size, label_scale=1,
-                   max_patches=max_patches, holdout=None, pooled="off", upsample=upsample, on_error=on_error,
+                   max_patches=max_patches, holdout=None, pooled="off", sharpen=sharpen, on_error=on_error,
                    feature_dtype="float32", store_dtype="float32")
     path = None
     if isinstance(probe, (str, Path)):
@@ -442,7 +444,8 @@ def evaluate_saved_probe(probe, encoder, *, cache: str | Path, split: str = "tes
     upsampler = _upsampler(upsampler, encoder)
     samples, paths, skipped = _fill(encoder, cache_, opened, max_patches=max_patches, layers=layers,
                                     batch_size=batch_size, extract=extract, on_error=on_error, progress=progress)
-    res = evaluate_probe(probe, samples[split], upsample=upsample, upsampler=upsampler, images=paths,
+    res = evaluate_probe(probe, samples[split], sharpen=sharpen, upsampler=upsampler, images=paths,
+                         calibration=encoder.calibration,
                          progress=progress)
     res.meta.update({"task": "probe-eval", "probe": path, "key": probe.meta.get("key"), "data": data.what,
                      "split": split, "encoder": cache_.spec, "skipped": skipped})
@@ -450,4 +453,4 @@ def evaluate_saved_probe(probe, encoder, *, cache: str | Path, split: str = "tes
 
 
 __all__ = ["evaluate_linear_probe", "evaluate_saved_probe", "evaluate_probes", "evaluate_probe", "LRS", "POOLED",
-           "UPSAMPLE"]
+           "SHARPEN"]

@@ -36,7 +36,7 @@ def refs_of_split(refs: str | Path, ds, split: str | None) -> list:
 
 def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Path, *, split: str | None = "val",
                    methods: Sequence[str] | None = None, scorers: Sequence[str] = ("map-box", "heatmap-mean"),
-                   thresholds: Sequence[float] = BOX_THRESHOLDS, box_threshold: float | None = None,
+                   box_thresholds: Sequence[float] = BOX_THRESHOLDS, box_threshold: float | None = None,
                    templates: Sequence[str] | None = None, limit: int | None = None, max_patches: int | None = None,
                    resamples: int = stats.RESAMPLES, seed: int = 0, choose: bool = False,
                    progress: bool = False) -> Result:
@@ -46,14 +46,14 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
     calibrated one):
 
     - ``none/m/-``: no candidates; the component box at ``box_threshold`` (None: the calibration's) and the refined
-      peak; ``none/m/-/acc@0.5@thr=<t>`` for each threshold of ``thresholds``;
-    - ``none/m/components+map-box``: the components at all ``thresholds`` re-ranked by the map-box scorer;
+      peak; ``none/m/-/acc@0.5@thr=<t>`` for each threshold of ``box_thresholds``;
+    - ``none/m/components+map-box``: the components at all ``box_thresholds`` re-ranked by the map-box scorer;
     - ``gt-boxes/m/<scorer>``: the image's non-crowd ground-truth boxes are the candidates, ranked by each scorer;
     - baselines ``none/centre-prior/-`` (the whole image, its centre) and ``gt-boxes/-/random`` (the EXPECTED
       Acc@0.5 / pointing of a uniformly random candidate, pointing at its centre).
 
     ``split``: the refs' split; None or ``"all"``: every split. ``choose``: also choose each method's box threshold
-    among ``thresholds`` (:func:`choose_box_thresholds`), kept as ``meta["chosen"]``.
+    among ``box_thresholds`` (:func:`choose_box_thresholds`), kept as ``meta["chosen"]``.
 
     Figures: ``<prefix>/acc@0.5``, ``<prefix>/pointing`` (the Localization's point in the target mask) and
     ``<prefix>/pointing_box_centre``; the same over images with at least two objects under ``multi/<prefix>/...``.
@@ -65,10 +65,10 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
     templates = templates_of(encoder, templates)
     if box_threshold is None:
         box_threshold = encoder.calibration.box_threshold
-    if choose and not thresholds:
-        raise ValueError("choose needs box thresholds to choose from (thresholds=, --sweep)")
-    if not 0.0 <= box_threshold <= 1.0 or any(not 0.0 <= t <= 1.0 for t in thresholds):
-        raise ValueError(f"box thresholds must be in [0, 1], got {box_threshold} and {list(thresholds)}")
+    if choose and not box_thresholds:
+        raise ValueError("choose needs box thresholds to choose from (box_thresholds=, --sweep)")
+    if not 0.0 <= box_threshold <= 1.0 or any(not 0.0 <= t <= 1.0 for t in box_thresholds):
+        raise ValueError(f"box thresholds must be in [0, 1], got {box_threshold} and {list(box_thresholds)}")
     from_image = {m for m in methods if m not in supported_methods(encoder)}  # clear-* on a 1-block tower
     layers = layers_for(encoder, methods)
     for s in scorers:
@@ -97,8 +97,8 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
         cand_anns = ds.anns(iid, crowd=False)
         cands_xyxy = np.stack([ds.box_xyxy(a["id"]) for a in cand_anns])  # [K, 4]
         H, W = rgb.shape[:2]
-        locs = {m: Localizer(encoder, rgb if m in from_image else fmap, method=m, templates=templates,
-                             max_patches=max_patches, original=rgb) for m in methods}
+        locs = {m: Localizer(encoder, rgb, features=None if m in from_image else fmap, method=m, templates=templates,
+                             max_patches=max_patches) for m in methods}
         for ref in by_image[iid]:
             gt_xyxy, mask = ds.box_xyxy(ref.ann_id), ds.mask(ref.ann_id)
             cand_ious = metrics.box_iou_xyxy(cands_xyxy, gt_xyxy)[:, 0]  # [K]
@@ -111,12 +111,12 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
                 t0 = time.perf_counter()
                 for m, loc in locs.items():
                     heatmap = loc.heatmaps([sent])[0]
-                    for t in thresholds:
+                    for t in box_thresholds:
                         found[f"{config_key('none', m)}@thr={t}"] = (heatmap_box_xyxy(heatmap, loc.fmap, threshold=t),
                                                                      None)
                     r = loc.localize(sent, box_threshold=box_threshold)
                     found[config_key("none", m)] = (r.box_xyxy, r.point_xy)
-                    r = loc.localize(sent, rerank_thresholds=thresholds)
+                    r = loc.localize(sent, rerank_thresholds=box_thresholds)
                     found[config_key("none", m, "components+map-box")] = (r.box_xyxy, r.point_xy)
                     for s in scorers:
                         r = loc.localize(sent, candidates_xyxy=cands_xyxy, scorer=s)
@@ -141,7 +141,7 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
             "refs_count": sum(len(by_image[i]) for i in image_ids), "expressions": n_sentences,
             "expressions_multi": len({(r["image_id"], r["ref_id"], r["sentence"]) for r in rows
                                       if r["candidates"] >= 2}),
-            "methods": methods, "scorers": list(scorers), "thresholds": list(thresholds),
+            "methods": methods, "scorers": list(scorers), "thresholds": list(box_thresholds),
             "box_threshold": box_threshold, "templates": list(templates), "encoder": encoder.name,
             "fingerprint": encoder.fingerprint, "max_patches": max_patches or encoder.pixels.max_patches,
             "bootstrap": {**boot, "level": stats.LEVEL}, "seconds": seconds}

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dense.cache import IMAGE_EXTS, FeatureCache
+from dense.cache import FeatureCache
+from dense.preprocess import IMAGE_EXTS
 
 STATIC = Path(__file__).with_name("static")
 VIEW_MAX = 768  # long side, in pixels, of the images and overlays the page shows (answers stay in original pixels)
@@ -247,7 +248,7 @@ class Explorer:
 
     def heatmaps(self, queries: list[str], *, images: list[str] | None = None) -> dict:
         """Text queries -> per image and query, the heatmap drawn over the image and its peak."""
-        from dense.heatmap import patch_scores, upsample
+        from dense.heatmap import patch_scores, to_image_size
         from dense.viz import heat_overlay
 
         names = self._ready(self._names(images))
@@ -256,7 +257,7 @@ class Explorer:
             for n in names:
                 fmap, view = self._fmaps[n], self._views[n]
                 scores = patch_scores(self.encoder, fmap, queries, method=self.method)  # [T, gh, gw]
-                up = upsample(scores, fmap, size_hw=view.shape[:2]).numpy()  # [T, h, w]
+                up = to_image_size(scores, fmap, size_hw=view.shape[:2]).numpy()  # [T, h, w]
                 maps = []
                 for q, s, s_up in zip(queries, scores, up, strict=True):
                     i, j = divmod(int(s.argmax()), s.shape[1])

@@ -80,7 +80,6 @@ from pathlib import Path
 import numpy as np
 
 from dense.segdata._core import (
-    IMAGE_EXTS,
     Encoding,
     LabelSource,
     LayoutError,
@@ -106,7 +105,7 @@ from dense.segdata.pascal import context59, context459, voc
 __all__ = ["load_dataset", "READERS", "PROTOCOLS", "LAYOUTS_HELP", "SegDataset", "CocoSplits", "with_holdout",
            "holdout_ids", "WithHoldout", "read_label_file", "LayoutError", "VOC_CLASSES", "ADE20K_CLASSES",
            "ADE847_CLASSES", "COCO_STUFF_CLASSES", "COCO_STUFF_UNUSED", "CONTEXT59_CLASSES", "CONTEXT459_CLASSES",
-           "Encoding", "LabelSource", "Split", "apply_lut", "make_lut", "IMAGE_EXTS"]
+           "Encoding", "LabelSource", "Split", "apply_lut", "make_lut"]
 
 # the "Layouts" section above, for `dense eval probe --help`
 LAYOUTS_HELP = "dataset layouts (--dataset NAME --root DIR)\n" + __doc__[

@@ -12,10 +12,10 @@ import numpy as np
 
 from dense.coco import AnnotationError
 from dense.labels import IGNORE, label_dtype
+from dense.preprocess import IMAGE_EXTS
 
 _BAD = -2  # a stored value the encoding cannot hold
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _MODES_8BIT = ("P", "L")
 _MODES_16BIT = ("I;16", "I;16B", "I;16L", "I")  # Pillow reads a uint16 PNG/TIFF as one of these
 

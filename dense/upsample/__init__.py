@@ -4,59 +4,63 @@ tokens) to the image's pixels ``[C, H, W]``, with the image itself as guide.
 - :mod:`dense.upsample.guided`: :func:`guided_upsample`, bilinear to ``(H, W)`` (the geometry of
   ``FeatureMap.to_image``), then a colour guided filter, then renormalised; training-free.
 - :mod:`dense.upsample.learned`: :class:`Upsampler`, a small learned joint upsampler (:func:`train_upsampler`).
-- :func:`upsample_maps` here: the one entry point, by the mode the caller chose.
+- :func:`upsample_maps` here: the one entry point, sharpened as the caller chose.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import math
+
 import torch
 import torch.nn.functional as F
 
+from dense.checkpoint import Calibration
 from dense.features import FeatureMap
+from dense.preprocess import load_image
 from dense.upsample.guided import box_filter, guided_filter, guided_upsample
 from dense.upsample.learned import Upsampler, UpsamplerConfig, UpsamplerMismatchError, train_upsampler
 
-__all__ = ["UPSAMPLE_MODES", "Upsampler", "UpsamplerConfig", "UpsamplerMismatchError", "box_filter", "guided_filter",
-           "guided_upsample", "train_upsampler", "upsample_maps"]
+__all__ = ["GUIDED_EPS", "SHARPEN_MODES", "Upsampler", "UpsamplerConfig", "UpsamplerMismatchError", "box_filter",
+           "guided_filter", "guided_upsample", "train_upsampler", "upsample_maps"]
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The one entry point: patch-grid maps -> pixels, by the method the caller chose
+# The one entry point: patch-grid maps -> pixels, sharpened as the caller chose
 
-UPSAMPLE_MODES = ("bilinear", "guided")  # with or without a trained Upsampler underneath
-GUIDED_RADIUS_CELLS = 1.3  # guided-filter radius in patch cells: 16 px at ~12.5 px cells was best on the shapes val
-GUIDED_EPS = 1e-4
+SHARPEN_MODES = ("bilinear", "guided")  # with or without a trained Upsampler underneath
+GUIDED_EPS = 1e-4  # regularizer on the [0, 1] colour scale: small, so the filter follows colour edges
 
 
-def upsample_maps(maps: torch.Tensor, fmap: FeatureMap, *, mode: str = "bilinear", image=None,
+def upsample_maps(maps: torch.Tensor, fmap: FeatureMap, *, sharpen: str = "bilinear", image=None,
                   upsampler: Upsampler | None = None, probabilities: bool = False,
-                  size_hw: tuple[int, int] | None = None) -> torch.Tensor:
+                  size_hw: tuple[int, int] | None = None, calibration: Calibration | None = None) -> torch.Tensor:
     """Patch-grid maps ``[C, gh, gw]`` (probe logits/probabilities, heatmaps) -> ``[C, H, W]`` at the image size.
 
-    ``mode``: ``"bilinear"`` (the geometry of ``FeatureMap.to_image``) or ``"guided"`` (then a colour guided filter
-    with the image as guide, :func:`guided_upsample`; radius ``GUIDED_RADIUS_CELLS`` patch cells, computed at half
-    resolution). ``upsampler``: a trained :class:`Upsampler` of the same encoder replaces the bilinear step. ``image``
-    (path, PIL or uint8 ``[H, W, 3]`` at the original size) is needed by both. ``probabilities``: the maps sum to one
-    over ``C`` (renormalised after filtering).
+    ``sharpen``: ``"bilinear"`` (the geometry of ``FeatureMap.to_image``) or ``"guided"`` (then a colour guided filter
+    with the image as guide, :func:`guided_upsample`, of ``calibration.guided_radius_cells`` patch cells, computed at
+    ``1 / calibration.guided_subsample`` resolution; ``calibration`` None: the neutral defaults of
+    :class:`dense.checkpoint.Calibration`, else usually ``encoder.calibration``). ``upsampler``: a trained
+    :class:`Upsampler` of the same encoder replaces the bilinear step. ``image`` (path, PIL or uint8 ``[H, W, 3]`` at
+    the original size) is needed by both. ``probabilities``: the maps sum to one over ``C`` (renormalised after
+    filtering).
     """
-    if mode not in UPSAMPLE_MODES:
-        raise ValueError(f"upsample mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
+    if sharpen not in SHARPEN_MODES:
+        raise ValueError(f"sharpen must be one of {SHARPEN_MODES}, got {sharpen!r}")
     size_hw = tuple(size_hw or fmap.image_hw)
-    if mode == "bilinear" and upsampler is None:
+    if sharpen == "bilinear" and upsampler is None:
         return F.interpolate(maps[None].float(), size=size_hw, mode="bilinear", align_corners=False)[0]
     if image is None:
-        raise ValueError(f"upsample mode {mode!r}{' with an upsampler' if upsampler else ''} needs the image")
-    from dense.preprocess import load_image
-
+        raise ValueError(f"sharpen={sharpen!r}{' with an upsampler' if upsampler else ''} needs the image")
     rgb = load_image(image)
     if tuple(rgb.shape[:2]) != tuple(fmap.image_hw):
         raise ValueError(f"image is {rgb.shape[:2]}, the FeatureMap was made from {fmap.image_hw}")
     if upsampler is not None:
-        maps = upsampler.upsample(fmap, rgb, maps.float(), size_hw=size_hw)  # [C, H, W]
-    if mode == "bilinear":
+        maps = upsampler.to_image(fmap, rgb, maps.float(), size_hw=size_hw)  # [C, H, W]
+    if sharpen == "bilinear":
         return maps
-    cell_px = float(np.sqrt((fmap.image_hw[0] / fmap.grid_hw[0]) * (fmap.image_hw[1] / fmap.grid_hw[1])))
-    radius = max(1, round(GUIDED_RADIUS_CELLS * cell_px))
     if size_hw != tuple(fmap.image_hw):
         raise ValueError("guided upsampling works at the image's own size")
-    return guided_upsample(maps, rgb, radius=radius, eps=GUIDED_EPS, renormalize=probabilities, subsample=2)
+    cal = calibration or Calibration()
+    cell_px = math.sqrt((fmap.image_hw[0] / fmap.grid_hw[0]) * (fmap.image_hw[1] / fmap.grid_hw[1]))
+    radius = max(1, round(cal.guided_radius_cells * cell_px))
+    return guided_upsample(maps, rgb, radius=radius, eps=GUIDED_EPS, renormalize=probabilities,
+                           subsample=int(cal.guided_subsample))

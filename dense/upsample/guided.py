@@ -1,30 +1,29 @@
 """Training-free: a COLOUR guided filter (He, Sun & Tang, "Guided Image Filtering", TPAMI 2013, the 3 x 3 covariance
 form) with the image as guide, applied to maps already brought to the image size.
 
-Plain torch (separable ``avg_pool2d`` box filters), no dependency: OpenCV's ``cv2.ximgproc.guidedFilter`` does the
-same but lives in ``opencv-contrib-python-headless`` (172 MB installed vs 72 MB), which must REPLACE
-``opencv-python-headless`` (both install the same ``cv2`` module). ``benchmarks/upsample.py`` times both.
+Plain torch (running-sum box filters), no dependency: OpenCV's ``cv2.ximgproc.guidedFilter`` does the same but lives
+in ``opencv-contrib-python-headless``, a larger package that must REPLACE ``opencv-python-headless`` (both install the
+same ``cv2`` module). ``benchmarks/upsample.py`` times both.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from dense.preprocess import image_tensor
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Inputs
 
 
-def _guide(image, name: str = "image") -> torch.Tensor:
-    """uint8 ``[H, W, 3]`` (numpy or torch) -> float32 ``[3, H, W]`` in [0, 1]."""
-    x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image, copy=True))
-    if x.dtype != torch.uint8 or x.ndim != 3 or x.shape[2] != 3 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name}: expected a uint8 RGB array [H, W, 3], got {x.dtype} {tuple(x.shape)}")
-    return x.permute(2, 0, 1).float().div(255.0)  # [H, W, 3] -> [3, H, W]
+def image_guide(image) -> torch.Tensor:
+    """An image (path, PIL image, uint8 ``[H, W, 3]`` numpy or torch array) -> float32 ``[3, H, W]`` in [0, 1]."""
+    return image_tensor(image).div(255.0)
 
 
-def _maps(x, name: str) -> torch.Tensor:
+def check_maps(x, name: str) -> torch.Tensor:
+    """Float maps ``[C, h, w]`` (anything ``torch.as_tensor`` takes) -> float32, or ``ValueError`` naming ``name``."""
     x = torch.as_tensor(x)
     if x.ndim != 3 or not x.is_floating_point() or min(x.shape) == 0:
         raise ValueError(f"{name}: expected a float tensor [C, h, w], got {x.dtype} {tuple(x.shape)}")
@@ -39,8 +38,8 @@ def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Mean over the ``(2r+1) x (2r+1)`` window clipped to the image (He et al.'s ``boxfilter / N``): ``[B, C, H, W]``.
 
     Running sums (``cumsum`` over the zero-padded map) along each axis, divided by the clipped window's pixel count:
-    O(1) per pixel whatever the radius, ~4x faster on CPU than separable ``avg_pool2d`` (which loops over the window)
-    and within 1e-6 of it for values in [0, 1] at photo sizes (float32 running sums).
+    O(1) per pixel whatever the radius (separable ``avg_pool2d`` loops over the window), and equal to that window mean
+    up to float32 rounding of the running sums.
     """
     r = int(radius)
     if r <= 0:
@@ -89,8 +88,8 @@ def _coefficients(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     s_gg = mII[3] - mI[1] * mI[1] + eps
     s_gb = mII[4] - mI[1] * mI[2]
     s_bb = mII[5] - mI[2] * mI[2] + eps
-    # inverse through the adjugate (symmetric, so the cofactor matrix is its own transpose); ~3x faster than a
-    # batched torch.linalg.solve over H*W tiny systems
+    # inverse through the adjugate (symmetric, so the cofactor matrix is its own transpose): elementwise over H*W,
+    # no batched torch.linalg.solve of H*W tiny systems
     i_rr = s_gg * s_bb - s_gb * s_gb
     i_rg = s_gb * s_rb - s_rg * s_bb
     i_rb = s_rg * s_gb - s_gg * s_rb
@@ -110,7 +109,7 @@ def _coefficients(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
 def guided_upsample(x, image, *, radius: int = 8, eps: float = 1e-4, renormalize: bool = True,
                     subsample: int = 1) -> torch.Tensor:
     """Upsample maps ``x`` (``[C, gh, gw]`` on the patch grid, or already ``[C, H, W]``) to the image with the image
-    (uint8 ``[H, W, 3]``) as guide: ``-> [C, H, W]`` float32.
+    (a path, PIL image or uint8 ``[H, W, 3]``) as guide: ``-> [C, H, W]`` float32.
 
     ``x`` is first resized bilinearly (``align_corners=False``: patch centres land where ``FeatureMap.grid_to_pixel_xy``
     says) to ``(H, W)``, then colour-guided-filtered (:func:`guided_filter`; ``radius`` in image pixels, ``eps`` on the
@@ -120,9 +119,9 @@ def guided_upsample(x, image, *, radius: int = 8, eps: float = 1e-4, renormalize
     computed on the guide and maps downsampled by that factor (radius too) and upsampled bilinearly; ~``subsample**2``
     times cheaper and nearly as sharp, since the input maps are smooth at that scale anyway.
     """
-    I = _guide(image)  # [3, H, W]
+    I = image_guide(image)  # [3, H, W]
     H, W = I.shape[1:]
-    x = _maps(x, "x")
+    x = check_maps(x, "x")
     if tuple(x.shape[1:]) != (H, W):
         x = F.interpolate(x[None], size=(H, W), mode="bilinear", align_corners=False)[0]  # [C, h, w] -> [C, H, W]
     s = int(subsample)

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dense._atomic import load_tensors, save_tensors
-from dense.features import FeatureMap, block_indices, identity_mismatch
-from dense.preprocess import grid_to_pixel_xy, pixel_to_grid
-from dense.upsample.guided import _guide, _maps
+from dense.features import FeatureMap, block_indices, identity_mismatch, spec_to_check
+from dense.preprocess import grid_to_pixel_xy, load_image, pixel_to_grid
+from dense.upsample.guided import check_maps, image_guide
 
 FORMAT = "dense.Upsampler"
 VERSION = 1
@@ -139,10 +139,11 @@ class Upsampler(nn.Module):
         """Mixing weights ``[n*n, ho*wo]`` (sum 1 over the first axis) and patch indices ``[n*n, ho*wo]`` for an output
         of ``size_hw`` (default: the image's own size) covering the whole original image.
 
-        ``image`` is uint8 ``[h, w, 3]`` covering the same view as ``fmap`` (usually the original image; any size).
+        ``image`` (path, PIL image or uint8 ``[h, w, 3]``) covers the same view as ``fmap`` (usually the original
+        image; any size).
         """
-        self.check(fmap.encoder)
-        guide = _guide(image)  # [3, h, w]
+        self.check(fmap.encoder_spec)
+        guide = image_guide(image)  # [3, h, w]
         ho, wo = tuple(size_hw) if size_hw is not None else tuple(guide.shape[1:])
         gh, gw = fmap.grid_hw
         dtype = self.query.weight.dtype
@@ -171,10 +172,10 @@ class Upsampler(nn.Module):
         out = sum(flat[:, index[d]] * weights[d] for d in range(index.shape[0]))  # [C, ho*wo]
         return out.reshape(C, *size_hw)  # [C, ho*wo] -> [C, ho, wo]
 
-    def upsample(self, fmap: FeatureMap, image, values=None, *, size_hw: tuple[int, int] | None = None
+    def to_image(self, fmap: FeatureMap, image, values=None, *, size_hw: tuple[int, int] | None = None
                  ) -> torch.Tensor:
         """Patch-grid ``values [C, gh, gw]`` (default: the feature map's own tokens) -> ``[C, ho, wo]``, ``size_hw``
-        defaulting to the image's size.
+        defaulting to the image's size. ``image``: a path, PIL image or uint8 ``[H, W, 3]`` array.
 
         Upsample probe LOGITS (``[K, gh, gw]``) rather than tokens: the weights are convex, so a linear probe's
         logits of upsampled tokens equal the upsampled logits, at ``K / D`` of the cost and memory.
@@ -182,12 +183,13 @@ class Upsampler(nn.Module):
         gh, gw = fmap.grid_hw
         if values is None:
             values = fmap.layer_tokens(self.layers).permute(2, 0, 1)  # [gh, gw, D] -> [D, gh, gw]
-        values = _maps(values, "values")
+        values = check_maps(values, "values")
         if tuple(values.shape[1:]) != (gh, gw):
             raise ValueError(f"values: expected [C, {gh}, {gw}] on the feature map's grid, got {tuple(values.shape)}")
-        size_hw = tuple(size_hw) if size_hw is not None else tuple(np.asarray(image).shape[:2])
+        rgb = load_image(image)  # uint8 [H, W, 3]
+        size_hw = tuple(size_hw) if size_hw is not None else tuple(rgb.shape[:2])
         with torch.inference_mode():
-            w, index = self.weights(fmap, image, size_hw)
+            w, index = self.weights(fmap, rgb, size_hw)
             return self.mix(values, w, index, size_hw).float()
 
     # --- persistence --------------------------------------------------------------------------------------------------
@@ -198,16 +200,18 @@ class Upsampler(nn.Module):
         return save_tensors(path, {k: v.detach() for k, v in self.state_dict().items()}, header)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, encoder=None) -> Upsampler:
-        """Read an upsampler; with ``encoder`` (an ``Encoder`` or a spec dict) one trained for another encoder raises
+    def load(cls, path: str | os.PathLike, *, encoder=None, encoder_spec: dict | None = None) -> Upsampler:
+        """Read a upsampler; given the ``encoder`` (an :class:`~dense.encoder.Encoder`) or the ``encoder_spec`` of the
+        features it will read (``FeatureMap.encoder_spec``), one trained for another encoder raises
         :class:`UpsamplerMismatchError` naming the file."""
+        spec = spec_to_check(encoder, encoder_spec)  # TypeError for a dict as encoder= before any file is read
         header, tensors = load_tensors(path, FORMAT, VERSION, "upsampler")
         up = cls(header["in_dim"], UpsamplerConfig(**header["config"]), encoder_spec=header["encoder"],
                  layers=header["layers"], meta=header.get("meta"))
         up.load_state_dict(tensors, strict=True)
         up.eval()
-        if encoder is not None:
-            spec = encoder if isinstance(encoder, dict) else encoder.spec(layers=tuple(up.layers))
+        if spec is not None:
+            spec = spec_to_check(encoder, encoder_spec, up.layers)  # the layers it reads
             try:
                 up.check(spec)
             except UpsamplerMismatchError as e:
@@ -246,7 +250,7 @@ def train_upsampler(encoder, images: Sequence, config: UpsamplerConfig | None = 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     pairs = _pairs(encoder, tqdm(images, desc="upsampler targets", unit="img", disable=not progress), cfg, layers)
-    spec = pairs[0][0].encoder
+    spec = pairs[0][0].encoder_spec
     up = Upsampler(pairs[0][0].dim, cfg, encoder_spec=spec, layers=list(layers),
                    meta={"images": len(images), "config": asdict(cfg)})
     allt = torch.cat([t.reshape(t.shape[0], -1) for _, _, t in pairs], 1)  # [D, sum of target cells]

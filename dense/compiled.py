@@ -245,13 +245,14 @@ def measure(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype
             "repeats": repeats}
 
 
-def decide(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype, budget: int, measure_if_missing=True,
-           min_params: int = MIN_PARAMS) -> dict | None:
+def decide(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype, budget: int,
+           measure_if_missing: bool = True, min_params: int | None = None) -> dict | None:
     """This machine's record for ``vision``'s width in ``dtype``: read from ``dense_home()/compile.json``, or measured
     once (:func:`measure`, about a minute: one compile of a 2-block slice) and stored. ``None`` for towers of fewer
-    than ``min_params`` parameters, and when there is no record and ``measure_if_missing`` is false.
+    than ``min_params`` (default :data:`MIN_PARAMS`) parameters, and when there is no record and
+    ``measure_if_missing`` is false.
     """
-    if sum(p.numel() for p in vision.parameters()) < min_params:
+    if sum(p.numel() for p in vision.parameters()) < (MIN_PARAMS if min_params is None else min_params):
         return None
     key = machine_key(device, dtype, vision.config.hidden_size)
     record = read_decisions().get(key)

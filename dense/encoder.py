@@ -79,7 +79,7 @@ class Encoder:
         self.device = device
         self.dtype = dtype
         self._text: TextParts | None = None
-        self.compile = compile  # True, False or "auto" (this machine's measured decision); see dense.compiled
+        self._compile = compile
         self._plan: tuple[CompiledTower | None, bool] | None = None  # (compiled tower, batching pays), on first use
 
     # --- facts ------------------------------------------------------------------------------------------------------
@@ -140,6 +140,16 @@ class Encoder:
             return [t for px in pixels for t in self.forward_batch([px], layers)]
         return forward_tower(self.vision, self.family, pixels, blocks, device=self.device, dtype=self.dtype,
                              non_blocking=self.device.type == "cuda", compiled=compiled)
+
+    @property
+    def compile(self) -> bool | str:
+        """The ``compile=`` option: ``True``, ``False`` or ``"auto"`` (this machine's decision). Settable."""
+        return self._compile
+
+    @compile.setter
+    def compile(self, value: bool | str) -> None:
+        check_compile_option(value)
+        self._compile, self._plan = value, None
 
     @property
     def compiled(self) -> bool:

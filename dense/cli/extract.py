@@ -31,6 +31,8 @@ def add(sub, parent) -> None:
     p.add_argument("--layers", default="-1", help="comma-separated block indices, -1 = last")
     add_runtime(p)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-compile", action="store_true", help="plain transformers layers, never the compiled tower "
+                   "(default: compiled where this machine's one-off measurement found it pays; see dense.compiled)")
     p.add_argument("--skip-bad", action="store_true", help="report unreadable images/annotations and go on")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -78,6 +80,8 @@ def run(args) -> int:
     group = init_distributed(plan)  # the device first, then the (gloo) group
     try:
         encoder = load(args)
+        if args.no_compile:
+            encoder.compile = False
         cache = FeatureCache.for_encoder(args.cache, encoder, max_patches=args.max_patches, layers=layers,
                                          dataset=ds)
         report = extract_to_cache(encoder, items, cache, max_patches=args.max_patches, layers=layers,

@@ -311,14 +311,17 @@ def main() -> None:
         if out.returncode != 0:
             sys.exit(f"compile decision failed: {out.stderr.strip().splitlines()[-1:]}")
         d = json.loads(out.stdout.strip().splitlines()[-1])
+        from dense.compiled import PAYS
+
         print(f"compile decision ({d['path']}, {time.perf_counter() - t0:.0f} s now): compile "
               f"{'ON' if d.get('compile') else 'OFF'} by default for [{d['key']}]")
         if "speedup" in d:
             print(f"  measured {d.get('measured_at')}: {d['blocks']} blocks at {d['tokens']} tokens, eager "
                   f"{d['eager_s']:.3f} s, compiled {d['compiled_s']:.3f} s (x{d['speedup']:.2f}; on from "
-                  f"x{d['rule'].split('>= ')[1].split()[0]}), first compiled call {d['first_call_s']:.1f} s; "
+                  f"x{PAYS}), first compiled call {d['first_call_s']:.1f} s; "
                   f"batch 4 per image / batch 1 = {d['batch4_per_image_s'] / d['eager_s']:.2f} "
-                  f"(batching {'pays' if d['batch_pays'] else 'loses: one image per pass'})")
+                  f"(batching {'pays' if d['batch_pays'] else 'loses: one image per pass'})"
+                  + (f"; CUDA graphs {d['cudagraphs_s']:.3f} s" if "cudagraphs_s" in d else ""))
         elif "error" in d:
             print(f"  {d['error']}")
         if args.decide:

@@ -16,7 +16,8 @@ traces the graph again (seconds), which :func:`measure` reports as the second ca
 
 The decision (``dense_home()/compile.json``) holds one record per machine key (CPU model and flags, or GPU name and
 capability; torch version; threads; dtype; tower width): ``compile`` (on when the compiled slice is at least
-``PAYS`` times faster than eager), ``batch_pays`` (whether 4 images per pass cost less per image than 1), and the
+``PAYS`` times faster than eager), ``cudagraphs`` (GPUs: the compiled slice replayed as a CUDA graph is ``PAYS``
+times faster again), ``batch_pays`` (whether 4 images per pass cost less per image than 1), and the
 measured figures. Delete the file (or one record) to measure again.
 """
 
@@ -203,7 +204,8 @@ def measure(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype
             repeats: int = 5) -> dict:
     """Time the first ``n_blocks`` blocks of ``vision`` at ``tokens`` tokens: eager as dense runs it (no padding, no
     mask) at batch 1 and 4, and compiled (padded to the bucket, masked) at batch 1, interleaved, medians of
-    ``repeats``. Per-block cost is the same in every block, so the ratio holds for the whole tower.
+    ``repeats``. Per-block cost is the same in every block, so the ratio holds for the whole tower. On a GPU the
+    compiled slice is also timed with CUDA graphs (``cudagraphs_s``).
     """
     from transformers.masking_utils import create_bidirectional_mask
 
@@ -230,19 +232,33 @@ def measure(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype
     def compiled(x):
         return tower(x, [tokens] * x.shape[0], (n_blocks - 1,))
 
+    graphed = None
+    if device.type == "cuda":
+        graphed = CompiledTower(vision, budget=tokens, device=device, cudagraphs=True)
+        graphed._graphs[(n_blocks - 1,)] = _compile(part, device, cudagraphs=True)
+
     with torch.inference_mode():
         eager(x1)
         eager(x4)
         compile_s = timed(compiled, x1)
         times: dict[str, list[float]] = {"eager": [], "eager4": [], "compiled": []}
+        if graphed is not None:
+            for _ in range(3):  # CUDA graphs record on a later call than the first
+                graphed(x1, [tokens], (n_blocks - 1,))
+            times["cudagraphs"] = []
         for _ in range(repeats):
             times["eager"].append(timed(eager, x1))
             times["compiled"].append(timed(compiled, x1))
             times["eager4"].append(timed(eager, x4) / 4)
+            if graphed is not None:
+                times["cudagraphs"].append(timed(lambda x: graphed(x, [tokens], (n_blocks - 1,)), x1))
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"speedup": med["eager"] / med["compiled"], "eager_s": med["eager"], "compiled_s": med["compiled"],
-            "batch4_per_image_s": med["eager4"], "first_call_s": compile_s, "blocks": n_blocks, "tokens": tokens,
-            "repeats": repeats}
+    out = {"speedup": med["eager"] / med["compiled"], "eager_s": med["eager"], "compiled_s": med["compiled"],
+           "batch4_per_image_s": med["eager4"], "first_call_s": compile_s, "blocks": n_blocks, "tokens": tokens,
+           "repeats": repeats}
+    if "cudagraphs" in med:
+        out["cudagraphs_s"] = med["cudagraphs"]
+    return out
 
 
 def decide(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype, budget: int,
@@ -263,8 +279,11 @@ def decide(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype,
     try:
         figures = measure(vision, device=device, dtype=dtype, tokens=budget)
         on = figures["speedup"] >= PAYS
-        record = {"compile": on, "batch_pays": figures["batch4_per_image_s"] < BATCH_LOSES * figures["eager_s"],
-                  **figures, "rule": f"compile when compiled/eager >= {PAYS} on {figures['blocks']} blocks"}
+        graphs = figures.get("cudagraphs_s", float("inf")) * PAYS <= min(figures["compiled_s"], figures["eager_s"])
+        on = on or graphs
+        record = {"compile": on, "cudagraphs": graphs,
+                  "batch_pays": figures["batch4_per_image_s"] < BATCH_LOSES * figures["eager_s"], **figures,
+                  "rule": f"on when eager s / compiled s >= {PAYS} on {figures['blocks']} blocks"}
     except Exception as e:  # a compiler that cannot build here (no C++ compiler, an unsupported op): eager it is
         log.warning("dense: the compiled tower failed to build here (%s: %s); using eager", type(e).__name__, e)
         record = {"compile": False, "batch_pays": True, "error": f"{type(e).__name__}: {e}"}

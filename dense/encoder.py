@@ -168,7 +168,9 @@ class Encoder:
             record = decide(self.vision, device=self.device, dtype=self.dtype, budget=self.pixels.max_patches,
                             measure_if_missing=self.compile == "auto")
             on = bool(record and record.get("compile")) if self.compile == "auto" else self.compile
-            tower = CompiledTower(self.vision, budget=self.pixels.max_patches, device=self.device) if on else None
+            graphs = bool(record and record.get("cudagraphs")) and self.device.type == "cuda"
+            tower = (CompiledTower(self.vision, budget=self.pixels.max_patches, device=self.device, cudagraphs=graphs)
+                     if on else None)
             self._plan = (tower, bool(record.get("batch_pays", True)) if record else True)
         return self._plan
 

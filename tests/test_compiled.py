@@ -1,6 +1,8 @@
 """The compiled tower: tokens equal eager's at static padded shapes, the per-machine decision file, compile=False."""
 
 import json
+import os
+import tempfile
 
 import pytest
 import torch
@@ -12,6 +14,26 @@ from dense.preprocess import choose_grid, to_pixels
 
 # Three grids of the 64-token tiny towers in one batch: 8x8 (64 tokens), 5x12 and 12x4; all padded to one bucket.
 SIZES = [(64, 64), (40, 100), (100, 30)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def shared_inductor_cache():
+    """Inductor's kernels are content-addressed: share them across test sessions (as torch's own default folder does),
+    so only the first session on a machine pays the C++ builds."""
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = old or os.path.join(tempfile.gettempdir(), "dense-tests-inductor")
+    yield
+    if old is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+
+
+def test_inductor_cache_lives_under_dense_home(monkeypatch):
+    from dense.checkpoint import dense_home
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert dc.inductor_cache_dir() == dense_home() / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")  # the user's choice wins
+    assert str(dc.inductor_cache_dir()) == "/elsewhere"
 
 
 def test_bucket_tokens_known_answers():

@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -57,6 +58,13 @@ class TextParts:
     max_length: int  # the text length the checkpoint was trained with (64 for So400m)
 
 
+class Execution(NamedTuple):
+    """How an Encoder runs its tower on this machine (see :meth:`Encoder.execution`)."""
+
+    tower: CompiledTower | None  # the compiled blocks, or None: transformers' layers as they are
+    batch_pays: bool  # False: images go one per pass (measured to cost less per image here)
+
+
 class Encoder:
     """A SigLIP / SigLIP 2 vision tower that turns images into :class:`~dense.FeatureMap` s.
 
@@ -80,7 +88,7 @@ class Encoder:
         self.dtype = dtype
         self._text: TextParts | None = None
         self._compile = compile
-        self._plan: tuple[CompiledTower | None, bool] | None = None  # (compiled tower, batching pays), on first use
+        self._execution: Execution | None = None  # fixed on first use
 
     # --- facts ------------------------------------------------------------------------------------------------------
     @property
@@ -135,7 +143,7 @@ class Encoder:
         One padded, masked batch (see :func:`dense.batching.forward_tower`); tokens equal the one-image path.
         """
         blocks = [self.block_index(i) for i in layers]
-        compiled, batch_pays = self.plan()
+        compiled, batch_pays = self.execution()
         if not batch_pays and len(pixels) > 1:  # measured on this machine: one image per pass costs less per image
             return [t for px in pixels for t in self.forward_batch([px], layers)]
         return forward_tower(self.vision, self.family, pixels, blocks, device=self.device, dtype=self.dtype,
@@ -149,30 +157,30 @@ class Encoder:
     @compile.setter
     def compile(self, value: bool | str) -> None:
         check_compile_option(value)
-        self._compile, self._plan = value, None
+        self._compile, self._execution = value, None
 
     @property
     def compiled(self) -> bool:
         """Whether the blocks run compiled (:mod:`dense.compiled`); resolves ``compile="auto"`` (may measure)."""
-        return self.plan()[0] is not None
+        return self.execution().tower is not None
 
-    def plan(self) -> tuple[CompiledTower | None, bool]:
-        """``(compiled tower or None, batching pays)``, fixed on first use.
+    def execution(self) -> Execution:
+        """How the tower runs here (compiled or not; several images per pass or one), fixed on first use.
 
         ``compile=True``/``False`` is obeyed; ``"auto"`` follows this machine's record in ``dense_home()/compile.json``,
         measured once per machine, dtype and tower width (:func:`dense.compiled.decide`; towers under 50 M parameters
         stay eager without measuring). Whether several images per pass pay comes from the same record when there is
         one (it is never measured for an explicit ``compile=``); without a record, batches run as asked.
         """
-        if self._plan is None:
+        if self._execution is None:
             record = decide(self.vision, device=self.device, dtype=self.dtype, budget=self.pixels.max_patches,
                             measure_if_missing=self.compile == "auto")
             on = bool(record and record.get("compile")) if self.compile == "auto" else self.compile
             graphs = bool(record and record.get("cudagraphs")) and self.device.type == "cuda"
             tower = (CompiledTower(self.vision, budget=self.pixels.max_patches, device=self.device, cudagraphs=graphs)
                      if on else None)
-            self._plan = (tower, bool(record.get("batch_pays", True)) if record else True)
-        return self._plan
+            self._execution = Execution(tower, bool(record.get("batch_pays", True)) if record else True)
+        return self._execution
 
     def prepare(self, image: ImageInput, max_patches: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
         """Read an image and choose its grid: ``(uint8 [H, W, 3], (gh, gw))``."""

@@ -104,15 +104,15 @@ def test_auto_follows_the_stored_decision(monkeypatch):
     enc = dense.random_encoder("tiny-siglip", dtype="fp32")
     key = dc.machine_key(enc.device, enc.dtype, enc.hidden_size)
     dc.write_decision(key, {"compile": False, "batch_pays": False})
-    assert enc.plan() == (None, False)
+    assert enc.execution() == (None, False)
     images = [random_rgb(h, w, seed=h) for h, w in SIZES]
     pixels = [to_pixels(im, choose_grid(im.shape[:2], 8, 64), enc.pixels) for im in images]
     split = enc.forward_batch(pixels)  # one image per pass, as the record says
     enc.compile = False  # an explicit choice re-plans; the record's batch rule still holds
-    assert enc.plan() == (None, False)
+    assert enc.execution() == (None, False)
     dc.write_decision(key, {"compile": True, "batch_pays": True})
     enc.compile = "auto"
-    tower, batch_pays = enc.plan()
+    tower, batch_pays = enc.execution()
     assert isinstance(tower, dc.CompiledTower) and batch_pays and enc.compiled
     enc.compile = False
     together = enc.forward_batch(pixels)  # one padded batch

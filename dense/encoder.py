@@ -69,7 +69,8 @@ class Encoder:
     """A SigLIP / SigLIP 2 vision tower that turns images into :class:`~dense.FeatureMap` s.
 
     Build it with :func:`load_encoder` or :func:`random_encoder`. ``extract`` one image, or ``extract_many`` for a
-    stream, batched by grid.
+    stream, batched by grid. ``compile=`` chooses between transformers' layers and the compiled tower
+    (:mod:`dense.compiled`); :meth:`execution` says which runs here.
     """
 
     def __init__(self, vision: torch.nn.Module, pixels: PixelConfig, *, name: str, family: str, source: str | None,

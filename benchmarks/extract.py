@@ -3,6 +3,7 @@
     python benchmarks/extract.py                  # the full table on this CPU (~10 min on 2 quiet AMX cores)
     python benchmarks/extract.py --quick          # a few minutes: fewer repeats, a 48-JPEG folder
     python benchmarks/extract.py --device cuda    # the same table on a GPU; the folder runs at batch 32
+    python benchmarks/extract.py --decide         # only this machine's compile decision (measured once, then read)
 
 Rows:
 - ``idiom``: what a transformers user writes: ``SiglipVisionModel`` (pooling head included) + its own image processor
@@ -10,15 +11,22 @@ Rows:
   image at a time, in float32 (its default) and in bfloat16.
 - ``dense``: ``random_encoder("so400m-patch14-384")`` at its default dtype ("auto": bfloat16 on CPUs with AMX or
   AVX512-BF16 and on GPUs of compute capability 8+, else float32) and at the other dtype; ``extract_many`` at batch 1
-  and 8 (and 32 on a GPU).
+  and 8 (and 32 on a GPU). Its compiled tower (``compile=True``, :mod:`dense.compiled`) at the default dtype, with
+  ``first s`` = the first image's time (the compile), and once more in a second process (``first s`` = the
+  compiled graph reused from inductor's disk cache), each against its own steady state.
+- ``decision``: this machine's record in ``dense_home()/compile.json`` (:func:`dense.compiled.decide`: measured on
+  first use, read afterwards; ``--remeasure`` measures again), which sets what "default" means here.
 - ``folder``: 200 JPEGs of a COCO-like aspect mix (640x480, 480x640, 640x427, 500x375, 640x640, 640x360, 640x256,
   256x640) written to a temp dir. ``model only`` times the tower on pixels prepared in advance (the same batches
   ``extract_many`` forms); ``end to end`` reads paths from disk (decode, resize, batch, forward, FeatureMaps).
 
-Each row runs in its own process, so peak RSS (and CUDA peak memory) is that row's alone; the matmul peak of each dtype
+Each row runs in its own process, so peak RSS (and CUDA peak memory) is that row's alone (``build GiB``: after
+building the model, before the first image; dense builds in its dtype directly); the matmul peak of each dtype
 is measured in the same run. Achieved GFLOP/s counts 8ND^2 + 4NDF + 4N^2D per layer (27 layers, D=1152, F=4304) over
-the real (unpadded) tokens. Timing does not depend on weight values. The bf16-vs-fp32 cosines at the end compare
-the tokens of one photo between the float32 and bfloat16 rows (per-token cosine, mean and min).
+the real (unpadded) tokens. Timing does not depend on weight values. ``--rounds R`` runs the synthetic rows R times,
+in alternating order, and reports each row's median over rounds (ratios then come from interleaved runs). At the end:
+the idiom's bf16-vs-fp32 tokens of one photo (per-token cosine, mean and min; same weights, cast), and dense compiled
+vs eager (max |diff|).
 """
 
 from __future__ import annotations
@@ -138,7 +146,7 @@ def _idiom(dtype: torch.dtype, device: str):
 
 
 def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, folder: str | None, n_folder: int,
-            save_dir: str | None, num_workers: int | None = None) -> dict:
+            save_dir: str | None, num_workers: int | None = None, compile="auto") -> dict:
     import dense
     from dense.batching import padding_waste, plan_batches, prepared_stream
     from dense.device import resolve_dtype
@@ -160,10 +168,16 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
         sync()
         sec = (time.perf_counter() - t0) / len(images)
     else:
-        enc = dense.random_encoder(SPEC, device=device, dtype=dtype)
+        enc = dense.random_encoder(SPEC, device=device, dtype=dtype, compile=compile)
+        row["build_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        row["compiled"] = enc.compiled
         if folder is None:  # model + in-memory preprocessing, 480x640 images (713 tokens)
             images = [photo((480, 640), k) for k in range(batch)]
+            sync()
+            t0 = time.perf_counter()
             first = next(enc.extract_many(images[:1], batch_size=1, progress=False)).tokens.flatten(0, 1)
+            sync()
+            row["first_s"] = time.perf_counter() - t0
             list(enc.extract_many(images, batch_size=batch, progress=False))  # warm-up at this batch size
             times = []
             for _ in range(repeats):
@@ -201,7 +215,8 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
                 row["num_workers"] = default_num_workers(enc.device, len(paths)) if num_workers is None else num_workers
             n_tokens = tokens
     if save_dir and first is not None:
-        torch.save(first, Path(save_dir) / f"{way}-{row['dtype']}.pt")
+        tag = "-compiled" if compile is True else ""
+        torch.save(first, Path(save_dir) / f"{way}{tag}-{row['dtype']}.pt")
     row.update(sec_per_img=sec, images_per_s=1.0 / sec, tokens=int(np.mean(n_tokens)),
                gflops=float(np.mean([forward_flops(n) for n in n_tokens])) / sec / 1e9,
                peak_gflops=matmul_peak(dtype, device),
@@ -213,17 +228,47 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def decision(device: str, remeasure: bool) -> dict:
+    """This machine's compile record for So400m at the default dtype (measured now if missing or ``remeasure``)."""
+    import dense
+    from dense.compiled import decide, decision_path, machine_key, read_decisions, write_decision
+
+    enc = dense.random_encoder(SPEC, device=device, compile=False)
+    key = machine_key(enc.device, enc.dtype, enc.hidden_size)
+    if remeasure and key in read_decisions():
+        data = read_decisions()
+        del data[key]
+        from dense._atomic import write_json
+
+        write_json(decision_path(), data, indent=1, sort_keys=True)
+    record = decide(enc.vision, device=enc.device, dtype=enc.dtype, budget=enc.pixels.max_patches)
+    if record is None:  # cannot happen for So400m (the size rule), but say so rather than print nothing
+        write_decision(key, {"compile": False, "error": "no record"})
+    return {"key": key, "path": str(decision_path()), **(record or {})}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--quick", action="store_true", help="1 repeat, a 48-JPEG folder, idiom on 4 folder images")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per synthetic row (default 3; quick 1)")
+    ap.add_argument("--rounds", type=int, default=1, help="run the synthetic rows this many times, interleaved; "
+                    "each row reports its median over rounds")
+    ap.add_argument("--batches", default=None, help="synthetic batch sizes, comma-separated (default 1,8; GPU 1,8,32)")
+    ap.add_argument("--no-folder", action="store_true", help="skip the 200-JPEG folder rows")
+    ap.add_argument("--no-other-dtype", action="store_true", help="skip the non-default dtype rows")
     ap.add_argument("--folder-images", type=int, default=None, help="JPEGs in the folder (default 200; quick 48)")
     ap.add_argument("--folder", default=None, help="reuse (or create) the JPEG folder here instead of a temp dir")
+    ap.add_argument("--decide", action="store_true", help="only print this machine's compile decision")
+    ap.add_argument("--remeasure", action="store_true", help="measure this machine's compile decision again")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one row, print JSON
+    ap.add_argument("--decision-json", action="store_true", help=argparse.SUPPRESS)  # internal
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_row(**json.loads(args.one))))
+        return
+    if args.decision_json:
+        print(json.dumps(decision(args.device, args.remeasure)))
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device visible to torch")
@@ -231,91 +276,150 @@ def main() -> None:
     n_folder = args.folder_images or (48 if args.quick else 200)
     folder_batch = 32 if args.device == "cuda" else 8
     n_idiom_folder = 4 if args.quick else (n_folder if args.device == "cuda" else 16)
+    batches = [int(b) for b in (args.batches or ("1,8,32" if args.device == "cuda" else "1,8")).split(",")]
     from dense.device import resolve_dtype
 
     auto = str(resolve_dtype("auto", args.device)).removeprefix("torch.")
     other = "float32" if auto == "bfloat16" else "bfloat16"
-    rows = [  # (label, way, dtype, batch, folder?, num_workers)
-        ("idiom", "idiom", "fp32", 1, False, None),
-        ("idiom", "idiom", "bf16", 1, False, None),
-        ("dense (default)", "dense", "auto", 1, False, None),
-        ("dense (default)", "dense", "auto", 8, False, None),
-        (f"dense {other}", "dense", other, 1, False, None),
-        (f"dense {other}", "dense", other, 8, False, None),
-        ("folder: idiom", "idiom", "fp32" if auto == "float32" else "bf16", 1, True, None),
-        ("folder: dense model only", "dense-model", "auto", folder_batch, True, None),
-        ("folder: dense end to end", "dense-e2e", "auto", folder_batch, True, None),
+    idiom_dtypes = [auto] + ([] if args.no_other_dtype else [other])
+    synthetic = [("idiom", "idiom", d, 1, False, None, "auto") for d in idiom_dtypes]  # (label, way, dtype, batch,
+    synthetic += [("dense (default)", "dense", "auto", b, False, None, "auto") for b in batches]  # folder?, workers,
+    synthetic += [("dense compiled", "dense", "auto", b, False, None, True) for b in batches]  # compile)
+    synthetic += [("dense compiled, 2nd process", "dense", "auto", 1, False, None, True)]
+    if not args.no_other_dtype:
+        synthetic += [(f"dense {other}", "dense", other, b, False, None, "auto") for b in batches if b <= 8]
+    folder_rows = [
+        ("folder: idiom", "idiom", "fp32" if auto == "float32" else "bf16", 1, True, None, "auto"),
+        ("folder: dense model only", "dense-model", "auto", folder_batch, True, None, "auto"),
+        ("folder: dense end to end", "dense-e2e", "auto", folder_batch, True, None, "auto"),
     ]
     if args.device == "cpu":
-        rows.append(("folder: dense e2e, 1 worker", "dense-e2e", "auto", folder_batch, True, 1))
-    if args.device == "cuda":
-        rows.insert(4, ("dense (default)", "dense", "auto", 32, False, None))
+        folder_rows.append(("folder: dense e2e, 1 worker", "dense-e2e", "auto", folder_batch, True, 1, "auto"))
+    if args.no_folder:
+        folder_rows = []
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.folder or Path(tmp) / "jpegs")
-        t0 = time.perf_counter()
-        write_folder(folder, n_folder)
         load1 = os.getloadavg()
         print(f"So400m/14 random weights, 729-token budget, device {args.device}, torch {torch.__version__}")
         print(f"CPU: {cpu_facts()}")
         if args.device == "cuda":
             print(f"GPU: {torch.cuda.get_device_name()}")
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, __file__, "--decision-json", "--device", args.device]
+                             + (["--remeasure"] if args.remeasure else []), capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"compile decision failed: {out.stderr.strip().splitlines()[-1:]}")
+        d = json.loads(out.stdout.strip().splitlines()[-1])
+        from dense.compiled import PAYS
+
+        print(f"compile decision ({d['path']}, {time.perf_counter() - t0:.0f} s now): compile "
+              f"{'ON' if d.get('compile') else 'OFF'} by default for [{d['key']}]")
+        if "speedup" in d:
+            print(f"  measured {d.get('measured_at')}: {d['blocks']} blocks at {d['tokens']} tokens, eager "
+                  f"{d['eager_s']:.3f} s, compiled {d['compiled_s']:.3f} s (x{d['speedup']:.2f}; on from "
+                  f"x{PAYS}), first compiled call {d['first_call_s']:.1f} s; "
+                  f"batch 4 per image / batch 1 = {d['batch4_per_image_s'] / d['eager_s']:.2f} "
+                  f"(batching {'pays' if d['batch_pays'] else 'loses: one image per pass'})"
+                  + (f"; CUDA graphs {d['cudagraphs_s']:.3f} s" if "cudagraphs_s" in d else ""))
+        elif "error" in d:
+            print(f"  {d['error']}")
+        if args.decide:
+            return
+        if folder_rows:
+            t0 = time.perf_counter()
+            write_folder(folder, n_folder)
+            print(f"folder: {n_folder} JPEGs (written in {time.perf_counter() - t0:.1f} s), idiom on the first "
+                  f"{n_idiom_folder}")
         print(f"load average at start {load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f}; synthetic rows: 480x640 "
-              f"(713 tokens), {repeats} timed repeat(s); folder: {n_folder} JPEGs (written in "
-              f"{time.perf_counter() - t0:.1f} s), idiom on the first {n_idiom_folder}")
+              f"(713 tokens), {repeats} timed repeat(s) x {args.rounds} round(s)")
         header = (f"{'row':<36}{'dtype':<10}{'batch':>6}{'tokens':>7}{'s/img':>8}{'img/s':>8}{'GFLOP/s':>9}"
-                  f"{'mm peak':>9}{'%peak':>6}{'RSS GiB':>8}{'pad %':>7}")
+                  f"{'mm peak':>9}{'%peak':>6}{'RSS GiB':>8}{'build GiB':>10}{'first s':>9}{'pad %':>7}")
         if args.device == "cuda":
             header += "  CUDA GiB"
         print(header)
         print("-" * len(header), flush=True)
-        results = {}
-        for label, way, dtype, batch, in_folder, workers in rows:
+        results: dict = {}
+        plan = []
+        for r in range(args.rounds):
+            plan += synthetic if r % 2 == 0 else synthetic[::-1]
+        plan += folder_rows
+        runs: dict = {}
+        for label, way, dtype, batch, in_folder, workers, compile in plan:
             cfg = {"way": way, "dtype_name": dtype, "batch": batch, "repeats": repeats, "device": args.device,
                    "folder": str(folder) if in_folder else None,
                    "n_folder": n_idiom_folder if way == "idiom" else n_folder,
-                   "save_dir": tmp if not in_folder and batch == 1 else None, "num_workers": workers}
+                   "save_dir": tmp if not in_folder and batch == 1 else None, "num_workers": workers,
+                   "compile": compile}
             out = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)], capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"{label:<36}FAILED: {out.stderr.strip().splitlines()[-1:]}", flush=True)
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
+            runs.setdefault((label, r["dtype"], batch), []).append(r)
+            n_runs = len(runs[(label, r["dtype"], batch)])
+            if n_runs < (1 if in_folder else args.rounds):
+                continue
+            r = median_row(runs[(label, r["dtype"], batch)])
             results[(label, r["dtype"], batch)] = r
             name = label + (f", {r['num_workers']} workers" if "num_workers" in r and workers is None else "")
             pad = f"{100 * r['padding_waste']:.2f}" if "padding_waste" in r else ""
+            build = f"{r['build_rss_gib']:.2f}" if "build_rss_gib" in r else ""
+            first = f"{r['first_s']:.1f}" if "first_s" in r else ""
             line = (f"{name:<36}{r['dtype']:<10}{batch:>6}{r['tokens']:>7}{r['sec_per_img']:>8.3f}"
                     f"{r['images_per_s']:>8.2f}{r['gflops']:>9.0f}{r['peak_gflops']:>9.0f}"
-                    f"{100 * r['gflops'] / r['peak_gflops']:>5.0f}%{r['peak_rss_gib']:>8.2f}"
+                    f"{100 * r['gflops'] / r['peak_gflops']:>5.0f}%{r['peak_rss_gib']:>8.2f}{build:>10}{first:>9}"
                     f"{pad:>7}")
             if args.device == "cuda":
                 line += f"  {r['cuda_peak_gib']:.2f}"
             print(line, flush=True)
-        summary(results, auto, other, folder_batch)
-        for way in ("idiom", "dense"):
-            a, b = (Path(tmp) / f"{way}-{d}.pt" for d in ("float32", "bfloat16"))
-            if a.exists() and b.exists():
-                c = torch.nn.functional.cosine_similarity(torch.load(a), torch.load(b), dim=-1)  # [N]
-                print(f"{way}: bfloat16 vs float32 tokens of one 480x640 photo, per-token cosine mean {c.mean():.5f}, "
-                      f"min {c.min():.5f}")
+        summary(results, auto, batches, folder_batch, bool(folder_rows))
+        a, b = (Path(tmp) / f"idiom-{d}.pt" for d in ("float32", "bfloat16"))
+        if a.exists() and b.exists():
+            c = torch.nn.functional.cosine_similarity(torch.load(a), torch.load(b), dim=-1)  # [N]
+            print(f"idiom: bfloat16 vs float32 tokens of one 480x640 photo, per-token cosine mean {c.mean():.5f}, "
+                  f"min {c.min():.5f}")
+        a, b = (Path(tmp) / f"dense{t}-{auto}.pt" for t in ("", "-compiled"))
+        if a.exists() and b.exists():
+            ta, tb = torch.load(a), torch.load(b)
+            c = torch.nn.functional.cosine_similarity(ta, tb, dim=-1)  # [N]
+            print(f"dense compiled vs eager ({auto}), one 480x640 photo: max |diff| {(ta - tb).abs().max():.2e}, "
+                  f"per-token cosine min {c.min():.6f}")
         load2 = os.getloadavg()
         print(f"load average at end {load2[0]:.2f} / {load2[1]:.2f} / {load2[2]:.2f}")
 
 
-def summary(results: dict, auto: str, other: str, folder_batch: int) -> None:
+def median_row(rows: list[dict]) -> dict:
+    """One row from several rounds: the round with the median seconds per image (its other figures with it), but the
+    first round's first-image time (the only one that can include a cold compile)."""
+    first = rows[0].get("first_s")
+    row = dict(sorted(rows, key=lambda r: r["sec_per_img"])[(len(rows) - 1) // 2])
+    if first is not None:
+        row["first_s"] = first
+    return row
+
+
+def summary(results: dict, auto: str, batches: list[int], folder_batch: int, folder: bool) -> None:
     def ips(label, dtype, batch):
         r = results.get((label, dtype, batch))
         return r["images_per_s"] if r else float("nan")
 
-    for batch in (1, 8):
-        dense_ips = ips("dense (default)", auto, batch)
-        print(f"dense default ({auto}) batch {batch} vs idiom float32: {dense_ips / ips('idiom', 'float32', 1):.2f}x; "
-              f"vs idiom bfloat16: {dense_ips / ips('idiom', 'bfloat16', 1):.2f}x")
-    for label, dtype in (("dense (default)", auto), (f"dense {other}", other)):
-        print(f"{dtype}: batch-8 s/img / batch-1 s/img = {ips(label, dtype, 1) / ips(label, dtype, 8):.3f}")
-    e2e = ips("folder: dense end to end", auto, folder_batch)
-    model = ips("folder: dense model only", auto, folder_batch)
-    idiom = next((r["images_per_s"] for k, r in results.items() if k[0] == "folder: idiom"), float("nan"))
-    print(f"folder: dense end to end / model only = {e2e / model:.3f}; dense end to end vs idiom: {e2e / idiom:.2f}x")
+    for label in ("dense (default)", "dense compiled"):
+        for batch in batches:
+            dense_ips = ips(label, auto, batch)
+            print(f"{label} ({auto}) batch {batch} vs idiom float32: {dense_ips / ips('idiom', 'float32', 1):.2f}x; "
+                  f"vs idiom bfloat16: {dense_ips / ips('idiom', 'bfloat16', 1):.2f}x")
+    for key in (("dense compiled", auto, 1), ("dense compiled, 2nd process", auto, 1)):
+        r = results.get(key)
+        if r:
+            print(f"{key[0]}: first image {r['first_s']:.1f} s = {r['first_s'] / r['sec_per_img']:.1f}x its steady "
+                  f"state ({r['sec_per_img']:.2f} s)")
+    if folder:
+        e2e = ips("folder: dense end to end", auto, folder_batch)
+        model = ips("folder: dense model only", auto, folder_batch)
+        idiom = next((r["images_per_s"] for k, r in results.items() if k[0] == "folder: idiom"), float("nan"))
+        print(f"folder: dense end to end / model only = {e2e / model:.3f}; dense end to end vs idiom: "
+              f"{e2e / idiom:.2f}x")
 
 
 if __name__ == "__main__":

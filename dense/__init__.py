@@ -29,7 +29,7 @@ _EXPORTS = {"load_encoder": "dense.encoder", "random_encoder": "dense.encoder", 
 
 _SUBMODULES = ("preprocess", "labels", "features", "device", "checkpoint", "encoder", "distributed", "batching", "head",
                "text", "heatmap", "refine", "openvocab", "localize", "upsample", "tiling", "coco", "segdata", "metrics",
-               "cache", "eval", "viz", "datasets", "similarity", "demo", "explore", "cli")
+               "cache", "eval", "viz", "datasets", "similarity", "demo", "explore", "cli", "compiled")
 
 __all__ = ["load_encoder", "random_encoder", "FeatureMap", "classify", "segment", "Localizer"]
 

@@ -22,10 +22,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
 from dense.preprocess import ImageError, ImageInput, PixelConfig, choose_grid, load_image, patchify, to_pixels
+
+if TYPE_CHECKING:
+    from dense.compiled import CompiledTower
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,8 @@ def embed_patches(vision: torch.nn.Module, family: str, pixels: Sequence[torch.T
 
 
 def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.Tensor], layers: Sequence[int], *,
-                  device: torch.device, dtype: torch.dtype, non_blocking: bool = False) -> list[torch.Tensor]:
+                  device: torch.device, dtype: torch.dtype, non_blocking: bool = False,
+                  compiled: CompiledTower | None = None) -> list[torch.Tensor]:
     """Images of any grids, as normalized pixels ``[3, gh*p, gw*p]`` each -> tokens ``[gh*gw, D * len(layers)]`` each.
 
     One padded batch (:func:`embed_patches`): each image's sequence is zero-padded to the longest, and padded keys are
@@ -177,6 +182,9 @@ def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.T
     wants; no mask at all when the grids are equal). ``layers`` are absolute block indices; the last block is read
     after ``post_layernorm`` (``last_hidden_state``), the others raw (``hidden_states[b + 1]``). Blocks after the
     deepest one asked for are not run. Returns float32 CPU tensors, in the order of ``pixels``.
+
+    With ``compiled`` (a :class:`dense.compiled.CompiledTower` of ``vision``), the embeddings run eagerly as above and
+    the blocks run compiled, padded further to a static bucket with the padded keys masked.
     """
     from transformers.masking_utils import create_bidirectional_mask
 
@@ -185,6 +193,9 @@ def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.T
     x, lengths = embed_patches(vision, family, pixels, device=device, dtype=dtype, non_blocking=non_blocking)
     N = max(lengths)
 
+    if compiled is not None:
+        out = compiled(x, lengths, layers).float().cpu()  # [B, bucket, D * L]
+        return [out[b, : lengths[b]].clone() for b in range(B)]  # [B, bucket, D*L] -> B x [gh*gw, D*L]
     mask = None
     if min(lengths) < N:
         valid = (torch.arange(N)[None] < torch.tensor(lengths)[:, None]).to(device, torch.int32)  # [B, N], 1 = real

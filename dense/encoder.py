@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from dense.checkpoint import (
     read_tensors,
     resolve_checkpoint,
 )
+from dense.compiled import CompiledTower, check_compile_option, decide
 from dense.device import resolve_device, resolve_dtype
 from dense.features import RULES_VERSION, FeatureMap, block_indices
 from dense.preprocess import ImageError, ImageInput, PixelConfig, choose_grid, load_image, to_pixels
@@ -56,16 +58,25 @@ class TextParts:
     max_length: int  # the text length the checkpoint was trained with (64 for So400m)
 
 
+class Execution(NamedTuple):
+    """How an Encoder runs its tower on this machine (see :meth:`Encoder.execution`)."""
+
+    tower: CompiledTower | None  # the compiled blocks, or None: transformers' layers as they are
+    batch_pays: bool  # False: images go one per pass (measured to cost less per image here)
+
+
 class Encoder:
     """A SigLIP / SigLIP 2 vision tower that turns images into :class:`~dense.FeatureMap` s.
 
     Build it with :func:`load_encoder` or :func:`random_encoder`. ``extract`` one image, or ``extract_many`` for a
-    stream, batched by grid.
+    stream, batched by grid. ``compile=`` chooses between transformers' layers and the compiled tower
+    (:mod:`dense.compiled`); :meth:`execution` says which runs here.
     """
 
     def __init__(self, vision: torch.nn.Module, pixels: PixelConfig, *, name: str, family: str, source: str | None,
                  full_config, device: torch.device, dtype: torch.dtype, fingerprint: str,
-                 calibration: Calibration | None = None):
+                 calibration: Calibration | None = None, compile: bool | str = "auto"):
+        check_compile_option(compile)
         self.vision = vision.eval().requires_grad_(False)
         self.pixels = pixels
         self.name = name  # as the user typed it: for messages only; identity is the fingerprint
@@ -77,6 +88,8 @@ class Encoder:
         self.device = device
         self.dtype = dtype
         self._text: TextParts | None = None
+        self._compile = compile
+        self._execution: Execution | None = None  # fixed on first use
 
     # --- facts ------------------------------------------------------------------------------------------------------
     @property
@@ -132,12 +145,44 @@ class Encoder:
         One padded, masked batch (see :func:`dense.batching.forward_tower`); tokens equal the one-image path.
         """
         blocks = [self.block_index(i) for i in layers]
-        if self.device.type == "cpu" and self.dtype == torch.bfloat16 and len(pixels) > 1:
-            # bf16 on CPU (AMX): one image per pass is fastest. Measured on 2 AMX cores, So400m at 713 tokens:
-            # 0.61-0.66 s/img one at a time, 0.65 in pairs, 0.73-0.75 in fours (bigger GEMMs add oneDNN copies).
+        compiled, batch_pays = self.execution()
+        if not batch_pays and len(pixels) > 1:  # measured on this machine: one image per pass costs less per image
             return [t for px in pixels for t in self.forward_batch([px], layers)]
         return forward_tower(self.vision, self.family, pixels, blocks, device=self.device, dtype=self.dtype,
-                             non_blocking=self.device.type == "cuda")
+                             non_blocking=self.device.type == "cuda", compiled=compiled)
+
+    @property
+    def compile(self) -> bool | str:
+        """The ``compile=`` option: ``True``, ``False`` or ``"auto"`` (this machine's decision). Settable."""
+        return self._compile
+
+    @compile.setter
+    def compile(self, value: bool | str) -> None:
+        check_compile_option(value)
+        self._compile, self._execution = value, None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the blocks run compiled (:mod:`dense.compiled`); resolves ``compile="auto"`` (may measure)."""
+        return self.execution().tower is not None
+
+    def execution(self) -> Execution:
+        """How the tower runs here (compiled or not; several images per pass or one), fixed on first use.
+
+        ``compile=True``/``False`` is obeyed; ``"auto"`` follows this machine's record in ``dense_home()/compile.json``,
+        measured once per machine, dtype and tower width (:func:`dense.compiled.decide`; towers under 50 M parameters
+        stay eager without measuring). Whether several images per pass pay comes from the same record when there is
+        one (it is never measured for an explicit ``compile=``); without a record, batches run as asked.
+        """
+        if self._execution is None:
+            record = decide(self.vision, device=self.device, dtype=self.dtype, budget=self.pixels.max_patches,
+                            measure_if_missing=self.compile == "auto")
+            on = bool(record and record.get("compile")) if self.compile == "auto" else self.compile
+            graphs = bool(record and record.get("cudagraphs")) and self.device.type == "cuda"
+            tower = (CompiledTower(self.vision, budget=self.pixels.max_patches, device=self.device, cudagraphs=graphs)
+                     if on else None)
+            self._execution = Execution(tower, bool(record.get("batch_pays", True)) if record else True)
+        return self._execution
 
     def prepare(self, image: ImageInput, max_patches: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
         """Read an image and choose its grid: ``(uint8 [H, W, 3], (gh, gw))``."""
@@ -251,7 +296,8 @@ class Encoder:
 
 def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype | str | None = "auto", attn_implementation: str = "sdpa",
-                 calibration: Calibration | dict | str | os.PathLike | None = None) -> Encoder:
+                 calibration: Calibration | dict | str | os.PathLike | None = None, compile: bool | str = "auto"
+                 ) -> Encoder:
     """Load a SigLIP / SigLIP 2 vision tower for dense features.
 
     Args:
@@ -268,12 +314,16 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
         calibration: the defaults dense tasks use (heatmap method, thresholds, templates, token budget; see
             :class:`Calibration`). None reads ``dense_calibration.json`` beside the weights, or neutral defaults
             when there is none; a dict, a JSON file or a :class:`Calibration` overrides it.
+        compile: run the encoder blocks through inductor at static shapes (:mod:`dense.compiled`): ``True``,
+            ``False`` (plain transformers layers, always works), or ``"auto"`` (default): on where this machine's
+            one-off measurement found it pays, stored in ``dense_home()/compile.json``.
 
     Loading is strict: a missing, mismatched or unexpected weight (other than the text tower's, which loads only when
     text is first needed) raises :class:`CheckpointError`.
     """
     from transformers import AutoConfig
 
+    check_compile_option(compile)
     device = resolve_device(device)  # before any file is read: a CPU-only torch asked for CUDA says so at once
     source = resolve_checkpoint(name_or_path)
     dtype = resolve_dtype(dtype, device)
@@ -293,17 +343,20 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
         pixels = replace(pixels, max_patches=int(calibration.max_patches))
     return Encoder(vision, pixels, name=str(name_or_path), family=family,
                    source=source if full_config is not None else None, full_config=full_config,
-                   device=device, dtype=dtype, fingerprint=fingerprint(source), calibration=calibration)
+                   device=device, dtype=dtype, fingerprint=fingerprint(source), calibration=calibration,
+                   compile=compile)
 
 
 def random_encoder(spec: str = "so400m-patch14-384", *, device: str | torch.device = "cpu",
                    dtype: torch.dtype | str | None = "auto", attn_implementation: str = "sdpa",
-                   seed: int = 0) -> Encoder:
+                   seed: int = 0, compile: bool | str = "auto") -> Encoder:
     """RANDOM WEIGHTS, for benchmarks and tests only: the exact architecture of ``spec`` (see ``RANDOM_SPECS``).
 
     Speed and memory do not depend on weight values, so ``random_encoder("so400m-patch14-384")`` times So400m
-    without downloading it. Its features mean nothing.
+    without downloading it. Its features mean nothing. The weights are built in ``dtype`` directly (no float32 copy
+    on the way), so the same seed gives different values in different dtypes.
     """
+    check_compile_option(compile)
     if spec not in RANDOM_SPECS:
         raise ValueError(f"unknown spec {spec!r}; choose one of {sorted(RANDOM_SPECS)}")
     arch = RANDOM_SPECS[spec]
@@ -314,8 +367,8 @@ def random_encoder(spec: str = "so400m-patch14-384", *, device: str | torch.devi
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     torch.manual_seed(seed)
-    vision = vision_cls(config.vision_config).to(device=device, dtype=dtype)
+    vision = vision_cls._from_config(config.vision_config, dtype=dtype).to(device)
     fp = hashlib.sha256(f"random:{spec}:seed={seed}".encode()).hexdigest()[:16]
     return Encoder(vision, pixel_config(None, vision.config, arch["family"]), name=f"random:{spec}",
                    family=arch["family"], source=None, full_config=config, device=device, dtype=dtype,
-                   fingerprint=fp)
+                   fingerprint=fp, compile=compile)

@@ -34,6 +34,7 @@ def add(sub, parent) -> None:
     opt(p, "--layers", type=layers, default="-1", metavar="BLOCKS")
     add_runtime(p)
     opt(p, "--batch-size", type=positive_int, default=8)
+    opt(p, "--no-compile", action="store_true")
     opt(p, "--skip-bad", action="store_true")
     add_json(p, "what was extracted, cached and skipped")
     add_quiet(p)
@@ -80,7 +81,8 @@ def run(args) -> int:
     try:
         from dense.encoder import load_encoder
 
-        encoder = load_encoder(args.model, **{**runtime(args), "device": plan.device})
+        encoder = load_encoder(args.model, **{**runtime(args), "device": plan.device},
+                               compile=False if args.no_compile else "auto")
         cache = FeatureCache.for_encoder(args.cache, encoder, max_patches=args.max_patches, layers=blocks,
                                          dataset=ds)
         report = extract_to_cache(encoder, items, cache, max_patches=args.max_patches, layers=blocks,

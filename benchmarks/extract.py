@@ -3,6 +3,8 @@
     python benchmarks/extract.py                  # the full table on this CPU (~10 min on 2 quiet AMX cores)
     python benchmarks/extract.py --quick          # a few minutes: fewer repeats, a 48-JPEG folder
     python benchmarks/extract.py --device cuda    # the same table on a GPU; the folder runs at batch 32
+    python benchmarks/extract.py --json out.json  # also write every row and ratio as JSON
+    python benchmarks/extract.py --quick --spec tiny-siglip --folder-images 4   # a smoke run of every code path
 
 Rows:
 - ``idiom``: what a transformers user writes: ``SiglipVisionModel`` (pooling head included) + its own image processor
@@ -36,9 +38,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-D, F, LAYERS, P = 1152, 4304, 27, 14
+D, F, LAYERS, P = 1152, 4304, 27, 14  # So400m; --spec sets them from another RANDOM_SPECS entry
 SPEC = "so400m-patch14-384"
+BUDGET = 729
 ASPECTS_HW = [(480, 640), (640, 480), (427, 640), (375, 500), (640, 640), (360, 640), (256, 640), (640, 256)]
+
+
+def use_spec(spec: str) -> None:
+    """Point the module's architecture constants at ``dense.checkpoint.RANDOM_SPECS[spec]``."""
+    global D, F, LAYERS, P, SPEC, BUDGET
+    from dense.checkpoint import RANDOM_SPECS
+
+    v = RANDOM_SPECS[spec]["vision"]
+    D, F, LAYERS, P, SPEC = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"], v["patch_size"], spec
+    BUDGET = (v["image_size"] // P) ** 2
+
+
+def photo_tokens() -> int:
+    """Tokens of the 480x640 photo of the synthetic rows (713 for So400m/14 at 729)."""
+    from dense.preprocess import choose_grid
+
+    gh, gw = choose_grid((480, 640), P, BUDGET)
+    return gh * gw
 
 
 def forward_flops(n_tokens: int) -> float:
@@ -128,7 +149,7 @@ def _idiom(dtype: torch.dtype, device: str):
 
     def run(image) -> torch.Tensor:
         pil = Image.open(image).convert("RGB") if isinstance(image, (str, Path)) else Image.fromarray(image)
-        gh, gw = choose_grid((pil.height, pil.width), P, 729)
+        gh, gw = choose_grid((pil.height, pil.width), P, BUDGET)
         with torch.inference_mode():
             px = proc(images=pil, size={"height": gh * P, "width": gw * P}, return_tensors="pt")["pixel_values"]
             out = model(pixel_values=px.to(device, dtype), interpolate_pos_encoding=True).last_hidden_state
@@ -138,11 +159,12 @@ def _idiom(dtype: torch.dtype, device: str):
 
 
 def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, folder: str | None, n_folder: int,
-            save_dir: str | None, num_workers: int | None = None) -> dict:
+            save_dir: str | None, num_workers: int | None = None, spec: str = SPEC) -> dict:
     import dense
     from dense.batching import padding_waste, plan_batches, prepared_stream
     from dense.device import resolve_dtype
 
+    use_spec(spec)
     dtype = resolve_dtype("auto" if dtype_name == "auto" else dtype_name, device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     row: dict = {"way": way, "dtype": str(dtype).removeprefix("torch."), "batch": batch}
@@ -161,7 +183,7 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
         sec = (time.perf_counter() - t0) / len(images)
     else:
         enc = dense.random_encoder(SPEC, device=device, dtype=dtype)
-        if folder is None:  # model + in-memory preprocessing, 480x640 images (713 tokens)
+        if folder is None:  # model + in-memory preprocessing, 480x640 images (713 tokens at So400m/14)
             images = [photo((480, 640), k) for k in range(batch)]
             first = next(enc.extract_many(images[:1], batch_size=1, progress=False)).tokens.flatten(0, 1)
             list(enc.extract_many(images, batch_size=batch, progress=False))  # warm-up at this batch size
@@ -172,7 +194,7 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
                 list(enc.extract_many(images, batch_size=batch, progress=False, num_workers=0))
                 times.append(time.perf_counter() - t0)
             sec = float(np.median(times)) / batch
-            n_tokens = [713]
+            n_tokens = [photo_tokens()]
         else:
             paths = sorted(Path(folder).glob("*.jpg"))[:n_folder]
             items = list(prepared_stream(paths, enc.pixels, enc.pixels.max_patches))
@@ -204,7 +226,7 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
         torch.save(first, Path(save_dir) / f"{way}-{row['dtype']}.pt")
     row.update(sec_per_img=sec, images_per_s=1.0 / sec, tokens=int(np.mean(n_tokens)),
                gflops=float(np.mean([forward_flops(n) for n in n_tokens])) / sec / 1e9,
-               peak_gflops=matmul_peak(dtype, device),
+               peak_gflops=matmul_peak(dtype, device, n=2048 if D >= 1024 else 256),
                peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                cuda_peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0)
     return row
@@ -220,11 +242,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per synthetic row (default 3; quick 1)")
     ap.add_argument("--folder-images", type=int, default=None, help="JPEGs in the folder (default 200; quick 48)")
     ap.add_argument("--folder", default=None, help="reuse (or create) the JPEG folder here instead of a temp dir")
+    ap.add_argument("--spec", default=SPEC, help="random architecture (dense.checkpoint.RANDOM_SPECS); tiny-siglip "
+                                                 "for a smoke run")
+    ap.add_argument("--json", default=None, help="also write the rows, ratios and CPU facts here")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one row, print JSON
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_row(**json.loads(args.one))))
         return
+    use_spec(args.spec)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device visible to torch")
     repeats = args.repeats or (1 if args.quick else 3)
@@ -256,12 +282,12 @@ def main() -> None:
         t0 = time.perf_counter()
         write_folder(folder, n_folder)
         load1 = os.getloadavg()
-        print(f"So400m/14 random weights, 729-token budget, device {args.device}, torch {torch.__version__}")
+        print(f"{SPEC} random weights, {BUDGET}-token budget, device {args.device}, torch {torch.__version__}")
         print(f"CPU: {cpu_facts()}")
         if args.device == "cuda":
             print(f"GPU: {torch.cuda.get_device_name()}")
         print(f"load average at start {load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f}; synthetic rows: 480x640 "
-              f"(713 tokens), {repeats} timed repeat(s); folder: {n_folder} JPEGs (written in "
+              f"({photo_tokens()} tokens), {repeats} timed repeat(s); folder: {n_folder} JPEGs (written in "
               f"{time.perf_counter() - t0:.1f} s), idiom on the first {n_idiom_folder}")
         header = (f"{'row':<36}{'dtype':<10}{'batch':>6}{'tokens':>7}{'s/img':>8}{'img/s':>8}{'GFLOP/s':>9}"
                   f"{'mm peak':>9}{'%peak':>6}{'RSS GiB':>8}{'pad %':>7}")
@@ -274,12 +300,14 @@ def main() -> None:
             cfg = {"way": way, "dtype_name": dtype, "batch": batch, "repeats": repeats, "device": args.device,
                    "folder": str(folder) if in_folder else None,
                    "n_folder": n_idiom_folder if way == "idiom" else n_folder,
-                   "save_dir": tmp if not in_folder and batch == 1 else None, "num_workers": workers}
+                   "save_dir": tmp if not in_folder and batch == 1 else None, "num_workers": workers,
+                   "spec": args.spec}
             out = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)], capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"{label:<36}FAILED: {out.stderr.strip().splitlines()[-1:]}", flush=True)
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
+            r["label"] = label
             results[(label, r["dtype"], batch)] = r
             name = label + (f", {r['num_workers']} workers" if "num_workers" in r and workers is None else "")
             pad = f"{100 * r['padding_waste']:.2f}" if "padding_waste" in r else ""
@@ -290,32 +318,49 @@ def main() -> None:
             if args.device == "cuda":
                 line += f"  {r['cuda_peak_gib']:.2f}"
             print(line, flush=True)
-        summary(results, auto, other, folder_batch)
+        ratios = summary(results, auto, other, folder_batch)
+        cosines = {}
         for way in ("idiom", "dense"):
             a, b = (Path(tmp) / f"{way}-{d}.pt" for d in ("float32", "bfloat16"))
             if a.exists() and b.exists():
                 c = torch.nn.functional.cosine_similarity(torch.load(a), torch.load(b), dim=-1)  # [N]
+                cosines[way] = {"mean": float(c.mean()), "min": float(c.min())}
                 print(f"{way}: bfloat16 vs float32 tokens of one 480x640 photo, per-token cosine mean {c.mean():.5f}, "
                       f"min {c.min():.5f}")
         load2 = os.getloadavg()
         print(f"load average at end {load2[0]:.2f} / {load2[1]:.2f} / {load2[2]:.2f}")
+    if args.json:
+        from dense._atomic import write_json
+
+        write_json(args.json, {"spec": SPEC, "device": args.device, "cpu": cpu_facts(), "torch": torch.__version__,
+                               "repeats": repeats, "folder_images": n_folder, "default_dtype": auto,
+                               "load_average": [load1[0], load2[0]], "rows": list(results.values()),
+                               "ratios": ratios, "bf16_vs_fp32_cosine": cosines}, indent=2)
 
 
-def summary(results: dict, auto: str, other: str, folder_batch: int) -> None:
+def summary(results: dict, auto: str, other: str, folder_batch: int) -> dict:
+    """Print the ratios under the table; returns them by name."""
     def ips(label, dtype, batch):
         r = results.get((label, dtype, batch))
         return r["images_per_s"] if r else float("nan")
 
+    out = {}
     for batch in (1, 8):
         dense_ips = ips("dense (default)", auto, batch)
-        print(f"dense default ({auto}) batch {batch} vs idiom float32: {dense_ips / ips('idiom', 'float32', 1):.2f}x; "
-              f"vs idiom bfloat16: {dense_ips / ips('idiom', 'bfloat16', 1):.2f}x")
+        out[f"default_b{batch}_vs_idiom_float32"] = dense_ips / ips("idiom", "float32", 1)
+        out[f"default_b{batch}_vs_idiom_bfloat16"] = dense_ips / ips("idiom", "bfloat16", 1)
+        print(f"dense default ({auto}) batch {batch} vs idiom float32: "
+              f"{out[f'default_b{batch}_vs_idiom_float32']:.2f}x; vs idiom bfloat16: "
+              f"{out[f'default_b{batch}_vs_idiom_bfloat16']:.2f}x")
     for label, dtype in (("dense (default)", auto), (f"dense {other}", other)):
-        print(f"{dtype}: batch-8 s/img / batch-1 s/img = {ips(label, dtype, 1) / ips(label, dtype, 8):.3f}")
+        out[f"{dtype}_b8_over_b1_s_per_img"] = ips(label, dtype, 1) / ips(label, dtype, 8)
+        print(f"{dtype}: batch-8 s/img / batch-1 s/img = {out[f'{dtype}_b8_over_b1_s_per_img']:.3f}")
     e2e = ips("folder: dense end to end", auto, folder_batch)
     model = ips("folder: dense model only", auto, folder_batch)
     idiom = next((r["images_per_s"] for k, r in results.items() if k[0] == "folder: idiom"), float("nan"))
+    out["folder_e2e_over_model_only"], out["folder_e2e_vs_idiom"] = e2e / model, e2e / idiom
     print(f"folder: dense end to end / model only = {e2e / model:.3f}; dense end to end vs idiom: {e2e / idiom:.2f}x")
+    return out
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ shapes world, on CPU.
     python scripts/train_shapes_siglip.py                         # v2 -> dense/checkpoints/shapes-tiny-v2
     python scripts/train_shapes_siglip.py --v1 --steps 1500 --out dense/checkpoints/shapes-tiny    # the v1 recipe
     python scripts/train_shapes_siglip.py --eval-only FOLDER      # held-out figures of a saved checkpoint
+    python scripts/train_shapes_siglip.py --steps 2 --batch 8 --pool 16 --eval-images 16 --eval-pointing 1 \
+        --eval-budgets 64 --out /tmp/tiny                         # a smoke run of every step
 
 Recipe:
 - Vision tower: hidden 128, ``--layers`` 2, patch 8, 64 px (an 8 x 8 grid). Text tower: hidden 128, 2 layers, a
@@ -330,7 +332,8 @@ def train(args) -> dict:
     _save_image_processor(out)
     wall = time.time() - t0
     print(f"trained in {wall:.0f}s; evaluating", flush=True)
-    metrics = evaluate(out, seed=args.eval_seed)
+    metrics = evaluate(out, seed=args.eval_seed, n_single=args.eval_images, n_point=args.eval_pointing,
+                       budgets=tuple(int(b) for b in args.eval_budgets.split(",") if b.strip()))
     record = {
         "seed": args.seed,
         "steps": args.steps,

@@ -254,13 +254,16 @@ def probe(run: Run) -> list[dict]:
                 "--epochs", str(s["probe_epochs"]), "--test-split", "test", "--quiet", "--json", str(out_json)]
         run.dense(*args)
         res = json.loads(out_json.read_text())
-        test, splits = res["test"], res.get("splits", {})
+        if "figures" in res:  # a dense.eval.Result: test figures, the sweep in meta
+            test, splits, intervals = res["figures"], res["meta"].get("splits", {}), res.get("intervals", {})
+        else:  # the older layout: {"test": {...}, "splits": {...}}
+            test, splits, intervals = res["test"], res.get("splits", {}), {}
         cmd = shown(["-m", "dense.cli", *args])
         seeds = {"world": seed, "probe": 0}
         n = splits.get("test")
         figs.append(figure(f"probe/{m}/mIoU", f"{m}: linear-probe mIoU, 256 tokens (train/val/test "
                            f"{splits.get('train')}/{splits.get('val')}/{n} images)", test["mIoU"], "pct", cmd,
-                           interval=res.get("test_intervals", {}).get("mIoU"), seeds=seeds, split="test", n=n))
+                           interval=intervals.get("mIoU"), seeds=seeds, split="test", n=n))
         if "bF" in test:
             figs.append(figure(f"probe/{m}/bF", f"{m}: its boundary F (2 px)", test["bF"], "pct", cmd, seeds=seeds,
                                split="test", n=n))

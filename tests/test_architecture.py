@@ -125,3 +125,15 @@ def test_every_module_is_in_the_readme_table():
     assert not missing, f"modules missing from README.md's module table: {', '.join(sorted(missing))}"
     stale = sorted(x for x in listed if x not in import_graph())
     assert not stale, f"README.md's module table lists modules that do not exist: {', '.join(stale)}"
+
+
+def test_no_tracker_numbers_in_the_code():
+    """Comments say why, not which ticket: an issue number means nothing to a reader of the code."""
+    pattern = re.compile(r"\b(?:issue|ticket|bug)\s*#?\s*\d+[a-z]?\b", re.IGNORECASE)
+    found = []
+    for folder in ("dense", "probes", "scripts", "benchmarks", "tests"):
+        for path in sorted(ROOT.joinpath(folder).rglob("*.py")):
+            for k, line in enumerate(path.read_text().splitlines(), 1):
+                if pattern.search(line):
+                    found.append(f"{path.relative_to(ROOT)}:{k}: {line.strip()}")
+    assert not found, "tracker numbers in the code:\n" + "\n".join(found)

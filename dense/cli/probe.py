@@ -69,7 +69,7 @@ def sweep_options(t) -> None:
                    help="how training features are held in memory")
     t.add_argument("--seed", type=int, default=0)
     _upsample_args(t)
-    # issue 12b: paper protocols and cache storage
+    # paper protocols and cache storage
     t.add_argument("--protocol", choices=("last", "last-k", "best-block", "pooled", "all"),
                    help="sweep a paper protocol (sets --layers and --layer-sets; see probes.protocols)")
     t.add_argument("--last-k", type=int, default=4, help="blocks of --protocol last-k (DINOv2: 4)")

@@ -242,6 +242,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per synthetic row (default 3; quick 1)")
     ap.add_argument("--folder-images", type=int, default=None, help="JPEGs in the folder (default 200; quick 48)")
     ap.add_argument("--folder", default=None, help="reuse (or create) the JPEG folder here instead of a temp dir")
+    ap.add_argument("--batches", default=None, help="synthetic batch sizes, comma-separated (default 1,8; GPU 1,8,32)")
+    ap.add_argument("--no-other-dtype", action="store_true", help="skip the non-default dtype rows")
     ap.add_argument("--spec", default=SPEC, help="random architecture (dense.checkpoint.RANDOM_SPECS); tiny-siglip "
                                                  "for a smoke run")
     ap.add_argument("--json", default=None, help="also write the rows, ratios and CPU facts here")
@@ -276,6 +278,10 @@ def main() -> None:
         rows.append(("folder: dense e2e, 1 worker", "dense-e2e", "auto", folder_batch, True, 1))
     if args.device == "cuda":
         rows.insert(4, ("dense (default)", "dense", "auto", 32, False, None))
+    batches = [int(b) for b in (args.batches or ("1,8,32" if args.device == "cuda" else "1,8")).split(",")]
+    rows = [r for r in rows if r[4] or (r[3] in batches and not (args.no_other_dtype and r[0] == f"dense {other}"))]
+    if args.no_other_dtype:  # the idiom keeps float32, its own default, beside dense's default
+        rows = [r for r in rows if r[0] != "idiom" or r[2] in ("fp32", "bf16" if auto == "bfloat16" else "fp32")]
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.folder or Path(tmp) / "jpegs")

@@ -298,7 +298,8 @@ def speed(run: Run) -> list[dict]:
     out_json = run.work / "extract.json"
     argv = ["benchmarks/extract.py", "--json", str(out_json)]
     # the non-default dtype's rows are left out: bf16 on a CPU without bf16 units alone would take ~10 minutes
-    argv += (["--quick", "--spec", "tiny-siglip", "--folder-images", "4"] if run.quick else
+    argv += (["--quick", "--spec", "tiny-siglip", "--folder-images", "4", "--batches", "1", "--no-other-dtype"]
+             if run.quick else
              ["--repeats", "2", "--folder-images", "32", "--no-other-dtype"])
     run.call(argv)
     res = json.loads(out_json.read_text())

@@ -315,6 +315,8 @@ def speed(run: Run) -> list[dict]:
               "folder_e2e_over_model_only": "folder: end to end from disk / model only (img/s)",
               "folder_e2e_vs_idiom": "folder: dense end to end vs the idiom (img/s)"}
     for key, ratio in res["ratios"].items():
+        if ratio is None or ratio != ratio:  # a row it needs was not run (--batches, --no-other-dtype)
+            continue
         label = labels.get(key, key.replace("_", " ") + " (s/img)")
         figs.append(figure(f"speed/ratio/{key}", f"{res['spec']}: {label}", ratio, "x", cmd))
     for way, c in res["bf16_vs_fp32_cosine"].items():

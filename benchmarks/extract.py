@@ -44,9 +44,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-D, F, LAYERS, P = 1152, 4304, 27, 14
+D, F, LAYERS, P = 1152, 4304, 27, 14  # So400m; --spec sets them from another RANDOM_SPECS entry
 SPEC = "so400m-patch14-384"
 ASPECTS_HW = [(480, 640), (640, 480), (427, 640), (375, 500), (640, 640), (360, 640), (256, 640), (640, 256)]
+
+
+def use_spec(spec: str) -> None:
+    """Point the module's architecture constants at ``dense.checkpoint.RANDOM_SPECS[spec]``."""
+    global D, F, LAYERS, P, SPEC
+    from dense.checkpoint import RANDOM_SPECS
+
+    v = RANDOM_SPECS[spec]["vision"]
+    D, F, LAYERS, P, SPEC = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"], v["patch_size"], spec
 
 
 def forward_flops(n_tokens: int) -> float:
@@ -263,7 +272,11 @@ def main() -> None:
     ap.add_argument("--remeasure", action="store_true", help="measure this machine's compile decision again")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one row, print JSON
     ap.add_argument("--decision-json", action="store_true", help=argparse.SUPPRESS)  # internal
+    ap.add_argument("--spec", default=SPEC, help="random architecture (dense.checkpoint.RANDOM_SPECS); tiny-siglip "
+                    "for a smoke run of every code path")
+    ap.add_argument("--json", default=None, help="also write the rows, ratios and CPU facts here")
     args = ap.parse_args()
+    use_spec(args.spec)
     if args.one:
         print(json.dumps(run_row(**json.loads(args.one))))
         return
@@ -301,12 +314,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.folder or Path(tmp) / "jpegs")
         load1 = os.getloadavg()
-        print(f"So400m/14 random weights, 729-token budget, device {args.device}, torch {torch.__version__}")
+        print(f"{SPEC} random weights, device {args.device}, torch {torch.__version__}")
         print(f"CPU: {cpu_facts()}")
         if args.device == "cuda":
             print(f"GPU: {torch.cuda.get_device_name()}")
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, __file__, "--decision-json", "--device", args.device]
+        out = subprocess.run([sys.executable, __file__, "--decision-json", "--device", args.device, "--spec", SPEC]
                              + (["--remeasure"] if args.remeasure else []), capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"compile decision failed: {out.stderr.strip().splitlines()[-1:]}")
@@ -351,7 +364,8 @@ def main() -> None:
                    "n_folder": n_idiom_folder if way == "idiom" else n_folder,
                    "save_dir": tmp if not in_folder and batch == 1 else None, "num_workers": workers,
                    "compile": compile}
-            out = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)], capture_output=True, text=True)
+            out = subprocess.run([sys.executable, __file__, "--spec", SPEC, "--one", json.dumps(cfg)],
+                                 capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"{label:<36}FAILED: {out.stderr.strip().splitlines()[-1:]}", flush=True)
                 continue
@@ -373,7 +387,7 @@ def main() -> None:
             if args.device == "cuda":
                 line += f"  {r['cuda_peak_gib']:.2f}"
             print(line, flush=True)
-        summary(results, auto, batches, folder_batch, bool(folder_rows))
+        ratios = summary(results, auto, batches, folder_batch, bool(folder_rows))
         a, b = (Path(tmp) / f"idiom-{d}.pt" for d in ("float32", "bfloat16"))
         if a.exists() and b.exists():
             c = torch.nn.functional.cosine_similarity(torch.load(a), torch.load(b), dim=-1)  # [N]
@@ -387,6 +401,14 @@ def main() -> None:
                   f"per-token cosine min {c.min():.6f}")
         load2 = os.getloadavg()
         print(f"load average at end {load2[0]:.2f} / {load2[1]:.2f} / {load2[2]:.2f}")
+        if args.json:
+            from dense._atomic import write_json
+
+            write_json(args.json, {"spec": SPEC, "device": args.device, "cpu": cpu_facts(), "torch": torch.__version__,
+                                   "repeats": repeats, "rounds": args.rounds, "folder_images": n_folder,
+                                   "default_dtype": auto, "compile_decision": d, "load_average": [load1[0], load2[0]],
+                                   "rows": [{"label": k[0], **r} for k, r in results.items()], "ratios": ratios,
+                                   "bf16_vs_fp32_cosine": {}}, indent=2)
 
 
 def median_row(rows: list[dict]) -> dict:
@@ -399,7 +421,14 @@ def median_row(rows: list[dict]) -> dict:
     return row
 
 
-def summary(results: dict, auto: str, batches: list[int], folder_batch: int, folder: bool) -> None:
+def summary(results: dict, auto: str, batches: list[int], folder_batch: int, folder: bool) -> dict:
+    """Print the ratios under the table; returns them by name (None where a row they need was not run)."""
+    ratios: dict = {}
+
+    def keep(name: str, value: float) -> float:
+        ratios[name] = None if value != value else value  # NaN: a row was not run
+        return value
+
     def ips(label, dtype, batch):
         r = results.get((label, dtype, batch))
         return r["images_per_s"] if r else float("nan")
@@ -407,19 +436,23 @@ def summary(results: dict, auto: str, batches: list[int], folder_batch: int, fol
     for label in ("dense (default)", "dense compiled"):
         for batch in batches:
             dense_ips = ips(label, auto, batch)
-            print(f"{label} ({auto}) batch {batch} vs idiom float32: {dense_ips / ips('idiom', 'float32', 1):.2f}x; "
-                  f"vs idiom bfloat16: {dense_ips / ips('idiom', 'bfloat16', 1):.2f}x")
+            slug = "default" if label == "dense (default)" else "compiled"
+            f32 = keep(f"{slug}_b{batch}_vs_idiom_float32", dense_ips / ips("idiom", "float32", 1))
+            b16 = keep(f"{slug}_b{batch}_vs_idiom_bfloat16", dense_ips / ips("idiom", "bfloat16", 1))
+            print(f"{label} ({auto}) batch {batch} vs idiom float32: {f32:.2f}x; vs idiom bfloat16: {b16:.2f}x")
     for key in (("dense compiled", auto, 1), ("dense compiled, 2nd process", auto, 1)):
         r = results.get(key)
         if r:
-            print(f"{key[0]}: first image {r['first_s']:.1f} s = {r['first_s'] / r['sec_per_img']:.1f}x its steady "
-                  f"state ({r['sec_per_img']:.2f} s)")
+            x = keep(("second_process" if "2nd" in key[0] else "first_process") + "_first_image_over_steady",
+                     r["first_s"] / r["sec_per_img"])
+            print(f"{key[0]}: first image {r['first_s']:.1f} s = {x:.1f}x its steady state ({r['sec_per_img']:.2f} s)")
     if folder:
         e2e = ips("folder: dense end to end", auto, folder_batch)
         model = ips("folder: dense model only", auto, folder_batch)
         idiom = next((r["images_per_s"] for k, r in results.items() if k[0] == "folder: idiom"), float("nan"))
-        print(f"folder: dense end to end / model only = {e2e / model:.3f}; dense end to end vs idiom: "
-              f"{e2e / idiom:.2f}x")
+        print(f"folder: dense end to end / model only = {keep('folder_e2e_over_model_only', e2e / model):.3f}; "
+              f"dense end to end vs idiom: {keep('folder_e2e_vs_idiom', e2e / idiom):.2f}x")
+    return ratios
 
 
 if __name__ == "__main__":

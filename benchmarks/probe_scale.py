@@ -2,6 +2,7 @@
 
     python benchmarks/probe_scale.py                         # 5,000 entries x 27 x 27 x 1152 bf16, 2 epochs, 5 lrs
     python benchmarks/probe_scale.py --entries 1000 --ram 500 --dir /tmp/probe-scale
+    python benchmarks/probe_scale.py --entries 6 --ram 3 --val 2 --heads 1 --epochs 1 --classes 3 --remove   # smoke
 
 Writes a cache of ``--entries`` entries (So400m-shaped bf16 tokens, 27 x 27 grid, 378 x 378 label maps of
 ``--classes`` classes as ``.npy`` beside it; kept for the next run), then, each in its own process so that its peak
@@ -115,6 +116,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--remove", action="store_true", help="delete the synthetic cache afterwards")
+    ap.add_argument("--json", default=None, help="also write the rows and ratios here")
     ap.add_argument("--mode", choices=("stream", "ram"), help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -154,6 +156,17 @@ def main() -> None:
               f"{r1['peak_rss_gib']:.2f} GiB")
     print(f"{args.heads} lrs x {args.classes} classes, batch {args.batch_size}, {args.epochs} epochs, "
           f"{args.threads} torch thread(s), {args.val} val entries; CPU shared (load = 1-min load average)")
+    if args.json:
+        from dense._atomic import write_json
+
+        ratios = {}
+        if s1 and r1:
+            ratios["stream_over_ram_tokens_per_s"] = s1["tokens_per_s"] / r1["tokens_per_s"]
+        if sN and r1:
+            ratios["streamN_over_ram_tokens_per_s"] = sN["tokens_per_s"] / r1["tokens_per_s"]
+        write_json(args.json, {"entries": args.entries, "ram": args.ram, "classes": args.classes, "heads": args.heads,
+                               "epochs": args.epochs, "threads": args.threads, "cache_gb": disk / 1e9, "rows": rows,
+                               "ratios": ratios}, indent=2)
     if args.remove:
         shutil.rmtree(root)
 

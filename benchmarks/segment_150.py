@@ -2,6 +2,7 @@
 
     python benchmarks/segment_150.py                    # 480x640 image, 729-token budget, fp32, 3 repeats
     python benchmarks/segment_150.py --dtype bf16 --repeats 5 --classes 150 --method map-value-mlp
+    python benchmarks/segment_150.py --spec tiny-siglip --classes 5 --height 64 --width 96 --repeats 1   # smoke
 
 ``random_encoder("so400m-patch14-384")``: the exact So400m vision AND text towers with random weights (speed does not
 depend on weight values). A random encoder has no tokenizer, so this script installs a stand-in: a whitespace
@@ -85,11 +86,12 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--text-sample", type=int, default=10, help="names to embed and time (0 = all)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--spec", default="so400m-patch14-384", help="random architecture (tiny-siglip: a smoke run)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    enc = dense.random_encoder("so400m-patch14-384", dtype=args.dtype)
+    enc = dense.random_encoder(args.spec, dtype=args.dtype)
     parts = enc.text_parts()
     enc._text = dataclasses.replace(parts, tokenizer=HashTokenizer(parts.model.config.vocab_size))  # see docstring
     names = class_names(args.classes)
@@ -115,7 +117,7 @@ def main(argv=None) -> None:
     t_seg_image, _ = timed(lambda: seg(image), args.repeats)
 
     gh, gw = fmap.grid_hw
-    print(f"So400m/14-384 (random weights), {args.dtype}, image {args.height}x{args.width} -> grid {gh}x{gw} = "
+    print(f"{args.spec} (random weights), {args.dtype}, image {args.height}x{args.width} -> grid {gh}x{gw} = "
           f"{gh * gw} tokens, {args.classes} classes x {len(TEMPLATES)} templates, method {args.method}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats} (shared CPU)")
     print(f"{'step':<48}{'seconds':>10}{'x extract':>11}")

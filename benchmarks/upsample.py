@@ -2,6 +2,7 @@
 
     python benchmarks/upsample.py                       # synthetic world, shapes-tiny at 256 tokens, one probe
     python benchmarks/upsample.py --so400m              # + cost ratios for So400m (random weights) on 640x480
+    python benchmarks/upsample.py --images 24 --upsampler-epochs 1 --guided-grid 1   # a smoke run
 
 A fresh synthetic world (``make_shapes``, ``--seed`` never used elsewhere), features of ``shapes-tiny`` at the
 ``--max-patches`` budget, ONE linear probe (sweep chosen on val). Every method turns the same probe's patch-grid
@@ -50,6 +51,9 @@ def main() -> None:
     ap.add_argument("--upsampler-epochs", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--so400m", action="store_true", help="also time So400m (random weights) on a 640x480 image")
+    ap.add_argument("--spec", default="so400m-patch14-384", help="the random architecture --so400m times")
+    ap.add_argument("--guided-grid", type=int, default=18, help="guided-filter settings tried on val (at most 18)")
+    ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -124,12 +128,12 @@ def main() -> None:
         return lab, time.perf_counter() - t0 + it["extract_sec"]
 
     # guided filter: choose radius / eps / subsample on val
-    grid = [(r, eps, sub) for r in (4, 8, 16) for eps in (1e-4, 1e-3, 1e-2) for sub in (1, 2)]
+    grid = [(r, eps, sub) for r in (8, 4, 16) for eps in (1e-3, 1e-4, 1e-2) for sub in (2, 1)][:args.guided_grid]
     val_scores = {}
     for cfg in grid:
         val_scores[cfg] = evaluate(guided(*cfg), items["val"], ds.class_names)["mIoU"]
     best = max(grid, key=lambda c: val_scores[c])
-    best_fast = max([c for c in grid if c[2] == 2], key=lambda c: val_scores[c])
+    best_fast = max([c for c in grid if c[2] == 2] or grid, key=lambda c: val_scores[c])
     print("guided on val: " + ", ".join(f"r{r} eps{e:g} sub{s}: {100 * v:.2f}" for (r, e, s), v in
                                          val_scores.items()), flush=True)
     methods = {
@@ -146,23 +150,35 @@ def main() -> None:
           f"one extraction = {1e3 * ext:.1f} ms/img")
     print(f"{'method':<34} {'mIoU':>6} {'dmIoU':>6} {'bF@2':>6} {'trimap':>6} {'ms/img':>7} {'x extract':>9}")
     base = None
-    for name, fn in methods.items():
+    record = {"seed": args.seed, "images": {k: len(v) for k, v in items.items()}, "max_patches": mp,
+              "probe": res.best_key, "upsampler_params": n_params, "extract_ms": 1e3 * ext,
+              "guided_val": {f"r{r} eps{e:g} sub{s}": v for (r, e, s), v in val_scores.items()},
+              "guided": f"r{best[0]} eps{best[1]:g} sub{best[2]}",
+              "guided_fast": f"r{best_fast[0]} eps{best_fast[1]:g} sub{best_fast[2]}", "methods": {}}
+    keys = ["bilinear", "guided", "guided_fast", "learned", "learned+guided", "tiled", "tiled+guided"]
+    for key, (name, fn) in zip(keys, methods.items(), strict=True):
         f = evaluate(fn, items["test"], ds.class_names)
         base = f["mIoU"] if base is None else base
+        record["methods"][key] = {"name": name, "mIoU": f["mIoU"], "bF": f["bF"], "trimap_mIoU": f["trimap_mIoU"],
+                                  "ms_per_img": 1e3 * f["sec"], "x_extract": f["sec"] / ext}
         print(f"{name:<34} {100 * f['mIoU']:>6.2f} {100 * (f['mIoU'] - base):>+6.2f} {100 * f['bF']:>6.2f} "
               f"{100 * f['trimap_mIoU']:>6.2f} {1e3 * f['sec']:>7.1f} {f['sec'] / ext:>9.2f}", flush=True)
 
     if args.so400m:
-        so400m_costs(args)
+        record["so400m"] = so400m_costs(args)
+    if args.json:
+        from dense._atomic import write_json
+
+        write_json(args.json, record, indent=2)
 
 
-def so400m_costs(args) -> None:
+def so400m_costs(args) -> dict:
     """Cost ratios on So400m (random weights: timing does not depend on weight values), 640x480, 17 classes."""
     import dense
     from dense.tiling import extract_tiled
     from dense.upsample import Upsampler, UpsamplerConfig, guided_upsample
 
-    enc = dense.random_encoder("so400m-patch14-384")
+    enc = dense.random_encoder(args.spec)
     rgb = np.random.default_rng(0).integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
     enc.extract(rgb)  # warm-up
     fmap, ext = _timed(enc.extract, rgb)
@@ -176,11 +192,13 @@ def so400m_costs(args) -> None:
     rows.append(("learned upsampler (17 logits)", _timed(up.upsample, fmap, rgb, values=logits)[1]))
     _, tiled = _timed(extract_tiled, enc, rgb, scale=2, overlap=2)
     rows.append(("tiled x2 (windows incl.)", tiled - ext))
-    print(f"\nSo400m/14 random weights, 640x480, {gh}x{gw} grid, {enc.dtype}, {torch.get_num_threads()} thread(s): "
+    print(f"\n{args.spec} random weights, 640x480, {gh}x{gw} grid, {enc.dtype}, {torch.get_num_threads()} thread(s): "
           f"one extraction {ext:.2f} s")
     print(f"{'method':<34} {'added s':>8} {'x extract':>9}")
     for name, sec in rows:
         print(f"{name:<34} {sec:>8.3f} {(ext + sec) / ext:>9.2f}")
+    return {"spec": args.spec, "dtype": str(enc.dtype).removeprefix("torch."), "extract_s": ext,
+            "x_extract": {name: (ext + sec) / ext for name, sec in rows}}
 
 
 if __name__ == "__main__":

@@ -230,5 +230,9 @@ def build(out_dir: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for p in build(Path(__file__).resolve().parent.parent / "notebooks"):
+    import argparse
+
+    ap = argparse.ArgumentParser(description="write the notebooks (without outputs)")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "notebooks"), help="folder")
+    for p in build(Path(ap.parse_args().out)):
         print(p)

@@ -272,7 +272,7 @@ def test_clear_methods_on_a_one_block_tower_use_the_patch_embedding():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Issue 14b: distractor filtering, PAMR, sliding windows
+# Distractor filtering, PAMR, sliding windows
 
 
 def test_filtering_replaces_a_planted_outlier_by_its_neighbours_mean():

@@ -82,19 +82,11 @@ def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, repeats: int = 5
 
 
 def cpu_facts() -> str:
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ["avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "avx2"]
-    have = " ".join(f for f in wanted if f in flags) or "n/a"
-    return (f"{model}; flags: {have}; torch cpu capability {torch.backends.cpu.get_cpu_capability()}; "
-            f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads")
+    from dense.compiled import cpu_model_and_flags  # the one reader of /proc/cpuinfo
+
+    model, flags = cpu_model_and_flags()
+    return (f"{model}; flags: {' '.join(flags) or 'n/a'}; torch cpu capability "
+            f"{torch.backends.cpu.get_cpu_capability()}; {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads")
 
 
 def photo(hw: tuple[int, int], seed: int) -> np.ndarray:

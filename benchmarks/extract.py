@@ -86,7 +86,8 @@ def cpu_facts() -> str:
 
     model, flags = cpu_model_and_flags()
     return (f"{model}; flags: {' '.join(flags) or 'n/a'}; torch cpu capability "
-            f"{torch.backends.cpu.get_cpu_capability()}; {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads")
+            f"{torch.backends.cpu.get_cpu_capability()}; {os.cpu_count()} CPUs, "
+            f"{torch.get_num_threads()} torch threads")
 
 
 def photo(hw: tuple[int, int], seed: int) -> np.ndarray:

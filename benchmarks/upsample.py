@@ -189,7 +189,7 @@ def so400m_costs(args) -> dict:
     for sub in (1, 2, 4):
         sec = _timed(guided_upsample, logits.softmax(0), rgb, radius=8, subsample=sub)[1]
         rows.append((f"guided r8 sub{sub}", sec))
-    rows.append(("learned upsampler (17 logits)", _timed(up.upsample, fmap, rgb, values=logits)[1]))
+    rows.append(("learned upsampler (17 logits)", _timed(up.to_image, fmap, rgb, values=logits)[1]))
     _, tiled = _timed(extract_tiled, enc, rgb, scale=2, overlap=2)
     rows.append(("tiled x2 (windows incl.)", tiled - ext))
     print(f"\n{args.spec} random weights, 640x480, {gh}x{gw} grid, {enc.dtype}, {torch.get_num_threads()} thread(s): "

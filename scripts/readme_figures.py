@@ -200,7 +200,7 @@ def openvocab(run: Run) -> list[dict]:
         out_json = run.work / f"openvocab-{m}.json"
         args = ["eval", "openvocab", "--model", m, "--ann", str(world / "annotations.json"), "--images",
                 str(world / "images"), "--split", "test", "--limit", str(s["ov_limit"]), "--resamples",
-                str(s["resamples"]), "--quiet", "--out", str(out_json)]
+                str(s["resamples"]), "--quiet", "--json", str(out_json)]
         run.dense(*args)
         res = json.loads(out_json.read_text())
         meta, f, iv = res["meta"], res["figures"], res["intervals"]
@@ -223,7 +223,7 @@ def refer(run: Run) -> list[dict]:
         out_json = run.work / f"refer-{m}.json"
         args = ["eval", "refer", "--model", m, "--ann", str(world / "annotations.json"), "--refs",
                 str(world / "refs.json"), "--images", str(world / "images"), "--split", "test", "--limit",
-                str(s["refer_limit"]), "--resamples", str(s["resamples"]), "--quiet", "--out", str(out_json)]
+                str(s["refer_limit"]), "--resamples", str(s["resamples"]), "--quiet", "--json", str(out_json)]
         run.dense(*args)
         res = json.loads(out_json.read_text())
         meta, f, iv = res["meta"], res["figures"], res["intervals"]

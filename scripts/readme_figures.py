@@ -383,12 +383,16 @@ ABOUT = {
                 "guided-filter settings chosen on val, test reported once. Cost: So400m (random weights), added time "
                 "relative to one extraction.",
     "speed": "So400m/14 with random weights (speed does not depend on weight values), a 480x640 photo and a folder "
-             "of JPEGs of a COCO-like aspect mix; each row in its own process. Ratios compare rows of the same run.",
+             "of JPEGs of a COCO-like aspect mix; each row in its own process. Ratios compare rows of the same run. "
+             "None is committed from this session: the 2-core machine ran up to nine jobs at once (load 6-14), and "
+             "rows of one run differed by up to 2x with the same transformers layers in both; run `python "
+             "scripts/readme_figures.py --only speed` on a quiet machine (the compile decision is in "
+             "`python benchmarks/extract.py --decide`).",
     "scale": "Peak memory of `dense.segment` with many names on a large photo, and of probe training streamed from "
              "a bf16 feature cache vs held in RAM (synthetic So400m-shaped features).",
 }
 HEADLINE = ["zero_shot/shapes-tiny", "zero_shot/shapes-tiny-v2", "openvocab/shapes-tiny-v2/mIoU",
-            "refer/shapes-tiny-v2/acc", "probe/shapes-tiny-v2/mIoU", "speed/ratio/default_b1_vs_idiom_float32"]
+            "refer/shapes-tiny-v2/acc", "probe/shapes-tiny-v2/mIoU"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -422,6 +426,8 @@ def render_results(data: dict) -> str:
         by_group.setdefault(f["group"], []).append(f)
     for g in GROUPS:
         if g not in by_group:
+            if g in data["groups"]:  # measured but nothing kept: say why instead of dropping the section
+                lines += ["", f"## {TITLES[g]}", "", ABOUT[g]]
             continue
         info = data["groups"][g]
         commands = list(dict.fromkeys(f["command"] for f in by_group[g]))

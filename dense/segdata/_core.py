@@ -20,6 +20,18 @@ _MODES_8BIT = ("P", "L")
 _MODES_16BIT = ("I;16", "I;16B", "I;16L", "I")  # Pillow reads a uint16 PNG/TIFF as one of these
 
 
+def image_size_hw(path: Path) -> tuple[int, int] | None:
+    """``(H, W)`` of an image from its header, or None when it cannot be opened (left to the extraction, which names it
+    or skips it)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (UnidentifiedImageError, OSError):
+        return None
+
+
 class LayoutError(FileNotFoundError):
     """A file or folder the layout needs is missing; ``str()`` is one line that names it and says what it is."""
 
@@ -304,10 +316,8 @@ class SegDataset:
                 except (UnidentifiedImageError, OSError) as e:
                     raise AnnotationError(f"{path}: not an image ({e})") from e
             image = self.image_path(i)
-            try:
-                with Image.open(image) as im:
-                    image_hw = (im.height, im.width)
-            except (UnidentifiedImageError, OSError):
+            image_hw = image_size_hw(image)
+            if image_hw is None:
                 continue
             if label_hw != image_hw:
                 raise AnnotationError(size_mismatch(path, label_hw, image, image_hw, i))

@@ -9,7 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from dense.coco import AnnotationError, load_coco
-from dense.segdata._core import Encoding, LabelSource, LayoutError, SegDataset, Split, first_dir, identity
+from dense.segdata._core import (
+    Encoding,
+    LabelSource,
+    LayoutError,
+    SegDataset,
+    Split,
+    first_dir,
+    identity,
+    image_size_hw,
+)
 from dense.segdata.names import COCO_STUFF_CLASSES, COCO_STUFF_UNUSED
 
 SPLITS = ("train2017", "val2017")
@@ -93,16 +102,13 @@ class CocoSplits:
     def check_files(self, split: str, *, progress: bool = False) -> None:
         """Before any expensive work: each image of ``split`` is the size its instances file says (headers only;
         an image that cannot be opened is left to the extraction)."""
-        from PIL import Image, UnidentifiedImageError
         from tqdm.auto import tqdm
 
         ds = self._part(split)
         for iid in tqdm(ds.ids(), desc=f"check {split}", unit="img", disable=not progress):
             path = ds.image_path(iid)
-            try:
-                with Image.open(path) as im:
-                    image_hw = (im.height, im.width)
-            except (UnidentifiedImageError, OSError):
+            image_hw = image_size_hw(path)
+            if image_hw is None:
                 continue
             if tuple(ds.image_hw(iid)) != image_hw:
                 h, w = ds.image_hw(iid)

@@ -57,10 +57,27 @@ def bucket_tokens(n_tokens: int, budget: int, buckets: int = BUCKETS) -> int:
 
 
 def inductor_cache_dir() -> Path:
-    """Where inductor keeps compiled code: ``$TORCHINDUCTOR_CACHE_DIR`` if set, else ``dense_home()/inductor``."""
+    """Where inductor keeps compiled code: ``$TORCHINDUCTOR_CACHE_DIR`` if the user set it, else
+    ``dense_home()/inductor``.
+
+    ``import torch._dynamo`` (which transformers does) writes torch's own default (``/tmp/torchinductor_<user>``) into
+    that variable, so a value equal to torch's default counts as unset: dense's kernels then go under ``dense_home()``,
+    which survives a reboot, instead of the temp folder.
+    """
     from dense.checkpoint import dense_home
 
-    return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or dense_home() / "inductor")
+    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if env and os.path.abspath(env) != _torch_default_cache_dir():
+        return Path(env)
+    return dense_home() / "inductor"
+
+
+def _torch_default_cache_dir() -> str | None:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # a torch that moved it: only an unset variable counts as unset
+        return None
+    return os.path.abspath(default_cache_dir())
 
 
 def key_mask(valid: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
@@ -102,7 +119,7 @@ class Blocks(torch.nn.Module):
 
 
 def _compile(module: torch.nn.Module, device: torch.device, cudagraphs: bool = False):
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache_dir())  # inductor reads it on each use
     options = {"freezing": True}
     if device.type == "cuda" and cudagraphs:
         options["triton.cudagraphs"] = True

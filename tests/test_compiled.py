@@ -36,6 +36,18 @@ def test_inductor_cache_lives_under_dense_home(monkeypatch):
     assert str(dc.inductor_cache_dir()) == "/elsewhere"
 
 
+def test_compiled_kernels_go_under_dense_home_after_torch_wrote_its_default(monkeypatch):
+    """``import torch._dynamo`` (transformers does it) writes torch's /tmp default into the variable: dense must still
+    send the kernels under dense_home(), and inductor must read that folder when it builds them."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    from dense.checkpoint import dense_home
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what torch._dynamo's import leaves
+    dc._compile(torch.nn.Linear(2, 2), torch.device("cpu"))  # lazy: nothing is built until the first call
+    assert cache_dir() == str(dense_home() / "inductor")
+
+
 def test_bucket_tokens_known_answers():
     # A quarter of 729 rounded up is 183: buckets 183, 366, 549, 732 (and on past the budget).
     assert [dc.bucket_tokens(n, 729) for n in (1, 183, 184, 400, 713, 729, 800)] == [183, 183, 366, 549, 732, 732,

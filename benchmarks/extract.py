@@ -12,21 +12,23 @@ Rows:
 - ``dense``: ``random_encoder("so400m-patch14-384")`` at its default dtype ("auto": bfloat16 on CPUs with AMX or
   AVX512-BF16 and on GPUs of compute capability 8+, else float32) and at the other dtype; ``extract_many`` at batch 1
   and 8 (and 32 on a GPU). Its compiled tower (``compile=True``, :mod:`dense.compiled`) at the default dtype, with
-  ``first s`` = the first image's time (the compile), and once more in a second process (``first s`` = the
-  compiled graph reused from inductor's disk cache), each against its own steady state.
+  ``first s`` = the first image's time (tracing and freezing; code generation too if inductor's cache is empty), and
+  once more in a second process (``first s``: the generated code reused from inductor's disk cache, tracing and
+  freezing paid again), each against its own steady state.
 - ``decision``: this machine's record in ``dense_home()/compile.json`` (:func:`dense.compiled.decide`: measured on
   first use, read afterwards; ``--remeasure`` measures again), which sets what "default" means here.
 - ``folder``: 200 JPEGs of a COCO-like aspect mix (640x480, 480x640, 640x427, 500x375, 640x640, 640x360, 640x256,
   256x640) written to a temp dir. ``model only`` times the tower on pixels prepared in advance (the same batches
-  ``extract_many`` forms); ``end to end`` reads paths from disk (decode, resize, batch, forward, FeatureMaps).
+  ``extract_many`` forms); ``end to end`` reads paths from disk (decode, resize, batch, forward, FeatureMaps). The two
+  run in one process, model only first, so their ratio is side by side (processes of one run differ by up to ~10%).
 
 Each row runs in its own process, so peak RSS (and CUDA peak memory) is that row's alone (``build GiB``: after
 building the model, before the first image; dense builds in its dtype directly); ``mm peak`` is the GFLOP/s of the
-MLP's ``F.linear`` in that dtype, measured in the row's own process (the call the tower spends its time in). Achieved GFLOP/s counts 8ND^2 + 4NDF + 4N^2D per layer (27 layers, D=1152, F=4304) over
-the real (unpadded) tokens. Timing does not depend on weight values. ``--rounds R`` runs the synthetic rows R times,
-in alternating order, and reports each row's median over rounds (ratios then come from interleaved runs). At the end:
-the idiom's bf16-vs-fp32 tokens of one photo (per-token cosine, mean and min; same weights, cast), and dense compiled
-vs eager (max |diff|).
+MLP's ``F.linear`` in that dtype, measured in the row's own process (the call the tower spends its time in).
+Achieved GFLOP/s counts 8ND^2 + 4NDF + 4N^2D per layer (27 layers, D=1152, F=4304) over the real (unpadded) tokens.
+Timing does not depend on weight values. ``--rounds R`` runs the synthetic rows R times, in alternating order, and
+reports each row's median over rounds (ratios then come from interleaved runs). At the end: the idiom's bf16-vs-fp32
+tokens of one photo (per-token cosine, mean and min; same weights, cast), and dense compiled vs eager (max |diff|).
 """
 
 from __future__ import annotations
@@ -205,13 +207,14 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
             tokens = [it.n_tokens for it in items]
             row["padding_waste"] = padding_waste(tokens, [[it.index for it in b] for b in batches])
             enc.forward_batch([it.pixels for it in batches[0]])  # warm-up
-            if way == "dense-model":
+            if way == "dense-folder":  # model only, then end to end, in this one process: their ratio side by side
                 sync()
                 t0 = time.perf_counter()
                 for b in batches:
                     enc.forward_batch([it.pixels for it in b])
-                sec = (time.perf_counter() - t0) / len(items)
-            else:  # end to end from disk
+                sync()
+                row["model_only_s"] = (time.perf_counter() - t0) / len(items)
+            if way in ("dense-folder", "dense-e2e"):  # end to end from disk
                 t0 = time.perf_counter()
                 for _ in enc.extract_many(paths, batch_size=batch, progress=False, num_workers=num_workers):
                     pass
@@ -300,8 +303,7 @@ def main() -> None:
         synthetic += [(f"dense {other}", "dense", other, b, False, None, "auto") for b in batches if b <= 8]
     folder_rows = [
         ("folder: idiom", "idiom", "fp32" if auto == "float32" else "bf16", 1, True, None, "auto"),
-        ("folder: dense model only", "dense-model", "auto", folder_batch, True, None, "auto"),
-        ("folder: dense end to end", "dense-e2e", "auto", folder_batch, True, None, "auto"),
+        ("folder: dense end to end", "dense-folder", "auto", folder_batch, True, None, "auto"),  # + model only
     ]
     if args.device == "cpu":
         folder_rows.append(("folder: dense e2e, 1 worker", "dense-e2e", "auto", folder_batch, True, 1, "auto"))
@@ -372,18 +374,14 @@ def main() -> None:
             if n_runs < (1 if in_folder else args.rounds):
                 continue
             r = median_row(runs[(label, r["dtype"], batch)])
-            results[(label, r["dtype"], batch)] = r
-            name = label + (f", {r['num_workers']} workers" if "num_workers" in r and workers is None else "")
-            pad = f"{100 * r['padding_waste']:.2f}" if "padding_waste" in r else ""
-            build = f"{r['build_rss_gib']:.2f}" if "build_rss_gib" in r else ""
-            first = f"{r['first_s']:.1f}" if "first_s" in r else ""
-            line = (f"{name:<36}{r['dtype']:<10}{batch:>6}{r['tokens']:>7}{r['sec_per_img']:>8.3f}"
-                    f"{r['images_per_s']:>8.2f}{r['gflops']:>9.0f}{r['peak_gflops']:>9.0f}"
-                    f"{100 * r['gflops'] / r['peak_gflops']:>5.0f}%{r['peak_rss_gib']:>8.2f}{build:>10}{first:>9}"
-                    f"{pad:>7}")
-            if args.device == "cuda":
-                line += f"  {r['cuda_peak_gib']:.2f}"
-            print(line, flush=True)
+            shown = [(label, r)]
+            if "model_only_s" in r:  # the same process timed the model alone first: its own row, shown first
+                sec = r["model_only_s"]
+                m = {**r, "sec_per_img": sec, "images_per_s": 1 / sec, "gflops": r["gflops"] * r["sec_per_img"] / sec}
+                m.pop("num_workers", None)
+                shown.insert(0, ("folder: dense model only", m))
+            for label, r in shown:
+                print_row(results, label, r, batch, workers, args.device)
         ratios = summary(results, auto, batches, folder_batch, bool(folder_rows))
         a, b = (Path(tmp) / f"idiom-{d}.pt" for d in ("float32", "bfloat16"))
         if a.exists() and b.exists():
@@ -406,6 +404,22 @@ def main() -> None:
                                    "default_dtype": auto, "compile_decision": d, "load_average": [load1[0], load2[0]],
                                    "rows": [{"label": k[0], **r} for k, r in results.items()], "ratios": ratios,
                                    "bf16_vs_fp32_cosine": {}}, indent=2)
+
+
+def print_row(results: dict, label: str, r: dict, batch: int, workers, device: str) -> None:
+    """Keep ``r`` under ``(label, dtype, batch)`` and print its line of the table."""
+    results[(label, r["dtype"], batch)] = r
+    name = label + (f", {r['num_workers']} workers" if "num_workers" in r and workers is None else "")
+    pad = f"{100 * r['padding_waste']:.2f}" if "padding_waste" in r else ""
+    build = f"{r['build_rss_gib']:.2f}" if "build_rss_gib" in r else ""
+    first = f"{r['first_s']:.1f}" if "first_s" in r else ""
+    line = (f"{name:<36}{r['dtype']:<10}{batch:>6}{r['tokens']:>7}{r['sec_per_img']:>8.3f}"
+            f"{r['images_per_s']:>8.2f}{r['gflops']:>9.0f}{r['peak_gflops']:>9.0f}"
+            f"{100 * r['gflops'] / r['peak_gflops']:>5.0f}%{r['peak_rss_gib']:>8.2f}{build:>10}{first:>9}"
+            f"{pad:>7}")
+    if device == "cuda":
+        line += f"  {r['cuda_peak_gib']:.2f}"
+    print(line, flush=True)
 
 
 def median_row(rows: list[dict]) -> dict:

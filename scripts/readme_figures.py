@@ -297,10 +297,10 @@ def upsample(run: Run) -> list[dict]:
 def speed(run: Run) -> list[dict]:
     out_json = run.work / "extract.json"
     argv = ["benchmarks/extract.py", "--json", str(out_json)]
-    # the non-default dtype's rows are left out: bf16 on a CPU without bf16 units alone would take ~10 minutes
+    # the non-default dtype and batch 8 are left out: on a 2-core CPU without bf16 units they alone take ~30 minutes
     argv += (["--quick", "--spec", "tiny-siglip", "--folder-images", "4", "--batches", "1", "--no-other-dtype"]
              if run.quick else
-             ["--repeats", "2", "--folder-images", "32", "--no-other-dtype"])
+             ["--rounds", "3", "--repeats", "1", "--batches", "1", "--folder-images", "24", "--no-other-dtype"])
     run.call(argv)
     res = json.loads(out_json.read_text())
     cmd, figs = shown(argv), []
@@ -309,15 +309,18 @@ def speed(run: Run) -> list[dict]:
         figs.append(figure(f"speed/{slug}/{r['dtype']}/b{r['batch']}", f"{res['spec']}: {r['label']}, {r['dtype']}, "
                            f"batch {r['batch']}, {r['tokens']} tokens: seconds per image", r["sec_per_img"], "s", cmd,
                            n=res["folder_images"] if r["label"].startswith("folder") else None))
-    labels = {"default_b1_vs_idiom_float32": "dense default batch 1 vs the transformers idiom in float32 (img/s)",
-              "default_b1_vs_idiom_bfloat16": "dense default batch 1 vs the idiom in bfloat16 (img/s)",
-              "default_b8_vs_idiom_float32": "dense default batch 8 vs the idiom in float32 (img/s)",
-              "folder_e2e_over_model_only": "folder: end to end from disk / model only (img/s)",
+    labels = {"first_process_first_image_over_steady": "compiled tower, the run's first process: first image / a "
+              "steady-state image (s; code generation included only if inductor's cache was empty)",
+              "second_process_first_image_over_steady": "compiled tower, a second process (inductor's disk cache "
+              "warm): first image / a steady-state image (s)",
+              "folder_e2e_over_model_only": "folder: end to end from disk / model only, one process (img/s)",
               "folder_e2e_vs_idiom": "folder: dense end to end vs the idiom (img/s)"}
     for key, ratio in res["ratios"].items():
         if ratio is None or ratio != ratio:  # a row it needs was not run (--batches, --no-other-dtype)
             continue
-        label = labels.get(key, key.replace("_", " ") + " (s/img)")
+        way = re.fullmatch(r"(default|compiled)_b(\d+)_vs_idiom_(\w+)", key)
+        label = (f"dense {'default' if way[1] == 'default' else 'compiled tower'} batch {way[2]} vs the transformers "
+                 f"idiom in {way[3]} (img/s)" if way else labels[key])
         figs.append(figure(f"speed/ratio/{key}", f"{res['spec']}: {label}", ratio, "x", cmd))
     for way, c in res["bf16_vs_fp32_cosine"].items():
         figs.append(figure(f"speed/cosine/{way}", f"{res['spec']}, {way}: bf16 vs fp32 tokens, mean per-token cosine "
@@ -383,11 +386,11 @@ ABOUT = {
                 "guided-filter settings chosen on val, test reported once. Cost: So400m (random weights), added time "
                 "relative to one extraction.",
     "speed": "So400m/14 with random weights (speed does not depend on weight values), a 480x640 photo and a folder "
-             "of JPEGs of a COCO-like aspect mix; each row in its own process. Ratios compare rows of the same run. "
-             "None is committed from this session: the 2-core machine ran up to nine jobs at once (load 6-14), and "
-             "rows of one run differed by up to 2x with the same transformers layers in both; run `python "
-             "scripts/readme_figures.py --only speed` on a quiet machine (the compile decision is in "
-             "`python benchmarks/extract.py --decide`).",
+             "of JPEGs of a COCO-like aspect mix; each row in its own process, the synthetic rows three times in "
+             "alternating order (each row's median); the folder's model-only and end-to-end rows in one process. "
+             "Ratios compare rows of the same run; processes of one run differ by up to ~10% with the same layers, "
+             "so a ratio within 0.9-1.1 is a tie. On a CPU without bf16 units dense runs float32, and compiling is "
+             "on only where this machine's measurement found it pays (`python benchmarks/extract.py --decide`).",
     "scale": "Peak memory of `dense.segment` with many names on a large photo, and of probe training streamed from "
              "a bf16 feature cache vs held in RAM (synthetic So400m-shaped features).",
 }

@@ -1,24 +1,37 @@
 """Atomic writes: a temporary file beside the target, renamed over it only once complete (never a half file).
 
 Every file dense writes goes through :func:`write_bytes` (or :func:`atomic_path` for writers that need a path): the
-only temporary files dense can leave behind are ``.<name>.<pid>.tmp``, whose writer pid tells a later run whether it
-is still alive (``dense.cache`` removes those of dead pids). Tensors are serialized in memory
+only temporary files dense can leave behind are ``.<name>.<pid>@<host>.tmp``: a later run on the same host removes
+those whose writer pid is gone; one on another host (a cache on a disk several nodes share) cannot see that pid and
+judges them by age only (``dense.cache``). Tensors are serialized in memory
 (``safetensors.torch.save``), never with ``save_file``, whose own temporary files carry no pid.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import re
+import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
+@functools.cache
+def host_name() -> str:
+    """This machine's name as temp files carry it: letters, digits and '-' only (no '.', no '@')."""
+    return re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()) or "host"
+
+
+TEMP_NAME = re.compile(r"^\..+\.(\d+)@([A-Za-z0-9-]+)\.tmp$")  # temp_path's names: groups (pid, host)
+
+
 def temp_path(path: str | os.PathLike) -> Path:
-    """``.<name>.<pid>.tmp`` beside ``path``: the one temp-file name dense writes."""
+    """``.<name>.<pid>@<host>.tmp`` beside ``path``: the one temp-file name dense writes (:data:`TEMP_NAME`)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}@{host_name()}.tmp")
 
 
 @contextlib.contextmanager

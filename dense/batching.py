@@ -5,11 +5,11 @@ Three parts, each usable alone:
 - :func:`prepared_stream`: read, decode, resize and normalize images (optionally in worker processes through a torch
   ``DataLoader``), yielding one :class:`Prepared` per input, in input order; a bad image becomes a record that carries
   its error instead of killing the stream;
-- :func:`plan_batches`: group a window of images of different grids into batches whose padding stays small (sorted by
-  token count, packed up to ``batch_size``);
+- :func:`plan_batches`: group a packing group of images of different grids into batches whose padding stays small
+  (sorted by token count, packed up to ``batch_size``);
 - :func:`forward_tower`: one padded batch of images of any grids through the vision tower's parts (embeddings,
   :func:`embed_patches` -> encoder blocks -> ``post_layernorm``), without the MAP pooling head that features never
-  use.
+  use; :func:`to_host` and :func:`image_tokens` bring its tokens to the CPU (pinned, without blocking, from a GPU).
 
 Why not the model's own ``forward``: it always runs the pooling head, whose ``nn.MultiheadAttention`` (batch_first)
 turns its in-projection into a ``bmm`` on an expanded ``[N, D, 3D]`` weight copy at batch > 1 (seconds per image for
@@ -75,8 +75,16 @@ def _identity(x):
     return x
 
 
-def default_num_workers(device: torch.device, total: int | None) -> int:
-    """Worker processes for reading: 0 on CPU devices and for a handful of images, else up to 8 (one core kept free).
+def local_world_size(env=None) -> int:
+    """Processes of this job on this machine (torchrun's ``LOCAL_WORLD_SIZE``; 1 outside a launcher)."""
+    env = os.environ if env is None else env
+    return max(1, int(env.get("LOCAL_WORLD_SIZE", 1)))
+
+
+def default_num_workers(device: torch.device, total: int | None, *, local_ranks: int | None = None) -> int:
+    """Worker processes for reading: 0 on CPU devices and for a handful of images, else up to 8 per process, the
+    machine's cores (one kept free) shared by the ``local_ranks`` processes of a torchrun job on this machine
+    (default :func:`local_world_size`): 8 ranks on 32 cores start 3 workers each, not 8.
 
     On a CPU device the model already uses every core; a worker would only take cycles from its matmuls (reading a
     JPEG costs little next to an So400m forward), and the model's OpenMP threads stall when one is preempted. On a
@@ -88,7 +96,8 @@ def default_num_workers(device: torch.device, total: int | None) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         cores = os.cpu_count() or 1
-    return max(0, min(8, cores - 1))
+    local_ranks = local_world_size() if local_ranks is None else max(1, local_ranks)
+    return max(0, min(8, (cores - 1) // local_ranks))
 
 
 def prepared_stream(images: Iterable[ImageInput], cfg: PixelConfig, max_patches: int, *, num_workers: int = 0,
@@ -174,14 +183,17 @@ def embed_patches(vision: torch.nn.Module, family: str, pixels: Sequence[torch.T
 
 def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.Tensor], layers: Sequence[int], *,
                   device: torch.device, dtype: torch.dtype, non_blocking: bool = False,
-                  compiled: CompiledTower | None = None) -> list[torch.Tensor]:
-    """Images of any grids, as normalized pixels ``[3, gh*p, gw*p]`` each -> tokens ``[gh*gw, D * len(layers)]`` each.
+                  compiled: CompiledTower | None = None) -> tuple[torch.Tensor, list[int]]:
+    """Images of any grids, as normalized pixels ``[3, gh*p, gw*p]`` each -> ``(tokens [B, N, D * len(layers)],
+    lengths)``: image b's tokens are ``tokens[b, :lengths[b]]`` (``[gh*gw, D*L]``), the rest is padding.
 
     One padded batch (:func:`embed_patches`): each image's sequence is zero-padded to the longest, and padded keys are
     masked in every block (transformers' own ``create_bidirectional_mask``, in the form the attention implementation
     wants; no mask at all when the grids are equal). ``layers`` are absolute block indices; the last block is read
     after ``post_layernorm`` (``last_hidden_state``), the others raw (``hidden_states[b + 1]``). Blocks after the
-    deepest one asked for are not run. Returns float32 CPU tensors, in the order of ``pixels``.
+    deepest one asked for are not run. The tokens stay where the model ran, in its dtype (no copy for one layer; the
+    blocks asked for are written into one buffer as they are made, never kept apart and concatenated): moving them
+    to the host is :func:`to_host`'s job.
 
     With ``compiled`` (a :class:`dense.compiled.CompiledTower` of ``vision``), the embeddings run eagerly as above and
     the blocks run compiled, padded further to a static bucket with the padded keys masked.
@@ -189,22 +201,46 @@ def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.T
     from transformers.masking_utils import create_bidirectional_mask
 
     n_blocks = vision.config.num_hidden_layers
-    B = len(pixels)
     x, lengths = embed_patches(vision, family, pixels, device=device, dtype=dtype, non_blocking=non_blocking)
-    N = max(lengths)
+    B, N, D = x.shape
 
     if compiled is not None:
-        out = compiled(x, lengths, layers).float().cpu()  # [B, bucket, D * L]
-        return [out[b, : lengths[b]].clone() for b in range(B)]  # [B, bucket, D*L] -> B x [gh*gw, D*L]
+        return compiled(x, lengths, layers), lengths  # [B, bucket, D * L]
     mask = None
     if min(lengths) < N:
         valid = (torch.arange(N)[None] < torch.tensor(lengths)[:, None]).to(device, torch.int32)  # [B, N], 1 = real
         mask = create_bidirectional_mask(config=vision.config, inputs_embeds=x, attention_mask=valid)
     last = max(layers)
-    kept: dict[int, torch.Tensor] = {}
+    out = None if len(layers) == 1 else x.new_empty(B, N, D * len(layers))  # [B, N, D * L]
     for i, layer in enumerate(vision.encoder.layers[: last + 1]):
         x = layer(x, mask)  # [B, N, D]
-        if i in layers:
-            kept[i] = vision.post_layernorm(x) if i == n_blocks - 1 else x
-    out = torch.cat([kept[b] for b in layers], dim=-1).float().cpu()  # [B, N, D * L]
-    return [out[b, : lengths[b]].clone() for b in range(B)]  # [B, N, D*L] -> B x [gh*gw, D*L], padding dropped
+        for j in (j for j, b in enumerate(layers) if b == i):
+            h = vision.post_layernorm(x) if i == n_blocks - 1 else x  # [B, N, D]
+            if out is None:
+                return h, lengths
+            out[..., j * D:(j + 1) * D] = h  # [B, N, D] -> slot j of [B, N, D * L]
+    return out, lengths
+
+
+def to_host(tokens: torch.Tensor) -> tuple[torch.Tensor, object | None]:
+    """``tokens`` on the CPU: as they are when already there; from a GPU, copied in their own dtype (bf16: half the
+    bytes of float32) into pinned memory without blocking. Returns ``(host tensor, event)``: the copy is complete once
+    ``event.synchronize()`` returns (None: nothing to wait for), so the GPU can start the next batch meanwhile."""
+    if tokens.device.type != "cuda":
+        return tokens, None
+    host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)  # torch's caching host allocator reuses it
+    host.copy_(tokens, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+def image_tokens(host: torch.Tensor, b: int, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Image ``b``'s tokens ``[n, C]`` from host tokens ``[B, N, C]`` (:func:`to_host`), in ``dtype``, padding dropped.
+
+    A view where nothing changes (same dtype, pageable memory), else one copy; called per image as it is needed, so
+    a batch is never held twice (bf16 and float32) at once. Pinned memory is always copied out, so that results a
+    caller keeps do not hold torch's pinned blocks.
+    """
+    pinned = torch.cuda.is_available() and host.is_pinned()
+    return host[b, :n].to(dtype, copy=pinned)  # [B, N, C] -> [n, C]

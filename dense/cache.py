@@ -18,9 +18,11 @@ image ids agree.
 
 Safety: each entry is serialized in memory and written to dense's pid-named temp file, fsynced and renamed
 (``FeatureMap.save`` through :func:`dense._atomic.write_bytes`), so a killed run leaves whole entries or none, plus
-at most one ``.<name>.<pid>.tmp`` per killed writer. The next run removes those at once when their writer's pid is
-gone (and any temp file older than ``TEMP_MAX_AGE_S``, including ``.tmpXXXXXX``-style ones that older versions,
-which let safetensors write the file, could leave). Resuming skips entries that load; an entry that does not load, or
+at most one ``.<name>.<pid>@<host>.tmp`` per killed writer. The next run removes those at once when they were written
+on its own host and their writer's pid is gone; a temp file of another host (a cache on a disk several nodes share,
+where this host cannot see that pid) goes only when older than ``TEMP_MAX_AGE_S``, as does any other temp file
+(``.tmpXXXXXX``-style ones that older versions, which let safetensors write the file, could leave, and older
+versions' host-less ``.<name>.<pid>.tmp``). Resuming skips entries that load; an entry that does not load, or
 whose spec or shape is wrong, is reported as corrupt and extracted again.
 
 The spec holds ``rules`` (:data:`dense.features.RULES_VERSION`), so features made under other versions of dense's
@@ -44,13 +46,12 @@ from pathlib import Path
 
 import torch
 
-from dense._atomic import write_json
+from dense._atomic import TEMP_NAME, host_name, write_json
 from dense.features import FeatureMap
 
 log = logging.getLogger("dense")
 
 TEMP_MAX_AGE_S = 6 * 3600  # a temp file untouched this long has no live writer (pids are reused; shared disks)
-_DENSE_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # dense._atomic: .<name>.<pid>.tmp
 _OTHER_TEMP = re.compile(r"(^\.?tmp[A-Za-z0-9_]{4,}$)|(\.tmp[A-Za-z0-9_]{0,12}$)")  # safetensors, tempfile, ...
 
 
@@ -187,24 +188,27 @@ class FeatureCache:
     def remove_stale_temps(self, *, max_age_s: float = TEMP_MAX_AGE_S, now: float | None = None) -> int:
         """Delete temp files left by killed writers anywhere in this spec's folder. Returns how many.
 
-        A dense temp file (``.<name>.<pid>.tmp``) goes when its pid is gone or it is older than ``max_age_s``; any
-        other temp-looking file (safetensors' and tempfile's ``.tmpXXXXXX``, ``*.tmp``) when it is older than
-        ``max_age_s``, since its writer is unknown. Entries and ``spec.json`` are never touched."""
+        A dense temp file (``.<name>.<pid>@<host>.tmp``, :func:`dense._atomic.temp_path`) of THIS host goes when its
+        pid is gone or it is older than ``max_age_s``; one of another host (whose pids this host cannot see), and any
+        other temp-looking file (safetensors' and tempfile's ``.tmpXXXXXX``, ``*.tmp``), only when it is older than
+        ``max_age_s``. Entries and ``spec.json`` are never touched."""
         if not self.dir.is_dir():
             return 0
         now = time.time() if now is None else now
+        here = host_name()
         n = 0
         for p in list(self.dir.rglob("*")):
             if (p.suffix == ".safetensors" and not p.name.startswith(".")) or p.name == "spec.json":
                 continue
-            m = _DENSE_TEMP.match(p.name)
+            m = TEMP_NAME.match(p.name)
             if not m and not _OTHER_TEMP.search(p.name):
                 continue
             try:
                 old = now - p.stat().st_mtime > max_age_s
             except FileNotFoundError:  # its writer just renamed it
                 continue
-            if old or (m and not _pid_alive(int(m.group(1)))):
+            orphan = m is not None and m.group(2) == here and not _pid_alive(int(m.group(1)))
+            if old or orphan:
                 if p.is_file():
                     p.unlink(missing_ok=True)
                     n += 1

@@ -25,7 +25,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dense.batching import Prepared, default_num_workers, forward_tower, plan_batches, prepared_stream
+from dense.batching import (
+    Prepared,
+    default_num_workers,
+    forward_tower,
+    image_tokens,
+    plan_batches,
+    prepared_stream,
+    to_host,
+)
 from dense.checkpoint import (
     RANDOM_SPECS,
     Calibration,
@@ -45,6 +53,8 @@ from dense.features import RULES_VERSION, FeatureMap, block_indices
 from dense.preprocess import ImageError, ImageInput, PixelConfig, choose_grid, load_image, to_pixels
 
 log = logging.getLogger("dense")
+
+HELD_BYTES = 2**30  # extract_many holds at most about this many bytes of results for order's sake (beyond one batch)
 
 
 @dataclass(frozen=True)
@@ -144,12 +154,19 @@ class Encoder:
 
         One padded, masked batch (see :func:`dense.batching.forward_tower`); tokens equal the one-image path.
         """
-        blocks = [self.block_index(i) for i in layers]
-        compiled, batch_pays = self.execution()
-        if not batch_pays and len(pixels) > 1:  # measured on this machine: one image per pass costs less per image
+        if not self.execution().batch_pays and len(pixels) > 1:  # measured here: one image per pass costs less
             return [t for px in pixels for t in self.forward_batch([px], layers)]
+        tokens, lengths = self._forward(pixels, layers)
+        host, event = to_host(tokens)
+        if event is not None:
+            event.synchronize()
+        return [image_tokens(host, b, n) for b, n in enumerate(lengths)]  # B x [gh*gw, D*L], float32 CPU
+
+    def _forward(self, pixels: list[torch.Tensor], layers) -> tuple[torch.Tensor, list[int]]:
+        """One batch through the tower: ``(tokens [B, N, D*L] on the device, in its dtype; lengths)``."""
+        blocks = [self.block_index(i) for i in layers]
         return forward_tower(self.vision, self.family, pixels, blocks, device=self.device, dtype=self.dtype,
-                             non_blocking=self.device.type == "cuda", compiled=compiled)
+                             non_blocking=self.device.type == "cuda", compiled=self.execution().tower)
 
     @property
     def compile(self) -> bool | str:
@@ -207,17 +224,49 @@ class Encoder:
 
     def extract_many(self, images: Iterable[ImageInput], *, max_patches: int | None = None,
                      layers: tuple[int, ...] = (-1,), batch_size: int = 8, on_error: str = "raise",
-                     progress: bool = True, num_workers: int | None = None, window: int | None = None
+                     progress: bool = True, num_workers: int | None = None, packing_group: int | None = None
                      ) -> Iterator[FeatureMap | None]:
         """Extract a stream of images, yielding one result per input, in input order.
 
         Images are read (decoded, resized, normalized) in ``num_workers`` worker processes (``None``: 0 on a CPU device,
         where the model already uses every core, and for fewer than 16 images; up to 8 on a GPU; see
-        :func:`dense.batching.default_num_workers`). They are batched a ``window`` at a time (default
-        ``8 * batch_size``): within a window, images are sorted by token count and packed ``batch_size`` at a time;
-        images of different grids share a batch, padded and masked, with the same tokens as :meth:`extract`.
+        :func:`dense.batching.default_num_workers`). They are packed ``packing_group`` at a time: within a group,
+        images are sorted by token count and packed ``batch_size`` at a time; images of different grids share a
+        batch, padded and masked, with the same tokens as :meth:`extract`. Each result is yielded as soon as it and
+        every input before it are done, so at most one packing group of results is held; the default group is
+        ``8 * batch_size`` images, fewer where that many results would pass :data:`HELD_BYTES` (many layers), never
+        fewer than ``batch_size``. :meth:`extract_stream` yields each batch as it finishes, in any order.
         ``on_error``: ``"raise"`` (default) stops at the first unreadable image with an :class:`ImageError` naming it;
         ``"skip"`` logs it and yields ``None`` in its place, so results still line up with inputs.
+        """
+        if packing_group is None:
+            budget = int(self.pixels.max_patches if max_patches is None else max_patches)
+            per_image = max(1, budget) * self.hidden_size * len(tuple(layers)) * 4  # float32 tokens at the budget
+            packing_group = max(batch_size, min(8 * batch_size, HELD_BYTES // per_image))
+        held: dict[int, FeatureMap | None] = {}
+        following = 0  # the next input position to yield
+        for index, fmap in self.extract_stream(images, max_patches=max_patches, layers=layers,
+                                               batch_size=batch_size, on_error=on_error, progress=progress,
+                                               num_workers=num_workers, packing_group=packing_group):
+            held[index] = fmap
+            while following in held:
+                yield held.pop(following)
+                following += 1
+
+    def extract_stream(self, images: Iterable[ImageInput], *, max_patches: int | None = None,
+                       layers: tuple[int, ...] = (-1,), batch_size: int = 8, on_error: str = "raise",
+                       progress: bool = True, num_workers: int | None = None, packing_group: int | None = None,
+                       tokens_dtype: torch.dtype = torch.float32) -> Iterator[tuple[int, FeatureMap | None]]:
+        """Like :meth:`extract_many`, but ``(input position, result)`` pairs yielded as each batch finishes, in the
+        order batches run (within a packing group of ``packing_group`` images, default ``8 * batch_size``: longest
+        grids first); nothing is held for order's sake, so a consumer that writes each result (a cache) holds one
+        batch. Unreadable inputs come first in their group (``None``, or :class:`ImageError` with
+        ``on_error="raise"``).
+
+        On a GPU the tokens come back through pinned memory without blocking, and the next batch is started before
+        the last one's results are handed out, so the GPU computes while the caller writes; on a CPU each batch's
+        results are handed out before the next batch runs. Tokens are float32 unless ``tokens_dtype`` says otherwise
+        (a cache that stores bfloat16 takes them so, with no float32 copy on the way).
         """
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -226,44 +275,70 @@ class Encoder:
         total = len(images) if hasattr(images, "__len__") else None
         if num_workers is None:
             num_workers = default_num_workers(self.device, total)
-        window = int(window or 8 * batch_size)
+        packing_group = int(packing_group or 8 * batch_size)
+        if packing_group < 1:
+            raise ValueError(f"packing_group must be >= 1, got {packing_group}")
         max_patches = int(self.pixels.max_patches if max_patches is None else max_patches)
         if max_patches < 1:  # before any image is read
             raise ValueError(f"max_patches must be >= 1, got {max_patches}")
+        layers = tuple(layers)
+        if not self.execution().batch_pays:  # measured here: one image per pass costs less per image
+            batch_size = 1
         stream = prepared_stream(images, self.pixels, max_patches, num_workers=num_workers,
                                  pin_memory=self.device.type == "cuda")
         bar = tqdm(total=total, desc="extract", unit="img", disable=not progress)
-        chunk: list[Prepared] = []
+        overlap = self.device.type == "cuda"  # a CPU computes synchronously: nothing to overlap, one batch held
+        pending = None  # (items, host tokens, lengths, event) of the batch whose copy may still be running
+        group: list[Prepared] = []
+
+        def finish(items, host, lengths, event):
+            if event is not None:
+                event.synchronize()  # its copy to the host is done (the next batch may be running)
+            with torch.inference_mode():
+                for b, item in enumerate(items):
+                    t = image_tokens(host, b, lengths[b], tokens_dtype)  # [gh*gw, D*L]
+                    gh, gw = item.grid_hw
+                    bar.update(1)
+                    yield item.index, self.feature_map(t.reshape(gh, gw, -1), item.image_hw, item.grid_hw,
+                                                       max_patches, layers)  # [gh*gw, D*L] -> [gh, gw, D*L]
+
+        def run_group(group):
+            nonlocal pending
+            for item in group:
+                if item.error is not None:
+                    if on_error == "raise":
+                        raise ImageError(item.error)
+                    log.warning("dense: skipped unreadable image: %s", item.error)  # once, naming the file
+                    bar.update(1)
+                    yield item.index, None
+            ok = [item for item in group if item.error is None]
+            for batch in plan_batches([it.n_tokens for it in ok], batch_size, keys=[it.grid_hw for it in ok]):
+                items = [ok[k] for k in batch]
+                with torch.inference_mode():
+                    tokens, lengths = self._forward([it.pixels for it in items], layers)  # [B, N, D*L], device
+                    host, event = to_host(tokens)
+                del tokens  # on a CPU `host` is the same tensor; on a GPU the copy holds what it needs
+                current = (items, host, lengths, event)
+                if not overlap:
+                    yield from finish(*current)
+                    continue
+                if pending is not None:
+                    yield from finish(*pending)
+                pending = current
+
         try:
             for item in stream:
-                chunk.append(item)
-                if len(chunk) == window:
-                    yield from self._extract_window(chunk, max_patches, layers, batch_size, on_error, bar)
-                    chunk = []
-            if chunk:
-                yield from self._extract_window(chunk, max_patches, layers, batch_size, on_error, bar)
+                group.append(item)
+                if len(group) == packing_group:
+                    yield from run_group(group)
+                    group = []
+            if group:
+                yield from run_group(group)
+            if pending is not None:
+                yield from finish(*pending)
         finally:
             bar.close()
             stream.close()  # stops DataLoader workers when the caller stops early
-
-    def _extract_window(self, window: list[Prepared], max_patches, layers, batch_size, on_error, bar
-                        ) -> Iterator[FeatureMap | None]:
-        for item in window:
-            if item.error is not None:
-                if on_error == "raise":
-                    raise ImageError(item.error)
-                log.warning("dense: skipped unreadable image: %s", item.error)  # once, naming the file
-        ok = [item for item in window if item.error is None]
-        results: dict[int, FeatureMap] = {}
-        for batch in plan_batches([it.n_tokens for it in ok], batch_size, keys=[it.grid_hw for it in ok]):
-            tokens = self.forward_batch([ok[k].pixels for k in batch], layers)  # b x [gh*gw, D*L]
-            for k, t in zip(batch, tokens, strict=True):
-                gh, gw = ok[k].grid_hw
-                t = t.reshape(gh, gw, -1)  # [gh*gw, D*L] -> [gh, gw, D*L]
-                results[ok[k].index] = self.feature_map(t, ok[k].image_hw, ok[k].grid_hw, max_patches, layers)
-        for item in window:
-            bar.update(1)
-            yield results.get(item.index)
 
     # --- text side (loaded on first use) ----------------------------------------------------------------------------
     def text_parts(self) -> TextParts:

@@ -91,17 +91,17 @@ def test_extract_many_mixes_grids_in_batches_in_input_order(encoders, one_thread
     enc = encoders["tiny-siglip"]
     images = [random_rgb(h, w, seed=k) for k, (h, w) in enumerate(SIZES)]
     sizes = []
-    original = enc.forward_batch
+    original = enc._forward
 
-    def spy(pixels, layers=(-1,)):
+    def spy(pixels, layers):  # each batch the tower runs
         sizes.append(len(pixels))
         return original(pixels, layers)
 
-    enc.forward_batch = spy
+    enc._forward = spy
     try:
         many = list(enc.extract_many(images, batch_size=4, progress=False))
     finally:
-        del enc.forward_batch
+        del enc._forward
     assert sizes == [4, 4, 2]  # 10 images of 8 grids: full batches of mixed grids
     for img, fmap in zip(images, many, strict=True):
         one = enc.extract(img)

@@ -122,8 +122,8 @@ def _cli(images, cache_root, ckpt, *extra):
 
 
 # The child slows each forward pass down so that the kill lands mid-run whatever the machine's speed.
-SLOW_CHILD = ("import sys, time, dense.encoder as e; f = e.Encoder.forward_batch; "
-              "e.Encoder.forward_batch = lambda self, *a, **k: (time.sleep(0.05), f(self, *a, **k))[1]; "
+SLOW_CHILD = ("import sys, time, dense.encoder as e; f = e.Encoder._forward; "
+              "e.Encoder._forward = lambda self, *a, **k: (time.sleep(0.05), f(self, *a, **k))[1]; "
               "from dense.cli import main; sys.exit(main(sys.argv[1:]))")
 
 

@@ -77,17 +77,17 @@ def test_extract_many_batches_by_grid_in_input_order(tiny_encoder):
     sizes = [(64, 64), (333, 517), (64, 64), (40, 300), (333, 517), (90, 90), (64, 64)]
     images = [random_rgb(h, w, seed=k) for k, (h, w) in enumerate(sizes)]
     calls = []
-    original = tiny_encoder.forward_batch
+    original = tiny_encoder._forward
 
-    def spy(pixels, layers=(-1,)):
+    def spy(pixels, layers):  # each batch the tower runs
         calls.append(len(pixels))
         return original(pixels, layers)
 
-    tiny_encoder.forward_batch = spy
+    tiny_encoder._forward = spy
     try:
         many = list(tiny_encoder.extract_many(images, batch_size=4, progress=False))
     finally:
-        del tiny_encoder.forward_batch
+        del tiny_encoder._forward
     assert calls == [4, 3]  # mixed grids share padded batches of batch_size
     for img, fmap in zip(images, many, strict=True):
         one = tiny_encoder.extract(img)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dense._atomic import host_name, temp_path
 from dense.cache import FeatureCache, dataset_namespace
 from dense.extract import extract_to_cache, folder_items
 
@@ -86,7 +87,7 @@ def test_corrupt_entries_are_reextracted(tmp_path, tiny_encoder):
     cache.path(k0).write_bytes(data[: len(data) // 2])  # truncated
     cache.path(k1).unlink()
     cache.path(k1).write_bytes(b"garbage")
-    stray = cache.entries / ".x.safetensors.999999999.tmp"  # a dead writer's temp file
+    stray = cache.entries / f".x.safetensors.999999999@{host_name()}.tmp"  # a dead writer's temp file, this host
     stray.write_bytes(b"half")
     rep = extract_to_cache(tiny_encoder, items, cache, progress=False)
     assert (rep.extracted, rep.cached, rep.corrupt) == (2, 2, 2)
@@ -104,16 +105,6 @@ def test_unreadable_image_is_skipped_with_a_report(tmp_path, tiny_encoder):
     rep = extract_to_cache(tiny_encoder, items, cache, on_error="skip", progress=False)
     assert len(rep.skipped) == 1 and "broken.png" in rep.skipped[0]
     assert "broken.png" not in cache.keys()
-
-
-def test_shards_union_equals_single_run(tmp_path, tiny_encoder):
-    items = folder_items(make_images(tmp_path / "img", 7))
-    single = FeatureCache.for_encoder(tmp_path / "single", tiny_encoder)
-    extract_to_cache(tiny_encoder, items, single, progress=False)
-    shared = FeatureCache.for_encoder(tmp_path / "shared", tiny_encoder)
-    reps = [extract_to_cache(tiny_encoder, items, shared, rank=r, world_size=3, progress=False) for r in range(3)]
-    assert [r.total for r in reps] == [3, 2, 2]
-    assert_same(snapshot(shared), snapshot(single))
 
 
 def _cli(images, cache_root, ckpt, *extra):
@@ -193,13 +184,21 @@ def test_stray_temp_files_go_when_old_or_orphaned(tmp_path, tiny_encoder):
         os.utime(p, (mtime, mtime))
         return p
 
-    gone = [touch(".a.safetensors.999999999.tmp", now),  # dense's temp, writer gone
+    here, there = host_name(), "other-node"
+    gone = [touch(f".a.safetensors.999999999@{here}.tmp", now),  # dense's temp, writer gone
             touch("b.safetensors.tmpAb12Cd", old),  # safetensors-style, old
             touch(".tmpx81kq2", old),  # tempfile-style, old
-            touch(f".c.safetensors.{os.getpid()}.tmp", old)]  # a live pid, but days old (pid reuse)
+            touch(f".c.safetensors.{os.getpid()}@{here}.tmp", old),  # a live pid, but days old (pid reuse)
+            touch(f".f.safetensors.{os.getpid()}@{there}.tmp", old),  # another node's, old: its writer is gone
+            touch(".g.safetensors.999999999.tmp", old)]  # an older version's host-less name, old
     kept = [touch("d.safetensors.tmpZz99Yy", now),  # fresh: its writer may be running
-            touch(f".e.safetensors.{os.getpid()}.tmp", now),  # a live writer
+            touch(f".e.safetensors.{os.getpid()}@{here}.tmp", now),  # a live writer
+            touch(f".h.safetensors.999999999@{there}.tmp", now),  # another node's, young: this node cannot see
+            # that pid (999999999 is dead HERE), so only age can judge it
+            touch(".i.safetensors.999999999.tmp", now),  # host-less (older versions): its host is unknown, young
             touch("tmp1234.safetensors", old)]  # an entry whose key looks like a temp name
     assert cache.remove_stale_temps(now=now) == len(gone)
     assert not any(p.exists() for p in gone) and all(p.exists() for p in kept)
     assert (cache.dir / "spec.json").exists()
+    name = temp_path(cache.entries / "k.safetensors").name  # what this process writes: recognised as its own
+    assert name == f".k.safetensors.{os.getpid()}@{here}.tmp" and name.startswith(".") and name.endswith(".tmp")

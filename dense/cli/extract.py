@@ -41,9 +41,7 @@ def add(sub, parent) -> None:
 
 
 def run(args) -> int:
-    from dense.cache import FeatureCache
-    from dense.distributed import gather_reports, init_distributed, plan_distributed
-    from dense.extract import dataset_items, extract_to_cache, folder_items
+    from dense.extract import dataset_items, fill_cache, folder_items
 
     blocks = args.layers
     on_error = "skip" if args.skip_bad else "raise"
@@ -76,34 +74,19 @@ def run(args) -> int:
         if not items:
             raise DenseError(f"{args.images}: no images found (looked for .jpg, .png, .bmp, .webp, .tif)")
 
-    plan = plan_distributed(args.device)
-    group = init_distributed(plan)  # the device first, then the (gloo) group
-    try:
-        from dense.encoder import load_encoder
-
-        encoder = load_encoder(args.model, **{**runtime(args), "device": plan.device},
-                               compile=False if args.no_compile else "auto")
-        cache = FeatureCache.for_encoder(args.cache, encoder, max_patches=args.max_patches, layers=blocks,
-                                         dataset=ds)
-        report = extract_to_cache(encoder, items, cache, max_patches=args.max_patches, layers=blocks,
-                                  batch_size=args.batch_size, on_error=on_error, rank=plan.rank,
-                                  world_size=plan.world_size, progress=not args.quiet)
-        reports = gather_reports(report, plan)
-    finally:
-        if group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-    if plan.rank == 0:
-        tot = {k: sum(getattr(r, k) for r in reports) for k in ("total", "extracted", "cached", "corrupt")}
-        skipped = [s for r in reports for s in r.skipped]
-        print(f"cache: {cache.entries}")
+    report = fill_cache(args.model, items, args.cache, layers=blocks, max_patches=args.max_patches,
+                        batch_size=args.batch_size, on_error=on_error, dataset=ds, device=args.device,
+                        dtype=runtime(args).get("dtype"), compile=False if args.no_compile else "auto",
+                        progress=not args.quiet)
+    if report.rank == 0:
+        print(f"cache: {report.cache}")
         print(f"{'images':>8} {'extracted':>10} {'already cached':>15} {'damaged, redone':>16} {'unreadable':>11} "
               f"{'ranks':>6}")
-        print(f"{tot['total']:>8} {tot['extracted']:>10} {tot['cached']:>15} {tot['corrupt']:>16} {len(skipped):>11} "
-              f"{plan.world_size:>6}")
-        if skipped:
-            print(f"{len(skipped)} unreadable image(s) skipped; each was named above as it was met")
-        write_json(args.json, {"cache": str(cache.entries), "spec": cache.spec, **tot, "skipped": skipped,
-                               "ranks": plan.world_size})
+        print(f"{report.total:>8} {report.extracted:>10} {report.cached:>15} {report.corrupt:>16} "
+              f"{len(report.skipped):>11} {report.ranks:>6}")
+        if report.skipped:
+            print(f"{len(report.skipped)} unreadable image(s) skipped; each was named above as it was met")
+        write_json(args.json, {"cache": report.cache, "spec": report.spec, "total": report.total,
+                               "extracted": report.extracted, "cached": report.cached, "corrupt": report.corrupt,
+                               "skipped": report.skipped, "ranks": report.ranks})
     return 0

@@ -59,6 +59,7 @@ class ExtractReport:
     corrupt: int = 0  # found damaged, extracted again
     skipped: list[str] = field(default_factory=list)
     ranks: int = 1  # processes that shared the work
+    extracted_per_rank: list[int] = field(default_factory=list)  # fill_cache: each rank's share of ``extracted``
     rank: int = 0  # the process that returned it (fill_cache: every rank returns the total; print it on rank 0)
     cache: str | None = None  # fill_cache: the folder the entries are in
     spec: dict | None = None  # fill_cache: the cache's spec
@@ -67,7 +68,8 @@ class ExtractReport:
     def sum(reports: Sequence[ExtractReport]) -> ExtractReport:
         return ExtractReport(total=sum(r.total for r in reports), extracted=sum(r.extracted for r in reports),
                              cached=sum(r.cached for r in reports), corrupt=sum(r.corrupt for r in reports),
-                             skipped=[s for r in reports for s in r.skipped], ranks=len(reports))
+                             skipped=[s for r in reports for s in r.skipped], ranks=len(reports),
+                             extracted_per_rank=[r.extracted for r in reports])
 
 
 class CacheWriteError(RuntimeError):

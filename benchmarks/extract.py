@@ -4,6 +4,7 @@
     python benchmarks/extract.py --quick          # a few minutes: fewer repeats, a 48-JPEG folder
     python benchmarks/extract.py --device cuda    # the same table on a GPU; the folder runs at batch 32
     python benchmarks/extract.py --decide         # only this machine's compile decision (measured once, then read)
+    python benchmarks/extract.py --only-folder --no-compile --max-patches 64   # dense extract vs model only
 
 Rows:
 - ``idiom``: what a transformers user writes: ``SiglipVisionModel`` (pooling head included) + its own image processor
@@ -19,8 +20,11 @@ Rows:
   first use, read afterwards; ``--remeasure`` measures again), which sets what "default" means here.
 - ``folder``: 200 JPEGs of a COCO-like aspect mix (640x480, 480x640, 640x427, 500x375, 640x640, 640x360, 640x256,
   256x640) written to a temp dir. ``model only`` times the tower on pixels prepared in advance (the same batches
-  ``extract_many`` forms); ``end to end`` reads paths from disk (decode, resize, batch, forward, FeatureMaps). The two
-  run in one process, model only first, so their ratio is side by side (processes of one run differ by up to ~10%).
+  ``dense extract`` forms; tokens left where the model made them); ``end to end`` is ``dense extract`` after loading
+  the model (:func:`dense.extract.fill_cache` into a fresh cache: read, decode, resize, batch, forward, tokens to the
+  host, write every entry atomically). The two run in one process, model only first, so their ratio is side by side
+  (processes of one run differ by up to ~10%). ``--only-folder`` runs these rows alone; ``--max-patches`` sets their
+  token budget (a small one makes the model cheap, so reading and writing weigh more).
 
 Each row runs in its own process, so peak RSS (and CUDA peak memory) is that row's alone (``build GiB``: after
 building the model, before the first image; dense builds in its dtype directly); ``mm peak`` is the GFLOP/s of the
@@ -154,7 +158,8 @@ def _idiom(dtype: torch.dtype, device: str):
 
 
 def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, folder: str | None, n_folder: int,
-            save_dir: str | None, num_workers: int | None = None, compile="auto") -> dict:
+            save_dir: str | None, num_workers: int | None = None, compile="auto", max_patches: int | None = None
+            ) -> dict:
     import dense
     from dense.batching import padding_waste, plan_batches, prepared_stream
     from dense.device import resolve_dtype
@@ -196,12 +201,16 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
             sec = float(np.median(times)) / batch
             n_tokens = [713]
         else:
+            from dense.encoder import PACKING_GROUP_BATCHES
+            from dense.extract import fill_cache, folder_items
+
             paths = sorted(Path(folder).glob("*.jpg"))[:n_folder]
-            items = list(prepared_stream(paths, enc.pixels, enc.pixels.max_patches))
-            window = 8 * batch  # as extract_many
+            budget = max_patches or enc.pixels.max_patches
+            items = list(prepared_stream(paths, enc.pixels, budget))
+            group = PACKING_GROUP_BATCHES * batch  # as extract_stream (dense extract) packs them
             batches = []
-            for s in range(0, len(items), window):
-                chunk = items[s:s + window]
+            for s in range(0, len(items), group):
+                chunk = items[s:s + group]
                 batches += [[chunk[k] for k in b] for b in plan_batches([it.n_tokens for it in chunk], batch,
                                                                         keys=[it.grid_hw for it in chunk])]
             tokens = [it.n_tokens for it in items]
@@ -210,15 +219,20 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
             if way == "dense-folder":  # model only, then end to end, in this one process: their ratio side by side
                 sync()
                 t0 = time.perf_counter()
-                for b in batches:
-                    enc.forward_batch([it.pixels for it in b])
+                with torch.inference_mode():
+                    for b in batches:  # the tower alone, on pixels prepared in advance; tokens left where made
+                        enc._forward([it.pixels for it in b], (-1,))
                 sync()
                 row["model_only_s"] = (time.perf_counter() - t0) / len(items)
-            if way in ("dense-folder", "dense-e2e"):  # end to end from disk
-                t0 = time.perf_counter()
-                for _ in enc.extract_many(paths, batch_size=batch, progress=False, num_workers=num_workers):
-                    pass
-                sec = (time.perf_counter() - t0) / len(items)
+            if way in ("dense-folder", "dense-e2e"):  # `dense extract` after loading: paths -> a fresh cache
+                names = {p.name for p in paths}
+                todo = [kv for kv in folder_items(folder) if kv[0] in names]
+                with tempfile.TemporaryDirectory() as cache:
+                    t0 = time.perf_counter()
+                    rep = fill_cache(enc, todo, cache, max_patches=budget, batch_size=batch, distributed=False,
+                                     num_workers=num_workers, progress=False)
+                    sec = (time.perf_counter() - t0) / len(items)
+                assert rep.extracted == len(items), rep
                 from dense.batching import default_num_workers
 
                 row["num_workers"] = default_num_workers(enc.device, len(paths)) if num_workers is None else num_workers
@@ -275,6 +289,11 @@ def main() -> None:
     ap.add_argument("--spec", default=SPEC, help="random architecture (dense.checkpoint.RANDOM_SPECS); tiny-siglip "
                     "for a smoke run of every code path")
     ap.add_argument("--json", default=None, help="also write the rows, ratios and CPU facts here")
+    ap.add_argument("--only-folder", action="store_true", help="only the folder rows of dense (model only, end to "
+                    "end): the input and output side's cost")
+    ap.add_argument("--max-patches", type=int, default=None, help="token budget of the folder rows (default: the "
+                    "model's); a small one makes the model cheap, so reading and writing weigh more")
+    ap.add_argument("--no-compile", action="store_true", help="dense rows run eagerly; no compile decision is made")
     args = ap.parse_args()
     use_spec(args.spec)
     if args.one:
@@ -309,6 +328,11 @@ def main() -> None:
         folder_rows.append(("folder: dense e2e, 1 worker", "dense-e2e", "auto", folder_batch, True, 1, "auto"))
     if args.no_folder:
         folder_rows = []
+    if args.only_folder:
+        synthetic, folder_rows = [], [r for r in folder_rows if r[1] != "idiom"]
+    if args.no_compile:
+        synthetic = [r[:6] + (False,) for r in synthetic if r[6] is not True]
+        folder_rows = [r[:6] + (False,) for r in folder_rows]
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.folder or Path(tmp) / "jpegs")
@@ -318,15 +342,18 @@ def main() -> None:
         if args.device == "cuda":
             print(f"GPU: {torch.cuda.get_device_name()}")
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, __file__, "--decision-json", "--device", args.device, "--spec", SPEC]
-                             + (["--remeasure"] if args.remeasure else []), capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"compile decision failed: {out.stderr.strip().splitlines()[-1:]}")
-        d = json.loads(out.stdout.strip().splitlines()[-1])
+        if args.no_compile:
+            d = {"compile": False, "error": "--no-compile: dense rows run eagerly, no decision made"}
+        else:
+            out = subprocess.run([sys.executable, __file__, "--decision-json", "--device", args.device, "--spec",
+                                  SPEC] + (["--remeasure"] if args.remeasure else []), capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"compile decision failed: {out.stderr.strip().splitlines()[-1:]}")
+            d = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"compile decision ({d['path']}, {time.perf_counter() - t0:.0f} s now): compile "
+                  f"{'ON' if d.get('compile') else 'OFF'} by default for [{d['key']}]")
         from dense.compiled import PAYS
 
-        print(f"compile decision ({d['path']}, {time.perf_counter() - t0:.0f} s now): compile "
-              f"{'ON' if d.get('compile') else 'OFF'} by default for [{d['key']}]")
         if "speedup" in d:
             print(f"  measured {d.get('measured_at')}: {d['blocks']} blocks at {d['tokens']} tokens, eager "
                   f"{d['eager_s']:.3f} s, compiled {d['compiled_s']:.3f} s (x{d['speedup']:.2f}; on from "
@@ -362,7 +389,7 @@ def main() -> None:
                    "folder": str(folder) if in_folder else None,
                    "n_folder": n_idiom_folder if way == "idiom" else n_folder,
                    "save_dir": tmp if not in_folder and batch == 1 else None, "num_workers": workers,
-                   "compile": compile}
+                   "compile": compile, "max_patches": args.max_patches if in_folder else None}
             out = subprocess.run([sys.executable, __file__, "--spec", SPEC, "--one", json.dumps(cfg)],
                                  capture_output=True, text=True)
             if out.returncode != 0:
@@ -450,7 +477,9 @@ def summary(results: dict, auto: str, batches: list[int], folder_batch: int, fol
             slug = "default" if label == "dense (default)" else "compiled"
             f32 = keep(f"{slug}_b{batch}_vs_idiom_float32", dense_ips / ips("idiom", "float32", 1))
             b16 = keep(f"{slug}_b{batch}_vs_idiom_bfloat16", dense_ips / ips("idiom", "bfloat16", 1))
-            print(f"{label} ({auto}) batch {batch} vs idiom float32: {f32:.2f}x; vs idiom bfloat16: {b16:.2f}x")
+            if dense_ips == dense_ips:  # the row was run
+                print(f"{label} ({auto}) batch {batch} vs idiom float32: {f32:.2f}x; vs idiom bfloat16: "
+                      f"{b16:.2f}x")
     for key in (("dense compiled", auto, 1), ("dense compiled, 2nd process", auto, 1)):
         r = results.get(key)
         if r:

@@ -54,6 +54,7 @@ from dense.preprocess import ImageError, ImageInput, PixelConfig, choose_grid, l
 
 log = logging.getLogger("dense")
 
+PACKING_GROUP_BATCHES = 8  # default packing group: this many batches of images sorted by token count together
 HELD_BYTES = 2**30  # extract_many holds at most about this many bytes of results for order's sake (beyond one batch)
 
 
@@ -242,7 +243,7 @@ class Encoder:
         if packing_group is None:
             budget = int(self.pixels.max_patches if max_patches is None else max_patches)
             per_image = max(1, budget) * self.hidden_size * len(tuple(layers)) * 4  # float32 tokens at the budget
-            packing_group = max(batch_size, min(8 * batch_size, HELD_BYTES // per_image))
+            packing_group = max(batch_size, min(PACKING_GROUP_BATCHES * batch_size, HELD_BYTES // per_image))
         held: dict[int, FeatureMap | None] = {}
         following = 0  # the next input position to yield
         for index, fmap in self.extract_stream(images, max_patches=max_patches, layers=layers,
@@ -275,7 +276,7 @@ class Encoder:
         total = len(images) if hasattr(images, "__len__") else None
         if num_workers is None:
             num_workers = default_num_workers(self.device, total)
-        packing_group = int(packing_group or 8 * batch_size)
+        packing_group = int(packing_group or PACKING_GROUP_BATCHES * batch_size)
         if packing_group < 1:
             raise ValueError(f"packing_group must be >= 1, got {packing_group}")
         max_patches = int(self.pixels.max_patches if max_patches is None else max_patches)
@@ -318,13 +319,14 @@ class Encoder:
                     tokens, lengths = self._forward([it.pixels for it in items], layers)  # [B, N, D*L], device
                     host, event = to_host(tokens)
                 del tokens  # on a CPU `host` is the same tensor; on a GPU the copy holds what it needs
-                current = (items, host, lengths, event)
                 if not overlap:
-                    yield from finish(*current)
+                    yield from finish(items, host, lengths, event)
+                    del host  # before the next batch runs: one batch of tokens held at a time
                     continue
                 if pending is not None:
                     yield from finish(*pending)
-                pending = current
+                pending = (items, host, lengths, event)
+                del host
 
         try:
             for item in stream:

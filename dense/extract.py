@@ -29,7 +29,7 @@ from dense.cache import FeatureCache, cache_spec
 from dense.head import with_pooled
 from dense.preprocess import IMAGE_EXTS
 
-WRITE_BUDGET_BYTES = 512 * 2**20  # tokens handed to the writer threads and not yet on disk (one entry at least)
+WRITE_BUDGET_BYTES = 256 * 2**20  # tokens handed to the writer threads, not yet written (at least one entry)
 WRITE_THREADS = 2
 
 
@@ -117,7 +117,8 @@ class _Writers:
     def close(self, *, wait_all: bool) -> None:
         """Wait for the writes handed over (``wait_all``) or only for those running (after an error elsewhere)."""
         self.pool.shutdown(wait=True, cancel_futures=not wait_all)
-        self.raise_error()
+        if wait_all:  # else an error is already on its way up: do not hide it
+            self.raise_error()
 
 
 def _check_spec(encoder, cache: FeatureCache, max_patches, layers, store_dtype, pooled) -> tuple:
@@ -188,6 +189,7 @@ def extract_to_cache(encoder, items: Sequence[tuple[str, object]], cache: Featur
             else:
                 writers.put(key, image, with_pooled(encoder, fmap) if pooled else fmap)
                 report.extracted += 1
+            del fmap  # the writer holds it now, and lets it go once written
             bar.update(1)
             if should_stop is not None and should_stop():
                 break

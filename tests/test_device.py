@@ -86,3 +86,28 @@ def test_extract_on_cuda_with_a_cpu_only_torch_is_exit_1_and_one_line(tmp_path, 
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "CUDA" in lines[0], r.stderr
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_torchrun_rank_on_a_process_that_sees_one_gpu(monkeypatch):
+    """A launcher that gives each process one GPU (CUDA_VISIBLE_DEVICES): LOCAL_RANK 3 computes on cuda:0, its only
+    GPU; more local ranks than visible GPUs (but more than one) is one line, not a wrong GPU."""
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    env = {"WORLD_SIZE": "8", "RANK": "3", "LOCAL_RANK": "3"}
+    assert plan_distributed("cuda", env).device == "cuda:0"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(DeviceError, match="LOCAL_RANK=3 but this process sees 2 GPU"):
+        plan_distributed("cuda", env)
+
+
+def test_decode_workers_are_shared_by_the_ranks_of_a_machine(monkeypatch):
+    from dense.batching import default_num_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    gpu = torch.device("cuda")  # a device description only: nothing runs on it
+    assert default_num_workers(gpu, 1000, local_ranks=1) == 8
+    assert default_num_workers(gpu, 1000, local_ranks=8) == 3  # 31 spare cores / 8 ranks, not 8 each
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun's variable is the default
+    assert default_num_workers(gpu, 1000) == 3
+    assert default_num_workers(torch.device("cpu"), 1000) == 0 and default_num_workers(gpu, 10) == 0

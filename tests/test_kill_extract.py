@@ -1,6 +1,7 @@
-"""20 SIGKILLs of `dense extract` at events while it writes (a temp file appears; the k-th new entry), then a resume: no temp file and no damaged entry
-is left (scripts/kill_extract.py; its fork mode runs `dense.cli.main(["extract", ...])` in children of one process
-that imported dense once, so the kills cost seconds, not 20 interpreter starts)."""
+"""20 SIGKILLs of `dense extract` at events while it writes (a temp file appears; the k-th new entry), then a
+resume: no temp file and no damaged entry is left (scripts/kill_extract.py; its fork mode runs
+`dense.cli.main(["extract", ...])` in children of one process that imported dense once, so the kills cost seconds,
+not 20 interpreter starts)."""
 
 from __future__ import annotations
 

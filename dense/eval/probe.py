@@ -428,7 +428,7 @@ def evaluate_saved_probe(probe, encoder, *, cache: str | Path, split: str = "tes
     import torch
 
     from dense.cache import FeatureCache
-    from probes.linear import ProbeMismatchError
+    from dense.errors import MismatchError
 
     encoder = _encoder(encoder, device, dtype)
     spec = probe.encoder_spec
@@ -439,8 +439,8 @@ def evaluate_saved_probe(probe, encoder, *, cache: str | Path, split: str = "tes
                                       store_dtype=None if stored == torch.float32 else stored, pooled=probe.pooled)
     try:  # a probe of another encoder: refused before any extraction
         probe.check(cache_.spec)
-    except ProbeMismatchError as e:
-        raise ProbeMismatchError(f"{path or 'the probe'}: {e}") from None
+    except MismatchError as e:
+        raise MismatchError(f"{path or 'the probe'}: {e}") from None
     upsampler = _upsampler(upsampler, encoder)
     samples, paths, skipped = _fill(encoder, cache_, opened, max_patches=max_patches, layers=layers,
                                     batch_size=batch_size, extract=extract, on_error=on_error, progress=progress)

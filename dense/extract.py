@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dense.cache import FeatureCache, cache_spec
+from dense.errors import CacheWriteError, RankFailed
 from dense.head import with_pooled
 from dense.preprocess import IMAGE_EXTS
 
@@ -70,10 +71,6 @@ class ExtractReport:
                              cached=sum(r.cached for r in reports), corrupt=sum(r.corrupt for r in reports),
                              skipped=[s for r in reports for s in r.skipped], ranks=len(reports),
                              extracted_per_rank=[r.extracted for r in reports])
-
-
-class CacheWriteError(RuntimeError):
-    """Writing one cache entry failed (disk full, permissions, a refused entry); the message names the image."""
 
 
 class _Writers:
@@ -202,10 +199,6 @@ def extract_to_cache(encoder, items: Sequence[tuple[str, object]], cache: Featur
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The whole job, torchrun included
-
-
-class RankFailed(RuntimeError):
-    """Another rank of a torchrun job failed; the message names it and says why (one line)."""
 
 
 def fill_cache(encoder, items: Sequence[tuple[str, object]], cache, *, layers: Sequence[int] = (-1,),

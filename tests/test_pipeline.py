@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from dense.cache import FeatureCache
-from dense.extract import CacheWriteError, extract_to_cache, folder_items
+from dense.errors import CacheWriteError
+from dense.extract import extract_to_cache, folder_items
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

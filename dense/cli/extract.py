@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dense.cli._args import (
-    DenseError,
     add_dataset,
     add_json,
     add_max_patches,
@@ -18,6 +17,7 @@ from dense.cli._args import (
     runtime,
     write_json,
 )
+from dense.errors import DenseError
 
 
 def add(sub, parent) -> None:
@@ -41,39 +41,17 @@ def add(sub, parent) -> None:
 
 
 def run(args) -> int:
-    from dense.extract import dataset_items, fill_cache, folder_items
+    from dense.eval.data import open_data
+    from dense.extract import fill_cache
 
     blocks = args.layers
     on_error = "skip" if args.skip_bad else "raise"
-    if args.dataset:
-        from dense.segdata import load_dataset
-
-        if args.root is None or args.ann:
-            raise DenseError("--dataset takes --root DIR (and no --ann/--images)")
-        ds = load_dataset(args.dataset, args.root)
-        items = dataset_items(ds, args.split)
-        if not items:
-            raise DenseError(f"{args.root}: no images in {args.dataset} "
-                             f"{'split ' + repr(args.split) if args.split else 'dataset'}; splits present: "
-                             f"{', '.join(sorted(ds.splits())) or 'none'}")
-    elif args.images is None:
+    if args.dataset is None and args.images is None:
         raise DenseError("give --images DIR [--ann FILE], or --dataset NAME --root DIR")
-    elif args.ann:
-        from dense.coco import load_coco
-
-        ds = load_coco(args.ann, args.images, on_error=on_error)
-        items = dataset_items(ds, args.split)
-        if not items:
-            raise DenseError(f"{args.ann}: no images in {'split ' + repr(args.split) if args.split else 'the file'}; "
-                             f"splits present: {', '.join(sorted(ds.splits())) or 'none'}")
-    else:
-        if args.split:
-            raise DenseError("--split needs --ann or --dataset")
-        ds = args.images  # a folder: its own namespace
-        items = folder_items(args.images)
-        if not items:
-            raise DenseError(f"{args.images}: no images found (looked for .jpg, .png, .bmp, .webp, .tif)")
-
+    data = open_data(args.dataset, ann=args.ann, images=args.images, root=args.root, splits=[args.split],
+                     on_error=on_error)  # checked before the model loads
+    items = data.items(args.split)
+    ds = data.folder if data.kind == "folder" else data.dataset(args.split)  # the cache's namespace
     report = fill_cache(args.model, items, args.cache, layers=blocks, max_patches=args.max_patches,
                         batch_size=args.batch_size, on_error=on_error, dataset=ds, device=args.device,
                         dtype=runtime(args).get("dtype"), compile=False if args.no_compile else "auto",

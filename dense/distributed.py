@@ -12,7 +12,8 @@ from datetime import timedelta
 
 import torch
 
-from dense.device import DeviceError, resolve_device
+from dense.device import resolve_device
+from dense.errors import DeviceError, RankFailed
 
 # The group's timeout bounds every collective: a rank waits at most this long for the slowest one (its scan, its
 # share). Work is shared evenly, but a slow node or a huge share must never be killed by a deadline (gloo's default
@@ -91,5 +92,10 @@ def gather_objects(obj, plan: DistPlan) -> list:
     if plan.world_size <= 1 or not dist.is_initialized():
         return [obj]
     out = [None] * plan.world_size
-    dist.all_gather_object(out, obj)
+    try:
+        dist.all_gather_object(out, obj)
+    except RuntimeError as e:  # gloo: "Connection closed by peer ..." when a rank's process died without a word
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RankFailed(f"rank {plan.rank}: another rank of {plan.world_size} stopped without reporting (its "
+                         f"process died?): {first}") from e
     return out

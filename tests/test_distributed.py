@@ -1,6 +1,7 @@
 """dense.extract.fill_cache under a real two-process gloo group on this CPU (two Python processes with torchrun's
-environment): a resume whose remaining work sits in one rank's old shard, a rank that raises, two ranks filling one
-fresh cache; and commands other than ``dense extract`` that must not shard under torchrun."""
+environment): a resume whose remaining work sits in one rank's old shard, a rank that raises, a rank whose process
+dies, two ranks filling one fresh cache; and commands other than ``dense extract`` that must not shard under
+torchrun."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CHILD = r"""
-import json, sys
+import json, os, sys
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
@@ -34,7 +35,9 @@ init_distributed(plan_distributed("cpu"))  # one group for every scenario (fill_
 ckpt, *scenarios = sys.argv[1:]
 out = {}
 for scenario in scenarios:
-    images, cache = scenario.split("|")
+    images, cache, how = scenario.split("|")
+    if how == "rank 1 dies" and torch.distributed.get_rank() == 1:
+        os._exit(9)  # a hard death: no exception, no report, the connections close
     try:
         rep = fill_cache(ckpt, folder_items(images), cache, dataset=Path(images), dtype="fp32", compile=False,
                          batch_size=2, progress=False)
@@ -42,7 +45,7 @@ for scenario in scenarios:
                        "extracted_per_rank": rep.extracted_per_rank}
     except Exception as e:
         out[images] = {"error": f"{type(e).__name__}: {e}"}
-print(json.dumps(out))
+    print(json.dumps(out), flush=True)
 """
 
 
@@ -65,17 +68,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_ranks(ckpt: Path, scenarios: list[tuple[Path, Path]], timeout_s: float = 300) -> list[dict]:
+def run_two_ranks(ckpt: Path, scenarios: list[tuple[Path, Path, str]], timeout_s: float = 300) -> list[dict]:
     """Two processes with the environment torchrun gives its workers, running ``fill_cache`` on each ``(images,
-    cache root)`` in turn in one gloo group (Python starts once: seconds on a loaded machine); each rank's results
-    by image folder."""
+    cache root, how)`` in turn in one gloo group (Python starts once: seconds on a loaded machine); each rank's
+    results by image folder. ``how="rank 1 dies"``: rank 1's process exits there instead (the last scenario)."""
     port = free_port()
     procs = []
     for rank in range(2):
         env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", RANK=str(rank),
                    LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "-c", CHILD, str(ckpt), *(f"{i}|{c}" for i, c in scenarios)],
+        procs.append(subprocess.Popen([sys.executable, "-c", CHILD, str(ckpt), *("|".join(map(str, s))
+                                                                                for s in scenarios)],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     out = []
     for p in procs:
@@ -85,8 +89,8 @@ def run_two_ranks(ckpt: Path, scenarios: list[tuple[Path, Path]], timeout_s: flo
             for q in procs:
                 q.kill()
             raise
-        assert p.returncode == 0 and stdout.strip(), stderr[-3000:]
-        out.append(json.loads(stdout.strip().splitlines()[-1]))
+        assert stdout.strip(), stderr[-3000:]
+        out.append(json.loads(stdout.strip().splitlines()[-1]))  # what it had done when it ended
     return out
 
 
@@ -100,10 +104,12 @@ def runs(tmp_path_factory, tiny_siglip_dir, tiny_encoder):
     extract_to_cache(tiny_encoder, folder_items(resume)[0::2], cache, progress=False)  # the old rank 0's shard
     fresh = make_images(base / "fresh", 9)
     failing = make_images(base / "failing", 10, broken=(7,))  # sorted missing keys: a07 is rank 1's (odd places)
-    scenarios = {"resume": (resume, base / "resume-cache"), "fresh": (fresh, base / "fresh-cache"),
-                 "failing": (failing, base / "failing-cache")}
+    dies = make_images(base / "dies", 4)
+    scenarios = {"resume": (resume, base / "resume-cache", "-"), "fresh": (fresh, base / "fresh-cache", "-"),
+                 "failing": (failing, base / "failing-cache", "-"), "dies": (dies, base / "dies-cache", "rank 1 dies")}
     ranks = run_two_ranks(tiny_siglip_dir, list(scenarios.values()))
-    return {name: (images, root, [r[str(images)] for r in ranks]) for name, (images, root) in scenarios.items()}
+    return {name: (images, root, [r.get(str(images)) for r in ranks])
+            for name, (images, root, _) in scenarios.items()}
 
 
 def entries(cache: FeatureCache) -> dict[str, torch.Tensor]:
@@ -116,6 +122,7 @@ def leftovers(cache: FeatureCache) -> list[Path]:
             and not (p.suffix == ".safetensors" and not p.name.startswith("."))]
 
 
+@pytest.mark.slow  # two Python processes start (seconds quiet, a minute on a loaded machine)
 def test_a_resume_shares_the_missing_keys_not_the_old_shards(runs, tiny_encoder):
     images, root, (rep0, rep1) = runs["resume"]
     assert "error" not in rep0 and rep0 == rep1, (rep0, rep1)  # every rank returns the total
@@ -127,6 +134,7 @@ def test_a_resume_shares_the_missing_keys_not_the_old_shards(runs, tiny_encoder)
         torch.testing.assert_close(cache.load(key).tokens, tiny_encoder.extract(path).tokens, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # two Python processes start (seconds quiet, a minute on a loaded machine)
 def test_two_ranks_fill_one_fresh_cache_each_key_once(runs, tiny_encoder):
     images, root, (rep0, rep1) = runs["fresh"]
     assert "error" not in rep0 and rep0 == rep1, (rep0, rep1)
@@ -137,6 +145,7 @@ def test_two_ranks_fill_one_fresh_cache_each_key_once(runs, tiny_encoder):
         torch.testing.assert_close(cache.load(key).tokens, tiny_encoder.extract(path).tokens, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # two Python processes start (seconds quiet, a minute on a loaded machine)
 def test_a_rank_that_raises_stops_the_other_with_one_line(runs, tiny_encoder):
     images, root, (rep0, rep1) = runs["failing"]
     assert rep1["error"].startswith("ImageError") and "a07.png" in rep1["error"]  # its own error, as raised
@@ -146,6 +155,14 @@ def test_a_rank_that_raises_stops_the_other_with_one_line(runs, tiny_encoder):
     assert leftovers(cache) == []  # no temp file, no failure marker
     for key in cache.keys():  # whatever was written is whole
         assert cache.get(key) is not None
+
+
+@pytest.mark.slow  # two Python processes start (seconds quiet, a minute on a loaded machine)
+def test_a_rank_whose_process_dies_stops_the_other_with_one_line(runs):
+    _, _, (rep0, rep1) = runs["dies"]
+    assert rep1 is None  # it never reported
+    assert rep0["error"].startswith("RankFailed: rank 0: another rank of 2 stopped without reporting")
+    assert "\n" not in rep0["error"]
 
 
 def test_other_commands_under_torchrun_do_not_shard(tmp_path, tiny_encoder, monkeypatch):

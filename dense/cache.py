@@ -28,8 +28,8 @@ whose spec or shape is wrong, is reported as corrupt and extracted again.
 The spec holds ``rules`` (:data:`dense.features.RULES_VERSION`), so features made under other versions of dense's
 pixel and token rules live in another folder and are never served.
 
-Filling a cache from images (resumable, sharded under ``torchrun``) is :func:`dense.extract.extract_to_cache`'s job;
-this module only stores and reads.
+Filling a cache from images (resumable; under ``torchrun`` the missing images shared between the ranks) is
+:func:`dense.extract.fill_cache`'s job; this module only stores and reads.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``dense extract``: fill the feature cache (resumable; under torchrun each rank takes a shard)."""
+"""``dense extract``: fill the feature cache (resumable; under torchrun the ranks share the missing images): flags ->
+:func:`dense.extract.fill_cache` -> a printed report."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from dense.errors import DenseError
 
 def add(sub, parent) -> None:
     p = command(sub, "extract", parent, func=run, help="extract features of an image folder or a COCO file into the "
-                "cache", description="Fill the feature cache (resumable, atomic; under torchrun each rank takes a "
-                "shard).")
+                "cache", description="Fill the feature cache (resumable, atomic; under torchrun the ranks share "
+                "the images still missing).")
     add_model(p)
     opt(p, "--images", type=existing("folder"))
     opt(p, "--ann", "keys = image ids; without it every image under --images", type=existing("file"))

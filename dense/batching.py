@@ -102,23 +102,68 @@ def default_num_workers(device: torch.device, total: int | None, *, local_ranks:
 
 
 def prepared_stream(images: Iterable[ImageInput], cfg: PixelConfig, max_patches: int, *, num_workers: int = 0,
-                    pin_memory: bool = False, prefetch_factor: int = 4) -> Iterator[Prepared]:
+                    pin_memory: bool = False, prefetch_factor: int = 4, read_ahead: int = 0) -> Iterator[Prepared]:
     """Each input read, grid-chosen, resized and normalized, in input order (:class:`Prepared`, ``error`` set if bad).
 
     With ``num_workers > 0`` a torch ``DataLoader`` does the work in worker processes; its sampler pulls images from
     ``images`` lazily (at most ``num_workers * prefetch_factor`` in flight), so a generator of millions of paths is
-    fine, and results come back in input order.
+    fine, and results come back in input order. Without workers, ``read_ahead > 0`` reads up to that many inputs
+    ahead in one thread of this process (decoding and resizing mostly release the GIL, so they overlap the model's
+    work on a CPU device, where worker processes would compete with its threads).
     """
     reader = _Reader(cfg, max_patches)
     keys = enumerate(images)
     if num_workers <= 0:
-        yield from map(reader.__getitem__, keys)
+        stream = map(reader.__getitem__, keys)
+        yield from (_read_ahead(stream, read_ahead) if read_ahead > 0 else stream)
         return
     from torch.utils.data import DataLoader
 
     loader = DataLoader(reader, sampler=keys, batch_size=None, collate_fn=_identity, num_workers=num_workers,
                         pin_memory=pin_memory, prefetch_factor=prefetch_factor, in_order=True)
     yield from loader
+
+
+def _read_ahead(stream: Iterator, depth: int) -> Iterator:
+    """``stream``'s items, produced by one background thread at most ``depth`` ahead; its exceptions are raised
+    here; closing this generator stops the thread."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer has gone
+
+    def produce():
+        try:
+            for item in stream:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as e:  # raised in the consumer's thread
+            put((end, e))
+
+    thread = threading.Thread(target=produce, name="dense-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -288,7 +288,8 @@ class Encoder:
         # workers read a whole packing group ahead, so the next group is decoded while this one runs
         prefetch = max(2, -(-packing_group // num_workers)) if num_workers > 0 else 2
         stream = prepared_stream(images, self.pixels, max_patches, num_workers=num_workers,
-                                 pin_memory=self.device.type == "cuda", prefetch_factor=prefetch)
+                                 pin_memory=self.device.type == "cuda", prefetch_factor=prefetch,
+                                 read_ahead=packing_group if num_workers == 0 else 0)
         bar = tqdm(total=total, desc="extract", unit="img", disable=not progress)
         overlap = self.device.type == "cuda"  # a CPU computes synchronously: nothing to overlap, one batch held
         pending = None  # (items, host tokens, lengths, event) of the batch whose copy may still be running

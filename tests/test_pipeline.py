@@ -74,3 +74,33 @@ def test_a_failed_write_names_the_image_and_leaves_no_half_file(tmp_path, tiny_e
         extract_to_cache(tiny_encoder, folder_items(tmp_path / "img"), cache, batch_size=2, progress=False)
     assert not [p for p in cache.dir.rglob("*.tmp")]  # no temp file left
     assert cache.keys() and all(cache.get(key) is not None for key in cache.keys())  # what was written is whole
+
+
+def test_read_ahead_keeps_order_and_errors_and_stops_when_closed(tmp_path, tiny_encoder):
+    import threading
+
+    from dense.batching import prepared_stream
+
+    paths = images(tmp_path, [(30, 40), (50, 20), (40, 40)] * 3)
+    plain = list(prepared_stream(paths, tiny_encoder.pixels, 64))
+    ahead = list(prepared_stream(paths, tiny_encoder.pixels, 64, read_ahead=4))
+    assert [p.index for p in ahead] == list(range(9))
+    for a, b in zip(plain, ahead, strict=True):
+        assert a.grid_hw == b.grid_hw and torch.equal(a.pixels, b.pixels)
+
+    def broken():  # the caller's own iterable fails: raised in the caller's thread, after what came before
+        yield from paths[:2]
+        raise OSError("the listing failed")
+
+    got = []
+    with pytest.raises(OSError, match="the listing failed"):
+        for p in prepared_stream(broken(), tiny_encoder.pixels, 64, read_ahead=4):
+            got.append(p.index)
+    assert got == [0, 1]
+    stream = prepared_stream(iter(paths * 50), tiny_encoder.pixels, 64, read_ahead=2)
+    next(stream)
+    stream.close()  # stops the reading thread
+    for t in threading.enumerate():
+        if t.name == "dense-read-ahead":
+            t.join(timeout=5)
+            assert not t.is_alive()

@@ -158,8 +158,8 @@ def _idiom(dtype: torch.dtype, device: str):
 
 
 def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, folder: str | None, n_folder: int,
-            save_dir: str | None, num_workers: int | None = None, compile="auto", max_patches: int | None = None
-            ) -> dict:
+            save_dir: str | None, num_workers: int | None = None, compile="auto", max_patches: int | None = None,
+            folder_rounds: int = 1) -> dict:
     import dense
     from dense.batching import padding_waste, plan_batches, prepared_stream
     from dense.device import resolve_dtype
@@ -216,23 +216,28 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
             tokens = [it.n_tokens for it in items]
             row["padding_waste"] = padding_waste(tokens, [[it.index for it in b] for b in batches])
             enc.forward_batch([it.pixels for it in batches[0]])  # warm-up
-            if way == "dense-folder":  # model only, then end to end, in this one process: their ratio side by side
-                sync()
-                t0 = time.perf_counter()
-                with torch.inference_mode():
-                    for b in batches:  # the tower alone, on pixels prepared in advance; tokens left where made
-                        enc._forward([it.pixels for it in b], (-1,))
-                sync()
-                row["model_only_s"] = (time.perf_counter() - t0) / len(items)
-            if way in ("dense-folder", "dense-e2e"):  # `dense extract` after loading: paths -> a fresh cache
-                names = {p.name for p in paths}
-                todo = [kv for kv in folder_items(folder) if kv[0] in names]
-                with tempfile.TemporaryDirectory() as cache:
+            names = {p.name for p in paths}
+            todo = [kv for kv in folder_items(folder) if kv[0] in names]
+            model_s, e2e_s = [], []
+            for _ in range(folder_rounds):  # alternating in one process: a loaded machine slows both alike
+                if way == "dense-folder":  # model only, then end to end: their ratio side by side
+                    sync()
+                    t0 = time.perf_counter()
+                    with torch.inference_mode():
+                        for b in batches:  # the tower alone, on pixels prepared in advance; tokens left where made
+                            enc._forward([it.pixels for it in b], (-1,))
+                    sync()
+                    model_s.append((time.perf_counter() - t0) / len(items))
+                with tempfile.TemporaryDirectory() as cache:  # `dense extract` after loading: paths -> a fresh cache
                     t0 = time.perf_counter()
                     rep = fill_cache(enc, todo, cache, max_patches=budget, batch_size=batch, distributed=False,
                                      num_workers=num_workers, progress=False)
-                    sec = (time.perf_counter() - t0) / len(items)
+                    e2e_s.append((time.perf_counter() - t0) / len(items))
                 assert rep.extracted == len(items), rep
+            sec = float(np.median(e2e_s))
+            if model_s:
+                row["model_only_s"] = float(np.median(model_s))
+                row["e2e_over_model_only_per_round"] = [m / e for m, e in zip(model_s, e2e_s, strict=True)]
                 from dense.batching import default_num_workers
 
                 row["num_workers"] = default_num_workers(enc.device, len(paths)) if num_workers is None else num_workers
@@ -276,7 +281,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 repeat, a 48-JPEG folder, idiom on 4 folder images")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per synthetic row (default 3; quick 1)")
     ap.add_argument("--rounds", type=int, default=1, help="run the synthetic rows this many times, interleaved; "
-                    "each row reports its median over rounds")
+                    "each row reports its median over rounds (the folder rows: model only and end to end alternate "
+                    "this many times in their one process)")
     ap.add_argument("--batches", default=None, help="synthetic batch sizes, comma-separated (default 1,8; GPU 1,8,32)")
     ap.add_argument("--no-folder", action="store_true", help="skip the 200-JPEG folder rows")
     ap.add_argument("--no-other-dtype", action="store_true", help="skip the non-default dtype rows")
@@ -389,7 +395,8 @@ def main() -> None:
                    "folder": str(folder) if in_folder else None,
                    "n_folder": n_idiom_folder if way == "idiom" else n_folder,
                    "save_dir": tmp if not in_folder and batch == 1 else None, "num_workers": workers,
-                   "compile": compile, "max_patches": args.max_patches if in_folder else None}
+                   "compile": compile, "max_patches": args.max_patches if in_folder else None,
+                   "folder_rounds": args.rounds if in_folder else 1}
             out = subprocess.run([sys.executable, __file__, "--spec", SPEC, "--one", json.dumps(cfg)],
                                  capture_output=True, text=True)
             if out.returncode != 0:
@@ -490,6 +497,10 @@ def summary(results: dict, auto: str, batches: list[int], folder_batch: int, fol
         e2e = ips("folder: dense end to end", auto, folder_batch)
         model = ips("folder: dense model only", auto, folder_batch)
         idiom = next((r["images_per_s"] for k, r in results.items() if k[0] == "folder: idiom"), float("nan"))
+        r = results.get(("folder: dense end to end", auto, folder_batch), {})
+        if len(r.get("e2e_over_model_only_per_round", [])) > 1:
+            print("folder: dense end to end / model only, each round: "
+                  + ", ".join(f"{x:.3f}" for x in r["e2e_over_model_only_per_round"]))
         print(f"folder: dense end to end / model only = {keep('folder_e2e_over_model_only', e2e / model):.3f}; "
               f"dense end to end vs idiom: {keep('folder_e2e_vs_idiom', e2e / idiom):.2f}x")
     return ratios

@@ -289,7 +289,7 @@ class Encoder:
         prefetch = max(2, -(-packing_group // num_workers)) if num_workers > 0 else 2
         stream = prepared_stream(images, self.pixels, max_patches, num_workers=num_workers,
                                  pin_memory=self.device.type == "cuda", prefetch_factor=prefetch,
-                                 read_ahead=packing_group if num_workers == 0 else 0)
+                                 read_ahead=batch_size if num_workers == 0 else 0)  # a batch decoded ahead
         bar = tqdm(total=total, desc="extract", unit="img", disable=not progress)
         overlap = self.device.type == "cuda"  # a CPU computes synchronously: nothing to overlap, one batch held
         pending = None  # (items, host tokens, lengths, event) of the batch whose copy may still be running

@@ -104,3 +104,24 @@ def test_read_ahead_keeps_order_and_errors_and_stops_when_closed(tmp_path, tiny_
         if t.name == "dense-read-ahead":
             t.join(timeout=5)
             assert not t.is_alive()
+
+
+def test_extract_many_holds_at_most_held_bytes_for_order(tmp_path, tiny_encoder, monkeypatch):
+    """Input 0 has the fewest tokens (a 12 x 4 grid, the others 8 x 8), so it runs LAST within its packing group:
+    with the default group (8 batches) it comes out after every batch; when a group's results would pass
+    HELD_BYTES, the group shrinks to one batch and it comes out after the first."""
+    import dense.encoder
+
+    paths = images(tmp_path, [(90, 30)] + [(90, 90)] * 7)
+    calls: list[int] = []
+    tiny_encoder._forward = counting(tiny_encoder, calls)
+    try:
+        next(tiny_encoder.extract_many(paths, batch_size=2, progress=False))
+        assert calls == [2, 2, 2, 2]
+        calls.clear()
+        monkeypatch.setattr(dense.encoder, "HELD_BYTES", 1)
+        first = next(tiny_encoder.extract_many(paths, batch_size=2, progress=False))
+        assert calls == [2]
+    finally:
+        del tiny_encoder._forward
+    torch.testing.assert_close(first.tokens, tiny_encoder.extract(paths[0]).tokens, rtol=0, atol=1e-5)

@@ -311,9 +311,10 @@ def test_filter_methods_replace_a_flagged_distractor_before_scoring(enc):
     cleaned = tokens.clone()
     cleaned[2, 3] = (tokens[1:4, 2:5].sum(dim=(0, 1)) - tokens[2, 3]) / 8  # the mean of its 8 neighbours
     fmap, fmap_clean = _last(enc, tokens), _last(enc, cleaned)
-    bases = [m for m in heatmap.METHODS if not m.endswith("+filter") and not heatmap.METHODS[m].needs_prev]
+    every = {**heatmap.METHODS, **heatmap.EXPERIMENTAL_METHODS}
+    bases = [m for m in every if not m.endswith("+filter") and not every[m].needs_prev]
     for m in bases:
-        assert heatmap.METHODS[f"{m}+filter"].filter
+        assert every[f"{m}+filter"].filter
         got = heatmap.aligned_tokens(enc, fmap, f"{m}+filter")
         want = heatmap.aligned_tokens(enc, fmap_clean, m)
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (m, float((got - want).abs().max()))

@@ -4,9 +4,10 @@ Each method maps the tokens ``x [N, D]`` of the last block (and, for ``clear-*``
 the MAP head's pieces (:class:`dense.head.HeadParts`) to one vector ``z_n`` per patch in the text embedding space.
 Scoring (:mod:`dense.heatmap.scores`) hands them the pieces in float32 (:func:`dense.head.fp32_parts`).
 
-``METHODS`` is the default registry: what ``--methods all``, the explorer and the calibration choose among.
+``METHODS`` is the default registry: what ``--methods all``, the notebooks and a calibration choose among.
 ``EXPERIMENTAL_METHODS`` holds the methods that won nowhere in ``benchmarks/heatmap_methods.py`` (RESULTS.md,
-"Heatmap methods") and that no paper's protocol needs; they still run when named (:func:`get_method`).
+"Heatmap methods") and that no paper's protocol needs (``attn-value``, ``leave-one-out`` and every ``+filter``); they
+still run when named (:func:`get_method`).
 """
 
 from __future__ import annotations
@@ -112,9 +113,11 @@ _ALL = [*_BASE, *(replace(m, name=f"{m.name}+filter", filter=True,
                           doc=f"{m.doc}, distractor tokens replaced by their neighbours first",
                           follows=f"{m.follows}; {REGISTERS}" if m.follows else REGISTERS) for m in _BASE)]
 
-# Measured by benchmarks/heatmap_methods.py (RESULTS.md, "Heatmap methods"): none of these wins on either bundled
-# model, and no paper's protocol needs them.
-EXPERIMENTAL = frozenset()
+# Measured by benchmarks/heatmap_methods.py (RESULTS.md, "Heatmap methods": open-vocabulary mIoU and pointing of both
+# bundled models): none of these has the best figure of any column, and no paper's protocol needs them. The default
+# registry keeps the winners (map-value-mlp: three columns; clear-map-value: one), the papers' methods (map-value:
+# MaskCLIP; clear-map-value-mlp: ClearCLIP/SCLIP, shapes-tiny's calibrated method) and the raw-token baseline.
+EXPERIMENTAL = frozenset({"attn-value", "leave-one-out", *(f"{m.name}+filter" for m in _BASE)})
 
 _ALL = [replace(m, experimental=m.name in EXPERIMENTAL) for m in _ALL]
 METHODS: dict[str, Method] = {m.name: m for m in _ALL if not m.experimental}

@@ -7,11 +7,9 @@ import logging
 
 import torch
 
+from dense.errors import DeviceError
+
 log = logging.getLogger("dense")
-
-
-class DeviceError(ValueError):
-    """A device that this torch or this machine cannot run on; the message says which and what to do."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -58,7 +58,7 @@ from dense.heatmap.scores import (
     patch_scores,
     templates_of,
     text_matrix,
-    to_image_size,
+    to_image,
     with_aligned,
 )
 from dense.heatmap.windows import image_scores, sliding_window_scores
@@ -67,4 +67,4 @@ __all__ = ["DISTRACTOR_CUES", "EXPERIMENTAL_METHODS", "METHODS", "ImageOrFeature
            "as_featuremap", "check_featuremap", "clear_block", "distractor_mask", "filter_distractors", "get_method",
            "image_scores", "layers_for", "logits", "method_of", "patch_scores", "replace_with_neighbours",
            "required_layers", "sliding_window_scores", "supported_methods", "templates_of", "text_matrix",
-           "to_image_size", "with_aligned"]
+           "to_image", "with_aligned"]

@@ -17,7 +17,7 @@ ImageOrFeatureMap = ImageInput | FeatureMap
 def check_featuremap(encoder, fmap: FeatureMap, layers: Sequence[int], what: str) -> torch.Tensor:
     """The tokens of ``layers`` (Python block indices) out of ``fmap``, which must come from ``encoder``.
 
-    Raises ``ValueError`` naming what is missing and how to extract it (``FeatureMapMismatchError`` for another
+    Raises ``ValueError`` naming what is missing and how to extract it (``MismatchError`` for another
     encoder's FeatureMap).
     """
     check_featuremap_identity(encoder.spec(), fmap, what)

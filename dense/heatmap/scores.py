@@ -121,7 +121,7 @@ def patch_scores(encoder, image: ImageOrFeatureMap, queries, *, method: str | No
     return torch.sigmoid(logits(encoder, z, text))  # [T, gh, gw]
 
 
-def to_image_size(scores: torch.Tensor, fmap: FeatureMap, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
+def to_image(scores: torch.Tensor, fmap: FeatureMap, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
     """Patch scores ``[T, gh, gw]`` -> ``[T, H, W]`` at the original image size (or ``size_hw``), bilinear.
 
     Same geometry as :meth:`FeatureMap.to_image`: the grid tiles the resized image, ``align_corners=False`` puts each

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from dense.features import FeatureMap, check_featuremap_identity
 from dense.heatmap.inputs import ImageOrFeatureMap
-from dense.heatmap.scores import patch_scores, text_matrix, to_image_size, with_aligned
+from dense.heatmap.scores import patch_scores, text_matrix, to_image, with_aligned
 from dense.preprocess import load_image
 
 
@@ -79,15 +79,15 @@ def image_scores(encoder, image: ImageOrFeatureMap, queries, *, features: Featur
         fmap = features if features is not None else with_aligned(encoder, rgb, method, max_patches=max_patches)
         scores = patch_scores(encoder, fmap, text, method=method)  # [T, gh, gw]
         if refine is None:
-            return to_image_size(scores, fmap)  # [T, H, W]
+            return to_image(scores, fmap)  # [T, H, W]
         H, W = fmap.image_hw
-        probs = to_image_size(scores, fmap, size_hw=fmap.resized_hw)  # [T, gh * p, gw * p]
+        probs = to_image(scores, fmap, size_hw=fmap.resized_hw)  # [T, gh * p, gw * p]
     else:
         H, W = rgb.shape[:2]
 
         def crop_scores(crop: np.ndarray) -> torch.Tensor:
             f = with_aligned(encoder, crop, method, max_patches=max_patches)
-            return to_image_size(patch_scores(encoder, f, text, method=method), f)  # [T, h, w]
+            return to_image(patch_scores(encoder, f, text, method=method), f)  # [T, h, w]
 
         probs = sliding_window_scores(rgb, windows, crop_scores)  # [T, H, W]
         if refine is None:

@@ -5,7 +5,7 @@ pointing of both bundled models, through the open-vocabulary evaluator that ``de
 
 ``--world``: a synthetic world of :func:`dense.datasets.make_shapes` (made there with ``--seed`` and ``--images`` if
 it holds no ``annotations.json``); its ``test`` split is scored, first ``--limit`` images. Each model runs at its
-calibration (background threshold, templates, token budget, dtype ``auto``), every method in one pass over the
+calibration (background threshold, templates, token budget; dtype ``--dtype``), every method in one pass over the
 images. Prints one row per method (mIoU and pointing per model, bootstrap 95% intervals; ``*`` marks the best of a
 column) and writes the figures to ``--json``. ``scripts/readme_figures.py --only methods`` runs it for RESULTS.md.
 """
@@ -21,17 +21,17 @@ METRICS = ("mIoU", "pointing")
 
 
 def all_methods() -> list[str]:
-    from dense.heatmap import EXPERIMENTAL_METHODS, METHODS
+    from dense import heatmap
 
-    return [*METHODS, *EXPERIMENTAL_METHODS]
+    return [*heatmap.METHODS, *getattr(heatmap, "EXPERIMENTAL_METHODS", {})]  # older trees: METHODS only
 
 
-def measure(model: str, world: Path, *, limit: int, resamples: int) -> dict:
+def measure(model: str, world: Path, *, limit: int, resamples: int, dtype: str = "auto") -> dict:
     """``{method: {metric: value, metric_95: [lo, hi]}}`` and the run's meta for one model."""
     import dense
     from dense.eval.openvocab import evaluate_openvocab
 
-    enc = dense.load_encoder(model)
+    enc = dense.load_encoder(model, dtype=dtype)
     methods = all_methods()
     res = evaluate_openvocab(enc, world / "annotations.json", world / "images", methods=methods, split="test",
                              limit=limit, resamples=resamples, refines=["none"], windows=1)
@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--dtype", default="auto", help="the towers' dtype (auto: bf16 where the CPU runs it natively)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     world = Path(args.world)
@@ -72,7 +73,8 @@ def main(argv=None) -> int:
         from dense.datasets import make_shapes
 
         make_shapes(world, args.images, seed=args.seed, splits={"test": 1.0})
-    results = {m: measure(m, world, limit=args.limit, resamples=args.resamples) for m in args.models.split(",")}
+    results = {m: measure(m, world, limit=args.limit, resamples=args.resamples, dtype=args.dtype)
+               for m in args.models.split(",")}
     print(table(results))
     if args.json:
         from dense._atomic import write_json

@@ -401,7 +401,13 @@ ABOUT = {
     "methods": "The same test world, each model at its calibration except the method: every method of "
                "`dense.heatmap.METHODS` and `EXPERIMENTAL_METHODS`, scored in one pass over the images by the "
                "open-vocabulary evaluator (`dense.eval.openvocab.evaluate_openvocab`; pointing: the peak patch "
-               "centre of each present category on one of its masks).",
+               "centre of each present category on one of its masks). The default registry keeps the method with the "
+               "best figure of each column (map-value-mlp: both mIoUs and shapes-tiny-v2's pointing; clear-map-value: "
+               "shapes-tiny's pointing), the methods a paper's protocol needs (map-value: MaskCLIP, Zhou et al. 2022; "
+               "clear-map-value and clear-map-value-mlp: ClearCLIP, Lan et al. 2024, with SCLIP's correlative "
+               "attention, Wang et al. 2024; clear-map-value-mlp is also shapes-tiny's calibrated method) and the raw "
+               "tokens as the baseline; attn-value, leave-one-out and every +filter method won no column and are in "
+               "`dense.heatmap.EXPERIMENTAL_METHODS` (they run when named).",
     "refer": "The first images of the same test world; expressions from its `refs.json`.",
     "probe": "A fresh world, `make_shapes(dir, 1500, seed, splits={'train': 0.6, 'val': 0.2, 'test': 0.2})`: learning "
              "rates swept in one pass on train, the head chosen on val, test reported once.",

@@ -101,6 +101,14 @@ def pooled(head, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def pooled_fp32(head, x: torch.Tensor) -> torch.Tensor:
+    """:func:`pooled` in float32 (:func:`as_fp32`) where the head is: last-block tokens ``[N, D]`` -> ``[E]``
+    (float32, CPU; not normalized)."""
+    head = as_fp32(head)
+    return pooled(head, x.to(next(head.parameters()).device, torch.float32)).cpu()
+
+
+@torch.inference_mode()
 def pool_with_weights(head, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The head (in float32, :func:`as_fp32`) with its attention restricted by per-region patch weights: ``[K, E]``
     (not normalized).
@@ -133,9 +141,5 @@ def with_pooled(encoder, fmap: FeatureMap) -> FeatureMap:
     check_featuremap_identity(encoder.spec(), fmap, "the pooled embedding")
     if not fmap.has_layers((-1,), encoder.num_layers):
         raise ValueError(f"a pooled embedding needs the last block among the layers, got {fmap.layers}")
-    head = as_fp32(encoder.vision.head)
-    p = next(head.parameters())
     x = fmap.layer_tokens((-1,), encoder.num_layers).reshape(-1, encoder.hidden_size)  # [gh, gw, D] -> [N, D]
-    with torch.inference_mode():
-        emb = pooled(head, x.to(p.device, torch.float32)).cpu()  # [E]
-    return replace(fmap, pooled=emb)
+    return replace(fmap, pooled=pooled_fp32(encoder.vision.head, x))

@@ -2,6 +2,10 @@
 pointing of both bundled models, through the open-vocabulary evaluator that ``dense eval openvocab`` runs.
 
     python benchmarks/heatmap_methods.py --world DIR [--limit 100] [--resamples 1000] [--json out.json]
+    python benchmarks/heatmap_methods.py --world DIR --dtype fp32 --against bf16.json [--against ...]
+
+``--against``: another run's ``--json`` (repeatable); per method, the largest difference from its figures is printed
+too (a bf16 against an fp32 run: how much the tower's dtype moves each method's figures).
 
 ``--world``: a synthetic world of :func:`dense.datasets.make_shapes` (made there with ``--seed`` and ``--images`` if
 it holds no ``annotations.json``); its ``test`` split is scored, first ``--limit`` images. Each model runs at its
@@ -13,6 +17,7 @@ column) and writes the figures to ``--json``. ``scripts/readme_figures.py --only
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -57,6 +62,16 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def differences(results: dict, other: dict) -> str:
+    """Per method, the largest absolute difference (percentage points) of its figures from ``other``'s."""
+    lines = [f"{'method':<28}{'max |diff| mIoU':>17}{'max |diff| pointing':>21}"]
+    for method in all_methods():
+        cells = [max(abs(r["methods"][method][k] - other[m]["methods"][method][k]) for m, r in results.items())
+                 for k in METRICS]
+        lines.append(f"{method:<28}" + "".join(f"{100 * c:>{w}.1f}" for c, w in zip(cells, (17, 21), strict=True)))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--world", required=True, help="a make_shapes folder (made here when it has no annotations)")
@@ -67,6 +82,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--dtype", default="auto", help="the towers' dtype (auto: bf16 where the CPU runs it natively)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--against", action="append", default=[], help="another run's --json: print the differences "
+                                                                    "from its figures (repeatable)")
     args = ap.parse_args(argv)
     world = Path(args.world)
     if not (world / "annotations.json").exists():
@@ -76,6 +93,9 @@ def main(argv=None) -> int:
     results = {m: measure(m, world, limit=args.limit, resamples=args.resamples, dtype=args.dtype)
                for m in args.models.split(",")}
     print(table(results))
+    for other in args.against:
+        print(f"\ndifferences from {other}:")
+        print(differences(results, json.loads(Path(other).read_text())["results"]))
     if args.json:
         from dense._atomic import write_json
 

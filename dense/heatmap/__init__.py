@@ -5,25 +5,28 @@ the MAP head's pieces, :mod:`dense.head`); a patch's score for a query ``t`` is 
 ``sigmoid(exp(logit_scale) * cos(z_n, t) + logit_bias)`` with the checkpoint's own sigmoid calibration. The tower may
 run in bf16; the head pieces, the scores and everything after them run in float32.
 
-Methods (``METHODS``, the default registry; ``EXPERIMENTAL_METHODS`` run when named; every one needs the last block's
-output, ``clear-*`` also its input, see ``required_layers``):
+Methods (``METHODS``, the default registry; the ones marked experimental are in ``EXPERIMENTAL_METHODS`` and run when
+named: they won no column of RESULTS.md's "Heatmap methods"; every one needs the last block's output, ``clear-*`` also
+its input, see ``required_layers``):
 
 - ``raw``: ``z_n = x_n``. The baseline: the tokens were never trained to sit in the text space.
-- ``map-value``: ``z_n = out_proj(v_n)``, the head's output if all its attention were on patch n (MaskCLIP's trick).
+- ``map-value``: ``z_n = out_proj(v_n)``, the head's output if all its attention were on patch n (MaskCLIP's trick,
+  Zhou et al. 2022).
 - ``map-value-mlp``: the same followed by the head's MLP residual ``z + mlp(layernorm(z))``.
-- ``attn-value``: patch n's share of the pooled vector, ``z_n = N * out_proj_nobias(a_n v_n) + b_out`` (per head
-  ``a_{h,n}``), then the MLP residual. With uniform attention it is ``map-value-mlp``; patches the probe ignores
-  shrink towards the bias, so their scores fall towards a query-independent floor.
-- ``leave-one-out``: ``z_n = e - e_{-n}`` where ``e_{-n}`` is the head's output with patch n masked out of its
-  attention (closed form, one pass): the direction in which patch n moves the image embedding.
-- ``clear-map-value`` / ``clear-map-value-mlp``: ClearCLIP/SCLIP adapted to SigLIP. The LAST block is re-run on its
-  input with self-self attention (``softmax(q q^T) + softmax(k k^T)``, SCLIP's correlative attention), no residual, no
-  MLP; ``post_layernorm`` is applied (the MAP head expects it), then ``map-value`` / ``map-value-mlp``. Needs the
-  FeatureMap to hold the block before the last (``layers=(-2, -1)``); images passed directly are extracted that way.
-- ``<method>+filter`` (every method above): distractor-token filtering first (:func:`filter_distractors`, after
-  "Vision Transformers Need Registers" and SC-CLIP): tokens whose norm is a robust outlier of the image, or that are
-  isolated in feature space (the cues are the checkpoint's ``Calibration.distractor_cues``), are replaced by the
-  mean of their 3x3 grid neighbours.
+- ``attn-value`` (experimental): patch n's share of the pooled vector, ``z_n = N * out_proj_nobias(a_n v_n) + b_out``
+  (per head ``a_{h,n}``), then the MLP residual. With uniform attention it is ``map-value-mlp``; patches the probe
+  ignores shrink towards the bias, so their scores fall towards a query-independent floor.
+- ``leave-one-out`` (experimental): ``z_n = e - e_{-n}`` where ``e_{-n}`` is the head's output with patch n masked
+  out of its attention (closed form, one pass): the direction in which patch n moves the image embedding.
+- ``clear-map-value`` / ``clear-map-value-mlp``: ClearCLIP (Lan et al. 2024) / SCLIP (Wang et al. 2024) adapted to
+  SigLIP. The LAST block is re-run on its input with self-self attention (``softmax(q q^T) + softmax(k k^T)``,
+  SCLIP's correlative attention), no residual, no MLP; ``post_layernorm`` is applied (the MAP head expects it), then
+  ``map-value`` / ``map-value-mlp``. Needs the FeatureMap to hold the block before the last (``layers=(-2, -1)``);
+  images passed directly are extracted that way.
+- ``<method>+filter`` (every method above; experimental): distractor-token filtering first
+  (:func:`filter_distractors`, after "Vision Transformers Need Registers" and SC-CLIP): tokens whose norm is a robust
+  outlier of the image, or that are isolated in feature space (the cues are the checkpoint's
+  ``Calibration.distractor_cues``), are replaced by the mean of their 3x3 grid neighbours.
 
 Image-resolution scores (:func:`image_scores`) add two options: ``windows=n`` (n x n overlapping crops, each extracted
 at the token budget, scores stitched by averaging) and ``refine="pamr"`` (:func:`dense.refine.pamr`).

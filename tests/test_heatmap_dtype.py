@@ -1,10 +1,10 @@
 """The heatmap's precision rule: the tower may run in bf16, the head pieces and the scoring run in float32.
 
 Leave-one-out subtracts terms that differ by ~1/N, below bf16's resolution: with the head in bf16 its scores from a
-bf16 tower correlated with the fp32 tower's at min 0.47 per map on the images below
-(``python benchmarks/heatmap_dtype.py``, before the head ran in float32); every method now agrees to >= 0.999
-there. ``+filter`` methods differ where the distractor mask itself flips on bf16-rounded tokens (a decision on the
-tower's output, not the scoring): they are held to the bound on images whose masks agree.
+bf16 tower correlated with the fp32 tower's at min 0.47 per map on the benchmark's six images, whose first four are
+used here (``python benchmarks/heatmap_dtype.py``, before the head ran in float32); every method without ``+filter``
+now agrees to >= 0.999 there. ``+filter`` methods differ where the distractor mask itself flips on bf16-rounded
+tokens (a decision on the tower's output, not the scoring): they are held to the bound on images whose masks agree.
 """
 
 from __future__ import annotations

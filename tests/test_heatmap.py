@@ -405,3 +405,18 @@ def test_paths_work_wherever_an_image_is_read(tiny_encoder, tmp_path):
                                upsample_maps(scores, fmap, sharpen="guided", image=rgb))
     with pytest.raises(ImageError, match="missing.png"):
         pamr(tmp_path / "missing.png", scores)
+
+
+def test_the_default_and_experimental_registries(tiny_encoder):
+    default, experimental = heatmap.METHODS, heatmap.EXPERIMENTAL_METHODS
+    assert not set(default) & set(experimental) and len(default) + len(experimental) == 14
+    assert {"map-value-mlp", "clear-map-value-mlp"} <= set(default)  # the bundled models' calibrated methods
+    for name, m in experimental.items():
+        assert m.experimental and heatmap.get_method(name) is m  # still runs when named
+    assert not any(m.experimental for m in default.values())
+    assert all(m.follows or name == "raw" for name, m in default.items())  # a paper's protocol, or the baseline
+    assert set(heatmap.supported_methods(tiny_encoder)) <= set(default)
+    assert set(heatmap.supported_methods(tiny_encoder, experimental=True)) >= set(experimental) - {
+        m for m in experimental if experimental[m].needs_prev}
+    with pytest.raises(ValueError, match="experimental: attn-value"):
+        heatmap.get_method("no-such-method")

@@ -22,9 +22,10 @@ Rows:
   256x640) written to a temp dir. ``model only`` times the tower on pixels prepared in advance (the same batches
   ``dense extract`` forms; tokens left where the model made them); ``end to end`` is ``dense extract`` after loading
   the model (:func:`dense.extract.fill_cache` into a fresh cache: read, decode, resize, batch, forward, tokens to the
-  host, write every entry atomically). The two run in one process, model only first, so their ratio is side by side
-  (processes of one run differ by up to ~10%). ``--only-folder`` runs these rows alone; ``--max-patches`` sets their
-  token budget (a small one makes the model cheap, so reading and writing weigh more).
+  host, write every entry atomically). The two run in one process, one packing group of images at a time, in
+  alternating order (model first, then end to end first, ...), so their ratio is side by side even where the
+  machine's load changes (processes of one run differ by up to ~10%). ``--only-folder`` runs these rows alone;
+  ``--max-patches`` sets their token budget (a small one makes the model cheap, so reading and writing weigh more).
 
 Each row runs in its own process, so peak RSS (and CUDA peak memory) is that row's alone (``build GiB``: after
 building the model, before the first image; dense builds in its dtype directly); ``mm peak`` is the GFLOP/s of the
@@ -208,39 +209,61 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
             budget = max_patches or enc.pixels.max_patches
             items = list(prepared_stream(paths, enc.pixels, budget))
             group = PACKING_GROUP_BATCHES * batch  # as extract_stream (dense extract) packs them
-            batches = []
+            names = {p.name for p in paths}
+            todo = [kv for kv in folder_items(folder) if kv[0] in names]  # the same order as `items`
+            chunks = []  # (batches of one packing group, its (key, path) items)
             for s in range(0, len(items), group):
-                chunk = items[s:s + group]
-                batches += [[chunk[k] for k in b] for b in plan_batches([it.n_tokens for it in chunk], batch,
-                                                                        keys=[it.grid_hw for it in chunk])]
+                g = items[s:s + group]
+                chunks.append(([[g[k] for k in b] for b in plan_batches([it.n_tokens for it in g], batch,
+                                                                        keys=[it.grid_hw for it in g])],
+                               todo[s:s + group]))
+            batches = [b for bs, _ in chunks for b in bs]
             tokens = [it.n_tokens for it in items]
             row["padding_waste"] = padding_waste(tokens, [[it.index for it in b] for b in batches])
             enc.forward_batch([it.pixels for it in batches[0]])  # warm-up
-            names = {p.name for p in paths}
-            todo = [kv for kv in folder_items(folder) if kv[0] in names]
-            model_s, e2e_s = [], []
-            for _ in range(folder_rounds):  # alternating in one process: a loaded machine slows both alike
-                if way == "dense-folder":  # model only, then end to end: their ratio side by side
-                    sync()
+
+            def model_only(bs) -> float:  # the tower alone, on pixels prepared in advance; tokens left where made
+                sync()
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    for b in bs:
+                        enc._forward([it.pixels for it in b], (-1,))
+                sync()
+                return time.perf_counter() - t0
+
+            def end_to_end(chunk) -> float:  # `dense extract` after loading: paths -> a fresh cache
+                with tempfile.TemporaryDirectory() as cache:
                     t0 = time.perf_counter()
-                    with torch.inference_mode():
-                        for b in batches:  # the tower alone, on pixels prepared in advance; tokens left where made
-                            enc._forward([it.pixels for it in b], (-1,))
-                    sync()
-                    model_s.append((time.perf_counter() - t0) / len(items))
-                with tempfile.TemporaryDirectory() as cache:  # `dense extract` after loading: paths -> a fresh cache
-                    t0 = time.perf_counter()
-                    rep = fill_cache(enc, todo, cache, max_patches=budget, batch_size=batch, distributed=False,
+                    rep = fill_cache(enc, chunk, cache, max_patches=budget, batch_size=batch, distributed=False,
                                      num_workers=num_workers, progress=False)
-                    e2e_s.append((time.perf_counter() - t0) / len(items))
-                assert rep.extracted == len(items), rep
+                    dt = time.perf_counter() - t0
+                assert rep.extracted == len(chunk), rep
+                return dt
+
+            # one packing group at a time, the two ways alternating (ABBA) in this one process: a machine whose load
+            # changes over minutes slows both alike
+            model_s, e2e_s = [], []
+            for r in range(folder_rounds):
+                m = e = 0.0
+                for c, (bs, chunk) in enumerate(chunks):
+                    if way != "dense-folder":
+                        e += end_to_end(chunk)
+                    elif (c + r) % 2 == 0:
+                        m += model_only(bs)
+                        e += end_to_end(chunk)
+                    else:
+                        e += end_to_end(chunk)
+                        m += model_only(bs)
+                e2e_s.append(e / len(items))
+                if way == "dense-folder":
+                    model_s.append(m / len(items))
             sec = float(np.median(e2e_s))
             if model_s:
                 row["model_only_s"] = float(np.median(model_s))
                 row["e2e_over_model_only_per_round"] = [m / e for m, e in zip(model_s, e2e_s, strict=True)]
-                from dense.batching import default_num_workers
+            from dense.batching import default_num_workers
 
-                row["num_workers"] = default_num_workers(enc.device, len(paths)) if num_workers is None else num_workers
+            row["num_workers"] = default_num_workers(enc.device, len(paths)) if num_workers is None else num_workers
             n_tokens = tokens
     if save_dir and first is not None:
         tag = "-compiled" if compile is True else ""

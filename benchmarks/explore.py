@@ -1,7 +1,7 @@
 """How fast `dense explore` answers: first view, click, query, expression and class list, over real HTTP.
 
-    python benchmarks/explore.py              # shapes-tiny-v2 on 4 drawn scenes (~1 min)
-    python benchmarks/explore.py --so400m     # also So400m/14 (random weights): first view and click (~2 min more)
+    python benchmarks/explore.py              # shapes-tiny-v2 on 4 drawn scenes
+    python benchmarks/explore.py --so400m     # also So400m/14 (random weights): first view and click
 
 Each row times requests to a server started here (loopback, werkzeug's threaded server, the app `dense explore`
 serves), from sending the request to having the whole JSON answer, overlays (PNG data URLs) included: what a page

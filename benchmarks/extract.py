@@ -1,7 +1,7 @@
 """Extraction speed and memory: So400m/14 (random weights) at native aspect ratio, dense vs the transformers idiom.
 
-    python benchmarks/extract.py                  # the full table on this CPU (~10 min on 2 quiet AMX cores)
-    python benchmarks/extract.py --quick          # a few minutes: fewer repeats, a 48-JPEG folder
+    python benchmarks/extract.py                  # the full table on this CPU (the longest of these)
+    python benchmarks/extract.py --quick          # fewer repeats, a 48-JPEG folder
     python benchmarks/extract.py --device cuda    # the same table on a GPU; the folder runs at batch 32
     python benchmarks/extract.py --decide         # only this machine's compile decision (measured once, then read)
 

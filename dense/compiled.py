@@ -285,7 +285,7 @@ def measure(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype
 def decide(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype, budget: int,
            measure_if_missing: bool = True, min_params: int | None = None) -> dict | None:
     """This machine's record for ``vision``'s width in ``dtype``: read from ``dense_home()/compile.json``, or measured
-    once (:func:`measure`, about a minute: one compile of a 2-block slice) and stored. ``None`` for towers of fewer
+    once (:func:`measure`: one compile of a 2-block slice) and stored. ``None`` for towers of fewer
     than ``min_params`` (default :data:`MIN_PARAMS`) parameters, and when there is no record and
     ``measure_if_missing`` is false.
     """

@@ -52,7 +52,7 @@ def resolve_dtype(dtype, device: str | torch.device = "cpu") -> torch.dtype:
     """``"auto"`` (or None) -> bfloat16 where ``device`` runs it natively, else float32; names -> torch dtypes.
 
     CPUs without bf16 instructions emulate it several times slower than float32 (``benchmarks/extract.py`` measures
-    both on the machine at hand); float16 runs at ~1 GFLOP/s on CPUs, so it is refused there.
+    both on the machine at hand); CPUs have no float16 matmul units at all, so float16 is refused there.
     """
     device = torch.device(device)
     if dtype is None or dtype == "auto":
@@ -62,6 +62,6 @@ def resolve_dtype(dtype, device: str | torch.device = "cpu") -> torch.dtype:
             raise ValueError(f"dtype {dtype!r}: use 'auto', {', '.join(repr(k) for k in _DTYPES)} or a torch dtype")
         dtype = _DTYPES[dtype]
     if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("dtype float16 on a CPU device: CPUs run float16 matmuls at ~1 GFLOP/s (emulated). Use "
+        raise ValueError("dtype float16 on a CPU device: CPUs have no float16 matmul units (emulated, far slower). Use "
                          "dtype='auto' (bfloat16 where the CPU has AMX/AVX512-BF16, else float32), 'bf16' or 'fp32'.")
     return dtype

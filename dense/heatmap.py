@@ -27,8 +27,8 @@ Image-resolution scores (:func:`image_scores`) add two options: ``windows=n`` (n
 at the token budget, scores stitched by averaging) and ``refine="pamr"`` (:func:`dense.refine.pamr`).
 
 Which method, threshold and templates a checkpoint uses by default is its calibration
-(:class:`dense.checkpoint.Calibration`, read from ``dense_calibration.json`` beside its weights); the README gives the
-measured tables and the commands that produced them.
+(:class:`dense.checkpoint.Calibration`, read from ``dense_calibration.json`` beside its weights); each calibration
+records under ``measured`` the command, split and figures it was chosen by.
 """
 
 from __future__ import annotations

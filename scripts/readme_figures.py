@@ -297,7 +297,7 @@ def upsample(run: Run) -> list[dict]:
 def speed(run: Run) -> list[dict]:
     out_json = run.work / "extract.json"
     argv = ["benchmarks/extract.py", "--json", str(out_json)]
-    # the non-default dtype and batch 8 are left out: on a 2-core CPU without bf16 units they alone take ~30 minutes
+    # the non-default dtype and batch 8 are left out: on a 2-core CPU without bf16 units they cost more than the rest
     argv += (["--quick", "--spec", "tiny-siglip", "--folder-images", "4", "--batches", "1", "--no-other-dtype"]
              if run.quick else
              ["--rounds", "3", "--repeats", "1", "--batches", "1", "--folder-images", "24", "--no-other-dtype"])

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from dense.device import peak_rss_gib
 
 D, F, LAYERS, P = 1152, 4304, 27, 14  # So400m; --spec sets them from another RANDOM_SPECS entry
 SPEC = "so400m-patch14-384"
@@ -88,7 +89,7 @@ def matmul_peak(dtype: torch.dtype, device: str, repeats: int = 5, budget_s: flo
 
 
 def cpu_facts() -> str:
-    from dense.compiled import cpu_model_and_flags  # the one reader of /proc/cpuinfo
+    from dense.device import cpu_model_and_flags  # the one reader of the CPU's description
 
     model, flags = cpu_model_and_flags()
     return (f"{model}; flags: {' '.join(flags) or 'n/a'}; torch cpu capability "
@@ -177,7 +178,7 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
         sec = (time.perf_counter() - t0) / len(images)
     else:
         enc = dense.random_encoder(SPEC, device=device, dtype=dtype, compile=compile)
-        row["build_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        row["build_rss_gib"] = peak_rss_gib()
         row["compiled"] = enc.compiled
         if folder is None:  # model + in-memory preprocessing, 480x640 images (713 tokens)
             images = [photo((480, 640), k) for k in range(batch)]
@@ -229,7 +230,7 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
     row.update(sec_per_img=sec, images_per_s=1.0 / sec, tokens=int(np.mean(n_tokens)),
                gflops=float(np.mean([forward_flops(n) for n in n_tokens])) / sec / 1e9,
                peak_gflops=matmul_peak(dtype, device),
-               peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+               peak_rss_gib=peak_rss_gib(),
                cuda_peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0)
     return row
 

@@ -1,6 +1,11 @@
-"""Device and dtype policy: which device a string names, which dtype ``"auto"`` means there."""
+"""Device, dtype and thread policy: which device a string names, which dtype ``"auto"`` means there, how many threads
+dense computes with; and what this machine is (its CPU, this process's memory), read in one place."""
 
 from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -63,3 +68,110 @@ def resolve_dtype(dtype, device: str | torch.device = "cpu") -> torch.dtype:
         raise ValueError("dtype float16 on a CPU device: CPUs have no float16 matmul units (emulated, far slower). Use "
                          "dtype='auto' (bfloat16 where the CPU has AMX/AVX512-BF16, else float32), 'bf16' or 'fp32'.")
     return dtype
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Threads: how many cores this process computes on
+
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_threads_set: int | None = None  # what set_threads last set in this process
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; all cores where the OS does not say)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """Threads dense computes with when none are given: ``OMP_NUM_THREADS`` when it is set (by the user, or by an
+    earlier :func:`set_threads` of this process); otherwise the usable cores less the machine's 1-minute load average
+    (rounded to the nearest whole core), at least 1.
+
+    Why not every core: torch's OpenMP threads meet at a barrier after every parallel region, so on a machine that
+    other processes keep busy, each region waits for its preempted thread, and more threads than free cores run
+    several times slower with identical results (``python benchmarks/threads.py`` prints default, 1 and this rule
+    side by side with the load average).
+    """
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cores = usable_cores()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows: no load average
+        load = 0.0
+    return max(1, min(cores, cores - int(load + 0.5)))
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Compute on ``threads`` threads from now on (None: :func:`default_threads`); returns the number set.
+
+    Sets torch's intra-op threads, limits the BLAS and OpenMP libraries already loaded (numpy's, scikit-learn's:
+    through ``threadpoolctl``, installed with scikit-learn), and sets ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and
+    ``MKL_NUM_THREADS`` for libraries loaded later and for worker processes. Decode workers
+    (:func:`dense.batching.default_num_workers`) are capped by the same number.
+    """
+    global _threads_set
+    n = default_threads() if threads is None else int(threads)
+    if n < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    torch.set_num_threads(n)
+    _threads_set = n
+    for name in _THREAD_ENV:
+        os.environ[name] = str(n)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn installs it; without it, the variables above still reach later libraries
+        return n
+    threadpool_limits(limits=n)
+    return n
+
+
+def ensure_threads(threads: int | None = None) -> int:
+    """:func:`set_threads` of ``threads`` when given; with None, the default once per process (what an earlier call
+    set is kept). What :func:`dense.load_encoder` calls."""
+    if threads is None and _threads_set is not None:
+        return _threads_set
+    return set_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What this machine is: the one reader of the CPU's description and of this process's memory
+
+
+def cpu_model_and_flags() -> tuple[str, list[str]]:
+    """The CPU's model name (``lscpu``'s "Model name", read from ``/proc/cpuinfo``) and the flags that decide its
+    matmul speed (``avx2`` ... ``amx_bf16``)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:  # not Linux: the platform's name, and torch's own view of the vector unit
+        model = platform.processor() or model
+        flags = {torch.backends.cpu.get_cpu_capability().lower()}
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+    return model, [f for f in wanted if f in flags]
+
+
+def rss_gib() -> float:
+    """This process's resident memory now, GiB (``/proc/self/statm``; the peak so far where there is no such file)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:
+        return peak_rss_gib()
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far, GiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)

@@ -39,7 +39,7 @@ from dense.checkpoint import (
     resolve_checkpoint,
 )
 from dense.compiled import CompiledTower, check_compile_option, decide
-from dense.device import resolve_device, resolve_dtype
+from dense.device import ensure_threads, resolve_device, resolve_dtype
 from dense.errors import CheckpointError, ImageError
 from dense.features import RULES_VERSION, FeatureMap, block_indices
 from dense.preprocess import ImageInput, PixelConfig, choose_grid, load_image, to_pixels
@@ -296,8 +296,8 @@ class Encoder:
 
 def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype | str | None = "auto", attn_implementation: str = "sdpa",
-                 calibration: Calibration | dict | str | os.PathLike | None = None, compile: bool | str = "auto"
-                 ) -> Encoder:
+                 calibration: Calibration | dict | str | os.PathLike | None = None, compile: bool | str = "auto",
+                 threads: int | None = None) -> Encoder:
     """Load a SigLIP / SigLIP 2 vision tower for dense features.
 
     Args:
@@ -317,6 +317,10 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
         compile: run the encoder blocks through inductor at static shapes (:mod:`dense.compiled`): ``True``,
             ``False`` (plain transformers layers, always works), or ``"auto"`` (default): on where this machine's
             one-off measurement found it pays, stored in ``dense_home()/compile.json``.
+        threads: the CPU threads of this process from now on (torch's, BLAS's through threadpoolctl, the cap of
+            decode workers: :func:`dense.device.set_threads`). None: what this process already set, else the default
+            of :func:`dense.device.default_threads` (``OMP_NUM_THREADS`` when set, else the cores the machine's
+            load leaves free), so that a shared machine does not make every op wait for a preempted thread.
 
     Loading is strict: a missing, mismatched or unexpected weight (other than the text tower's, which loads only when
     text is first needed) raises :class:`CheckpointError`.
@@ -324,6 +328,7 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
     from transformers import AutoConfig
 
     check_compile_option(compile)
+    ensure_threads(threads)
     device = resolve_device(device)  # before any file is read: a CPU-only torch asked for CUDA says so at once
     source = resolve_checkpoint(name_or_path)
     dtype = resolve_dtype(dtype, device)

@@ -4,6 +4,7 @@ default (``dense.device.default_threads``: the cores the load average leaves fre
     python benchmarks/threads.py                              # `dense demo` (the bundled model), 2 rounds
     python benchmarks/threads.py --rounds 3 -- heatmap IMG "a red circle" --model shapes-tiny-v2
     python benchmarks/threads.py --rounds 1 -- demo --n-images 12      # a smoke run
+    python benchmarks/threads.py --timeout 300                # a collapsed setting shows as >300
 
 Each run is a fresh process (``python -m dense.cli ...``) with ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and
 ``MKL_NUM_THREADS`` removed from its environment, so that the setting under test is the only one; settings are
@@ -15,6 +16,7 @@ rule, computed in this process). The outputs of the runs are not compared here: 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -28,11 +30,15 @@ from dense.device import cpu_model_and_flags, default_threads, usable_cores
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def run(command: list[str], threads: int | None, work: Path) -> float:
+def run(command: list[str], threads: int | None, work: Path, timeout: float | None) -> float:
+    """Seconds of one fresh ``dense`` process; ``inf`` when it ran past ``timeout`` (stopped there)."""
     env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV}
     argv = [sys.executable, "-m", "dense.cli", *command, *([] if threads is None else ["--threads", str(threads)])]
     t0 = time.perf_counter()
-    out = subprocess.run(argv, env=env, cwd=work, capture_output=True, text=True)
+    try:
+        out = subprocess.run(argv, env=env, cwd=work, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return math.inf
     seconds = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} exited {out.returncode}: {out.stderr.strip()[-2000:]}")
@@ -42,6 +48,7 @@ def run(command: list[str], threads: int | None, work: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=2, help="runs of each setting, interleaved")
+    ap.add_argument("--timeout", type=float, default=None, help="stop a run after this many seconds (shown as >T)")
     ap.add_argument("command", nargs="*", help="a dense command after `--` (default: demo --out OUT)")
     args = ap.parse_args()
     cores = usable_cores()
@@ -62,7 +69,7 @@ def main() -> None:
                 cmd = command
                 if command[0] == "demo" and "--out" not in command:  # a demo refuses an existing --out
                     cmd = [*command, "--out", str(work / f"demo-{r}-{threads}")]
-                seconds[name].append(run(cmd, threads, work))
+                seconds[name].append(run(cmd, threads, work, args.timeout))
     model, flags = cpu_model_and_flags()
     print(f"CPU: {model} [{' '.join(flags)}], {cores} usable cores; command: dense {' '.join(command)}; "
           f"{args.rounds} round(s), interleaved")
@@ -70,12 +77,16 @@ def main() -> None:
     base = statistics.median(seconds["--threads 1"])
     for name, threads in settings.items():
         n = str(threads) if threads is not None else "/".join(str(c) for c in sorted(set(chosen)))
-        runs = " ".join(f"{s:.1f}" for s in seconds[name])
+        runs = " ".join(f"{s:.1f}" if math.isfinite(s) else f">{args.timeout:g}" for s in seconds[name])
         load = " ".join(f"{v:.1f}" for v in loads[name])
-        print(f"{name:<28}{n:>8}{statistics.median(seconds[name]):>10.1f}{runs:>22}{load:>14}")
+        med = statistics.median(seconds[name])
+        med_text = f"{med:.1f}" if math.isfinite(med) else f">{args.timeout:g}"
+        print(f"{name:<28}{n:>8}{med_text:>10}{runs:>22}{load:>14}")
     for name in settings:
         if name != "--threads 1":
-            print(f"ratio {name} / --threads 1 (median seconds): {statistics.median(seconds[name]) / base:.2f}")
+            med = statistics.median(seconds[name])
+            ratio = f"{med / base:.2f}" if math.isfinite(med) else f"> {args.timeout / base:.2f}"
+            print(f"ratio {name} / --threads 1 (median seconds): {ratio}")
 
 
 if __name__ == "__main__":

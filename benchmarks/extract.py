@@ -68,7 +68,7 @@ def forward_flops(n_tokens: int) -> float:
 def matmul_peak(dtype: torch.dtype, device: str, repeats: int = 5, budget_s: float = 4.0) -> float:
     """Best-of GFLOP/s of the MLP's first linear (``F.linear`` of [n, D] tokens by a [F, D] weight: the call and the
     kernel the tower spends its time in; a bare ``a @ b`` in bf16 takes a naive kernel on CPUs without bf16 units,
-    ~20x slower than the linear's oneDNN path, which made the peak meaningless there). n = 1024 tokens on a CPU,
+    far slower than the linear's oneDNN path, which made the peak meaningless there). n = 1024 tokens on a CPU,
     8192 on a GPU; stops early past ``budget_s``."""
     n = 8192 if device == "cuda" else 1024
     a = torch.randn(n, D, device=device).to(dtype)  # [n, D]

@@ -3,7 +3,8 @@ through ``dense.cli.main`` and exits 0.
 
 They run in a folder this test makes, holding the files the README names (the table :data:`FILES`), with the hub
 ids swapped for the bundled or a tiny model (:data:`MODELS`) and the command lines' placeholders swapped for those
-files (:data:`WORDS`). Nothing else is changed: a README call whose signature drifts from the code fails here.
+files (:data:`WORDS`). Nothing else is changed (but for :data:`APPENDED`, one training length): a README call whose
+signature drifts from the code fails here.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ FILES = {
 
 # a whole word of a command line -> its value here (after `...`, `[...]` and `a|b` are resolved: see `commands`)
 WORDS = {
-    "M": "M",
+    "M": "M",  # the folder M/ of FILES: a model that the calibration line may write into
     "DIR": "shapes/images",
     "C": "cache",
     "IMAGE": "photo.jpg",
@@ -116,6 +117,7 @@ def world(tmp_path_factory, tiny_siglip2_dir):
     segdata_layouts.voc_official(d)
     segdata_layouts.ade150_official(d)
     shutil.copytree(BUNDLED, d / "M")
+    assert all((d / name).exists() for name in FILES)
     models = {hub: str(tiny_siglip2_dir) if local == "naflex" else local for hub, local in MODELS.items()}
     return d, models
 

@@ -162,6 +162,20 @@ def test_the_readme_and_the_package_docstring_draw_the_layers_of_this_test():
     assert picture in doc, "dense.__doc__'s layer picture is stale: paste `python tests/test_architecture.py`"
 
 
+def test_the_machine_is_read_in_one_place():
+    """The CPU's description and this process's memory are read by ``dense.device`` alone; everything else calls it."""
+    readers = re.compile(r"/proc/cpuinfo|/proc/self/statm|getrusage\(|\blscpu\b|\bpsutil\b")
+    found = []
+    for folder in ("dense", "probes", "scripts", "benchmarks"):
+        for path in sorted(ROOT.joinpath(folder).rglob("*.py")):
+            if path != ROOT / "dense" / "device.py":
+                found += [f"{path.relative_to(ROOT)}:{k}" for k, line in enumerate(path.read_text().splitlines(), 1)
+                          if readers.search(line)]
+    assert not found, "read the machine through dense.device (cpu_model_and_flags, rss_gib, peak_rss_gib): " + \
+        ", ".join(found)
+    assert readers.search(ROOT.joinpath("dense", "device.py").read_text())
+
+
 def test_no_tracker_numbers_in_the_code():
     """Comments say why, not which ticket: an issue number means nothing to a reader of the code."""
     pattern = re.compile(r"\b(?:issue|ticket|bug)\s*#?\s*\d+[a-z]?\b", re.IGNORECASE)

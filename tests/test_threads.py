@@ -89,3 +89,16 @@ def test_every_command_takes_threads(restore_threads, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["segment", str(img), "dog", "--model", "shapes-tiny-v2", "--threads", "0"])
     assert e.value.code == 2 and "--threads" in capsys.readouterr().err
+
+
+def test_memory_readers_agree():
+    """The current RSS never exceeds the peak, and a new 64 MiB array shows in the current figure."""
+    import numpy as np
+
+    before = device.rss_gib()
+    block = np.ones(64 * 2**20, dtype=np.uint8)  # touched: resident
+    after = device.rss_gib()
+    assert after - before > 0.05 and device.peak_rss_gib() >= after - 1e-3
+    del block
+    model, flags = device.cpu_model_and_flags()
+    assert model and set(flags) <= {"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}

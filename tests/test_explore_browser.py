@@ -58,7 +58,7 @@ def site(tmp_path_factory):
     from test_explore import make_folder
 
     import dense
-    from dense.explore.server import Explorer, Server, create_app
+    from dense.explore import Explorer, Server, create_app
 
     folder = make_folder(tmp_path_factory.mktemp("explore-browser"))
     explorer = Explorer(dense.load_encoder("shapes-tiny-v2", dtype="fp32"), folder)

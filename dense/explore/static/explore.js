@@ -9,6 +9,7 @@ const state = {
   cards: new Map(),   // name -> {el, frame, img, marks, caption, info}
   mode: "image",      // image | pca | similarity | heatmap | localize | segment
   similarity: null,   // last answers, by kind
+  pca: null,
   heatmap: null,
   query: 0,           // which query of the heatmap answer is shown
   localize: null,
@@ -85,8 +86,9 @@ async function loadCard(name) {
     card.frame.style.aspectRatio = `${W} / ${H}`;
     card.marks.setAttribute("viewBox", `0 0 ${W} ${H}`);
     card.el.dataset.imageHw = `${H},${W}`;
+    // one convention for both sizes: rows × cols (height × width), as the API's image_hw and grid_hw
     card.caption.querySelector(".meta").textContent =
-      `${W}×${H} px, ${info.grid_hw[0]}×${info.grid_hw[1]} patches`;
+      `rows×cols: ${H}×${W} px, ${info.grid_hw[0]}×${info.grid_hw[1]} patches`;
     card.el.dataset.state = "ready";
     render(name);
   } catch (err) {
@@ -139,13 +141,15 @@ function render(name) {
   const el = card.el;
   clearMarks(card);
   el.classList.remove("source");
-  for (const k of ["peakIj", "peakScore", "max", "boxXyxy", "pointXy", "patchIj", "found", "score", "present"]) {
+  for (const k of ["peakIj", "peakScore", "mutual", "max", "boxXyxy", "pointXy", "patchIj", "found", "score",
+                   "present"]) {
     delete el.dataset[k];
   }
   setResult(card, "");
   let src = imageUrl(name);
   if (state.mode === "pca") {
-    src = card.info.pca;
+    const r = resultFor(state.pca, name);
+    if (r) src = r.pca;
   } else if (state.mode === "similarity") {
     const s = state.similarity;
     const r = resultFor(s, name);
@@ -153,14 +157,18 @@ function render(name) {
       src = r.overlay;
       el.dataset.peakIj = r.peak_ij.join(",");
       el.dataset.peakScore = r.peak_score;
-      setResult(card, `best match ${r.peak_score.toFixed(2)}`);
+      el.dataset.mutual = String(r.mutual);
       if (s.image === name) {
         el.classList.add("source");
         el.dataset.pointXy = s.point_xy.join(",");
         el.dataset.patchIj = s.patch_ij.join(",");
         rect(card, s.patch_box_xyxy, "cell");
-      } else {
+        setResult(card, "the clicked patch (outlined)");
+      } else if (r.mutual) {  // a ring only where the match means something: a mutual nearest neighbour
         dot(card, r.peak_xy, "peak");
+        setResult(card, `best match (ringed): cosine ${r.peak_score.toFixed(2)}, mutual`);
+      } else {
+        setResult(card, `no mutual match: best cosine ${r.peak_score.toFixed(2)}`, "nomatch");
       }
     }
   } else if (state.mode === "heatmap") {
@@ -208,6 +216,12 @@ function setMode(mode) {
   const scale = {similarity: "cosine similarity (below 0 drawn as 0)", heatmap: "probability"}[mode];
   $("scale").hidden = !scale;
   $("scale-label").textContent = scale || "";
+  $("ring-note").hidden = mode !== "similarity";
+  $("pca-note").hidden = mode !== "pca";
+  if (mode === "pca" && state.pca) {
+    $("pca-note").textContent = `PCA colours: one basis shared by the ${state.pca.images.length} images shown, ` +
+      "so a colour means the same in every image (the first three components as red, green, blue)";
+  }
   $("tabs").hidden = mode !== "heatmap";
   $("legend").hidden = mode !== "segment";
   for (const name of state.cards.keys()) render(name);
@@ -279,7 +293,14 @@ function showLegend() {
 
 function wire() {
   $("show-image").addEventListener("click", () => setMode("image"));
-  $("show-pca").addEventListener("click", () => setMode("pca"));
+  $("show-pca").addEventListener("click", () => {
+    const names = readyNames();
+    if (state.pca && state.pca.images.join("\n") === names.join("\n")) return setMode("pca");
+    run("PCA", "api/pca", {images: names}, (a) => {
+      state.pca = a;
+      setMode("pca");
+    });
+  });
   $("query-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const queries = splitList($("query").value);

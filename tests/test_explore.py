@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import http.client
 import io
-import threading
 import json
 import os
 import re
@@ -13,6 +12,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 from types import SimpleNamespace

@@ -6,11 +6,11 @@
 Each row times requests to a server started here (loopback, werkzeug's threaded server, the app `dense explore`
 serves), from sending the request to having the whole JSON answer, overlays (PNG data URLs) included: what a page
 waits for, minus drawing. ``first view`` is `/api/image` on an image not seen yet (its one extraction and aligned
-tokens); ``PCA`` is `/api/pca` over every image (one basis shared by all, computed once per set); ``click`` is `/api/similarity` from one patch to every image; ``query`` is `/api/heatmap` with one
-new text query (text embedding included: the on-disk text cache is off) over every image; ``expression`` is
-`/api/localize` with a new expression; ``classes`` is `/api/segment` with four class names. So400m has random weights
-(`dense.random_encoder`): its answers mean nothing, its time is the real model's; it has no tokenizer, so only first
-view and click are timed.
+tokens); ``PCA`` is `/api/pca` over every image (one basis shared by all, computed once per set); ``click`` is
+`/api/similarity` from one patch to every image; ``query`` is `/api/heatmap` with one new text query (text embedding
+included: the on-disk text cache is off) over every image; ``expression`` is `/api/localize` with a new expression;
+``classes`` is `/api/segment` with four class names. So400m has random weights (`dense.random_encoder`): its answers
+mean nothing, its time is the real model's; it has no tokenizer, so only first view, PCA and click are timed.
 """
 
 from __future__ import annotations

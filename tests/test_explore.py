@@ -236,8 +236,10 @@ def test_duplicate_queries_and_classes_are_answered_once(client, explorer):
     assert res["classes"] == ["red circle"] and len(res["legend"]) == 2
 
 
-def test_best_match_is_marked_mutual_exactly_where_the_library_says_so(client, explorer):
-    """``mutual``: the clicked patch is the best match of the target's best patch (dense.similarity both ways)."""
+def test_best_match_is_ringed_only_where_the_way_back_agrees_and_the_cosine_is_high(client, explorer):
+    """``consistent``: the target peak's own best match in the clicked image is at least as similar to the clicked
+    patch as the peak (dense.similarity both ways); ``ringed``: consistent and at least RING_MIN_COSINE."""
+    from dense.explore.explorer import RING_MIN_COSINE
     from dense.similarity import similarity_maps
 
     names = good_names(explorer)
@@ -245,16 +247,21 @@ def test_best_match_is_marked_mutual_exactly_where_the_library_says_so(client, e
     for source in names:
         fmap = explorer.features(source)
         H, W = fmap.image_hw
-        for fx, fy in [(0.05, 0.05), (0.5, 0.5), (0.3, 0.7)]:
-            answer = client.post("/api/similarity", json={"image": source, "point_xy": [fx * W, fy * H],
+        for fx, fy in [(0.05, 0.05), (0.5, 0.5), (0.3, 0.7), (0.78, 0.14)]:
+            point = [fx * W, fy * H]
+            answer = client.post("/api/similarity", json={"image": source, "point_xy": point,
                                                           "images": names}).get_json()
-            sims = similarity_maps(fmap, [fx * W, fy * H], [explorer.features(n) for n in names])
+            assert answer["ring_min_cosine"] == RING_MIN_COSINE
+            sims = similarity_maps(fmap, point, [explorer.features(n) for n in names])
+            home = similarity_maps(fmap, point).maps[0]  # [gh, gw]
             for k, r in enumerate(answer["results"]):
-                back = similarity_maps(explorer.features(r["image"]), sims.peak_xy[k], [fmap])
-                assert r["mutual"] is bool((back.peak_ij[0] == sims.patch_ij).all())
-                seen.add(r["mutual"])
-            assert answer["results"][names.index(source)]["mutual"]  # a patch is its own best match
-    assert seen == {True, False}  # both kinds occur here, so the check above checked something
+                i, j = similarity_maps(explorer.features(r["image"]), sims.peak_xy[k], [fmap]).peak_ij[0]
+                consistent = float(home[i, j]) >= float(sims.maps[k].max())
+                assert r["consistent"] is consistent
+                assert r["ringed"] is (consistent and bool(sims.peak_scores[k] >= RING_MIN_COSINE))
+                seen.add((r["consistent"], r["ringed"]))
+            assert answer["results"][names.index(source)]["consistent"]  # a patch is its own best match
+    assert {(True, True), (True, False)} <= seen  # a consistent peak below the floor occurs: the floor matters
 
 
 def test_model_work_of_concurrent_requests_runs_on_one_thread(encoder, folder):

@@ -27,6 +27,7 @@ from dense.explore.pictures import VIEW_MAX, png_data_url, resize_rgb, view_hw
 from dense.explore.worker import ModelThread, on_model_thread
 
 MAX_IMAGES = 64  # images the page shows by default (the first ones, by name)
+RING_MIN_COSINE = 0.5  # the page rings an image's best patch only from this cosine (the middle of its 0..1 scale)
 
 
 class RequestError(ValueError):
@@ -183,9 +184,12 @@ class Explorer:
     def similarity(self, name: str, point_xy, *, layer: int = -1, images: list[str] | None = None) -> dict:
         """Cosine similarity of the patch under ``point_xy`` (pixels of image ``name``) to every patch of ``images``.
 
-        Each result's best patch (``peak_*``) is ``mutual`` when the clicked patch is, in turn, its most similar patch
-        in image ``name`` (a mutual nearest neighbour, as :func:`dense.similarity.match` keeps by default): the page
-        rings only those, and shows every peak's cosine.
+        Each result's best patch (``peak_*``) is ``consistent`` when the way back agrees: that patch's own best match
+        in image ``name`` is at least as similar to the clicked patch as the peak is (a mutual nearest neighbour, as
+        :func:`dense.similarity.match` keeps, always is; so is a match back to another part of the clicked object).
+        ``ringed``: consistent and at least :data:`RING_MIN_COSINE` (a best patch of cosine -0.22 in an image with
+        nothing like the clicked patch is consistent too: nothing in it is any closer). The page rings only those,
+        and shows every peak's cosine.
         """
         from dense.features import block_indices
         from dense.preprocess import grid_cell_xyxy
@@ -208,18 +212,20 @@ class Explorer:
         names = self._ready(self._names(images))
         targets = [self._fmaps[n] for n in names]
         sims = similarity_maps(source, xy, targets, layer=block)
+        home = similarity_maps(source, xy, layer=block).maps[0]  # [gh, gw]: the clicked patch vs its own image
         results = []
         for k, n in enumerate(names):
             view = self._views[n]
             up = sims.at_image_size(k, view.shape[:2]).numpy()  # [h, w] cosine
-            back = similarity_maps(targets[k], sims.peak_xy[k], [source], layer=block)  # the peak's own best match
+            back_ij = similarity_maps(targets[k], sims.peak_xy[k], [source], layer=block).peak_ij[0]  # way back
             results.append({"image": n, "overlay": png_data_url(heat_overlay(view, up, vmin=0.0, vmax=1.0)),
                             "peak_ij": sims.peak_ij[k].tolist(), "peak_xy": _round(sims.peak_xy[k]),
                             "peak_score": round(float(sims.peak_scores[k]), 4),
-                            "mutual": bool((back.peak_ij[0] == sims.patch_ij).all())})
+                            "consistent": bool(home[tuple(back_ij)] >= sims.maps[k].max())})
+            results[-1]["ringed"] = results[-1]["consistent"] and float(sims.peak_scores[k]) >= RING_MIN_COSINE
         cell = grid_cell_xyxy(sims.patch_ij, source.image_hw, source.resized_hw, source.patch_size)
         return {"image": name, "point_xy": _round(xy), "patch_ij": sims.patch_ij.tolist(), "layer": block,
-                "patch_box_xyxy": _round(cell), "results": results}
+                "patch_box_xyxy": _round(cell), "ring_min_cosine": RING_MIN_COSINE, "results": results}
 
     @on_model_thread
     def heatmaps(self, queries: list[str], *, images: list[str] | None = None) -> dict:

@@ -141,7 +141,7 @@ function render(name) {
   const el = card.el;
   clearMarks(card);
   el.classList.remove("source");
-  for (const k of ["peakIj", "peakScore", "mutual", "max", "boxXyxy", "pointXy", "patchIj", "found", "score",
+  for (const k of ["peakIj", "peakScore", "ringed", "max", "boxXyxy", "pointXy", "patchIj", "found", "score",
                    "present"]) {
     delete el.dataset[k];
   }
@@ -157,18 +157,19 @@ function render(name) {
       src = r.overlay;
       el.dataset.peakIj = r.peak_ij.join(",");
       el.dataset.peakScore = r.peak_score;
-      el.dataset.mutual = String(r.mutual);
+      el.dataset.ringed = String(r.ringed);
       if (s.image === name) {
         el.classList.add("source");
         el.dataset.pointXy = s.point_xy.join(",");
         el.dataset.patchIj = s.patch_ij.join(",");
         rect(card, s.patch_box_xyxy, "cell");
         setResult(card, "the clicked patch (outlined)");
-      } else if (r.mutual) {  // a ring only where the match means something: a mutual nearest neighbour
+      } else if (r.ringed) {  // a ring only where the match means something (see #ring-note)
         dot(card, r.peak_xy, "peak");
-        setResult(card, `best match (ringed): cosine ${r.peak_score.toFixed(2)}, mutual`);
+        setResult(card, `best match (ringed): cosine ${r.peak_score.toFixed(2)}`);
       } else {
-        setResult(card, `no mutual match: best cosine ${r.peak_score.toFixed(2)}`, "nomatch");
+        const why = r.consistent ? `below ${s.ring_min_cosine}` : "the way back disagrees";
+        setResult(card, `no ring (${why}): best cosine ${r.peak_score.toFixed(2)}`, "nomatch");
       }
     }
   } else if (state.mode === "heatmap") {
@@ -217,6 +218,11 @@ function setMode(mode) {
   $("scale").hidden = !scale;
   $("scale-label").textContent = scale || "";
   $("ring-note").hidden = mode !== "similarity";
+  if (mode === "similarity" && state.similarity) {
+    $("ring-note").textContent = `A ring marks an image's best patch where its cosine is at least ` +
+      `${state.similarity.ring_min_cosine} and the way back agrees (that patch's own best match in the clicked ` +
+      "image is at least as similar to the clicked patch). Every card shows its best cosine.";
+  }
   $("pca-note").hidden = mode !== "pca";
   if (mode === "pca" && state.pca) {
     $("pca-note").textContent = `PCA colours: one basis shared by the ${state.pca.images.length} images shown, ` +

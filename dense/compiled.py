@@ -53,7 +53,9 @@ HOW_TO_MEASURE = "dense compile-check --model MODEL"  # the one line printed whe
 
 def check_compile_option(compile) -> None:
     if compile not in COMPILE_CHOICES or not isinstance(compile, (bool, str)):
-        raise ValueError(f"compile={compile!r}: use True, False or 'auto'")
+        from dense.errors import InputError
+
+        raise InputError(f"compile={compile!r}: use True, False or 'auto'")
 
 
 def bucket_tokens(n_tokens: int, budget: int, buckets: int = BUCKETS) -> int:

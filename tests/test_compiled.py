@@ -215,11 +215,15 @@ def test_compile_check_measures_stores_and_auto_follows(one_thread, tmp_path, ca
 
 
 @pytest.mark.slow
-def test_one_graph_per_bucket_whatever_the_batch_size(one_thread):
+@pytest.mark.parametrize("dynamic_batch", [True, False])
+def test_one_graph_per_bucket_whatever_the_batch_size(dynamic_batch, one_thread, monkeypatch):
     """Batches of 3, a partial last batch of 2, batches of 4 and 2 again: one compiled graph for the bucket; a single
-    image (extract) adds one more, and only once. Static batch shapes compiled once per batch size (4 graphs here)."""
+    image (extract) adds one more, and only once. With the batch dimension left static (``dynamic_batch=False``:
+    ``mark_dynamic`` made a no-op, as the tower was before), every batch size compiles again: 3, 2, 4 and 1."""
     from torch._dynamo.utils import counters
 
+    if not dynamic_batch:
+        monkeypatch.setattr(torch._dynamo, "mark_dynamic", lambda *args, **kwargs: None)
     enc = dense.random_encoder("tiny-siglip", dtype="fp32", compile=True)
     ref = dense.random_encoder("tiny-siglip", dtype="fp32", compile=False)
     images = [random_rgb(64, 64, seed=k) for k in range(5)]  # one grid, one bucket
@@ -229,12 +233,12 @@ def test_one_graph_per_bucket_whatever_the_batch_size(one_thread):
 
     start = graphs()
     got = list(enc.extract_many(images, batch_size=3, progress=False))  # batches of 3 and 2
-    assert graphs() - start == 1
+    assert graphs() - start == (1 if dynamic_batch else 2)
     list(enc.extract_many(images + images[:1], batch_size=4, progress=False))  # 4 and 2
-    assert graphs() - start == 1
+    assert graphs() - start == (1 if dynamic_batch else 3)
     one = enc.extract(images[0])  # batch 1: torch gives size 1 its own graph
     enc.extract(images[1])
-    assert graphs() - start == 2
+    assert graphs() - start == (2 if dynamic_batch else 4)
     for fmap, im in zip([*got, one], [*images, images[0]], strict=True):
         torch.testing.assert_close(fmap.tokens, ref.extract(im).tokens, atol=1e-5, rtol=0)
 

@@ -222,6 +222,7 @@ def test_one_graph_per_bucket_whatever_the_batch_size(dynamic_batch, one_thread,
     ``mark_dynamic`` made a no-op, as the tower was before), every batch size compiles again: 3, 2, 4 and 1."""
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()  # no graph of an earlier test (dynamo's cache is per code object) serves this one
     if not dynamic_batch:
         monkeypatch.setattr(torch._dynamo, "mark_dynamic", lambda *args, **kwargs: None)
     enc = dense.random_encoder("tiny-siglip", dtype="fp32", compile=True)

@@ -250,10 +250,10 @@ def tell_how_to_measure(vision: torch.nn.Module) -> bool:
     return True
 
 
-def measure(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype, tokens: int, n_blocks: int = 2,
-            repeats: int = 5) -> dict:
-    """Time the first ``n_blocks`` blocks of ``vision`` at ``tokens`` tokens: eager as dense runs it (no padding, no
-    mask) and compiled (padded to the bucket, masked), both at batch 1, interleaved, medians of ``repeats``
+def measure(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype, tokens: int, batch_size: int = 8,
+            n_blocks: int = 2, repeats: int = 5) -> dict:
+    """Time the first ``n_blocks`` blocks of ``vision`` at ``tokens`` tokens, ``batch_size`` images per pass: eager as
+    dense runs it (no padding, no mask) and compiled (padded to the bucket, masked), interleaved, medians of ``repeats``
     (``first_call_s``: the compiled slice's first call, which builds it). Per-block cost is the same in every block,
     so the ratio holds for the whole tower. On a GPU the compiled slice is also timed with CUDA graphs
     (``cudagraphs_s``).
@@ -264,7 +264,7 @@ def measure(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype
     part = Blocks(vision, (n_blocks - 1,), post_layernorm=False)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     gen = torch.Generator().manual_seed(0)
-    x1 = torch.randn(1, tokens, vision.config.hidden_size, generator=gen).to(device, dtype)  # [1, N, D]
+    xb = torch.randn(batch_size, tokens, vision.config.hidden_size, generator=gen).to(device, dtype)  # [B, N, D]
     tower = CompiledTower(vision, budget=tokens, device=device)
     tower._graphs[(n_blocks - 1,)] = _compile(part, device)
 
@@ -288,42 +288,43 @@ def measure(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype
         graphed._graphs[(n_blocks - 1,)] = _compile(part, device, cudagraphs=True)
 
     with torch.inference_mode():
-        eager(x1)
-        compile_s = timed(compiled, x1)
+        eager(xb)
+        compile_s = timed(compiled, xb)
         times: dict[str, list[float]] = {"eager": [], "compiled": []}
         if graphed is not None:
             try:
                 for _ in range(3):  # CUDA graphs record on a later call than the first
-                    graphed(x1, [tokens], (n_blocks - 1,))
+                    graphed(xb, [tokens] * batch_size, (n_blocks - 1,))
                 times["cudagraphs"] = []
             except Exception as e:  # CUDA graphs are an extra: without them the compiled figures still stand
                 log.warning("dense: CUDA graphs failed here (%s: %s); measuring without them", type(e).__name__, e)
                 graphed = None
         for _ in range(repeats):
-            times["eager"].append(timed(eager, x1))
-            times["compiled"].append(timed(compiled, x1))
+            times["eager"].append(timed(eager, xb))
+            times["compiled"].append(timed(compiled, xb))
             if graphed is not None:
-                times["cudagraphs"].append(timed(lambda x: graphed(x, [tokens], (n_blocks - 1,)), x1))
+                times["cudagraphs"].append(timed(lambda x: graphed(x, [tokens] * batch_size, (n_blocks - 1,)), xb))
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {"speedup": med["eager"] / med["compiled"], "eager_s": med["eager"], "compiled_s": med["compiled"],
-           "first_call_s": compile_s, "blocks": n_blocks, "tokens": tokens, "repeats": repeats}
+           "first_call_s": compile_s, "blocks": n_blocks, "tokens": tokens, "batch_size": batch_size,
+           "repeats": repeats}
     if "cudagraphs" in med:
         out["cudagraphs_s"] = med["cudagraphs"]
     return out
 
 
 def check_compile(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype, budget: int,
-                  repeats: int = 5) -> dict:
+                  batch_size: int = 8, repeats: int = 5) -> dict:
     """Measure now whether the compiled tower pays on this machine (:func:`measure`: one compile of a 2-block slice
-    at ``budget`` tokens, then eager and compiled timed in turn) and store the decision in
-    ``dense_home()/compile.json``, where ``compile="auto"`` reads it. Returns the record: ``compile``, ``cudagraphs``,
-    the figures, ``cost_s`` (what this check took, wall clock) and ``path``; ``error`` where the compiler could not
-    build here (then ``compile`` is False).
+    at ``budget`` tokens and ``batch_size`` images per pass, then eager and compiled timed in turn) and store the
+    decision in ``dense_home()/compile.json``, where ``compile="auto"`` reads it. Returns the record: ``compile``,
+    ``cudagraphs``, the figures, ``cost_s`` (what this check took, wall clock) and ``path``; ``error`` where the
+    compiler could not build here (then ``compile`` is False).
     """
     key = machine_key(device, dtype, vision.config.hidden_size)
     t0 = time.perf_counter()
     try:
-        figures = measure(vision, device=device, dtype=dtype, tokens=budget, repeats=repeats)
+        figures = measure(vision, device=device, dtype=dtype, tokens=budget, batch_size=batch_size, repeats=repeats)
         graphs = figures.get("cudagraphs_s", float("inf")) * PAYS <= min(figures["compiled_s"], figures["eager_s"])
         record = {"compile": figures["speedup"] >= PAYS or graphs, "cudagraphs": graphs, **figures,
                   "rule": f"on when eager s / compiled s >= {PAYS} on {figures['blocks']} blocks"}

@@ -199,14 +199,14 @@ def test_compile_check_measures_stores_and_auto_follows(one_thread, tmp_path, ca
     assert not enc.compiled and key not in dc.read_decisions()  # "auto" alone measured nothing
     bundled = dense.load_encoder("shapes-tiny-v2", dtype="fp32", compile=False)
     key = _no_record(bundled)
-    assert main(["compile-check", "--model", "shapes-tiny-v2", "--dtype", "fp32", "--json",
+    assert main(["compile-check", "--model", "shapes-tiny-v2", "--dtype", "fp32", "--batch-size", "3", "--json",
                  str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     record = dc.read_decisions()[key]
     assert json.loads((tmp_path / "r.json").read_text()) == {**record, "path": str(dc.decision_path())}
     assert record["compile"] == (record["speedup"] >= dc.PAYS)
     assert record["speedup"] == pytest.approx(record["eager_s"] / record["compiled_s"])
-    assert record["blocks"] == 2 and record["first_call_s"] > 0 and record["cost_s"] >= record["first_call_s"]
+    assert record["blocks"] == 2 and record["batch_size"] == 3 and record["first_call_s"] > 0 and record["cost_s"] >= record["first_call_s"]
     assert f"compiled tower {'ON' if record['compile'] else 'OFF'}" in out and "this check took" in out
     again = dense.load_encoder("shapes-tiny-v2", dtype="fp32")
     assert again.compiled is record["compile"] and again.execution().why == "record"

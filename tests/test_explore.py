@@ -317,25 +317,46 @@ def test_empty_folder_is_an_error_naming_it(encoder, tmp_path, capsys):
                                                f"{', '.join(IMAGE_EXTS)})")
 
 
-def test_features_are_extracted_once_and_kept_in_the_disk_cache(encoder, folder, tmp_path, monkeypatch):
-    calls = []
-    extract = encoder.extract
+def test_features_are_extracted_once_and_kept_in_the_disk_cache(encoder, folder, tmp_path):
+    passes: list[int] = []  # the batch size of every pass through the tower's first block
+    hook = encoder.vision.encoder.layers[0].register_forward_hook(lambda m, a, out: passes.append(a[0].shape[0]))
+    try:
+        first = Explorer(encoder, folder, cache=tmp_path / "cache")
+        name = good_names(first)[0]
+        tokens = first.features(name).tokens
+        first.info(name)
+        first.similarity(name, (1, 1), images=[name])
+        assert passes == [1]
+        assert name in first.cache.keys()
+        again = Explorer(encoder, folder, cache=tmp_path / "cache")  # a restart: read from disk, not extracted
+        torch.testing.assert_close(again.features(name).tokens, tokens)
+        assert passes == [1]
+    finally:
+        hook.remove()
 
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return extract(*args, **kwargs)
 
-    monkeypatch.setattr(encoder, "extract", counted)
-    first = Explorer(encoder, folder, cache=tmp_path / "cache")
-    name = good_names(first)[0]
-    tokens = first.features(name).tokens
-    first.info(name)
-    first.similarity(name, (1, 1), images=[name])
-    assert len(calls) == 1
-    assert name in first.cache.keys()
-    again = Explorer(encoder, folder, cache=tmp_path / "cache")  # a restart: read from disk, not extracted
-    torch.testing.assert_close(again.features(name).tokens, tokens)
-    assert len(calls) == 1
+def test_images_are_prepared_together_in_batches_with_the_tokens_of_one_image_alone(encoder, folder, client):
+    """/api/prepare extracts the images not held yet in passes of batch_size (mixed grids padded and masked), the
+    unreadable ones reported by name; each image's tokens are those of Encoder.extract on it alone."""
+    from dense.preprocess import load_image
+
+    explorer = Explorer(encoder, folder, batch_size=2)
+    names = list(explorer.files)
+    passes: list[int] = []
+    hook = encoder.vision.encoder.layers[0].register_forward_hook(lambda m, a, out: passes.append(a[0].shape[0]))
+    try:
+        answer = create_app(explorer).test_client().post("/api/prepare", json={"images": names}).get_json()
+        assert passes == [2, 2]  # 4 readable images (3 scenes and an alias), two passes of 2
+        explorer.prepare(names)
+        assert passes == [2, 2]  # held: nothing extracted again
+    finally:
+        hook.remove()
+    assert answer["ready"] == good_names(explorer)
+    assert set(answer["errors"]) == {"broken.png", "huge.png"} and "broken.png:" in answer["errors"]["broken.png"]
+    for name in answer["ready"]:
+        alone = encoder.extract(load_image(folder / name), layers=explorer.layers)
+        torch.testing.assert_close(explorer.features(name).tokens, alone.tokens, atol=1e-5, rtol=0)
+    explorer.close()
 
 
 # --- safety -----------------------------------------------------------------------------------------------------------

@@ -102,6 +102,10 @@ def create_app(explorer: Explorer):
         grey = np.full((12, 256, 3), 128, np.uint8)  # the overlay's colours over a mid-grey image
         return Response(png_bytes(heat_overlay(grey, ramp, vmin=0.0, vmax=1.0)), mimetype="image/png")
 
+    @app.post("/api/prepare")
+    def prepare():
+        return jsonify(explorer.prepare(body().get("images")))
+
     @app.post("/api/pca")
     def pca():
         return jsonify(explorer.pca(images=body().get("images")))

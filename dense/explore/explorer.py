@@ -53,12 +53,13 @@ class Explorer:
     ``encoder``: a loaded :class:`~dense.encoder.Encoder`. ``cache``: a feature-cache root folder (optional).
     ``layers``: blocks to extract, for similarity (``None``: the last block and what ``method`` needs).
     ``method``: heatmap method (None: the encoder's calibration). ``max_images``: images shown, the first by name.
+    ``batch_size``: images extracted per pass when several are prepared together (:meth:`prepare`).
     A folder with no image file is a ``ValueError`` naming it. :meth:`close` ends the model thread.
     """
 
     def __init__(self, encoder, images_dir: str | os.PathLike, *, cache: str | os.PathLike | None = None,
                  max_patches: int | None = None, layers: Sequence[int] | None = None, method: str | None = None,
-                 max_images: int | None = MAX_IMAGES, view_max: int = VIEW_MAX):
+                 max_images: int | None = MAX_IMAGES, view_max: int = VIEW_MAX, batch_size: int = 8):
         from dense.features import block_indices
         from dense.heatmap import layers_for, method_of
 
@@ -74,6 +75,7 @@ class Explorer:
         self.layers = tuple(sorted(set(block_indices(tuple(need), encoder.num_layers))))
         self.max_patches = max_patches
         self.view_max = view_max
+        self.batch_size = batch_size  # images per extraction pass (prepare)
         self.cache = None
         if cache is not None:
             self.cache = FeatureCache.for_encoder(cache, encoder, max_patches=max_patches, layers=self.layers,
@@ -99,31 +101,46 @@ class Explorer:
     def features(self, name: str):
         """The FeatureMap of image ``name`` (with aligned tokens), extracted on first use; :class:`RequestError` 422
         naming the file when it cannot be read."""
+        self.check_name(name)
+        if name not in self._fmaps:
+            self.prepare([name])
+        if name in self._errors:
+            raise RequestError(self._errors[name], 422)
+        return self._fmaps[name]
+
+    @on_model_thread
+    def prepare(self, images: list[str]) -> dict:
+        """Features of ``images`` (names served), those not held yet read from the cache or extracted together, in
+        batches of :attr:`batch_size` (:meth:`dense.Encoder.extract_many`). Unreadable images are remembered with
+        the error naming them. Returns ``{"ready": [...], "errors": {name: message}}`` for ``images``."""
         from dense.errors import ImageError
         from dense.heatmap import with_aligned
         from dense.preprocess import load_image
 
-        self.check_name(name)
-        if name in self._fmaps:
-            return self._fmaps[name]
-        if name in self._errors:
-            raise RequestError(self._errors[name], 422)
-        try:
-            rgb = load_image(self.files[name])
-        except ImageError as e:
-            self._errors[name] = f"{name}: {str(e).removeprefix(str(self.files[name]) + ': ')}"
-            raise RequestError(self._errors[name], 422) from None
-        fmap = self.cache.get(name) if self.cache is not None else None
-        if fmap is not None and fmap.image_hw != rgb.shape[:2]:
-            fmap = None  # the file changed size since it was cached
-        if fmap is None:
-            fmap = self.encoder.extract(rgb, max_patches=self.max_patches, layers=self.layers)
+        names = self._names(images) if images is not None else list(self.files)
+        todo: dict[str, np.ndarray] = {}
+        for name in names:
+            if name in self._fmaps or name in self._errors:
+                continue
+            try:
+                todo[name] = load_image(self.files[name])  # uint8 [H, W, 3]
+            except ImageError as e:
+                self._errors[name] = f"{name}: {str(e).removeprefix(str(self.files[name]) + ': ')}"
+        cached = {n: self.cache.get(n) if self.cache is not None else None for n in todo}
+        cached = {n: f for n, f in cached.items() if f is not None and f.image_hw == todo[n].shape[:2]}  # same size
+        missing = [n for n in todo if n not in cached]
+        fresh = self.encoder.extract_many([todo[n] for n in missing], max_patches=self.max_patches,
+                                          layers=self.layers, batch_size=self.batch_size, progress=False)
+        for name, fmap in zip(missing, fresh, strict=True):
             if self.cache is not None:
                 self.cache.init()
                 self.cache.put(name, fmap)
-        self._fmaps[name] = with_aligned(self.encoder, fmap, self.method)
-        self._views[name] = resize_rgb(rgb, view_hw(rgb.shape[:2], self.view_max))
-        return self._fmaps[name]
+            cached[name] = fmap
+        for name, rgb in todo.items():
+            self._fmaps[name] = with_aligned(self.encoder, cached[name], self.method)
+            self._views[name] = resize_rgb(rgb, view_hw(rgb.shape[:2], self.view_max))
+        return {"ready": [n for n in names if n in self._fmaps],
+                "errors": {n: self._errors[n] for n in names if n in self._errors}}
 
     @on_model_thread
     def view(self, name: str) -> np.ndarray:
@@ -135,7 +152,7 @@ class Explorer:
     def listing(self) -> dict:
         return {"model": self.encoder.name, "folder": str(self.images_dir), "method": self.method,
                 "total": self.total_images, "images": [{"name": n} for n in self.files],
-                "layers": list(self.layers), "patch_size": self.encoder.patch_size}
+                "layers": list(self.layers), "patch_size": self.encoder.patch_size, "batch_size": self.batch_size}
 
     @on_model_thread
     def info(self, name: str) -> dict:
@@ -155,16 +172,9 @@ class Explorer:
         return [self.check_name(n) for n in dict.fromkeys(names)]
 
     def _ready(self, names: list[str]) -> list[str]:
-        """The images of ``names`` that can be read (features extracted now if need be); unreadable ones are skipped."""
-        out = []
-        for n in names:
-            try:
-                self.features(n)
-                out.append(n)
-            except RequestError as e:
-                if e.status != 422:
-                    raise
-        return out
+        """The images of ``names`` that can be read (features extracted now, together, if need be); unreadable ones
+        are skipped."""
+        return self.prepare(names)["ready"]
 
     @on_model_thread
     def pca(self, images: list[str] | None = None) -> dict:

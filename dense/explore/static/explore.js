@@ -355,7 +355,13 @@ async function main() {
     for (const im of listing.images) makeCard(im.name);
     setStatus("extracting features…");
     const t0 = performance.now();
-    for (const im of listing.images) await loadCard(im.name);  // one at a time: the server extracts one per request
+    const names = listing.images.map((im) => im.name);
+    for (let k = 0; k < names.length; k += listing.batch_size) {  // extracted together, a batch per request
+      const chunk = names.slice(k, k + listing.batch_size);
+      setStatus(`extracting features… ${k}/${names.length}`);
+      await api("api/prepare", {images: chunk});
+      for (const name of chunk) await loadCard(name);
+    }
     setStatus(`ready: ${readyNames().length} images in ${Math.round(performance.now() - t0)} ms`);
     setMode(state.mode);
   } catch (err) {

@@ -322,8 +322,8 @@ def main() -> None:
         print(f"compile decision ({d['path']}, {time.perf_counter() - t0:.0f} s now): compile "
               f"{'ON' if d.get('compile') else 'OFF'} by default for [{d['key']}]")
         if "speedup" in d:
-            print(f"  measured {d.get('measured_at')}: {d['blocks']} blocks at {d['tokens']} tokens, eager "
-                  f"{d['eager_s']:.3f} s, compiled {d['compiled_s']:.3f} s (x{d['speedup']:.2f}; on from "
+            print(f"  measured {d.get('measured_at')}: {d['blocks']} blocks at {d['tokens']} tokens, batch "
+                  f"{d.get('batch_size', 1)}, eager {d['eager_s']:.3f} s, compiled {d['compiled_s']:.3f} s (x{d['speedup']:.2f}; on from "
                   f"x{PAYS}), first compiled call {d['first_call_s']:.1f} s"
                   + (f"; CUDA graphs {d['cudagraphs_s']:.3f} s" if "cudagraphs_s" in d else ""))
         elif "error" in d:

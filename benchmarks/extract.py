@@ -323,8 +323,8 @@ def main() -> None:
               f"{'ON' if d.get('compile') else 'OFF'} by default for [{d['key']}]")
         if "speedup" in d:
             print(f"  measured {d.get('measured_at')}: {d['blocks']} blocks at {d['tokens']} tokens, batch "
-                  f"{d.get('batch_size', 1)}, eager {d['eager_s']:.3f} s, compiled {d['compiled_s']:.3f} s (x{d['speedup']:.2f}; on from "
-                  f"x{PAYS}), first compiled call {d['first_call_s']:.1f} s"
+                  f"{d.get('batch_size', 1)}, eager {d['eager_s']:.3f} s, compiled {d['compiled_s']:.3f} s "
+                  f"(x{d['speedup']:.2f}; on from x{PAYS}), first compiled call {d['first_call_s']:.1f} s"
                   + (f"; CUDA graphs {d['cudagraphs_s']:.3f} s" if "cudagraphs_s" in d else ""))
         elif "error" in d:
             print(f"  {d['error']}")

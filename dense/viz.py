@@ -277,7 +277,8 @@ def paint_labels(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, *, 
 
 
 def label_swatches(colours: np.ndarray, *, alpha: float = 0.85) -> tuple[np.ndarray, np.ndarray]:
-    """The legend colours of :func:`paint_labels` in [0, 1]: ``([K, 3]`` each class as painted, ``[3]`` background)."""
+    """The legend colours of :func:`paint_labels`, RGB in [0, 1]: ``(classes [K, 3], background [3])``, each as
+    painted over the middle of the grey base."""
     return _painted(colours, alpha), np.full(3, float(np.mean(PAINT_BASE)))
 
 

@@ -18,7 +18,8 @@ job each", says what each does; ``tests/test_architecture.py`` checks the import
           |
     encoder            encoder  text  cache  extract  tiling  upsample
           |
-    text-aligned       heatmap  openvocab  refer  similarity
+    text-aligned       heatmap  heatmap.methods  heatmap.distractors  heatmap.inputs  heatmap.scores  heatmap.windows
+                       openvocab  refer  similarity
           |
     probes             probes/
           |

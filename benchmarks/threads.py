@@ -1,5 +1,5 @@
 """What threads cost on this machine, as it is now: one short command with every core, with one thread, and with dense's
-default (``dense.device.default_threads``: the cores the load average leaves free).
+default (``dense.device.default_threads``: the cores other processes leave free).
 
     python benchmarks/threads.py                              # `dense demo` (the bundled model), 2 rounds
     python benchmarks/threads.py --rounds 3 -- heatmap IMG "a red circle" --model shapes-tiny-v2

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -115,23 +117,48 @@ def usable_cores() -> int:
 
 def default_threads() -> int:
     """Threads dense computes with when none are given: ``OMP_NUM_THREADS`` when it is set (by the user, or by an
-    earlier :func:`set_threads` of this process); otherwise the usable cores less the machine's 1-minute load average
-    (rounded to the nearest whole core), at least 1.
+    earlier :func:`set_threads` of this process); otherwise the usable cores less those :func:`machine_load` finds
+    busy (rounded to the nearest whole core), at least 1.
 
     Why not every core: torch's OpenMP threads meet at a barrier after every parallel region, so on a machine that
     other processes keep busy, each region waits for its preempted thread, and more threads than free cores run
-    several times slower with identical results (``python benchmarks/threads.py`` prints default, 1 and this rule
+    several times slower with identical results (``python benchmarks/threads.py`` prints every core, 1 and this rule
     side by side with the load average).
     """
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
     cores = usable_cores()
+    return max(1, min(cores, cores - int(machine_load() + 0.5)))
+
+
+def machine_load() -> float:
+    """Cores that other processes keep busy: the smaller of the 1-minute load average and the tasks runnable right
+    now besides this one (``/proc/loadavg``, the median of 5 reads 10 ms apart). The average alone would count a
+    command that just finished here (it remembers a minute); the instant alone, a passing blip. 0 where the OS gives
+    neither."""
     try:
-        load = os.getloadavg()[0]
+        average = os.getloadavg()[0]
     except (AttributeError, OSError):  # Windows: no load average
-        load = 0.0
-    return max(1, min(cores, cores - int(load + 0.5)))
+        return 0.0
+    now = []
+    for k in range(5):
+        others = _runnable_others()
+        if others is None:  # not Linux: the average alone
+            return average
+        now.append(others)
+        if k < 4:
+            time.sleep(0.01)
+    return min(average, float(statistics.median(now)))
+
+
+def _runnable_others() -> int | None:
+    """Tasks runnable at this instant besides this process (``/proc/loadavg``'s fourth field); None without it."""
+    try:
+        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, running - 1)  # this process, reading the file, is one of them
 
 
 def set_threads(threads: int | None = None) -> int:

@@ -45,8 +45,26 @@ def restore_threads(monkeypatch):
 def test_the_default_leaves_the_cores_the_load_takes(monkeypatch, load, expected):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(device, "usable_cores", lambda: 4)
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(device, "machine_load", lambda: load)
     assert device.default_threads() == expected
+
+
+@pytest.mark.parametrize(("average", "now", "expected"), [
+    (9.0, 12, 9.0),   # busy for a minute and now: the average
+    (1.3, 0, 0.0),    # the average remembers a command that just ended here; nothing runs now
+    (0.2, 6, 0.2),    # a passing blip now, quiet for a minute
+    (3.0, None, 3.0),  # no /proc/loadavg: the average alone
+])
+def test_machine_load_is_the_smaller_of_the_average_and_now(monkeypatch, average, now, expected):
+    monkeypatch.setattr(os, "getloadavg", lambda: (average, average, average))
+    monkeypatch.setattr(device, "_runnable_others", lambda: now)
+    assert device.machine_load() == expected
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="no /proc/loadavg on this OS")
+def test_runnable_others_reads_this_machine():
+    others = device._runnable_others()
+    assert isinstance(others, int) and others >= 0
 
 
 def test_the_default_honours_omp_num_threads(monkeypatch):

@@ -97,7 +97,7 @@ OPTIONS = {
     "--resamples": "bootstrap draws for the 95%% intervals",
     "--scorers": "comma-separated candidate scorers of dense.refer.SCORERS",
     "--threads": "CPU threads of torch and of BLAS (threadpoolctl), and the cap of decode workers (default: "
-                 "OMP_NUM_THREADS when set, else the cores the machine's load average leaves free, at least 1: "
+                 "OMP_NUM_THREADS when set, else the cores other processes leave free, at least 1: "
                  "dense.device.default_threads)",
     "--queries": "text queries, e.g. 'a dog' 'a red car'",
     "--n-images": "synthetic images to draw (at least 7: train, val and test each need one)",

@@ -1,9 +1,9 @@
 """Extraction speed and memory: So400m/14 (random weights) at native aspect ratio, dense vs the transformers idiom.
 
-    python benchmarks/extract.py                  # the full table on this CPU (~10 min on 2 quiet AMX cores)
-    python benchmarks/extract.py --quick          # a few minutes: fewer repeats, a 48-JPEG folder
+    python benchmarks/extract.py                  # the full table on this CPU (the longest of these)
+    python benchmarks/extract.py --quick          # fewer repeats, a 48-JPEG folder
     python benchmarks/extract.py --device cuda    # the same table on a GPU; the folder runs at batch 32
-    python benchmarks/extract.py --decide         # only this machine's compile decision (measured once, then read)
+    python benchmarks/extract.py --decide         # only this machine's compile record (dense compile-check)
     python benchmarks/extract.py --only-folder --no-compile --max-patches 64   # dense extract vs model only
 
 Rows:
@@ -16,8 +16,9 @@ Rows:
   ``first s`` = the first image's time (tracing and freezing; code generation too if inductor's cache is empty), and
   once more in a second process (``first s``: the generated code reused from inductor's disk cache, tracing and
   freezing paid again), each against its own steady state.
-- ``decision``: this machine's record in ``dense_home()/compile.json`` (:func:`dense.compiled.decide`: measured on
-  first use, read afterwards; ``--remeasure`` measures again), which sets what "default" means here.
+- ``decision``: this machine's record in ``dense_home()/compile.json`` (:func:`dense.compiled.check_compile`, what
+  ``dense compile-check`` runs: measured here when there is none, read otherwise; ``--remeasure`` measures again),
+  which sets what "default" (``compile="auto"``) means here.
 - ``folder``: 200 JPEGs of a COCO-like aspect mix (640x480, 480x640, 640x427, 500x375, 640x640, 640x360, 640x256,
   256x640) written to a temp dir. ``model only`` times the tower on pixels prepared in advance (the same batches
   ``dense extract`` forms; tokens left where the model made them); ``end to end`` is ``dense extract`` after loading
@@ -41,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -50,6 +50,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from dense.device import peak_rss_gib
 
 D, F, LAYERS, P = 1152, 4304, 27, 14  # So400m; --spec sets them from another RANDOM_SPECS entry
 SPEC = "so400m-patch14-384"
@@ -72,7 +74,7 @@ def forward_flops(n_tokens: int) -> float:
 def matmul_peak(dtype: torch.dtype, device: str, repeats: int = 5, budget_s: float = 4.0) -> float:
     """Best-of GFLOP/s of the MLP's first linear (``F.linear`` of [n, D] tokens by a [F, D] weight: the call and the
     kernel the tower spends its time in; a bare ``a @ b`` in bf16 takes a naive kernel on CPUs without bf16 units,
-    ~20x slower than the linear's oneDNN path, which made the peak meaningless there). n = 1024 tokens on a CPU,
+    far slower than the linear's oneDNN path, which made the peak meaningless there). n = 1024 tokens on a CPU,
     8192 on a GPU; stops early past ``budget_s``."""
     n = 8192 if device == "cuda" else 1024
     a = torch.randn(n, D, device=device).to(dtype)  # [n, D]
@@ -93,7 +95,7 @@ def matmul_peak(dtype: torch.dtype, device: str, repeats: int = 5, budget_s: flo
 
 
 def cpu_facts() -> str:
-    from dense.compiled import cpu_model_and_flags  # the one reader of /proc/cpuinfo
+    from dense.device import cpu_model_and_flags  # the one reader of the CPU's description
 
     model, flags = cpu_model_and_flags()
     return (f"{model}; flags: {' '.join(flags) or 'n/a'}; torch cpu capability "
@@ -183,7 +185,7 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
         sec = (time.perf_counter() - t0) / len(images)
     else:
         enc = dense.random_encoder(SPEC, device=device, dtype=dtype, compile=compile)
-        row["build_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        row["build_rss_gib"] = peak_rss_gib()
         row["compiled"] = enc.compiled
         if folder is None:  # model + in-memory preprocessing, 480x640 images (713 tokens)
             images = [photo((480, 640), k) for k in range(batch)]
@@ -271,7 +273,7 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
     row.update(sec_per_img=sec, images_per_s=1.0 / sec, tokens=int(np.mean(n_tokens)),
                gflops=float(np.mean([forward_flops(n) for n in n_tokens])) / sec / 1e9,
                peak_gflops=matmul_peak(dtype, device),
-               peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+               peak_rss_gib=peak_rss_gib(),
                cuda_peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0)
     return row
 
@@ -282,20 +284,13 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
 def decision(device: str, remeasure: bool) -> dict:
     """This machine's compile record for So400m at the default dtype (measured now if missing or ``remeasure``)."""
     import dense
-    from dense.compiled import decide, decision_path, machine_key, read_decisions, write_decision
+    from dense.compiled import check_compile, decision_path, machine_key, stored_decision
 
     enc = dense.random_encoder(SPEC, device=device, compile=False)
-    key = machine_key(enc.device, enc.dtype, enc.hidden_size)
-    if remeasure and key in read_decisions():
-        data = read_decisions()
-        del data[key]
-        from dense._atomic import write_json
-
-        write_json(decision_path(), data, indent=1, sort_keys=True)
-    record = decide(enc.vision, device=enc.device, dtype=enc.dtype, budget=enc.pixels.max_patches)
-    if record is None:  # cannot happen for So400m (the size rule), but say so rather than print nothing
-        write_decision(key, {"compile": False, "error": "no record"})
-    return {"key": key, "path": str(decision_path()), **(record or {})}
+    record = None if remeasure else stored_decision(enc.vision, device=enc.device, dtype=enc.dtype)
+    if record is None:
+        record = check_compile(enc.vision, device=enc.device, dtype=enc.dtype, budget=enc.pixels.max_patches)
+    return {**record, "key": machine_key(enc.device, enc.dtype, enc.hidden_size), "path": str(decision_path())}
 
 
 def main() -> None:
@@ -384,11 +379,9 @@ def main() -> None:
         from dense.compiled import PAYS
 
         if "speedup" in d:
-            print(f"  measured {d.get('measured_at')}: {d['blocks']} blocks at {d['tokens']} tokens, eager "
-                  f"{d['eager_s']:.3f} s, compiled {d['compiled_s']:.3f} s (x{d['speedup']:.2f}; on from "
-                  f"x{PAYS}), first compiled call {d['first_call_s']:.1f} s; "
-                  f"batch 4 per image / batch 1 = {d['batch4_per_image_s'] / d['eager_s']:.2f} "
-                  f"(batching {'pays' if d['batch_pays'] else 'loses: one image per pass'})"
+            print(f"  measured {d.get('measured_at')}: {d['blocks']} blocks at {d['tokens']} tokens, batch "
+                  f"{d.get('batch_size', 1)}, eager {d['eager_s']:.3f} s, compiled {d['compiled_s']:.3f} s "
+                  f"(x{d['speedup']:.2f}; on from x{PAYS}), first compiled call {d['first_call_s']:.1f} s"
                   + (f"; CUDA graphs {d['cudagraphs_s']:.3f} s" if "cudagraphs_s" in d else ""))
         elif "error" in d:
             print(f"  {d['error']}")

@@ -83,9 +83,10 @@ def local_world_size(env=None) -> int:
 
 
 def default_num_workers(device: torch.device, total: int | None, *, local_ranks: int | None = None) -> int:
-    """Worker processes for reading: 0 on CPU devices and for a handful of images, else up to 8 per process, the
-    machine's cores (one kept free) shared by the ``local_ranks`` processes of a torchrun job on this machine
-    (default :func:`local_world_size`): 8 ranks on 32 cores start 3 workers each, not 8.
+    """Worker processes for reading: 0 on CPU devices and for a handful of images, else up to 8: one fewer than the
+    threads this process computes with (:func:`dense.device.set_threads`; one core kept free); under torchrun, the
+    machine's usable cores (one kept free) shared by its ``local_ranks`` processes (default
+    :func:`local_world_size`; torchrun gives each rank one OpenMP thread): 8 ranks on 32 cores start 3 workers each.
 
     On a CPU device the model already uses every core; a worker would only take cycles from its matmuls (reading a
     JPEG costs little next to an So400m forward), and the model's OpenMP threads stall when one is preempted. On a
@@ -93,12 +94,12 @@ def default_num_workers(device: torch.device, total: int | None, *, local_ranks:
     """
     if device.type == "cpu" or (total is not None and total < 16):
         return 0
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
     local_ranks = local_world_size() if local_ranks is None else max(1, local_ranks)
-    return max(0, min(8, (cores - 1) // local_ranks))
+    if local_ranks > 1:
+        from dense.device import usable_cores
+
+        return max(0, min(8, (usable_cores() - 1) // local_ranks))
+    return max(0, min(8, torch.get_num_threads() - 1))
 
 
 def prepared_stream(images: Iterable[ImageInput], cfg: PixelConfig, max_patches: int, *, num_workers: int = 0,
@@ -246,7 +247,8 @@ def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.T
     """
     from transformers.masking_utils import create_bidirectional_mask
 
-    n_blocks = vision.config.num_hidden_layers
+    from dense.compiled import Blocks
+
     x, lengths = embed_patches(vision, family, pixels, device=device, dtype=dtype, non_blocking=non_blocking)
     B, N, D = x.shape
 
@@ -256,16 +258,7 @@ def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.T
     if min(lengths) < N:
         valid = (torch.arange(N)[None] < torch.tensor(lengths)[:, None]).to(device, torch.int32)  # [B, N], 1 = real
         mask = create_bidirectional_mask(config=vision.config, inputs_embeds=x, attention_mask=valid)
-    last = max(layers)
-    out = None if len(layers) == 1 else x.new_empty(B, N, D * len(layers))  # [B, N, D * L]
-    for i, layer in enumerate(vision.encoder.layers[: last + 1]):
-        x = layer(x, mask)  # [B, N, D]
-        for j in (j for j, b in enumerate(layers) if b == i):
-            h = vision.post_layernorm(x) if i == n_blocks - 1 else x  # [B, N, D]
-            if out is None:
-                return h, lengths
-            out[..., j * D:(j + 1) * D] = h  # [B, N, D] -> slot j of [B, N, D * L]
-    return out, lengths
+    return Blocks(vision, layers)(x, mask), lengths  # [B, N, D * L], the compiled tower's loop run eagerly
 
 
 def to_host(tokens: torch.Tensor) -> tuple[torch.Tensor, object | None]:

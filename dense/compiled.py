@@ -35,13 +35,15 @@ from pathlib import Path
 
 import torch
 
+from dense.device import SMALL_TOWER_PARAMS
+
 log = logging.getLogger("dense")
 
 DECISION_FILE = "compile.json"
 BUCKETS = 4  # buckets per token budget: padding waste at most a quarter of the budget
 PAYS = 1.05  # compiled / eager speed ratio from which compiling is on by default (margin for timing noise)
 BATCH_LOSES = 1.05  # per-image time at batch 4 / batch 1 from which images go one per pass
-MIN_PARAMS = 50_000_000  # smaller towers never compile by default: compile time outweighs what they could save
+MIN_PARAMS = SMALL_TOWER_PARAMS  # smaller towers never compile by default: compile time outweighs what they could save
 COMPILE_CHOICES = (True, False, "auto")
 
 

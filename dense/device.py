@@ -34,6 +34,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise DeviceError(f"device {str(device)!r}: this machine has {n} GPU(s), cuda:0..cuda:{n - 1}")
     return torch.device("cuda", index)
 
+# Towers smaller than this run float32 under dtype="auto" (and never compile, dense.compiled.MIN_PARAMS): at ~1 M
+# parameters bf16 saves no time worth having, and float32 gives the same figures on every CPU (bf16 on AMX/AVX512-BF16,
+# float32 on AVX2 would not).
+SMALL_TOWER_PARAMS = 50_000_000
+
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
            "fp16": torch.float16, "float16": torch.float16}
 
@@ -48,15 +53,19 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve_dtype(dtype, device: str | torch.device = "cpu") -> torch.dtype:
+def resolve_dtype(dtype, device: str | torch.device = "cpu", *, params: int | None = None) -> torch.dtype:
     """``"auto"`` (or None) -> bfloat16 where ``device`` runs it natively, else float32; names -> torch dtypes.
+
+    ``params``: the tower's parameter count, when known. A tower of fewer than :data:`SMALL_TOWER_PARAMS` (the bundled
+    ``shapes-tiny`` models, ~1 M) resolves ``"auto"`` to float32 on every device.
 
     CPUs without bf16 instructions emulate it several times slower than float32 (``benchmarks/extract.py`` measures
     both on the machine at hand); float16 runs at ~1 GFLOP/s on CPUs, so it is refused there.
     """
     device = torch.device(device)
     if dtype is None or dtype == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
+        small = params is not None and params < SMALL_TOWER_PARAMS
+        return torch.bfloat16 if native_bf16(device) and not small else torch.float32
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype!r}: use 'auto', {', '.join(repr(k) for k in _DTYPES)} or a torch dtype")

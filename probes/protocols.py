@@ -46,6 +46,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dense.tiling import SLIDE_RULES
+
 NAMES = ("last", "last-k", "best-block", "pooled", "all")
 
 
@@ -124,6 +126,7 @@ class Preset:
     head: str  # ('linear', 'bn-linear')
     evaluation: str  # ('whole', 'slide')
     stride_px: int | None = None  # 'slide': pixels between window starts (windows of resolution_px, short side too)
+    slide_rule: str = "mmseg"  # ('mmseg', 'dinov3'): whose slide_inference places the windows (dense.tiling)
     references: tuple[Reference, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
@@ -136,6 +139,8 @@ class Preset:
             raise ValueError(f"preset {self.name}: evaluation {self.evaluation!r} must be one of {EVALUATIONS}")
         if (self.evaluation == "slide") != (self.stride_px is not None):
             raise ValueError(f"preset {self.name}: stride_px goes with evaluation='slide' and only with it")
+        if self.slide_rule not in SLIDE_RULES:
+            raise ValueError(f"preset {self.name}: slide_rule {self.slide_rule!r} must be one of {SLIDE_RULES}")
 
     def grid_side(self, patch_size: int) -> int:
         """Patches per side of the preset's square: ``resolution_px // patch_size`` (the patch convolution drops the
@@ -158,7 +163,8 @@ class Preset:
         """Keywords of :func:`dense.tiling.predict_slide` (None for whole-image evaluation)."""
         if self.evaluation != "slide":
             return None
-        return {"window_px": self.resolution_px, "stride_px": self.stride_px, "short_side_px": self.resolution_px}
+        return {"window_px": self.resolution_px, "stride_px": self.stride_px, "short_side_px": self.resolution_px,
+                "rule": self.slide_rule}
 
     def settings(self, *, patch_size: int, num_layers: int) -> dict:
         """Everything the preset fixes, concrete for a checkpoint of ``patch_size`` and ``num_layers`` blocks."""
@@ -189,8 +195,8 @@ class Preset:
                 "bn-linear": "BN + linear (probes.LinearProbe: eval-mode BN at the training tokens' statistics)"}
         if self.evaluation == "slide":
             evaluation = (f"sliding windows: short side resized to {self.resolution_px} px, {self.resolution_px} px "
-                          f"square windows every {self.stride_px} px, logits averaged over overlaps "
-                          f"(dense.tiling.predict_slide)")
+                          f"square windows every {self.stride_px} px, logits averaged over overlaps, placed as "
+                          f"{self.slide_rule}'s slide_inference places them (dense.tiling.predict_slide)")
         else:
             evaluation = "whole image at the token budget, logits upsampled bilinearly to the original size"
         lines = [f"preset {self.name}: {self.title}",
@@ -228,7 +234,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "Simeoni et al. 2025, DINOv3 (arXiv 2508.10104); the protocol as facebookresearch/dinov3 "
            "dinov3/eval/segmentation/configs/config-ade20k-linear-training.yaml writes it (use_batchnorm, "
            "backbone_out_layers LAST, img_size 512, eval mode slide, crop 512, stride 341, reduce_zero_label)",
-           layers="last", pooled=False, resolution_px=512, head="bn-linear", evaluation="slide", stride_px=341),
+           layers="last", pooled=False, resolution_px=512, head="bn-linear", evaluation="slide", stride_px=341,
+           slide_rule="dinov3"),
     Preset("radio", "RADIO's linear probe: BN head on the last block, 518 px",
            f"{RADIO_PAPER}; the protocol as NVlabs/RADIO mmseg/configs/radio/radio_linear_8xb2-80k_ade20k-512x512.py "
            "writes it (BNHead, 518 px crops, whole-image test)",

@@ -47,7 +47,7 @@ def test_settings_fix_layers_pooled_and_windows():
     assert s["layer_sets"] == tuple((b,) for b in range(27)) and s["pooled"] == (False,)
     s = preset("dinov3").settings(patch_size=14, num_layers=27)
     assert s["max_patches"] == 1296 and s["layer_sets"] == ((26,),)
-    assert s["slide"] == {"window_px": 512, "stride_px": 341, "short_side_px": 512}
+    assert s["slide"] == {"window_px": 512, "stride_px": 341, "short_side_px": 512, "rule": "dinov3"}
     assert preset("radio").protocol(24).layers == (23,)
 
 

@@ -172,6 +172,7 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
             "refines": list(refines), "settings": [s for _, _, s in settings], "windows": windows,
             "background": background, "templates": list(templates), "thresholds": list(background_thresholds),
             "encoder": encoder.name, "fingerprint": encoder.fingerprint,
+            "dtype": str(encoder.dtype).removeprefix("torch."),
             "max_patches": max_patches or encoder.pixels.max_patches, "bootstrap": {**boot, "level": stats.LEVEL},
             "seconds": time.perf_counter() - t0}
     res = Result(figures=figures, rows=rows, meta=meta, intervals=intervals)

@@ -143,7 +143,8 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
                                       if r["candidates"] >= 2}),
             "methods": methods, "scorers": list(scorers), "thresholds": list(box_thresholds),
             "box_threshold": box_threshold, "templates": list(templates), "encoder": encoder.name,
-            "fingerprint": encoder.fingerprint, "max_patches": max_patches or encoder.pixels.max_patches,
+            "fingerprint": encoder.fingerprint, "dtype": str(encoder.dtype).removeprefix("torch."),
+            "max_patches": max_patches or encoder.pixels.max_patches,
             "bootstrap": {**boot, "level": stats.LEVEL}, "seconds": seconds}
     res = Result(figures=figures, rows=rows, meta=meta, intervals=intervals)
     if choose:

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from dense import coco, metrics
 from dense.eval import Result, stats
 from dense.heatmap import get_method, layers_for, supported_methods, templates_of
-from dense.preprocess import load_image
+from dense.preprocess import exif_tagged, load_image
 from dense.refer import BOX_THRESHOLDS, SCORERS, Localizer, heatmap_box_xyxy
 
 
@@ -138,6 +138,7 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
                        strict=True):
         d.update(part)
     meta = {"task": "refer", "ann": str(ann), "refs": str(refs), "split": split or "all", "images": len(image_ids),
+            "exif_tagged": exif_tagged(ds, image_ids),
             "refs_count": sum(len(by_image[i]) for i in image_ids), "expressions": n_sentences,
             "expressions_multi": len({(r["image_id"], r["ref_id"], r["sentence"]) for r in rows
                                       if r["candidates"] >= 2}),

@@ -25,6 +25,7 @@ from dense.heatmap import (
 from dense.openvocab import background_prompts, labels_from_scores
 from dense.preprocess import exif_tagged, load_image
 from dense.refine import REFINES
+from dense.segdata import split_list
 from dense.text import embed_texts
 
 
@@ -168,7 +169,7 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
             figures[f"{s}/mIoU@thr={t}"], figures[f"{s}/pixel_acc@thr={t}"] = f_t["mIoU"], f_t["pixel_acc"]
             seg_ci(counts[(s, t)], f"{s}/mIoU@thr={t}", f"{s}/pixel_acc@thr={t}")
     meta = {"task": "openvocab", "ann": str(getattr(ds, "root", ann)), "split": split or "all", "images": len(ids),
-            "exif_tagged": exif_tagged(ds, ids),
+            "exif_tagged": exif_tagged(ds, ids), "split_list": split_list(ds, split),
             "points": {s: int(sum(p for _, p in points[s])) for s in points}, "methods": methods,
             "refines": list(refines), "settings": [s for _, _, s in settings], "windows": windows,
             "background": background, "templates": list(templates), "thresholds": list(background_thresholds),

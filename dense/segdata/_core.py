@@ -214,6 +214,7 @@ class Split:
     image_dir: Path
     sources: list[LabelSource]
     ids_file: Path | None = None
+    what: str = ""  # where the ids come from, in words (Result.meta["split_lists"])
 
 
 @dataclass
@@ -248,6 +249,14 @@ class SegDataset:
             have = ", ".join(sorted(self.splits_found)) or "none"
             raise KeyError(f"{hint or self.root}: {self.name} has no split {split!r} (found: {have})")
         return self.splits_found[split]
+
+    def split_list(self, split: str) -> str:
+        """Where the ids of ``split`` come from: its list file (and whose list it is) or the folder of its label
+        files; what the evaluators record in ``Result.meta["split_lists"]``."""
+        sp = self._split(split)
+        where = str(sp.ids_file) if sp.ids_file is not None else \
+            ", ".join(sorted({f"the files of {s.folder}" for s in sp.sources if s.listed}))
+        return f"{where} ({sp.what})" if sp.what else where
 
     def ids(self, split: str | None = None) -> list[str]:
         """Image ids (file stems) of ``split`` (None: every split), sorted."""

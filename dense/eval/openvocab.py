@@ -26,7 +26,7 @@ from dense.openvocab import background_prompts, labels_from_scores
 from dense.preprocess import exif_tagged, load_image
 from dense.refine import REFINES
 from dense.segdata import split_list
-from dense.text import embed_texts
+from dense.text import class_queries, embed_texts
 
 
 def setting_key(method: str, refine: str | None = None) -> str:
@@ -98,7 +98,7 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
     offset = 1 if ds.class_names[0] == "background" else 0
     if not offset:  # no background class: plain argmax, nothing to threshold
         background, background_thresholds = None, ()
-    names = ds.class_names[offset:]  # label k + offset <-> names[k], as in dense.coco
+    names = class_queries(ds.class_names[offset:])  # label k + offset <-> names[k]; first aliases, as big_vision
     K = len(ds.class_names)
     bg_prompts = background_prompts(background) if offset else []
     layers = layers_for(encoder, methods)

@@ -444,9 +444,10 @@ def render_results(data: dict) -> str:
             continue
         info = data["groups"][g]
         commands = list(dict.fromkeys(f["command"] for f in by_group[g]))
+        dtypes = ", ".join(dict.fromkeys(f.get("dtype") or "not recorded" for f in by_group[g]))
         lines += ["", f"## {TITLES[g]}", "", ABOUT[g], "",
                   f"Measured {info['date']} in {info['seconds']:.0f} s; {machine_line(info['machine'])}; load "
-                  f"average {info['load_average'][0]:.1f} at the start. Commands:", ""]
+                  f"average {info['load_average'][0]:.1f} at the start; the model in {dtypes}. Commands:", ""]
         lines += [f"- `{c}`" for c in commands]
         lines += ["", TABLE_HEAD] + [row(f) for f in by_group[g]]
     return "\n".join(lines) + "\n"

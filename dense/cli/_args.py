@@ -73,9 +73,10 @@ OPTIONS = {
                   "image as guide: sharper edges)",
     "--upsampler": "a learned upsampler of this encoder (`dense upsampler train`) in place of bilinear",
     "--probe": "a probe saved by `dense probe train --out`",
-    "--method": "heatmap method of dense.heatmap.METHODS (default: the checkpoint's calibrated method)",
-    "--methods": "comma-separated heatmap methods of dense.heatmap.METHODS, or 'all' (default: the checkpoint's "
-                 "calibrated method)",
+    "--method": "heatmap method of dense.heatmap.METHODS, or of EXPERIMENTAL_METHODS by name (default: the "
+                "checkpoint's calibrated method)",
+    "--methods": "comma-separated heatmap methods of dense.heatmap.METHODS (EXPERIMENTAL_METHODS by name), or 'all' "
+                 "(every method of METHODS) (default: the checkpoint's calibrated method)",
     "--templates": "'|'-separated prompt templates with one {} each, or 'none' for verbatim queries (default: the "
                    "checkpoint's calibrated templates)",
     "--background": "a probability threshold in [0, 1] (0: every pixel gets a class), or comma-separated background "

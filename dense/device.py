@@ -37,7 +37,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise DeviceError(f"device {str(device)!r}: this machine has {n} GPU(s), cuda:0..cuda:{n - 1}")
     return torch.device("cuda", index)
 
-# Towers smaller than this run float32 under dtype="auto" (and never compile, dense.compiled.MIN_PARAMS): at ~1 M
+# Towers smaller than this run float32 under dtype="auto" (dense.compiled.MIN_PARAMS is the same line): at ~1 M
 # parameters bf16 saves no time worth having, and float32 gives the same figures on every CPU (bf16 on AMX/AVX512-BF16,
 # float32 on AVX2 would not).
 SMALL_TOWER_PARAMS = 50_000_000

@@ -430,7 +430,8 @@ ABOUT = {
              "alternating order (each row's median); the folder's model-only and end-to-end rows in one process. "
              "Ratios compare rows of the same run; processes of one run differ by up to ~10% with the same layers, "
              "so a ratio within 0.9-1.1 is a tie. On a CPU without bf16 units dense runs float32, and compiling is "
-             "on only where this machine's measurement found it pays (`python benchmarks/extract.py --decide`).",
+             "on only where `dense compile-check` found it pays on that machine (`python benchmarks/extract.py "
+             "--decide` runs it where there is no record).",
     "scale": "Peak memory of `dense.segment` with many names on a large photo, and of probe training streamed from "
              "a bf16 feature cache vs held in RAM (synthetic So400m-shaped features).",
 }

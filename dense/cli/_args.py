@@ -50,8 +50,8 @@ OPTIONS = {
     "--holdout-seed": "seed of the --holdout draw",
     "--cache": "feature cache root folder (resumable, atomic)",
     "--no-extract": "fail on features missing from the cache instead of extracting them",
-    "--no-compile": "plain transformers layers, never the compiled tower (default: compiled where this machine's "
-                    "one-off measurement found it pays; see dense.compiled)",
+    "--no-compile": "plain transformers layers, never the compiled tower (default: compiled only where `dense "
+                    "compile-check` measured on this machine that it pays)",
     "--skip-bad": "report unreadable images and bad annotations and go on (default: stop at the first)",
     "--layers": "blocks whose tokens are extracted, comma-separated indices (-1 = the last)",
     "--layer-sets": "one head per layer set, ';'-separated, e.g. '-1;8,17,-1' (default: all --layers together)",

@@ -202,7 +202,7 @@ class CocoDataset:
         the extraction). Nothing to check without an image folder."""
         from tqdm.auto import tqdm
 
-        from dense.segdata._core import check_image_size
+        from dense.preprocess import check_image_size
 
         if self.image_dir is None:
             return

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dense.errors import ImageError
+from dense.errors import AnnotationError, ImageError
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -198,6 +198,24 @@ def exif_tagged(dataset, ids) -> int | None:
     in its annotation's geometry whatever the tag (:func:`read_hw`)."""
     count = getattr(dataset, "exif_tagged", None)
     return None if count is None else int(count(list(ids)))
+
+
+def check_image_size(image: Path, annotation_hw: tuple[int, int], tags: dict, image_id, mismatch) -> None:
+    """Before any expensive work: ``image`` (an id's image) is read at ``annotation_hw`` (its label map's size, its
+    COCO entry's), in the geometry :func:`load_image` reads annotated data in (:func:`read_hw`: as stored, or upright
+    when only that matches); otherwise :class:`AnnotationError` with the message ``mismatch(image_hw)`` (``image_hw``
+    as stored, with its orientation when it carries one). Reads the header only; an image that cannot be opened is
+    left to the extraction (which names it or skips it). Its EXIF orientation goes into ``tags[image_id]``."""
+    found = stored_geometry(image)
+    if found is None:
+        return
+    stored_hw, tag = found
+    tags[image_id] = tag
+    try:
+        read_hw(stored_hw, tag, annotation_hw, image)
+    except ImageError:
+        upright = f" stored, EXIF orientation {tag}" if tag != 1 else ""
+        raise AnnotationError(mismatch(f"{stored_hw[0]} x {stored_hw[1]}{upright}")) from None
 
 
 def count_exif_tagged(ids, image_path, memo: dict) -> int:

@@ -11,33 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dense.errors import AnnotationError, ImageError, LayoutError
+from dense.errors import AnnotationError, LayoutError
 from dense.labels import IGNORE, label_dtype
-from dense.preprocess import IMAGE_EXTS, annotated_path, count_exif_tagged, read_hw, stored_geometry
+from dense.preprocess import IMAGE_EXTS, annotated_path, check_image_size, count_exif_tagged
 
 _BAD = -2  # a stored value the encoding cannot hold
 
 _MODES_8BIT = ("P", "L")
 _MODES_16BIT = ("I;16", "I;16B", "I;16L", "I")  # Pillow reads a uint16 PNG/TIFF as one of these
-
-
-def check_image_size(image: Path, annotation_hw: tuple[int, int], tags: dict, image_id, mismatch) -> None:
-    """Before any expensive work: ``image`` (an id's image) is read at ``annotation_hw`` (its label map's size, its
-    COCO entry's), in the geometry :func:`dense.preprocess.load_image` reads annotated data in
-    (:func:`dense.preprocess.read_hw`: as stored, or upright when only that matches). Reads the header only; an image
-    that cannot be opened is left to the extraction (which names it or skips it). Its EXIF orientation goes into
-    ``tags[image_id]``. ``mismatch(image_hw)`` is the message of the error raised (``image_hw`` as stored, with its
-    orientation when it carries one)."""
-    found = stored_geometry(image)
-    if found is None:
-        return
-    stored_hw, tag = found
-    tags[image_id] = tag
-    try:
-        read_hw(stored_hw, tag, annotation_hw, image)
-    except ImageError:
-        upright = f" stored, EXIF orientation {tag}" if tag != 1 else ""
-        raise AnnotationError(mismatch(f"{stored_hw[0]} x {stored_hw[1]}{upright}")) from None
 
 
 def label_file_hw(candidates: Sequence[Path]) -> tuple[int, int] | None:
@@ -327,9 +308,9 @@ class SegDataset:
 
     def check_files(self, split: str, *, progress: bool = False) -> None:
         """Before any expensive work: every id of ``split`` has a label file of the channels and bit depth its
-        script writes, the size of its image as it is read (:func:`check_image_size`). Reads headers only (``.mat``
-        files are checked when read); an image that cannot be opened is left to the extraction (which may skip
-        it)."""
+        script writes, the size of its image as it is read (:func:`~dense.preprocess.check_image_size`). Reads
+        headers only (``.mat`` files are checked when read); an image that cannot be opened is left to the
+        extraction (which may skip it)."""
         from PIL import Image, UnidentifiedImageError
         from tqdm.auto import tqdm
 

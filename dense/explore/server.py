@@ -288,7 +288,7 @@ class Explorer:
         import cv2
 
         from dense.openvocab import segment
-        from dense.viz import _paint, class_colours
+        from dense.viz import class_colours, paint_labels
 
         colours = class_colours(classes)  # [K, 3] in [0, 1]
         names = self._ready(self._names(images))
@@ -298,7 +298,7 @@ class Explorer:
                 view = self._views[n]
                 labels = segment(self.encoder, self._fmaps[n], classes, method=self.method)  # int32 [H, W]
                 small = cv2.resize(labels, (view.shape[1], view.shape[0]), interpolation=cv2.INTER_NEAREST)
-                painted = (_paint(view, small, colours, 0.85) * 255 + 0.5).clip(0, 255).astype(np.uint8)
+                painted = (paint_labels(view, small, colours, 0.85) * 255 + 0.5).clip(0, 255).astype(np.uint8)
                 present = sorted(int(v) for v in np.unique(labels) if v > 0)
                 results.append({"image": n, "overlay": png_data_url(painted),
                                 "present": [classes[k - 1] for k in present]})

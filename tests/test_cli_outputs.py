@@ -1,0 +1,114 @@
+"""What a command writes: files before anything is printed (a closed stdout loses none), figures in the format their
+extension names, and paths that cannot be written refused by the parser before any computation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import random_rgb
+from PIL import Image
+
+from dense.cli import _one_line, main
+from dense.cli._args import FIGURE_FORMATS, figure_format
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture()
+def image(tmp_path):
+    path = tmp_path / "im.png"
+    Image.fromarray(random_rgb(40, 60, seed=9)).save(path)
+    return path
+
+
+def test_files_survive_a_closed_stdout(tiny_siglip_dir, image, tmp_path):
+    """`dense localize ... --json l.json | head -0`: the reader is gone before the first line; both files are still
+    written, and the command ends without a traceback or a 'Broken pipe' error line."""
+    read, write = os.pipe()
+    os.close(read)  # every write to stdout now fails with EPIPE
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "dense.cli", "localize", str(image), "the red circle",
+                               "--model", str(tiny_siglip_dir), "--out", str(tmp_path / "l.png"), "--json",
+                               str(tmp_path / "l.json")], stdout=write, stderr=subprocess.PIPE, text=True, env=env,
+                              timeout=300)
+    finally:
+        os.close(write)
+    assert (tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "l.json").read_text())["expressions"][0]["expression"] == "the red circle"
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr, proc.stderr
+
+
+def test_files_are_written_before_anything_is_printed(tiny_siglip_dir, image, tmp_path, capsys, monkeypatch):
+    """Whatever a command prints, its files exist already: every print is checked against the disk."""
+    import builtins
+
+    seen = []
+    real_print = builtins.print
+
+    def checking_print(*args, **kwargs):
+        seen.append(((tmp_path / "h.png").exists(), (tmp_path / "h.json").exists()))
+        real_print(*args, **kwargs)
+
+    monkeypatch.setattr(builtins, "print", checking_print)
+    assert main(["heatmap", str(image), "red circle", "--model", str(tiny_siglip_dir), "--out",
+                 str(tmp_path / "h.png"), "--json", str(tmp_path / "h.json")]) == 0
+    assert seen and all(png and js for png, js in seen), seen
+    out = capsys.readouterr().out
+    assert out.index("peak %") < out.index(f"wrote {tmp_path / 'h.png'}") < out.index(f"wrote {tmp_path / 'h.json'}")
+
+
+@pytest.mark.parametrize(("name", "magic"), [("fig.pdf", b"%PDF"), ("fig.jpg", b"\xff\xd8\xff"),
+                                             ("fig.svg", b"<?xml"), ("fig.png", b"\x89PNG"), ("fig", b"\x89PNG")])
+def test_a_figure_is_written_in_the_format_its_extension_names(tiny_siglip_dir, image, tmp_path, name, magic):
+    assert main(["segment", str(image), "red circle", "--model", str(tiny_siglip_dir), "--out",
+                 str(tmp_path / name)]) == 0
+    assert (tmp_path / name).read_bytes()[:len(magic)] == magic
+
+
+def test_figure_formats_are_formats_matplotlib_writes():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    assert set(FIGURE_FORMATS) <= set(FigureCanvasAgg(Figure()).get_supported_filetypes())
+    assert figure_format("a/b.PDF") == "pdf" and figure_format("plot") == "png"
+    with pytest.raises(ValueError, match="b.bmp: a figure's extension names its format"):
+        figure_format("b.bmp")
+
+
+def _refused(capsys, argv: list[str]) -> str:
+    """The command's parser refuses ``argv`` (exit 2, one line): no model is named that exists, so nothing ran."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_paths_that_cannot_be_written_are_refused_before_any_work(tmp_path, image, capsys):
+    folder, afile = tmp_path / "folder", tmp_path / "afile"
+    folder.mkdir()
+    afile.write_text("x")
+    model = ["--model", str(tmp_path / "no-such-model")]  # never loaded: the parser refuses first
+    for cmd in (["heatmap", str(image), "q"], ["segment", str(image), "q"], ["localize", str(image), "q"]):
+        assert f"{folder}: is a folder" in _refused(capsys, [*cmd, *model, "--out", str(folder)])
+        assert f"{folder}: is a folder" in _refused(capsys, [*cmd, *model, "--json", str(folder)])
+        assert "fig.bmp: a figure's extension" in _refused(capsys, [*cmd, *model, "--out", str(tmp_path / "fig.bmp")])
+        line = _refused(capsys, [*cmd, *model, "--out", str(afile / "fig.png")])
+        assert f"{afile} is a file, not a folder" in line
+    assert f"{afile}: is a file" in _refused(capsys, ["demo", "--out", str(afile)])
+    assert f"{afile}: is a file" in _refused(capsys, ["extract", *model, "--images", str(tmp_path), "--cache",
+                                                     str(afile)])
+    assert f"{folder}: is a folder" in _refused(capsys, ["upsampler", "train", *model, "--images", str(tmp_path),
+                                                        "--out", str(folder)])
+
+
+def test_os_errors_are_one_line_naming_the_path():
+    assert _one_line(IsADirectoryError(21, "Is a directory", "/x/.bad.1.tmp")) == "/x/.bad.1.tmp: is a directory"
+    assert _one_line(FileExistsError(17, "File exists", "out")) == "out: file exists"
+    assert _one_line(NotADirectoryError(20, "Not a directory", "c/x")) == "c/x: not a directory"

@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 from dense import coco, metrics
 from dense.eval import Result, stats
 from dense.heatmap import get_method, layers_for, supported_methods, templates_of
-from dense.localize import BOX_THRESHOLDS, CANDIDATE_METHODS, Localizer, heatmap_box_xyxy
 from dense.preprocess import load_image
+from dense.refer import BOX_THRESHOLDS, SCORERS, Localizer, heatmap_box_xyxy
 
 
 def config_key(setting: str, method: str, scorer: str = "-") -> str:
@@ -72,8 +72,8 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
     from_image = {m for m in methods if m not in supported_methods(encoder)}  # clear-* on a 1-block tower
     layers = layers_for(encoder, methods)
     for s in scorers:
-        if s not in CANDIDATE_METHODS:
-            raise ValueError(f"unknown candidate scorer {s!r}; choose from {CANDIDATE_METHODS}")
+        if s not in SCORERS:
+            raise ValueError(f"unknown candidate scorer {s!r}; choose from {SCORERS}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     split = None if split == "all" else split

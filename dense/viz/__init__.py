@@ -4,7 +4,7 @@ Every function returns a :class:`matplotlib.figure.Figure` drawn with the Agg ba
 save it with ``fig.savefig(path)``. In Jupyter (and under nbclient / nbconvert) the figure shows inline as a PNG, with
 any backend, because it has a ``_repr_png_``. Images are uint8 ``[H, W, 3]`` (anything
 :func:`dense.preprocess.load_image` reads is accepted); heatmaps and label maps are at the image's size (use
-:func:`dense.heatmap.to_image_size` first).
+:func:`dense.heatmap.to_image` first).
 
 Panels are sized by the image's aspect ratio and wrap into rows so a figure stays at most ``MAX_WIDTH_IN`` wide.
 

@@ -116,7 +116,7 @@ def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=N
 
 
 def localizations(image, found: Sequence, *, gt_boxes_xyxy=None, found_threshold: float | None = None):
-    """:func:`boxes` for a list of :class:`dense.localize.Localization`: each expression's box, point and score; an
+    """:func:`boxes` for a list of :class:`dense.refer.Localization`: each expression's box, point and score; an
     answer that was not found (``found=False``) gets no box, only a note."""
     if not found:
         raise ValueError("no localizations to draw")

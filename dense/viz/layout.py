@@ -34,7 +34,7 @@ class DenseFigure(Figure):
 def check_at_image_size(image: np.ndarray, maps: np.ndarray, what: str) -> None:
     if tuple(maps.shape[-2:]) != tuple(image.shape[:2]):
         raise ValueError(f"{what} {tuple(maps.shape)} is not at the image size {tuple(image.shape[:2])}; "
-                         f"upsample it first (dense.heatmap.to_image_size)")
+                         f"upsample it first (dense.heatmap.to_image)")
 
 
 def panel_layout(n_panels: int, image_hw: tuple[int, int], *, extra_w: float = 0.0,

@@ -112,3 +112,27 @@ def test_os_errors_are_one_line_naming_the_path():
     assert _one_line(IsADirectoryError(21, "Is a directory", "/x/.bad.1.tmp")) == "/x/.bad.1.tmp: is a directory"
     assert _one_line(FileExistsError(17, "File exists", "out")) == "out: file exists"
     assert _one_line(NotADirectoryError(20, "Not a directory", "c/x")) == "c/x: not a directory"
+
+
+def test_probe_train_without_out_says_so_before_the_work(tmp_path, capsys):
+    """The note comes first: here the data check then fails, so nothing was trained when it was printed."""
+    from dense.datasets import make_shapes
+
+    make_shapes(tmp_path / "w", 7, seed=3, size_range=(48, 64))
+    argv = ["probe", "train", "--model", str(tmp_path / "no-such-model"), "--ann", str(tmp_path / "w" /
+            "annotations.json"), "--images", str(tmp_path / "w" / "images"), "--cache", str(tmp_path / "c"),
+            "--test-split", "nosuch", "--quiet"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith("note: no --out: the chosen probe is scored, then discarded")
+    assert main([*argv, "--out", str(tmp_path / "p.safetensors")]) == 1
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_dense_tensor_files_are_named_by_their_format(tmp_path, capsys):
+    model = ["--model", str(tmp_path / "no-such-model")]
+    line = _refused(capsys, ["probe", "refer", *model, "--ann", __file__, "--refs", __file__, "--images",
+                             str(tmp_path), "--out", str(tmp_path / "head.pt")])
+    assert "head.pt: dense writes this as safetensors; name it *.safetensors" in line
+    assert "up.pt: dense writes" in _refused(capsys, ["upsampler", "train", *model, "--images", str(tmp_path),
+                                                     "--out", str(tmp_path / "up.pt")])

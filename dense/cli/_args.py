@@ -253,6 +253,15 @@ def out_folder(text: str) -> Path:
     return path
 
 
+def tensors_file(text: str) -> Path:
+    """An argparse type: a dense ``.safetensors`` file the command writes (a probe, a head, an upsampler): the name
+    says the format, so ``head.pt`` (torch's pickle format) is refused."""
+    path = out_file(text)
+    if path.suffix.lower() != ".safetensors":
+        raise argparse.ArgumentTypeError(f"{text}: dense writes this as safetensors; name it *.safetensors")
+    return path
+
+
 def figure_file(text: str) -> Path:
     """An argparse type: a figure the command writes, its format named by its extension (:func:`figure_format`)."""
     path = out_file(text)

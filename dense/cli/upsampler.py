@@ -15,8 +15,8 @@ from dense.cli._args import (
     layers,
     load,
     opt,
-    out_file,
     positive_int,
+    tensors_file,
     write_json,
 )
 from dense.errors import DenseError
@@ -28,7 +28,7 @@ def add(sub, parent) -> None:
                 help="train an upsampler on a folder of images: the encoder's own finer-grid tokens are the target")
     add_model(t)
     opt(t, "--images", "no labels needed", required=True, type=existing("folder"))
-    opt(t, "--out", "the upsampler (.safetensors)", required=True, type=out_file)
+    opt(t, "--out", "the upsampler (.safetensors)", required=True, type=tensors_file)
     opt(t, "--limit", type=positive_int)
     opt(t, "--epochs", type=positive_int, default=6)
     opt(t, "--layers", "those it learns to upsample", type=layers, default="-1", metavar="BLOCKS")

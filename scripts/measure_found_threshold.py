@@ -6,8 +6,10 @@
 Draws ``make_shapes(dir, --images, seed, splits={"val": 0.5, "test": 0.5})`` twice: the threshold with the best
 balanced rate (:func:`dense.eval.found.choose_found_threshold`) on the val split of the ``--choose-seed`` world, then
 the found rate on present expressions and the not-found rate on absent ones at that threshold on the test split of the
-``--report-seed`` world (a seed that chose nothing). Prints a table; ``--calibration-out`` writes ``found_threshold``
-and a ``measured.found_threshold`` entry (command, seeds, splits, figures) into that calibration file.
+``--report-seed`` world (a seed that chose nothing), also per kind of absence (what of the absent expression the image
+holds: its colour, its shape, both on different objects, or neither; ``dense.eval.found.ABSENCE_KINDS``). Prints two
+tables; ``--calibration-out`` writes ``found_threshold`` and a ``measured.found_threshold`` entry (command, seeds,
+splits, figures) into that calibration file.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--images must be at least 2 (one val and one test image), got {args.images}")
 
     import dense
-    from dense.eval.found import choose_found_threshold, evaluate_found, rates_at
+    from dense.eval.found import ABSENCE_KINDS, choose_found_threshold, evaluate_found, rates_at
 
     enc = dense.load_encoder(args.model)
     with tempfile.TemporaryDirectory(prefix="dense-found-") as tmp:
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     def entry(res, seed, split, figures):
         out = {"seed": seed, "split": split, "images": res.meta["images"], "present": res.meta["present"],
-               "absent": res.meta["absent"], **{k: round(v, 3) for k, v in figures.items()}}
+               "absent": res.meta["absent"], "absent_by_kind": res.meta["absent_by_kind"],
+               **{k: round(v, 3) for k, v in figures.items()}}
         if figures is res.figures:
             out["intervals"] = {k: [round(x, 3) for x in v] for k, v in res.intervals.items()}
         return out
@@ -75,6 +78,13 @@ def main(argv: list[str] | None = None) -> dict:
                     (f"test, seed {args.report_seed} (report)", measured["reported_on"])):
         print(f"  {name:<26} {e['present']:>8} {100 * e['found|present']:>7.1f}% {e['absent']:>8} "
               f"{100 * e['not_found|absent']:>9.1f}%")
+    print("not found, per kind of absence (what of the absent expression the image holds):")
+    print(f"  {'world':<26} " + " ".join(f"{k:>18}" for k in ABSENCE_KINDS))
+    for name, e in ((f"val, seed {args.choose_seed} (chose)", measured["chosen_on"]),
+                    (f"test, seed {args.report_seed} (report)", measured["reported_on"])):
+        cells = [f"{100 * e[f'not_found|absent/{k}']:5.1f}% of {e['absent_by_kind'][k]:>5}"
+                 if k in e["absent_by_kind"] else f"{'-':>18}" for k in ABSENCE_KINDS]
+        print(f"  {name:<26} " + " ".join(f"{c:>18}" for c in cells))
     if args.calibration_out is not None:
         from dense._atomic import write_json
 

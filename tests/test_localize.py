@@ -535,6 +535,23 @@ def test_found_threshold_choice_and_rates_known_by_construction():
     assert rates_at(res, 0.55)["found|present"] == pytest.approx(1 / 3)
 
 
+def test_not_found_rates_per_kind_of_absence_known_by_construction():
+    from dense.eval import Result
+    from dense.eval.found import absence_kind, rates_at
+
+    there = {("red", "square"), ("blue", "star")}
+    assert absence_kind("red", "circle", there) == "colour"  # red is there (a square), circles are not
+    assert absence_kind("green", "star", there) == "shape"
+    assert absence_kind("red", "star", there) == "colour+shape"  # red on the square, a star in blue
+    assert absence_kind("yellow", "circle", there) == "neither"
+    absent = (("colour", 0.6), ("colour", 0.01), ("neither", 0.02), ("neither", 0.0))
+    rows = [{"present": True, "score": 0.9}] + [{"present": False, "absence": k, "score": v} for k, v in absent]
+    rates = rates_at(Result(figures={}, rows=rows), 0.1)
+    assert rates["not_found|absent"] == pytest.approx(3 / 4)
+    assert rates["not_found|absent/colour"] == pytest.approx(1 / 2) and rates["not_found|absent/neither"] == 1.0
+    assert "not_found|absent/shape" not in rates  # no such row: no figure
+
+
 def test_evaluate_found_counts_present_and_absent_expressions(tiny_encoder, tmp_path):
     import json
 
@@ -553,6 +570,23 @@ def test_evaluate_found_counts_present_and_absent_expressions(tiny_encoder, tmp_
     present = [r["score"] for r in res.rows if r["present"]]
     assert res.figures["found|present"] == pytest.approx(np.mean(np.array(present) >= 0.5))
     assert all(r["expression"].startswith("the ") for r in res.rows if not r["present"])
+    # each absent expression's kind, from the annotations: its colour / its shape anywhere in the image
+    kinds = {}
+    for i in iids:
+        names = {c["name"] for a in ann["annotations"] if a["image_id"] == i for c in ann["categories"]
+                 if c["id"] == a["category_id"]}
+        for c in ann["categories"]:
+            if c["name"] not in names:
+                colour, shape = c["name"].split()
+                held = (any(n.split()[0] == colour for n in names), any(n.split()[1] == shape for n in names))
+                key = {(True, True): "colour+shape", (True, False): "colour", (False, True): "shape",
+                       (False, False): "neither"}[held]
+                kinds[key] = kinds.get(key, 0) + 1
+    assert res.meta["absent_by_kind"] == kinds and sum(kinds.values()) == n_absent
+    for k, n in kinds.items():
+        scores = [r["score"] for r in res.rows if r.get("absence") == k]
+        assert len(scores) == n and res.figures[f"not_found|absent/{k}"] == pytest.approx(np.mean(np.array(scores)
+                                                                                                  < 0.5))
     with pytest.raises(ValueError, match="no referring expressions in split 'test'"):
         evaluate_found(tiny_encoder, tmp_path / "annotations.json", tmp_path / "refs.json", tmp_path / "images",
                        split="test")

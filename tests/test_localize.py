@@ -518,6 +518,11 @@ def test_bundled_models_carry_a_measured_found_threshold(name):
     chose, told = measured["chosen_on"], measured["reported_on"]
     assert chose["seed"] != told["seed"] and (chose["split"], told["split"]) == ("val", "test")
     assert told["found|present"] > 0.7 and told["not_found|absent"] > 0.7  # absent mostly not found, present found
+    at = measured["at_threshold"]  # the rates per kind of absence, at the threshold in force
+    assert at["threshold"] == enc_cal.found_threshold and f"--threshold {at['threshold']} " in at["command"]
+    assert at["reported_on"]["not_found|absent"] == pytest.approx(told["not_found|absent"], abs=0.01)  # one world
+    kinds = at["reported_on"]["absent_by_kind"]
+    assert set(kinds) == {"colour", "shape", "colour+shape", "neither"} and sum(kinds.values()) == told["absent"]
 
 
 def test_found_threshold_choice_and_rates_known_by_construction():

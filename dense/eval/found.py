@@ -17,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from dense import coco
+from dense._progress import tqdm
 from dense.eval import Result, stats
 
 CHOICE_GRID = tuple(round(float(t), 2) for t in np.arange(0.01, 1.0, 0.01))  # thresholds choose_found_threshold tries

@@ -206,8 +206,11 @@ def _collate(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
 
 
 def train_refer_head(samples: Sequence[ReferSample], *, steps: int = 1500, batch_size: int = 64, lr: float = 2e-3,
-                     hidden: int = 128, seed: int = 0, log_every: int = 0) -> ReferHead:
-    """Adam with cosine decay over ``steps`` batches drawn with replacement. Seeded; deterministic on CPU."""
+                     hidden: int = 128, seed: int = 0, log_every: int = 0, progress: bool = False) -> ReferHead:
+    """Adam with cosine decay over ``steps`` batches drawn with replacement. Seeded; deterministic on CPU.
+    ``progress``: a bar over the steps, with the loss."""
+    from dense._progress import tqdm
+
     if not samples:
         raise ValueError("no training samples")
     g = torch.Generator().manual_seed(seed)
@@ -219,7 +222,8 @@ def train_refer_head(samples: Sequence[ReferSample], *, steps: int = 1500, batch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     prepared = [_prepare(s, head) for s in samples]
     head.train()
-    for step in range(steps):
+    bar = tqdm(range(steps), desc="refer head", unit="step", disable=not progress)
+    for step in bar:
         idx = torch.randint(len(samples), (min(batch_size, len(samples)),), generator=g).tolist()
         batch = _collate([prepared[i] for i in idx])
         logits, box = head(batch["tokens"], batch["pos"], batch["text"], batch["valid"])
@@ -231,14 +235,17 @@ def train_refer_head(samples: Sequence[ReferSample], *, steps: int = 1500, batch
         loss.backward()
         opt.step()
         sched.step()
+        if progress and (step % 50 == 0 or step == steps - 1):
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if log_every and (step % log_every == 0 or step == steps - 1):
             log.info("refer head step %5d  loss %.4f  bce %.4f", step, loss.item(), bce.item())
     return head.eval()
 
 
 def dataset_samples(encoder, ann, refs, images, *, split: str, templates=None, max_patches: int | None = None,
-                    limit: int | None = None) -> tuple[list[ReferSample], list[np.ndarray]]:
-    """Extract each image of ``split`` once and pair every sentence with its target box; also the targets' masks."""
+                    limit: int | None = None, progress: bool = False) -> tuple[list[ReferSample], list[np.ndarray]]:
+    """Extract each image of ``split`` once and pair every sentence with its target box; also the targets' masks.
+    ``progress``: a bar over the extraction."""
     from dense import coco
     from dense.heatmap import templates_of
     from dense.text import embed_texts
@@ -250,7 +257,7 @@ def dataset_samples(encoder, ann, refs, images, *, split: str, templates=None, m
     ids = sorted(by_image)[:limit] if limit is not None else sorted(by_image)
     samples, masks = [], []
     for iid, fmap in zip(ids, encoder.extract_many([ds.image_path(i) for i in ids], max_patches=max_patches,
-                                                   progress=False), strict=True):
+                                                   progress=progress), strict=True):
         for ref in by_image[iid]:
             box, mask = ds.box_xyxy(ref.ann_id), ds.mask(ref.ann_id)
             text = embed_texts(encoder, ref.sentences, templates=templates_of(encoder, templates))  # [S, E]

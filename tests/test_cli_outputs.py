@@ -136,3 +136,18 @@ def test_dense_tensor_files_are_named_by_their_format(tmp_path, capsys):
     assert "head.pt: dense writes this as safetensors; name it *.safetensors" in line
     assert "up.pt: dense writes" in _refused(capsys, ["upsampler", "train", *model, "--images", str(tmp_path),
                                                      "--out", str(tmp_path / "up.pt")])
+
+
+def test_probe_refer_shows_its_progress_unless_quiet(tiny_siglip_dir, tmp_path, capsys):
+    from dense.datasets import make_shapes
+
+    make_shapes(tmp_path / "w", 8, seed=4, size_range=(48, 64), splits={"train": 0.5, "val": 0.5})
+    argv = ["probe", "refer", "--model", str(tiny_siglip_dir), "--ann", str(tmp_path / "w" / "annotations.json"),
+            "--refs", str(tmp_path / "w" / "refs.json"), "--images", str(tmp_path / "w" / "images"), "--steps", "3",
+            "--out", str(tmp_path / "head.safetensors")]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "refer head" in captured.err and "3/3" in captured.err  # the training bar, to its end
+    assert f"wrote {tmp_path / 'head.safetensors'}" in captured.out
+    assert main([*argv, "--quiet"]) == 0
+    assert "refer head" not in capsys.readouterr().err

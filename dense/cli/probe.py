@@ -85,6 +85,7 @@ def add(sub, parent) -> None:
     opt(r, "--threads", "1: a tiny head on a shared machine", type=positive_int, default=1)
     opt(r, "--out", "the trained head (.safetensors)", type=tensors_file)
     add_json(r)
+    add_quiet(r)
 
 
 def data_options(p) -> None:
@@ -219,7 +220,7 @@ def run_refer(args) -> int:
                                        test_split=args.test_split, templates=args.templates,
                                        max_patches=args.max_patches, steps=args.steps,
                                        train_batch_size=args.train_batch_size, lr=args.lr, seed=args.seed,
-                                       **runtime(args))
+                                       progress=not args.quiet, **runtime(args))
     m = res.meta
     lines = [f"{'split':<8}{'Acc@0.5 %':>10}{'point %':>9}{'expressions':>13}"]
     lines += [f"{split:<8}{pct(res.figures[f'{split}/acc@0.5']):>10}{pct(res.figures[f'{split}/pointing']):>9}"

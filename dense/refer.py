@@ -186,6 +186,17 @@ def heatmap_box_xyxy(heatmap: torch.Tensor, fmap: FeatureMap, *, threshold: floa
     return corners_xy.reshape(4)  # [[x0, y0], [x1, y1]] -> [x0, y0, x1, y1]
 
 
+def peak_in_box(heatmap: torch.Tensor, fmap: FeatureMap, box_xyxy, *, peak: str = "quadratic"
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The point of a box that came from elsewhere (a candidate, a regression head): the heatmap's refined peak among
+    the patches the box covers, in pixels clipped into the box. Returns ``(peak_grid [2], point_xy [2])``; the point
+    lies in ``box_xyxy`` by construction."""
+    box_xyxy = np.asarray(box_xyxy, dtype=np.float64).reshape(4)
+    inside = box_patch_weights(fmap, box_xyxy[None])[0] > 0  # [gh, gw]
+    peak_ij = find_peak_grid(heatmap, allowed=inside, peak=peak)
+    return peak_ij, np.clip(fmap.grid_to_pixel_xy(peak_ij), box_xyxy[:2], box_xyxy[2:])
+
+
 def box_patch_weights(fmap: FeatureMap, boxes_xyxy) -> torch.Tensor:
     """The fraction of each patch's cell inside each box: float32 ``[K, gh, gw]`` in [0, 1].
 
@@ -389,9 +400,7 @@ def localize_heatmap(heatmap: torch.Tensor, fmap: FeatureMap, *, expression: str
         raise ValueError(f"need one score per candidate box ({len(boxes)})")
     best = int(torch.argmax(candidate_scores))
     box_xyxy = boxes[best].copy()
-    inside = box_patch_weights(fmap, box_xyxy[None])[0] > 0  # [gh, gw]
-    peak_ij = find_peak_grid(heatmap, allowed=inside, peak=peak)
-    point_xy = np.clip(fmap.grid_to_pixel_xy(peak_ij), box_xyxy[:2], box_xyxy[2:])
+    peak_ij, point_xy = peak_in_box(heatmap, fmap, box_xyxy, peak=peak)
     score = float(candidate_scores[best])
     return Localization(box_xyxy=box_xyxy, point_xy=point_xy, score=score, heatmap=heatmap,
                         peak_grid=peak_ij, expression=expression, method=f"{method}+{scorer}",

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from dense._atomic import load_tensors, save_tensors
 from dense.errors import MismatchError
 from dense.features import FeatureMap, block_indices, identity_mismatch
-from dense.refer import box_patch_weights, find_peak_grid
+from dense.refer import box_patch_weights, peak_in_box
 
 FORMAT = "dense.ReferHead"
 VERSION = 1
@@ -112,7 +112,8 @@ class ReferHead(nn.Module):
     @torch.inference_mode()
     def predict(self, fmap: FeatureMap, text_emb: torch.Tensor) -> dict:
         """One image, T expressions (``text_emb [T, E]`` or ``[E]``) -> ``{"box_xyxy": [T, 4], "point_xy": [T, 2],
-        "heatmap": [T, gh, gw]}`` in original-image pixels (the point: refined peak of the patch logits)."""
+        "heatmap": [T, gh, gw]}`` in original-image pixels (the point: the refined peak of the patch logits inside the
+        regressed box, :func:`dense.refer.peak_in_box`, so it lies in its box)."""
         text = text_emb.reshape(-1, text_emb.shape[-1]).float()  # [T, E]
         T = text.shape[0]
         gh, gw = fmap.grid_hw
@@ -124,7 +125,7 @@ class ReferHead(nn.Module):
         size = torch.tensor([W, H, W, H], dtype=torch.float32)
         box_xyxy = (torch.cat([box[:, :2] - box[:, 2:] / 2, box[:, :2] + box[:, 2:] / 2], dim=-1) * size).numpy()
         box_xyxy = np.clip(box_xyxy, 0, size.numpy())
-        point_xy = np.stack([fmap.grid_to_pixel_xy(find_peak_grid(h)) for h in heat])  # [T, 2]
+        point_xy = np.stack([peak_in_box(h, fmap, b)[1] for h, b in zip(heat, box_xyxy, strict=True)])  # [T, 2]
         return {"box_xyxy": box_xyxy.astype(np.float64), "point_xy": point_xy, "heatmap": heat}
 
     def save(self, path: str | os.PathLike) -> Path:

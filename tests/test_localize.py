@@ -360,7 +360,11 @@ def test_refer_head_learns_a_planted_task(tmp_path):
     res = evaluate_refer_head(head, test, masks).figures
     assert res["pointing"] >= 0.9, res
     assert res["acc@0.5"] >= 0.6, res
-    pred = np.stack([head.predict(s.fmap, s.text)["box_xyxy"][0] for s in test])
+    answers = [head.predict(s.fmap, s.text) for s in test]
+    pred = np.stack([a["box_xyxy"][0] for a in answers])
+    for a in answers:  # the point lies in the box the head regressed (its peak among the box's patches)
+        (x0, y0, x1, y1), (x, y) = a["box_xyxy"][0], a["point_xy"][0]
+        assert x0 <= x <= x1 and y0 <= y <= y1, a
     assert np.median(np.diag(metrics.box_iou_xyxy(pred, np.stack([s.box_xyxy for s in test])))) >= 0.5
     # save / load round trip (one .safetensors file); the identity rule of probes: another dtype or token budget is
     # the same encoder, another checkpoint is refused when loading and when predicting

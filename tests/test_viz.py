@@ -189,7 +189,7 @@ def test_classes_sharing_a_colour_word_get_clearly_distinct_colours():
 
     names = [c["name"] for c in CATEGORIES]  # 4 colours x 4 shapes: "red circle", "red square", ...
     colours = dict(zip(names, viz.class_colours(names), strict=True))
-    painted = dict(zip(names, viz.swatch_colours(viz.class_colours(names), 0.85), strict=True))
+    painted = dict(zip(names, viz.label_swatches(viz.class_colours(names), alpha=0.85)[0], strict=True))
     for a, b in itertools.combinations(names, 2):
         same_word = a.split()[0] == b.split()[0]
         assert np.linalg.norm(colours[a] - colours[b]) > (0.3 if same_word else 0.2), (a, b)

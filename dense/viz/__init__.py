@@ -16,10 +16,10 @@ rendering rule and heatmap figures), :mod:`~dense.viz.labelmap` (class colours, 
 
 from dense.viz.boxes import BOX_PANEL_IN, IOU_HIT, boxes, localizations
 from dense.viz.heat import HEAT_CMAP, heat_overlay, heat_ramp, heatmap, heatmaps
-from dense.viz.labelmap import IGNORE_RGB, class_colours, label_map, paint_labels, swatch_colours
+from dense.viz.labelmap import IGNORE_RGB, class_colours, label_map, label_swatches, paint_labels
 from dense.viz.layout import FONT_PT, MAX_PANEL_H_IN, MAX_WIDTH_IN, DenseFigure, panel_grid, panel_layout
 from dense.viz.pca import pca
 
 __all__ = ["BOX_PANEL_IN", "FONT_PT", "HEAT_CMAP", "IGNORE_RGB", "IOU_HIT", "MAX_PANEL_H_IN", "MAX_WIDTH_IN",
            "DenseFigure", "boxes", "class_colours", "heat_overlay", "heat_ramp", "heatmap", "heatmaps", "label_map",
-           "localizations", "paint_labels", "panel_grid", "panel_layout", "pca", "swatch_colours"]
+           "label_swatches", "localizations", "paint_labels", "panel_grid", "panel_layout", "pca"]

@@ -71,12 +71,12 @@ PAINT_BASE = (0.35, 0.95)  # label maps: the image's luminance 0..1 drawn in thi
 IGNORE_RGB = (0.25, 0.25, 0.25)  # the dark stripes over ignore / crowd pixels
 
 
-def swatch_colours(colours: np.ndarray, alpha: float) -> np.ndarray:
+def _painted(colours: np.ndarray, alpha: float) -> np.ndarray:
     """The colour a class shows with, over the middle of the grey base: its legend swatch."""
     return alpha * np.asarray(colours, np.float64) + (1 - alpha) * float(np.mean(PAINT_BASE))
 
 
-def paint_labels(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float,
+def _paint(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float,
            ignore: np.ndarray | None = None) -> np.ndarray:
     """Classes painted in their colours over a light grey copy of the image; background (0) stays grey; ``ignore``
     (bool ``[H, W]``) gets dark diagonal stripes."""
@@ -93,6 +93,19 @@ def paint_labels(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alp
         stripe = ((xx + yy) // max(1, period // 2)) % 2 == 0  # [H, W]
         out = np.where((ignore & stripe)[..., None], np.asarray(IGNORE_RGB), out)
     return out
+
+
+def paint_labels(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, *,
+                 alpha: float = 0.85) -> np.ndarray:
+    """uint8 ``[H, W, 3]``: ``labels [H, W]`` (0 background, ``k + 1`` class ``k``) painted in ``colours`` over a light
+    grey copy of ``image``, as :func:`label_map` draws them; background stays the grey image."""
+    return (_paint(image, labels, colours, alpha) * 255 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def label_swatches(colours: np.ndarray, *, alpha: float = 0.85) -> tuple[np.ndarray, np.ndarray]:
+    """The legend colours of :func:`paint_labels`, RGB in [0, 1]: ``(classes [K, 3], background [3])``, each as
+    painted over the middle of the grey base."""
+    return _painted(colours, alpha), np.full(3, float(np.mean(PAINT_BASE)))
 
 
 def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: float = 0.85,
@@ -120,12 +133,12 @@ def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: floa
     panel_title(axes[0], "image", w)
     for ax, m, t in zip(axes[1:], maps, titles, strict=True):
         ignored = m == ignore_index
-        ax.imshow(paint_labels(image, np.where(ignored, 0, m), colours, alpha, ignore=ignored))
+        ax.imshow(_paint(image, np.where(ignored, 0, m), colours, alpha, ignore=ignored))
         panel_title(ax, t, w)
     from matplotlib.patches import Patch
 
     values = {int(v) for m in maps for v in np.unique(m)}
-    swatches = swatch_colours(colours, alpha)
+    swatches = _painted(colours, alpha)
     handles = [Patch(facecolor=swatches[k - 1], edgecolor="black", linewidth=0.5, label=class_names[k - 1])
                for k in sorted(values - {0, ignore_index})]
     if 0 in values:  # a neutral swatch: background is the image itself, in grey

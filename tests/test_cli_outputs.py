@@ -151,3 +151,28 @@ def test_probe_refer_shows_its_progress_unless_quiet(tiny_siglip_dir, tmp_path, 
     assert f"wrote {tmp_path / 'head.safetensors'}" in captured.out
     assert main([*argv, "--quiet"]) == 0
     assert "refer head" not in capsys.readouterr().err
+
+
+def test_every_command_writes_through_finish():
+    """The rule in the code: in dense/cli, a file is written only inside a writer handed to ``_args.finish`` (a lambda
+    or a nested function), so no command can print its results before its files exist."""
+    import ast
+    from pathlib import Path
+
+    writers = {"write_json", "save_figure", "update_calibration", "save"}
+    found = []
+    for path in sorted(Path(ROOT, "dense", "cli").glob("*.py")):
+        if path.name == "_args.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for top in tree.body:
+            if not isinstance(top, ast.FunctionDef):
+                continue
+            nested = {id(n) for f in ast.walk(top) if isinstance(f, (ast.Lambda, ast.FunctionDef)) and f is not top
+                      for n in ast.walk(f)}
+            for node in ast.walk(top):
+                if isinstance(node, ast.Call) and id(node) not in nested:
+                    name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                    if name in writers:
+                        found.append(f"{path.name}:{node.lineno} {top.name} calls {name} directly")
+    assert not found, found

@@ -117,3 +117,15 @@ def test_measure_found_threshold_chooses_then_reports_and_adds_rates_at_a_thresh
     at = after["measured"]["found_threshold"].pop("at_threshold")
     assert after == chosen and at["threshold"] == 0.3  # nothing else in the file changed
     assert set(at["reported_on"]["absent_by_kind"]) <= {"colour", "shape", "colour+shape", "neither"}
+
+
+def test_threads_benchmark_times_every_setting(tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (48, 32), (200, 30, 30)).save(image)
+    out = run("benchmarks/threads.py", "--rounds", "1", "--", "heatmap", str(image), "a red circle", "--model",
+              "shapes-tiny-v2", "--out", str(tmp_path / "h.png"))
+    rows = [line.split() for line in out.splitlines()]
+    assert [r[0] for r in rows if r and r[0] in ("every", "--threads", "default")] == ["every", "--threads", "default"]
+    assert (tmp_path / "h.png").exists() and "load before" in out and out.count("ratio ") == 2

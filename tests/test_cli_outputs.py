@@ -111,6 +111,8 @@ def test_paths_that_cannot_be_written_are_refused_before_any_work(tmp_path, imag
 def test_os_errors_are_one_line_naming_the_path():
     assert _one_line(IsADirectoryError(21, "Is a directory", "/x/.bad.1.tmp")) == "/x/.bad.1.tmp: is a directory"
     assert _one_line(FileExistsError(17, "File exists", "out")) == "out: file exists"
+    renamed = IsADirectoryError(21, "Is a directory", "/x/.bad.1.tmp", None, "/x/bad")  # os.replace(tmp, folder)
+    assert _one_line(renamed) == "/x/bad: is a directory"
     assert _one_line(NotADirectoryError(20, "Not a directory", "c/x")) == "c/x: not a directory"
 
 

@@ -92,7 +92,9 @@ def _one_line(e: Exception) -> str:
         why = e.strerror if e.strerror and e.strerror != os.strerror(errno.ENOENT) else "no such file or directory"
         return f"{e.filename}: {why}"
     if isinstance(e, OSError) and e.filename and e.strerror:  # "[Errno 21] Is a directory: 'x'" -> "x: ..."
-        return f"{e.filename}: {e.strerror.lower()}"
+        # a rename over a folder (an atomic write's last step) names the target, not dense's temp file
+        target = e.filename2 if isinstance(e, IsADirectoryError) and e.filename2 else e.filename
+        return f"{target}: {e.strerror.lower()}"
     if isinstance(e, (KeyError, DenseError)) and e.args:
         return str(e.args[0])
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -200,8 +200,7 @@ class CocoDataset:
         """Before any expensive work: each image of ``split`` (None: every image) is read at the height and width
         the file gives it, in the geometry it is read in (headers only; an image that cannot be opened is left to
         the extraction). Nothing to check without an image folder."""
-        from tqdm.auto import tqdm
-
+        from dense._progress import tqdm
         from dense.preprocess import check_image_size
 
         if self.image_dir is None:

@@ -196,3 +196,20 @@ def test_a_users_tagged_photo_is_read_upright(tmp_path, tiny_encoder):
     assert load_image(tmp_path / "photo.jpg").shape[:2] == (64, 48)
     assert load_image(str(tmp_path / "photo.jpg")).shape[:2] == (64, 48)
     assert tiny_encoder.extract(tmp_path / "photo.jpg", max_patches=16).image_hw == (64, 48)
+
+
+def test_the_refer_evaluator_reads_tagged_coco_images_as_annotated(tmp_path, tiny_encoder):
+    """The referring evaluator compared the image read upright with the file's height and width and refused the
+    upright-labelled images ("image is (64, 48), annotation says (48, 64)"); it now scores them all."""
+    from dense.eval.refer import evaluate_refer
+
+    labels = {name: write_case(tmp_path / "images", name, tag, hw, how) for name, tag, hw, how in CASES}
+    ann = coco_file(tmp_path, labels, tmp_path / "images")
+    data = json.loads(ann.read_text())
+    refs = [{"ref_id": a["id"], "ann_id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"],
+             "split": "test", "sentences": [{"sent": NAMES[a["category_id"]]}]} for a in data["annotations"]]
+    (tmp_path / "refs.json").write_text(json.dumps(refs))
+    res = evaluate_refer(tiny_encoder, ann, tmp_path / "refs.json", tmp_path / "images", split="test", resamples=10,
+                         max_patches=16)
+    assert res.meta["images"] == len(CASES) and res.meta["expressions"] == len(refs)
+    assert res.meta["exif_tagged"] == len(CASES) - 1

@@ -213,3 +213,17 @@ def test_the_refer_evaluator_reads_tagged_coco_images_as_annotated(tmp_path, tin
                          max_patches=16)
     assert res.meta["images"] == len(CASES) and res.meta["expressions"] == len(refs)
     assert res.meta["exif_tagged"] == len(CASES) - 1
+
+
+def test_the_explorer_shows_a_tagged_photo_upright(tmp_path, tiny_encoder):
+    import io
+
+    from dense.explore import Explorer, create_app
+
+    write_case(tmp_path / "photos", "photo", 6, (48, 64), "stored")
+    client = create_app(Explorer(tiny_encoder, tmp_path / "photos")).test_client()
+    res = client.get("/images/photo.jpg")
+    assert res.status_code == 200
+    shown = np.asarray(Image.open(io.BytesIO(res.data)).convert("RGB"))
+    assert shown.shape[:2] == (64, 48)
+    np.testing.assert_array_equal(shown, load_image(tmp_path / "photos" / "photo.jpg"))

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from dense._progress import tqdm
 from dense.cache import FeatureCache, cache_spec
 from dense.errors import CacheWriteError, RankFailed
 from dense.head import with_pooled

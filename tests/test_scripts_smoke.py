@@ -39,7 +39,7 @@ def test_readme_figures_quick_runs_every_group(tmp_path):
     by_group = {g: [f for f in data["figures"].values() if f["group"] == g] for g in rf.GROUPS}
     assert all(by_group.values()), {g: len(v) for g, v in by_group.items()}
     for f in data["figures"].values():
-        assert isinstance(f["value"], float) and f["command"], f["id"]
+        assert isinstance(f["value"], float) and f["command"] and f["dtype"], f["id"]
         if f["unit"] == "pct" and math.isfinite(f["value"]):
             assert 0.0 <= f["value"] <= 1.0, f["id"]
         if f["interval"] and math.isfinite(f["interval"][0]):
@@ -100,6 +100,23 @@ def test_segment_150_benchmark_quick():
     out = run("benchmarks/segment_150.py", "--spec", "tiny-siglip", "--classes", "5", "--height", "64", "--width",
               "96", "--repeats", "1", "--text-sample", "2")
     assert "segment | image, cached text" in out and "labels (64, 96)" in out
+
+
+def test_measure_found_threshold_chooses_then_reports_and_adds_rates_at_a_threshold(tmp_path):
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"found_threshold": 0.5, "method": "map-value-mlp"}))
+    out = run("scripts/measure_found_threshold.py", "--model", "shapes-tiny-v2", "--images", "6", "--choose-seed",
+              "1", "--report-seed", "2", "--calibration-out", str(cal))
+    assert "per kind of absence" in out
+    chosen = json.loads(cal.read_text())
+    entry = chosen["measured"]["found_threshold"]["reported_on"]
+    assert sum(entry["absent_by_kind"].values()) == entry["absent"]
+    run("scripts/measure_found_threshold.py", "--model", "shapes-tiny-v2", "--images", "6", "--threshold", "0.3",
+        "--report-seed", "2", "--calibration-out", str(cal))
+    after = json.loads(cal.read_text())
+    at = after["measured"]["found_threshold"].pop("at_threshold")
+    assert after == chosen and at["threshold"] == 0.3  # nothing else in the file changed
+    assert set(at["reported_on"]["absent_by_kind"]) <= {"colour", "shape", "colour+shape", "neither"}
 
 
 def test_threads_benchmark_times_every_setting(tmp_path):

@@ -12,6 +12,7 @@ from dense.cli._args import (
     add_runtime,
     command,
     existing,
+    finish,
     layers,
     opt,
     positive_int,
@@ -58,14 +59,14 @@ def run(args) -> int:
                         dtype=runtime(args).get("dtype"), compile=False if args.no_compile else "auto",
                         progress=not args.quiet)
     if report.rank == 0:
-        print(f"cache: {report.cache}")
-        print(f"{'images':>8} {'extracted':>10} {'already cached':>15} {'damaged, redone':>16} {'unreadable':>11} "
-              f"{'ranks':>6}")
-        print(f"{report.total:>8} {report.extracted:>10} {report.cached:>15} {report.corrupt:>16} "
-              f"{len(report.skipped):>11} {report.ranks:>6}")
+        lines = [f"cache: {report.cache}",
+                 f"{'images':>8} {'extracted':>10} {'already cached':>15} {'damaged, redone':>16} {'unreadable':>11} "
+                 f"{'ranks':>6}",
+                 f"{report.total:>8} {report.extracted:>10} {report.cached:>15} {report.corrupt:>16} "
+                 f"{len(report.skipped):>11} {report.ranks:>6}"]
         if report.skipped:
-            print(f"{len(report.skipped)} unreadable image(s) skipped; each was named above as it was met")
-        write_json(args.json, {"cache": report.cache, "spec": report.spec, "total": report.total,
-                               "extracted": report.extracted, "cached": report.cached, "corrupt": report.corrupt,
-                               "skipped": report.skipped, "ranks": report.ranks})
+            lines.append(f"{len(report.skipped)} unreadable image(s) skipped; each was named above as it was met")
+        finish("\n".join(lines), lambda: write_json(args.json, {
+            "cache": report.cache, "spec": report.spec, "total": report.total, "extracted": report.extracted,
+            "cached": report.cached, "corrupt": report.corrupt, "skipped": report.skipped, "ranks": report.ranks}))
     return 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ def main() -> None:
     from extract import cpu_facts, write_folder
 
     import dense
+    from dense.device import peak_rss_gib
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
@@ -58,7 +58,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
         if out.returncode != 0:
             sys.exit(f"dense extract failed: {out.stderr.strip()[-2000:]}")
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+        peak = peak_rss_gib(children=True)  # the child's high-water mark
         print(f"CPU: {cpu_facts()}")
         print(f"dense extract, {args.spec} random weights ({dtype}), {args.images} JPEGs, --layers {args.layers}, "
               f"--batch-size {args.batch_size}: peak RSS {peak:.2f} GiB, {wall:.0f} s")

@@ -232,10 +232,11 @@ def rss_gib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
-def peak_rss_gib() -> float:
-    """This process's peak resident memory so far, GiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+def peak_rss_gib(*, children: bool = False) -> float:
+    """This process's peak resident memory so far, GiB (``ru_maxrss``: KiB on Linux, bytes on macOS); with
+    ``children``, the largest peak of its waited-for child processes instead."""
     import resource
     import sys
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF).ru_maxrss
     return peak / (2**30 if sys.platform == "darwin" else 2**20)

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from dense.errors import InputError
+
 log = logging.getLogger("dense")
 
 DECISION_FILE = "compile.json"
@@ -47,7 +49,7 @@ COMPILE_CHOICES = (True, False, "auto")
 
 def check_compile_option(compile) -> None:
     if compile not in COMPILE_CHOICES or not isinstance(compile, (bool, str)):
-        raise ValueError(f"compile={compile!r}: use True, False or 'auto'")
+        raise InputError(f"compile={compile!r}: use True, False or 'auto'")
 
 
 def bucket_tokens(n_tokens: int, budget: int, buckets: int = BUCKETS) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dense.errors import DeviceError
+from dense.errors import DeviceError, InputError
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -57,9 +57,9 @@ def resolve_dtype(dtype, device: str | torch.device = "cpu") -> torch.dtype:
         return torch.bfloat16 if native_bf16(device) else torch.float32
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
-            raise ValueError(f"dtype {dtype!r}: use 'auto', {', '.join(repr(k) for k in _DTYPES)} or a torch dtype")
+            raise InputError(f"dtype {dtype!r}: use 'auto', {', '.join(repr(k) for k in _DTYPES)} or a torch dtype")
         dtype = _DTYPES[dtype]
     if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("dtype float16 on a CPU device: CPUs run float16 matmuls at ~1 GFLOP/s (emulated). Use "
+        raise InputError("dtype float16 on a CPU device: CPUs run float16 matmuls at ~1 GFLOP/s (emulated). Use "
                          "dtype='auto' (bfloat16 where the CPU has AMX/AVX512-BF16, else float32), 'bf16' or 'fp32'.")
     return dtype

@@ -40,7 +40,7 @@ from dense.checkpoint import (
 )
 from dense.compiled import CompiledTower, check_compile_option, decide
 from dense.device import resolve_device, resolve_dtype
-from dense.errors import CheckpointError, ImageError
+from dense.errors import CheckpointError, ImageError, InputError
 from dense.features import RULES_VERSION, FeatureMap, block_indices
 from dense.preprocess import ImageInput, PixelConfig, choose_grid, load_image, to_pixels
 
@@ -220,16 +220,16 @@ class Encoder:
         ``"skip"`` logs it and yields ``None`` in its place, so results still line up with inputs.
         """
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         total = len(images) if hasattr(images, "__len__") else None
         if num_workers is None:
             num_workers = default_num_workers(self.device, total)
         window = int(window or 8 * batch_size)
         max_patches = int(self.pixels.max_patches if max_patches is None else max_patches)
         if max_patches < 1:  # before any image is read
-            raise ValueError(f"max_patches must be >= 1, got {max_patches}")
+            raise InputError(f"max_patches must be >= 1, got {max_patches}")
         stream = prepared_stream(images, self.pixels, max_patches, num_workers=num_workers,
                                  pin_memory=self.device.type == "cuda")
         bar = tqdm(total=total, desc="extract", unit="img", disable=not progress)
@@ -358,7 +358,7 @@ def random_encoder(spec: str = "so400m-patch14-384", *, device: str | torch.devi
     """
     check_compile_option(compile)
     if spec not in RANDOM_SPECS:
-        raise ValueError(f"unknown spec {spec!r}; choose one of {sorted(RANDOM_SPECS)}")
+        raise InputError(f"unknown spec {spec!r}; choose one of {sorted(RANDOM_SPECS)}")
     arch = RANDOM_SPECS[spec]
     full_cls, vision_cls, _, _ = model_classes(arch["family"])
     config = full_cls(text_config=arch["text"], vision_config=arch["vision"])

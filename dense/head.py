@@ -13,6 +13,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from dense.errors import InputError
 from dense.features import FeatureMap
 
 
@@ -62,7 +63,7 @@ def pool_with_weights(head, tokens: torch.Tensor, weights: torch.Tensor) -> torc
     x = tokens.reshape(1, gh * gw, D).to(p.device, p.dtype)  # [gh, gw, D] -> [1, N, D]
     w = weights.reshape(K, gh * gw).to(p.device, torch.float32)  # [K, gh, gw] -> [K, N]
     if bool((w.max(dim=1).values <= 0).any()):
-        raise ValueError("every region needs at least one patch with a positive weight")
+        raise InputError("every region needs at least one patch with a positive weight")
     mask = torch.log(w.clamp(min=0)).to(p.dtype)  # [K, N]: 0 inside, log(frac) on the border, -inf outside
     probe = head.probe.expand(1, K, D)  # [1, 1, D] -> [1, K, D]
     h = head.attention(probe, x, x, attn_mask=mask, need_weights=False)[0]  # [1, K, D]
@@ -77,7 +78,7 @@ def with_pooled(encoder, fmap: FeatureMap) -> FeatureMap:
 
     check_featuremap_identity(encoder.spec(), fmap, "the pooled embedding")
     if not fmap.has_layers((-1,), encoder.num_layers):
-        raise ValueError(f"a pooled embedding needs the last block among the layers, got {fmap.layers}")
+        raise InputError(f"a pooled embedding needs the last block among the layers, got {fmap.layers}")
     head = encoder.vision.head
     p = next(head.parameters())
     x = fmap.layer_tokens((-1,), encoder.num_layers).reshape(-1, encoder.hidden_size)  # [gh, gw, D] -> [N, D]

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from dense import head as maphead
 from dense.batching import embed_patches
+from dense.errors import InputError
 from dense.features import FeatureMap, check_featuremap_identity
 from dense.preprocess import ImageInput, load_image, to_pixels
 from dense.text import embed_texts
@@ -167,7 +168,7 @@ def distractor_mask(tokens: torch.Tensor, *, cues: Sequence[str] = DISTRACTOR_CU
     N = x.shape[0]
     unknown = set(cues) - set(DISTRACTOR_CUES)
     if unknown:
-        raise ValueError(f"unknown distractor cues {sorted(unknown)}; choose from {DISTRACTOR_CUES}")
+        raise InputError(f"unknown distractor cues {sorted(unknown)}; choose from {DISTRACTOR_CUES}")
     if N < 4 or not cues:
         return torch.zeros(gh, gw, dtype=torch.bool)
     score = torch.full((N,), -float("inf"))
@@ -215,7 +216,7 @@ def filter_distractors(x: torch.Tensor, prev: torch.Tensor | None = None, **kwar
 def get_method(name: str) -> Method:
     """The registered :class:`Method` called ``name`` (``ValueError`` listing the known ones otherwise)."""
     if name not in METHODS:
-        raise ValueError(f"unknown heatmap method {name!r}; choose one of {', '.join(METHODS)}")
+        raise InputError(f"unknown heatmap method {name!r}; choose one of {', '.join(METHODS)}")
     return METHODS[name]
 
 
@@ -258,11 +259,11 @@ def check_featuremap(encoder, fmap: FeatureMap, layers: Sequence[int], what: str
     """
     check_featuremap_identity(encoder.spec(), fmap, what)
     if not fmap.has_layers(layers, encoder.num_layers):
-        raise ValueError(f"{what} needs blocks {list(layers)} of the encoder; the FeatureMap holds blocks "
+        raise InputError(f"{what} needs blocks {list(layers)} of the encoder; the FeatureMap holds blocks "
                          f"{list(fmap.layers)}: extract it with layers={tuple(layers)}")
     x = fmap.layer_tokens(layers, encoder.num_layers)
     if x.shape[-1] != encoder.hidden_size * len(layers):
-        raise ValueError(f"{what}: FeatureMap tokens of dim {x.shape[-1]} do not fit encoder hidden size "
+        raise InputError(f"{what}: FeatureMap tokens of dim {x.shape[-1]} do not fit encoder hidden size "
                          f"{encoder.hidden_size} x {len(layers)} blocks")
     return x
 
@@ -291,7 +292,7 @@ def aligned_tokens(encoder, fmap: FeatureMap, method: str | None = None) -> torc
         return fmap.aligned
     m = get_method(method)
     if m.needs_prev and encoder.num_layers < 2:
-        raise ValueError(f"method {method!r} needs the input of the last block; {encoder.name} has only one block, "
+        raise InputError(f"method {method!r} needs the input of the last block; {encoder.name} has only one block, "
                          f"whose input (the patch embedding) no FeatureMap holds: pass the image itself")
     gh, gw = fmap.grid_hw
     vision = encoder.vision
@@ -350,7 +351,7 @@ def text_matrix(encoder, queries, templates: Sequence[str] | None = None) -> tor
     """Queries (a string, strings, or precomputed unit embeddings ``[T, E]``) -> ``[T, E]``."""
     if isinstance(queries, torch.Tensor):
         if queries.ndim != 2:
-            raise ValueError(f"query embeddings must be [T, E], got {tuple(queries.shape)}")
+            raise InputError(f"query embeddings must be [T, E], got {tuple(queries.shape)}")
         return queries.float()
     return embed_texts(encoder, queries, templates=templates_of(encoder, templates))
 
@@ -377,7 +378,7 @@ def to_image(scores: torch.Tensor, fmap: FeatureMap, size_hw: tuple[int, int] | 
     """
     gh, gw = fmap.grid_hw
     if tuple(scores.shape[-2:]) != (gh, gw):
-        raise ValueError(f"scores {tuple(scores.shape)} do not match the grid {gh}x{gw}")
+        raise InputError(f"scores {tuple(scores.shape)} do not match the grid {gh}x{gw}")
     size_hw = tuple(size_hw or fmap.image_hw)
     return F.interpolate(scores[None].float(), size=size_hw, mode="bilinear", align_corners=False)[0]  # [T, H, W]
 
@@ -425,21 +426,21 @@ def image_scores(encoder, image: ImageOrFeatureMap, queries, *, features: Featur
 
     refine = None if refine in (None, "none") else refine
     if refine is not None and refine not in REFINES:
-        raise ValueError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINES)}")
+        raise InputError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINES)}")
     if windows < 1:
-        raise ValueError(f"windows must be >= 1, got {windows}")
+        raise InputError(f"windows must be >= 1, got {windows}")
     if isinstance(image, FeatureMap):
         if features is not None:
-            raise ValueError("image is a FeatureMap and features= is given too: pass the image itself as image")
+            raise InputError("image is a FeatureMap and features= is given too: pass the image itself as image")
         image, features = None, image
     if features is not None:  # even when windows re-extract from the pixels: never mix in another encoder's map
         check_featuremap_identity(encoder.spec(), features, "image_scores")
     if image is None and (windows > 1 or refine is not None):
-        raise ValueError("windows > 1 and refine need the image's pixels: pass the image as image= (and its "
+        raise InputError("windows > 1 and refine need the image's pixels: pass the image as image= (and its "
                          "FeatureMap as features=)")
     rgb = None if image is None else load_image(image)
     if rgb is not None and features is not None and tuple(rgb.shape[:2]) != tuple(features.image_hw):
-        raise ValueError(f"image is {tuple(rgb.shape[:2])}, its FeatureMap (features=) was made from "
+        raise InputError(f"image is {tuple(rgb.shape[:2])}, its FeatureMap (features=) was made from "
                          f"{tuple(features.image_hw)}")
     text = text_matrix(encoder, queries, templates)  # [T, E]
     budget = max_patches or encoder.pixels.max_patches

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dense.errors import ImageError
+from dense.errors import ImageError, InputError
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -175,9 +175,9 @@ def choose_grid(image_hw: tuple[int, int], patch_size: int, max_patches: int) ->
     """
     H, W = image_hw
     if H <= 0 or W <= 0:
-        raise ValueError(f"image size must be positive, got {image_hw}")
+        raise InputError(f"image size must be positive, got {image_hw}")
     if max_patches < 1:
-        raise ValueError(f"max_patches must be >= 1, got {max_patches}")
+        raise InputError(f"max_patches must be >= 1, got {max_patches}")
     norm = 1000.0 * patch_size / max(H, W)
     h_px, w_px = _naflex_size(H * norm, W * norm, patch_size, max_patches)
     return h_px // patch_size, w_px // patch_size

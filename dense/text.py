@@ -72,6 +72,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dense.errors import InputError
+
 log = logging.getLogger("dense")
 
 # The version of dense's text rules (canonicalization, EOS, padding, template averaging) in every text-cache key and
@@ -104,7 +106,7 @@ def canonicalize(text: str, rule: str) -> str:
         return _SPACES.sub(" ", text).strip()
     if rule == "lower":
         return text.lower()
-    raise ValueError(f"unknown text rule {rule!r}; one of {TEXT_RULES}")
+    raise InputError(f"unknown text rule {rule!r}; one of {TEXT_RULES}")
 
 
 def rule_of_tokenizer(tokenizer) -> str:
@@ -172,10 +174,10 @@ def _check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
         templates = (templates,)
     templates = tuple(templates)
     if not templates:
-        raise ValueError("templates is empty; pass None to use queries verbatim")
+        raise InputError("templates is empty; pass None to use queries verbatim")
     for t in templates:
         if t.count("{}") != 1:
-            raise ValueError(f"template {t!r} must contain exactly one '{{}}'")
+            raise InputError(f"template {t!r} must contain exactly one '{{}}'")
     return templates
 
 
@@ -189,13 +191,13 @@ def tokenize(encoder, texts: str | Sequence[str], *, tokenizer=None) -> torch.Te
     parts = encoder.text_parts()
     tok = tokenizer if tokenizer is not None else parts.tokenizer
     if tok is None:
-        raise ValueError(f"{encoder.name}: this encoder has no tokenizer (random weights?); pass tokenizer=... or "
+        raise InputError(f"{encoder.name}: this encoder has no tokenizer (random weights?); pass tokenizer=... or "
                          f"token ids to embed_token_ids")
     cfg = parts.model.config
     eos = tok.eos_token_id if getattr(tok, "eos_token_id", None) is not None else cfg.eos_token_id
     pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else cfg.pad_token_id
     if eos is None or pad is None:
-        raise ValueError(f"{encoder.name}: tokenizer and config define no EOS/pad id (eos={eos}, pad={pad})")
+        raise InputError(f"{encoder.name}: tokenizer and config define no EOS/pad id (eos={eos}, pad={pad})")
     L = parts.max_length
     rule = text_rule(encoder, tokenizer)
     texts = [canonicalize(t, rule) for t in _as_list(texts)]
@@ -215,7 +217,7 @@ def embed_token_ids(encoder, ids: torch.Tensor, *, batch_size: int = 64) -> torc
     """
     parts = encoder.text_parts()
     if ids.ndim != 2 or ids.shape[1] != parts.max_length:
-        raise ValueError(f"token ids must be [T, {parts.max_length}], got {tuple(ids.shape)}")
+        raise InputError(f"token ids must be [T, {parts.max_length}], got {tuple(ids.shape)}")
     out = []
     for start in range(0, ids.shape[0], batch_size):
         chunk = ids[start:start + batch_size].to(parts.model.device)
@@ -335,7 +337,7 @@ def put_cache(encoder, texts: Sequence[str], embeddings: torch.Tensor, *, templa
     saved). The disk cache is left alone: it only holds what the text tower computed."""
     texts = _as_list(texts)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(texts):
-        raise ValueError(f"{len(texts)} texts for embeddings of shape {tuple(embeddings.shape)}")
+        raise InputError(f"{len(texts)} texts for embeddings of shape {tuple(embeddings.shape)}")
     cache = _cache_for(encoder)
     rules, templates = rules_key(text_rule(encoder)), _check_templates(templates)
     for t, e in zip(texts, F.normalize(embeddings.float(), dim=-1), strict=True):

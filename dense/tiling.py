@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dense.errors import InputError
 from dense.features import FeatureMap
 from dense.preprocess import ImageInput, load_image, to_pixels
 
@@ -37,17 +38,17 @@ def window_starts(length: int, window: int, *, overlap: int | None = None, n: in
     (:func:`dense.heatmap.image_scores`, ``n``).
     """
     if not 1 <= window <= length:
-        raise ValueError(f"window {window} must lie in [1, {length}] (the axis)")
+        raise InputError(f"window {window} must lie in [1, {length}] (the axis)")
     if (overlap is None) == (n is None):
-        raise ValueError("pass exactly one of overlap= and n=")
+        raise InputError("pass exactly one of overlap= and n=")
     if window == length:
         return [0]
     if n is None:
         if not 0 <= overlap < window:
-            raise ValueError(f"overlap must be in [0, {window}), got {overlap}")
+            raise InputError(f"overlap must be in [0, {window}), got {overlap}")
         n = max(2, math.ceil((length - overlap) / (window - overlap)))  # windows needed with stride window - overlap
     elif n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise InputError(f"n must be >= 1, got {n}")
     if n == 1:
         return [0]
     return [round(k * (length - window) / (n - 1)) for k in range(n)]
@@ -78,11 +79,11 @@ def extract_tiled(encoder, image: ImageInput, *, scale: int = 2, overlap: int = 
     tiling (``{"scale", "overlap", "blend", "windows"}``) next to the per-window ``max_patches``.
     """
     if int(scale) != scale or scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale}")
+        raise InputError(f"scale must be a positive integer, got {scale}")
     if blend not in ("centre", "mean"):
-        raise ValueError(f"blend must be 'centre' or 'mean', got {blend!r}")
+        raise InputError(f"blend must be 'centre' or 'mean', got {blend!r}")
     if overlap < 0:
-        raise ValueError(f"overlap must be >= 0, got {overlap}")
+        raise InputError(f"overlap must be >= 0, got {overlap}")
     scale = int(scale)
     rgb, (gh, gw) = encoder.prepare(image, max_patches)
     p = encoder.patch_size
@@ -140,7 +141,7 @@ def slide_starts(length: int, window: int, stride: int) -> list[int]:
     (``length=683, window=512, stride=341 -> [0, 171]``). A window longer than the axis is cut to it: one window.
     """
     if window < 1 or not 1 <= stride <= window:
-        raise ValueError(f"window {window} and stride {stride}: need 1 <= stride <= window (no gaps)")
+        raise InputError(f"window {window} and stride {stride}: need 1 <= stride <= window (no gaps)")
     n = max(length - window + stride - 1, 0) // stride + 1
     return [max(min(k * stride + window, length) - window, 0) for k in range(n)]
 
@@ -160,7 +161,7 @@ def slide_logits(image_hw: tuple[int, int], window: int, stride: int,
             y1, x1 = min(y0 + window, H), min(x0 + window, W)
             lg = logits_of(y0, x0, y1, x1).float()  # [K, y1 - y0, x1 - x0]
             if lg.shape[1:] != (y1 - y0, x1 - x0):
-                raise ValueError(f"logits_of gave {tuple(lg.shape)} for a {y1 - y0} x {x1 - x0} window")
+                raise InputError(f"logits_of gave {tuple(lg.shape)} for a {y1 - y0} x {x1 - x0} window")
             if total is None:
                 total = torch.zeros(lg.shape[0], H, W)
             total[:, y0:y1, x0:x1] += lg
@@ -189,12 +190,12 @@ def predict_slide(encoder, head, image: ImageInput, *, window_px: int, stride_px
     """
     p = encoder.patch_size
     if window_px < p:
-        raise ValueError(f"window_px={window_px} is smaller than one patch ({p} px)")
+        raise InputError(f"window_px={window_px} is smaller than one patch ({p} px)")
     if not 1 <= stride_px <= window_px:
-        raise ValueError(f"stride_px={stride_px} must be in [1, window_px={window_px}] (windows leave no gaps)")
+        raise InputError(f"stride_px={stride_px} must be in [1, window_px={window_px}] (windows leave no gaps)")
     short = int(short_side_px or window_px)
     if short < 1:
-        raise ValueError(f"short_side_px={short_side_px} must be positive")
+        raise InputError(f"short_side_px={short_side_px} must be positive")
     budget = int(max_patches or (window_px // p) ** 2)
     rgb = load_image(image)
     H, W = rgb.shape[:2]

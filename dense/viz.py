@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dense.errors import InputError
 from dense.labels import IGNORE, as_numpy
 from dense.preprocess import load_image
 
@@ -47,7 +48,7 @@ class DenseFigure(Figure):
 
 def _check_hw(image: np.ndarray, maps: np.ndarray, what: str) -> None:
     if tuple(maps.shape[-2:]) != tuple(image.shape[:2]):
-        raise ValueError(f"{what} {tuple(maps.shape)} is not at the image size {tuple(image.shape[:2])}; "
+        raise InputError(f"{what} {tuple(maps.shape)} is not at the image size {tuple(image.shape[:2])}; "
                          f"upsample it first (dense.heatmap.to_image)")
 
 
@@ -124,10 +125,10 @@ def heat_overlay(image, scores, *, vmin: float = 0.0, vmax: float = 1.0, cmap: s
     rgb = load_image(image)
     s = as_numpy(scores).astype(np.float64)
     if s.ndim != 2:
-        raise ValueError(f"scores must be one map [H, W], got shape {tuple(s.shape)}")
+        raise InputError(f"scores must be one map [H, W], got shape {tuple(s.shape)}")
     _check_hw(rgb, s, "scores")
     if not vmax > vmin:
-        raise ValueError(f"vmax ({vmax}) must be greater than vmin ({vmin})")
+        raise InputError(f"vmax ({vmax}) must be greater than vmin ({vmin})")
     t = np.nan_to_num(np.clip((s - vmin) / (vmax - vmin), 0.0, 1.0), nan=0.0)  # [H, W]
     lo, hi = GREY_BAND
     base = lo + (hi - lo) * (rgb.astype(np.float64) @ _LUMA / 255.0)  # [H, W, 3] -> [H, W]
@@ -166,7 +167,7 @@ def heatmaps(image, scores, queries: Sequence[str], *, cmap: str = HEAT_CMAP, vm
     image = load_image(image)
     scores = as_numpy(scores).astype(np.float32)
     if scores.ndim != 3 or scores.shape[0] != len(queries):
-        raise ValueError(f"scores {scores.shape} do not match {len(queries)} queries")
+        raise InputError(f"scores {scores.shape} do not match {len(queries)} queries")
     _check_hw(image, scores, "heatmaps")
     if vmax is None:
         vmax = float(scores.max()) if scores.size else 1.0
@@ -286,7 +287,7 @@ def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: floa
         _check_hw(image, m, what)
         valid = m[m != ignore_index]
         if valid.size and (valid.min() < 0 or valid.max() > len(class_names)):
-            raise ValueError(f"{what} values {valid.min()}..{valid.max()} outside 0..{len(class_names)}")
+            raise InputError(f"{what} values {valid.min()}..{valid.max()} outside 0..{len(class_names)}")
     if titles is None:
         titles = ["ground truth", "prediction"] if gt is not None else ["labels"]
     colours = class_colours(class_names)
@@ -432,10 +433,10 @@ def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=N
     gt = None if gt_boxes_xyxy is None else as_numpy(gt_boxes_xyxy).astype(np.float64).reshape(-1, 4)  # -> [N, 4]
     for name, given in (("ground-truth boxes", gt), ("labels", labels), ("scores", scores), ("found", found)):
         if given is not None and len(given) != n:
-            raise ValueError(f"{len(given)} {name} for {n} boxes")
+            raise InputError(f"{len(given)} {name} for {n} boxes")
     pts = None if points_xy is None else as_numpy(points_xy).astype(np.float64).reshape(-1, 2)  # -> [N, 2]
     if pts is not None and len(pts) != n:
-        raise ValueError(f"{len(pts)} points for {n} boxes")
+        raise InputError(f"{len(pts)} points for {n} boxes")
     shown = np.ones(n, bool) if found is None else np.asarray(found, bool)
     if colours is None:  # colour words in the expressions, as in label maps ("the red circle" drawn red)
         colours = class_colours(labels if labels is not None else [""] * n)
@@ -571,7 +572,7 @@ def localizations(image, found: Sequence, *, gt_boxes_xyxy=None, found_threshold
     """:func:`boxes` for a list of :class:`dense.refer.Localization`: each expression's box, point and score; an
     answer that was not found (``found=False``) gets no box, only a note."""
     if not found:
-        raise ValueError("no localizations to draw")
+        raise InputError("no localizations to draw")
     return boxes(image, np.stack([f.box_xyxy for f in found]), [f.expression for f in found],
                  points_xy=np.stack([f.point_xy for f in found]), gt_boxes_xyxy=gt_boxes_xyxy,
                  scores=[f.score for f in found], found=[f.found for f in found], found_threshold=found_threshold)

@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dense._atomic import load_tensors, save_tensors
-from dense.errors import MismatchError
+from dense.errors import InputError, MismatchError
 from dense.features import FeatureMap, block_indices, identity_mismatch
 from dense.refer import box_patch_weights, find_peak_grid
 
@@ -209,7 +209,7 @@ def train_refer_head(samples: Sequence[ReferSample], *, steps: int = 1500, batch
                      hidden: int = 128, seed: int = 0, log_every: int = 0) -> ReferHead:
     """Adam with cosine decay over ``steps`` batches drawn with replacement. Seeded; deterministic on CPU."""
     if not samples:
-        raise ValueError("no training samples")
+        raise InputError("no training samples")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     first = samples[0].fmap

@@ -6,6 +6,8 @@ Each command maps its flags to one evaluator call and prints its Result; ``--jso
 from __future__ import annotations
 
 from dense.cli._args import (
+    REFINES,
+    SCORERS,
     add_dataset,
     add_json,
     add_max_patches,
@@ -22,7 +24,7 @@ from dense.cli._args import (
     fraction,
     group,
     load,
-    names,
+    one_of,
     open_fraction,
     opt,
     pct,
@@ -45,13 +47,13 @@ def add(sub, parent) -> None:
     opt(e, "--background", type=background)
     add_templates(e)
     opt(e, "--sweep", "background thresholds in [0, 1]", type=floats, metavar="THRESHOLDS")
-    opt(e, "--refine", type=names)
+    opt(e, "--refine", type=one_of(REFINES, "refinement", many=True))
     opt(e, "--windows", type=positive_int)
     opt(e, "--choose", "the (method, refinement, background threshold) with the best mIoU among settings whose pixel "
                        "accuracy is within --guard of the best", action="store_true")
     opt(e, "--guard", type=fraction, default=0.02)
     opt(e, "--calibration-out", "method, refinement, windows, threshold, templates and budget, with what they "
-                                "measured")
+                                "measured", needs="--choose")
     add_bootstrap(e)
     opt(e, "--limit", type=positive_int)
     add_max_patches(e)
@@ -70,12 +72,12 @@ def add(sub, parent) -> None:
     opt(r, "--split", "'all' for every split", default="val")
     add_model(r)
     add_method(r, many=True)
-    opt(r, "--scorers", type=names, default="map-box,heatmap-mean")
+    opt(r, "--scorers", type=one_of(SCORERS, "candidate scorer", many=True), default="map-box,heatmap-mean")
     opt(r, "--box-threshold", type=fraction)
     opt(r, "--sweep", "relative box thresholds in [0, 1]", type=floats, default="0.2,0.3,0.4,0.5,0.6,0.7,0.8",
         metavar="THRESHOLDS")
     opt(r, "--choose", "the box threshold with the best Acc@0.5 (no candidates) per method", action="store_true")
-    opt(r, "--calibration-out", "the first method's box threshold, with what it measured")
+    opt(r, "--calibration-out", "the first method's box threshold, with what it measured", needs="--choose")
     add_bootstrap(r)
     add_templates(r)
     opt(r, "--limit", type=positive_int)
@@ -113,9 +115,8 @@ def _methods(args, enc) -> list[str] | None:
 
 
 def _check_choose(args) -> None:
-    """``--calibration-out`` needs ``--choose``; a calibration holds a threshold, not background prompts."""
-    if args.calibration_out and not args.choose:
-        raise DenseError("--calibration-out writes what --choose chose: add --choose")
+    """A calibration holds a threshold, not background prompts (``--calibration-out`` needs ``--choose``: the
+    parser checks that)."""
     if args.calibration_out and isinstance(getattr(args, "background", None), list):
         raise DenseError("--calibration-out: a calibration holds a background threshold, not prompts "
                          f"{args.background}: give --background as a number")

@@ -15,7 +15,10 @@ one call of :mod:`dense.eval.probe` / :mod:`dense.eval.refer`; this module maps 
 from __future__ import annotations
 
 from dense.cli._args import (
+    POOLED,
     PRESETS,
+    PROTOCOLS,
+    SHARPEN_MODES,
     STORE_DTYPES,
     add_dataset,
     add_json,
@@ -111,16 +114,16 @@ def sweep_options(t) -> None:
     opt(t, "--weight-decay", type=float, default=0.0)
     opt(t, "--feature-dtype", choices=STORE_DTYPES, default="float32")
     opt(t, "--seed", "head initialisation and batch order", type=int, default=0)
-    opt(t, "--protocol", choices=("last", "last-k", "best-block", "pooled", "all"))
+    opt(t, "--protocol", choices=PROTOCOLS)
     opt(t, "--last-k", type=positive_int, default=4)
     opt(t, "--preset", choices=PRESETS)
-    opt(t, "--pooled", choices=("off", "on", "both"), default="off")
+    opt(t, "--pooled", choices=POOLED, default="off")
     opt(t, "--store-dtype", choices=STORE_DTYPES, default="float32")
     sharpen_options(t)
 
 
 def sharpen_options(p) -> None:
-    opt(p, "--sharpen", "of the reported split", default="bilinear", choices=("bilinear", "guided"))
+    opt(p, "--sharpen", "of the reported split", default="bilinear", choices=SHARPEN_MODES)
     opt(p, "--upsampler", type=existing("file"))
 
 

@@ -24,11 +24,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dense.errors import InputError
 from dense.eval import Result
 
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 POOLED = {"off": (False,), "on": (True,), "both": (False, True)}  # heads without / with the pooled embedding (TIPS)
-SHARPEN = ("bilinear", "guided")  # how predictions reach the image's pixels (dense.upsample.SHARPEN_MODES)
 STORE_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
 
@@ -70,20 +70,20 @@ class _Data:
     def __init__(self, *, dataset=None, ann=None, images=None, root=None, on_error: str = "raise"):
         given = [n for n, v in (("dataset", dataset), ("ann", ann)) if v is not None]
         if len(given) != 1:
-            raise ValueError("give the data one way: dataset= (a dataset, {split: dataset} or a dense.segdata name "
+            raise InputError("give the data one way: dataset= (a dataset, {split: dataset} or a dense.segdata name "
                              "with root=), or ann= (COCO instances file(s), --ann) with images= (--images)")
         self.by_split: dict[str | None, object] = {}
         if ann is not None:
             from dense.coco import load_coco
 
             if images is None:
-                raise ValueError("no image folder for the annotations: give images= (--images)")
+                raise InputError("no image folder for the annotations: give images= (--images)")
             anns = _per_split(ann, "annotation file (ann=, --ann)")
             folders = _per_split(images, "image folder (images=, --images)")
             for split, path in anns.items():
                 folder = folders.get(split, folders.get(None))
                 if folder is None:
-                    raise ValueError(f"no image folder for split {split!r}: give images= (--images {split}=DIR)")
+                    raise InputError(f"no image folder for split {split!r}: give images= (--images {split}=DIR)")
                 if not Path(folder).is_dir():
                     raise FileNotFoundError(2, "image folder (--images) is not a folder", str(folder))
                 self.by_split[split] = load_coco(path, folder, on_error=on_error)
@@ -92,7 +92,7 @@ class _Data:
             from dense.segdata import load_dataset
 
             if root is None:
-                raise ValueError(f"the dataset {dataset!r} needs its root folder (root=, --root)")
+                raise InputError(f"the dataset {dataset!r} needs its root folder (root=, --root)")
             self.by_split[None] = load_dataset(dataset, root)
             self.what = f"{dataset} at {root}"
         elif isinstance(dataset, Mapping):
@@ -125,13 +125,13 @@ class _Data:
                 ids = ds.ids(sub)  # a reader whose split list is missing raises naming the file it looked for
             except KeyError as e:
                 if e.args and isinstance(e.args[0], str) and " " in e.args[0]:  # the reader's own explanation
-                    raise ValueError(e.args[0]) from None
+                    raise InputError(e.args[0]) from None
                 ids = []
         if not ids:
             present = self.splits()
             hint = "" if present else " (its images carry no 'split' field: give one file per split, " \
                                       "e.g. --ann train=FILE)"
-            raise ValueError(f"{self.what}: no images in split {split!r}; splits present: "
+            raise InputError(f"{self.what}: no images in split {split!r}; splits present: "
                              f"{', '.join(present) or 'none'}{hint}")
         if hasattr(ds, "check_files"):  # label files' channels, bit depth and size, from headers: before the model
             ds.check_files(sub)
@@ -150,7 +150,7 @@ def _per_split(value, what: str) -> dict[str | None, object]:
             split, sep, path = str(v).partition("=")
             key, path = (split, path) if sep and not Path(str(v)).exists() else (None, v)
             if key in out:
-                raise ValueError(f"{what} given twice for {'all splits' if key is None else f'split {key!r}'}")
+                raise InputError(f"{what} given twice for {'all splits' if key is None else f'split {key!r}'}")
             out[key] = path
     for path in out.values():
         if not Path(path).exists():
@@ -162,28 +162,30 @@ def _store_dtype(name: str, what: str):
     import torch
 
     if name not in STORE_DTYPES:
-        raise ValueError(f"{what} must be one of {', '.join(STORE_DTYPES)}, got {name!r}")
+        raise InputError(f"{what} must be one of {', '.join(STORE_DTYPES)}, got {name!r}")
     return getattr(torch, STORE_DTYPES[name])
 
 
 def _check_options(*, lrs, epochs, train_batch_size, batch_size, label_scale, max_patches, holdout, pooled,
                    sharpen, on_error, feature_dtype, store_dtype) -> None:
+    from dense.upsample import SHARPEN_MODES  # how predictions reach the image's pixels (imports torch: here, lazily)
+
     if not lrs or any(not lr > 0 for lr in lrs):
-        raise ValueError(f"lrs must be positive learning rates, got {list(lrs)}")
+        raise InputError(f"lrs must be positive learning rates, got {list(lrs)}")
     for name, v in (("epochs", epochs), ("train_batch_size", train_batch_size), ("batch_size", batch_size),
                     ("label_scale", label_scale)):
         if int(v) < 1:
-            raise ValueError(f"{name} must be at least 1, got {v}")
+            raise InputError(f"{name} must be at least 1, got {v}")
     if max_patches is not None and max_patches < 1:
-        raise ValueError(f"max_patches must be at least 1 (None: the checkpoint's budget), got {max_patches}")
+        raise InputError(f"max_patches must be at least 1 (None: the checkpoint's budget), got {max_patches}")
     if holdout is not None and not 0 < holdout < 1:
-        raise ValueError(f"holdout must be a fraction in (0, 1), got {holdout}")
+        raise InputError(f"holdout must be a fraction in (0, 1), got {holdout}")
     if pooled not in POOLED:
-        raise ValueError(f"pooled must be one of {', '.join(POOLED)}, got {pooled!r}")
-    if sharpen not in SHARPEN:
-        raise ValueError(f"sharpen must be one of {', '.join(SHARPEN)}, got {sharpen!r}")
+        raise InputError(f"pooled must be one of {', '.join(POOLED)}, got {pooled!r}")
+    if sharpen not in SHARPEN_MODES:
+        raise InputError(f"sharpen must be one of {', '.join(SHARPEN_MODES)}, got {sharpen!r}")
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     _store_dtype(feature_dtype, "feature_dtype")
     _store_dtype(store_dtype, "store_dtype")
 
@@ -304,7 +306,7 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
                  "sharpen": sharpen != "bilinear" or upsampler is not None}
         clash = [k for k, given in fixed.items() if given]
         if clash:
-            raise ValueError(f"preset {preset!r} fixes {', '.join(clash)}; leave them out (what it fixes: "
+            raise InputError(f"preset {preset!r} fixes {', '.join(clash)}; leave them out (what it fixes: "
                              f"probes.protocols.preset({preset!r}).describe())")
     lrs = tuple(float(v) for v in lrs)
     _check_options(lrs=lrs, epochs=epochs, train_batch_size=train_batch_size, batch_size=batch_size,
@@ -319,7 +321,7 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
         train_split = PROTOCOLS[data.name][0] if data.name in PROTOCOLS else "train"
     fit, choose = ("fit", "holdout") if holdout else (train_split, val_split)
     if test_split is not None and test_split in (train_split, choose):
-        raise ValueError(f"the reported split {test_split!r} must not be the one trained on or chosen on")
+        raise InputError(f"the reported split {test_split!r} must not be the one trained on or chosen on")
     opened = {}
     if holdout:
         from dense.segdata import with_holdout
@@ -334,7 +336,7 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
     class_names = list(opened[fit][0].class_names)
     for split, (ds, _) in opened.items():
         if list(ds.class_names) != class_names:
-            raise ValueError(f"split {split!r} has classes {list(ds.class_names)[:5]}..., split {fit!r} has "
+            raise InputError(f"split {split!r} has classes {list(ds.class_names)[:5]}..., split {fit!r} has "
                              f"{class_names[:5]}...")
 
     import torch
@@ -423,7 +425,7 @@ def evaluate_saved_probe(probe, encoder, *, cache: str | Path, split: str = "tes
     opened = {split: data.open(split)}
     ds = opened[split][0]
     if list(ds.class_names) != probe.class_names:
-        raise ValueError(f"{path or 'the probe'}: trained on classes {probe.class_names[:5]}..., the dataset has "
+        raise InputError(f"{path or 'the probe'}: trained on classes {probe.class_names[:5]}..., the dataset has "
                          f"{list(ds.class_names)[:5]}...")
     import torch
 
@@ -452,5 +454,4 @@ def evaluate_saved_probe(probe, encoder, *, cache: str | Path, split: str = "tes
     return res
 
 
-__all__ = ["evaluate_linear_probe", "evaluate_saved_probe", "evaluate_probes", "evaluate_probe", "LRS", "POOLED",
-           "SHARPEN"]
+__all__ = ["evaluate_linear_probe", "evaluate_saved_probe", "evaluate_probes", "evaluate_probe", "LRS", "POOLED"]

@@ -1,0 +1,245 @@
+"""dense's errors and what the command line makes of them: a malformed command line exits 2 before any model code is
+imported; dense's own errors (and the system's about a file) are one line, exit 1; a bug keeps its traceback. Also
+the package's names: every module is `dense.<name>`, every registry the parser copies equals its registry."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import dense
+import dense.errors as errors
+from dense.cli import main, one_line
+from dense.cli._args import REGISTRIES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A malformed command line: exit 2, one line naming the flag, before any model code
+
+
+def _world(tmp: Path) -> dict[str, str]:
+    """Files the parser checks exist (an image, an annotation file, refs, a folder); nothing in them is read."""
+    (tmp / "images").mkdir(exist_ok=True)
+    (tmp / "im.png").write_bytes(b"never read")
+    (tmp / "ann.json").write_text("{}")
+    (tmp / "refs.json").write_text("[]")
+    return {"IMG": str(tmp / "im.png"), "ANN": str(tmp / "ann.json"), "REFS": str(tmp / "refs.json"),
+            "DIR": str(tmp / "images"), "OUT": str(tmp / "out")}
+
+
+NO_MODEL = "/nonexistent/model"  # loading it would fail with exit 1: an exit 2 says the parser spoke first
+OV = ["eval", "openvocab", "--ann", "ANN", "--images", "DIR"]
+REFER = ["eval", "refer", "--ann", "ANN", "--refs", "REFS", "--images", "DIR"]
+MALFORMED = [
+    (["heatmap", "IMG", "a dog", "--method", "nosuch"], "--method: unknown heatmap method 'nosuch'; choose from raw,"),
+    (["localize", "IMG", "a dog", "--method", "map-value+nosuch"], "unknown heatmap method 'map-value+nosuch'"),
+    ([*OV, "--methods", "map-value,nosuch"], "--methods: unknown heatmap method 'nosuch'"),
+    ([*REFER, "--methods", "nosuch"], "--methods: unknown heatmap method 'nosuch'"),
+    ([*REFER, "--scorers", "map-box,nosuch"], "--scorers: unknown candidate scorer 'nosuch'; choose from map-box,"),
+    ([*OV, "--refine", "none,crf"], "--refine: unknown refinement 'crf'; choose from none, pamr"),
+    (["heatmap", "IMG", "a dog", "--device", "tpu"], "--device: 'tpu' is not a device: use cpu, cuda or cuda:N"),
+    (["segment", "IMG", "a dog", "--device", "cuda:x"], "--device: 'cuda:x' is not a device"),
+    (["heatmap", "IMG", "a dog", "--templates", "a photo of"],
+     "--templates: template 'a photo of' must contain exactly one '{}'"),
+    ([*OV, "--templates", "a {}|{} and {}"], "--templates: template '{} and {}' must contain exactly one '{}'"),
+    (["extract", "--images", "DIR", "--cache", "OUT", "--layers", "5x"], "--layers: expected comma-separated block"),
+    (["demo", "--n-images", "3"], "--n-images: must be at least 7, got 3"),
+    ([*OV, "--calibration-out", "OUT"], "--calibration-out needs --choose"),
+    ([*REFER, "--calibration-out", "OUT"], "--calibration-out needs --choose"),
+    (["demo", "--images", "DIR"], "--images needs --queries"),
+    (["demo", "--queries", "a dog"], "--queries needs --images"),
+]
+
+
+@pytest.mark.parametrize("argv, message", MALFORMED, ids=[" ".join(a[:2]) + " " + a[-2] for a, _ in MALFORMED])
+def test_a_malformed_command_line_exits_2_naming_the_flag(argv, message, tmp_path, capsys):
+    paths = _world(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main([paths.get(a, a) for a in argv] + ["--model", NO_MODEL])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"dense {argv[0]}") and message in lines[0], lines
+    assert "n_images" not in lines[0] and not (tmp_path / "out").exists()
+
+
+def test_the_parser_imports_no_model_code_to_refuse_them(tmp_path):
+    """Every case above in one fresh process: each exits 2, and neither torch nor transformers was imported."""
+    paths = _world(tmp_path)
+    cases = [[paths.get(a, a) for a in argv] + ["--model", NO_MODEL] for argv, _ in MALFORMED]
+    code = """
+import json, sys
+from dense.cli import main
+codes = []
+for argv in json.loads(sys.argv[1]):
+    try:
+        main(argv)
+        codes.append(0)
+    except SystemExit as e:
+        codes.append(e.code)
+print(json.dumps({"codes": codes, "heavy": sorted(m for m in ("torch", "transformers") if m in sys.modules)}))
+"""
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(cases)], capture_output=True, text=True, cwd=ROOT)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"codes": [2] * len(cases), "heavy": []}, out.stderr
+
+
+def test_a_block_past_the_models_depth_exits_2_before_the_model_is_built(tmp_path):
+    """--layers / --layer-sets against the depth in the checkpoint's config.json (shapes-tiny has 2 blocks)."""
+    paths = _world(tmp_path)
+    code = """
+import sys
+from dense.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    print("exit", e.code, "built" if "transformers.models.siglip.modeling_siglip" in sys.modules else "not built")
+"""
+    for flags, flag in ((["--layers", "0,5"], "--layers"), (["--layers", "-1", "--layer-sets=-1;-3"], "--layer-sets")):
+        argv = ["probe", "train", "--ann", paths["ANN"], "--images", paths["DIR"], "--cache", paths["OUT"],
+                "--model", "shapes-tiny", *flags]
+        out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=ROOT)
+        assert out.stdout.split() == ["exit", "2", "not", "built"], out.stderr
+        assert f"{flag}: shapes-tiny: layers [" in out.stderr and "out of range for 2 blocks" in out.stderr
+    assert not Path(paths["OUT"]).exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# dense's errors: one line, exit 1; a bug: its traceback
+
+
+KINDS = {"InputError": ValueError, "ImageError": ValueError, "AnnotationError": ValueError, "FormatError": ValueError,
+         "MismatchError": ValueError, "DeviceError": ValueError, "CheckpointError": OSError,
+         "LayoutError": FileNotFoundError, "MissingEntryError": KeyError}
+
+
+def test_every_error_is_a_dense_error_and_the_builtin_it_always_was():
+    assert set(errors.__all__) == {"DenseError", *KINDS}
+    for name, builtin in KINDS.items():
+        cls = getattr(errors, name)
+        assert issubclass(cls, errors.DenseError) and issubclass(cls, builtin), name
+    # one home: the modules that raise them hold no error classes of their own
+    import probes
+
+    modules = [*pkgutil.walk_packages(dense.__path__, "dense."), *pkgutil.walk_packages(probes.__path__, "probes.")]
+    defined = {name for m in modules if m.name not in ("dense.errors", "dense.cli.__main__")
+               for name, v in vars(importlib.import_module(m.name)).items()
+               if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == m.name}
+    assert defined <= {"RequestError"}, defined  # the explorer's HTTP refusal (a status code with its line)
+
+
+def test_one_line_reads_each_kind_as_a_user_should():
+    assert one_line(errors.MissingEntryError("c/1.st: not in the cache")) == "c/1.st: not in the cache"  # not quoted
+    assert one_line(errors.LayoutError("/data/voc", "no label files")) == "/data/voc: no label files"
+    assert one_line(errors.CheckpointError("m: folder has no config.json")) == "m: folder has no config.json"
+    assert one_line(IsADirectoryError(21, "Is a directory", "/tmp/x")) == "/tmp/x: is a directory"
+    assert one_line(FileNotFoundError(2, "upsampler file: no such file", "u.st")) == "u.st: upsampler file: no such " \
+        "file"  # dense's own words kept
+    assert one_line(errors.InputError("first line\nsecond")) == "first line"
+
+
+def _fail_with(monkeypatch, exc):
+    """`dense heatmap` whose command function raises ``exc`` (the parser is built anew by each main call)."""
+    import dense.cli.query as query
+
+    def run(args):
+        raise exc
+
+    monkeypatch.setattr(query, "run_heatmap", run)
+
+
+@pytest.mark.parametrize("exc, line", [
+    (errors.ImageError("im.png: not an image"), "dense: error: im.png: not an image"),
+    (errors.MismatchError("referring head trained on another encoder"),
+     "dense: error: referring head trained on another encoder"),
+    (errors.MissingEntryError("c/1.safetensors: not in the cache"), "dense: error: c/1.safetensors: not in the cache"),
+    (NotADirectoryError(20, "Not a directory", "cache/x"), "dense: error: cache/x: not a directory"),
+])
+def test_dense_errors_and_file_errors_are_one_line_exit_1(exc, line, tmp_path, monkeypatch, capsys):
+    _fail_with(monkeypatch, exc)
+    (tmp_path / "im.png").write_bytes(b"x")
+    assert main(["heatmap", str(tmp_path / "im.png"), "a dog", "--model", "m"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [line]
+    with pytest.raises(type(exc)):  # --debug: the traceback
+        main(["heatmap", str(tmp_path / "im.png"), "a dog", "--model", "m", "--debug"])
+
+
+@pytest.mark.parametrize("exc", [TypeError("unsupported operand"), AttributeError("no attribute 'tokens'"),
+                                 IndexError("list index out of range"), KeyError("grid"), ValueError("broadcast")])
+def test_a_bug_keeps_its_traceback(exc, tmp_path, monkeypatch, capsys):
+    _fail_with(monkeypatch, exc)
+    (tmp_path / "im.png").write_bytes(b"x")
+    with pytest.raises(type(exc)):
+        main(["heatmap", str(tmp_path / "im.png"), "a dog", "--model", "m"])
+    assert "dense: error" not in capsys.readouterr().err
+
+
+def test_a_real_bad_input_through_the_library_is_one_line(tmp_path, capsys):
+    """Not a stand-in: a checkpoint folder without config.json, refused by dense.checkpoint."""
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "im.png").write_bytes(b"x")
+    assert main(["heatmap", str(tmp_path / "im.png"), "a dog", "--model", str(tmp_path / "ckpt")]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dense: error: {tmp_path / 'ckpt'}: folder has no config.json; expected a save_pretrained() checkpoint"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Names: every module is dense.<name>; the public names are callable as the README writes them
+
+
+def test_every_module_of_the_package_is_an_attribute_of_dense():
+    names = {p.stem for p in (ROOT / "dense").glob("*.py") if p.stem != "__init__"}
+    names |= {p.parent.name for p in (ROOT / "dense").glob("*/__init__.py")}
+    assert names >= {"extract", "errors", "refer", "eval", "cli"}
+    code = f"import dense; print(sorted(n for n in {sorted(names)!r} if getattr(dense, n).__name__ != 'dense.' + n))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stderr
+    assert not set(dense.__all__) & names, "a public name that is also a module is rebound when the module is imported"
+
+
+def test_the_public_names_are_what_the_readme_lists():
+    assert dense.__all__ == ["load_encoder", "random_encoder", "FeatureMap", "classify", "segment", "localize",
+                             "Localizer"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "The public API has seven names: " + ", ".join(f"`{n}`" for n in dense.__all__[:-1]) + " and `Localizer`" \
+        in readme
+    refer = importlib.import_module("dense.refer")  # importing the module leaves the function in place
+    assert callable(dense.localize) and dense.localize is refer.localize
+
+
+def test_import_dense_and_building_the_parser_import_no_torch():
+    code = ("import sys, dense, dense.errors; from dense.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Registries: the parser's light copies equal the library's registries
+
+
+@pytest.mark.parametrize("copy", sorted(REGISTRIES))
+def test_every_registry_copy_equals_its_registry(copy):
+    import dense.cli._args as args
+
+    module, name = REGISTRIES[copy].split(":")
+    registry = getattr(importlib.import_module(module), name)
+    mine = getattr(args, copy)
+    assert (mine == registry) if isinstance(registry, int) else (tuple(mine) == tuple(registry)), \
+        f"dense.cli._args.{copy} is not {REGISTRIES[copy]}: update the copy"
+
+
+def test_every_registry_the_parser_checks_has_its_copy_tied():
+    """No light list in the parser that REGISTRIES does not name (a new copy must say what it copies)."""
+    import dense.cli._args as args
+
+    tuples = {k for k, v in vars(args).items() if k.isupper() and isinstance(v, tuple)}
+    assert tuples - set(REGISTRIES) == {"DTYPES"}  # "auto" + DTYPE_NAMES
+    assert args.DTYPES == ("auto", *args.DTYPE_NAMES)

@@ -59,103 +59,18 @@ def evaluate_probe(probe, samples: Sequence, **kwargs) -> Result:
     return evaluate_probes({"probe": probe}, samples, **kwargs)["probe"]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Where the data comes from: checked and opened before any image is read
+def _data(dataset, ann, images, root, on_error):
+    from dense.eval.data import open_data
+
+    if dataset is None and ann is None:
+        raise InputError("give the data one way: dataset= (a dataset, {split: dataset} or a dense.segdata name "
+                         "with root=), or ann= (COCO instances file(s), --ann) with images= (--images)")
+    return open_data(dataset, ann=ann, images=images, root=root, on_error=on_error)
 
 
-class _Data:
-    """The splits of a run, from one of: a dataset object, a ``{split: dataset}`` mapping, COCO files (one with a
-    ``split`` field per image, or one per split) or a dataset of :mod:`dense.segdata` by name."""
-
-    def __init__(self, *, dataset=None, ann=None, images=None, root=None, on_error: str = "raise"):
-        given = [n for n, v in (("dataset", dataset), ("ann", ann)) if v is not None]
-        if len(given) != 1:
-            raise InputError("give the data one way: dataset= (a dataset, {split: dataset} or a dense.segdata name "
-                             "with root=), or ann= (COCO instances file(s), --ann) with images= (--images)")
-        self.by_split: dict[str | None, object] = {}
-        if ann is not None:
-            from dense.coco import load_coco
-
-            if images is None:
-                raise InputError("no image folder for the annotations: give images= (--images)")
-            anns = _per_split(ann, "annotation file (ann=, --ann)")
-            folders = _per_split(images, "image folder (images=, --images)")
-            for split, path in anns.items():
-                folder = folders.get(split, folders.get(None))
-                if folder is None:
-                    raise InputError(f"no image folder for split {split!r}: give images= (--images {split}=DIR)")
-                if not Path(folder).is_dir():
-                    raise FileNotFoundError(2, "image folder (--images) is not a folder", str(folder))
-                self.by_split[split] = load_coco(path, folder, on_error=on_error)
-            self.what = ", ".join(f"{s}={p}" if s else str(p) for s, p in anns.items())
-        elif isinstance(dataset, str):
-            from dense.segdata import load_dataset
-
-            if root is None:
-                raise InputError(f"the dataset {dataset!r} needs its root folder (root=, --root)")
-            self.by_split[None] = load_dataset(dataset, root)
-            self.what = f"{dataset} at {root}"
-        elif isinstance(dataset, Mapping):
-            self.by_split = dict(dataset)
-            self.what = "datasets of splits " + ", ".join(map(str, dataset))
-        else:
-            self.by_split[None] = dataset
-            where = getattr(dataset, "root", None) or getattr(dataset, "source", None)
-            self.what = str(where or type(dataset).__name__)
-        self.name = dataset if isinstance(dataset, str) else None
-
-    def splits(self) -> list[str]:
-        """Every split the data holds (a file per split counts as its split)."""
-        out = {s for s in self.by_split if s is not None}
-        if None in self.by_split:
-            out |= set(self.by_split[None].splits())
-        return sorted(out)
-
-    def open(self, split: str) -> tuple[object, str | None]:
-        """``(dataset, split within it)``; raises naming the splits that exist when ``split`` holds no image."""
-        if split in self.by_split:
-            ds, sub = self.by_split[split], None  # a dataset given for this split holds it whole
-        elif None in self.by_split:
-            ds, sub = self.by_split[None], split
-        else:
-            ds, sub = None, split
-        ids = []
-        if ds is not None:
-            try:
-                ids = ds.ids(sub)  # a reader whose split list is missing raises naming the file it looked for
-            except KeyError as e:
-                if e.args and isinstance(e.args[0], str) and " " in e.args[0]:  # the reader's own explanation
-                    raise InputError(e.args[0]) from None
-                ids = []
-        if not ids:
-            present = self.splits()
-            hint = "" if present else " (its images carry no 'split' field: give one file per split, " \
-                                      "e.g. --ann train=FILE)"
-            raise InputError(f"{self.what}: no images in split {split!r}; splits present: "
-                             f"{', '.join(present) or 'none'}{hint}")
-        if hasattr(ds, "check_files"):  # label files' channels, bit depth and size, from headers: before the model
-            ds.check_files(sub)
-        return ds, sub
-
-
-def _per_split(value, what: str) -> dict[str | None, object]:
-    """A path (every split) or ``{split: path}``; CLI strings ``SPLIT=PATH`` are read as the latter."""
-    if value is None:
-        return {}
-    if isinstance(value, Mapping):
-        out = {str(k) if k is not None else None: v for k, v in value.items()}
-    else:
-        out = {}
-        for v in (value if isinstance(value, (list, tuple)) else [value]):
-            split, sep, path = str(v).partition("=")
-            key, path = (split, path) if sep and not Path(str(v)).exists() else (None, v)
-            if key in out:
-                raise InputError(f"{what} given twice for {'all splits' if key is None else f'split {key!r}'}")
-            out[key] = path
-    for path in out.values():
-        if not Path(path).exists():
-            raise FileNotFoundError(2, f"{what}: no such file or folder", str(path))
-    return out
+def _open(data, split):
+    data.check(split)  # label files' channels, bit depth and size, from headers: before the model
+    return data.open(split)
 
 
 def _store_dtype(name: str, what: str):
@@ -313,8 +228,8 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
                    label_scale=label_scale, max_patches=max_patches, holdout=holdout, pooled=pooled,
                    sharpen=sharpen, on_error=on_error, feature_dtype=feature_dtype, store_dtype=store_dtype)
     if upsampler is not None and isinstance(upsampler, (str, Path)) and not Path(upsampler).is_file():
-        raise FileNotFoundError(2, "upsampler file (upsampler=, --upsampler): no such file", str(upsampler))
-    data = _Data(dataset=dataset, ann=ann, images=images, root=root, on_error=on_error)
+        raise FileNotFoundError(2, "upsampler file, upsampler= (--upsampler): no such file", str(upsampler))
+    data = _data(dataset, ann, images, root, on_error)
     if train_split is None:
         from dense.segdata import PROTOCOLS
 
@@ -326,13 +241,13 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
     if holdout:
         from dense.segdata import with_holdout
 
-        ds, sub = data.open(train_split)
+        ds, sub = _open(data, train_split)
         carved = with_holdout(ds, sub, holdout, holdout_seed)
         opened = {fit: (carved, fit), choose: (carved, choose)}
     else:
-        opened = {fit: data.open(fit), choose: data.open(choose)}
+        opened = {fit: _open(data, fit), choose: _open(data, choose)}
     if test_split is not None:
-        opened[test_split] = data.open(test_split)
+        opened[test_split] = _open(data, test_split)
     class_names = list(opened[fit][0].class_names)
     for split, (ds, _) in opened.items():
         if list(ds.class_names) != class_names:
@@ -421,8 +336,8 @@ def evaluate_saved_probe(probe, encoder, *, cache: str | Path, split: str = "tes
     if isinstance(probe, (str, Path)):
         path = str(probe)
         probe = LinearProbe.load(probe)
-    data = _Data(dataset=dataset, ann=ann, images=images, root=root, on_error=on_error)
-    opened = {split: data.open(split)}
+    data = _data(dataset, ann, images, root, on_error)
+    opened = {split: _open(data, split)}
     ds = opened[split][0]
     if list(ds.class_names) != probe.class_names:
         raise InputError(f"{path or 'the probe'}: trained on classes {probe.class_names[:5]}..., the dataset has "

@@ -67,7 +67,7 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
     if box_threshold is None:
         box_threshold = encoder.calibration.box_threshold
     if choose and not box_thresholds:
-        raise InputError("choose needs box thresholds to choose from (box_thresholds=, --sweep)")
+        raise InputError("choose needs box thresholds to choose from: give box_thresholds= (--sweep)")
     if not 0.0 <= box_threshold <= 1.0 or any(not 0.0 <= t <= 1.0 for t in box_thresholds):
         raise InputError(f"box thresholds must be in [0, 1], got {box_threshold} and {list(box_thresholds)}")
     from_image = {m for m in methods if m not in supported_methods(encoder)}  # clear-* on a 1-block tower

@@ -1,0 +1,85 @@
+"""dense.eval.data.open_data: one opener of a dataset's splits, checked when opened (before any model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dense.coco import AnnotationError
+from dense.datasets import make_shapes
+from dense.eval.data import check_cache_root, open_data
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data-world")
+    make_shapes(root, 12, seed=3)
+    return root
+
+
+def test_a_coco_file_opens_its_splits_and_names_them_when_one_is_missing(world):
+    data = open_data(ann=world / "annotations.json", images=world / "images", splits=["train", "val"])
+    assert data.kind == "coco" and set(data.splits()) == {"train", "val", "test"}
+    ds, sub = data.open("val")
+    assert sub == "val" and ds.ids("val") == data.ids("val")
+    items = data.items("val")
+    assert [k for k, _ in items] == [str(i) for i in ds.ids("val")]
+    assert all(p == ds.image_path(int(k)) for k, p in items)
+    with pytest.raises(ValueError, match=r"no images in split 'nosuch'; splits present: test, train, val"):
+        open_data(ann=world / "annotations.json", images=world / "images", splits=["nosuch"])
+    assert len(data.ids(None)) == 12 and len(data.ids("all")) == 12
+
+
+def test_one_file_per_split_and_a_corrupt_file_fail_naming_the_file(world, tmp_path):
+    full = json.loads((world / "annotations.json").read_text())
+    for split in ("train", "val"):
+        keep = {im["id"] for im in full["images"] if im["split"] == split}
+        part = {**full, "images": [im for im in full["images"] if im["id"] in keep],
+                "annotations": [a for a in full["annotations"] if a["image_id"] in keep]}
+        (tmp_path / f"{split}.json").write_text(json.dumps(part))
+    data = open_data(ann=[f"train={tmp_path / 'train.json'}", f"val={tmp_path / 'val.json'}"],
+                     images=world / "images", splits=["train", "val"])
+    assert data.splits() == ["train", "val"]
+    assert data.open("val")[1] is None  # the file of the split holds it whole
+    with pytest.raises(ValueError, match="one file per split"):
+        data.open(None)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [')
+    with pytest.raises(AnnotationError, match="bad.json"):
+        open_data(ann=bad, images=world / "images")
+
+
+def test_a_folder_has_no_splits_and_an_empty_folder_fails(world, tmp_path):
+    data = open_data(images=world / "images", splits=[None])
+    assert data.kind == "folder" and data.splits() == []
+    assert len(data.items()) == 12
+    with pytest.raises(ValueError, match="no splits"):
+        data.open("val")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images found"):
+        open_data(images=tmp_path / "empty", splits=[None])
+
+
+def test_a_source_is_given_one_way(world):
+    with pytest.raises(ValueError, match="no data"):
+        open_data()
+    with pytest.raises(ValueError, match="one way"):
+        open_data("voc", ann=world / "annotations.json", images=world / "images")
+    with pytest.raises(ValueError, match="needs its root"):
+        open_data("voc")
+    data = open_data(ann=world / "annotations.json", images=world / "images", refs=world / "refs.json")
+    assert open_data(data) is data
+    refs = data.load_refs("val")
+    assert refs and all(r.split == "val" for r in refs)
+    with pytest.raises(ValueError, match="splits present"):
+        data.load_refs("nosuch")
+
+
+def test_a_cache_root_that_is_a_file_is_refused(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(NotADirectoryError) as e:
+        check_cache_root(f / "sub")
+    assert e.value.filename == str(f)
+    assert check_cache_root(tmp_path / "new" / "cache") == tmp_path / "new" / "cache"

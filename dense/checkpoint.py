@@ -23,8 +23,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from dense.errors import CheckpointError
-from dense.preprocess import PixelConfig
+from dense.errors import CheckpointError, InputError
+from dense.preprocess import PixelConfig, check_max_patches
 
 # Names that resolve to folders shipped inside the package.
 BUNDLED = {"shapes-tiny": "checkpoints/shapes-tiny",  # sigmoid loss only
@@ -216,6 +216,10 @@ class Calibration:
     source: str = field(default="neutral defaults", compare=False)  # where the values came from
 
     def __post_init__(self):
+        try:
+            check_max_patches(self.max_patches)
+        except InputError as e:
+            raise CheckpointError(f"{self.source}: {e}") from None
         if not 0.0 <= self.found_threshold <= 1.0:
             raise CheckpointError(f"{self.source}: found_threshold is a probability in [0, 1], got "
                                   f"{self.found_threshold}")

@@ -201,7 +201,7 @@ def read_decisions() -> dict:
     try:
         data = json.loads(path.read_text())
         if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+            raise InputError("not a JSON object")
         return data
     except FileNotFoundError:
         return {}

@@ -21,7 +21,7 @@ import numpy as np
 
 from dense._atomic import write_text
 from dense.errors import InputError
-from dense.preprocess import IMAGE_EXTS
+from dense.preprocess import IMAGE_EXTS, check_max_patches
 
 BUNDLED_MODEL = "shapes-tiny-v2"
 # make_shapes splits 70/15/15 by floor + remainder to the largest: 7 images is the fewest with an image in each of
@@ -125,8 +125,7 @@ def run_demo(out_dir: str | Path = "dense-demo", *, model: str = BUNDLED_MODEL, 
 
     if max_images < 1:
         raise InputError(f"max_images must be at least 1, got {max_images}")
-    if max_patches is not None and max_patches < 1:
-        raise InputError(f"max_patches must be at least 1, got {max_patches}")
+    check_max_patches(max_patches)
     if images is None and n_images < MIN_SYNTHETIC_IMAGES:
         raise InputError(f"n_images must be at least {MIN_SYNTHETIC_IMAGES} (the synthetic world is split 70/15/15 "
                          f"into train, val and test, and each needs an image), got {n_images}")

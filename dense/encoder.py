@@ -42,7 +42,7 @@ from dense.compiled import CompiledTower, check_compile_option, decide
 from dense.device import resolve_device, resolve_dtype
 from dense.errors import CheckpointError, ImageError, InputError
 from dense.features import RULES_VERSION, FeatureMap, block_indices
-from dense.preprocess import ImageInput, PixelConfig, choose_grid, load_image, to_pixels
+from dense.preprocess import ImageInput, PixelConfig, check_max_patches, choose_grid, load_image, to_pixels
 
 log = logging.getLogger("dense")
 
@@ -186,9 +186,9 @@ class Encoder:
 
     def prepare(self, image: ImageInput, max_patches: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
         """Read an image and choose its grid: ``(uint8 [H, W, 3], (gh, gw))``."""
+        budget = check_max_patches(max_patches) or self.pixels.max_patches  # 0 is an error, not the default
         rgb = load_image(image)
-        budget = self.pixels.max_patches if max_patches is None else max_patches  # 0 is an error, not the default
-        return rgb, choose_grid(rgb.shape[:2], self.patch_size, int(budget))
+        return rgb, choose_grid(rgb.shape[:2], self.patch_size, budget)
 
     def feature_map(self, tokens: torch.Tensor, image_hw, grid_hw, max_patches, layers) -> FeatureMap:
         gh, gw = grid_hw
@@ -227,9 +227,7 @@ class Encoder:
         if num_workers is None:
             num_workers = default_num_workers(self.device, total)
         window = int(window or 8 * batch_size)
-        max_patches = int(self.pixels.max_patches if max_patches is None else max_patches)
-        if max_patches < 1:  # before any image is read
-            raise InputError(f"max_patches must be >= 1, got {max_patches}")
+        max_patches = check_max_patches(max_patches) or self.pixels.max_patches  # before any image is read
         stream = prepared_stream(images, self.pixels, max_patches, num_workers=num_workers,
                                  pin_memory=self.device.type == "cuda")
         bar = tqdm(total=total, desc="extract", unit="img", disable=not progress)

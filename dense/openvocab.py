@@ -26,18 +26,7 @@ from dense.heatmap import (
     to_image,
     with_aligned,
 )
-from dense.text import embed_texts
-
-
-def _check_queries(queries: Sequence[str], what: str) -> list[str]:
-    """Text queries: at least one, none empty."""
-    queries = list(queries)
-    if not queries:
-        raise InputError(f"{what} is empty: give at least one text query")
-    empty = [k for k, q in enumerate(queries) if not str(q).strip()]
-    if empty:
-        raise InputError(f"{what}[{empty[0]}] is an empty query: give some text")
-    return queries
+from dense.text import check_queries, embed_texts
 
 
 def _as_batch(images) -> tuple[list, bool]:
@@ -72,7 +61,7 @@ def classify(encoder, image: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], cl
 
     Independent per class (SigLIP's sigmoid, not a softmax): they need not sum to one.
     """
-    _check_queries([class_names] if isinstance(class_names, str) else class_names, "class_names")
+    check_queries([class_names] if isinstance(class_names, str) else class_names, "class_names", at_least_one=True)
     images, batch = _as_batch(image)
     img = embed_images(encoder, images, max_patches=max_patches)  # [B, E]
     text = embed_texts(encoder, class_names, templates=templates_of(encoder, templates))  # [T, E]
@@ -109,7 +98,7 @@ def segment(encoder, image: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], cla
     calibrated threshold. ``windows`` (sliding windows) and ``refine`` (``"pamr"``): see
     :func:`dense.heatmap.image_scores`; None: the encoder's calibration.
     """
-    class_names = _check_queries(class_names, "class_names")
+    class_names = check_queries(class_names, "class_names", at_least_one=True)
     cal = encoder.calibration
     windows = cal.windows if windows is None else windows
     refine = cal.refine if refine is None else refine

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import os
 import warnings
 from dataclasses import dataclass
@@ -166,6 +167,18 @@ def _naflex_size(image_height: float, image_width: float, patch_size: int, max_n
     return scaled(lo, image_height), scaled(lo, image_width)
 
 
+def check_max_patches(max_patches, what: str = "max_patches") -> int | None:
+    """A token budget: None (the checkpoint's) or a whole number of tokens, at least 1 (``2.5``, ``True``, ``"64"``
+    and ``0`` are refused). The one check of a budget; every function that takes ``max_patches`` calls it."""
+    if max_patches is None:
+        return None
+    if isinstance(max_patches, bool) or not isinstance(max_patches, numbers.Integral):
+        raise InputError(f"{what} is a whole number of tokens (at least 1), got {max_patches!r}")
+    if max_patches < 1:
+        raise InputError(f"{what} must be at least 1 (None: the checkpoint's budget), got {max_patches}")
+    return int(max_patches)
+
+
 def choose_grid(image_hw: tuple[int, int], patch_size: int, max_patches: int) -> tuple[int, int]:
     """The patch grid ``(gh, gw)`` for an image of ``image_hw = (H, W)`` pixels within ``max_patches`` tokens.
 
@@ -176,8 +189,8 @@ def choose_grid(image_hw: tuple[int, int], patch_size: int, max_patches: int) ->
     H, W = image_hw
     if H <= 0 or W <= 0:
         raise InputError(f"image size must be positive, got {image_hw}")
-    if max_patches < 1:
-        raise InputError(f"max_patches must be >= 1, got {max_patches}")
+    if check_max_patches(max_patches) is None:
+        raise InputError("max_patches is None: choose_grid needs a number of tokens")
     norm = 1000.0 * patch_size / max(H, W)
     h_px, w_px = _naflex_size(H * norm, W * norm, patch_size, max_patches)
     return h_px // patch_size, w_px // patch_size

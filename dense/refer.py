@@ -60,7 +60,7 @@ from dense.heatmap import (
 )
 from dense.openvocab import embed_images
 from dense.preprocess import ImageInput, grid_cell_xyxy, grid_to_pixel_xy, load_image
-from dense.text import embed_texts
+from dense.text import check_queries, embed_texts
 
 SCORERS = ("map-box", "heatmap-mean", "crop")
 DEFAULT_SCORER = "map-box"
@@ -334,6 +334,7 @@ class Localizer:
         """
         if not isinstance(expression, str):
             raise TypeError(f"expression must be a string, got {type(expression).__name__}; use localize_many")
+        check_queries(expression, "expression")  # never empty: before any text is embedded
         if found_threshold is None:
             found_threshold = self.encoder.calibration.found_threshold
         _check_found_threshold(found_threshold)  # before any text is embedded

@@ -158,13 +158,27 @@ def _rule_of_encoder(encoder) -> str:
     return "lower" if tok is None else rule_of_tokenizer(tok)
 
 
+def check_queries(queries: str | Sequence[str], what: str = "queries", *, at_least_one: bool = False) -> list[str]:
+    """Text queries as a list: strings, none empty or blank (queries are never empty: the one rule, read by every
+    path from a query to its embedding). ``at_least_one``: the list may not be empty either. ``what`` names the
+    argument in the error."""
+    if isinstance(queries, str):
+        if not queries.strip():
+            raise InputError(f"{what} is empty: give some text")
+        return [queries]
+    queries = list(queries)
+    if not all(isinstance(t, str) for t in queries):
+        raise TypeError(f"{what} must be strings, got {[type(t).__name__ for t in queries]}")
+    if at_least_one and not queries:
+        raise InputError(f"{what} is empty: give at least one text query")
+    empty = [k for k, q in enumerate(queries) if not q.strip()]
+    if empty:
+        raise InputError(f"{what}[{empty[0]}] is an empty query: give some text")
+    return queries
+
+
 def _as_list(texts: str | Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    texts = list(texts)
-    if not all(isinstance(t, str) for t in texts):
-        raise TypeError(f"texts must be strings, got {[type(t).__name__ for t in texts]}")
-    return texts
+    return check_queries(texts, "texts")
 
 
 def _check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:

@@ -294,7 +294,7 @@ def test_a_zero_token_budget_is_an_error_not_the_default(tiny_encoder):
     rgb = random_rgb(20, 30)
     for call in (lambda: tiny_encoder.extract(rgb, max_patches=0),
                  lambda: list(tiny_encoder.extract_many([rgb], max_patches=0))):
-        with pytest.raises(ValueError, match="max_patches must be >= 1, got 0"):
+        with pytest.raises(ValueError, match="max_patches must be at least 1 .*, got 0"):
             call()
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import dense
@@ -243,3 +244,96 @@ def test_every_registry_the_parser_checks_has_its_copy_tied():
     tuples = {k for k, v in vars(args).items() if k.isupper() and isinstance(v, tuple)}
     assert tuples - set(REGISTRIES) == {"DTYPES"}  # "auto" + DTYPE_NAMES
     assert args.DTYPES == ("auto", *args.DTYPE_NAMES)
+
+
+def test_dense_raises_its_own_kinds_not_bare_value_or_key_errors():
+    """A bare ValueError/KeyError from dense's code would read as a bug (a traceback) at the command line: raise
+    an InputError / MissingEntryError (still a ValueError / KeyError) instead."""
+    import ast
+
+    bare = []
+    for path in sorted([*(ROOT / "dense").rglob("*.py"), *(ROOT / "probes").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and \
+                    getattr(node.exc.func, "id", None) in ("ValueError", "KeyError"):
+                bare.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not bare, bare
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Words a user reads
+
+
+def test_plural_counts_every_word_the_cli_counts():
+    from dense.cli._args import plural
+
+    got = [plural(n, w) for n, w in ((1, "class"), (4, "class"), (1, "head"), (2, "head"), (2, "query"),
+                                     (3, "key"), (2, "box"), (2, "match"), (5, "unreadable image"), (0, "image"))]
+    assert got == ["1 class", "4 classes", "1 head", "2 heads", "2 queries", "3 keys", "2 boxes", "2 matches",
+                   "5 unreadable images", "0 images"]
+
+
+def test_help_texts_show_no_docstring_markup():
+    from dense.cli import build_parser
+    from dense.cli._args import walk
+
+    for cmd, p in walk(build_parser()):
+        text = p.format_help()
+        assert "``" not in text and ":mod:`" not in text and ":func:`" not in text and ":class:`" not in text, cmd
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Inputs refused once, where the rule lives
+
+
+@pytest.mark.parametrize("budget", [2.5, 4.0, True, "64", 0, -3])
+def test_a_token_budget_is_a_whole_number_at_least_1(budget, tiny_encoder):
+    from conftest import random_rgb
+
+    rgb = random_rgb(20, 30)
+    with pytest.raises(errors.InputError, match="max_patches"):
+        tiny_encoder.extract(rgb, max_patches=budget)
+    with pytest.raises(errors.InputError, match="max_patches"):
+        next(tiny_encoder.extract_many([rgb], max_patches=budget, progress=False))
+    six = tiny_encoder.extract(rgb, max_patches=6).grid_hw
+    assert tiny_encoder.extract(rgb, max_patches=np.int64(6)).grid_hw == six and six[0] * six[1] <= 6
+
+
+@pytest.mark.parametrize("query", ["", "   ", "\t\n"])
+def test_queries_are_never_empty_on_any_path(query, tiny_encoder):
+    from conftest import random_rgb
+
+    from dense.heatmap import patch_scores
+    from dense.text import embed_texts
+
+    fmap = tiny_encoder.extract(random_rgb(20, 30))
+    with pytest.raises(errors.InputError, match=r"^expression is empty: give some text$"):
+        dense.Localizer(tiny_encoder, fmap).localize(query)
+    with pytest.raises(errors.InputError, match=r"^expression is empty"):
+        dense.localize(tiny_encoder, fmap, query)
+    with pytest.raises(errors.InputError, match=r"\[1\] is an empty query"):
+        patch_scores(tiny_encoder, fmap, ["red circle", query])
+    with pytest.raises(errors.InputError, match=r"\[0\] is an empty query"):
+        embed_texts(tiny_encoder, [query])
+    with pytest.raises(errors.InputError, match=r"^class_names\[1\] is an empty query"):
+        dense.segment(tiny_encoder, fmap, ["red circle", query])
+
+
+def test_the_parsers_query_check_is_the_librarys_rule():
+    import argparse
+
+    from dense.cli._args import query
+    from dense.text import check_queries
+
+    for text in ["", " ", "\t", "a dog", " x ", "..."]:
+        try:
+            check_queries(text)
+            library = True
+        except errors.InputError:
+            library = False
+        try:
+            query(text)
+            parser = True
+        except argparse.ArgumentTypeError:
+            parser = False
+        assert library == parser, text

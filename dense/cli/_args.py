@@ -8,6 +8,7 @@ option table is :func:`option_table`, and a test checks that both agree with the
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -200,8 +201,15 @@ def common_parent() -> argparse.ArgumentParser:
     return parent
 
 
+def plain(text: str) -> str:
+    """Docstring markup -> what a terminal shows: ``` ``x`` ``` and ``:mod:`x``` become ``x``."""
+    return re.sub(r"``([^`]+)``", r"\1", re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text))
+
+
 def command(sub, name: str, parent, *, help: str, description: str | None = None, func=None):
-    """A subcommand parser: no abbreviations, help shown with defaults, ``--debug`` accepted."""
+    """A subcommand parser: no abbreviations, help shown with defaults, ``--debug`` accepted; its texts plain (a
+    module docstring read as a description shows no markup)."""
+    help, description = plain(help), plain(description) if description else None
     p = sub.add_parser(name, help=help, description=description or help[:1].upper() + help[1:] + ".",
                        parents=[parent], allow_abbrev=False, formatter_class=HelpFormatter)
     p.set_defaults(_parser=p)
@@ -459,10 +467,12 @@ def pct(v: float) -> str:
 
 
 def plural(n: int, word: str) -> str:
-    """``1 query``, ``2 queries``, ``3 images``."""
+    """``1 query``, ``2 queries``, ``4 classes``, ``3 images``, ``2 heads``: the one way the CLI counts things."""
     if n == 1:
         return f"1 {word}"
-    return f"{n} {word[:-1] + 'ies' if word.endswith('y') and word[-2] not in 'aeiou' else word + 's'}"
+    if word.endswith("y") and word[-2:-1] not in tuple("aeiou"):
+        return f"{n} {word[:-1]}ies"
+    return f"{n} {word}es" if word.endswith(("s", "x", "z", "ch", "sh")) else f"{n} {word}s"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from dense.cli._args import (
     open_fraction,
     opt,
     pct,
+    plural,
     positive_int,
     write_json,
 )
@@ -170,8 +171,9 @@ def format_choice(c: dict, res) -> str:
 def format_openvocab(res) -> str:
     m = res.meta
     settings = m.get("settings", m["methods"])
-    lines = [f"open-vocabulary segmentation: {m['images']} images of split {m['split']}, {m['max_patches']} tokens, "
-             f"windows {m.get('windows', 1)}, background {m['background']}, templates {m['templates']}",
+    lines = [f"open-vocabulary segmentation: {plural(m['images'], 'image')} of split {m['split']}, "
+             f"{m['max_patches']} tokens, windows {m.get('windows', 1)}, background {m['background']}, templates "
+             f"{m['templates']}",
              f"{'method':<32}{'mIoU % [95% CI]':>20}{'pixAcc % [95% CI]':>20}{'pointing % [95% CI]':>22}{'points':>8}"]
     for s in settings:
         lines.append(f"{s:<32}{ci(res, f'{s}/mIoU'):>20}{ci(res, f'{s}/pixel_acc'):>20}"
@@ -223,8 +225,9 @@ def format_refer(res) -> str:
     ways += [config_key("gt-boxes", meth, s) for meth in m["methods"] for s in m["scorers"]]
     ways.append(config_key("gt-boxes", "-", "random"))
     head = f"{'Acc@0.5':>8}{'point':>7}{'ctr-pt':>8}"
-    lines = [f"referring expressions: {m['expressions']} expressions ({m['refs_count']} refs) on {m['images']} images "
-             f"of split {m['split']}; {m['expressions_multi']} on images with >= 2 objects; {m['max_patches']} tokens",
+    lines = [f"referring expressions: {plural(m['expressions'], 'expression')} ({plural(m['refs_count'], 'ref')}) on "
+             f"{plural(m['images'], 'image')} of split {m['split']}; {m['expressions_multi']} on images with >= 2 "
+             f"objects; {m['max_patches']} tokens",
              f"{'':<53}{'all expressions':>23}{'images with >= 2 objects':>26}",
              f"{'candidates':<11}{'method':<22}{'scorer':<20}{head}  {head}   "
              f"{'Acc@0.5 [95% CI]':>18}{'point [95% CI]':>20}   (%)"]

@@ -13,6 +13,7 @@ from dense.cli._args import (
     existing,
     layers,
     opt,
+    plural,
     positive_int,
     runtime,
     write_json,
@@ -103,7 +104,7 @@ def run(args) -> int:
         print(f"{tot['total']:>8} {tot['extracted']:>10} {tot['cached']:>15} {tot['corrupt']:>16} {len(skipped):>11} "
               f"{plan.world_size:>6}")
         if skipped:
-            print(f"{len(skipped)} unreadable image(s) skipped; each was named above as it was met")
+            print(f"{plural(len(skipped), 'unreadable image')} skipped; each was named above as it was met")
         write_json(args.json, {"cache": str(cache.entries), "spec": cache.spec, **tot, "skipped": skipped,
                                "ranks": plan.world_size})
     return 0

@@ -36,6 +36,7 @@ from dense.cli._args import (
     open_fraction,
     opt,
     pct,
+    plural,
     positive_int,
     runtime,
     write_json,
@@ -165,7 +166,8 @@ def print_sweep(res) -> None:
         print(line)
     for line in m["skipped"]:
         print(f"skipped {line}")
-    print(f"\nsweep ({len(m['sweep'])} heads, {m['train_seconds']:.1f} s), chosen on {m['protocol']['choose']}:")
+    heads = plural(len(m["sweep"]), "head")
+    print(f"\nsweep ({heads}, {m['train_seconds']:.1f} s), chosen on {m['protocol']['choose']}:")
     print(f"  {'head':<28} {'val mIoU %':>10} {'pix acc %':>10}")
     for key, figs in m["sweep"].items():
         mark = "  <- best" if key == m["best"] else ""
@@ -204,7 +206,7 @@ def run_eval(args) -> int:
 
     res = evaluate_saved_probe(args.probe, args.model, **data_kwargs(args), split=args.split,
                                sharpen=args.sharpen, upsampler=args.upsampler, **extract_kwargs(args))
-    print_figures(f"{args.split} ({res.meta['images']} images)", res.figures)
+    print_figures(f"{args.split} ({plural(res.meta['images'], 'image')})", res.figures)
     write_json(args.json, res.to_json())
     return 0
 

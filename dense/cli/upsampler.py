@@ -14,6 +14,7 @@ from dense.cli._args import (
     layers,
     load,
     opt,
+    plural,
     positive_int,
     write_json,
 )
@@ -48,7 +49,7 @@ def run_train(args) -> int:
     enc = load(args)
     cfg = UpsamplerConfig(max_patches=args.max_patches or enc.pixels.max_patches, epochs=args.epochs, seed=args.seed)
     up = train_upsampler(enc, [p for _, p in items], cfg, layers=args.layers, progress=not args.quiet)
-    print(f"trained on {len(items)} images in {up.meta['seconds']:.0f} s: loss {up.meta['loss'][-1]:.4f} "
+    print(f"trained on {plural(len(items), 'image')} in {up.meta['seconds']:.0f} s: loss {up.meta['loss'][-1]:.4f} "
           f"(bilinear {up.meta['bilinear_loss']:.4f})")
     print(f"wrote {up.save(args.out)}")
     write_json(args.json, up.meta)

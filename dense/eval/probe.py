@@ -83,7 +83,8 @@ def _store_dtype(name: str, what: str):
 
 def _check_options(*, lrs, epochs, train_batch_size, batch_size, label_scale, max_patches, holdout, pooled,
                    sharpen, on_error, feature_dtype, store_dtype) -> None:
-    from dense.upsample import SHARPEN_MODES  # how predictions reach the image's pixels (imports torch: here, lazily)
+    from dense.preprocess import check_max_patches  # (imports torch: here, lazily)
+    from dense.upsample import SHARPEN_MODES  # how predictions reach the image's pixels
 
     if not lrs or any(not lr > 0 for lr in lrs):
         raise InputError(f"lrs must be positive learning rates, got {list(lrs)}")
@@ -91,8 +92,7 @@ def _check_options(*, lrs, epochs, train_batch_size, batch_size, label_scale, ma
                     ("label_scale", label_scale)):
         if int(v) < 1:
             raise InputError(f"{name} must be at least 1, got {v}")
-    if max_patches is not None and max_patches < 1:
-        raise InputError(f"max_patches must be at least 1 (None: the checkpoint's budget), got {max_patches}")
+    check_max_patches(max_patches)
     if holdout is not None and not 0 < holdout < 1:
         raise InputError(f"holdout must be a fraction in (0, 1), got {holdout}")
     if pooled not in POOLED:

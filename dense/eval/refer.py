@@ -13,7 +13,7 @@ from dense import coco, metrics
 from dense.errors import InputError
 from dense.eval import Result, stats
 from dense.heatmap import get_method, layers_for, supported_methods, templates_of
-from dense.preprocess import load_image
+from dense.preprocess import check_max_patches, load_image
 from dense.refer import BOX_THRESHOLDS, SCORERS, Localizer, heatmap_box_xyxy
 
 
@@ -221,8 +221,7 @@ def evaluate_refer_head_protocol(encoder, *, ann: str | Path, refs: str | Path, 
     for name, v in (("steps", steps), ("train_batch_size", train_batch_size)):
         if v < 1:
             raise InputError(f"{name} must be at least 1, got {v}")
-    if max_patches is not None and max_patches < 1:
-        raise InputError(f"max_patches must be at least 1 (None: the checkpoint's budget), got {max_patches}")
+    check_max_patches(max_patches)
     reported = [split] + ([test_split] if test_split else [])
     if test_split is not None and test_split in (train_split, split):
         raise InputError(f"the reported split {test_split!r} must not be the one trained on or chosen on")

@@ -337,3 +337,11 @@ def test_the_parsers_query_check_is_the_librarys_rule():
         except argparse.ArgumentTypeError:
             parser = False
         assert library == parser, text
+
+
+@pytest.mark.parametrize("command", ["heatmap", "segment", "localize"])
+def test_a_file_that_is_not_an_image_fails_before_the_model_is_loaded(command, tmp_path, capsys):
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main([command, str(tmp_path / "notes.png"), "a dog", "--model", NO_MODEL]) == 1  # NO_MODEL: never read
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("dense: error: ") and "notes.png" in line and NO_MODEL not in line, line

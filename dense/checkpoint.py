@@ -150,12 +150,19 @@ def read_json(folder: str, filename: str) -> dict:
         return {}
     if path is None:
         return {}
-    return json.loads(Path(path).read_text())
+    return _json(path)
+
+
+def _json(path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
 
 
 def read_tensors(folder: str, names: Iterable[str]) -> dict[str, torch.Tensor]:
     """Named tensors straight from a checkpoint's safetensors file(s), without building the model."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from transformers.utils import cached_file
 
     index = read_json(folder, "model.safetensors.index.json")
@@ -164,17 +171,31 @@ def read_tensors(folder: str, names: Iterable[str]) -> dict[str, torch.Tensor]:
     out = {}
     for n in names:
         path = cached_file(folder, files.get(n, "model.safetensors"))
-        with safe_open(path, framework="pt") as f:
-            if n not in f.keys():
-                raise CheckpointError(f"{folder}: checkpoint has no tensor {n!r}")
-            out[n] = f.get_tensor(n)
+        try:
+            with safe_open(path, framework="pt") as f:
+                if n not in f.keys():
+                    raise CheckpointError(f"{folder}: checkpoint has no tensor {n!r}")
+                out[n] = f.get_tensor(n)
+        except SafetensorError as e:
+            raise damaged(path, e) from e
     return out
+
+
+def damaged(path, e: Exception) -> CheckpointError:
+    """The error of a weights file safetensors cannot read (its own message names no file)."""
+    return CheckpointError(f"{path}: a damaged or incomplete weights file ({e}); download or save it again")
 
 
 def load_strict(cls, folder: str, *, allowed_prefixes: tuple[str, ...], **kwargs):
     """``cls.from_pretrained`` that fails on any missing, mismatched or unexpected key outside ``allowed_prefixes``."""
-    with quiet_transformers():
-        model, info = cls.from_pretrained(folder, output_loading_info=True, **kwargs)
+    from safetensors import SafetensorError
+
+    try:
+        with quiet_transformers():
+            model, info = cls.from_pretrained(folder, output_loading_info=True, **kwargs)
+    except SafetensorError as e:  # which file: the single one, or the folder of a sharded checkpoint
+        single = Path(folder) / "model.safetensors"
+        raise damaged(single if single.is_file() else folder, e) from e
     unexpected = [k for k in info["unexpected_keys"] if not k.startswith(allowed_prefixes)]
     problems = {"missing": list(info["missing_keys"]), "unexpected": unexpected,
                 "mismatched": [str(m) for m in info["mismatched_keys"]]}
@@ -260,7 +281,7 @@ def read_calibration(given, source: str | None) -> Calibration:
         return given
     if isinstance(given, dict):
         return Calibration.from_dict(given, "calibration=")
-    return Calibration.from_dict(json.loads(Path(given).read_text()), str(given))
+    return Calibration.from_dict(_json(given), str(given))
 
 
 _HASH_MEMO = "file-hashes.json"  # realpath|size|mtime_ns -> sha256, so a local checkpoint is hashed once per machine

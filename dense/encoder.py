@@ -287,7 +287,11 @@ class Encoder:
             scale, bias = logits["logit_scale"].float().reshape(()), logits["logit_bias"].float().reshape(())
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(self.source)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(self.source)
+            except Exception as e:  # tokenizers' own errors name no file: a damaged tokenizer.json, for one
+                raise CheckpointError(f"{self.source}: its tokenizer cannot be loaded ({type(e).__name__}: "
+                                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
         model = model.to(self.device, self.dtype).eval().requires_grad_(False)
         return TextParts(model=model, tokenizer=tokenizer, logit_scale=scale, logit_bias=bias, max_length=max_length)
 

@@ -345,3 +345,27 @@ def test_a_file_that_is_not_an_image_fails_before_the_model_is_loaded(command, t
     assert main([command, str(tmp_path / "notes.png"), "a dog", "--model", NO_MODEL]) == 1  # NO_MODEL: never read
     line = capsys.readouterr().err.strip()
     assert line.startswith("dense: error: ") and "notes.png" in line and NO_MODEL not in line, line
+
+
+@pytest.mark.parametrize("damaged, named", [
+    ("model.safetensors", "model.safetensors: a damaged or incomplete weights file (Error while deserializing header"),
+    ("preprocessor_config.json", "preprocessor_config.json: not valid JSON"),
+    ("dense_calibration.json", "dense_calibration.json: not valid JSON"),
+    ("tokenizer.json", ": its tokenizer cannot be loaded"),
+])
+def test_a_damaged_checkpoint_file_is_one_line_naming_it(damaged, named, tiny_siglip_dir, tmp_path, capsys):
+    import shutil
+
+    from conftest import random_rgb
+    from PIL import Image
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_siglip_dir, ckpt)
+    path = ckpt / damaged
+    path.write_bytes(b"\xff" * 8 + path.read_bytes()[8:] if damaged.endswith(".safetensors") else b'{"cut": ')
+    Image.fromarray(random_rgb(20, 30)).save(tmp_path / "im.png")
+    assert main(["heatmap", str(tmp_path / "im.png"), "red circle", "--model", str(ckpt),
+                 "--out", str(tmp_path / "h.png")]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"dense: error: {ckpt}") and named in lines[0], lines
+    assert not (tmp_path / "h.png").exists()

@@ -184,8 +184,11 @@ def test_a_bug_keeps_its_traceback(exc, tmp_path, monkeypatch, capsys):
 
 def test_a_real_bad_input_through_the_library_is_one_line(tmp_path, capsys):
     """Not a stand-in: a checkpoint folder without config.json, refused by dense.checkpoint."""
+    from conftest import random_rgb
+    from PIL import Image
+
     (tmp_path / "ckpt").mkdir()
-    (tmp_path / "im.png").write_bytes(b"x")
+    Image.fromarray(random_rgb(20, 30)).save(tmp_path / "im.png")
     assert main(["heatmap", str(tmp_path / "im.png"), "a dog", "--model", str(tmp_path / "ckpt")]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         f"dense: error: {tmp_path / 'ckpt'}: folder has no config.json; expected a save_pretrained() checkpoint"]
@@ -369,3 +372,24 @@ def test_a_damaged_checkpoint_file_is_one_line_naming_it(damaged, named, tiny_si
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"dense: error: {ckpt}") and named in lines[0], lines
     assert not (tmp_path / "h.png").exists()
+
+
+def test_a_closed_stdout_is_exit_1_without_a_message(tmp_path, monkeypatch, capsys):
+    _fail_with(monkeypatch, BrokenPipeError(32, "Broken pipe"))
+    (tmp_path / "im.png").write_bytes(b"x")
+    assert main(["heatmap", str(tmp_path / "im.png"), "a dog", "--model", "m"]) == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_out_of_memory_is_one_line_with_what_to_lower(tmp_path, monkeypatch, capsys):
+    import torch
+
+    (tmp_path / "im.png").write_bytes(b"x")
+    for exc in (MemoryError(), torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")):
+        _fail_with(monkeypatch, exc)
+        assert main(["heatmap", str(tmp_path / "im.png"), "a dog", "--model", "m"]) == 1
+        line = capsys.readouterr().err.strip()
+        assert line.startswith("dense: error: out of memory (") and "--max-patches" in line, line
+    _fail_with(monkeypatch, RuntimeError("shape mismatch"))  # any other RuntimeError is a bug
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(["heatmap", str(tmp_path / "im.png"), "a dog", "--model", "m"])

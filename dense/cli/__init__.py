@@ -7,6 +7,7 @@ instant. Each command's ``run`` function imports what it needs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -62,8 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dense: interrupted", file=sys.stderr)
         return 130
-    except (DenseError, OSError) as e:  # dense's own errors, and the system's about a file: one line for users
+    except BrokenPipeError:  # the reader of stdout left (`dense ... | head -1`): nothing to tell it, nothing to flush
+        with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor (captured) stays
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (DenseError, OSError, MemoryError) as e:  # dense's own errors, the system's: one line for users
         if args.debug:
+            raise
+        print(f"dense: error: {one_line(e)}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if type(e).__name__ != "OutOfMemoryError" or args.debug:  # torch.cuda.OutOfMemoryError (torch not imported)
             raise
         print(f"dense: error: {one_line(e)}", file=sys.stderr)
         return 1
@@ -77,6 +87,9 @@ def one_line(e: BaseException) -> str:
         if e.errno and why == os.strerror(e.errno):  # the system's words, lower-cased after the file name
             why = why[:1].lower() + why[1:]
         return f"{e.filename} -> {e.filename2}: {why}" if e.filename2 else f"{e.filename}: {why}"
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return (f"out of memory ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}): "
+                "a smaller --batch-size or --max-patches needs less")
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 

@@ -57,6 +57,9 @@ MALFORMED = [
     ([*REFER, "--calibration-out", "OUT"], "--calibration-out needs --choose"),
     (["demo", "--images", "DIR"], "--images needs --queries"),
     (["demo", "--queries", "a dog"], "--queries needs --images"),
+    (["eval", "openvocab", "--dataset", "voc"], "--dataset needs --root"),
+    (["probe", "train", "--root", "DIR", "--cache", "OUT"], "--root needs --dataset"),
+    (["explore", "--images", "DIR", "--port", "70000"], "--port: must be 0..65535, got 70000"),
 ]
 
 

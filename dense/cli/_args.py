@@ -307,13 +307,17 @@ def floats(text: str) -> list[float]:
     return out
 
 
-def at_least(n: int):
-    """An argparse type: a whole number, at least ``n``."""
+def at_least(n: int, most: int | None = None):
+    """An argparse type: a whole number, at least ``n`` (and at most ``most``)."""
 
     def check(text: str) -> int:
-        v = positive_int(text)
-        if v < n:
-            raise argparse.ArgumentTypeError(f"must be at least {n}, got {v}")
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if v < n or (most is not None and v > most):
+            raise argparse.ArgumentTypeError(f"must be at least {n}, got {v}" if most is None else
+                                             f"must be {n}..{most}, got {v}")
         return v
 
     return check
@@ -413,8 +417,8 @@ def add_json(p, detail: str | None = None) -> None:
 
 
 def add_dataset(p, *, required: bool = False) -> None:
-    opt(p, "--dataset", required=required, choices=DATASETS, metavar="NAME")
-    opt(p, "--root", required=required, type=existing("folder"))
+    opt(p, "--dataset", required=required, choices=DATASETS, metavar="NAME", needs="--root")
+    opt(p, "--root", required=required, type=existing("folder"), needs="--dataset")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -129,8 +129,6 @@ def run_openvocab(args) -> int:
     _check_choose(args)
     if (args.dataset is None) == (args.ann is None) or (args.ann is not None and args.images is None):
         raise DenseError("give --ann FILE --images DIR, or --dataset NAME --root DIR")
-    if args.dataset is not None and args.root is None:
-        raise DenseError(f"--dataset {args.dataset} needs --root DIR")
     data = args.ann
     if args.dataset is not None:
         from dense.segdata import load_dataset

@@ -123,7 +123,7 @@ def _one_line(capsys) -> str:
     (["segment", "IMG", "red circle", "--background", "1.5"], "--background: a threshold must be in [0, 1], got 1.5"),
     (["segment", "IMG", "red circle", "--background", "-1"], "--background: a threshold must be in [0, 1], got -1"),
     (["localize", "IMG", "x", "--box-threshold", "2"], "--box-threshold: must be in [0, 1], got 2"),
-    (["demo", "--n-images", "0"], "--n-images: must be at least 1, got 0"),
+    (["demo", "--n-images", "0"], "--n-images: must be at least 7, got 0"),
     (["eval", "probe", "--model", "m", "--dataset", "voc", "--root", "ROOT", "--holdout", "1"],
      "--holdout: must be strictly between 0 and 1"),
     (["probe", "train", "--model", "m", "--cache", "c", "--lrs", "fast"], "--lrs: expected comma-separated numbers"),

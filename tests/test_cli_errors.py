@@ -238,6 +238,10 @@ def test_every_registry_copy_equals_its_registry(copy):
 
     module, name = REGISTRIES[copy].split(":")
     registry = getattr(importlib.import_module(module), name)
+    if copy == "DTYPE_NAMES":  # the spellings dense.device knows, less float16, which it refuses on every device
+        import torch
+
+        registry = [k for k, v in registry.items() if v != torch.float16]
     mine = getattr(args, copy)
     assert (mine == registry) if isinstance(registry, int) else (tuple(mine) == tuple(registry)), \
         f"dense.cli._args.{copy} is not {REGISTRIES[copy]}: update the copy"

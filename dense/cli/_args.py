@@ -16,15 +16,16 @@ from pathlib import Path
 # Light copies of the library's registries: building and checking the command line imports no model code (no torch).
 # Each copy names its registry in REGISTRIES; tests/test_cli.py holds every copy equal to its registry.
 DATASETS = ("voc", "ade20k", "ade847", "coco-stuff", "context59", "context459", "coco")
-DTYPE_NAMES = ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
+DTYPE_NAMES = ("fp32", "float32", "bf16", "bfloat16")  # float16 is refused on every device
 DTYPES = ("auto", *DTYPE_NAMES)  # "auto": bf16 where the hardware runs it natively, else fp32
 STORE_DTYPES = ("fp32", "float32", "bf16", "bfloat16")
 PRESETS = ("siglip2-tips", "pe-best-block", "dinov3", "radio")
 PROTOCOLS = ("last", "last-k", "best-block", "pooled", "all")
 POOLED = ("off", "on", "both")
-METHODS = ("raw", "map-value", "map-value-mlp", "attn-value", "leave-one-out", "clear-map-value", "clear-map-value-mlp",
-           "raw+filter", "map-value+filter", "map-value-mlp+filter", "attn-value+filter", "leave-one-out+filter",
-           "clear-map-value+filter", "clear-map-value-mlp+filter")
+METHODS = ("raw", "map-value", "map-value-mlp", "clear-map-value", "clear-map-value-mlp")
+EXPERIMENTAL_METHODS = ("attn-value", "leave-one-out", "raw+filter", "map-value+filter", "map-value-mlp+filter",
+                        "attn-value+filter", "leave-one-out+filter", "clear-map-value+filter",
+                        "clear-map-value-mlp+filter")  # run when named
 SCORERS = ("map-box", "heatmap-mean", "crop")
 REFINES = ("none", "pamr")
 SHARPEN_MODES = ("bilinear", "guided")
@@ -38,6 +39,7 @@ REGISTRIES = {  # copy -> "module:name" of the registry it copies (a dict's keys
     "PROTOCOLS": "probes.protocols:NAMES",
     "POOLED": "dense.eval.probe:POOLED",
     "METHODS": "dense.heatmap:METHODS",
+    "EXPERIMENTAL_METHODS": "dense.heatmap:EXPERIMENTAL_METHODS",
     "SCORERS": "dense.refer:SCORERS",
     "REFINES": "dense.refine:REFINES",
     "SHARPEN_MODES": "dense.upsample:SHARPEN_MODES",
@@ -50,8 +52,8 @@ OPTIONS = {
     "--version": "print dense's version",
     "--model": "the encoder: a hub id (google/siglip2-so400m-patch14-384), a local save_pretrained folder, or a "
                "bundled name ('shapes-tiny', 'shapes-tiny-v2')",
-    "--dtype": "weights/activations dtype: auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16 "
-               "or fp16 (GPUs only) (float32, bfloat16, float16 are the same)",
+    "--dtype": "weights/activations dtype: auto (bf16 where the hardware runs it natively, else fp32), fp32 or "
+               "bf16 (float32, bfloat16 are the same)",
     "--device": "where the model runs: cpu, cuda (the current GPU) or cuda:N",
     "--max-patches": "token budget per image, at least 1",
     "--out": "where the command's main artifact is written, exactly at this path",
@@ -76,8 +78,8 @@ OPTIONS = {
     "--holdout-seed": "seed of the --holdout draw",
     "--cache": "feature cache root folder (resumable, atomic)",
     "--no-extract": "fail on features missing from the cache instead of extracting them",
-    "--no-compile": "plain transformers layers, never the compiled tower (default: compiled where this machine's "
-                    "one-off measurement found it pays; see dense.compiled)",
+    "--no-compile": "plain transformers layers, never the compiled tower (default: compiled only where `dense "
+                    "compile-check` measured on this machine that it pays)",
     "--skip-bad": "report unreadable images and bad annotations and go on (default: stop at the first)",
     "--layers": "blocks whose tokens are extracted, comma-separated indices (-1 = the last)",
     "--layer-sets": "one head per layer set, ';'-separated, e.g. '-1;8,17,-1' (default: all --layers together)",
@@ -99,9 +101,10 @@ OPTIONS = {
                   "image as guide: sharper edges)",
     "--upsampler": "a learned upsampler of this encoder (`dense upsampler train`) in place of bilinear",
     "--probe": "a probe saved by `dense probe train --out`",
-    "--method": "heatmap method of dense.heatmap.METHODS (default: the checkpoint's calibrated method)",
-    "--methods": "comma-separated heatmap methods of dense.heatmap.METHODS, or 'all' (default: the checkpoint's "
-                 "calibrated method)",
+    "--method": "heatmap method of dense.heatmap.METHODS, or of EXPERIMENTAL_METHODS by name (default: the "
+                "checkpoint's calibrated method)",
+    "--methods": "comma-separated heatmap methods of dense.heatmap.METHODS (EXPERIMENTAL_METHODS by name), or 'all' "
+                 "(every method of METHODS) (default: the checkpoint's calibrated method)",
     "--templates": "'|'-separated prompt templates with one {} each, or 'none' for verbatim queries (default: the "
                    "checkpoint's calibrated templates)",
     "--background": "a probability threshold in [0, 1] (0: every pixel gets a class), or comma-separated background "
@@ -399,9 +402,10 @@ def add_max_patches(p, detail: str = "default: the checkpoint's calibrated or tr
 
 def add_method(p, *, many: bool = False) -> None:
     if many:
-        opt(p, "--methods", default=None, type=one_of(METHODS, "heatmap method", many=True, all_=True))
+        opt(p, "--methods", default=None, type=one_of((*METHODS, *EXPERIMENTAL_METHODS), "heatmap method", many=True,
+                                                      all_=True))
     else:
-        opt(p, "--method", default=None, type=one_of(METHODS, "heatmap method"))
+        opt(p, "--method", default=None, type=one_of((*METHODS, *EXPERIMENTAL_METHODS), "heatmap method"))
 
 
 def add_templates(p) -> None:

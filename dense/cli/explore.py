@@ -42,12 +42,15 @@ def add(sub, parent) -> None:
 
 def run(args) -> int:
     from dense.cli._args import load
+    from dense.explore.files import image_files, no_images_error
     from dense.explore.server import describe, is_loopback, make_server
 
     try:
         import flask  # noqa: F401
     except ImportError:
         raise DenseError("dense explore needs Flask: pip install 'dense[explore]'") from None
+    if not image_files(args.images):  # before the model loads
+        raise no_images_error(args.images)
     encoder = load(args)
     try:
         server, explorer = make_server(encoder, args.images, host=args.host, port=args.port, cache=args.cache,

@@ -102,7 +102,7 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
     K = len(ds.class_names)
     bg_prompts = background_prompts(background) if offset else []
     layers = layers_for(encoder, methods)
-    from_image = {m for m in methods if m not in supported_methods(encoder)}  # clear-* on a 1-block tower
+    from_image = {m for m in methods if m not in supported_methods(encoder, experimental=True)}  # clear-* on 1 block
     text = embed_texts(encoder, names + bg_prompts, templates=templates)  # [C + B, E], once for the whole run
     settings = [(m, r, setting_key(m, r)) for m in methods for r in refines]
     meters = {s: metrics.SegmentationMeter(ds.class_names) for _, _, s in settings}

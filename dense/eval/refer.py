@@ -70,7 +70,7 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
         raise InputError("choose needs box thresholds to choose from: give box_thresholds= (--sweep)")
     if not 0.0 <= box_threshold <= 1.0 or any(not 0.0 <= t <= 1.0 for t in box_thresholds):
         raise InputError(f"box thresholds must be in [0, 1], got {box_threshold} and {list(box_thresholds)}")
-    from_image = {m for m in methods if m not in supported_methods(encoder)}  # clear-* on a 1-block tower
+    from_image = {m for m in methods if m not in supported_methods(encoder, experimental=True)}  # clear-* on 1 block
     layers = layers_for(encoder, methods)
     for s in scorers:
         if s not in SCORERS:

@@ -60,6 +60,13 @@ MALFORMED = [
     (["eval", "openvocab", "--dataset", "voc"], "--dataset needs --root"),
     (["probe", "train", "--root", "DIR", "--cache", "OUT"], "--root needs --dataset"),
     (["explore", "--images", "DIR", "--port", "70000"], "--port: must be 0..65535, got 70000"),
+    ([*OV, "--sweep", "0.3,1.5"], "--sweep: each must be in [0, 1], got 1.5"),
+    ([*REFER, "--sweep", "-0.1"], "--sweep: each must be in [0, 1], got -0.1"),
+    (["probe", "train", "--ann", "ANN", "--images", "DIR", "--cache", "OUT", "--lrs", "1e-3,0"],
+     "--lrs: each must be above 0, got 0"),
+    (["probe", "train", "--ann", "ANN", "--images", "DIR", "--cache", "OUT", "--weight-decay", "-1"],
+     "--weight-decay: must be at least 0, got -1"),
+    (["probe", "refer", "--ann", "ANN", "--refs", "REFS", "--images", "DIR", "--lr", "0"], "--lr: must be above 0"),
 ]
 
 

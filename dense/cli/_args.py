@@ -351,6 +351,47 @@ def device(text: str) -> str:
     raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N")
 
 
+def fractions(text: str) -> list[float]:
+    """Comma-separated numbers, each in [0, 1] (thresholds)."""
+    out = floats(text)
+    bad = [v for v in out if not 0.0 <= v <= 1.0]
+    if bad:
+        raise argparse.ArgumentTypeError(f"each must be in [0, 1], got {bad[0]:g}")
+    return out
+
+
+def positive_floats(text: str) -> list[float]:
+    """Comma-separated numbers, each above 0 (learning rates)."""
+    out = floats(text)
+    bad = [v for v in out if not v > 0]
+    if bad:
+        raise argparse.ArgumentTypeError(f"each must be above 0, got {bad[0]:g}")
+    return out
+
+
+def positive_float(text: str) -> float:
+    """One number above 0."""
+    v = _one_number(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {v:g}")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    """One number, at least 0."""
+    v = _one_number(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {v:g}")
+    return v
+
+
+def _one_number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
 def layers(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))

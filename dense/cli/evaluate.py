@@ -20,8 +20,8 @@ from dense.cli._args import (
     command,
     command_line,
     existing,
-    floats,
     fraction,
+    fractions,
     group,
     load,
     one_of,
@@ -47,7 +47,7 @@ def add(sub, parent) -> None:
     opt(e, "--split", "default: every image; 'all' is the same")
     opt(e, "--background", type=background)
     add_templates(e)
-    opt(e, "--sweep", "background thresholds in [0, 1]", type=floats, metavar="THRESHOLDS")
+    opt(e, "--sweep", "background thresholds in [0, 1]", type=fractions, metavar="THRESHOLDS")
     opt(e, "--refine", type=one_of(REFINES, "refinement", many=True))
     opt(e, "--windows", type=positive_int)
     opt(e, "--choose", "the (method, refinement, background threshold) with the best mIoU among settings whose pixel "
@@ -75,7 +75,7 @@ def add(sub, parent) -> None:
     add_method(r, many=True)
     opt(r, "--scorers", type=one_of(SCORERS, "candidate scorer", many=True), default="map-box,heatmap-mean")
     opt(r, "--box-threshold", type=fraction)
-    opt(r, "--sweep", "relative box thresholds in [0, 1]", type=floats, default="0.2,0.3,0.4,0.5,0.6,0.7,0.8",
+    opt(r, "--sweep", "relative box thresholds in [0, 1]", type=fractions, default="0.2,0.3,0.4,0.5,0.6,0.7,0.8",
         metavar="THRESHOLDS")
     opt(r, "--choose", "the box threshold with the best Acc@0.5 (no candidates) per method", action="store_true")
     opt(r, "--calibration-out", "the first method's box threshold, with what it measured", needs="--choose")

@@ -29,14 +29,16 @@ from dense.cli._args import (
     add_templates,
     command,
     existing,
-    floats,
     group,
     layer_sets,
     layers,
+    non_negative_float,
     open_fraction,
     opt,
     pct,
     plural,
+    positive_float,
+    positive_floats,
     positive_int,
     runtime,
     write_json,
@@ -81,7 +83,7 @@ def add(sub, parent) -> None:
     add_runtime(r)
     opt(r, "--steps", type=positive_int, default=1500)
     opt(r, "--train-batch-size", "expressions per step", type=positive_int, default=64)
-    opt(r, "--lr", type=float, default=2e-3)
+    opt(r, "--lr", type=positive_float, default=2e-3)
     opt(r, "--seed", "initialisation and batch draws", type=int, default=0)
     opt(r, "--threads", "1: a tiny head on a shared machine", type=positive_int, default=1)
     opt(r, "--out", "the trained head")
@@ -108,11 +110,11 @@ def sweep_options(t) -> None:
     """The options of the sweep (also ``dense eval probe``)."""
     opt(t, "--layers", type=layers, default=(-1,), metavar="BLOCKS")
     opt(t, "--layer-sets", type=layer_sets, metavar="SETS")
-    opt(t, "--lrs", type=floats, default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1")
+    opt(t, "--lrs", type=positive_floats, default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1")
     opt(t, "--epochs", type=positive_int, default=10)
     opt(t, "--train-batch-size", "images, all of one patch grid", type=positive_int, default=16)
     opt(t, "--label-scale", type=positive_int, default=1)
-    opt(t, "--weight-decay", type=float, default=0.0)
+    opt(t, "--weight-decay", type=non_negative_float, default=0.0)
     opt(t, "--feature-dtype", choices=STORE_DTYPES, default="float32")
     opt(t, "--seed", "head initialisation and batch order", type=int, default=0)
     opt(t, "--protocol", choices=PROTOCOLS)

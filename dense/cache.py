@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from dense._atomic import write_json
-from dense.errors import InputError, MissingEntryError
+from dense.errors import FormatError, InputError, MissingEntryError
 from dense.features import FeatureMap
 
 log = logging.getLogger("dense")
@@ -117,7 +117,11 @@ class FeatureCache:
         self.entries.mkdir(parents=True, exist_ok=True)
         target = self.dir / "spec.json"
         if target.exists():
-            on_disk = json.loads(target.read_text())
+            try:
+                on_disk = json.loads(target.read_text())
+            except ValueError as e:
+                raise FormatError(f"{target}: not valid JSON ({e}); this folder is not a dense feature cache, or "
+                                  f"its spec.json is damaged") from e
             if on_disk != self.spec:
                 raise InputError(f"{target}: holds spec {on_disk}, expected {self.spec} (hash collision?)")
             return

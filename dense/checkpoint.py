@@ -150,10 +150,12 @@ def read_json(folder: str, filename: str) -> dict:
         return {}
     if path is None:
         return {}
-    return _json(path)
+    return load_json(path)
 
 
-def _json(path) -> dict:
+def load_json(path) -> dict:
+    """A checkpoint's JSON file (or a calibration file) -> its value; one that is not valid JSON raises
+    :class:`CheckpointError` naming it."""
     try:
         return json.loads(Path(path).read_text())
     except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
@@ -281,7 +283,7 @@ def read_calibration(given, source: str | None) -> Calibration:
         return given
     if isinstance(given, dict):
         return Calibration.from_dict(given, "calibration=")
-    return Calibration.from_dict(_json(given), str(given))
+    return Calibration.from_dict(load_json(given), str(given))
 
 
 _HASH_MEMO = "file-hashes.json"  # realpath|size|mtime_ns -> sha256, so a local checkpoint is hashed once per machine

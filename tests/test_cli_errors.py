@@ -407,3 +407,20 @@ def test_out_of_memory_is_one_line_with_what_to_lower(tmp_path, monkeypatch, cap
     _fail_with(monkeypatch, RuntimeError("shape mismatch"))  # any other RuntimeError is a bug
     with pytest.raises(RuntimeError, match="shape mismatch"):
         main(["heatmap", str(tmp_path / "im.png"), "a dog", "--model", "m"])
+
+
+def test_damaged_json_files_of_dense_name_themselves(tmp_path):
+    """A calibration file to update and a cache's spec.json: one DenseError naming the file, not json's traceback."""
+    from dense.cache import FeatureCache
+    from dense.eval import update_calibration
+
+    cal = tmp_path / "dense_calibration.json"
+    cal.write_text('{"method": ')
+    with pytest.raises(errors.CheckpointError, match=r"dense_calibration\.json: not valid JSON"):
+        update_calibration(cal, {"background": 0.4})
+    assert cal.read_text() == '{"method": '  # nothing written
+    cache = FeatureCache(tmp_path / "cache", {"fingerprint": "x"})
+    cache.dir.mkdir(parents=True)
+    (cache.dir / "spec.json").write_text("{")
+    with pytest.raises(errors.FormatError, match=r"spec\.json: not valid JSON"):
+        cache.init()

@@ -178,7 +178,13 @@ def check_queries(queries: str | Sequence[str], what: str = "queries", *, at_lea
 
 
 def _as_list(texts: str | Sequence[str]) -> list[str]:
-    return check_queries(texts, "texts")
+    """Texts as a list of strings (the tokenizer's level: an empty text tokenizes; a query is checked above it)."""
+    if isinstance(texts, str):
+        return [texts]
+    texts = list(texts)
+    if not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"texts must be strings, got {[type(t).__name__ for t in texts]}")
+    return texts
 
 
 def _check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
@@ -260,7 +266,7 @@ def embed_texts(encoder, texts: str | Sequence[str], *, templates: Sequence[str]
     averaged and re-normalized. ``templates=None`` embeds the queries verbatim. Each formatted prompt is
     canonicalized whole (as OpenCLIP's tokenizer does), so ``"a photo of a {}."`` loses its full stop.
     """
-    texts = _as_list(texts)
+    texts = check_queries(texts, "queries")  # never empty
     templates = _check_templates(templates)
     if tokenizer is None:
         cache, disk, rules = _cache_for(encoder), disk_cache_dir(encoder), rules_key(text_rule(encoder))

@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         args._parser.print_help()
         return 2
     check_layers(args)  # block indices against the model's depth, read from its config: exit 2 before it is built
+    if not any(k.endswith("_action") and v is None for k, v in vars(args).items()):  # not a group's bare help
+        from dense.device import set_threads
+
+        set_threads(args.threads)  # before any model code: --threads, or the default that a shared machine needs
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -85,7 +85,6 @@ def add(sub, parent) -> None:
     opt(r, "--train-batch-size", "expressions per step", type=positive_int, default=64)
     opt(r, "--lr", type=positive_float, default=2e-3)
     opt(r, "--seed", "initialisation and batch draws", type=int, default=0)
-    opt(r, "--threads", "1: a tiny head on a shared machine", type=positive_int, default=1)
     opt(r, "--out", "the trained head")
     add_json(r)
 
@@ -214,11 +213,8 @@ def run_eval(args) -> int:
 
 
 def run_refer(args) -> int:
-    import torch
-
     from dense.eval.refer import evaluate_refer_head_protocol
 
-    torch.set_num_threads(args.threads)
     res = evaluate_refer_head_protocol(args.model, ann=args.ann, refs=args.refs, images=args.images,
                                        train_split=args.train_split, split=args.split,
                                        test_split=args.test_split, templates=args.templates,

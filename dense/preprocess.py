@@ -42,6 +42,11 @@ ImageInput = str | os.PathLike | Image.Image | np.ndarray
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
+def no_images_error(folder: str | os.PathLike) -> InputError:
+    """The one error of a folder with no image file in it (every command and the explorer say the same words)."""
+    return InputError(f"{folder}: no images found (looked for {', '.join(IMAGE_EXTS)})")
+
+
 @dataclass(frozen=True)
 class PixelConfig:
     """How a checkpoint wants its pixels: read from its ``preprocessor_config.json`` when there is one."""

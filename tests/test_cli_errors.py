@@ -424,3 +424,16 @@ def test_damaged_json_files_of_dense_name_themselves(tmp_path):
     (cache.dir / "spec.json").write_text("{")
     with pytest.raises(errors.FormatError, match=r"spec\.json: not valid JSON"):
         cache.init()
+
+
+def test_an_empty_folder_is_one_message_in_every_command(tmp_path, capsys):
+    from dense.preprocess import no_images_error
+
+    (tmp_path / "empty").mkdir()
+    folder = str(tmp_path / "empty")
+    want = f"dense: error: {no_images_error(folder)}"
+    for argv in (["extract", "--images", folder, "--cache", str(tmp_path / "c")],
+                 ["upsampler", "train", "--images", folder, "--out", str(tmp_path / "u.safetensors")]):
+        assert main([*argv, "--model", NO_MODEL]) == 1  # before the model: NO_MODEL is never read
+        assert capsys.readouterr().err.strip() == want, argv
+    assert "no images found (looked for .jpg, .jpeg, .png" in want

@@ -75,7 +75,9 @@ def run(args) -> int:
         ds = args.images  # a folder: its own namespace
         items = folder_items(args.images)
         if not items:
-            raise DenseError(f"{args.images}: no images found (looked for .jpg, .png, .bmp, .webp, .tif)")
+            from dense.preprocess import no_images_error
+
+            raise no_images_error(args.images)
 
     plan = plan_distributed(args.device)
     group = init_distributed(plan)  # the device first, then the (gloo) group

@@ -18,7 +18,6 @@ from dense.cli._args import (
     positive_int,
     write_json,
 )
-from dense.errors import DenseError
 
 
 def add(sub, parent) -> None:
@@ -40,12 +39,12 @@ def add(sub, parent) -> None:
 
 def run_train(args) -> int:
     from dense.extract import folder_items
-    from dense.preprocess import IMAGE_EXTS
+    from dense.preprocess import no_images_error
     from dense.upsample import UpsamplerConfig, train_upsampler
 
     items = folder_items(args.images)[: args.limit]
     if not items:
-        raise DenseError(f"{args.images}: no images found (looked for {', '.join(IMAGE_EXTS)})")
+        raise no_images_error(args.images)
     enc = load(args)
     cfg = UpsamplerConfig(max_patches=args.max_patches or enc.pixels.max_patches, epochs=args.epochs, seed=args.seed)
     up = train_upsampler(enc, [p for _, p in items], cfg, layers=args.layers, progress=not args.quiet)

@@ -100,9 +100,9 @@ class Data:
         ds, sub = self.open(split)
         if self.kind == "folder":
             if not self.items(None):
-                from dense.preprocess import IMAGE_EXTS
+                from dense.preprocess import no_images_error
 
-                raise InputError(f"{self.folder}: no images found (looked for {', '.join(sorted(IMAGE_EXTS))})")
+                raise no_images_error(self.folder)
             return
         if hasattr(ds, "check_files"):
             for s in [sub] if sub is not None else sorted(ds.splits()):

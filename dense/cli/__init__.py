@@ -7,7 +7,6 @@ instant. Each command's ``run`` function imports what it needs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 
@@ -63,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
 
         set_threads(args.threads)  # before any model code: --threads, or the default that a shared machine needs
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
+        return rc
+    except BrokenPipeError:
+        return _stdout_closed()
     except KeyboardInterrupt:
         print("dense: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader of stdout left (`dense ... | head -1`): nothing to tell it, nothing to flush
-        with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor (captured) stays
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
     except (DenseError, OSError, MemoryError) as e:  # dense's own errors, the system's: one line for users
         if args.debug:
             raise
@@ -84,13 +83,27 @@ def main(argv: list[str] | None = None) -> int:
     # anything else is a bug: its traceback shows (Python exits 1)
 
 
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``dense ... | head -1``): every file was written before anything was printed
+    (``_args.finish``), so only the rest of the text is lost. Python's recommended handling (the ``signal`` module's
+    note on SIGPIPE): point stdout at devnull so the interpreter's final flush cannot fail again, and exit 1."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a stdout without a descriptor (captured in tests)
+        pass
+    return 1
+
+
 def one_line(e: BaseException) -> str:
     """The one line a user reads for a :class:`~dense.errors.DenseError` or an ``OSError`` (naming its file)."""
     if isinstance(e, OSError) and e.filename and not isinstance(e, DenseError):
         why = e.strerror or type(e).__name__
         if e.errno and why == os.strerror(e.errno):  # the system's words, lower-cased after the file name
             why = why[:1].lower() + why[1:]
-        return f"{e.filename} -> {e.filename2}: {why}" if e.filename2 else f"{e.filename}: {why}"
+        # a rename over a folder (an atomic write's last step) names the target, not dense's temp file
+        target = e.filename2 if isinstance(e, IsADirectoryError) and e.filename2 else e.filename
+        return f"{target}: {why}"
     if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
         return (f"out of memory ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}): "
                 "a smaller --batch-size or --max-patches needs less")

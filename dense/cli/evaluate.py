@@ -20,6 +20,7 @@ from dense.cli._args import (
     command,
     command_line,
     existing,
+    finish,
     fraction,
     fractions,
     group,
@@ -30,6 +31,7 @@ from dense.cli._args import (
     pct,
     plural,
     positive_int,
+    tensors_file,
     write_json,
 )
 from dense.errors import DenseError
@@ -143,17 +145,21 @@ def run_openvocab(args) -> int:
                              max_patches=args.max_patches, background_thresholds=args.sweep or (), refines=args.refine,
                              windows=args.windows, resamples=args.resamples, seed=args.seed, choose=args.choose,
                              guard=args.guard, progress=not args.quiet)
-    print(format_openvocab(res))
-    if args.choose:
-        print(format_choice(res.meta["chosen"], res))
-    if args.calibration_out:
+    def show() -> None:
+        print(format_openvocab(res))
+        if args.choose:
+            print(format_choice(res.meta["chosen"], res))
+
+    def calibration():
+        if not args.calibration_out:
+            return None
         from dense.eval import update_calibration
         from dense.eval.openvocab import calibration_from_choice
 
         entries = calibration_from_choice(res, res.meta["chosen"], command=command_line())
-        print(f"wrote {update_calibration(args.calibration_out, entries)}")
-    write_json(args.json, res.to_json())
-    return 0
+        return update_calibration(args.calibration_out, entries)
+
+    return finish(show, calibration, lambda: write_json(args.json, res.to_json()))
 
 
 def format_choice(c: dict, res) -> str:
@@ -198,18 +204,22 @@ def run_refer(args) -> int:
                          scorers=args.scorers, box_thresholds=args.sweep, box_threshold=args.box_threshold,
                          templates=args.templates, limit=args.limit, max_patches=args.max_patches,
                          resamples=args.resamples, seed=args.seed, choose=args.choose, progress=not args.quiet)
-    print(format_refer(res))
-    for meth, t in res.meta.get("chosen", {}).items():
-        print(f"chosen box threshold for {meth} on split {res.meta['split']}: {t} (Acc@0.5 "
-              f"{ci(res, f'none/{meth}/-/acc@0.5@thr={t}')})")
-    if args.calibration_out:
+    def show() -> None:
+        print(format_refer(res))
+        for meth, t in res.meta.get("chosen", {}).items():
+            print(f"chosen box threshold for {meth} on split {res.meta['split']}: {t} (Acc@0.5 "
+                  f"{ci(res, f'none/{meth}/-/acc@0.5@thr={t}')})")
+
+    def calibration():
+        if not args.calibration_out:
+            return None
         from dense.eval import update_calibration
         from dense.eval.refer import box_threshold_calibration
 
         entries = box_threshold_calibration(res, res.meta["methods"][0], command=command_line())
-        print(f"wrote {update_calibration(args.calibration_out, entries)}")
-    write_json(args.json, res.to_json())
-    return 0
+        return update_calibration(args.calibration_out, entries)
+
+    return finish(show, calibration, lambda: write_json(args.json, res.to_json()))
 
 
 def format_refer(res) -> str:
@@ -289,7 +299,7 @@ def add_probe(tasks, parent) -> None:
     opt(p, "--batch-size", type=positive_int, default=8)
     opt(p, "--no-extract", action="store_true")
     opt(p, "--skip-bad", action="store_true")
-    opt(p, "--out", "the chosen probe (.safetensors)")
+    opt(p, "--out", "the chosen probe (.safetensors)", type=tensors_file)
     add_json(p)
     add_quiet(p)
     with_layouts(p)

@@ -29,6 +29,7 @@ from dense.cli._args import (
     add_templates,
     command,
     existing,
+    finish,
     group,
     layer_sets,
     layers,
@@ -41,6 +42,7 @@ from dense.cli._args import (
     positive_floats,
     positive_int,
     runtime,
+    tensors_file,
     write_json,
 )
 
@@ -57,7 +59,8 @@ def add(sub, parent) -> None:
     opt(t, "--holdout", type=open_fraction, metavar="FRACTION")
     opt(t, "--holdout-seed", type=int, default=0)
     sweep_options(t)
-    opt(t, "--out", "the chosen probe (.safetensors)")
+    opt(t, "--out", "the chosen probe (.safetensors; without it the probe is scored, then discarded)",
+        type=tensors_file)
     add_json(t)
     add_quiet(t)
 
@@ -85,8 +88,9 @@ def add(sub, parent) -> None:
     opt(r, "--train-batch-size", "expressions per step", type=positive_int, default=64)
     opt(r, "--lr", type=positive_float, default=2e-3)
     opt(r, "--seed", "initialisation and batch draws", type=int, default=0)
-    opt(r, "--out", "the trained head")
+    opt(r, "--out", "the trained head (.safetensors)", type=tensors_file)
     add_json(r)
+    add_quiet(r)
 
 
 def data_options(p) -> None:
@@ -187,6 +191,8 @@ def print_sweep(res) -> None:
 def run_train(args) -> int:
     from dense.eval.probe import evaluate_linear_probe
 
+    if not args.out:  # said before the work, not after it (stdout: errors stay one line on stderr)
+        print("note: no --out: the chosen probe is scored, then discarded (add --out probe.safetensors to keep it)")
     res = evaluate_linear_probe(args.model, **data_kwargs(args), train_split=args.train_split,
                                 val_split=args.val_split, test_split=args.test_split, holdout=args.holdout,
                                 holdout_seed=args.holdout_seed, **sweep_kwargs(args), **extract_kwargs(args))
@@ -195,11 +201,9 @@ def run_train(args) -> int:
 
 
 def report(res, out, json_path) -> None:
-    """Print a probe protocol's Result, save its probe to ``--out`` and its JSON to ``--json``."""
-    print_sweep(res)
-    if out:
-        print(f"wrote {res.artifacts['probe'].save(out)}")
-    write_json(json_path, {**res.to_json(), "probe": str(out) if out else None})
+    """Save a probe protocol's probe to ``--out`` and its JSON to ``--json``, then print its Result."""
+    finish(lambda: print_sweep(res), lambda: res.artifacts["probe"].save(out) if out else None,
+           lambda: write_json(json_path, {**res.to_json(), "probe": str(out) if out else None}))
 
 
 def run_eval(args) -> int:
@@ -207,9 +211,8 @@ def run_eval(args) -> int:
 
     res = evaluate_saved_probe(args.probe, args.model, **data_kwargs(args), split=args.split,
                                sharpen=args.sharpen, upsampler=args.upsampler, **extract_kwargs(args))
-    print_figures(f"{args.split} ({plural(res.meta['images'], 'image')})", res.figures)
-    write_json(args.json, res.to_json())
-    return 0
+    return finish(lambda: print_figures(f"{args.split} ({plural(res.meta['images'], 'image')})", res.figures),
+                  lambda: write_json(args.json, res.to_json()))
 
 
 def run_refer(args) -> int:
@@ -220,16 +223,12 @@ def run_refer(args) -> int:
                                        test_split=args.test_split, templates=args.templates,
                                        max_patches=args.max_patches, steps=args.steps,
                                        train_batch_size=args.train_batch_size, lr=args.lr, seed=args.seed,
-                                       **runtime(args))
+                                       progress=not args.quiet, **runtime(args))
     m = res.meta
-    print(f"{'split':<8}{'Acc@0.5 %':>10}{'point %':>9}{'expressions':>13}")
-    for split in m["reported"]:
-        print(f"{split:<8}{pct(res.figures[f'{split}/acc@0.5']):>10}{pct(res.figures[f'{split}/pointing']):>9}"
-              f"{m['expressions'][split]:>13}")
-    print(f"features {m['seconds_features']:.1f} s, training {m['seconds_train']:.1f} s on "
-          f"{m['expressions'][args.train_split]} expressions")
-    if args.out:
-        res.artifacts["head"].save(args.out)
-        print(f"wrote {args.out}")
-    write_json(args.json, res.to_json())
-    return 0
+    lines = [f"{'split':<8}{'Acc@0.5 %':>10}{'point %':>9}{'expressions':>13}"]
+    lines += [f"{split:<8}{pct(res.figures[f'{split}/acc@0.5']):>10}{pct(res.figures[f'{split}/pointing']):>9}"
+              f"{m['expressions'][split]:>13}" for split in m["reported"]]
+    lines.append(f"features {m['seconds_features']:.1f} s, training {m['seconds_train']:.1f} s on "
+                 f"{m['expressions'][args.train_split]} expressions")
+    return finish("\n".join(lines), lambda: res.artifacts["head"].save(args.out) if args.out else None,
+                  lambda: write_json(args.json, res.to_json()))

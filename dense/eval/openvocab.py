@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from dense import coco, metrics
+from dense._progress import tqdm
 from dense.errors import InputError
 from dense.eval import Result, stats
 from dense.heatmap import (

@@ -162,6 +162,7 @@ class CocoDataset:
     cat_to_label: dict[int, int]
     problems: list[str] = field(default_factory=list)
     overlap: str = "smaller"  # ('smaller', 'ignore')
+    _tags: dict = field(default_factory=dict, repr=False)  # image id -> EXIF orientation, as headers were read
 
     # --- ids --------------------------------------------------------------------------------------------------------
     def ids(self, split: str | None = None) -> list[int]:
@@ -186,10 +187,37 @@ class CocoDataset:
         return int(info["height"]), int(info["width"])
 
     def image_path(self, image_id: int) -> Path:
+        """The image file: an :class:`~dense.preprocess.AnnotatedPath`, read in the geometry of the file's ``height``
+        and ``width`` (as stored, or upright when only that matches: :func:`dense.preprocess.read_hw`)."""
+        from dense.preprocess import annotated_path
+
         if self.image_dir is None:
             raise InputError(f"{self.source}: no image folder was given for its images (--images DIR, or "
                              f"load_coco(..., image_dir))")
-        return self.image_dir / self.image_info(image_id)["file_name"]
+        return annotated_path(self.image_dir / self.image_info(image_id)["file_name"], self.image_hw(image_id))
+
+    def check_files(self, split: str | None = None, *, progress: bool = False) -> None:
+        """Before any expensive work: each image of ``split`` (None: every image) is read at the height and width
+        the file gives it, in the geometry it is read in (headers only; an image that cannot be opened is left to
+        the extraction). Nothing to check without an image folder."""
+        from dense._progress import tqdm
+        from dense.preprocess import check_image_size
+
+        if self.image_dir is None:
+            return
+        for iid in tqdm(self.ids(split), desc=f"check {split or 'all'}", unit="img", disable=not progress):
+            h, w = self.image_hw(iid)
+            path = self.image_path(iid)
+            check_image_size(path, (h, w), self._tags, iid,
+                             lambda image_hw: f"{self.source}: image id {iid} is {h} x {w} (H x W) there, its "  # noqa: B023
+                                              f"image {path} is {image_hw}")  # noqa: B023
+
+    def exif_tagged(self, ids) -> int:
+        """How many images of ``ids`` carry an EXIF orientation tag (read in the file's geometry all the same); from
+        their headers, or what :meth:`check_files` read."""
+        from dense.preprocess import count_exif_tagged
+
+        return count_exif_tagged(ids, self.image_path, self._tags)
 
     def anns(self, image_id: int, *, crowd: bool = True) -> list[dict]:
         """The annotations of an image, in annotation-id order (``crowd=False`` drops ``iscrowd=1`` regions)."""

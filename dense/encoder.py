@@ -297,6 +297,12 @@ class Encoder:
         return TextParts(model=model, tokenizer=tokenizer, logit_scale=scale, logit_bias=bias, max_length=max_length)
 
 
+def tower_params(vision_cls, vision_config) -> int:
+    """The parameter count of the vision tower ``vision_config`` describes (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in vision_cls._from_config(vision_config).parameters())
+
+
 def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype | str | None = "auto", attn_implementation: str = "sdpa",
                  calibration: Calibration | dict | str | os.PathLike | None = None, compile: bool | str = "auto",
@@ -309,8 +315,10 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
             bundled name (``"shapes-tiny"``, ``"shapes-tiny-v2"``).
         device: where the model runs; features always come back on the CPU as float32.
         dtype: weights and activations. ``"auto"`` (default; ``None`` means the same): bfloat16 on GPUs of compute
-            capability 8+ and on CPUs with native bf16 (AMX or AVX512-BF16), float32 otherwise: CPUs without bf16
-            instructions emulate it and run it slower than float32; float16 on a CPU is refused. ``"fp32"`` for
+            capability 8+ and on CPUs with native bf16 (AMX or AVX512-BF16), float32 otherwise (CPUs without bf16
+            instructions emulate it and run it slower than float32) and for towers under
+            :data:`dense.device.SMALL_TOWER_PARAMS` parameters (the bundled ``shapes-tiny`` models: the same
+            figures on every CPU); float16 on a CPU is refused. ``"fp32"`` for
             bit-stable features. ``python benchmarks/extract.py [--device cuda]`` times both dtypes on the machine at
             hand. The chosen dtype is in ``repr(encoder)`` and ``encoder.spec()``.
         attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
@@ -335,7 +343,6 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
     ensure_threads(threads)
     device = resolve_device(device)  # before any file is read: a CPU-only torch asked for CUDA says so at once
     source = resolve_checkpoint(name_or_path)
-    dtype = resolve_dtype(dtype, device)
     with quiet_transformers():  # SiglipConfig builds a default text config first and warns about its token ids
         config = AutoConfig.from_pretrained(source)
     family = {"siglip": "siglip", "siglip_vision_model": "siglip", "siglip2": "siglip2",
@@ -343,6 +350,7 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
     if family is None:
         raise CheckpointError(f"{name_or_path}: model_type {config.model_type!r} is not SigLIP or SigLIP 2")
     full_cls, vision_cls, _, _ = model_classes(family)
+    dtype = resolve_dtype(dtype, device, params=tower_params(vision_cls, getattr(config, "vision_config", config)))
     vision = load_strict(vision_cls, source, allowed_prefixes=("text_model.", "logit_"), dtype=dtype,
                           attn_implementation=attn_implementation).to(device)
     full_config = config if isinstance(config, full_cls) else None
@@ -374,7 +382,7 @@ def random_encoder(spec: str = "so400m-patch14-384", *, device: str | torch.devi
     config.vision_config._attn_implementation = attn_implementation
     config.text_config._attn_implementation = attn_implementation
     device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
+    dtype = resolve_dtype(dtype, device, params=tower_params(vision_cls, config.vision_config))
     torch.manual_seed(seed)
     vision = vision_cls._from_config(config.vision_config, dtype=dtype).to(device)
     fp = hashlib.sha256(f"random:{spec}:seed={seed}".encode()).hexdigest()[:16]

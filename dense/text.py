@@ -1,4 +1,9 @@
-"""Text queries -> unit-normalized text embeddings ``[T, E]``, encoded exactly as SigLIP was trained, and cached.
+"""Text queries -> unit-normalized text embeddings ``[T, E]``, tokenized as the references tokenize them, and cached.
+
+Which references, exactly: for SigLIP 2, big_vision's zero-shot evaluator (``big_vision/evaluators/proj/image_text/
+{prompt_engineering,discriminative_classifier}.py``: its published zero-shot figures) and OpenCLIP's SigLIP 2
+tokenizers; no public source shows the text pipeline SigLIP 2 was *trained* with (big_vision's own SigLIP 2 demo
+only lower-cases). For SigLIP v1, transformers' ``SiglipTokenizer``.
 
 How a query becomes token ids (:func:`tokenize`)
 -----------------------------------------------
@@ -18,10 +23,12 @@ Canonicalization: one rule per checkpoint
 - ``"siglip2"`` (a Gemma tokenizer: ``GemmaTokenizer``, ``Siglip2Tokenizer``; every SigLIP 2 checkpoint, So400m
   included): big_vision's ``canonicalize_text`` (``big_vision/evaluators/proj/image_text/prompt_engineering.py``),
   step for step: ``_`` -> space, ASCII punctuation (``string.punctuation``) removed, ``str.lower``, runs of
-  whitespace -> one space, stripped. big_vision is the reference implementation of SigLIP 2; its zero-shot
-  evaluator applies this function to every class name and prompt (its published zero-shot figures), OpenCLIP's
-  SigLIP 2 tokenizers (``clean="canonicalize"``) apply the same function, and transformers' hub tokenizer for
-  SigLIP 2 does not (at most it lower-cases), which RADIO's authors found costs zero-shot accuracy badly.
+  whitespace -> one space, stripped. big_vision's zero-shot evaluator applies this function to every class name
+  (keeping commas, then keeping the first comma-separated alias: :func:`class_queries`) and to every template
+  (keeping ``{}``), then formats; dense canonicalizes the formatted prompt whole, as OpenCLIP's SigLIP 2 tokenizers
+  (``clean="canonicalize"``) do, which gives the same text for a canonical name in a template. transformers' hub
+  tokenizer for SigLIP 2 does not canonicalize (at most it lower-cases), which RADIO's authors found costs
+  zero-shot accuracy badly.
   OpenCLIP also runs ftfy's ``fix_text`` and ``html.unescape`` first (its own repair of web captions, for every
   model it wraps, CLIP's included); dense does not, so curly quotes, full-width forms and ``&amp;`` reach the
   tokenizer as typed, as in big_vision. Only ASCII punctuation goes: ``“quoted”`` keeps its curly quotes, ``café``
@@ -107,6 +114,14 @@ def canonicalize(text: str, rule: str) -> str:
     if rule == "lower":
         return text.lower()
     raise InputError(f"unknown text rule {rule!r}; one of {TEXT_RULES}")
+
+
+def class_queries(class_names: Sequence[str]) -> list[str]:
+    """A dataset's class names -> the queries its evaluation embeds: each name's first comma-separated alias,
+    stripped (``"building, edifice"`` -> ``"building"``), as big_vision's zero-shot evaluator does
+    (``discriminative_classifier.py``, ``first_class_name_only=True``: ``name.split(",")[0]`` after canonicalizing
+    with commas kept). ADE20K-847's names carry such aliases; a name without a comma is unchanged."""
+    return [name.split(",")[0].strip() if "," in name else name for name in class_names]
 
 
 def rule_of_tokenizer(tokenizer) -> str:

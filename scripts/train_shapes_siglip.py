@@ -436,6 +436,7 @@ def evaluate(
         metrics[f"pointing/{m}/{b}_95"] = list(mean_interval(h, resamples=resamples))
     metrics["pointing_queries"] = queries
     metrics["eval_seed"] = seed
+    metrics["dtype"] = str(enc.dtype).removeprefix("torch.")
     return metrics
 
 

@@ -313,7 +313,7 @@ def test_a_preset_fixes_the_budget_layers_and_sliding_evaluation(world, tiny_enc
                                 images=world / "images", cache=tmp_path / "cache", epochs=2, lrs=(3e-2,),
                                 test_split="test")
     assert res.meta["encoder"]["max_patches"] == 16 and res.meta["encoder"]["layers"] == [1]  # (32 // 8) ** 2
-    assert res.meta["preset"]["slide"] == {"window_px": 32, "stride_px": 16, "short_side_px": 32}
+    assert res.meta["preset"]["slide"] == {"window_px": 32, "stride_px": 16, "short_side_px": 32, "rule": "mmseg"}
     assert any("sliding windows" in line for line in res.meta["preset"]["lines"])
     ds = load_coco(world / "annotations.json", world / "images")
     meter = SegmentationMeter(ds.class_names)

@@ -24,9 +24,10 @@ from dense.heatmap import (
     with_aligned,
 )
 from dense.openvocab import background_prompts, labels_from_scores
-from dense.preprocess import load_image
+from dense.preprocess import exif_tagged, load_image
 from dense.refine import REFINES
-from dense.text import embed_texts
+from dense.segdata import split_list
+from dense.text import class_queries, embed_texts
 
 
 def setting_key(method: str, refine: str | None = None) -> str:
@@ -98,7 +99,7 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
     offset = 1 if ds.class_names[0] == "background" else 0
     if not offset:  # no background class: plain argmax, nothing to threshold
         background, background_thresholds = None, ()
-    names = ds.class_names[offset:]  # label k + offset <-> names[k], as in dense.coco
+    names = class_queries(ds.class_names[offset:])  # label k + offset <-> names[k]; first aliases, as big_vision
     K = len(ds.class_names)
     bg_prompts = background_prompts(background) if offset else []
     layers = layers_for(encoder, methods)
@@ -169,10 +170,12 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
             figures[f"{s}/mIoU@thr={t}"], figures[f"{s}/pixel_acc@thr={t}"] = f_t["mIoU"], f_t["pixel_acc"]
             seg_ci(counts[(s, t)], f"{s}/mIoU@thr={t}", f"{s}/pixel_acc@thr={t}")
     meta = {"task": "openvocab", "ann": str(getattr(ds, "root", ann)), "split": split or "all", "images": len(ids),
+            "exif_tagged": exif_tagged(ds, ids), "split_list": split_list(ds, split),
             "points": {s: int(sum(p for _, p in points[s])) for s in points}, "methods": methods,
             "refines": list(refines), "settings": [s for _, _, s in settings], "windows": windows,
             "background": background, "templates": list(templates), "thresholds": list(background_thresholds),
             "encoder": encoder.name, "fingerprint": encoder.fingerprint,
+            "dtype": str(encoder.dtype).removeprefix("torch."),
             "max_patches": max_patches or encoder.pixels.max_patches, "bootstrap": {**boot, "level": stats.LEVEL},
             "seconds": time.perf_counter() - t0}
     res = Result(figures=figures, rows=rows, meta=meta, intervals=intervals)

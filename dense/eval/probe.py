@@ -256,6 +256,8 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
 
     import torch
 
+    from dense.preprocess import exif_tagged
+    from dense.segdata import split_list
     from probes import ProbeConfig, train_probes
     from probes.protocols import protocol as protocol_of
 
@@ -309,6 +311,8 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
             "reported": test_split or choose, "best": sweep.best_key, "lr_at_grid_edge": sweep.lr_at_grid_edge,
             "sweep": sweep.val, "history": sweep.history, "sharpen": sharpen, "upsampler": upsampler is not None,
             "skipped": skipped, "train_seconds": sweep.seconds, "seconds": time.perf_counter() - t0,
+            "exif_tagged": {s: exif_tagged(ds, ds.ids(sub)) for s, (ds, sub) in opened.items()},
+            "split_lists": {s: split_list(ds, sub) for s, (ds, sub) in opened.items()},
             "preset": None if chosen_preset is None else {
                 "name": chosen_preset.name, "max_patches": max_patches, "slide": slide,
                 "lines": chosen_preset.describe(patch_size=encoder.patch_size, num_layers=encoder.num_layers)}}
@@ -346,6 +350,8 @@ def evaluate_saved_probe(probe, encoder, *, cache: str | Path, split: str = "tes
 
     from dense.cache import FeatureCache
     from dense.errors import MismatchError
+    from dense.preprocess import exif_tagged
+    from dense.segdata import split_list
 
     encoder = _encoder(encoder, device, dtype)
     spec = probe.encoder_spec
@@ -365,7 +371,9 @@ def evaluate_saved_probe(probe, encoder, *, cache: str | Path, split: str = "tes
                          calibration=encoder.calibration,
                          progress=progress)
     res.meta.update({"task": "probe-eval", "probe": path, "key": probe.meta.get("key"), "data": data.what,
-                     "split": split, "encoder": cache_.spec, "skipped": skipped})
+                     "split": split, "encoder": cache_.spec, "skipped": skipped,
+                     "exif_tagged": {split: exif_tagged(ds, ds.ids(opened[split][1]))},
+                     "split_lists": {split: split_list(ds, opened[split][1])}})
     return res
 
 

@@ -13,7 +13,7 @@ from dense._progress import tqdm
 from dense.errors import InputError
 from dense.eval import Result, stats
 from dense.heatmap import get_method, layers_for, supported_methods, templates_of
-from dense.preprocess import check_max_patches, load_image
+from dense.preprocess import check_max_patches, exif_tagged, load_image
 from dense.refer import BOX_THRESHOLDS, SCORERS, Localizer, heatmap_box_xyxy
 
 
@@ -139,12 +139,14 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
                        strict=True):
         d.update(part)
     meta = {"task": "refer", "ann": str(ann), "refs": str(refs), "split": split or "all", "images": len(image_ids),
+            "exif_tagged": exif_tagged(ds, image_ids),
             "refs_count": sum(len(by_image[i]) for i in image_ids), "expressions": n_sentences,
             "expressions_multi": len({(r["image_id"], r["ref_id"], r["sentence"]) for r in rows
                                       if r["candidates"] >= 2}),
             "methods": methods, "scorers": list(scorers), "thresholds": list(box_thresholds),
             "box_threshold": box_threshold, "templates": list(templates), "encoder": encoder.name,
-            "fingerprint": encoder.fingerprint, "max_patches": max_patches or encoder.pixels.max_patches,
+            "fingerprint": encoder.fingerprint, "dtype": str(encoder.dtype).removeprefix("torch."),
+            "max_patches": max_patches or encoder.pixels.max_patches,
             "bootstrap": {**boot, "level": stats.LEVEL}, "seconds": seconds}
     res = Result(figures=figures, rows=rows, meta=meta, intervals=intervals)
     if choose:

@@ -47,7 +47,9 @@ context59   pcontext: {train,val}/image/<id>.jpg, {train,val}/label/<id>.png
 context59   pascal_ctx_d2: images/{training,validation}/<id>.jpg, annotations_ctx59/{training,validation}/<id>.png
               <- ODISE prepare_pascal_ctx_sem_seg.py: 0..58, 255 = ignore
 context459  VOC2010: JPEGImages/, trainval/<id>.mat, labels.txt, and a split list: pascalcontext_{train,val}.txt
-            (CAT-Seg's pascalcontext_val.txt) or ImageSets/SegmentationContext/{train,val}.txt
+            (CAT-Seg's pascalcontext_val.txt) or ImageSets/SegmentationContext/{train,val}.txt (mmsegmentation), or
+            without those VOC2010's own ImageSets/Main/{train,val}.txt: the dataset's split, 4,998 / 5,105 images;
+            the converters' lists come from the Detail API and hold 4,996 / 5,104
               <- official trainval.tar.gz: .mat LabelMap (uint16), 0 = unlabeled -> ignore, k -> k - 1
 context459  VOC2010: JPEGImages/, annotations_detectron2/pc459_val/<id>.tif (split val)
               <- CAT-Seg prepare_pascal_context_459.py: uint16 TIFF, LabelMap - 1 (0..458), 65535 = ignore
@@ -103,7 +105,7 @@ from dense.segdata.names import (
 from dense.segdata.pascal import context59, context459, voc
 
 __all__ = ["load_dataset", "READERS", "PROTOCOLS", "LAYOUTS_HELP", "SegDataset", "CocoSplits", "with_holdout",
-           "holdout_ids", "WithHoldout", "read_label_file", "VOC_CLASSES", "ADE20K_CLASSES",
+           "holdout_ids", "WithHoldout", "split_list", "read_label_file", "VOC_CLASSES", "ADE20K_CLASSES",
            "ADE847_CLASSES", "COCO_STUFF_CLASSES", "COCO_STUFF_UNUSED", "CONTEXT59_CLASSES", "CONTEXT459_CLASSES",
            "Encoding", "LabelSource", "Split", "apply_lut", "make_lut"]
 
@@ -188,3 +190,13 @@ class WithHoldout:
 
 def with_holdout(base, source: str, fraction: float = 0.1, seed: int = 0) -> WithHoldout:
     return WithHoldout(base, source, fraction, seed)
+
+
+def split_list(dataset, split: str | None) -> str | None:
+    """Where the ids of ``split`` of ``dataset`` come from (:meth:`SegDataset.split_list`; a holdout's: its source
+    split's list, carved), or None for a dataset that does not say (COCO files: the images' ``split`` field)."""
+    if isinstance(dataset, WithHoldout) and split in (WithHoldout.FIT, WithHoldout.HOLDOUT):
+        inner = split_list(dataset.base, dataset.source)
+        return None if inner is None else f"{split} carved from {dataset.source}: {inner}"
+    say = getattr(dataset, "split_list", None)
+    return None if say is None or split is None else say(split)

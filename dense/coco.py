@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dense.errors import AnnotationError
+from dense.errors import AnnotationError, InputError, MissingEntryError
 from dense.labels import IGNORE, label_dtype
 
 BOX_TOLERANCE_PX = 1.0  # a bbox may stick out of its image by this much (COCO boxes are floats, rounded on export)
@@ -74,10 +74,10 @@ def _rle_string_counts(s: str) -> list[int]:
         x, k, more = 0, 0, True
         while more:
             if p >= n:
-                raise ValueError("truncated counts string")
+                raise InputError("truncated counts string")
             c = ord(s[p]) - 48
             if not 0 <= c < 64:
-                raise ValueError(f"character {s[p]!r} outside the RLE alphabet")
+                raise InputError(f"character {s[p]!r} outside the RLE alphabet")
             x |= (c & 0x1F) << (5 * k)
             more = bool(c & 0x20)
             p += 1
@@ -180,7 +180,7 @@ class CocoDataset:
         try:
             return self.coco.imgs[image_id]
         except KeyError:
-            raise KeyError(f"{self.source}: no image with id {image_id}") from None
+            raise MissingEntryError(f"{self.source}: no image with id {image_id}") from None
 
     def image_hw(self, image_id: int) -> tuple[int, int]:
         info = self.image_info(image_id)
@@ -192,7 +192,7 @@ class CocoDataset:
         from dense.preprocess import annotated_path
 
         if self.image_dir is None:
-            raise ValueError(f"{self.source}: no image folder was given for its images (--images DIR, or "
+            raise InputError(f"{self.source}: no image folder was given for its images (--images DIR, or "
                              f"load_coco(..., image_dir))")
         return annotated_path(self.image_dir / self.image_info(image_id)["file_name"], self.image_hw(image_id))
 
@@ -229,7 +229,7 @@ class CocoDataset:
         try:
             return self.coco.anns[ann_id]
         except KeyError:
-            raise KeyError(f"{self.source}: no annotation with id {ann_id}") from None
+            raise MissingEntryError(f"{self.source}: no annotation with id {ann_id}") from None
 
     # --- per annotation ---------------------------------------------------------------------------------------------
     def mask(self, ann_id: int) -> np.ndarray:
@@ -283,7 +283,7 @@ class CocoDataset:
                 covered |= m
             label[conflict] = IGNORE
         else:
-            raise ValueError(f"overlap must be 'smaller' or 'ignore', got {self.overlap!r}")
+            raise InputError(f"overlap must be 'smaller' or 'ignore', got {self.overlap!r}")
         for a in anns:
             if a.get("iscrowd", 0):
                 label[masks[a["id"]] & ~covered] = IGNORE
@@ -361,9 +361,9 @@ def load_coco(ann_path: str | os.PathLike, image_dir: str | os.PathLike | None =
     from pycocotools.coco import COCO
 
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if overlap not in ("smaller", "ignore"):
-        raise ValueError(f"overlap must be 'smaller' or 'ignore', got {overlap!r}")
+        raise InputError(f"overlap must be 'smaller' or 'ignore', got {overlap!r}")
     source = Path(ann_path)
     data = _read_json(source)
     if not isinstance(data, dict):
@@ -416,7 +416,7 @@ def load_refs(refs_path: str | os.PathLike, dataset: CocoDataset, *, split: str 
     (``on_error='skip'``: dropped and appended to ``dataset.problems``). ``split`` keeps one split. Sorted by ref_id.
     """
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     path = Path(refs_path)
     out = []
     for r in _read_refs(path):

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 from dense.device import SMALL_TOWER_PARAMS, cpu_model_and_flags
+from dense.errors import InputError
 
 log = logging.getLogger("dense")
 
@@ -55,8 +56,6 @@ HOW_TO_MEASURE = "dense compile-check --model MODEL"  # the one line printed whe
 
 def check_compile_option(compile) -> None:
     if compile not in COMPILE_CHOICES or not isinstance(compile, (bool, str)):
-        from dense.errors import InputError
-
         raise InputError(f"compile={compile!r}: use True, False or 'auto'")
 
 
@@ -205,7 +204,7 @@ def read_decisions() -> dict:
     try:
         data = json.loads(path.read_text())
         if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+            raise InputError("not a JSON object")
         return data
     except FileNotFoundError:
         return {}

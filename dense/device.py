@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from dense.errors import DeviceError
+from dense.errors import DeviceError, InputError
 
 log = logging.getLogger("dense")
 
@@ -80,10 +80,10 @@ def resolve_dtype(dtype, device: str | torch.device = "cpu", *, params: int | No
         return torch.bfloat16 if native_bf16(device) and not small else torch.float32
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
-            raise ValueError(f"dtype {dtype!r}: use 'auto', 'fp32', 'bf16' (or 'float32', 'bfloat16') or a torch dtype")
+            raise InputError(f"dtype {dtype!r}: use 'auto', 'fp32', 'bf16' (or 'float32', 'bfloat16') or a torch dtype")
         dtype = _DTYPES[dtype]
     if dtype == torch.float16:
-        raise ValueError(f"dtype float16 (on {device}): dense runs in bfloat16 or float32 only. Use dtype='auto' "
+        raise InputError(f"dtype float16 (on {device}): dense runs in bfloat16 or float32 only. Use dtype='auto' "
                          "(bfloat16 where the device runs it natively, else float32), 'bf16' or 'fp32'.")
     if device.type == "cuda" and torch.cuda.is_available():
         msg = bf16_warning(dtype, device, torch.cuda.get_device_capability(device))
@@ -181,7 +181,7 @@ def set_threads(threads: int | None = None) -> int:
     global _threads_set
     n = default_threads() if threads is None else int(threads)
     if n < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
+        raise InputError(f"threads must be at least 1, got {threads}")
     torch.set_num_threads(n)
     _threads_set = n
     for name in _THREAD_ENV:

@@ -13,7 +13,7 @@ from datetime import timedelta
 import torch
 
 from dense.device import resolve_device
-from dense.errors import DeviceError, RankFailed
+from dense.errors import DeviceError, InputError, RankFailed
 
 # The group's timeout bounds every collective: a rank waits at most this long for the slowest one (its scan, its
 # share). Work is shared evenly, but a slow node or a huge share must never be killed by a deadline (gloo's default
@@ -50,7 +50,7 @@ def plan_distributed(device: str, env=None) -> DistPlan:
     if world <= 1:
         return DistPlan(device=device)
     if "RANK" not in env or "LOCAL_RANK" not in env:
-        raise ValueError(f"WORLD_SIZE={world} without RANK and LOCAL_RANK: launch with torchrun")
+        raise InputError(f"WORLD_SIZE={world} without RANK and LOCAL_RANK: launch with torchrun")
     rank, local = int(env["RANK"]), int(env["LOCAL_RANK"])
     if device.startswith("cuda"):
         visible = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -48,9 +48,9 @@ from dense.checkpoint import (
 )
 from dense.compiled import CompiledTower, check_compile_option, stored_decision, tell_how_to_measure
 from dense.device import ensure_threads, resolve_device, resolve_dtype
-from dense.errors import CheckpointError, ImageError
+from dense.errors import CheckpointError, ImageError, InputError
 from dense.features import RULES_VERSION, FeatureMap, block_indices
-from dense.preprocess import ImageInput, PixelConfig, choose_grid, load_image, to_pixels
+from dense.preprocess import ImageInput, PixelConfig, check_max_patches, choose_grid, load_image, to_pixels
 
 log = logging.getLogger("dense")
 
@@ -206,9 +206,9 @@ class Encoder:
 
     def prepare(self, image: ImageInput, max_patches: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
         """Read an image and choose its grid: ``(uint8 [H, W, 3], (gh, gw))``."""
+        budget = check_max_patches(max_patches) or self.pixels.max_patches  # 0 is an error, not the default
         rgb = load_image(image)
-        budget = self.pixels.max_patches if max_patches is None else max_patches  # 0 is an error, not the default
-        return rgb, choose_grid(rgb.shape[:2], self.patch_size, int(budget))
+        return rgb, choose_grid(rgb.shape[:2], self.patch_size, budget)
 
     def feature_map(self, tokens: torch.Tensor, image_hw, grid_hw, max_patches, layers) -> FeatureMap:
         gh, gw = grid_hw
@@ -272,18 +272,16 @@ class Encoder:
         (a cache that stores bfloat16 takes them so, with no float32 copy on the way).
         """
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         total = len(images) if hasattr(images, "__len__") else None
         if num_workers is None:
             num_workers = default_num_workers(self.device, total)
         packing_group = int(packing_group or PACKING_GROUP_BATCHES * batch_size)
         if packing_group < 1:
-            raise ValueError(f"packing_group must be >= 1, got {packing_group}")
-        max_patches = int(self.pixels.max_patches if max_patches is None else max_patches)
-        if max_patches < 1:  # before any image is read
-            raise ValueError(f"max_patches must be >= 1, got {max_patches}")
+            raise InputError(f"packing_group must be >= 1, got {packing_group}")
+        max_patches = check_max_patches(max_patches) or self.pixels.max_patches  # before any image is read
         layers = tuple(layers)
         # workers read a whole packing group ahead, so the next group is decoded while this one runs
         prefetch = max(2, -(-packing_group // num_workers)) if num_workers > 0 else 2
@@ -369,7 +367,11 @@ class Encoder:
             scale, bias = logits["logit_scale"].float().reshape(()), logits["logit_bias"].float().reshape(())
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(self.source)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(self.source)
+            except Exception as e:  # tokenizers' own errors name no file: a damaged tokenizer.json, for one
+                raise CheckpointError(f"{self.source}: its tokenizer cannot be loaded ({type(e).__name__}: "
+                                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
         model = model.to(self.device, self.dtype).eval().requires_grad_(False)
         return TextParts(model=model, tokenizer=tokenizer, logit_scale=scale, logit_bias=bias, max_length=max_length)
 
@@ -452,7 +454,7 @@ def random_encoder(spec: str = "so400m-patch14-384", *, device: str | torch.devi
     """
     check_compile_option(compile)
     if spec not in RANDOM_SPECS:
-        raise ValueError(f"unknown spec {spec!r}; choose one of {sorted(RANDOM_SPECS)}")
+        raise InputError(f"unknown spec {spec!r}; choose one of {sorted(RANDOM_SPECS)}")
     arch = RANDOM_SPECS[spec]
     full_cls, vision_cls, _, _ = model_classes(arch["family"])
     config = full_cls(text_config=arch["text"], vision_config=arch["vision"])

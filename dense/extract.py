@@ -26,7 +26,7 @@ import torch
 
 from dense._progress import tqdm
 from dense.cache import FeatureCache, cache_spec
-from dense.errors import CacheWriteError, RankFailed
+from dense.errors import CacheWriteError, InputError, RankFailed
 from dense.head import with_pooled
 from dense.preprocess import IMAGE_EXTS
 
@@ -125,7 +125,7 @@ def _check_spec(encoder, cache: FeatureCache, max_patches, layers, store_dtype, 
         pooled = bool(cache.spec.get("pooled"))
     if cache.spec != cache_spec(encoder, max_patches=max_patches, layers=layers, store_dtype=store_dtype,
                                 pooled=pooled):
-        raise ValueError(f"cache {cache.dir} is for {cache.spec}, not this encoder/max_patches/layers/storage")
+        raise InputError(f"cache {cache.dir} is for {cache.spec}, not this encoder/max_patches/layers/storage")
     return store_dtype, pooled
 
 
@@ -161,7 +161,7 @@ def extract_to_cache(encoder, items: Sequence[tuple[str, object]], cache: Featur
     store_dtype, pooled = _check_spec(encoder, cache, max_patches, layers, store_dtype, pooled)
     keys = [k for k, _ in items]
     if len(set(keys)) != len(keys):
-        raise ValueError("duplicate cache keys among the items")
+        raise InputError("duplicate cache keys among the items")
     report = ExtractReport(total=len(items))
     cache.init()
     if scanned:
@@ -226,7 +226,7 @@ def fill_cache(encoder, items: Sequence[tuple[str, object]], cache, *, layers: S
     want = str(device if device is not None else (encoder.device if is_encoder else "cpu"))
     plan = plan_distributed(want) if distributed or distributed is None else single_process(want)
     if distributed and plan.world_size == 1:
-        raise ValueError("distributed=True outside a torchrun job (no WORLD_SIZE > 1)")
+        raise InputError("distributed=True outside a torchrun job (no WORLD_SIZE > 1)")
     group = init_distributed(plan)  # the device first, then the (gloo) group
     rank, world = plan.rank, plan.world_size
     try:
@@ -243,7 +243,7 @@ def fill_cache(encoder, items: Sequence[tuple[str, object]], cache, *, layers: S
             _check_spec(encoder, cache, max_patches, layers, store_dtype, pooled)
             keys = [k for k, _ in items]
             if len(set(keys)) != len(keys):
-                raise ValueError("duplicate cache keys among the items")
+                raise InputError("duplicate cache keys among the items")
             cache.init()
             if rank == 0:
                 cache.remove_stale_temps()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import os
 import warnings
 from dataclasses import dataclass
@@ -33,12 +34,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dense.errors import AnnotationError, ImageError
+from dense.errors import AnnotationError, ImageError, InputError
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 # File suffixes taken as images when a folder is listed or an image id is looked up (lower case)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def no_images_error(folder: str | os.PathLike) -> InputError:
+    """The one error of a folder with no image file in it (every command and the explorer say the same words)."""
+    return InputError(f"{folder}: no images found (looked for {', '.join(IMAGE_EXTS)})")
 
 
 @dataclass(frozen=True)
@@ -310,6 +316,18 @@ def _naflex_size(image_height: float, image_width: float, patch_size: int, max_n
     return scaled(lo, image_height), scaled(lo, image_width)
 
 
+def check_max_patches(max_patches, what: str = "max_patches") -> int | None:
+    """A token budget: None (the checkpoint's) or a whole number of tokens, at least 1 (``2.5``, ``True``, ``"64"``
+    and ``0`` are refused). The one check of a budget; every function that takes ``max_patches`` calls it."""
+    if max_patches is None:
+        return None
+    if isinstance(max_patches, bool) or not isinstance(max_patches, numbers.Integral):
+        raise InputError(f"{what} is a whole number of tokens (at least 1), got {max_patches!r}")
+    if max_patches < 1:
+        raise InputError(f"{what} must be at least 1 (None: the checkpoint's budget), got {max_patches}")
+    return int(max_patches)
+
+
 def choose_grid(image_hw: tuple[int, int], patch_size: int, max_patches: int) -> tuple[int, int]:
     """The patch grid ``(gh, gw)`` for an image of ``image_hw = (H, W)`` pixels within ``max_patches`` tokens.
 
@@ -319,9 +337,9 @@ def choose_grid(image_hw: tuple[int, int], patch_size: int, max_patches: int) ->
     """
     H, W = image_hw
     if H <= 0 or W <= 0:
-        raise ValueError(f"image size must be positive, got {image_hw}")
-    if max_patches < 1:
-        raise ValueError(f"max_patches must be >= 1, got {max_patches}")
+        raise InputError(f"image size must be positive, got {image_hw}")
+    if check_max_patches(max_patches) is None:
+        raise InputError("max_patches is None: choose_grid needs a number of tokens")
     norm = 1000.0 * patch_size / max(H, W)
     h_px, w_px = _naflex_size(H * norm, W * norm, patch_size, max_patches)
     return h_px // patch_size, w_px // patch_size

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dense.errors import InputError
 from dense.features import FeatureMap
 from dense.preprocess import ImageInput, load_image, to_pixels
 
@@ -38,17 +39,17 @@ def window_starts(length: int, window: int, *, overlap: int | None = None, n: in
     (:func:`dense.heatmap.image_scores`, ``n``).
     """
     if not 1 <= window <= length:
-        raise ValueError(f"window {window} must lie in [1, {length}] (the axis)")
+        raise InputError(f"window {window} must lie in [1, {length}] (the axis)")
     if (overlap is None) == (n is None):
-        raise ValueError("pass exactly one of overlap= and n=")
+        raise InputError("pass exactly one of overlap= and n=")
     if window == length:
         return [0]
     if n is None:
         if not 0 <= overlap < window:
-            raise ValueError(f"overlap must be in [0, {window}), got {overlap}")
+            raise InputError(f"overlap must be in [0, {window}), got {overlap}")
         n = max(2, math.ceil((length - overlap) / (window - overlap)))  # windows needed with stride window - overlap
     elif n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise InputError(f"n must be >= 1, got {n}")
     if n == 1:
         return [0]
     return [round(k * (length - window) / (n - 1)) for k in range(n)]
@@ -79,11 +80,11 @@ def extract_tiled(encoder, image: ImageInput, *, scale: int = 2, overlap: int = 
     tiling (``{"scale", "overlap", "blend", "windows"}``) next to the per-window ``max_patches``.
     """
     if int(scale) != scale or scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale}")
+        raise InputError(f"scale must be a positive integer, got {scale}")
     if blend not in ("centre", "mean"):
-        raise ValueError(f"blend must be 'centre' or 'mean', got {blend!r}")
+        raise InputError(f"blend must be 'centre' or 'mean', got {blend!r}")
     if overlap < 0:
-        raise ValueError(f"overlap must be >= 0, got {overlap}")
+        raise InputError(f"overlap must be >= 0, got {overlap}")
     scale = int(scale)
     rgb, (gh, gw) = encoder.prepare(image, max_patches)
     p = encoder.patch_size
@@ -141,7 +142,7 @@ def slide_starts(length: int, window: int, stride: int) -> list[int]:
     (``length=683, window=512, stride=341 -> [0, 171]``). A window longer than the axis is cut to it: one window.
     """
     if window < 1 or not 1 <= stride <= window:
-        raise ValueError(f"window {window} and stride {stride}: need 1 <= stride <= window (no gaps)")
+        raise InputError(f"window {window} and stride {stride}: need 1 <= stride <= window (no gaps)")
     return _starts(length, window, stride)
 
 
@@ -165,7 +166,7 @@ def slide_windows(image_hw: tuple[int, int], window: int, stride: int, *, rule: 
     """The windows ``(y0, x0, y1, x1)`` that ``rule``'s ``slide_inference`` (:data:`SLIDE_RULES`) places on an image
     of ``image_hw``, rows first: :func:`slide_starts` on each axis, each window cut to the image."""
     if rule not in SLIDE_RULES:
-        raise ValueError(f"unknown sliding-window rule {rule!r}; choose one of {', '.join(SLIDE_RULES)}")
+        raise InputError(f"unknown sliding-window rule {rule!r}; choose one of {', '.join(SLIDE_RULES)}")
     H, W = image_hw
     slide_starts(max(H, W), window, stride)  # the option check: 1 <= stride <= window
     if rule == "dinov3" and window > H and window > W:
@@ -173,7 +174,7 @@ def slide_windows(image_hw: tuple[int, int], window: int, stride: int, *, rule: 
     rows, cols = _starts(H, window, stride), _starts(W, window, stride)
     for length, starts in ((H, rows), (W, cols)):
         if any(b - a > window for a, b in zip(starts, starts[1:], strict=False)):  # DINOv3 asserts: a pixel uncovered
-            raise ValueError(f"{rule} windows on a {H} x {W} image: the window shrinks to the short side "
+            raise InputError(f"{rule} windows on a {H} x {W} image: the window shrinks to the short side "
                              f"({window} px), under the stride ({stride} px): pixels of the {length}-px axis would "
                              "be in no window")
     return [(y0, x0, min(y0 + window, H), min(x0 + window, W)) for y0 in rows for x0 in cols]
@@ -192,7 +193,7 @@ def slide_logits(image_hw: tuple[int, int], window: int, stride: int,
     for y0, x0, y1, x1 in slide_windows((H, W), window, stride, rule=rule):
         lg = logits_of(y0, x0, y1, x1).float()  # [K, y1 - y0, x1 - x0]
         if lg.shape[1:] != (y1 - y0, x1 - x0):
-            raise ValueError(f"logits_of gave {tuple(lg.shape)} for a {y1 - y0} x {x1 - x0} window")
+            raise InputError(f"logits_of gave {tuple(lg.shape)} for a {y1 - y0} x {x1 - x0} window")
         if total is None:
             total = torch.zeros(lg.shape[0], H, W)
         total[:, y0:y1, x0:x1] += lg
@@ -224,14 +225,14 @@ def predict_slide(encoder, head, image: ImageInput, *, window_px: int, stride_px
     """
     p = encoder.patch_size
     if window_px < p:
-        raise ValueError(f"window_px={window_px} is smaller than one patch ({p} px)")
+        raise InputError(f"window_px={window_px} is smaller than one patch ({p} px)")
     if not 1 <= stride_px <= window_px:
-        raise ValueError(f"stride_px={stride_px} must be in [1, window_px={window_px}] (windows leave no gaps)")
+        raise InputError(f"stride_px={stride_px} must be in [1, window_px={window_px}] (windows leave no gaps)")
     if rule not in SLIDE_RULES:
-        raise ValueError(f"unknown sliding-window rule {rule!r}; choose one of {', '.join(SLIDE_RULES)}")
+        raise InputError(f"unknown sliding-window rule {rule!r}; choose one of {', '.join(SLIDE_RULES)}")
     short = int(short_side_px or window_px)
     if short < 1:
-        raise ValueError(f"short_side_px={short_side_px} must be positive")
+        raise InputError(f"short_side_px={short_side_px} must be positive")
     budget = int(max_patches or (window_px // p) ** 2)
     rgb = load_image(image)
     H, W = rgb.shape[:2]

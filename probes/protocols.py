@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dense.errors import InputError
 from dense.tiling import SLIDE_RULES
 
 NAMES = ("last", "last-k", "best-block", "pooled", "all")
@@ -70,7 +71,7 @@ class Protocol:
 def last_k(k: int, num_layers: int) -> tuple[int, ...]:
     """The last ``k`` blocks, oldest first: ``last_k(4, 27) == (23, 24, 25, 26)``."""
     if not 1 <= k <= num_layers:
-        raise ValueError(f"k={k} must be in [1, {num_layers}]")
+        raise InputError(f"k={k} must be in [1, {num_layers}]")
     return tuple(range(num_layers - k, num_layers))
 
 
@@ -92,7 +93,7 @@ def protocol(name: str, *, num_layers: int, k: int = 4, layers: tuple[int, ...] 
         sets = tuple(dict.fromkeys([(last,), last_k(k, num_layers), *single]))
         layers = tuple(sorted({b for s in sets for b in s}))
         return Protocol(layers, sets, (False, True))
-    raise ValueError(f"unknown protocol {name!r}; choose one of {NAMES}")
+    raise InputError(f"unknown protocol {name!r}; choose one of {NAMES}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -137,15 +138,15 @@ class Preset:
 
     def __post_init__(self):
         if self.layers not in ("last", "best-block"):
-            raise ValueError(f"preset {self.name}: layers {self.layers!r} must be 'last' or 'best-block'")
+            raise InputError(f"preset {self.name}: layers {self.layers!r} must be 'last' or 'best-block'")
         if self.head not in HEADS:
-            raise ValueError(f"preset {self.name}: head {self.head!r} must be one of {HEADS}")
+            raise InputError(f"preset {self.name}: head {self.head!r} must be one of {HEADS}")
         if self.evaluation not in EVALUATIONS:
-            raise ValueError(f"preset {self.name}: evaluation {self.evaluation!r} must be one of {EVALUATIONS}")
+            raise InputError(f"preset {self.name}: evaluation {self.evaluation!r} must be one of {EVALUATIONS}")
         if (self.evaluation == "slide") != (self.stride_px is not None):
-            raise ValueError(f"preset {self.name}: stride_px goes with evaluation='slide' and only with it")
+            raise InputError(f"preset {self.name}: stride_px goes with evaluation='slide' and only with it")
         if self.slide_rule not in SLIDE_RULES:
-            raise ValueError(f"preset {self.name}: slide_rule {self.slide_rule!r} must be one of {SLIDE_RULES}")
+            raise InputError(f"preset {self.name}: slide_rule {self.slide_rule!r} must be one of {SLIDE_RULES}")
 
     def grid_side(self, patch_size: int) -> int:
         """Patches per side of the preset's square: ``resolution_px // patch_size`` (the patch convolution drops the
@@ -153,7 +154,7 @@ class Preset:
         ``pad_to_patch`` ``ceil(resolution_px / patch_size)`` (RADIO pads its 512 px crops with zeros to 518 px, 37
         patches of 14)."""
         if patch_size < 1 or patch_size > self.resolution_px:
-            raise ValueError(f"patch size {patch_size} for preset {self.name} at {self.resolution_px} px")
+            raise InputError(f"patch size {patch_size} for preset {self.name} at {self.resolution_px} px")
         return -(-self.resolution_px // patch_size) if self.pad_to_patch else self.resolution_px // patch_size
 
     def max_patches(self, patch_size: int) -> int:
@@ -265,5 +266,5 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 def preset(name: str) -> Preset:
     """The preset ``name`` (a key of :data:`PRESETS`); an unknown name raises naming the choices."""
     if name not in PRESETS:
-        raise ValueError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise InputError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]

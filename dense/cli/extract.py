@@ -15,6 +15,7 @@ from dense.cli._args import (
     finish,
     layers,
     opt,
+    plural,
     positive_int,
     runtime,
     write_json,
@@ -65,7 +66,8 @@ def run(args) -> int:
                  f"{report.total:>8} {report.extracted:>10} {report.cached:>15} {report.corrupt:>16} "
                  f"{len(report.skipped):>11} {report.ranks:>6}"]
         if report.skipped:
-            lines.append(f"{len(report.skipped)} unreadable image(s) skipped; each was named above as it was met")
+            lines.append(f"{plural(len(report.skipped), 'unreadable image')} skipped; each was named above as it "
+                         "was met")
         finish("\n".join(lines), lambda: write_json(args.json, {
             "cache": report.cache, "spec": report.spec, "total": report.total, "extracted": report.extracted,
             "cached": report.cached, "corrupt": report.corrupt, "skipped": report.skipped, "ranks": report.ranks}))

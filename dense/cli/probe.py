@@ -15,7 +15,10 @@ one call of :mod:`dense.eval.probe` / :mod:`dense.eval.refer`; this module maps 
 from __future__ import annotations
 
 from dense.cli._args import (
+    POOLED,
     PRESETS,
+    PROTOCOLS,
+    SHARPEN_MODES,
     STORE_DTYPES,
     add_dataset,
     add_json,
@@ -27,13 +30,16 @@ from dense.cli._args import (
     command,
     existing,
     finish,
-    floats,
     group,
     layer_sets,
     layers,
+    non_negative_float,
     open_fraction,
     opt,
     pct,
+    plural,
+    positive_float,
+    positive_floats,
     positive_int,
     runtime,
     tensors_file,
@@ -80,7 +86,7 @@ def add(sub, parent) -> None:
     add_runtime(r)
     opt(r, "--steps", type=positive_int, default=1500)
     opt(r, "--train-batch-size", "expressions per step", type=positive_int, default=64)
-    opt(r, "--lr", type=float, default=2e-3)
+    opt(r, "--lr", type=positive_float, default=2e-3)
     opt(r, "--seed", "initialisation and batch draws", type=int, default=0)
     opt(r, "--out", "the trained head (.safetensors)", type=tensors_file)
     add_json(r)
@@ -107,23 +113,23 @@ def sweep_options(t) -> None:
     """The options of the sweep (also ``dense eval probe``)."""
     opt(t, "--layers", type=layers, default=(-1,), metavar="BLOCKS")
     opt(t, "--layer-sets", type=layer_sets, metavar="SETS")
-    opt(t, "--lrs", type=floats, default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1")
+    opt(t, "--lrs", type=positive_floats, default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1")
     opt(t, "--epochs", type=positive_int, default=10)
     opt(t, "--train-batch-size", "images, all of one patch grid", type=positive_int, default=16)
     opt(t, "--label-scale", type=positive_int, default=1)
-    opt(t, "--weight-decay", type=float, default=0.0)
+    opt(t, "--weight-decay", type=non_negative_float, default=0.0)
     opt(t, "--feature-dtype", choices=STORE_DTYPES, default="float32")
     opt(t, "--seed", "head initialisation and batch order", type=int, default=0)
-    opt(t, "--protocol", choices=("last", "last-k", "best-block", "pooled", "all"))
+    opt(t, "--protocol", choices=PROTOCOLS)
     opt(t, "--last-k", type=positive_int, default=4)
     opt(t, "--preset", choices=PRESETS)
-    opt(t, "--pooled", choices=("off", "on", "both"), default="off")
+    opt(t, "--pooled", choices=POOLED, default="off")
     opt(t, "--store-dtype", choices=STORE_DTYPES, default="float32")
     sharpen_options(t)
 
 
 def sharpen_options(p) -> None:
-    opt(p, "--sharpen", "of the reported split", default="bilinear", choices=("bilinear", "guided"))
+    opt(p, "--sharpen", "of the reported split", default="bilinear", choices=SHARPEN_MODES)
     opt(p, "--upsampler", type=existing("file"))
 
 
@@ -165,7 +171,8 @@ def print_sweep(res) -> None:
         print(line)
     for line in m["skipped"]:
         print(f"skipped {line}")
-    print(f"\nsweep ({len(m['sweep'])} heads, {m['train_seconds']:.1f} s), chosen on {m['protocol']['choose']}:")
+    heads = plural(len(m["sweep"]), "head")
+    print(f"\nsweep ({heads}, {m['train_seconds']:.1f} s), chosen on {m['protocol']['choose']}:")
     print(f"  {'head':<28} {'val mIoU %':>10} {'pix acc %':>10}")
     for key, figs in m["sweep"].items():
         mark = "  <- best" if key == m["best"] else ""
@@ -204,7 +211,7 @@ def run_eval(args) -> int:
 
     res = evaluate_saved_probe(args.probe, args.model, **data_kwargs(args), split=args.split,
                                sharpen=args.sharpen, upsampler=args.upsampler, **extract_kwargs(args))
-    return finish(lambda: print_figures(f"{args.split} ({res.meta['images']} images)", res.figures),
+    return finish(lambda: print_figures(f"{args.split} ({plural(res.meta['images'], 'image')})", res.figures),
                   lambda: write_json(args.json, res.to_json()))
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from dense import coco
 from dense._progress import tqdm
+from dense.errors import InputError
 from dense.eval import Result, stats
 
 CHOICE_GRID = tuple(round(float(t), 2) for t in np.arange(0.01, 1.0, 0.01))  # thresholds choose_found_threshold tries
@@ -67,14 +68,14 @@ def evaluate_found(encoder, ann: str | Path, refs: str | Path, images: str | Pat
     if threshold is None:
         threshold = encoder.calibration.found_threshold
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")
+        raise InputError(f"threshold is a probability in [0, 1], got {threshold}")
     ds = coco.load_coco(ann, images)
     by_image: dict[int, list[str]] = {}
     for r in coco.load_refs(refs, ds, split=split):
         by_image.setdefault(r.image_id, []).extend(r.sentences)
     image_ids = sorted(by_image)[:limit] if limit is not None else sorted(by_image)
     if not image_ids:
-        raise ValueError(f"{refs}: no referring expressions in split {split!r}")
+        raise InputError(f"{refs}: no referring expressions in split {split!r}")
     pair_of = {f"{c['colour']} {c['shape']}": (c["colour"], c["shape"]) for c in CATEGORIES}
     rows: list[dict] = []
     for iid in tqdm(image_ids, desc="found", unit="img", disable=not progress):
@@ -111,7 +112,7 @@ def choose_found_threshold(res: Result, grid=CHOICE_GRID) -> float:
     """The threshold of ``grid`` with the best balanced rate (mean of found|present and not_found|absent) over the
     rows of an :func:`evaluate_found` run (ties: the lower threshold)."""
     if not res.rows:
-        raise ValueError("the run holds no expressions")
+        raise InputError("the run holds no expressions")
     balanced = [_rates(res.rows, t)["balanced"] for t in grid]
     return float(grid[int(np.argmax(balanced))])
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from dense import coco, metrics
 from dense._progress import tqdm
+from dense.errors import InputError
 from dense.eval import Result, stats
 from dense.heatmap import (
     get_method,
@@ -67,21 +68,21 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
     refines = [r or "none" for r in (refines if refines is not None else [cal.refine])] or ["none"]
     for r in refines:
         if r not in REFINES:
-            raise ValueError(f"unknown refinement {r!r}; choose from {', '.join(REFINES)}")
+            raise InputError(f"unknown refinement {r!r}; choose from {', '.join(REFINES)}")
     windows = cal.windows if windows is None else windows
     if windows < 1:
-        raise ValueError(f"windows must be at least 1, got {windows}")
+        raise InputError(f"windows must be at least 1, got {windows}")
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
+        raise InputError(f"limit must be at least 1, got {limit}")
     if background is None:
         background = cal.background or 0.0
     if isinstance(background, (int, float)) and not 0.0 <= background <= 1.0:
-        raise ValueError(f"background threshold must be in [0, 1], got {background}")
+        raise InputError(f"background threshold must be in [0, 1], got {background}")
     if any(not 0.0 <= t <= 1.0 for t in background_thresholds):
-        raise ValueError(f"swept background thresholds must be in [0, 1], got {list(background_thresholds)}")
+        raise InputError(f"swept background thresholds must be in [0, 1], got {list(background_thresholds)}")
     split = None if split == "all" else split
     if not 0.0 <= guard <= 1.0:
-        raise ValueError(f"guard must be a fraction in [0, 1], got {guard}")
+        raise InputError(f"guard must be a fraction in [0, 1], got {guard}")
     templates = templates_of(encoder, templates)
     # ``ann`` may be a semantic dataset (dense.segdata): its class names are the queries; one whose class 0 is not
     # "background" (ADE20K, COCO-Stuff, Context) is scored by the plain argmax over its classes
@@ -90,7 +91,7 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
     if not ids:
         present = ", ".join(sorted(ds.splits())) or "none (the images carry no 'split' field)"
         where = getattr(ds, "root", None) or getattr(ds, "source", None) or ann
-        raise ValueError(f"{where}: no images in {'the dataset' if split is None else f'split {split!r}'}; splits "
+        raise InputError(f"{where}: no images in {'the dataset' if split is None else f'split {split!r}'}; splits "
                          f"present: {present}")
     if hasattr(ds, "check_files"):  # every label file's channels, bit depth and size, before any text or image work
         for s in [split] if split is not None else sorted(ds.splits()):
@@ -117,7 +118,7 @@ def evaluate_openvocab(encoder, ann: str | Path, images: str | Path, *, methods:
         rgb = load_image(path)
         fmap = encoder.extract(rgb, max_patches=max_patches, layers=layers)
         if tuple(gt.shape) != tuple(fmap.image_hw):
-            raise ValueError(f"{path}: image is {fmap.image_hw}, annotation says {gt.shape} (image id {iid})")
+            raise InputError(f"{path}: image is {fmap.image_hw}, annotation says {gt.shape} (image id {iid})")
         by_cat = {k - offset: m for k, m in ds.class_masks(iid).items() if k >= offset}
         for m, r, key in settings:
             grid = None
@@ -222,7 +223,7 @@ def calibration_from_choice(res: Result, choice: dict, *, command: str | None = 
     m = res.meta
     bg = choice["background"]
     if bg is not None and not isinstance(bg, (int, float)):
-        raise ValueError(f"the chosen background is a list of prompts {bg}, which a calibration cannot express (it "
+        raise InputError(f"the chosen background is a list of prompts {bg}, which a calibration cannot express (it "
                          "holds a threshold): choose among thresholds (--background 0.5 --sweep ...)")
     return {"method": choice["method"], "refine": choice["refine"], "windows": choice["windows"], "background": bg,
             "templates": list(m["templates"]), "max_patches": m["max_patches"],

@@ -24,11 +24,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dense.errors import InputError
 from dense.eval import Result
 
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 POOLED = {"off": (False,), "on": (True,), "both": (False, True)}  # heads without / with the pooled embedding (TIPS)
-SHARPEN = ("bilinear", "guided")  # how predictions reach the image's pixels (dense.upsample.SHARPEN_MODES)
 STORE_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
 
@@ -63,7 +63,7 @@ def _data(dataset, ann, images, root, on_error):
     from dense.eval.data import open_data
 
     if dataset is None and ann is None:
-        raise ValueError("give the data one way: dataset= (a dataset, {split: dataset} or a dense.segdata name "
+        raise InputError("give the data one way: dataset= (a dataset, {split: dataset} or a dense.segdata name "
                          "with root=), or ann= (COCO instances file(s), --ann) with images= (--images)")
     return open_data(dataset, ann=ann, images=images, root=root, on_error=on_error)
 
@@ -77,28 +77,30 @@ def _store_dtype(name: str, what: str):
     import torch
 
     if name not in STORE_DTYPES:
-        raise ValueError(f"{what} must be one of {', '.join(STORE_DTYPES)}, got {name!r}")
+        raise InputError(f"{what} must be one of {', '.join(STORE_DTYPES)}, got {name!r}")
     return getattr(torch, STORE_DTYPES[name])
 
 
 def _check_options(*, lrs, epochs, train_batch_size, batch_size, label_scale, max_patches, holdout, pooled,
                    sharpen, on_error, feature_dtype, store_dtype) -> None:
+    from dense.preprocess import check_max_patches  # (imports torch: here, lazily)
+    from dense.upsample import SHARPEN_MODES  # how predictions reach the image's pixels
+
     if not lrs or any(not lr > 0 for lr in lrs):
-        raise ValueError(f"lrs must be positive learning rates, got {list(lrs)}")
+        raise InputError(f"lrs must be positive learning rates, got {list(lrs)}")
     for name, v in (("epochs", epochs), ("train_batch_size", train_batch_size), ("batch_size", batch_size),
                     ("label_scale", label_scale)):
         if int(v) < 1:
-            raise ValueError(f"{name} must be at least 1, got {v}")
-    if max_patches is not None and max_patches < 1:
-        raise ValueError(f"max_patches must be at least 1 (None: the checkpoint's budget), got {max_patches}")
+            raise InputError(f"{name} must be at least 1, got {v}")
+    check_max_patches(max_patches)
     if holdout is not None and not 0 < holdout < 1:
-        raise ValueError(f"holdout must be a fraction in (0, 1), got {holdout}")
+        raise InputError(f"holdout must be a fraction in (0, 1), got {holdout}")
     if pooled not in POOLED:
-        raise ValueError(f"pooled must be one of {', '.join(POOLED)}, got {pooled!r}")
-    if sharpen not in SHARPEN:
-        raise ValueError(f"sharpen must be one of {', '.join(SHARPEN)}, got {sharpen!r}")
+        raise InputError(f"pooled must be one of {', '.join(POOLED)}, got {pooled!r}")
+    if sharpen not in SHARPEN_MODES:
+        raise InputError(f"sharpen must be one of {', '.join(SHARPEN_MODES)}, got {sharpen!r}")
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     _store_dtype(feature_dtype, "feature_dtype")
     _store_dtype(store_dtype, "store_dtype")
 
@@ -219,14 +221,14 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
                  "sharpen": sharpen != "bilinear" or upsampler is not None}
         clash = [k for k, given in fixed.items() if given]
         if clash:
-            raise ValueError(f"preset {preset!r} fixes {', '.join(clash)}; leave them out (what it fixes: "
+            raise InputError(f"preset {preset!r} fixes {', '.join(clash)}; leave them out (what it fixes: "
                              f"probes.protocols.preset({preset!r}).describe())")
     lrs = tuple(float(v) for v in lrs)
     _check_options(lrs=lrs, epochs=epochs, train_batch_size=train_batch_size, batch_size=batch_size,
                    label_scale=label_scale, max_patches=max_patches, holdout=holdout, pooled=pooled,
                    sharpen=sharpen, on_error=on_error, feature_dtype=feature_dtype, store_dtype=store_dtype)
     if upsampler is not None and isinstance(upsampler, (str, Path)) and not Path(upsampler).is_file():
-        raise FileNotFoundError(2, "upsampler file (upsampler=, --upsampler): no such file", str(upsampler))
+        raise FileNotFoundError(2, "upsampler file, upsampler= (--upsampler): no such file", str(upsampler))
     data = _data(dataset, ann, images, root, on_error)
     if train_split is None:
         from dense.segdata import PROTOCOLS
@@ -234,7 +236,7 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
         train_split = PROTOCOLS[data.name][0] if data.name in PROTOCOLS else "train"
     fit, choose = ("fit", "holdout") if holdout else (train_split, val_split)
     if test_split is not None and test_split in (train_split, choose):
-        raise ValueError(f"the reported split {test_split!r} must not be the one trained on or chosen on")
+        raise InputError(f"the reported split {test_split!r} must not be the one trained on or chosen on")
     opened = {}
     if holdout:
         from dense.segdata import with_holdout
@@ -249,7 +251,7 @@ def evaluate_linear_probe(encoder, *, cache: str | Path, dataset=None, ann=None,
     class_names = list(opened[fit][0].class_names)
     for split, (ds, _) in opened.items():
         if list(ds.class_names) != class_names:
-            raise ValueError(f"split {split!r} has classes {list(ds.class_names)[:5]}..., split {fit!r} has "
+            raise InputError(f"split {split!r} has classes {list(ds.class_names)[:5]}..., split {fit!r} has "
                              f"{class_names[:5]}...")
 
     import torch
@@ -342,7 +344,7 @@ def evaluate_saved_probe(probe, encoder, *, cache: str | Path, split: str = "tes
     opened = {split: _open(data, split)}
     ds = opened[split][0]
     if list(ds.class_names) != probe.class_names:
-        raise ValueError(f"{path or 'the probe'}: trained on classes {probe.class_names[:5]}..., the dataset has "
+        raise InputError(f"{path or 'the probe'}: trained on classes {probe.class_names[:5]}..., the dataset has "
                          f"{list(ds.class_names)[:5]}...")
     import torch
 
@@ -375,5 +377,4 @@ def evaluate_saved_probe(probe, encoder, *, cache: str | Path, split: str = "tes
     return res
 
 
-__all__ = ["evaluate_linear_probe", "evaluate_saved_probe", "evaluate_probes", "evaluate_probe", "LRS", "POOLED",
-           "SHARPEN"]
+__all__ = ["evaluate_linear_probe", "evaluate_saved_probe", "evaluate_probes", "evaluate_probe", "LRS", "POOLED"]

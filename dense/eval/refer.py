@@ -10,9 +10,10 @@ import numpy as np
 
 from dense import coco, metrics
 from dense._progress import tqdm
+from dense.errors import InputError
 from dense.eval import Result, stats
 from dense.heatmap import get_method, layers_for, supported_methods, templates_of
-from dense.preprocess import exif_tagged, load_image
+from dense.preprocess import check_max_patches, exif_tagged, load_image
 from dense.refer import BOX_THRESHOLDS, SCORERS, Localizer, heatmap_box_xyxy
 
 
@@ -29,7 +30,7 @@ def refs_of_split(refs: str | Path, ds, split: str | None) -> list:
     out = [r for r in every if split is None or r.split == split]
     if not out:
         present = sorted({r.split for r in every})
-        raise ValueError(f"{refs}: no referring expressions in {'any split' if split is None else f'split {split!r}'}"
+        raise InputError(f"{refs}: no referring expressions in {'any split' if split is None else f'split {split!r}'}"
                          f"; splits present: {', '.join(present) or 'none'}")
     return out
 
@@ -66,16 +67,16 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
     if box_threshold is None:
         box_threshold = encoder.calibration.box_threshold
     if choose and not box_thresholds:
-        raise ValueError("choose needs box thresholds to choose from (box_thresholds=, --sweep)")
+        raise InputError("choose needs box thresholds to choose from: give box_thresholds= (--sweep)")
     if not 0.0 <= box_threshold <= 1.0 or any(not 0.0 <= t <= 1.0 for t in box_thresholds):
-        raise ValueError(f"box thresholds must be in [0, 1], got {box_threshold} and {list(box_thresholds)}")
+        raise InputError(f"box thresholds must be in [0, 1], got {box_threshold} and {list(box_thresholds)}")
     from_image = {m for m in methods if m not in supported_methods(encoder, experimental=True)}  # clear-* on 1 block
     layers = layers_for(encoder, methods)
     for s in scorers:
         if s not in SCORERS:
-            raise ValueError(f"unknown candidate scorer {s!r}; choose from {SCORERS}")
+            raise InputError(f"unknown candidate scorer {s!r}; choose from {SCORERS}")
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
+        raise InputError(f"limit must be at least 1, got {limit}")
     split = None if split == "all" else split
     ds = coco.load_coco(ann, images)
     by_image: dict[int, list] = {}
@@ -90,7 +91,7 @@ def evaluate_refer(encoder, ann: str | Path, refs: str | Path, images: str | Pat
         path = ds.image_path(iid)
         rgb = load_image(path)
         if rgb.shape[:2] != ds.image_hw(iid):
-            raise ValueError(f"{path}: image is {rgb.shape[:2]}, annotation says {ds.image_hw(iid)} (image id {iid})")
+            raise InputError(f"{path}: image is {rgb.shape[:2]}, annotation says {ds.image_hw(iid)} (image id {iid})")
         t0 = time.perf_counter()
         fmap = encoder.extract(rgb, max_patches=max_patches, layers=layers)
         seconds["extract"] += time.perf_counter() - t0
@@ -182,7 +183,7 @@ def choose_box_threshold(res: Result, method: str) -> float:
     """The swept box threshold with the best Acc@0.5 without candidates for ``method`` (ties: the lower one)."""
     thresholds = res.meta["thresholds"]
     if not thresholds:
-        raise ValueError("the run swept no box threshold (thresholds=())")
+        raise InputError("the run swept no box threshold (thresholds=())")
     accs = [res.figures[f"{config_key('none', method)}/acc@0.5@thr={t}"] for t in thresholds]
     return float(thresholds[int(np.argmax(accs))])
 
@@ -222,12 +223,11 @@ def evaluate_refer_head_protocol(encoder, *, ann: str | Path, refs: str | Path, 
 
     for name, v in (("steps", steps), ("train_batch_size", train_batch_size)):
         if v < 1:
-            raise ValueError(f"{name} must be at least 1, got {v}")
-    if max_patches is not None and max_patches < 1:
-        raise ValueError(f"max_patches must be at least 1 (None: the checkpoint's budget), got {max_patches}")
+            raise InputError(f"{name} must be at least 1, got {v}")
+    check_max_patches(max_patches)
     reported = [split] + ([test_split] if test_split else [])
     if test_split is not None and test_split in (train_split, split):
-        raise ValueError(f"the reported split {test_split!r} must not be the one trained on or chosen on")
+        raise InputError(f"the reported split {test_split!r} must not be the one trained on or chosen on")
     ds = coco.load_coco(ann, images)
     for s in (train_split, *reported):
         refs_of_split(refs, ds, s)  # each split holds expressions, before any extraction

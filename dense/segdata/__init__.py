@@ -81,7 +81,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dense.errors import LayoutError
+from dense.errors import InputError, LayoutError
 from dense.segdata._core import (
     Encoding,
     LabelSource,
@@ -130,7 +130,7 @@ def load_dataset(name: str, root: str | os.PathLike, *, splits: Iterable[str] = 
     ``check_files``, its label files too (channels, bit depth and size against the image, from headers): errors come
     before anything expensive starts."""
     if name not in READERS:
-        raise ValueError(f"unknown dataset {name!r}; one of {', '.join(READERS)}")
+        raise InputError(f"unknown dataset {name!r}; one of {', '.join(READERS)}")
     if not Path(root).is_dir():
         raise LayoutError(root, f"{name} root is not a folder")
     ds = READERS[name](root)
@@ -152,9 +152,9 @@ def holdout_ids(ids: Iterable, fraction: float = 0.1, seed: int = 0) -> tuple[li
     Depends only on the sorted ids, ``fraction`` and ``seed``, not on the order they are given in."""
     ids = sorted(ids)
     if len(ids) < 2:
-        raise ValueError(f"{len(ids)} images: too few to carve a holdout split")
+        raise InputError(f"{len(ids)} images: too few to carve a holdout split")
     if not 0 < fraction < 1:
-        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+        raise InputError(f"holdout fraction must be in (0, 1), got {fraction}")
     n = min(max(1, round(fraction * len(ids))), len(ids) - 1)
     pick = set(np.random.default_rng(seed).permutation(len(ids))[:n].tolist())
     return [i for k, i in enumerate(ids) if k not in pick], [i for k, i in enumerate(ids) if k in pick]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dense.errors import AnnotationError, LayoutError
+from dense.errors import AnnotationError, LayoutError, MissingEntryError
 from dense.labels import IGNORE, label_dtype
 from dense.preprocess import IMAGE_EXTS, annotated_path, check_image_size, count_exif_tagged
 
@@ -228,7 +228,7 @@ class SegDataset:
         if split not in self.splits_found:
             hint = self.missing_hint.get(split) or self.missing_hint.get("*", "").format(split=split)
             have = ", ".join(sorted(self.splits_found)) or "none"
-            raise KeyError(f"{hint or self.root}: {self.name} has no split {split!r} (found: {have})")
+            raise MissingEntryError(f"{hint or self.root}: {self.name} has no split {split!r} (found: {have})")
         return self.splits_found[split]
 
     def split_list(self, split: str) -> str:
@@ -265,7 +265,7 @@ class SegDataset:
                     self.ids(s)
         split = self._split_of.get(image_id)
         if split is None:
-            raise KeyError(f"{self.root}: no image id {image_id!r} in {self.name}")
+            raise MissingEntryError(f"{self.root}: no image id {image_id!r} in {self.name}")
         return self.splits_found[split]
 
     def image_path(self, image_id: str) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 DATASETS = ("voc", "ade20k", "ade847", "coco-stuff", "context59", "context459", "coco")
 DTYPES = ("auto", "fp32", "bf16", "float32", "bfloat16")  # the spellings dense.encoder accepts
 STORE_DTYPES = ("float32", "bfloat16", "fp32", "bf16")
+CACHE = "dense-cache"  # the one default --cache of every command that reads or fills one
 PRESETS = ("siglip2-tips", "pe-best-block", "dinov3", "radio")  # the names of probes.protocols.PRESETS (light parser)
 
 # flag -> its one meaning across commands

@@ -83,3 +83,41 @@ def test_a_cache_root_that_is_a_file_is_refused(tmp_path):
         check_cache_root(f / "sub")
     assert e.value.filename == str(f)
     assert check_cache_root(tmp_path / "new" / "cache") == tmp_path / "new" / "cache"
+
+
+def test_the_eval_and_probe_commands_check_their_data_before_the_model(world, tmp_path, capsys):
+    """Each command opens its data first: with a model that does not exist, the data's error is the one reported."""
+    from dense.cli import main
+
+    nomodel = ["--model", str(tmp_path / "no-such-model")]
+    ann, images, refs = (str(world / n) for n in ("annotations.json", "images", "refs.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [')
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [
+        (["eval", "openvocab", "--ann", ann, "--images", images, "--split", "nosuch"], 1,
+         "no images in split 'nosuch'"),
+        (["eval", "openvocab", "--ann", str(bad), "--images", images], 1, "bad.json"),
+        (["eval", "refer", "--ann", ann, "--refs", refs, "--images", images, "--split", "nosuch"], 1,
+         "no referring expressions in split 'nosuch'"),
+        (["eval", "refer", "--ann", str(bad), "--refs", refs, "--images", images], 1, "bad.json"),
+        (["probe", "train", "--ann", ann, "--images", images, "--val-split", "nosuch", "--cache",
+          str(tmp_path / "c")], 1, "no images in split 'nosuch'"),
+        (["probe", "train", "--ann", str(bad), "--images", images, "--cache", str(tmp_path / "c")], 1, "bad.json"),
+        (["probe", "test", "--ann", ann, "--images", images, "--probe", ann, "--split", "nosuch", "--cache",
+          str(tmp_path / "c")], 1, None),
+        (["probe", "train", "--ann", ann, "--images", images, "--cache", str(afile / "sub")], 2,
+         "the cache (--cache) must be a folder"),
+    ]
+    for argv, code, message in cases:
+        if code == 2:  # the parser's own check
+            with pytest.raises(SystemExit) as e:
+                main([*argv, *nomodel])
+            assert e.value.code == 2
+        else:
+            assert main([*argv, *nomodel]) == code, argv
+        err = capsys.readouterr().err
+        assert "no-such-model" not in err, (argv, err)
+        if message:
+            assert message in err, (argv, err)

@@ -228,6 +228,16 @@ def background(text: str):
     return v
 
 
+def cache_root(text: str) -> Path:
+    """An argparse type: a feature cache root, a folder or a path where one can be made (not a file)."""
+    from dense.eval.data import check_cache_root
+
+    try:
+        return check_cache_root(Path(text).expanduser())
+    except NotADirectoryError as e:
+        raise argparse.ArgumentTypeError(f"{e.filename}: {e.strerror}") from None
+
+
 def floats(text: str) -> list[float]:
     """Comma-separated numbers."""
     try:

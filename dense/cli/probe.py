@@ -25,6 +25,7 @@ from dense.cli._args import (
     add_quiet,
     add_runtime,
     add_templates,
+    cache_root,
     command,
     existing,
     floats,
@@ -104,7 +105,7 @@ def data_options(p) -> None:
 
 def add_cache(p) -> None:
     """``--cache``, with one default in every probe command."""
-    opt(p, "--cache", default=CACHE)
+    opt(p, "--cache", type=cache_root, default=CACHE)
 
 
 def sweep_options(t) -> None:

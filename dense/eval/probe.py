@@ -88,8 +88,13 @@ def _encoder(encoder, device, dtype):
     return encoder
 
 
-def _fill(encoder, cache, opened: dict, *, max_patches, layers, batch_size, extract, on_error, progress) -> tuple:
-    """Extract what the cache misses for each split; ``({split: samples}, {key: image path}, [skipped])``."""
+def _fill(encoder, cache, opened: dict, *, max_patches, layers, batch_size, extract, on_error, progress,
+          data=None) -> tuple:
+    """Extract what the cache misses for each split; ``({split: samples}, {key: image path}, [skipped])``.
+
+    Entries the same image files already have in the cache under a folder (``dense extract --images DIR``, whatever
+    folder above the images was named) are used, not extracted again (:func:`adopt_folder_entries`). With
+    ``extract=False`` a missing entry raises naming the image and the command that fills the cache."""
     from dense.extract import dataset_items, extract_to_cache
     from probes import load_samples
 
@@ -97,13 +102,73 @@ def _fill(encoder, cache, opened: dict, *, max_patches, layers, batch_size, extr
     for split, (ds, sub) in opened.items():
         items = dataset_items(ds, sub)
         ds_cache = cache.for_dataset(ds)
+        adopt_folder_entries(ds_cache, items)
         if extract:
             rep = extract_to_cache(encoder, items, ds_cache, max_patches=max_patches, layers=layers,
                                    batch_size=batch_size, on_error=on_error, progress=progress)
             skipped += [f"{split}: {s}" for s in rep.skipped]
+        else:
+            missing = [(k, p) for k, p in items if k not in ds_cache]
+            if missing:
+                raise KeyError(f"{missing[0][1]} (image id {missing[0][0]}) and {len(missing) - 1} other image(s) of "
+                               f"split {split!r} are not in the cache {cache.dir}: fill it with `"
+                               f"{_extract_command(encoder, ds, sub, cache, max_patches, layers, data)}` (or drop "
+                               f"--no-extract)")
         samples[split] = load_samples(ds, ds_cache, sub, progress=progress)
         paths.update(items)
     return samples, paths, skipped
+
+
+def adopt_folder_entries(cache, items) -> int:
+    """Make ``cache`` (one dataset's part of a feature cache) hold the entries its images already have under a
+    FOLDER's part of the same cache: ``dense extract --images DIR`` keys each image by its path relative to ``DIR``
+    in ``DIR``'s part (:func:`dense.cache.dataset_namespace`), a dataset by its image id in its own part, so the
+    same file would otherwise be extracted twice. Every folder above each image is looked at; an entry found is
+    hard-linked (copied where links fail, atomically) under the dataset's key. Returns how many were adopted."""
+    import os
+
+    from dense._atomic import write_bytes
+    from dense.cache import FeatureCache, dataset_namespace
+
+    n, parts = 0, {}
+    for key, image in items:
+        if key in cache:
+            continue
+        path = Path(image).resolve()
+        for folder in path.parents:
+            if folder not in parts:
+                parts[folder] = FeatureCache(cache.root, cache.spec, dataset_namespace(folder))
+            src = parts[folder].path(path.relative_to(folder).as_posix())
+            if src.is_file():
+                dst = cache.path(key)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(src, dst)
+                except FileExistsError:
+                    pass
+                except OSError:
+                    write_bytes(dst, src.read_bytes())
+                n += 1
+                break
+    return n
+
+
+def _extract_command(encoder, ds, sub, cache, max_patches, layers, data=None) -> str:
+    """The ``dense extract`` line that fills ``cache`` for split ``sub`` of ``ds``."""
+    import shlex
+
+    if getattr(ds, "source", None) is not None and getattr(ds, "image_dir", None) is not None:
+        where = ["--ann", str(ds.source), "--images", str(ds.image_dir)]
+    else:
+        where = ["--dataset", getattr(data, "name", None) or "NAME", "--root", str(getattr(ds, "root", "ROOT"))]
+    line = ["dense", "extract", "--model", str(encoder.name), *where, "--cache", str(cache.root)]
+    if sub:
+        line += ["--split", str(sub)]
+    if max_patches is not None:
+        line += ["--max-patches", str(max_patches)]
+    if tuple(layers) != (-1,):
+        line += ["--layers", ",".join(str(b) for b in layers)]
+    return shlex.join(line)
 
 
 def _upsampler(upsampler, encoder):
@@ -247,7 +312,8 @@ def evaluate_linear_probe(encoder, data, *, cache: str | Path, splits: ProbeSpli
     by_window = {test_split: opened[test_split]} if slide and test_split is not None else {}
     samples, paths, skipped = _fill(encoder, cache_, {s: v for s, v in opened.items() if s not in by_window},
                                     max_patches=max_patches, layers=tuple(layers), batch_size=extraction.batch_size,
-                                    extract=extraction.extract, on_error=extraction.on_error, progress=progress)
+                                    extract=extraction.extract, on_error=extraction.on_error, progress=progress,
+                                    data=data)
     cfg = ProbeConfig(lrs=training.lrs, layer_sets=None if layer_sets is None else tuple(tuple(s) for s in layer_sets),
                       epochs=training.epochs, batch_size=training.train_batch_size, label_scale=training.label_scale,
                       weight_decay=training.weight_decay, seed=training.seed,
@@ -332,7 +398,7 @@ def evaluate_saved_probe(encoder, data, *, probe, cache: str | Path, split: str 
     upsampler = _upsampler(sharpening.upsampler, encoder)
     samples, paths, skipped = _fill(encoder, cache_, opened, max_patches=max_patches, layers=layers,
                                     batch_size=extraction.batch_size, extract=extraction.extract,
-                                    on_error=extraction.on_error, progress=progress)
+                                    on_error=extraction.on_error, progress=progress, data=data)
     res = evaluate_probe(probe, samples[split], sharpen=sharpening.mode, upsampler=upsampler, images=paths,
                          calibration=encoder.calibration, progress=progress)
     res.meta.update({"task": "probe-test", "probe": path, "key": probe.meta.get("key"), "data": data.what,

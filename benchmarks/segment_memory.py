@@ -84,7 +84,7 @@ def main() -> None:
               "unchunked_bound_gib": (args.classes + 1) * args.height * args.width * 4 / 2**30}
     if args.unchunked:
         scores = heatmap.patch_scores(enc, fmap, names)
-        dt2, extra2, old = peak_during(lambda: openvocab.labels_from_scores(heatmap.to_image_size(scores, fmap),
+        dt2, extra2, old = peak_during(lambda: openvocab.labels_from_scores(heatmap.to_image(scores, fmap),
                                                                             len(names), 0.5))
         print(f"{'unchunked (upsample all, then argmax)':<40}{dt2:>9.2f}{extra2:>20.3f}")
         print(f"labels identical: {bool((old == labels).all())}")

@@ -14,6 +14,8 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from dense.errors import FormatError
+
 
 def temp_path(path: str | os.PathLike) -> Path:
     """``.<name>.<pid>.tmp`` beside ``path``: the one temp-file name dense writes."""
@@ -68,18 +70,14 @@ def save_tensors(path: str | os.PathLike, tensors: dict, header: dict) -> Path:
     return write_bytes(path, data)
 
 
-class _HeaderError(ValueError):
-    """A readable file whose header is not the expected format and version (the message names the file)."""
-
-
 def _check_header(path: Path, meta: dict | None, fmt: str, version: int, what: str) -> dict:
     try:
         header = json.loads((meta or {})["dense"])
     except (KeyError, TypeError, ValueError) as e:
-        raise _HeaderError(f"{path}: not a dense {what} file (no dense header: {type(e).__name__}: {e})") from e
+        raise FormatError(f"{path}: not a dense {what} file (no dense header: {type(e).__name__}: {e})") from e
     if not isinstance(header, dict) or header.get("format") != fmt or header.get("version") != version:
         got = header if not isinstance(header, dict) else f"{header.get('format')!r} v{header.get('version')}"
-        raise _HeaderError(f"{path}: unknown {what} format {got} (expected {fmt!r} v{version})")
+        raise FormatError(f"{path}: unknown {what} format {got} (expected {fmt!r} v{version})")
     return header
 
 
@@ -96,7 +94,7 @@ def read_header(path: str | os.PathLike, fmt: str, version: int, what: str) -> t
     except FileNotFoundError:
         raise
     except Exception as e:  # safetensors raises its own SafetensorError for a damaged header
-        raise ValueError(f"{path}: not a dense {what} file ({type(e).__name__}: {e})") from e
+        raise FormatError(f"{path}: not a dense {what} file ({type(e).__name__}: {e})") from e
     return _check_header(path, meta, fmt, version, what), shapes
 
 
@@ -104,8 +102,8 @@ def load_tensors(path: str | os.PathLike, fmt: str, version: int, what: str, nam
                  ) -> tuple[dict, dict]:
     """``(header, tensors)`` of a file written by :func:`save_tensors`; the tensors own their memory (no tie to the
     file). ``names``: read only these tensors (those the file has). A missing file raises ``FileNotFoundError``;
-    anything that is not a ``fmt`` v``version`` file raises ``ValueError`` naming it and ``what`` it should have
-    been."""
+    anything that is not a ``fmt`` v``version`` file raises :class:`~dense.errors.FormatError` (a ``ValueError``)
+    naming it and ``what`` it should have been."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -114,8 +112,8 @@ def load_tensors(path: str | os.PathLike, fmt: str, version: int, what: str, nam
             header = _check_header(path, f.metadata(), fmt, version, what)
             wanted = None if names is None else set(names)
             tensors = {k: f.get_tensor(k).clone() for k in f.keys() if wanted is None or k in wanted}
-    except (FileNotFoundError, _HeaderError):
+    except (FileNotFoundError, FormatError):
         raise
     except Exception as e:  # safetensors raises its own SafetensorError for a damaged header or data
-        raise ValueError(f"{path}: not a dense {what} file ({type(e).__name__}: {e})") from e
+        raise FormatError(f"{path}: not a dense {what} file ({type(e).__name__}: {e})") from e
     return header, tensors

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from dense.preprocess import ImageError, ImageInput, PixelConfig, choose_grid, load_image, patchify, to_pixels
+from dense.errors import ImageError
+from dense.preprocess import ImageInput, PixelConfig, choose_grid, load_image, patchify, to_pixels
 
 if TYPE_CHECKING:
     from dense.compiled import CompiledTower

@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 
 from dense._atomic import write_json
+from dense.errors import MissingEntryError
 from dense.features import FeatureMap
 
 log = logging.getLogger("dense")
@@ -171,10 +172,11 @@ class FeatureCache:
         return None
 
     def load(self, key: str) -> FeatureMap:
-        """Like :meth:`get`, but a missing or corrupt entry raises ``KeyError`` naming it."""
+        """Like :meth:`get`, but a missing or corrupt entry raises :class:`~dense.errors.MissingEntryError` (a
+        ``KeyError``) naming it."""
         fmap = self.get(key)
         if fmap is None:
-            raise KeyError(f"{self.path(key)}: not in the cache (run `dense extract` first)")
+            raise MissingEntryError(f"{self.path(key)}: not in the cache (run `dense extract` first)")
         return fmap
 
     def put(self, key: str, fmap: FeatureMap) -> Path:

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from dense.errors import CheckpointError
 from dense.preprocess import PixelConfig
 
 # Names that resolve to folders shipped inside the package.
@@ -52,10 +53,6 @@ RANDOM_SPECS = {
                          vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                      patch_size=8, num_patches=64)),
 }
-
-
-class CheckpointError(OSError):
-    """A checkpoint could not be found or loaded; the message says which and what to do."""
 
 
 def model_classes(family: str):

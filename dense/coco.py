@@ -46,13 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dense.errors import AnnotationError
 from dense.labels import IGNORE, label_dtype
 
 BOX_TOLERANCE_PX = 1.0  # a bbox may stick out of its image by this much (COCO boxes are floats, rounded on export)
-
-
-class AnnotationError(ValueError):
-    """An annotation or image entry is invalid; the message names the file and the ids involved."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------

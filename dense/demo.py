@@ -195,7 +195,7 @@ def _feature_panels(encoder, page: _Page, out: Path, items: list[tuple[str, obje
         fmap = encoder.extract(image, layers=heatmap.required_layers(method), max_patches=max_patches)
         pca_names.append(_save(viz.pca(fmap, image), out / f"pca_{name}.png"))
         queries = queries_for(name)
-        scores = heatmap.to_image_size(heatmap.patch_scores(encoder, fmap, queries, method=method), fmap)  # [T, H, W]
+        scores = heatmap.to_image(heatmap.patch_scores(encoder, fmap, queries, method=method), fmap)  # [T, H, W]
         heat_names.append(_save(viz.heatmaps(image, scores, queries), out / f"heatmap_{name}.png"))
     page.section("Feature maps (PCA)", "The first three principal components of the patch tokens, at each image's own "
                  "aspect ratio, upsampled to the image: parts with similar features get similar colours.")
@@ -235,8 +235,8 @@ def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int,
     from dense.coco import load_coco, load_refs
     from dense.eval.probe import evaluate_probe
     from dense.extract import dataset_items, extract_to_cache
-    from dense.localize import Localizer
     from dense.metrics import acc_at_iou, pointing_game
+    from dense.refer import Localizer
     from probes import ProbeConfig, load_samples, train_probes
 
     data = out / "data"
@@ -331,7 +331,7 @@ def _photos(encoder, out: Path, all_paths: list[Path], queries: list[str], *, ma
             bundled: bool, max_patches: int | None = None) -> dict:
     import dense
     from dense import viz
-    from dense.localize import Localizer
+    from dense.refer import Localizer
 
     paths, left_out = all_paths[:max_images], all_paths[max_images:]
     names = _output_names(paths)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import torch
 
-
-class DeviceError(ValueError):
-    """A device that this torch or this machine cannot run on; the message says which and what to do."""
+from dense.errors import DeviceError
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

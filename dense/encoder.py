@@ -29,7 +29,6 @@ from dense.batching import Prepared, default_num_workers, forward_tower, plan_ba
 from dense.checkpoint import (
     RANDOM_SPECS,
     Calibration,
-    CheckpointError,
     fingerprint,
     load_strict,
     model_classes,
@@ -41,8 +40,9 @@ from dense.checkpoint import (
 )
 from dense.compiled import CompiledTower, check_compile_option, decide
 from dense.device import resolve_device, resolve_dtype
+from dense.errors import CheckpointError, ImageError
 from dense.features import RULES_VERSION, FeatureMap, block_indices
-from dense.preprocess import ImageError, ImageInput, PixelConfig, choose_grid, load_image, to_pixels
+from dense.preprocess import ImageInput, PixelConfig, choose_grid, load_image, to_pixels
 
 log = logging.getLogger("dense")
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dense._atomic import load_tensors, save_tensors
+from dense.errors import MismatchError
 from dense.preprocess import grid_to_pixel_xy, pixel_to_grid
 
 FORMAT = "dense.FeatureMap"  # the header of a saved FeatureMap file (dense._atomic.save_tensors)
@@ -28,10 +29,6 @@ RULES_VERSION = 1
 # upsamplers). The token budget (max_patches) and dtype may differ: they change the features' resolution and
 # precision, not their meaning.
 IDENTITY_KEYS = ("fingerprint", "family", "patch_size", "hidden_size", "num_layers", "rules")
-
-
-class FeatureMapMismatchError(ValueError):
-    """A FeatureMap was given to an encoder (or under rules) other than the one that made it."""
 
 
 def _identity_diff(want: dict, given: dict) -> dict:
@@ -55,11 +52,11 @@ def featuremap_mismatch(spec: dict, fmap: FeatureMap) -> str | None:
 
 
 def check_featuremap_identity(spec: dict, fmap: FeatureMap, what: str) -> None:
-    """Raise :class:`FeatureMapMismatchError` (one line: ``what``, then why) when :func:`featuremap_mismatch` says
+    """Raise :class:`MismatchError` (one line: ``what``, then why) when :func:`featuremap_mismatch` says
     ``fmap`` is not features of the encoder whose spec is ``spec``."""
     why = featuremap_mismatch(spec, fmap)
     if why:
-        raise FeatureMapMismatchError(f"{what}: {why}; extract the image again with this encoder")
+        raise MismatchError(f"{what}: {why}; extract the image again with this encoder")
 
 
 def identity_mismatch(trained: dict, given: dict, layers) -> str | None:

@@ -253,7 +253,7 @@ def layers_for(encoder, methods: Sequence[str]) -> tuple[int, ...]:
 def check_featuremap(encoder, fmap: FeatureMap, layers: Sequence[int], what: str) -> torch.Tensor:
     """The tokens of ``layers`` (Python block indices) out of ``fmap``, which must come from ``encoder``.
 
-    Raises ``ValueError`` naming what is missing and how to extract it (``FeatureMapMismatchError`` for another
+    Raises ``ValueError`` naming what is missing and how to extract it (``MismatchError`` for another
     encoder's FeatureMap).
     """
     check_featuremap_identity(encoder.spec(), fmap, what)
@@ -369,7 +369,7 @@ def patch_scores(encoder, image: ImageOrFeatureMap, queries, *, method: str | No
     return torch.sigmoid(logits(encoder, z, text))  # [T, gh, gw]
 
 
-def to_image_size(scores: torch.Tensor, fmap: FeatureMap, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
+def to_image(scores: torch.Tensor, fmap: FeatureMap, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
     """Patch scores ``[T, gh, gw]`` -> ``[T, H, W]`` at the original image size (or ``size_hw``), bilinear.
 
     Same geometry as :meth:`FeatureMap.to_image`: the grid tiles the resized image, ``align_corners=False`` puts each
@@ -447,15 +447,15 @@ def image_scores(encoder, image: ImageOrFeatureMap, queries, *, features: Featur
         fmap = features if features is not None else with_aligned(encoder, rgb, method, max_patches=max_patches)
         scores = patch_scores(encoder, fmap, text, method=method)  # [T, gh, gw]
         if refine is None:
-            return to_image_size(scores, fmap)  # [T, H, W]
+            return to_image(scores, fmap)  # [T, H, W]
         H, W = fmap.image_hw
-        probs = to_image_size(scores, fmap, size_hw=fmap.resized_hw)  # [T, gh * p, gw * p]
+        probs = to_image(scores, fmap, size_hw=fmap.resized_hw)  # [T, gh * p, gw * p]
     else:
         H, W = rgb.shape[:2]
 
         def crop_scores(crop: np.ndarray) -> torch.Tensor:
             f = with_aligned(encoder, crop, method, max_patches=max_patches)
-            return to_image_size(patch_scores(encoder, f, text, method=method), f)  # [T, h, w]
+            return to_image(patch_scores(encoder, f, text, method=method), f)  # [T, h, w]
 
         probs = sliding_window_scores(rgb, windows, crop_scores)  # [T, H, W]
         if refine is None:

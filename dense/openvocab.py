@@ -22,7 +22,7 @@ from dense.heatmap import (
     logits,
     patch_scores,
     templates_of,
-    to_image_size,
+    to_image,
     with_aligned,
 )
 from dense.text import embed_texts
@@ -170,7 +170,7 @@ def labels_from_patch_scores(scores: torch.Tensor, fmap: FeatureMap, num_classes
     start = 0
     while start < n:
         stop = min(start + chunk, num_classes if start < num_classes else n)  # classes and prompts never mix
-        up = to_image_size(scores[start:stop], fmap, size_hw)  # [c, gh, gw] -> [c, H, W]
+        up = to_image(scores[start:stop], fmap, size_hw)  # [c, gh, gw] -> [c, H, W]
         for k in range(start, stop):
             m = up[k - start]  # [H, W]
             if k < num_classes:

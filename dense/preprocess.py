@@ -33,14 +33,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dense.errors import ImageError
+
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 # File suffixes taken as images when a folder is listed or an image id is looked up (lower case)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-class ImageError(ValueError):
-    """An input image could not be read or is not a valid image; the message names the input."""
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,11 @@ Both read :class:`~dense.FeatureMap` tokens of one stored block (``layer=``, a b
 them; ``-1`` the last block) and compare them by cosine similarity, so images of any grids and aspect ratios compare
 with each other. Pixels and patches are related by the FeatureMap's own geometry
 (:meth:`~dense.FeatureMap.pixel_to_grid`, :meth:`~dense.FeatureMap.grid_to_pixel_xy`), maps are brought to image size
-by :func:`dense.heatmap.to_image_size`.
+by :func:`dense.heatmap.to_image`.
 
     >>> sims = similarity_maps(fmap, (120, 40), [fmap, other])   # SimilarityMaps: one [gh, gw] map per target
     >>> sims.maps[1].shape, sims.peak_xy[1]                       # the best-matching pixel in `other`
-    >>> sims.at_image_size(1)                                     # [H, W] of `other`
+    >>> sims.to_image(1)                                     # [H, W] of `other`
     >>> m = match(fmap, other)                                    # Matches: mutual nearest neighbours
     >>> m.points_xy_a, m.points_xy_b, m.scores                    # [M, 2], [M, 2], [M]
 """
@@ -97,11 +97,11 @@ class SimilarityMaps:
         """float64 ``[K]``: each map's largest similarity."""
         return np.array([float(m.max()) for m in self.maps], dtype=np.float64)
 
-    def at_image_size(self, k: int, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    def to_image(self, k: int, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
         """Map ``k`` at its target's image size (or ``size_hw``): ``[H, W]``, bilinear, values at patch centres."""
-        from dense.heatmap import to_image_size
+        from dense.heatmap import to_image
 
-        return to_image_size(self.maps[k][None], self.targets[k], size_hw)[0]  # [1, gh, gw] -> [1, H, W] -> [H, W]
+        return to_image(self.maps[k][None], self.targets[k], size_hw)[0]  # [1, gh, gw] -> [1, H, W] -> [H, W]
 
 
 def similarity_maps(source: FeatureMap, point_xy, targets: Sequence[FeatureMap] | None = None, *,

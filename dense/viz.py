@@ -4,7 +4,7 @@ Every function returns a :class:`matplotlib.figure.Figure` drawn with the Agg ba
 save it with ``fig.savefig(path)``. In Jupyter (and under nbclient / nbconvert) the figure shows inline as a PNG, with
 any backend, because it has a ``_repr_png_``. Images are uint8 ``[H, W, 3]`` (anything
 :func:`dense.preprocess.load_image` reads is accepted); heatmaps and label maps are at the image's size (use
-:func:`dense.heatmap.to_image_size` first).
+:func:`dense.heatmap.to_image` first).
 
 Panels are sized by the image's aspect ratio and wrap into rows so a figure stays at most ``MAX_WIDTH_IN`` wide.
 """
@@ -48,7 +48,7 @@ class DenseFigure(Figure):
 def _check_hw(image: np.ndarray, maps: np.ndarray, what: str) -> None:
     if tuple(maps.shape[-2:]) != tuple(image.shape[:2]):
         raise ValueError(f"{what} {tuple(maps.shape)} is not at the image size {tuple(image.shape[:2])}; "
-                         f"upsample it first (dense.heatmap.to_image_size)")
+                         f"upsample it first (dense.heatmap.to_image)")
 
 
 def panel_layout(n_panels: int, image_hw: tuple[int, int], *, extra_w: float = 0.0,
@@ -568,7 +568,7 @@ def _leaders(fig, ax, texts, anchors_px, colours) -> None:
 
 
 def localizations(image, found: Sequence, *, gt_boxes_xyxy=None, found_threshold: float | None = None):
-    """:func:`boxes` for a list of :class:`dense.localize.Localization`: each expression's box, point and score; an
+    """:func:`boxes` for a list of :class:`dense.refer.Localization`: each expression's box, point and score; an
     answer that was not found (``found=False``) gets no box, only a note."""
     if not found:
         raise ValueError("no localizations to draw")

@@ -7,8 +7,8 @@
 ``probes`` reads dense's core (features, cache, datasets, metrics); dense's evaluators, CLI and demo read ``probes``.
 """
 
-from probes.linear import LinearProbe, ProbeMismatchError
+from probes.linear import LinearProbe
 from probes.train import ProbeConfig, Sample, SweepResult, load_samples, train_probes
 
-__all__ = ["LinearProbe", "ProbeMismatchError", "ProbeConfig", "Sample", "SweepResult", "load_samples",
+__all__ = ["LinearProbe", "ProbeConfig", "Sample", "SweepResult", "load_samples",
            "train_probes"]

@@ -1,7 +1,7 @@
 """``LinearProbe``: BatchNorm + 1x1 convolution over frozen patch tokens (the DINOv2 / mmsegmentation "BNHead").
 
 A probe knows what it was trained on: its class names, the encoder spec of its features and which of the feature
-map's layers it reads. Applying it to features of another encoder is an error (:class:`ProbeMismatchError`).
+map's layers it reads. Applying it to features of another encoder is an error (:class:`MismatchError`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dense._atomic import load_tensors, save_tensors
+from dense.errors import MismatchError
 from dense.features import FeatureMap, block_indices, identity_mismatch, spec_to_check
 
 FORMAT = "dense.LinearProbe"
 VERSION = 1
-
-
-class ProbeMismatchError(ValueError):
-    """A probe was applied to (or loaded for) features of a different encoder or layer set."""
 
 
 class LinearProbe(nn.Module):
@@ -60,10 +57,10 @@ class LinearProbe(nn.Module):
 
     # --- features -> input ------------------------------------------------------------------------------------------
     def check(self, spec: dict) -> None:
-        """Raise :class:`ProbeMismatchError` unless features with encoder ``spec`` can feed this probe."""
+        """Raise :class:`MismatchError` unless features with encoder ``spec`` can feed this probe."""
         why = identity_mismatch(self.encoder_spec, spec, self.layers)
         if why:
-            raise ProbeMismatchError(f"probe {why}")
+            raise MismatchError(f"probe {why}")
 
     def select(self, fmap: FeatureMap) -> torch.Tensor:
         """The probe's input from a feature map: ``[gh, gw, D_all]`` -> ``[D, gh, gw]`` (its layers, concatenated;
@@ -73,7 +70,7 @@ class LinearProbe(nn.Module):
         if not self.pooled:
             return x
         if fmap.pooled is None:
-            raise ProbeMismatchError("this probe reads the pooled embedding, which the features lack (cache them "
+            raise MismatchError("this probe reads the pooled embedding, which the features lack (cache them "
                                      "with pooled=True)")
         gh, gw = fmap.grid_hw
         p = fmap.pooled.to(x.dtype)[:, None, None].expand(-1, gh, gw)  # [E] -> [E, gh, gw]
@@ -128,7 +125,7 @@ class LinearProbe(nn.Module):
     def load(cls, path: str | os.PathLike, *, encoder=None, encoder_spec: dict | None = None) -> LinearProbe:
         """Read a probe; given the ``encoder`` (an :class:`~dense.encoder.Encoder`) or the ``encoder_spec`` of the
         features it will read (``FeatureMap.encoder_spec``), one trained for another encoder raises
-        :class:`ProbeMismatchError` naming the file."""
+        :class:`MismatchError` naming the file."""
         spec = spec_to_check(encoder, encoder_spec)  # TypeError for a dict as encoder= before any file is read
         header, tensors = load_tensors(path, FORMAT, VERSION, "probe")
         probe = cls(header["in_dim"], header["class_names"], encoder_spec=header["encoder"], layers=header["layers"],
@@ -139,8 +136,8 @@ class LinearProbe(nn.Module):
             spec = spec_to_check(encoder, encoder_spec, probe.layers)  # the layers it reads
             try:
                 probe.check(spec)
-            except ProbeMismatchError as e:
-                raise ProbeMismatchError(f"{path}: {e}") from None
+            except MismatchError as e:
+                raise MismatchError(f"{path}: {e}") from None
         return probe
 
 
@@ -150,4 +147,4 @@ def select_layers(fmap: FeatureMap, layers: list[int] | tuple[int, ...]) -> torc
     try:
         return fmap.layer_tokens(layers)
     except ValueError as e:
-        raise ProbeMismatchError(str(e)) from None
+        raise MismatchError(str(e)) from None

@@ -1,6 +1,6 @@
 """A light trainable referring head on frozen dense tokens: expression -> patch heatmap + box.
 
-The training-free path (``dense.localize``) reads the checkpoint's MAP head as it is. This head is the small trained
+The training-free path (``dense.refer``) reads the checkpoint's MAP head as it is. This head is the small trained
 alternative the SigLIP 2 paper points at (it trains a 6-layer decoder on frozen So400m tokens); ours is deliberately
 tiny so it trains on CPU in a minute on the synthetic world:
 
@@ -11,7 +11,7 @@ tiny so it trains on CPU in a minute on the synthetic world:
     box = (c + 0.5 tanh(d_xy), sigmoid(d_wh)),  d = MLP(sum_n a_n h_n)      normalized (cx, cy, w, h)
 
 Loss: binary cross-entropy of ``l`` against the fraction of each patch's cell inside the target box
-(:func:`dense.localize.box_patch_weights`) + L1 + generalized IoU on the box. Tokens are the FeatureMap's (frozen, any
+(:func:`dense.refer.box_patch_weights`) + L1 + generalized IoU on the box. Tokens are the FeatureMap's (frozen, any
 layers), text embeddings come from :func:`dense.text.embed_texts`. Positions go through
 :func:`dense.preprocess.grid_to_pixel_xy`, so native aspect ratios and any grid size work.
 
@@ -39,9 +39,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dense._atomic import load_tensors, save_tensors
+from dense.errors import MismatchError
 from dense.features import FeatureMap, block_indices, identity_mismatch
-from dense.localize import box_patch_weights, find_peak_grid
-from probes.linear import ProbeMismatchError
+from dense.refer import box_patch_weights, find_peak_grid
 
 FORMAT = "dense.ReferHead"
 VERSION = 1
@@ -96,10 +96,10 @@ class ReferHead(nn.Module):
         return logits, torch.cat([centre + 0.5 * torch.tanh(d[:, :2]), torch.sigmoid(d[:, 2:])], dim=-1)
 
     def check(self, spec: dict) -> None:
-        """Raise :class:`probes.linear.ProbeMismatchError` unless features of encoder ``spec`` can feed this head."""
+        """Raise :class:`probes.linear.MismatchError` unless features of encoder ``spec`` can feed this head."""
         why = identity_mismatch(self.encoder_spec, spec, self.layers)
         if why:
-            raise ProbeMismatchError(f"referring head {why}")
+            raise MismatchError(f"referring head {why}")
 
     def select(self, fmap: FeatureMap) -> torch.Tensor:
         """The head's tokens of ``fmap`` (identity checked first): ``[gh, gw, token_dim]``."""
@@ -107,7 +107,7 @@ class ReferHead(nn.Module):
         try:
             return fmap.layer_tokens(self.layers)
         except ValueError as e:
-            raise ProbeMismatchError(str(e)) from None
+            raise MismatchError(str(e)) from None
 
     @torch.inference_mode()
     def predict(self, fmap: FeatureMap, text_emb: torch.Tensor) -> dict:
@@ -136,7 +136,7 @@ class ReferHead(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, *, encoder=None) -> ReferHead:
         """Read a head; with ``encoder`` (an ``Encoder`` or a spec dict) one trained on another encoder raises
-        :class:`probes.linear.ProbeMismatchError` naming the file."""
+        :class:`probes.linear.MismatchError` naming the file."""
         header, tensors = load_tensors(path, FORMAT, VERSION, "referring head")
         head = cls(**header["config"], encoder_spec=header["encoder"], layers=header["layers"])
         head.load_state_dict(tensors, strict=True)
@@ -145,8 +145,8 @@ class ReferHead(nn.Module):
             spec = encoder if isinstance(encoder, dict) else encoder.spec(layers=tuple(head.layers))
             try:
                 head.check(spec)
-            except ProbeMismatchError as e:
-                raise ProbeMismatchError(f"{path}: {e}") from None
+            except MismatchError as e:
+                raise MismatchError(f"{path}: {e}") from None
         return head
 
 

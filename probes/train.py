@@ -48,9 +48,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dense.errors import MismatchError
 from dense.features import IDENTITY_KEYS, FeatureMap, block_indices
 from dense.labels import IGNORE
-from probes.linear import LinearProbe, ProbeMismatchError
+from probes.linear import LinearProbe
 from probes.score import score_probes
 
 
@@ -186,7 +187,7 @@ def _check_samples(samples: Sequence, num_classes: int, what: str) -> dict:
     for s in samples:
         e = s.encoder_spec
         if any(e.get(k) != spec.get(k) for k in (*IDENTITY_KEYS, "layers")):
-            raise ProbeMismatchError(f"{what} sample {s.key}: features of {e}, the first sample's are {spec}")
+            raise MismatchError(f"{what} sample {s.key}: features of {e}, the first sample's are {spec}")
         if isinstance(s, Sample):
             _check_label(s.key, s.label, num_classes, what)
     return spec
@@ -238,7 +239,7 @@ def _columns(spec: dict, layer_set: Sequence[int], d_all: int) -> torch.Tensor:
     idx = []
     for b in block_indices(layer_set, spec.get("num_layers")):
         if b not in have:
-            raise ProbeMismatchError(f"layer set {list(layer_set)}: block {b} is not in the features' {have}")
+            raise MismatchError(f"layer set {list(layer_set)}: block {b} is not in the features' {have}")
         k = have.index(b)
         idx.append(torch.arange(k * D, (k + 1) * D))
     return torch.cat(idx)
@@ -317,10 +318,10 @@ def train_probes(train: Sequence, val: Sequence, class_names: Sequence[str], con
     spec = _check_samples(train, K, "train")
     _check_samples(val, K, "val")
     if any(val[0].encoder_spec.get(k) != spec.get(k) for k in IDENTITY_KEYS):  # before training, not after it
-        raise ProbeMismatchError(f"val sample {val[0].key}: features of {val[0].encoder_spec}, the train features' are "
+        raise MismatchError(f"val sample {val[0].key}: features of {val[0].encoder_spec}, the train features' are "
                                  f"{spec}")
     if val[0].encoder_spec.get("layers") != spec.get("layers"):
-        raise ProbeMismatchError("train and val features hold different layers")
+        raise MismatchError("train and val features hold different layers")
     d_all = spec["hidden_size"] * len(spec["layers"]) if spec.get("hidden_size") else train[0].read()[0].shape[-1]
     layer_sets = [tuple(ls) for ls in (cfg.layer_sets or [tuple(spec["layers"])])]
     # heads ordered by layer set, then pooled, then lr: the heads of a layer set are contiguous (one matmul)
@@ -330,7 +331,7 @@ def train_probes(train: Sequence, val: Sequence, class_names: Sequence[str], con
     if any(pool for _, _, pool in heads_cfg):
         dims = {s.pooled_dim for s in (*train, *val)}
         if None in dims or len(dims) != 1:
-            raise ProbeMismatchError("+pooled heads need the pooled embedding in every sample's features (cache "
+            raise MismatchError("+pooled heads need the pooled embedding in every sample's features (cache "
                                      "them with FeatureCache.for_encoder(..., pooled=True))")
         E = dims.pop()
     keys = [head_key(lr, ls, pool) for lr, ls, pool in heads_cfg]

@@ -3,11 +3,13 @@
     python scripts/kill_extract.py [--kills 20] [--images 200] [--seed 0] [--mode exec|fork] [--json out.json]
 
 A folder of small images (made here, deterministic) is extracted with the bundled ``shapes-tiny-v2`` into a fresh
-cache. Each round starts ``dense extract``, waits until it has begun writing entries, waits a random 0-``--window``
-seconds more and SIGKILLs it; between rounds a random third of the finished entries is deleted so that every round
-has work left. Then the extraction is resumed to completion by a real ``dense extract`` process, and the script
-checks: no temp file is left (in the cache or in ``DENSE_HOME``), every entry loads as a valid entry of the cache, and
-no entry was ever found damaged (after any kill, or by the resume). Exit status 0 when all of that holds.
+cache. Each round deletes a random half of the finished entries (so that every round has work), starts ``dense
+extract`` and SIGKILLs it at an event, never after a time: every other round as soon as a temp file of the cache
+appears (mid-write), the others once a random number of new entries has been written. A round whose run ends before
+its event counts no kill, and rounds go on until ``--kills`` kills have landed, so a faster CPU only means more
+rounds. Then the extraction is resumed to completion by a real ``dense extract`` process, and the script checks: no
+temp file is left (in the cache or in ``DENSE_HOME``), every entry loads as a valid entry of the cache, and no entry
+was ever found damaged (after any kill, or by the resume). Exit status 0 when all of that holds.
 
 ``--mode exec`` (default) starts each killed run as its own ``python -m dense.cli extract`` process: the real thing,
 but each start pays Python's imports (seconds). ``--mode fork`` imports dense once here and forks a child per round
@@ -89,16 +91,23 @@ def start_run(argv: list[str], mode: str) -> int:
     return pid
 
 
-def wait_for_writes(pid: int, cache: Path, before: int, timeout_s: float) -> str:
-    """Poll until the run has written an entry or a temp file ("writing"), has ended and been reaped ("ended"), or
-    ``timeout_s`` has passed ("timeout")."""
+def temp_files(cache: Path) -> list[Path]:
+    return [p for p in cache.rglob(".*") if p.name.endswith(".tmp")]
+
+
+def wait_for_event(pid: int, cache: Path, *, entries_at_least: int | None, timeout_s: float = 600) -> str:
+    """Poll until the event: a temp file exists in the cache (``entries_at_least`` None) or the cache holds that many
+    entries. Returns "event", "ended" (the run ended first and was reaped) or "timeout" (a hung run, a safety net)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return "ended"
-        if len(entries(cache)) != before or any(p.name.endswith(".tmp") for p in cache.rglob(".*")):
-            return "writing"
-        time.sleep(0.005)
+        if entries_at_least is None:
+            if temp_files(cache):
+                return "event"
+        elif len(entries(cache)) >= entries_at_least:
+            return "event"
+        time.sleep(0.002)
     return "timeout"
 
 
@@ -108,7 +117,8 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mode", choices=("exec", "fork"), default="exec")
-    ap.add_argument("--window", type=float, default=0.3, help="seconds after the first write within which to kill")
+    ap.add_argument("--max-rounds", type=int, default=400, help="give up after this many rounds (a run that never "
+                    "reaches its event)")
     ap.add_argument("--work", help="working folder (default: a fresh temporary one)")
     ap.add_argument("--json", help="write the counts here")
     args = ap.parse_args()
@@ -134,19 +144,21 @@ def main() -> int:
     rng = random.Random(args.seed)
     t0 = time.perf_counter()
     kills = temps_seen = damaged_after_kills = 0
-    for _ in range(args.kills):
+    rounds = 0
+    while kills < args.kills and rounds < args.max_rounds:
+        rounds += 1
         done = entries(cache)
-        for p in rng.sample(done, len(done) // 3):  # keep work for this round
+        for p in rng.sample(done, len(done) // 2):  # keep work for this round
             p.unlink()
         before = len(entries(cache))
+        mid_write = rounds % 2 == 1  # odd rounds: kill at the first temp file; even: after k new entries
+        target = None if mid_write else before + rng.randint(1, max(1, (args.images - before) // 2))
         pid = start_run(argv, args.mode)
-        state = wait_for_writes(pid, cache, before, timeout_s=300)
+        state = wait_for_event(pid, cache, entries_at_least=target)
         if state != "ended":
-            if state == "writing":
-                time.sleep(rng.uniform(0, args.window))
-                kills += 1
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+            kills += state == "event"
         temps_seen += len(strays(cache))
         damaged_after_kills += len(damaged(cache))
     left_before_resume = len(strays(cache, home))
@@ -157,7 +169,8 @@ def main() -> int:
     left = strays(cache, home)
     bad = damaged(cache)
     valid = _valid_entries(cache, images)
-    out = {"mode": args.mode, "kills": kills, "images": args.images, "temp_files_seen_after_kills": temps_seen,
+    out = {"mode": args.mode, "kills": kills, "rounds": rounds, "images": args.images,
+           "temp_files_seen_after_kills": temps_seen,
            "damaged_entries_after_kills": damaged_after_kills, "temp_files_before_resume": left_before_resume,
            "resume_exit": resume.returncode, "damaged_redone_by_resume": redone, "temp_files_after_resume": len(left),
            "damaged_after_resume": len(bad), "valid_entries": valid, "seconds": round(time.perf_counter() - t0, 1)}

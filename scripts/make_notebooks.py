@@ -98,7 +98,7 @@ print("present:", present, "| absent:", absent)''',
         "for all panels: the colour bar shows exactly the colours drawn. The last panel is the absent query. Each "
         "title gives the panel's peak; the next cell says whether each peak lands on its object.",
         '''fmap = enc.extract(image, layers=heatmap.required_layers(enc.calibration.method))
-scores = heatmap.to_image_size(heatmap.patch_scores(enc, fmap, queries), fmap)  # [T, gh, gw] -> [T, H, W] probabilities
+scores = heatmap.to_image(heatmap.patch_scores(enc, fmap, queries), fmap)  # [T, gh, gw] -> [T, H, W] probabilities
 viz.heatmaps(image, scores, queries)''',
         '''for name, probs in zip(queries, scores.numpy()):
     y, x = np.unravel_index(probs.argmax(), probs.shape)
@@ -110,7 +110,7 @@ viz.heatmaps(image, scores, queries)''',
         "image (`dense eval openvocab` measures it over a split):",
         '''for method in heatmap.supported_methods(enc):
     aligned = heatmap.with_aligned(enc, image, method)  # extracts the layers this method needs
-    up = heatmap.to_image_size(heatmap.patch_scores(enc, aligned, present, method=method), aligned).numpy()  # [T, H, W]
+    up = heatmap.to_image(heatmap.patch_scores(enc, aligned, present, method=method), aligned).numpy()  # [T, H, W]
     hits = []
     for name, probs in zip(present, up):
         y, x = np.unravel_index(probs.argmax(), probs.shape)
@@ -172,7 +172,7 @@ LinearProbe.load(path, encoder=enc)''',
         "measured `found_threshold` it is \"not found\".",
         SETUP,
         '''from dense.coco import load_coco, load_refs
-from dense.localize import Localizer
+from dense.refer import Localizer
 
 datasets.make_shapes(work, 30, seed=4)
 ds = load_coco(work / "annotations.json", work / "images")

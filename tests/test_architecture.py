@@ -13,13 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # The documented order, bottom first (README.md, "Modules, one job each"): a module imports only modules of its own
 # layer or of layers below it. A module is placed by its longest listed prefix.
 LAYERS = [
-    ("foundations", ["dense._atomic", "dense.labels", "dense.device", "dense.preprocess", "dense.refine",
-                     "dense.upsample.guided"]),
+    ("foundations", ["dense.errors", "dense._atomic", "dense.labels", "dense.device", "dense.preprocess",
+                     "dense.refine", "dense.upsample.guided"]),
     ("data and geometry", ["dense.features", "dense.head", "dense.compiled", "dense.batching", "dense.checkpoint",
                            "dense.distributed", "dense.metrics", "dense.coco", "dense.segdata", "dense.datasets",
                            "dense.viz"]),
     ("encoder", ["dense.encoder", "dense.text", "dense.cache", "dense.extract", "dense.tiling", "dense.upsample"]),
-    ("text-aligned", ["dense.heatmap", "dense.openvocab", "dense.localize", "dense.similarity"]),
+    ("text-aligned", ["dense.heatmap", "dense.openvocab", "dense.refer", "dense.similarity"]),
     ("probes", ["probes"]),
     ("evaluation", ["dense.eval"]),
     ("applications", ["dense.cli", "dense.demo", "dense.explore"]),
@@ -39,7 +39,7 @@ def import_graph() -> dict[str, set[str]]:
     own parent packages excluded."""
     paths = sorted([*ROOT.joinpath("dense").rglob("*.py"), *ROOT.joinpath("probes").rglob("*.py")])
     mods = {module_name(p): p for p in paths if p.name != "__main__.py"}
-    mods.pop("dense")  # the package's __init__: the public facade, importing its six names lazily
+    mods.pop("dense")  # the package's __init__: the public facade, importing its public names lazily
     graph = {}
     for name, path in mods.items():
         package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]

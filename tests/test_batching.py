@@ -9,7 +9,8 @@ from PIL import Image
 import dense
 from dense.batching import padding_waste, plan_batches, prepared_stream
 from dense.device import native_bf16, resolve_dtype
-from dense.preprocess import ImageError, choose_grid, patchify, to_pixels
+from dense.errors import ImageError
+from dense.preprocess import choose_grid, patchify, to_pixels
 
 # Aspect ratios of a COCO-like mix, including a 1:2.5 panorama and its portrait.
 SIZES = [(64, 64), (48, 64), (64, 48), (43, 64), (38, 50), (36, 64), (26, 64), (64, 26), (90, 90), (20, 120)]

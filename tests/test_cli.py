@@ -264,7 +264,8 @@ def test_probe_protocol_is_one_call_returning_a_result(world, tiny_encoder, tmp_
 
 def test_calibration_refine_and_windows_are_applied_by_default(tiny_siglip_dir):
     import dense
-    from dense.checkpoint import Calibration, CheckpointError
+    from dense.checkpoint import Calibration
+    from dense.errors import CheckpointError
 
     plain = dense.load_encoder(tiny_siglip_dir, dtype="fp32")
     pamr = dense.load_encoder(tiny_siglip_dir, dtype="fp32", calibration={"refine": "pamr", "windows": 2,

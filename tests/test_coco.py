@@ -10,13 +10,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from dense.coco import (
-    IGNORE,
-    AnnotationError,
-    box_xywh_to_xyxy,
-    load_coco,
-    load_refs,
-)
+from dense.coco import IGNORE, box_xywh_to_xyxy, load_coco, load_refs
+from dense.errors import AnnotationError
 
 H, W = 20, 30
 

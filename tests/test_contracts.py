@@ -13,7 +13,7 @@ from conftest import random_rgb
 import dense
 from dense import heatmap
 from dense.checkpoint import RANDOM_SPECS, model_classes
-from dense.localize import CANDIDATE_METHODS, Localizer
+from dense.refer import SCORERS, Localizer
 from dense.segdata import READERS, load_dataset
 from dense.upsample import SHARPEN_MODES, upsample_maps
 
@@ -46,7 +46,7 @@ def test_heatmap_method_contract(method, tiny_encoder, tiny_encoder2):
 # Candidate scorers (referring expressions with boxes)
 
 
-@pytest.mark.parametrize("scorer", CANDIDATE_METHODS)
+@pytest.mark.parametrize("scorer", SCORERS)
 def test_candidate_scorer_contract(scorer, tiny_encoder):
     rgb = random_rgb(64, 96, seed=5)
     loc = Localizer(tiny_encoder, rgb)

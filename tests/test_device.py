@@ -12,8 +12,9 @@ import sys
 import pytest
 import torch
 
-from dense.device import DeviceError, resolve_device
+from dense.device import resolve_device
 from dense.distributed import DistPlan, init_distributed, plan_distributed
+from dense.errors import DeviceError
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from conftest import build_tiny_checkpoint, random_rgb
 from PIL import Image
 
 import dense
-from dense.checkpoint import CheckpointError
-from dense.preprocess import ImageError, choose_grid, patchify, to_pixels
+from dense.errors import CheckpointError, ImageError
+from dense.preprocess import choose_grid, patchify, to_pixels
 
 
 @pytest.mark.parametrize("image_hw", [(64, 64), (100, 100), (333, 517), (40, 300)])
@@ -231,7 +231,8 @@ def test_calibration_belongs_to_the_checkpoint(tmp_path, tiny_siglip_dir):
     file or dict overrides; unknown keys are an error naming the file."""
     import json
 
-    from dense.checkpoint import Calibration, CheckpointError
+    from dense.checkpoint import Calibration
+    from dense.errors import CheckpointError
 
     bundled = dense.load_encoder("shapes-tiny")
     on_disk = json.loads(Path(bundled.calibration.source).read_text())

@@ -179,8 +179,8 @@ def test_similarity_answer_is_dense_similarity(client, explorer):
 
 def test_heatmap_localize_and_segment_answers_are_the_library_functions(client, explorer, encoder):
     from dense.heatmap import patch_scores
-    from dense.localize import Localizer
     from dense.openvocab import segment
+    from dense.refer import Localizer
 
     names = good_names(explorer)
     res = client.post("/api/heatmap", json={"queries": ["red circle", "blue star"], "images": names}).get_json()

@@ -135,7 +135,7 @@ def test_click_a_patch_draws_the_similarity_the_api_gives(page, site, shots):
         assert float(c.get_attribute("data-peak-score")) == pytest.approx(sims.peak_scores[k], abs=1e-4)
         drawn = data_url_rgb(c.locator("img.view").get_attribute("src"))
         view = explorer.view(name)
-        want = heat_overlay(view, sims.at_image_size(k, view.shape[:2]).numpy(), vmin=0.0, vmax=1.0)
+        want = heat_overlay(view, sims.to_image(k, view.shape[:2]).numpy(), vmin=0.0, vmax=1.0)
         np.testing.assert_array_equal(drawn, want)  # the pixels shown are the API's map on the fixed 0..1 scale
     assert card(page, source).locator("svg .cell").count() == 1  # the clicked patch is outlined
 

@@ -14,8 +14,8 @@ from conftest import random_rgb
 import dense
 from dense import head as maphead
 from dense import heatmap, openvocab
+from dense.errors import ImageError
 from dense.features import FeatureMap
-from dense.preprocess import ImageError
 
 
 @pytest.fixture()
@@ -160,13 +160,13 @@ def test_unknown_method_and_with_aligned_reuse(tiny_encoder):
 def test_upsample_puts_patch_values_at_patch_centres():
     scores = torch.arange(12, dtype=torch.float32).reshape(1, 3, 4)  # [1, gh, gw]
     fmap = _fmap(torch.zeros(3, 4, 2), p=8, image_hw=(60, 100))
-    up = heatmap.to_image_size(scores, fmap)
+    up = heatmap.to_image(scores, fmap)
     assert tuple(up.shape) == (1, 60, 100)
     for i, j in [(0, 0), (1, 2), (2, 3)]:
         x, y = fmap.grid_to_pixel_xy((i, j))  # the patch centre in original pixels
         assert up[0, int(y), int(x)].item() == pytest.approx(scores[0, i, j].item(), abs=0.35)
     with pytest.raises(ValueError, match="grid"):
-        heatmap.to_image_size(torch.zeros(1, 4, 3), fmap)
+        heatmap.to_image(torch.zeros(1, 4, 3), fmap)
 
 
 def test_labels_from_scores_background_rules():
@@ -184,7 +184,7 @@ def test_segment_at_original_resolution(tiny_encoder):
     labels = dense.segment(tiny_encoder, rgb, names, background=0)  # threshold 0: every pixel gets its best class
     assert labels.shape == (45, 70) and labels.dtype == np.int32 and labels.min() >= 1 and labels.max() <= 3
     fmap = tiny_encoder.extract(rgb)
-    probs = heatmap.to_image_size(heatmap.patch_scores(tiny_encoder, fmap, names,
+    probs = heatmap.to_image(heatmap.patch_scores(tiny_encoder, fmap, names,
                                                   templates=tiny_encoder.calibration.templates), fmap)
     assert (labels == probs.argmax(0).numpy() + 1).all()
     # the default background is the encoder's calibrated threshold (neutral: SigLIP's own 0.5)
@@ -351,11 +351,11 @@ def test_image_scores_options(tiny_encoder):
     fmap = heatmap.with_aligned(tiny_encoder, rgb, "map-value")
     plain = heatmap.image_scores(tiny_encoder, rgb, ["red circle", "blue star"], method="map-value")
     grid = heatmap.patch_scores(tiny_encoder, fmap, ["red circle", "blue star"], method="map-value")
-    assert torch.allclose(plain, heatmap.to_image_size(grid, fmap))
+    assert torch.allclose(plain, heatmap.to_image(grid, fmap))
     # windows: the crops' own scores averaged (known answers in test_contracts.py's sliding-window test)
     def crop_scores(crop):
         f = heatmap.with_aligned(tiny_encoder, crop, "map-value", max_patches=16)
-        return heatmap.to_image_size(heatmap.patch_scores(tiny_encoder, f, ["red circle"], method="map-value"), f)
+        return heatmap.to_image(heatmap.patch_scores(tiny_encoder, f, ["red circle"], method="map-value"), f)
 
     torch.testing.assert_close(heatmap.image_scores(tiny_encoder, rgb, ["red circle"], method="map-value",
                                                     max_patches=16, windows=2),

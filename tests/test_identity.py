@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import dense
-from dense import heatmap, localize, openvocab
-from dense.features import FeatureMap, FeatureMapMismatchError
+from dense import heatmap, openvocab, refer
+from dense.errors import MismatchError
+from dense.features import FeatureMap
 
 QUERIES = ["red circle", "blue square"]
 
@@ -64,7 +65,7 @@ def test_the_issue_case_stored_aligned_tokens_are_checked_first(tiny, v2, fmaps)
     fmap = fmaps["aligned"]
     assert fmap.aligned is not None and fmap.encoder_spec["aligned_method"] == "map-value-mlp"
     err = _refused(lambda: heatmap.patch_scores(v2, fmap, ["red circle"], method="map-value-mlp"))
-    assert isinstance(err, FeatureMapMismatchError) and "fingerprint" in str(err)
+    assert isinstance(err, MismatchError) and "fingerprint" in str(err)
     assert heatmap.patch_scores(tiny, fmap, ["red circle"], method="map-value-mlp").shape == (1, *fmap.grid_hw)
 
 
@@ -84,20 +85,20 @@ def test_every_heatmap_and_openvocab_path_refuses_another_encoders_featuremap(ti
         "classify": lambda enc: openvocab.classify(enc, fmap, QUERIES),
         "segment": lambda enc: openvocab.segment(enc, fmap, QUERIES, method=m),
         "segment batch": lambda enc: openvocab.segment(enc, [fmap], QUERIES, method=m),
-        "Localizer": lambda enc: localize.Localizer(enc, fmap, method=m).localize("red circle"),
-        "localize": lambda enc: localize.localize(enc, fmap, "red circle", method=m),
-        "region_embeddings": lambda enc: localize.region_embeddings(enc, fmap, [[0, 0, 20, 20]]),
+        "Localizer": lambda enc: refer.Localizer(enc, fmap, method=m).localize("red circle"),
+        "localize": lambda enc: dense.localize(enc, fmap, "red circle", method=m),
+        "region_embeddings": lambda enc: refer.region_embeddings(enc, fmap, [[0, 0, 20, 20]]),
     }
     for name, call in paths.items():
         err = _refused(lambda call=call: call(v2))
-        assert isinstance(err, FeatureMapMismatchError), name
+        assert isinstance(err, MismatchError), name
         call(tiny)  # the encoder that made it reads it: the refusal is about identity, nothing else
 
 
 def test_probes_upsamplers_heads_and_pooling_refuse_another_encoders_featuremap(tiny, v2, fmaps):
     from dense.head import with_pooled
     from dense.upsample import Upsampler, upsample_maps
-    from probes import LinearProbe, ProbeMismatchError
+    from probes import LinearProbe
     from probes.refer_head import ReferHead
 
     fmap, rgb = fmaps["plain"], fmaps["rgb"]
@@ -114,7 +115,7 @@ def test_probes_upsamplers_heads_and_pooling_refuse_another_encoders_featuremap(
                                                               upsampler=up),
                        "refer head": lambda: head.predict(fmap, torch.zeros(D))}.items():
         err = _refused(call, "trained on another encoder.*fingerprint")
-        assert isinstance(err, ProbeMismatchError | dense.upsample.UpsamplerMismatchError), name
+        assert isinstance(err, MismatchError), name
     _refused(lambda: with_pooled(v2, fmap))
     # the same heads accept their own encoder's features, in another dtype or budget too
     own = replace(fmap, encoder_spec=dict(spec, dtype="bfloat16", max_patches=16))
@@ -124,13 +125,13 @@ def test_probes_upsamplers_heads_and_pooling_refuse_another_encoders_featuremap(
 
 
 def test_probe_training_refuses_val_features_of_another_encoder_before_training(tiny, v2, fmaps):
-    from probes import ProbeConfig, ProbeMismatchError, Sample, train_probes
+    from probes import ProbeConfig, Sample, train_probes
 
     fmap = fmaps["plain"]
     label = np.zeros(fmap.image_hw, np.int64)
     train = [Sample(f"t{k}", fmap, label) for k in range(2)]
     val = [Sample("v0", replace(fmap, encoder_spec=v2.spec(layers=(0, 1))), label)]
-    with pytest.raises(ProbeMismatchError, match="val sample v0.*fingerprint"):
+    with pytest.raises(MismatchError, match="val sample v0.*fingerprint"):
         train_probes(train, val, ["bg", "fg"], ProbeConfig(epochs=10**6), progress=False)  # raised before any epoch
 
 

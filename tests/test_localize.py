@@ -1,4 +1,4 @@
-"""dense.localize: known answers by construction (hand-built heatmaps, hand-set MAP heads), CPU, offline."""
+"""dense.refer: known answers by construction (hand-built heatmaps, hand-set MAP heads), CPU, offline."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 import dense
 from dense.features import RULES_VERSION, FeatureMap
 from dense.head import pool_with_weights
-from dense.localize import (
+from dense.preprocess import grid_cell_xyxy, grid_to_pixel_xy
+from dense.refer import (
     Localizer,
     box_patch_weights,
     find_peak_grid,
@@ -20,7 +21,6 @@ from dense.localize import (
     localize_heatmap,
     region_embeddings,
 )
-from dense.preprocess import grid_cell_xyxy, grid_to_pixel_xy
 
 
 def geometry_fmap(gh=6, gw=9, p=8, image_hw=(90, 200), dim=1) -> FeatureMap:
@@ -160,7 +160,7 @@ def test_box_holding_the_planted_feature_wins(tiny_random):
     w = box_patch_weights(fmap, boxes)
     expect = torch.nn.functional.normalize(torch.einsum("kij,ijd->kd", w, tokens) / w.sum((1, 2))[:, None], dim=-1)
     torch.testing.assert_close(emb, expect, atol=1e-5, rtol=1e-5)
-    from dense.localize import calibrated_scores
+    from dense.refer import calibrated_scores
 
     scores = calibrated_scores(enc, emb, planted)  # the "text" is the planted feature itself
     assert int(torch.argmax(scores)) == 2 and scores[2] > scores[1] > scores[0]
@@ -294,8 +294,8 @@ def planted_samples(n: int, seed: int):
 
 def test_refer_head_learns_a_planted_task(tmp_path):
     from dense import metrics
+    from dense.errors import MismatchError
     from dense.eval.refer import evaluate_refer_head
-    from probes import ProbeMismatchError
     from probes.refer_head import ReferHead, train_refer_head
 
     train, test = planted_samples(200, seed=0), planted_samples(60, seed=1)
@@ -322,10 +322,10 @@ def test_refer_head_learns_a_planted_task(tmp_path):
     again = ReferHead.load(path, encoder=dict(PLANTED_SPEC, dtype="bfloat16", max_patches=256))
     np.testing.assert_allclose(again.predict(test[0].fmap, test[0].text)["box_xyxy"],
                                head.predict(test[0].fmap, test[0].text)["box_xyxy"], atol=1e-6)
-    with pytest.raises(ProbeMismatchError, match="head.safetensors.*trained on another encoder.*fingerprint"):
+    with pytest.raises(MismatchError, match="head.safetensors.*trained on another encoder.*fingerprint"):
         ReferHead.load(path, encoder=dict(PLANTED_SPEC, fingerprint="other"))
     other = replace(test[0].fmap, encoder_spec=dict(PLANTED_SPEC, fingerprint="other"))
-    with pytest.raises(ProbeMismatchError, match="fingerprint"):
+    with pytest.raises(MismatchError, match="fingerprint"):
         again.predict(other, test[0].text)
     # files that are not a referring head: a probe, a torch pickle
     torch.save({"state": head.state_dict()}, tmp_path / "head.pt")
@@ -341,8 +341,8 @@ def test_refer_head_learns_a_planted_task(tmp_path):
 def test_crop_scorer_reencodes_the_box(tiny_encoder):
     from conftest import random_rgb
 
-    from dense.localize import crop_embeddings
     from dense.openvocab import embed_images
+    from dense.refer import crop_embeddings
 
     rgb = random_rgb(72, 100, seed=4)
     boxes = np.array([[0, 0, 100, 72], [10.4, 20.6, 50.2, 60.9]])  # the whole image; a box at sub-pixel coordinates
@@ -442,7 +442,7 @@ def test_localization_repr_is_short():
 def test_found_threshold_comes_from_the_calibration(tiny_siglip_dir):
     from conftest import random_rgb
 
-    from dense.checkpoint import CheckpointError
+    from dense.errors import CheckpointError
 
     image = random_rgb(40, 56, seed=5)
     strict = dense.load_encoder(tiny_siglip_dir, calibration={"found_threshold": 1.0})

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dense.errors import ImageError
 from dense.preprocess import (
-    ImageError,
     PixelConfig,
     aspect_error,
     choose_grid,

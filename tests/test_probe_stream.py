@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from dense.cache import FeatureCache
+from dense.errors import MismatchError
 from dense.labels import IGNORE
-from probes.linear import LinearProbe, ProbeMismatchError
+from probes.linear import LinearProbe
 from probes.protocols import protocol
 from probes.stream import CachedSample, cached_samples
 from probes.train import ProbeConfig, Sample, train_probes
@@ -146,9 +147,9 @@ def test_pooled_heads_learn_what_only_the_pooled_vector_says(tmp_path):
     loaded = LinearProbe.load(path)
     assert loaded.pooled
     torch.testing.assert_close(loaded.logits(test[0].fmap), res.best.logits(test[0].fmap))
-    with pytest.raises(ProbeMismatchError, match="pooled"):
+    with pytest.raises(MismatchError, match="pooled"):
         loaded.predict(dataclasses.replace(test[0].fmap, pooled=None))
-    with pytest.raises(ProbeMismatchError, match="pooled"):
+    with pytest.raises(MismatchError, match="pooled"):
         train_probes(fake_samples(4, 0), fake_samples(2, 1), NAMES, ProbeConfig(pooled=(True,), epochs=1),
                      progress=False)
     # streamed from a cache that stores pooled vectors: the same probes

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from dense.errors import MismatchError
 from dense.eval.probe import evaluate_probe
 from dense.features import FeatureMap
 from dense.labels import IGNORE
-from probes.linear import LinearProbe, ProbeMismatchError, select_layers
+from probes.linear import LinearProbe, select_layers
 from probes.train import ProbeConfig, Sample, train_probes
 
 P = 8  # patch size of the fake features
@@ -94,15 +95,15 @@ def test_save_load_and_encoder_mismatch(tmp_path):
     assert loaded.class_names == NAMES and loaded.layers == [3] and loaded.encoder_spec == SPEC
     for s in val:
         torch.testing.assert_close(loaded.logits(s.fmap), res.best.logits(s.fmap))
-    with pytest.raises(ProbeMismatchError, match="hidden_size: trained on 12, given 16"):
+    with pytest.raises(MismatchError, match="hidden_size: trained on 12, given 16"):
         LinearProbe.load(path, encoder_spec=dict(SPEC, hidden_size=16))
-    with pytest.raises(ProbeMismatchError, match="fingerprint"):
+    with pytest.raises(MismatchError, match="fingerprint"):
         LinearProbe.load(path, encoder_spec=dict(SPEC, fingerprint="other"))
-    with pytest.raises(ProbeMismatchError, match="blocks"):
+    with pytest.raises(MismatchError, match="blocks"):
         LinearProbe.load(path, encoder_spec=dict(SPEC, layers=[1]))
     with pytest.raises(TypeError, match="encoder_spec="):  # encoder= is an Encoder, never a spec dict
         LinearProbe.load(path, encoder=dict(SPEC))
-    with pytest.raises(ProbeMismatchError):
+    with pytest.raises(MismatchError):
         res.best.predict(FeatureMap(torch.zeros(2, 2, 24), (16, 16), (16, 16), P, (1, 3), dict(SPEC, fingerprint="x")))
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"nope")
@@ -125,7 +126,7 @@ def test_bad_inputs_name_the_sample():
         train_probes([*train, bad], train, NAMES, ProbeConfig(epochs=1), progress=False)
     other = Sample("x", FeatureMap(train[0].fmap.tokens, train[0].fmap.image_hw, train[0].fmap.resized_hw, P, (1, 3),
                                    dict(SPEC, fingerprint="other")), train[0].label)
-    with pytest.raises(ProbeMismatchError, match="x"):
+    with pytest.raises(MismatchError, match="x"):
         train_probes([*train, other], train, NAMES, ProbeConfig(epochs=1), progress=False)
     with pytest.raises(ValueError, match="no val"):
         train_probes(train, [], NAMES, ProbeConfig(epochs=1), progress=False)

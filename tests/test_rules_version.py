@@ -195,7 +195,8 @@ def test_versions_are_in_every_key(v2, tmp_path, monkeypatch):
 
     from dense import heatmap, text
     from dense.cache import FeatureCache
-    from dense.features import RULES_VERSION, FeatureMapMismatchError
+    from dense.errors import MismatchError
+    from dense.features import RULES_VERSION
 
     assert v2.spec()["rules"] == RULES_VERSION
     fmap = v2.extract(_image())
@@ -203,7 +204,7 @@ def test_versions_are_in_every_key(v2, tmp_path, monkeypatch):
     monkeypatch.setenv("DENSE_TEXT_CACHE", "1")
     assert text.disk_cache_dir(v2).parent.name == f"v{text.TEXT_RULES_VERSION}"
     older = replace(fmap, encoder_spec={**fmap.encoder_spec, "rules": RULES_VERSION - 1})
-    with pytest.raises(FeatureMapMismatchError, match=f"rules: {RULES_VERSION - 1}, not {RULES_VERSION}"):
+    with pytest.raises(MismatchError, match=f"rules: {RULES_VERSION - 1}, not {RULES_VERSION}"):
         heatmap.patch_scores(v2, older, ["red circle"])
     cache = FeatureCache.for_encoder(tmp_path, v2)
     monkeypatch.setattr("dense.encoder.RULES_VERSION", RULES_VERSION + 1)  # a dense with the next rules

@@ -14,7 +14,7 @@ import segdata_layouts as L
 from PIL import Image
 from scipy.io import loadmat
 
-from dense.coco import AnnotationError
+from dense.errors import AnnotationError
 from dense.labels import IGNORE
 from dense.metrics import SegmentationMeter
 from dense.segdata import (

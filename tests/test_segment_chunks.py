@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dense.features import FeatureMap
-from dense.heatmap import to_image_size
+from dense.heatmap import to_image
 from dense.openvocab import labels_from_patch_scores, labels_from_scores
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,11 +28,11 @@ def test_chunked_equals_unchunked(chunk, background):
         assert got.dtype == np.int32 and got.shape == size_hw
         assert (got == 4).sum() == 0  # class 3 (label 4) ties class 1 everywhere: never chosen
         # the same maps through the unchunked rule: identical labels
-        maps = torch.cat([to_image_size(scores[k:k + 1], fmap, size_hw) for k in range(C + B)])  # [C + B, H, W]
+        maps = torch.cat([to_image(scores[k:k + 1], fmap, size_hw) for k in range(C + B)])  # [C + B, H, W]
         np.testing.assert_array_equal(got, labels_from_scores(maps, C, background))
         # all maps upsampled in one call: torch's bilinear kernel may round 1 ulp differently for another channel
         # count (seen at small sizes), so labels may differ only where two scores are that close
-        full = to_image_size(scores, fmap, size_hw)
+        full = to_image(scores, fmap, size_hw)
         want = labels_from_scores(full, C, background)
         assert (full - maps).abs().max() <= 2.5e-7
         top2 = full.topk(2, dim=0).values
@@ -51,5 +51,5 @@ def test_segment_uses_the_chunked_rule(tiny_siglip_dir):
     from dense.heatmap import patch_scores
 
     scores = patch_scores(enc, fmap, names + ["background"])
-    want = labels_from_scores(to_image_size(scores, fmap), 3, ["background"])
+    want = labels_from_scores(to_image(scores, fmap), 3, ["background"])
     np.testing.assert_array_equal(dense.segment(enc, fmap, names, background=["background"]), want)

@@ -62,18 +62,18 @@ def test_any_pixel_of_a_patch_asks_about_that_patch():
         assert a.pixel_to_grid(point_xy).tolist() == list(ij)
 
 
-def test_maps_at_image_size_peak_inside_the_peak_patch():
+def test_maps_to_image_peak_inside_the_peak_patch():
     crop, big = _pasted(offset_ij=(2, 7))
     a = _fmap(crop)
     b = _fmap(big, image_hw=(9 * 21, 12 * 21))  # 21 px per patch: each patch centre is a pixel centre
     sims = similarity_maps(a, a.grid_to_pixel_xy((1, 2)), [b])
-    up = sims.at_image_size(0)
+    up = sims.to_image(0)
     assert tuple(up.shape) == (189, 252)
     y, x = divmod(int(torch.argmax(up)), 252)
     assert (x, y) == (21 * 9 + 10, 21 * 3 + 10)  # the centre of patch (3, 9) = offset (2, 7) + (1, 2)
     assert float(up.max()) == pytest.approx(1.0, abs=1e-5)
     torch.testing.assert_close(up[10::21, 10::21], sims.maps[0])  # every patch centre holds its patch's value
-    assert tuple(sims.at_image_size(0, (90, 120)).shape) == (90, 120)
+    assert tuple(sims.to_image(0, (90, 120)).shape) == (90, 120)
 
 
 def test_layer_selects_the_block_compared():

@@ -11,20 +11,13 @@ import torch
 from torch import nn
 
 from dense.encoder import Encoder
+from dense.errors import MismatchError
 from dense.features import FeatureMap
 from dense.labels import IGNORE
 from dense.metrics import BoundaryMeter, boundary_counts, boundary_figures, mask_boundary, trimap_mask
 from dense.preprocess import PixelConfig, to_pixels
 from dense.tiling import extract_tiled, window_starts
-from dense.upsample import (
-    Upsampler,
-    UpsamplerConfig,
-    UpsamplerMismatchError,
-    box_filter,
-    guided_filter,
-    guided_upsample,
-    train_upsampler,
-)
+from dense.upsample import Upsampler, UpsamplerConfig, box_filter, guided_filter, guided_upsample, train_upsampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -199,9 +192,9 @@ def test_train_upsampler_learns_and_save_load_checks_identity(tiny_encoder, tmp_
     fmap = tiny_encoder.extract(imgs[0], max_patches=24)
     torch.testing.assert_close(back.to_image(fmap, imgs[0]), up.to_image(fmap, imgs[0]))
     other = dict(tiny_encoder.spec(), hidden_size=64, fingerprint="another")
-    with pytest.raises(UpsamplerMismatchError, match="up.safetensors.*trained on another encoder"):
+    with pytest.raises(MismatchError, match="up.safetensors.*trained on another encoder"):
         Upsampler.load(path, encoder_spec=other)
-    with pytest.raises(UpsamplerMismatchError):
+    with pytest.raises(MismatchError):
         back.to_image(_fmap(fmap.tokens, fmap.image_hw, spec=dict(fmap.encoder_spec, fingerprint="another")), imgs[0])
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(ValueError, match="bad.safetensors"):

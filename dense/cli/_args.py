@@ -95,7 +95,7 @@ OPTIONS = {
     "--windows": "sliding windows: n x n overlapping crops, each at the token budget, scores averaged (default: the "
                  "checkpoint's calibrated count)",
     "--resamples": "bootstrap draws for the 95%% intervals",
-    "--scorers": "comma-separated candidate scorers of dense.localize.CANDIDATE_METHODS",
+    "--scorers": "comma-separated candidate scorers of dense.refer.SCORERS",
     "--threads": "torch threads",
     "--queries": "text queries, e.g. 'a dog' 'a red car'",
     "--n-images": "synthetic images to draw (at least 7: train, val and test each need one)",
@@ -103,10 +103,6 @@ OPTIONS = {
     "--host": "address the local page listens on; anything but a loopback address shows the images to your network",
     "--port": "port the local page listens on; 0 picks a free one",
 }
-
-
-class DenseError(Exception):
-    """A user-facing error of a command: printed as one line."""
 
 
 class Parser(argparse.ArgumentParser):

@@ -6,7 +6,6 @@ Each command maps its flags to one evaluator call and prints its Result; ``--jso
 from __future__ import annotations
 
 from dense.cli._args import (
-    DenseError,
     add_dataset,
     add_json,
     add_max_patches,
@@ -31,6 +30,7 @@ from dense.cli._args import (
     runtime,
     write_json,
 )
+from dense.errors import DenseError
 
 
 def add(sub, parent) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from dense.cli._args import (
-    DenseError,
     add_max_patches,
     add_method,
     add_model,
@@ -15,6 +14,7 @@ from dense.cli._args import (
     layers,
     opt,
 )
+from dense.errors import DenseError
 
 DESCRIPTION = ("Serves a local page showing the images of --images at their own aspect ratios, with their PCA view. "
                "Click a patch: its similarity to every patch of every image. Type text queries: heatmaps. An "

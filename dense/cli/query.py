@@ -65,13 +65,13 @@ def run_heatmap(args) -> int:
     import numpy as np
 
     from dense import viz
-    from dense.heatmap import patch_scores, to_image_size, with_aligned
+    from dense.heatmap import patch_scores, to_image, with_aligned
     from dense.preprocess import load_image
 
     enc = load(args)
     image = load_image(args.image)
     fmap = with_aligned(enc, image, args.method, max_patches=args.max_patches)
-    scores = to_image_size(patch_scores(enc, fmap, args.queries, method=args.method, templates=args.templates),
+    scores = to_image(patch_scores(enc, fmap, args.queries, method=args.method, templates=args.templates),
                       fmap).numpy()  # [T, H, W]
     rows = []
     for q, s in zip(args.queries, scores, strict=True):
@@ -119,8 +119,8 @@ def run_segment(args) -> int:
 def run_localize(args) -> int:
 
     from dense import viz
-    from dense.localize import Localizer
     from dense.preprocess import load_image
+    from dense.refer import Localizer
 
     enc = load(args)
     image = load_image(args.image)

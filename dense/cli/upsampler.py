@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dense.cli._args import (
-    DenseError,
     add_json,
     add_max_patches,
     add_model,
@@ -18,6 +17,7 @@ from dense.cli._args import (
     positive_int,
     write_json,
 )
+from dense.errors import DenseError
 
 
 def add(sub, parent) -> None:

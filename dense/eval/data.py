@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dense.errors import InputError
+
 ALL = "all"  # the split name meaning every image (as None)
 
 
@@ -64,12 +66,12 @@ class Data:
         image. ``split`` None or ``"all"``: every image of a one-dataset source."""
         if self.kind == "folder":
             if split not in (None, ALL):
-                raise ValueError(f"{self.what}: a folder of images has no splits (asked for {split!r}); give --ann or "
+                raise InputError(f"{self.what}: a folder of images has no splits (asked for {split!r}); give --ann or "
                                  "--dataset for splits")
             return None, None
         if split in (None, ALL):
             if None not in self.by_split:
-                raise ValueError(f"{self.what}: one file per split ({', '.join(self.splits())}): name the split")
+                raise InputError(f"{self.what}: one file per split ({', '.join(self.splits())}): name the split")
             ds, sub = self.by_split[None], None
         elif split in self.by_split:
             ds, sub = self.by_split[split], None  # a dataset given for this split holds it whole
@@ -83,14 +85,14 @@ class Data:
                 ids = ds.ids(sub)  # a reader whose split list is missing raises naming the file it looked for
             except KeyError as e:
                 if e.args and isinstance(e.args[0], str) and " " in e.args[0]:  # the reader's own explanation
-                    raise ValueError(e.args[0]) from None
+                    raise InputError(e.args[0]) from None
                 ids = []
         if not ids:
             present = self.splits()
             hint = "" if present else " (its images carry no 'split' field: give one file per split, " \
                                       "e.g. --ann train=FILE)"
             where = "the dataset" if sub is None and split in (None, ALL) else f"split {split!r}"
-            raise ValueError(f"{self.what}: no images in {where}; splits present: {', '.join(present) or 'none'}"
+            raise InputError(f"{self.what}: no images in {where}; splits present: {', '.join(present) or 'none'}"
                              f"{hint if split not in (None, ALL) else ''}")
         return ds, sub
 
@@ -103,7 +105,7 @@ class Data:
             if not self.items(None):
                 from dense.preprocess import IMAGE_EXTS
 
-                raise ValueError(f"{self.folder}: no images found (looked for {', '.join(sorted(IMAGE_EXTS))})")
+                raise InputError(f"{self.folder}: no images found (looked for {', '.join(sorted(IMAGE_EXTS))})")
             return
         if hasattr(ds, "check_files"):
             for s in [sub] if sub is not None else sorted(ds.splits()):
@@ -133,7 +135,7 @@ class Data:
         """The referring expressions of ``split`` (None or ``"all"``: every split), joined with the COCO file;
         raises naming the splits that hold expressions when ``split`` holds none."""
         if self.refs is None:
-            raise ValueError(f"{self.what}: no referring expressions (give refs=, --refs)")
+            raise InputError(f"{self.what}: no referring expressions (give refs=, --refs)")
         from dense.coco import load_refs
 
         ds = self.by_split.get(None) or next(iter(self.by_split.values()))
@@ -142,7 +144,7 @@ class Data:
         out = [r for r in every if split is None or r.split == split]
         if not out:
             present = sorted({r.split for r in every})
-            raise ValueError(f"{self.refs}: no referring expressions in "
+            raise InputError(f"{self.refs}: no referring expressions in "
                              f"{'any split' if split is None else f'split {split!r}'}; splits present: "
                              f"{', '.join(present) or 'none'}")
         return out
@@ -165,30 +167,30 @@ def open_data(source=None, *, ann=None, images=None, root=None, refs=None, split
     parse), each naming the input.
     """
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if isinstance(source, Data):
         if any(v is not None for v in (ann, images, root, refs)):
-            raise ValueError("data already opened: give no ann=, images=, root= or refs= beside it")
+            raise InputError("data already opened: give no ann=, images=, root= or refs= beside it")
         data = source
     elif ann is not None:
         if source is not None or root is not None:
-            raise ValueError("give the data one way: ann= (--ann) with images= (--images), or a dataset name with "
+            raise InputError("give the data one way: ann= (--ann) with images= (--images), or a dataset name with "
                              "root= (--dataset, --root)")
         data = _open_coco(ann, images, refs, on_error)
     elif isinstance(source, (str, os.PathLike)) and source is not None:
         if images is not None or refs is not None:
-            raise ValueError(f"the dataset {source!r} is read from root= (--root); give no images= or refs=")
+            raise InputError(f"the dataset {source!r} is read from root= (--root); give no images= or refs=")
         data = _open_named(str(source), root)
     elif source is not None:
         if any(v is not None for v in (images, root, refs)):
-            raise ValueError("a dataset object carries its own images: give no images=, root= or refs= beside it")
+            raise InputError("a dataset object carries its own images: give no images=, root= or refs= beside it")
         data = _open_given(source)
     elif images is not None:
         if refs is not None or root is not None:
-            raise ValueError("a folder of images (images= alone) takes no refs= or root=: give ann= for annotations")
+            raise InputError("a folder of images (images= alone) takes no refs= or root=: give ann= for annotations")
         data = _open_folder(images)
     else:
-        raise ValueError("no data: give ann= (--ann) with images= (--images), a dataset name with root= (--dataset, "
+        raise InputError("no data: give ann= (--ann) with images= (--images), a dataset name with root= (--dataset, "
                          "--root), or images= (--images) alone for a folder")
     for s in splits:
         data.check(s, progress=progress)
@@ -199,14 +201,14 @@ def _open_coco(ann, images, refs, on_error: str) -> Data:
     from dense.coco import load_coco
 
     if images is None:
-        raise ValueError("no image folder for the annotations: give images= (--images)")
+        raise InputError("no image folder for the annotations: give images= (--images)")
     anns = per_split(ann, "annotation file (--ann)")
     folders = per_split(images, "image folder (--images)")
     by_split = {}
     for split, path in anns.items():
         folder = folders.get(split, folders.get(None))
         if folder is None:
-            raise ValueError(f"no image folder for split {split!r}: give images= (--images {split}=DIR)")
+            raise InputError(f"no image folder for split {split!r}: give images= (--images {split}=DIR)")
         if not Path(folder).is_dir():
             raise FileNotFoundError(2, "image folder (--images) is not a folder", str(folder))
         if not Path(path).is_file():
@@ -218,7 +220,7 @@ def _open_coco(ann, images, refs, on_error: str) -> Data:
         if not refs_path.is_file():
             raise FileNotFoundError(2, "referring expressions (--refs): no such file", str(refs))
         if None not in by_split:
-            raise ValueError("referring expressions (--refs) go with one annotation file (--ann FILE), not one per "
+            raise InputError("referring expressions (--refs) go with one annotation file (--ann FILE), not one per "
                              "split")
     what = ", ".join(f"{s}={p}" if s else str(p) for s, p in anns.items())
     return Data("coco", what, by_split, refs=refs_path)
@@ -228,7 +230,7 @@ def _open_named(name: str, root) -> Data:
     from dense.segdata import load_dataset
 
     if root is None:
-        raise ValueError(f"the dataset {name!r} needs its root folder (root=, --root)")
+        raise InputError(f"the dataset {name!r} needs its root folder (root=, --root)")
     return Data("named", f"{name} at {root}", {None: load_dataset(name, root)}, name=name)
 
 
@@ -241,7 +243,7 @@ def _open_given(dataset) -> Data:
 
 def _open_folder(images) -> Data:
     if isinstance(images, (list, tuple, Mapping)):
-        raise ValueError("a folder of images is one folder (images=DIR)")
+        raise InputError("a folder of images is one folder (images=DIR)")
     folder = Path(images)
     if not folder.is_dir():
         raise FileNotFoundError(2, "image folder (--images) is not a folder", str(folder))
@@ -261,7 +263,7 @@ def per_split(value, what: str) -> dict[str | None, object]:
             split, sep, path = str(v).partition("=")
             key, path = (split, path) if sep and not Path(str(v)).exists() else (None, v)
             if key in out:
-                raise ValueError(f"{what} given twice for {'all splits' if key is None else f'split {key!r}'}")
+                raise InputError(f"{what} given twice for {'all splits' if key is None else f'split {key!r}'}")
             out[key] = path
     for path in out.values():
         if not Path(path).exists():

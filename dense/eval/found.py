@@ -39,7 +39,7 @@ def evaluate_found(encoder, ann: str | Path, refs: str | Path, images: str | Pat
     ``score``, so :func:`choose_found_threshold` can try other thresholds without running the model again.
     """
     from dense.datasets import CATEGORIES
-    from dense.localize import Localizer
+    from dense.refer import Localizer
 
     if threshold is None:
         threshold = encoder.calibration.found_threshold

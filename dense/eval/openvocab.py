@@ -19,7 +19,7 @@ from dense.heatmap import (
     patch_scores,
     supported_methods,
     templates_of,
-    to_image_size,
+    to_image,
     with_aligned,
 )
 from dense.openvocab import background_prompts, labels_from_scores
@@ -128,7 +128,7 @@ def evaluate_openvocab(encoder, data, *, split: str | None = None, scoring: Open
             else:
                 src = with_aligned(encoder, rgb, m, max_patches=max_patches) if m in from_image else fmap
                 grid = patch_scores(encoder, src, text, method=m)  # [C + B, gh, gw]
-                probs = to_image_size(grid, src) if r == "none" else image_scores(encoder, rgb, text, features=src,
+                probs = to_image(grid, src) if r == "none" else image_scores(encoder, rgb, text, features=src,
                                                                                    method=m, refine=r)  # [C + B, H, W]
             cm = meters[(s, False)].update(labels_from_scores(probs, len(names), background) - 1 + offset, gt)
             counts[(s, False)].append(stats.counts_from_confusion(cm))

@@ -110,7 +110,9 @@ def _fill(encoder, cache, opened: dict, *, max_patches, layers, batch_size, extr
         else:
             missing = [(k, p) for k, p in items if k not in ds_cache]
             if missing:
-                raise KeyError(f"{missing[0][1]} (image id {missing[0][0]}) and {len(missing) - 1} other image(s) of "
+                from dense.errors import MissingEntryError
+
+                raise MissingEntryError(f"{missing[0][1]} (image id {missing[0][0]}) and {len(missing) - 1} other image(s) of "
                                f"split {split!r} are not in the cache {cache.dir}: fill it with `"
                                f"{_extract_command(encoder, ds, sub, cache, max_patches, layers, data)}` (or drop "
                                f"--no-extract)")
@@ -382,7 +384,7 @@ def evaluate_saved_probe(encoder, data, *, probe, cache: str | Path, split: str 
     import torch
 
     from dense.cache import FeatureCache
-    from probes.linear import ProbeMismatchError
+    from dense.errors import MismatchError
 
     encoder = _encoder(encoder, device, dtype)
     spec = probe.encoder_spec
@@ -393,8 +395,8 @@ def evaluate_saved_probe(encoder, data, *, probe, cache: str | Path, split: str 
                                       store_dtype=None if stored == torch.float32 else stored, pooled=probe.pooled)
     try:  # a probe of another encoder: refused before any extraction
         probe.check(cache_.spec)
-    except ProbeMismatchError as e:
-        raise ProbeMismatchError(f"{path or 'the probe'}: {e}") from None
+    except MismatchError as e:
+        raise MismatchError(f"{path or 'the probe'}: {e}") from None
     upsampler = _upsampler(sharpening.upsampler, encoder)
     samples, paths, skipped = _fill(encoder, cache_, opened, max_patches=max_patches, layers=layers,
                                     batch_size=extraction.batch_size, extract=extraction.extract,

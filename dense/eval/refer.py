@@ -13,8 +13,8 @@ from dense import coco, metrics
 from dense.eval import Result, stats
 from dense.eval.settings import Bootstrap, Extraction, ReferScoring, Way, figure_name, grid_edge
 from dense.heatmap import get_method, layers_for, supported_methods, templates_of
-from dense.localize import BOX_THRESHOLDS, Localizer, heatmap_box_xyxy
 from dense.preprocess import load_image
+from dense.refer import BOX_THRESHOLDS, Localizer, heatmap_box_xyxy
 
 
 def config_key(setting: str, method: str, scorer: str = "-") -> str:

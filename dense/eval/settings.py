@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from dense.errors import InputError
 from probes.train import LRS  # the default learning-rate grid, written once
 
 POOLED = {"off": (False,), "on": (True,), "both": (False, True)}  # heads without / with the pooled embedding (TIPS)
@@ -32,14 +33,14 @@ ON_ERROR = ("raise", "skip")
 
 def _at_least(name: str, v, low: int = 1) -> None:
     if v is not None and int(v) < low:
-        raise ValueError(f"{name} must be at least {low}, got {v}")
+        raise InputError(f"{name} must be at least {low}, got {v}")
 
 
 def _fraction(name: str, v, *, open_: bool = False) -> None:
     if v is None:
         return
     if not (0 < v < 1 if open_ else 0.0 <= v <= 1.0):
-        raise ValueError(f"{name} must be a fraction in {'(0, 1)' if open_ else '[0, 1]'}, got {v}")
+        raise InputError(f"{name} must be a fraction in {'(0, 1)' if open_ else '[0, 1]'}, got {v}")
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,9 @@ class Extraction:
         _at_least("max_patches", self.max_patches)
         _at_least("batch_size", self.batch_size)
         if self.store_dtype not in STORE_DTYPES:
-            raise ValueError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
+            raise InputError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
         if self.on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+            raise InputError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
 
     @property
     def blocks(self) -> tuple[int, ...]:
@@ -99,18 +100,18 @@ class ProbeTraining:
         if self.layer_sets is not None:
             object.__setattr__(self, "layer_sets", tuple(tuple(int(b) for b in s) for s in self.layer_sets))
         if not self.lrs or any(not lr > 0 for lr in self.lrs):
-            raise ValueError(f"lrs must be positive learning rates, got {list(self.lrs)}")
+            raise InputError(f"lrs must be positive learning rates, got {list(self.lrs)}")
         for name in ("epochs", "train_batch_size", "label_scale", "last_k"):
             _at_least(name, getattr(self, name))
         if self.pooled is not None and self.pooled not in POOLED:
-            raise ValueError(f"pooled must be one of {', '.join(POOLED)}, got {self.pooled!r}")
+            raise InputError(f"pooled must be one of {', '.join(POOLED)}, got {self.pooled!r}")
         if self.feature_dtype not in STORE_DTYPES:
-            raise ValueError(f"feature_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.feature_dtype!r}")
+            raise InputError(f"feature_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.feature_dtype!r}")
         if self.protocol is not None:
             from probes.protocols import NAMES
 
             if self.protocol not in NAMES:
-                raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(NAMES)}")
+                raise InputError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(NAMES)}")
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ class Sharpening:
 
     def __post_init__(self):
         if self.sharpen is not None and self.sharpen not in SHARPEN:
-            raise ValueError(f"sharpen must be one of {', '.join(SHARPEN)}, got {self.sharpen!r}")
+            raise InputError(f"sharpen must be one of {', '.join(SHARPEN)}, got {self.sharpen!r}")
 
     @property
     def mode(self) -> str:
@@ -190,7 +191,7 @@ class OpenVocabScoring:
             _fraction("background threshold", self.background)
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
         if any(not 0.0 <= t <= 1.0 for t in self.thresholds):
-            raise ValueError(f"swept background thresholds must be in [0, 1], got {list(self.thresholds)}")
+            raise InputError(f"swept background thresholds must be in [0, 1], got {list(self.thresholds)}")
         _at_least("windows", self.windows)
 
     def settings(self, background) -> list[OpenVocabSetting]:
@@ -208,7 +209,7 @@ class ReferScoring:
     methods: tuple[str, ...] | None = None
     scorers: tuple[str, ...] = ("map-box", "heatmap-mean")
     box_threshold: float | None = None
-    thresholds: tuple[float, ...] | None = None  # None: dense.localize.BOX_THRESHOLDS
+    thresholds: tuple[float, ...] | None = None  # None: dense.refer.BOX_THRESHOLDS
     templates: tuple[str, ...] | None = None
 
     def __post_init__(self):
@@ -220,12 +221,12 @@ class ReferScoring:
             object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
         _fraction("box_threshold", self.box_threshold)
         if any(not 0.0 <= t <= 1.0 for t in self.thresholds or ()):
-            raise ValueError(f"box thresholds must be in [0, 1], got {list(self.thresholds)}")
-        from dense.localize import CANDIDATE_METHODS
+            raise InputError(f"box thresholds must be in [0, 1], got {list(self.thresholds)}")
+        from dense.refer import SCORERS
 
         for s in self.scorers:
-            if s not in CANDIDATE_METHODS:
-                raise ValueError(f"unknown candidate scorer {s!r}; choose from {', '.join(CANDIDATE_METHODS)}")
+            if s not in SCORERS:
+                raise InputError(f"unknown candidate scorer {s!r}; choose from {', '.join(SCORERS)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The server behind ``dense explore``: a Flask app over one :class:`Explorer` (the images, their features, answers).
 
 Every answer comes from the library's public functions, the same ones a notebook calls: :func:`dense.similarity
-.similarity_maps`, :func:`dense.heatmap.patch_scores`, :class:`dense.localize.Localizer`, :func:`dense.openvocab
+.similarity_maps`, :func:`dense.heatmap.patch_scores`, :class:`dense.refer.Localizer`, :func:`dense.openvocab
 .segment`, :meth:`dense.FeatureMap.pca_rgb`; heatmaps are drawn by :func:`dense.viz.heat_overlay` on the figures'
 fixed 0..1 scale. Features are extracted once per image (on first view) and kept in memory, and in the on-disk
 :class:`dense.cache.FeatureCache` when a cache folder is given, so a click or a query answers from memory.
@@ -142,8 +142,9 @@ class Explorer:
     def features(self, name: str):
         """The FeatureMap of image ``name`` (with aligned tokens), extracted on first use; :class:`RequestError` 422
         naming the file when it cannot be read."""
+        from dense.errors import ImageError
         from dense.heatmap import with_aligned
-        from dense.preprocess import ImageError, load_image
+        from dense.preprocess import load_image
 
         self._check_name(name)
         with self._lock:
@@ -238,7 +239,7 @@ class Explorer:
             results = []
             for k, n in enumerate(names):
                 view = self._views[n]
-                up = sims.at_image_size(k, view.shape[:2]).numpy()  # [h, w] cosine
+                up = sims.to_image(k, view.shape[:2]).numpy()  # [h, w] cosine
                 results.append({"image": n, "overlay": png_data_url(heat_overlay(view, up, vmin=0.0, vmax=1.0)),
                                 "peak_ij": sims.peak_ij[k].tolist(), "peak_xy": _round(sims.peak_xy[k]),
                                 "peak_score": round(float(sims.peak_scores[k]), 4)})
@@ -248,7 +249,7 @@ class Explorer:
 
     def heatmaps(self, queries: list[str], *, images: list[str] | None = None) -> dict:
         """Text queries -> per image and query, the heatmap drawn over the image and its peak."""
-        from dense.heatmap import patch_scores, to_image_size
+        from dense.heatmap import patch_scores, to_image
         from dense.viz import heat_overlay
 
         names = self._ready(self._names(images))
@@ -257,7 +258,7 @@ class Explorer:
             for n in names:
                 fmap, view = self._fmaps[n], self._views[n]
                 scores = patch_scores(self.encoder, fmap, queries, method=self.method)  # [T, gh, gw]
-                up = to_image_size(scores, fmap, size_hw=view.shape[:2]).numpy()  # [T, h, w]
+                up = to_image(scores, fmap, size_hw=view.shape[:2]).numpy()  # [T, h, w]
                 maps = []
                 for q, s, s_up in zip(queries, scores, up, strict=True):
                     i, j = divmod(int(s.argmax()), s.shape[1])
@@ -269,7 +270,7 @@ class Explorer:
 
     def localize(self, expression: str, *, images: list[str] | None = None) -> dict:
         """A referring expression -> per image: box, point, score, and whether it was found (above threshold)."""
-        from dense.localize import Localizer
+        from dense.refer import Localizer
 
         names = self._ready(self._names(images))
         results = []

@@ -79,10 +79,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dense.errors import LayoutError
 from dense.segdata._core import (
     Encoding,
     LabelSource,
-    LayoutError,
     SegDataset,
     Split,
     apply_lut,
@@ -103,7 +103,7 @@ from dense.segdata.names import (
 from dense.segdata.pascal import context59, context459, voc
 
 __all__ = ["load_dataset", "READERS", "PROTOCOLS", "LAYOUTS_HELP", "SegDataset", "CocoSplits", "with_holdout",
-           "holdout_ids", "WithHoldout", "read_label_file", "LayoutError", "VOC_CLASSES", "ADE20K_CLASSES",
+           "holdout_ids", "WithHoldout", "read_label_file", "VOC_CLASSES", "ADE20K_CLASSES",
            "ADE847_CLASSES", "COCO_STUFF_CLASSES", "COCO_STUFF_UNUSED", "CONTEXT59_CLASSES", "CONTEXT459_CLASSES",
            "Encoding", "LabelSource", "Split", "apply_lut", "make_lut"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dense.coco import AnnotationError
+from dense.errors import AnnotationError, LayoutError
 from dense.labels import IGNORE, label_dtype
 from dense.preprocess import IMAGE_EXTS
 
@@ -30,16 +30,6 @@ def image_size_hw(path: Path) -> tuple[int, int] | None:
             return im.height, im.width
     except (UnidentifiedImageError, OSError):
         return None
-
-
-class LayoutError(FileNotFoundError):
-    """A file or folder the layout needs is missing; ``str()`` is one line that names it and says what it is."""
-
-    def __init__(self, path: str | os.PathLike, what: str):
-        super().__init__(2, what, str(path))
-
-    def __str__(self) -> str:
-        return f"{self.filename}: {self.strerror}"
 
 
 @dataclass(frozen=True)

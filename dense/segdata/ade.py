@@ -6,7 +6,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from dense.segdata._core import Encoding, LabelSource, LayoutError, SegDataset, Split
+from dense.errors import LayoutError
+from dense.segdata._core import Encoding, LabelSource, SegDataset, Split
 from dense.segdata.names import ADE20K_CLASSES, ADE847_CLASSES
 
 SPLITS = ("training", "validation")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dense.coco import AnnotationError, load_coco
+from dense.coco import load_coco
+from dense.errors import AnnotationError, LayoutError
 from dense.segdata._core import (
     Encoding,
     LabelSource,
-    LayoutError,
     SegDataset,
     Split,
     first_dir,

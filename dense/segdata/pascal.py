@@ -6,10 +6,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from dense.errors import LayoutError
 from dense.segdata._core import (
     Encoding,
     LabelSource,
-    LayoutError,
     SegDataset,
     Split,
     first_dir,

@@ -18,9 +18,9 @@ from dense.checkpoint import Calibration
 from dense.features import FeatureMap
 from dense.preprocess import load_image
 from dense.upsample.guided import box_filter, guided_filter, guided_upsample
-from dense.upsample.learned import Upsampler, UpsamplerConfig, UpsamplerMismatchError, train_upsampler
+from dense.upsample.learned import Upsampler, UpsamplerConfig, train_upsampler
 
-__all__ = ["GUIDED_EPS", "SHARPEN_MODES", "Upsampler", "UpsamplerConfig", "UpsamplerMismatchError", "box_filter",
+__all__ = ["GUIDED_EPS", "SHARPEN_MODES", "Upsampler", "UpsamplerConfig", "box_filter",
            "guided_filter", "guided_upsample", "train_upsampler", "upsample_maps"]
 
 # ---------------------------------------------------------------------------------------------------------------------

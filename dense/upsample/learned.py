@@ -25,16 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dense._atomic import load_tensors, save_tensors
+from dense.errors import MismatchError
 from dense.features import FeatureMap, block_indices, identity_mismatch, spec_to_check
 from dense.preprocess import grid_to_pixel_xy, load_image, pixel_to_grid
 from dense.upsample.guided import check_maps, image_guide
 
 FORMAT = "dense.Upsampler"
 VERSION = 1
-
-
-class UpsamplerMismatchError(ValueError):
-    """An upsampler was loaded for (or applied to features of) another encoder or layer set."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -128,10 +125,10 @@ class Upsampler(nn.Module):
 
     # --- identity -----------------------------------------------------------------------------------------------------
     def check(self, spec: dict) -> None:
-        """Raise :class:`UpsamplerMismatchError` unless features of encoder ``spec`` can feed this upsampler."""
+        """Raise :class:`MismatchError` unless features of encoder ``spec`` can feed this upsampler."""
         why = identity_mismatch(self.encoder_spec, spec, self.layers)
         if why:
-            raise UpsamplerMismatchError(f"upsampler {why}")
+            raise MismatchError(f"upsampler {why}")
 
     # --- the mixing weights -------------------------------------------------------------------------------------------
     def weights(self, fmap: FeatureMap, image, size_hw: tuple[int, int] | None = None
@@ -203,7 +200,7 @@ class Upsampler(nn.Module):
     def load(cls, path: str | os.PathLike, *, encoder=None, encoder_spec: dict | None = None) -> Upsampler:
         """Read a upsampler; given the ``encoder`` (an :class:`~dense.encoder.Encoder`) or the ``encoder_spec`` of the
         features it will read (``FeatureMap.encoder_spec``), one trained for another encoder raises
-        :class:`UpsamplerMismatchError` naming the file."""
+        :class:`MismatchError` naming the file."""
         spec = spec_to_check(encoder, encoder_spec)  # TypeError for a dict as encoder= before any file is read
         header, tensors = load_tensors(path, FORMAT, VERSION, "upsampler")
         up = cls(header["in_dim"], UpsamplerConfig(**header["config"]), encoder_spec=header["encoder"],
@@ -214,8 +211,8 @@ class Upsampler(nn.Module):
             spec = spec_to_check(encoder, encoder_spec, up.layers)  # the layers it reads
             try:
                 up.check(spec)
-            except UpsamplerMismatchError as e:
-                raise UpsamplerMismatchError(f"{path}: {e}") from None
+            except MismatchError as e:
+                raise MismatchError(f"{path}: {e}") from None
         return up
 
 

@@ -13,7 +13,7 @@ Two ways, both reading one :class:`~dense.FeatureMap` (compute once, query many)
     threshold is the encoder's calibration (``encoder.calibration.box_threshold``); ``dense eval refer`` sweeps it.
 
 - **With candidate boxes** (ground-truth boxes, or a detector's proposals): each box is scored against the expression
-  and the best one wins. Scorers (``CANDIDATE_METHODS``):
+  and the best one wins. Scorers (``SCORERS``):
 
   - ``"map-box"`` (default): the checkpoint's own MAP pooling head, its attention restricted to the box
     (:func:`region_embeddings`): patch keys are weighted by the fraction of the patch's cell inside the box (an additive
@@ -61,8 +61,8 @@ from dense.openvocab import embed_images
 from dense.preprocess import ImageInput, grid_cell_xyxy, grid_to_pixel_xy, load_image
 from dense.text import embed_texts
 
-CANDIDATE_METHODS = ("map-box", "heatmap-mean", "crop")
-DEFAULT_CANDIDATE_METHOD = "map-box"
+SCORERS = ("map-box", "heatmap-mean", "crop")
+DEFAULT_SCORER = "map-box"
 BOX_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the relative thresholds `dense eval refer` sweeps
 DEFAULT_BOX_FACTOR = 4  # heatmap cells per patch side when the component is cut
 PEAK_RULES = ("quadratic", "none")  # sub-patch peak: a parabola through the peak and its neighbours, or none
@@ -296,11 +296,11 @@ class Localizer:
             return torch.zeros(0, *self.fmap.grid_hw)
         return torch.stack([self._heatmaps[e] for e in expressions])
 
-    def candidate_scores(self, expression: str, candidates_xyxy, *, scorer: str = DEFAULT_CANDIDATE_METHOD,
+    def candidate_scores(self, expression: str, candidates_xyxy, *, scorer: str = DEFAULT_SCORER,
                          heatmap: torch.Tensor | None = None) -> torch.Tensor:
-        """``[K]`` scores of candidate boxes for one expression (see ``CANDIDATE_METHODS``)."""
-        if scorer not in CANDIDATE_METHODS:
-            raise ValueError(f"unknown candidate scorer {scorer!r}; choose one of {CANDIDATE_METHODS}")
+        """``[K]`` scores of candidate boxes for one expression (see ``SCORERS``)."""
+        if scorer not in SCORERS:
+            raise ValueError(f"unknown candidate scorer {scorer!r}; choose one of {SCORERS}")
         boxes = np.asarray(candidates_xyxy, dtype=np.float64).reshape(-1, 4)  # [K, 4]
         if len(boxes) == 0:
             raise ValueError("candidates_xyxy is empty; pass None to localize without candidates")
@@ -319,7 +319,7 @@ class Localizer:
             emb = self._regions[key] = region_embeddings(self.encoder, self.fmap, boxes)  # [K, E], one head pass
         return calibrated_scores(self.encoder, emb, self.text_embeddings([expression])[0])
 
-    def localize(self, expression: str, *, candidates_xyxy=None, scorer: str = DEFAULT_CANDIDATE_METHOD,
+    def localize(self, expression: str, *, candidates_xyxy=None, scorer: str = DEFAULT_SCORER,
                  box_threshold: float | None = None, box_factor: int = DEFAULT_BOX_FACTOR,
                  peak: str = "quadratic", rerank_thresholds: Sequence[float] | None = None,
                  found_threshold: float | None = None) -> Localization:
@@ -393,7 +393,7 @@ def localize_heatmap(heatmap: torch.Tensor, fmap: FeatureMap, *, expression: str
 
 
 def localize(encoder, image: ImageOrFeatureMap, expression: str, *, candidates_xyxy=None,
-             method: str | None = None, scorer: str = DEFAULT_CANDIDATE_METHOD, box_threshold: float | None = None,
+             method: str | None = None, scorer: str = DEFAULT_SCORER, box_threshold: float | None = None,
              box_factor: int = DEFAULT_BOX_FACTOR, peak: str = "quadratic",
              rerank_thresholds: Sequence[float] | None = None, templates: Sequence[str] | None = None,
              max_patches: int | None = None, features: FeatureMap | None = None,
@@ -409,7 +409,7 @@ def localize(encoder, image: ImageOrFeatureMap, expression: str, *, candidates_x
         expression: e.g. ``"the mug on the left"``.
         candidates_xyxy: optional ``[K, 4]`` boxes in original-image pixels; the best-scoring one is returned.
         method: heatmap method of :func:`dense.heatmap.patch_scores` (None = the encoder's calibration).
-        scorer: candidate scorer, one of ``CANDIDATE_METHODS`` (``"crop"`` needs the image).
+        scorer: candidate scorer, one of ``SCORERS`` (``"crop"`` needs the image).
         box_threshold: relative threshold in [0, 1] for the box without candidates (None = the calibration's).
         box_factor: heatmap cells per patch side for that box.
         peak: sub-patch peak rule, ``"quadratic"`` or ``"none"`` (``PEAK_RULES``).

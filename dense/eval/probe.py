@@ -112,10 +112,10 @@ def _fill(encoder, cache, opened: dict, *, max_patches, layers, batch_size, extr
             if missing:
                 from dense.errors import MissingEntryError
 
-                raise MissingEntryError(f"{missing[0][1]} (image id {missing[0][0]}) and {len(missing) - 1} other image(s) of "
-                               f"split {split!r} are not in the cache {cache.dir}: fill it with `"
-                               f"{_extract_command(encoder, ds, sub, cache, max_patches, layers, data)}` (or drop "
-                               f"--no-extract)")
+                fill = _extract_command(encoder, ds, sub, cache, max_patches, layers, data)
+                raise MissingEntryError(f"{missing[0][1]} (image id {missing[0][0]}) and {len(missing) - 1} other "
+                                        f"image(s) of split {split!r} are not in the cache {cache.dir}: fill it with "
+                                        f"`{fill}` (or drop --no-extract)")
         samples[split] = load_samples(ds, ds_cache, sub, progress=progress)
         paths.update(items)
     return samples, paths, skipped

@@ -1,11 +1,14 @@
-"""One evaluator per task, each data in -> :class:`Result` out (flat named figures + per-sample rows).
+"""One evaluator per task, each ``evaluate_*(encoder, data, *, settings) -> Result`` (flat named figures + rows).
 
 - :mod:`dense.eval.openvocab`: open-vocabulary segmentation (mIoU, pixel accuracy, pointing) on COCO-style data;
 - :mod:`dense.eval.refer`: referring-expression localization (Acc@0.5, pointing game) on RefCOCO-style refs;
 - :mod:`dense.eval.probe`: the linear-probe protocol (extract, sweep, choose on val, report test once) and the
-  scoring of saved probes at the original resolution.
+  scoring of saved probes at the original resolution;
+- :mod:`dense.eval.zeroshot`: zero-shot classification and the pointing game.
 
-Evaluators are plain keyword functions, data in -> :class:`Result` out; they print nothing. ``dense eval ...`` and
+``data`` is opened by :func:`dense.eval.data.open_data` (one way for every evaluator and for extraction); settings
+are the frozen config objects of :mod:`dense.eval.settings`, whose :func:`~dense.eval.settings.figure_name` makes
+every flat figure name. Evaluators print nothing. ``dense eval ...`` and
 ``dense probe ...`` (:mod:`dense.cli`) map their flags to one such call and turn its Result into a table and a JSON
 file (``--json``).
 """

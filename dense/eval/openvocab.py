@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from dense import metrics
 from dense.eval import Result, stats
 from dense.eval.settings import Bootstrap, Extraction, OpenVocabScoring, OpenVocabSetting, grid_edge
+from dense.eval.zeroshot import peak_point_xy
 from dense.heatmap import (
     get_method,
     image_scores,
@@ -139,8 +140,7 @@ def evaluate_openvocab(encoder, data, *, split: str | None = None, scoring: Open
             image_hits = []
             for k, mask in by_cat.items():
                 if grid is not None and r == "none":
-                    ij = np.unravel_index(int(grid[k].argmax()), tuple(grid.shape[1:]))  # peak patch (i, j)
-                    point_xy = fmap.grid_to_pixel_xy(np.array(ij, dtype=np.float64))
+                    point_xy = peak_point_xy(grid[k], fmap)  # the pointing game's one rule
                 else:
                     y, x = np.unravel_index(int(probs[k].argmax()), tuple(probs.shape[1:]))  # peak pixel
                     point_xy = np.array([x + 0.5, y + 0.5])

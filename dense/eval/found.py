@@ -9,13 +9,11 @@ heatmap peak, no candidates).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from tqdm.auto import tqdm
 
-from dense import coco
 from dense.eval import Result, stats
+from dense.eval.settings import Bootstrap, Extraction
 
 CHOICE_GRID = tuple(round(float(t), 2) for t in np.arange(0.01, 1.0, 0.01))  # thresholds choose_found_threshold tries
 
@@ -28,11 +26,14 @@ def _rates(rows: list[dict], threshold: float) -> dict[str, float]:
     return {"found|present": found, "not_found|absent": not_found, "balanced": (found + not_found) / 2}
 
 
-def evaluate_found(encoder, ann: str | Path, refs: str | Path, images: str | Path, *, split: str | None = "val",
-                   threshold: float | None = None, limit: int | None = None, max_patches: int | None = None,
-                   resamples: int = stats.RESAMPLES, seed: int = 0, progress: bool = False) -> Result:
+def evaluate_found(encoder, data, *, split: str | None = "val", threshold: float | None = None,
+                   limit: int | None = None, extraction: Extraction | None = None, bootstrap: Bootstrap | None = None,
+                   progress: bool = False) -> Result:
     """Found rate on present expressions and not-found rate on absent ones at ``threshold`` (None: the encoder's
     calibrated ``found_threshold``).
+
+    ``data``: a :class:`dense.eval.data.Data` with referring expressions (``open_data(ann=, images=, refs=)``);
+    ``extraction.max_patches``: the token budget; ``bootstrap``: the intervals' draws.
 
     Figures: ``found|present``, ``not_found|absent`` and their mean ``balanced``, with bootstrap 95% intervals
     (``resamples`` draws, ``seed``). Rows: one per expression with ``image_id``, ``expression``, ``present`` and
@@ -45,13 +46,17 @@ def evaluate_found(encoder, ann: str | Path, refs: str | Path, images: str | Pat
         threshold = encoder.calibration.found_threshold
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")
-    ds = coco.load_coco(ann, images)
+    from dense.eval.data import open_data
+
+    extraction = extraction or Extraction()
+    bootstrap = bootstrap or Bootstrap()
+    max_patches, resamples, seed = extraction.max_patches, bootstrap.resamples, bootstrap.seed
+    data = open_data(data)
+    ds = data.dataset(None)
     by_image: dict[int, list[str]] = {}
-    for r in coco.load_refs(refs, ds, split=split):
+    for r in data.load_refs(split):  # raises naming the splits that hold expressions
         by_image.setdefault(r.image_id, []).extend(r.sentences)
     image_ids = sorted(by_image)[:limit] if limit is not None else sorted(by_image)
-    if not image_ids:
-        raise ValueError(f"{refs}: no referring expressions in split {split!r}")
     names = [f"{c['colour']} {c['shape']}" for c in CATEGORIES]
     rows: list[dict] = []
     for iid in tqdm(image_ids, desc="found", unit="img", disable=not progress):
@@ -69,7 +74,7 @@ def evaluate_found(encoder, ann: str | Path, refs: str | Path, images: str | Pat
         if subset:
             intervals[name] = stats.mean_interval([float(hit(r["score"])) for r in subset], resamples=resamples,
                                                   seed=seed)
-    meta = {"task": "found", "ann": str(ann), "refs": str(refs), "split": split, "images": len(image_ids),
+    meta = {"task": "found", "ann": data.what, "refs": str(data.refs), "split": split, "images": len(image_ids),
             "present": sum(r["present"] for r in rows), "absent": sum(not r["present"] for r in rows),
             "threshold": threshold, "encoder": encoder.name, "fingerprint": encoder.fingerprint,
             "max_patches": max_patches or encoder.pixels.max_patches}

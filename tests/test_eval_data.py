@@ -126,7 +126,7 @@ def test_the_eval_and_probe_commands_check_their_data_before_the_model(world, tm
 def test_a_folder_extracted_once_serves_the_probe_commands_whichever_folder_was_named(tmp_path, tiny_siglip_dir,
                                                                                       capsys, one_thread):
     """`dense extract --images DIR --cache C` then `dense probe train --ann ... --no-extract` reads the same files'
-    entries (issue 29 item 5): with the image folder itself named, or a folder above it."""
+    entries: with the image folder itself named, or a folder above it."""
     from dense.cli import main
 
     world = tmp_path / "w"

@@ -1,5 +1,5 @@
 """dense.eval.settings: config objects, settings that print whole, flat names made in one place, and choices that
-name all of their setting (issue 29 item 2)."""
+name all of their setting."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ Each command maps its flags to one evaluator call and prints its Result; ``--jso
 
 from __future__ import annotations
 
+from dense.cli import probe as probe_cli
 from dense.cli._args import (
     add_dataset,
     add_json,
@@ -128,20 +129,6 @@ def _check_choose(args) -> None:
                          f"{args.background}: give --background as a number")
 
 
-def extraction(args):
-    """The :class:`dense.eval.settings.Extraction` of a command's flags."""
-    from dense.eval.settings import Extraction
-
-    kw = {k: getattr(args, k) for k in ("max_patches", "batch_size", "store_dtype") if getattr(args, k, None)}
-    if getattr(args, "layers", None) is not None:
-        kw["layers"] = args.layers
-    if getattr(args, "no_extract", False):
-        kw["extract"] = False
-    if getattr(args, "skip_bad", False):
-        kw["on_error"] = "skip"
-    return Extraction(**kw)
-
-
 def bootstrap(args):
     from dense.eval.settings import Bootstrap
 
@@ -164,7 +151,7 @@ def run_openvocab(args) -> int:
                                templates=args.templates, thresholds=args.sweep or ())
     enc = load(args)
     _note_from_image(scoring.methods, enc)
-    res = evaluate_openvocab(enc, data, split=args.split, scoring=scoring, extraction=extraction(args),
+    res = evaluate_openvocab(enc, data, split=args.split, scoring=scoring, extraction=probe_cli.extraction(args),
                              limit=args.limit, bootstrap=bootstrap(args), choose=args.choose, guard=args.guard,
                              progress=not args.quiet)
     entries = None
@@ -240,7 +227,7 @@ def run_refer(args) -> int:
                            thresholds=args.sweep, templates=args.templates)
     enc = load(args)
     _note_from_image(scoring.methods, enc)
-    res = evaluate_refer(enc, data, split=args.split, scoring=scoring, extraction=extraction(args),
+    res = evaluate_refer(enc, data, split=args.split, scoring=scoring, extraction=probe_cli.extraction(args),
                          limit=args.limit, bootstrap=bootstrap(args), choose=args.choose, progress=not args.quiet)
     entries = None
     if args.calibration_out:
@@ -352,7 +339,7 @@ def run_probe(args) -> int:
     data = open_data(args.dataset, root=args.root, on_error="skip" if args.skip_bad else "raise")
     splits = ProbeSplits(train=args.train_split, test=args.test_split or PROTOCOLS[args.dataset][1],
                          holdout=args.holdout, holdout_seed=args.holdout_seed)
-    res = evaluate_linear_probe(args.model, data, cache=args.cache, splits=splits, extraction=extraction(args),
+    res = evaluate_linear_probe(args.model, data, cache=args.cache, splits=splits, extraction=probe.extraction(args),
                                 training=probe.training(args), sharpening=probe.sharpening(args), preset=args.preset,
                                 progress=not args.quiet, **runtime(args))
     probe.report(res, args.out, args.json)

@@ -160,9 +160,17 @@ def sharpening(args):
 
 
 def extraction(args):
-    from dense.cli.evaluate import extraction as of_flags
+    """The :class:`dense.eval.settings.Extraction` of a command's flags."""
+    from dense.eval.settings import Extraction
 
-    return of_flags(args)
+    kw = {k: getattr(args, k) for k in ("max_patches", "batch_size", "store_dtype") if getattr(args, k, None)}
+    if getattr(args, "layers", None) is not None:
+        kw["layers"] = args.layers
+    if getattr(args, "no_extract", False):
+        kw["extract"] = False
+    if getattr(args, "skip_bad", False):
+        kw["on_error"] = "skip"
+    return Extraction(**kw)
 
 
 def print_figures(title: str, figs: dict) -> None:

@@ -247,7 +247,10 @@ def run_refer(args) -> int:
     from dense.eval.refer import evaluate_refer_head_protocol
 
     torch.set_num_threads(args.threads)
-    res = evaluate_refer_head_protocol(args.model, ann=args.ann, refs=args.refs, images=args.images,
+    from dense.eval.data import open_data
+
+    data = open_data(ann=args.ann, images=args.images, refs=args.refs)
+    res = evaluate_refer_head_protocol(args.model, data,
                                        train_split=args.train_split, split=args.split,
                                        test_split=args.test_split, templates=args.templates,
                                        max_patches=args.max_patches, steps=args.steps,

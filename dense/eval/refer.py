@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from dense import coco, metrics
+from dense import metrics
 from dense.eval import Result, stats
 from dense.eval.settings import Bootstrap, Extraction, ReferScoring, Way, figure_name, grid_edge
 from dense.heatmap import get_method, layers_for, supported_methods, templates_of
@@ -21,19 +21,6 @@ def config_key(setting: str, method: str, scorer: str = "-") -> str:
     """The figure prefix of one way of localizing: ``none/map-value-mlp/-``, ``gt-boxes/map-value-mlp/map-box``
     (:attr:`dense.eval.settings.Way.prefix`)."""
     return Way(setting, method, scorer).prefix
-
-
-def refs_of_split(refs: str | Path, ds, split: str | None) -> list:
-    """The refs of ``split`` (None or ``"all"``: every split) joined with ``ds``; raises naming the splits that
-    exist when it holds none."""
-    split = None if split == "all" else split
-    every = coco.load_refs(refs, ds)
-    out = [r for r in every if split is None or r.split == split]
-    if not out:
-        present = sorted({r.split for r in every})
-        raise ValueError(f"{refs}: no referring expressions in {'any split' if split is None else f'split {split!r}'}"
-                         f"; splits present: {', '.join(present) or 'none'}")
-    return out
 
 
 def ways(meta: dict) -> list[Way]:
@@ -230,15 +217,16 @@ def box_threshold_calibration(res: Result, method: str, *, command: str | None =
         "acc@0.5_interval": list(res.intervals.get(name, ())), "thresholds": m["thresholds"]}}}
 
 
-def evaluate_refer_head_protocol(encoder, *, ann: str | Path, refs: str | Path, images: str | Path,
-                                 train_split: str = "train", split: str = "val", test_split: str | None = None,
+def evaluate_refer_head_protocol(encoder, data, *, train_split: str = "train", split: str = "val",
+                                 test_split: str | None = None,
                                  templates: Sequence[str] | None = None, max_patches: int | None = None,
                                  steps: int = 1500, train_batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                                  device: str | None = None, dtype: str | None = None) -> Result:
     """Train the small referring head (:mod:`probes.refer_head`) on ``train_split``'s expressions over frozen tokens
     and report Acc@0.5 and pointing on ``split`` (and on ``test_split`` once, when given).
 
-    Every split is checked before the model is loaded. ``encoder``: an Encoder or a name for :func:`dense.load_encoder`
+    ``data``: a :class:`dense.eval.data.Data` with referring expressions (``open_data(ann=, images=, refs=)``). Every
+    split is checked before the model is loaded. ``encoder``: an Encoder or a name for :func:`dense.load_encoder`
     (with ``device``, ``dtype``). Figures: ``<split>/acc@0.5``, ``<split>/pointing`` per reported split; ``meta``:
     ``reported`` (the splits), ``expressions`` per split, ``encoder`` (its spec), seconds; the trained head is
     ``result.artifacts["head"]`` (``.save(path)``: a ``.safetensors`` file).
@@ -253,9 +241,13 @@ def evaluate_refer_head_protocol(encoder, *, ann: str | Path, refs: str | Path, 
     reported = [split] + ([test_split] if test_split else [])
     if test_split is not None and test_split in (train_split, split):
         raise ValueError(f"the reported split {test_split!r} must not be the one trained on or chosen on")
-    ds = coco.load_coco(ann, images)
+    from dense.eval.data import open_data
+
+    data = open_data(data)
     for s in (train_split, *reported):
-        refs_of_split(refs, ds, s)  # each split holds expressions, before any extraction
+        data.load_refs(s)  # each split holds expressions, before any extraction
+    ds = data.dataset(None)
+    ann, refs, images = ds.source, data.refs, ds.image_dir
     if isinstance(encoder, (str, Path)):
         from dense.encoder import load_encoder
 

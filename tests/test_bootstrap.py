@@ -70,6 +70,11 @@ def test_openvocab_rows_carry_counts_and_intervals(tiny_encoder, tiny_siglip_dir
                                        refines=("none", "pamr")), bootstrap=Bootstrap(resamples=200))
     res = evaluate_openvocab(tiny_encoder, data, **kw)
     assert res.meta["settings"] == ["map-value", "map-value+pamr"]
+    for setting in res.artifacts["settings"]:  # structured values keyed by setting; figures are their flat names
+        assert {k: res.figures[setting.name(k)] for k in res.values[setting]} == res.values[setting]
+    swept = [s for s in res.values if s.background == 0.3]
+    assert [s.prefix for s in swept] == res.meta["settings"]
+    assert all(res.values[s]["mIoU"] == res.figures[s.name("mIoU", swept=True)] for s in swept)
     for s in res.meta["settings"]:
         rows = [r for r in res.rows if r["method"] == s]
         inter, union = np.sum([r["inter"] for r in rows], 0), np.sum([r["union"] for r in rows], 0)

@@ -234,8 +234,8 @@ def test_probe_protocol_is_one_call_returning_a_result(world, tiny_encoder, tmp_
     res = evaluate_linear_probe(tiny_encoder, data, splits=ProbeSplits(test="test"), **kw)
     probe = res.artifacts["probe"]
     assert set(res.meta["sweep"]) == {"lr=0.01 layers=1", "lr=0.03 layers=1"} and res.meta["best"] == probe.meta["key"]
-    assert set(res.artifacts["heads"]) == {Head(0.01, (1,)), Head(0.03, (1,))}  # the sweep keyed by its settings
-    assert {h.key: v for h, v in res.artifacts["heads"].items()} == res.meta["sweep"]
+    assert set(res.values) == {Head(0.01, (1,)), Head(0.03, (1,))}  # the sweep keyed by its settings
+    assert {h.key: v for h, v in res.values.items()} == res.meta["sweep"]
     assert res.meta["protocol"] == {"train": "train", "choose": "val", "report": "test", "holdout": None,
                                     "holdout_from": None}
     assert res.figures["val/mIoU"] == res.meta["sweep"][res.meta["best"]]["mIoU"]

@@ -113,7 +113,7 @@ def sweep_options(t) -> None:
     that one given explicitly, even at its default value, clashes with ``--preset``."""
     opt(t, "--layers", "default: -1", type=layers, metavar="BLOCKS")
     opt(t, "--layer-sets", type=layer_sets, metavar="SETS")
-    opt(t, "--lrs", "default: probes.train.LRS, 1e-4 to 1e-1 in steps of about 3x", type=floats)
+    opt(t, "--lrs", "default: the grid of probes.train.LRS", type=floats)
     opt(t, "--epochs", type=positive_int, default=10)
     opt(t, "--train-batch-size", "images, all of one patch grid", type=positive_int, default=16)
     opt(t, "--label-scale", type=positive_int, default=1)

@@ -32,7 +32,11 @@ class Result:
         intervals: bootstrap 95% intervals ``[lo, hi]`` of figures, under the figure's name
             (:mod:`dense.eval.stats`); figures without one are absent.
         artifacts: what the run made besides figures, by name (e.g. ``"probe"``: the chosen
-            :class:`probes.LinearProbe`); not part of :meth:`to_json`.
+            :class:`probes.LinearProbe`; ``"chosen"``: a chosen setting object); not part of :meth:`to_json`.
+        values: the figures as structured values, ``{setting object: {figure: value}}`` (an
+            :class:`~dense.eval.settings.OpenVocabSetting`, a :class:`~dense.eval.settings.Way`, a
+            :class:`probes.train.Head`), where the evaluator compares settings; ``figures`` holds their flat names
+            (:func:`dense.eval.settings.figure_name`). Not part of :meth:`to_json`.
     """
 
     figures: dict[str, float]
@@ -40,6 +44,7 @@ class Result:
     meta: dict = field(default_factory=dict)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     artifacts: dict = field(default_factory=dict, repr=False)
+    values: dict = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
         return {"figures": self.figures, "intervals": {k: list(v) for k, v in self.intervals.items()},

@@ -68,8 +68,8 @@ def evaluate_openvocab(encoder, data, *, split: str | None = None, scoring: Open
 
     Figures, per setting s (flat names from :meth:`OpenVocabSetting.name`): ``s/mIoU``, ``s/pixel_acc``,
     ``s/mean_acc``, ``s/pointing``, ``s/IoU/<class>``, and ``s/mIoU@thr=<t>``, ``s/pixel_acc@thr=<t>`` for each swept
-    threshold. ``artifacts["values"]``: the same figures as ``{OpenVocabSetting: {figure: value}}`` (a swept
-    threshold is a setting of its own). Intervals: the bootstrap 95% interval of every mIoU, pixel accuracy and
+    threshold. ``values``: the same figures as ``{OpenVocabSetting: {figure: value}}`` (a swept threshold is a
+    setting of its own). Intervals: the bootstrap 95% interval of every mIoU, pixel accuracy and
     pointing figure, resampling images (``bootstrap``; the same draws for every setting). Rows: one per (image,
     setting) with its pixel accuracy, pointing hits and per-class counts ``inter``, ``union``, ``gt``.
     Raises ``ValueError`` when the split holds no image.
@@ -173,8 +173,8 @@ def evaluate_openvocab(encoder, data, *, split: str | None = None, scoring: Open
             "templates": templates, "thresholds": list(thresholds), "encoder": encoder.name,
             "fingerprint": encoder.fingerprint, "max_patches": max_patches or encoder.pixels.max_patches,
             "bootstrap": {**boot, "level": stats.LEVEL}, "seconds": time.perf_counter() - t0}
-    res = Result(figures=figures, rows=rows, meta=meta, intervals=intervals,
-                 artifacts={"values": values, "settings": settings})
+    res = Result(figures=figures, rows=rows, meta=meta, intervals=intervals, values=values,
+                 artifacts={"settings": settings})
     if choose:
         chosen = choose_setting(res, guard=guard)
         res.meta["chosen"] = chosen

@@ -234,8 +234,8 @@ def evaluate_linear_probe(encoder, data, *, cache: str | Path, splits: ProbeSpli
     figures of every head, by head key), ``best`` (the chosen head's key), ``lr_at_grid_edge``, ``splits`` (images
     per split), ``protocol`` (train / choose / report splits, ``holdout``), ``encoder`` (the cache's spec),
     ``config``, ``class_names``, ``history`` and seconds. ``artifacts``: ``probe`` (the chosen
-    :class:`probes.LinearProbe`; ``.save(path)`` writes it) and ``heads`` (``{probes.Head: val figures}``, the sweep
-    keyed by its settings).
+    :class:`probes.LinearProbe`; ``.save(path)`` writes it); ``values``: ``{probes.train.Head: val figures}``, the
+    sweep keyed by its settings.
     """
     from dense.eval.data import check_cache_root, open_data
 
@@ -350,7 +350,7 @@ def evaluate_linear_probe(encoder, data, *, cache: str | Path, splits: ProbeSpli
                 "name": chosen_preset.name, "max_patches": max_patches, "slide": slide,
                 "lines": chosen_preset.describe(patch_size=encoder.patch_size, num_layers=encoder.num_layers)}}
     heads = {sweep.heads[k]: v for k, v in sweep.val.items()} if getattr(sweep, "heads", None) else {}
-    return Result(figures=figures, rows=rows, meta=meta, artifacts={"probe": best, "heads": heads})
+    return Result(figures=figures, rows=rows, meta=meta, artifacts={"probe": best}, values=heads)
 
 
 def evaluate_saved_probe(encoder, data, *, probe, cache: str | Path, split: str = "test",

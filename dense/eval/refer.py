@@ -152,8 +152,8 @@ def evaluate_refer(encoder, data, *, split: str | None = "val", scoring: ReferSc
             "box_threshold": box_threshold, "templates": list(templates), "encoder": encoder.name,
             "fingerprint": encoder.fingerprint, "max_patches": max_patches or encoder.pixels.max_patches,
             "bootstrap": {**boot, "level": stats.LEVEL}, "seconds": seconds}
-    res = Result(figures=figures, rows=rows, meta=meta, intervals=intervals,
-                 artifacts={"values": values, "multi": multi})
+    res = Result(figures=figures, rows=rows, meta=meta, intervals=intervals, values=values,
+                 artifacts={"multi": multi})
     if choose:
         res.meta["chosen"] = choose_box_thresholds(res)
     return res

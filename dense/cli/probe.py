@@ -244,27 +244,29 @@ def run_test(args) -> int:
 def run_refer(args) -> int:
     import torch
 
+    from dense.eval.data import open_data
     from dense.eval.refer import evaluate_refer_head_protocol
+    from dense.eval.settings import figure_name
 
     torch.set_num_threads(args.threads)
-    from dense.eval.data import open_data
-
-    data = open_data(ann=args.ann, images=args.images, refs=args.refs)
+    data = open_data(ann=args.ann, images=args.images, refs=args.refs)  # files and splits, before the model
     res = evaluate_refer_head_protocol(args.model, data,
                                        train_split=args.train_split, split=args.split,
                                        test_split=args.test_split, templates=args.templates,
                                        max_patches=args.max_patches, steps=args.steps,
                                        train_batch_size=args.train_batch_size, lr=args.lr, seed=args.seed,
                                        **runtime(args))
+    if args.out:  # files first, then the table
+        res.artifacts["head"].save(args.out)
+    write_json(args.json, res.to_json())
     m = res.meta
     print(f"{'split':<8}{'Acc@0.5 %':>10}{'point %':>9}{'expressions':>13}")
     for split in m["reported"]:
-        print(f"{split:<8}{pct(res.figures[f'{split}/acc@0.5']):>10}{pct(res.figures[f'{split}/pointing']):>9}"
+        f = {k: res.figures[figure_name(split, k)] for k in ("acc@0.5", "pointing")}
+        print(f"{split:<8}{pct(f['acc@0.5']):>10}{pct(f['pointing']):>9}"
               f"{m['expressions'][split]:>13}")
     print(f"features {m['seconds_features']:.1f} s, training {m['seconds_train']:.1f} s on "
           f"{m['expressions'][args.train_split]} expressions")
     if args.out:
-        res.artifacts["head"].save(args.out)
         print(f"wrote {args.out}")
-    write_json(args.json, res.to_json())
     return 0

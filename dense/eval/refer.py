@@ -263,7 +263,7 @@ def evaluate_refer_head_protocol(encoder, data, *, train_split: str = "train", s
     for s in reported:
         samples, masks = dataset_samples(encoder, ann, refs, images, split=s, **common)
         r = evaluate_refer_head(head, samples, masks)
-        figures.update({f"{s}/{k}": v for k, v in r.figures.items()})
+        figures.update({figure_name(s, k): v for k, v in r.figures.items()})
         counts[s] = r.meta["expressions"]
     meta = {"task": "refer-head", "ann": str(ann), "refs": str(refs), "encoder": encoder.spec(), "steps": steps,
             "train_batch_size": train_batch_size, "lr": lr, "seed": seed, "train_split": train_split,

@@ -1,16 +1,16 @@
-"""How fast `dense explore` answers: first view, click, query, expression and class list, over real HTTP.
+"""How fast `dense explore` answers: first view, PCA, click, query, expression and class list, over real HTTP.
 
     python benchmarks/explore.py              # shapes-tiny-v2 on 4 drawn scenes (~1 min)
     python benchmarks/explore.py --so400m     # also So400m/14 (random weights): first view and click (~2 min more)
 
 Each row times requests to a server started here (loopback, werkzeug's threaded server, the app `dense explore`
 serves), from sending the request to having the whole JSON answer, overlays (PNG data URLs) included: what a page
-waits for, minus drawing. ``first view`` is `/api/image` on an image not seen yet (its one extraction, aligned tokens
-and PCA view); ``click`` is `/api/similarity` from one patch to every image; ``query`` is `/api/heatmap` with one
-new text query (text embedding included: the on-disk text cache is off) over every image; ``expression`` is
-`/api/localize` with a new expression; ``classes`` is `/api/segment` with four class names. So400m has random weights
-(`dense.random_encoder`): its answers mean nothing, its time is the real model's; it has no tokenizer, so only first
-view and click are timed.
+waits for, minus drawing. ``first view`` is `/api/image` on an image not seen yet (its one extraction and aligned
+tokens); ``PCA`` is `/api/pca` over every image (one basis shared by all, computed once per set); ``click`` is
+`/api/similarity` from one patch to every image; ``query`` is `/api/heatmap` with one new text query (text embedding
+included: the on-disk text cache is off) over every image; ``expression`` is `/api/localize` with a new expression;
+``classes`` is `/api/segment` with four class names. So400m has random weights (`dense.random_encoder`): its answers
+mean nothing, its time is the real model's; it has no tokenizer, so only first view, PCA and click are timed.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def scenes(folder: Path, n: int, size_range: tuple[int, int], seed: int) -> list
 
 
 def time_model(encoder, label: str, folder: Path, names: list[str], *, text: bool, repeats: int) -> list[dict]:
-    from dense.explore.server import Explorer, Server, create_app
+    from dense.explore import Explorer, Server, create_app
 
     explorer = Explorer(encoder, folder)
     rows = []
@@ -81,7 +81,8 @@ def time_model(encoder, label: str, folder: Path, names: list[str], *, text: boo
     with Server(create_app(explorer)).start() as server:
         first = [request(server, "GET", "/api/image?name=" + quote(n))[0] for n in names]
         grid = explorer.features(names[0]).grid_hw
-        row("first view", first, f"extraction + PCA, grid {grid[0]}x{grid[1]}")
+        row("first view", first, f"extraction + aligned tokens, grid {grid[0]}x{grid[1]}")
+        row("PCA", [request(server, "POST", "/api/pca", {"images": names})[0]], "one shared basis, every image")
         clicks = []
         for k in range(repeats):
             name = names[k % len(names)]

@@ -3,7 +3,7 @@
     python benchmarks/extract.py                  # the full table on this CPU (~10 min on 2 quiet AMX cores)
     python benchmarks/extract.py --quick          # a few minutes: fewer repeats, a 48-JPEG folder
     python benchmarks/extract.py --device cuda    # the same table on a GPU; the folder runs at batch 32
-    python benchmarks/extract.py --decide         # only this machine's compile decision (measured once, then read)
+    python benchmarks/extract.py --decide         # only this machine's compile record (dense compile-check)
 
 Rows:
 - ``idiom``: what a transformers user writes: ``SiglipVisionModel`` (pooling head included) + its own image processor
@@ -15,8 +15,9 @@ Rows:
   ``first s`` = the first image's time (tracing and freezing; code generation too if inductor's cache is empty), and
   once more in a second process (``first s``: the generated code reused from inductor's disk cache, tracing and
   freezing paid again), each against its own steady state.
-- ``decision``: this machine's record in ``dense_home()/compile.json`` (:func:`dense.compiled.decide`: measured on
-  first use, read afterwards; ``--remeasure`` measures again), which sets what "default" means here.
+- ``decision``: this machine's record in ``dense_home()/compile.json`` (:func:`dense.compiled.check_compile`, what
+  ``dense compile-check`` runs: measured here when there is none, read otherwise; ``--remeasure`` measures again),
+  which sets what "default" (``compile="auto"``) means here.
 - ``folder``: 200 JPEGs of a COCO-like aspect mix (640x480, 480x640, 640x427, 500x375, 640x640, 640x360, 640x256,
   256x640) written to a temp dir. ``model only`` times the tower on pixels prepared in advance (the same batches
   ``extract_many`` forms); ``end to end`` reads paths from disk (decode, resize, batch, forward, FeatureMaps). The two
@@ -240,20 +241,13 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
 def decision(device: str, remeasure: bool) -> dict:
     """This machine's compile record for So400m at the default dtype (measured now if missing or ``remeasure``)."""
     import dense
-    from dense.compiled import decide, decision_path, machine_key, read_decisions, write_decision
+    from dense.compiled import check_compile, decision_path, machine_key, stored_decision
 
     enc = dense.random_encoder(SPEC, device=device, compile=False)
-    key = machine_key(enc.device, enc.dtype, enc.hidden_size)
-    if remeasure and key in read_decisions():
-        data = read_decisions()
-        del data[key]
-        from dense._atomic import write_json
-
-        write_json(decision_path(), data, indent=1, sort_keys=True)
-    record = decide(enc.vision, device=enc.device, dtype=enc.dtype, budget=enc.pixels.max_patches)
-    if record is None:  # cannot happen for So400m (the size rule), but say so rather than print nothing
-        write_decision(key, {"compile": False, "error": "no record"})
-    return {"key": key, "path": str(decision_path()), **(record or {})}
+    record = None if remeasure else stored_decision(enc.vision, device=enc.device, dtype=enc.dtype)
+    if record is None:
+        record = check_compile(enc.vision, device=enc.device, dtype=enc.dtype, budget=enc.pixels.max_patches)
+    return {**record, "key": machine_key(enc.device, enc.dtype, enc.hidden_size), "path": str(decision_path())}
 
 
 def main() -> None:
@@ -328,11 +322,9 @@ def main() -> None:
         print(f"compile decision ({d['path']}, {time.perf_counter() - t0:.0f} s now): compile "
               f"{'ON' if d.get('compile') else 'OFF'} by default for [{d['key']}]")
         if "speedup" in d:
-            print(f"  measured {d.get('measured_at')}: {d['blocks']} blocks at {d['tokens']} tokens, eager "
-                  f"{d['eager_s']:.3f} s, compiled {d['compiled_s']:.3f} s (x{d['speedup']:.2f}; on from "
-                  f"x{PAYS}), first compiled call {d['first_call_s']:.1f} s; "
-                  f"batch 4 per image / batch 1 = {d['batch4_per_image_s'] / d['eager_s']:.2f} "
-                  f"(batching {'pays' if d['batch_pays'] else 'loses: one image per pass'})"
+            print(f"  measured {d.get('measured_at')}: {d['blocks']} blocks at {d['tokens']} tokens, batch "
+                  f"{d.get('batch_size', 1)}, eager {d['eager_s']:.3f} s, compiled {d['compiled_s']:.3f} s "
+                  f"(x{d['speedup']:.2f}; on from x{PAYS}), first compiled call {d['first_call_s']:.1f} s"
                   + (f"; CUDA graphs {d['cudagraphs_s']:.3f} s" if "cudagraphs_s" in d else ""))
         elif "error" in d:
             print(f"  {d['error']}")

@@ -189,7 +189,8 @@ def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.T
     """
     from transformers.masking_utils import create_bidirectional_mask
 
-    n_blocks = vision.config.num_hidden_layers
+    from dense.compiled import Blocks
+
     B = len(pixels)
     x, lengths = embed_patches(vision, family, pixels, device=device, dtype=dtype, non_blocking=non_blocking)
     N = max(lengths)
@@ -201,11 +202,5 @@ def forward_tower(vision: torch.nn.Module, family: str, pixels: Sequence[torch.T
     if min(lengths) < N:
         valid = (torch.arange(N)[None] < torch.tensor(lengths)[:, None]).to(device, torch.int32)  # [B, N], 1 = real
         mask = create_bidirectional_mask(config=vision.config, inputs_embeds=x, attention_mask=valid)
-    last = max(layers)
-    kept: dict[int, torch.Tensor] = {}
-    for i, layer in enumerate(vision.encoder.layers[: last + 1]):
-        x = layer(x, mask)  # [B, N, D]
-        if i in layers:
-            kept[i] = vision.post_layernorm(x) if i == n_blocks - 1 else x
-    out = torch.cat([kept[b] for b in layers], dim=-1).float().cpu()  # [B, N, D * L]
+    out = Blocks(vision, layers)(x, mask).float().cpu()  # [B, N, D * L], the compiled tower's loop run eagerly
     return [out[b, : lengths[b]].clone() for b in range(B)]  # [B, N, D*L] -> B x [gh*gw, D*L], padding dropped

@@ -1,24 +1,30 @@
-"""A static-shape compiled vision tower (inductor, weights frozen), and the one-off per-machine measurement that decides
-whether :class:`~dense.Encoder` uses it by default.
+"""A static-shape compiled vision tower (inductor, weights frozen), and the explicit, per-machine measurement of
+whether it pays (:func:`check_compile`, ``dense compile-check``).
 
-Why static shapes: every new ``(batch, tokens)`` shape is a new compiled graph. Each image's tokens are zero-padded up
-to a *bucket* (a multiple of a quarter of the token budget: 183, 366, 549, 732 for 729) and the padded keys are masked
-in every block, as the eager mixed-grid batches already do, so one graph per (batch size, bucket) serves every aspect
-ratio. Padded rows are dropped afterwards: tokens equal eager's within the dtype's rounding.
+Compiling is opt-in. ``compile=True`` compiles; ``compile=False`` never does; ``compile="auto"`` (the default) follows
+this machine's record written by :func:`check_compile` and otherwise runs the plain transformers layers, saying once
+per process, in one line, how to measure (towers under :data:`MIN_PARAMS` parameters stay eager without a word). No
+measurement is ever started implicitly, and nothing here changes the batch size a caller asked for.
+
+Why static shapes: every new token count is a new compiled graph. Each image's tokens are zero-padded up to a *bucket*
+(a multiple of a quarter of the token budget: 183, 366, 549, 732 for 729) and the padded keys are masked in every
+block, as the eager mixed-grid batches already do, so one graph per bucket serves every aspect ratio. Padded rows are
+dropped afterwards: tokens equal eager's within the dtype's rounding. The batch dimension is dynamic (one graph serves
+every batch of two or more images: a partial last batch does not compile again); a single image has a graph of its
+own, since torch specializes a dimension of size 1. So a set of blocks compiles at most twice per bucket.
 
 Why frozen weights: inductor then treats the weights as constants (folded, pre-packed for oneDNN on CPUs), which is
 where the gain is on CPUs with AMX / AVX512-BF16. On CPUs that run float32 only, the tower is matmul-bound either way,
-so compiling may not pay: that is measured, not assumed (:func:`decide`).
+so compiling may not pay: that is measured, not assumed (:func:`check_compile`).
 
 Compiled artifacts persist across processes in inductor's caches under ``dense_home()/inductor`` (unless
 ``TORCHINDUCTOR_CACHE_DIR`` is set), so the code-generation cost is paid once per machine; a later process still
-traces the graph again (seconds), which :func:`measure` reports as the second call's cost.
+traces the graph again (seconds).
 
-The decision (``dense_home()/compile.json``) holds one record per machine key (CPU model and flags, or GPU name and
-capability; torch version; threads; dtype; tower width): ``compile`` (on when the compiled slice is at least
-``PAYS`` times faster than eager), ``cudagraphs`` (GPUs: the compiled slice replayed as a CUDA graph is ``PAYS``
-times faster again), ``batch_pays`` (whether 4 images per pass cost less per image than 1), and the
-measured figures. Delete the file (or one record) to measure again.
+The record (``dense_home()/compile.json``) holds one entry per machine key (CPU model and flags, or GPU name and
+capability; torch version; threads; dtype; tower width): ``compile`` (on when the compiled slice is at least ``PAYS``
+times faster than eager), ``cudagraphs`` (GPUs: the compiled slice replayed as a CUDA graph is ``PAYS`` times faster
+again), the measured figures and what the measurement cost. Delete the file (or one entry) to go back to eager.
 """
 
 from __future__ import annotations
@@ -39,15 +45,17 @@ log = logging.getLogger("dense")
 
 DECISION_FILE = "compile.json"
 BUCKETS = 4  # buckets per token budget: padding waste at most a quarter of the budget
-PAYS = 1.05  # compiled / eager speed ratio from which compiling is on by default (margin for timing noise)
-BATCH_LOSES = 1.05  # per-image time at batch 4 / batch 1 from which images go one per pass
-MIN_PARAMS = 50_000_000  # smaller towers never compile by default: compile time outweighs what they could save
+PAYS = 1.05  # compiled / eager speed ratio from which compile="auto" compiles (margin for timing noise)
+MIN_PARAMS = 50_000_000  # smaller towers (the bundled toys, test towers) get no "how to measure" line
 COMPILE_CHOICES = (True, False, "auto")
+HOW_TO_MEASURE = "dense compile-check --model MODEL"  # the one line printed when "auto" has no record to follow
 
 
 def check_compile_option(compile) -> None:
     if compile not in COMPILE_CHOICES or not isinstance(compile, (bool, str)):
-        raise ValueError(f"compile={compile!r}: use True, False or 'auto'")
+        from dense.errors import InputError
+
+        raise InputError(f"compile={compile!r}: use True, False or 'auto'")
 
 
 def bucket_tokens(n_tokens: int, budget: int, buckets: int = BUCKETS) -> int:
@@ -97,8 +105,9 @@ def key_mask(valid: torch.Tensor, attn_implementation: str, dtype: torch.dtype) 
 class Blocks(torch.nn.Module):
     """Encoder blocks ``0..max(blocks)`` (+ ``post_layernorm`` after the tower's last block), reading ``blocks``.
 
-    ``forward(x [B, N, D], mask [B, 1, N, N]) -> [B, N, D * len(blocks)]``, in the tower's dtype. Shares the tower's
-    weights (no copy); what :class:`CompiledTower` compiles, and the eager reference of :func:`measure`.
+    ``forward(x [B, N, D], mask [B, 1, N, N] or None) -> [B, N, D * len(blocks)]``, in the tower's dtype. Shares the
+    tower's weights (no copy). The one loop over the blocks: :func:`dense.batching.forward_tower` runs it eagerly,
+    :class:`CompiledTower` compiles it, :func:`measure` times both.
     """
 
     def __init__(self, vision: torch.nn.Module, blocks: Sequence[int], *, post_layernorm: bool = True):
@@ -152,7 +161,10 @@ class CompiledTower:
         key = tuple(int(b) for b in blocks)
         if key not in self._graphs:
             self._graphs[key] = _compile(Blocks(self.vision, key), self.device, self.cudagraphs)
-        # Each (batch size, bucket) is one more graph of the same code: allow many before dynamo gives up.
+        if B > 1:  # one graph for every batch of 2+ (torch gives size 1 a graph of its own)
+            torch._dynamo.mark_dynamic(x, 0)
+            torch._dynamo.mark_dynamic(mask, 0)
+        # Each bucket (and a single image) is one more graph of the same code: allow many before dynamo gives up.
         with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
             return self._graphs[key](x, mask)  # [B, bucket, D * L]
 
@@ -194,7 +206,7 @@ def decision_path() -> Path:
 
 
 def read_decisions() -> dict:
-    """All stored records, ``{}`` if none. A damaged file is reported (one line naming it) and measured anew."""
+    """All stored records, ``{}`` if none. A damaged file is reported (one line naming it) and ignored."""
     path = decision_path()
     try:
         data = json.loads(path.read_text())
@@ -204,7 +216,7 @@ def read_decisions() -> dict:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
-        log.warning("dense: %s is damaged (%s); measuring again", path, e)
+        log.warning("dense: %s is damaged (%s); ignored (`%s` writes it again)", path, e, HOW_TO_MEASURE)
         return {}
 
 
@@ -217,12 +229,34 @@ def write_decision(key: str, record: dict) -> Path:
     return write_json(decision_path(), data, indent=1, sort_keys=True)
 
 
-def measure(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype, tokens: int, n_blocks: int = 2,
-            repeats: int = 5) -> dict:
-    """Time the first ``n_blocks`` blocks of ``vision`` at ``tokens`` tokens: eager as dense runs it (no padding, no
-    mask) at batch 1 and 4, and compiled (padded to the bucket, masked) at batch 1, interleaved, medians of
-    ``repeats``. Per-block cost is the same in every block, so the ratio holds for the whole tower. On a GPU the
-    compiled slice is also timed with CUDA graphs (``cudagraphs_s``).
+def stored_decision(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype) -> dict | None:
+    """This machine's record for ``vision``'s width in ``dtype`` (written by :func:`check_compile`), or ``None``.
+    Reads only: nothing is measured here."""
+    return read_decisions().get(machine_key(device, dtype, vision.config.hidden_size))
+
+
+_told_how_to_measure = False
+
+
+def tell_how_to_measure(vision: torch.nn.Module) -> bool:
+    """Say once per process, in one line, that ``compile="auto"`` found no record and how to write one; towers under
+    :data:`MIN_PARAMS` parameters get no line. Returns whether the line was printed now."""
+    global _told_how_to_measure
+    if _told_how_to_measure or sum(p.numel() for p in vision.parameters()) < MIN_PARAMS:
+        return False
+    _told_how_to_measure = True
+    log.warning("dense: running the tower eagerly (no compile record for this machine); `%s` measures whether "
+                "compiling pays here", HOW_TO_MEASURE)
+    return True
+
+
+def measure(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype, tokens: int, batch_size: int = 8,
+            n_blocks: int = 2, repeats: int = 5) -> dict:
+    """Time the first ``n_blocks`` blocks of ``vision`` at ``tokens`` tokens, ``batch_size`` images per pass: eager as
+    dense runs it (no padding, no mask) and compiled (padded to the bucket, masked), interleaved, medians of ``repeats``
+    (``first_call_s``: the compiled slice's first call, which builds it). Per-block cost is the same in every block,
+    so the ratio holds for the whole tower. On a GPU the compiled slice is also timed with CUDA graphs
+    (``cudagraphs_s``).
     """
     from transformers.masking_utils import create_bidirectional_mask
 
@@ -230,8 +264,7 @@ def measure(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype
     part = Blocks(vision, (n_blocks - 1,), post_layernorm=False)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     gen = torch.Generator().manual_seed(0)
-    x1 = torch.randn(1, tokens, vision.config.hidden_size, generator=gen).to(device, dtype)  # [1, N, D]
-    x4 = x1.expand(4, -1, -1).contiguous()  # [4, N, D]
+    xb = torch.randn(batch_size, tokens, vision.config.hidden_size, generator=gen).to(device, dtype)  # [B, N, D]
     tower = CompiledTower(vision, budget=tokens, device=device)
     tower._graphs[(n_blocks - 1,)] = _compile(part, device)
 
@@ -255,59 +288,50 @@ def measure(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype
         graphed._graphs[(n_blocks - 1,)] = _compile(part, device, cudagraphs=True)
 
     with torch.inference_mode():
-        eager(x1)
-        eager(x4)
-        compile_s = timed(compiled, x1)
-        times: dict[str, list[float]] = {"eager": [], "eager4": [], "compiled": []}
+        eager(xb)
+        compile_s = timed(compiled, xb)
+        times: dict[str, list[float]] = {"eager": [], "compiled": []}
         if graphed is not None:
             try:
                 for _ in range(3):  # CUDA graphs record on a later call than the first
-                    graphed(x1, [tokens], (n_blocks - 1,))
+                    graphed(xb, [tokens] * batch_size, (n_blocks - 1,))
                 times["cudagraphs"] = []
             except Exception as e:  # CUDA graphs are an extra: without them the compiled figures still stand
                 log.warning("dense: CUDA graphs failed here (%s: %s); measuring without them", type(e).__name__, e)
                 graphed = None
         for _ in range(repeats):
-            times["eager"].append(timed(eager, x1))
-            times["compiled"].append(timed(compiled, x1))
-            times["eager4"].append(timed(eager, x4) / 4)
+            times["eager"].append(timed(eager, xb))
+            times["compiled"].append(timed(compiled, xb))
             if graphed is not None:
-                times["cudagraphs"].append(timed(lambda x: graphed(x, [tokens], (n_blocks - 1,)), x1))
+                times["cudagraphs"].append(timed(lambda x: graphed(x, [tokens] * batch_size, (n_blocks - 1,)), xb))
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {"speedup": med["eager"] / med["compiled"], "eager_s": med["eager"], "compiled_s": med["compiled"],
-           "batch4_per_image_s": med["eager4"], "first_call_s": compile_s, "blocks": n_blocks, "tokens": tokens,
+           "first_call_s": compile_s, "blocks": n_blocks, "tokens": tokens, "batch_size": batch_size,
            "repeats": repeats}
     if "cudagraphs" in med:
         out["cudagraphs_s"] = med["cudagraphs"]
     return out
 
 
-def decide(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype, budget: int,
-           measure_if_missing: bool = True, min_params: int | None = None) -> dict | None:
-    """This machine's record for ``vision``'s width in ``dtype``: read from ``dense_home()/compile.json``, or measured
-    once (:func:`measure`, about a minute: one compile of a 2-block slice) and stored. ``None`` for towers of fewer
-    than ``min_params`` (default :data:`MIN_PARAMS`) parameters, and when there is no record and
-    ``measure_if_missing`` is false.
+def check_compile(vision: torch.nn.Module, *, device: torch.device, dtype: torch.dtype, budget: int,
+                  batch_size: int = 8, repeats: int = 5) -> dict:
+    """Measure now whether the compiled tower pays on this machine (:func:`measure`: one compile of a 2-block slice
+    at ``budget`` tokens and ``batch_size`` images per pass, then eager and compiled timed in turn) and store the
+    decision in ``dense_home()/compile.json``, where ``compile="auto"`` reads it. Returns the record: ``compile``,
+    ``cudagraphs``, the figures, ``cost_s`` (what this check took, wall clock) and ``path``; ``error`` where the
+    compiler could not build here (then ``compile`` is False).
     """
-    if sum(p.numel() for p in vision.parameters()) < (MIN_PARAMS if min_params is None else min_params):
-        return None
     key = machine_key(device, dtype, vision.config.hidden_size)
-    record = read_decisions().get(key)
-    if record is not None or not measure_if_missing:
-        return record
-    log.warning("dense: measuring once whether a compiled tower pays on this machine (%s); stored in %s",
-                key, decision_path())
+    t0 = time.perf_counter()
     try:
-        figures = measure(vision, device=device, dtype=dtype, tokens=budget)
-        on = figures["speedup"] >= PAYS
+        figures = measure(vision, device=device, dtype=dtype, tokens=budget, batch_size=batch_size, repeats=repeats)
         graphs = figures.get("cudagraphs_s", float("inf")) * PAYS <= min(figures["compiled_s"], figures["eager_s"])
-        on = on or graphs
-        record = {"compile": on, "cudagraphs": graphs,
-                  "batch_pays": figures["batch4_per_image_s"] < BATCH_LOSES * figures["eager_s"], **figures,
+        record = {"compile": figures["speedup"] >= PAYS or graphs, "cudagraphs": graphs, **figures,
                   "rule": f"on when eager s / compiled s >= {PAYS} on {figures['blocks']} blocks"}
     except Exception as e:  # a compiler that cannot build here (no C++ compiler, an unsupported op): eager it is
-        log.warning("dense: the compiled tower failed to build here (%s: %s); using eager", type(e).__name__, e)
-        record = {"compile": False, "batch_pays": True, "error": f"{type(e).__name__}: {e}"}
+        record = {"compile": False, "cudagraphs": False, "error": f"{type(e).__name__}: {e}"}
+    record["cost_s"] = time.perf_counter() - t0
     record["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    write_decision(key, record)
-    return record
+    record["key"] = key
+    path = write_decision(key, record)
+    return {**record, "path": str(path)}

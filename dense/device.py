@@ -1,10 +1,15 @@
-"""Device and dtype policy: which device a string names, which dtype ``"auto"`` means there."""
+"""Device and dtype policy: which device a string names, which dtype ``"auto"`` means there, and where a small head's
+arithmetic runs (:func:`to_weights`)."""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
 from dense.errors import DeviceError
+
+log = logging.getLogger("dense")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -49,17 +54,41 @@ def native_bf16(device: torch.device) -> bool:
 def resolve_dtype(dtype, device: str | torch.device = "cpu") -> torch.dtype:
     """``"auto"`` (or None) -> bfloat16 where ``device`` runs it natively, else float32; names -> torch dtypes.
 
-    CPUs without bf16 instructions emulate it several times slower than float32 (``benchmarks/extract.py`` measures
-    both on the machine at hand); float16 runs at ~1 GFLOP/s on CPUs, so it is refused there.
+    The tower runs in this dtype; the MAP head's pieces and all scoring run in float32 whatever it is
+    (:mod:`dense.head`). CPUs without bf16 instructions emulate it (``benchmarks/extract.py`` measures both on the
+    machine at hand). float16 is refused on every device, one rule: CPUs emulate it, and dense's numerics are checked
+    in bf16 and fp32 only (``benchmarks/heatmap_dtype.py``). An explicit bf16 on a GPU without native bf16 logs one
+    warning line (:func:`bf16_warning`).
     """
     device = torch.device(device)
     if dtype is None or dtype == "auto":
         return torch.bfloat16 if native_bf16(device) else torch.float32
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
-            raise ValueError(f"dtype {dtype!r}: use 'auto', {', '.join(repr(k) for k in _DTYPES)} or a torch dtype")
+            raise ValueError(f"dtype {dtype!r}: use 'auto', 'fp32', 'bf16' (or 'float32', 'bfloat16') or a torch dtype")
         dtype = _DTYPES[dtype]
-    if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("dtype float16 on a CPU device: CPUs run float16 matmuls at ~1 GFLOP/s (emulated). Use "
-                         "dtype='auto' (bfloat16 where the CPU has AMX/AVX512-BF16, else float32), 'bf16' or 'fp32'.")
+    if dtype == torch.float16:
+        raise ValueError(f"dtype float16 (on {device}): dense runs in bfloat16 or float32 only. Use dtype='auto' "
+                         "(bfloat16 where the device runs it natively, else float32), 'bf16' or 'fp32'.")
+    if device.type == "cuda" and torch.cuda.is_available():
+        msg = bf16_warning(dtype, device, torch.cuda.get_device_capability(device))
+        if msg:
+            log.warning(msg)
     return dtype
+
+
+def bf16_warning(dtype: torch.dtype, device: torch.device, capability: tuple[int, int]) -> str | None:
+    """The one-line warning for an explicit ``dtype`` on a CUDA ``device`` of compute ``capability`` (major, minor):
+    bfloat16 below 8.0 (no native bf16 matmuls) gets one; anything else None."""
+    if dtype != torch.bfloat16 or torch.device(device).type != "cuda" or tuple(capability)[0] >= 8:
+        return None
+    major, minor = capability
+    return (f"dense: dtype bfloat16 on {device} (compute capability {major}.{minor}): this GPU has no native bf16 "
+            "matmuls (8.0 and later do), so it runs slowly; dtype='auto' picks float32 here")
+
+
+def to_weights(x: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+    """``x`` on the device and in the dtype of ``module``'s parameters: where a small head's arithmetic runs (its
+    outputs come back to the CPU as float32, like every output of dense)."""
+    p = next(module.parameters())
+    return x.to(p.device, p.dtype)

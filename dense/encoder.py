@@ -38,7 +38,7 @@ from dense.checkpoint import (
     read_tensors,
     resolve_checkpoint,
 )
-from dense.compiled import CompiledTower, check_compile_option, decide
+from dense.compiled import CompiledTower, check_compile_option, stored_decision, tell_how_to_measure
 from dense.device import resolve_device, resolve_dtype
 from dense.errors import CheckpointError, ImageError
 from dense.features import RULES_VERSION, FeatureMap, block_indices
@@ -62,7 +62,7 @@ class Execution(NamedTuple):
     """How an Encoder runs its tower on this machine (see :meth:`Encoder.execution`)."""
 
     tower: CompiledTower | None  # the compiled blocks, or None: transformers' layers as they are
-    batch_pays: bool  # False: images go one per pass (measured to cost less per image here)
+    why: str  # what chose it: "compile=True", "compile=False", "record" (dense compile-check's) or "no record"
 
 
 class Encoder:
@@ -145,15 +145,12 @@ class Encoder:
         One padded, masked batch (see :func:`dense.batching.forward_tower`); tokens equal the one-image path.
         """
         blocks = [self.block_index(i) for i in layers]
-        compiled, batch_pays = self.execution()
-        if not batch_pays and len(pixels) > 1:  # measured on this machine: one image per pass costs less per image
-            return [t for px in pixels for t in self.forward_batch([px], layers)]
         return forward_tower(self.vision, self.family, pixels, blocks, device=self.device, dtype=self.dtype,
-                             non_blocking=self.device.type == "cuda", compiled=compiled)
+                             non_blocking=self.device.type == "cuda", compiled=self.execution().tower)
 
     @property
     def compile(self) -> bool | str:
-        """The ``compile=`` option: ``True``, ``False`` or ``"auto"`` (this machine's decision). Settable."""
+        """The ``compile=`` option: ``True``, ``False`` or ``"auto"`` (this machine's stored record). Settable."""
         return self._compile
 
     @compile.setter
@@ -163,25 +160,29 @@ class Encoder:
 
     @property
     def compiled(self) -> bool:
-        """Whether the blocks run compiled (:mod:`dense.compiled`); resolves ``compile="auto"`` (may measure)."""
+        """Whether the blocks run compiled (:mod:`dense.compiled`); resolves ``compile="auto"`` (never measures)."""
         return self.execution().tower is not None
 
     def execution(self) -> Execution:
-        """How the tower runs here (compiled or not; several images per pass or one), fixed on first use.
+        """How the tower runs here, fixed on first use: compiled or transformers' layers, and why.
 
-        ``compile=True``/``False`` is obeyed; ``"auto"`` follows this machine's record in ``dense_home()/compile.json``,
-        measured once per machine, dtype and tower width (:func:`dense.compiled.decide`; towers under 50 M parameters
-        stay eager without measuring). Whether several images per pass pay comes from the same record when there is
-        one (it is never measured for an explicit ``compile=``); without a record, batches run as asked.
+        ``compile=True``/``False`` is obeyed; ``"auto"`` follows this machine's record in ``dense_home()/compile.json``
+        when there is one (written only by :func:`dense.compiled.check_compile`, ``dense compile-check``), and is
+        eager otherwise, saying once per process how to measure. Nothing is measured here, and the batch size a
+        caller gives is always the one that runs.
         """
         if self._execution is None:
-            record = decide(self.vision, device=self.device, dtype=self.dtype, budget=self.pixels.max_patches,
-                            measure_if_missing=self.compile == "auto")
-            on = bool(record and record.get("compile")) if self.compile == "auto" else self.compile
-            graphs = bool(record and record.get("cudagraphs")) and self.device.type == "cuda"
+            record = stored_decision(self.vision, device=self.device, dtype=self.dtype) or {}
+            if self.compile != "auto":
+                on, why = bool(self.compile), f"compile={self.compile}"
+            else:
+                on, why = bool(record.get("compile")), "record" if record else "no record"
+                if not record:
+                    tell_how_to_measure(self.vision)
+            graphs = on and self.device.type == "cuda" and bool(record.get("cudagraphs"))  # measured where set
             tower = (CompiledTower(self.vision, budget=self.pixels.max_patches, device=self.device, cudagraphs=graphs)
                      if on else None)
-            self._execution = Execution(tower, bool(record.get("batch_pays", True)) if record else True)
+            self._execution = Execution(tower, why)
         return self._execution
 
     def prepare(self, image: ImageInput, max_patches: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
@@ -315,8 +316,9 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
             :class:`Calibration`). None reads ``dense_calibration.json`` beside the weights, or neutral defaults
             when there is none; a dict, a JSON file or a :class:`Calibration` overrides it.
         compile: run the encoder blocks through inductor at static shapes (:mod:`dense.compiled`): ``True``,
-            ``False`` (plain transformers layers, always works), or ``"auto"`` (default): on where this machine's
-            one-off measurement found it pays, stored in ``dense_home()/compile.json``.
+            ``False`` (plain transformers layers, always works), or ``"auto"`` (default): compiled only where
+            ``dense compile-check`` (:func:`dense.compiled.check_compile`) measured on this machine that it pays;
+            without that record, plain layers (and one line saying how to measure).
 
     Loading is strict: a missing, mismatched or unexpected weight (other than the text tower's, which loads only when
     text is first needed) raises :class:`CheckpointError`.

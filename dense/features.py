@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +82,40 @@ def spec_to_check(encoder=None, encoder_spec: dict | None = None, layers=(-1,)) 
     if encoder_spec is not None:
         return dict(encoder_spec)
     return None if encoder is None else encoder.spec(layers=tuple(layers))
+
+
+def pca_rgb_shared(fmaps: Sequence[FeatureMap], *, sizes_hw: Sequence[tuple[int, int]] | None = None,
+                   seed: int = 0) -> list[np.ndarray]:
+    """The first three principal components of the tokens of all ``fmaps`` together, as colours: one basis and one
+    stretch (each component between its 1st and 99th percentile over every token, as in DINOv2's figures), so a
+    colour means the same in every image. uint8 ``[gh, gw, 3]`` per FeatureMap (or upsampled to ``sizes_hw[k]``).
+    """
+    from sklearn.decomposition import PCA
+
+    flats = [f.tokens.reshape(f.grid_hw[0] * f.grid_hw[1], -1).float().numpy() for f in fmaps]  # [gh, gw, D] -> [N, D]
+    dims = {x.shape[1] for x in flats}
+    if len(dims) != 1:
+        raise ValueError(f"token widths differ ({sorted(dims)}): one PCA basis needs FeatureMaps of one encoder and "
+                         f"the same layers")
+    flat = np.concatenate(flats)  # [sum N, D]
+    k = min(3, flat.shape[0], flat.shape[1])
+    comps = PCA(n_components=k, random_state=seed).fit_transform(flat)  # [sum N, k]
+    if k < 3:
+        comps = np.concatenate([comps, np.zeros((comps.shape[0], 3 - k))], axis=1)
+    lo, hi = np.percentile(comps, 1, axis=0), np.percentile(comps, 99, axis=0)
+    rgb = np.clip((comps - lo) / np.maximum(hi - lo, 1e-8), 0, 1)  # [sum N, 3]
+    out = []
+    start = 0
+    for n, f in enumerate(fmaps):
+        gh, gw = f.grid_hw
+        one = rgb[start:start + gh * gw].reshape(gh, gw, 3)  # [N, 3] -> [gh, gw, 3]
+        start += gh * gw
+        if sizes_hw is not None:
+            import cv2
+
+            one = cv2.resize(one, (sizes_hw[n][1], sizes_hw[n][0]), interpolation=cv2.INTER_LINEAR)
+        out.append((one * 255 + 0.5).astype(np.uint8))
+    return out
 
 
 def block_indices(layers, num_layers: int | None) -> tuple[int, ...]:
@@ -204,23 +239,10 @@ class FeatureMap:
     def pca_rgb(self, *, size_hw: tuple[int, int] | None = None, seed: int = 0) -> np.ndarray:
         """First three principal components as colours: uint8 ``[gh, gw, 3]`` (or upsampled to ``size_hw``).
 
-        Each component is stretched between its 1st and 99th percentile, as in DINOv2's figures.
+        Each component is stretched between its 1st and 99th percentile, as in DINOv2's figures. The basis is this
+        image's own: :func:`pca_rgb_shared` colours several images in one basis, so their colours compare.
         """
-        from sklearn.decomposition import PCA
-
-        gh, gw = self.grid_hw
-        flat = self.tokens.reshape(gh * gw, -1).float().numpy()  # [gh, gw, D] -> [N, D]
-        k = min(3, flat.shape[0], flat.shape[1])
-        comps = PCA(n_components=k, random_state=seed).fit_transform(flat)  # [N, k]
-        if k < 3:
-            comps = np.concatenate([comps, np.zeros((comps.shape[0], 3 - k))], axis=1)
-        lo, hi = np.percentile(comps, 1, axis=0), np.percentile(comps, 99, axis=0)
-        rgb = np.clip((comps - lo) / np.maximum(hi - lo, 1e-8), 0, 1).reshape(gh, gw, 3)  # [N, 3] -> [gh, gw, 3]
-        if size_hw is not None:
-            import cv2
-
-            rgb = cv2.resize(rgb, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_LINEAR)
-        return (rgb * 255 + 0.5).astype(np.uint8)
+        return pca_rgb_shared([self], sizes_hw=None if size_hw is None else [size_hw], seed=seed)[0]
 
     def to(self, dtype: torch.dtype) -> FeatureMap:
         """A copy with tokens (and aligned tokens) cast to ``dtype``; the pooled embedding keeps its own."""

@@ -51,16 +51,15 @@ def embed_images(encoder, images: ImageOrFeatureMap | Sequence[ImageOrFeatureMap
                  max_patches: int | None = None) -> torch.Tensor:
     """Image(s) (or FeatureMaps holding the last block) -> unit MAP-pooled image embeddings ``[B, E]``.
 
-    A single image gives ``[1, E]``. Equals transformers' ``pooler_output`` for the same pixels.
+    A single image gives ``[1, E]``. Equals transformers' ``pooler_output`` for the same pixels (the head runs in
+    float32 whatever the tower's dtype, :mod:`dense.head`).
     """
     images, _ = _as_batch(images)
-    head = encoder.vision.head
-    p = next(head.parameters())
     out = []
     for im in images:
         fmap = im if isinstance(im, FeatureMap) else encoder.extract(im, max_patches=max_patches)
         x = check_featuremap(encoder, fmap, (-1,), "the pooled image embedding")  # [gh, gw, D]
-        out.append(maphead.pooled(head, x.reshape(-1, encoder.hidden_size).to(p.device, p.dtype)).float().cpu())
+        out.append(maphead.pooled_fp32(encoder.vision.head, x.reshape(-1, encoder.hidden_size)))  # [E], float32
     return F.normalize(torch.stack(out), dim=-1)  # [B, E]
 
 

@@ -270,6 +270,18 @@ def _paint(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: fl
     return out
 
 
+def paint_labels(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, *, alpha: float = 0.85) -> np.ndarray:
+    """uint8 ``[H, W, 3]``: ``labels [H, W]`` (0 background, ``k + 1`` class ``k``) painted in ``colours`` over a light
+    grey copy of ``image``, as :func:`label_map` draws them; background stays the grey image."""
+    return (_paint(image, labels, colours, alpha) * 255 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def label_swatches(colours: np.ndarray, *, alpha: float = 0.85) -> tuple[np.ndarray, np.ndarray]:
+    """The legend colours of :func:`paint_labels`, RGB in [0, 1]: ``(classes [K, 3], background [3])``, each as
+    painted over the middle of the grey base."""
+    return _painted(colours, alpha), np.full(3, float(np.mean(PAINT_BASE)))
+
+
 def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: float = 0.85,
               background: str = "background", ignore_index: int = IGNORE, titles: Sequence[str] | None = None):
     """The image, the ground truth ``gt`` (when given), and ``labels [H, W]`` side by side.

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dense._atomic import load_tensors, save_tensors
+from dense.device import to_weights
 from dense.errors import MismatchError
 from dense.features import FeatureMap, block_indices, identity_mismatch, spec_to_check
 
@@ -78,9 +79,10 @@ class LinearProbe(nn.Module):
 
     @torch.inference_mode()
     def grid_logits(self, fmap: FeatureMap) -> torch.Tensor:
-        """Logits on the patch grid: ``[K, gh, gw]``."""
-        x = self.select(fmap)[None].to(self.conv.weight.dtype)  # [1, D, gh, gw]
-        return self(x)[0].float()  # [1, K, gh, gw] -> [K, gh, gw]
+        """Logits on the patch grid: ``[K, gh, gw]``, float32 on the CPU (computed where the probe's weights are, in
+        their dtype)."""
+        x = to_weights(self.select(fmap)[None], self)  # [1, D, gh, gw]
+        return self(x)[0].float().cpu()  # [1, K, gh, gw] -> [K, gh, gw]
 
     @torch.inference_mode()
     def logits(self, fmap: FeatureMap, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
@@ -103,7 +105,7 @@ class LinearProbe(nn.Module):
         ``encoder.calibration``; None: neutral defaults).
         """
         if sharpen == "bilinear" and upsampler is None:
-            return self.logits(fmap, size_hw).argmax(0).to(torch.int32).numpy()
+            return self.logits(fmap, size_hw).argmax(0).to(torch.int32).cpu().numpy()
         from dense.upsample import upsample_maps
 
         grid = self.grid_logits(fmap)  # [K, gh, gw]
@@ -111,7 +113,7 @@ class LinearProbe(nn.Module):
             grid = grid.softmax(0)  # probabilities: the guided filter keeps them a distribution
         up = upsample_maps(grid, fmap, sharpen=sharpen, image=image, upsampler=upsampler,
                            probabilities=sharpen == "guided", size_hw=size_hw, calibration=calibration)  # [K, H, W]
-        return up.argmax(0).to(torch.int32).numpy()
+        return up.argmax(0).to(torch.int32).cpu().numpy()
 
     # --- persistence ------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dense._atomic import load_tensors, save_tensors
+from dense.device import to_weights
 from dense.errors import MismatchError
 from dense.features import FeatureMap, block_indices, identity_mismatch
 from dense.refer import box_patch_weights, find_peak_grid
@@ -112,13 +113,16 @@ class ReferHead(nn.Module):
     @torch.inference_mode()
     def predict(self, fmap: FeatureMap, text_emb: torch.Tensor) -> dict:
         """One image, T expressions (``text_emb [T, E]`` or ``[E]``) -> ``{"box_xyxy": [T, 4], "point_xy": [T, 2],
-        "heatmap": [T, gh, gw]}`` in original-image pixels (the point: refined peak of the patch logits)."""
-        text = text_emb.reshape(-1, text_emb.shape[-1]).float()  # [T, E]
+        "heatmap": [T, gh, gw]}`` in original-image pixels (the point: refined peak of the patch logits). Computed where
+        the head's weights are, in their dtype; the outputs are float32 / numpy on the CPU."""
+        text = to_weights(text_emb.reshape(-1, text_emb.shape[-1]), self)  # [T, E]
         T = text.shape[0]
         gh, gw = fmap.grid_hw
-        tokens = self.select(fmap).reshape(1, gh * gw, -1).float().expand(T, -1, -1)  # [gh, gw, D] -> [T, N, D]
-        pos = patch_positions(fmap).reshape(1, gh * gw, 2).expand(T, -1, -1)  # [gh, gw, 2] -> [T, N, 2]
-        logits, box = self(tokens, pos, text, torch.ones(T, gh * gw, dtype=torch.bool))
+        tokens = to_weights(self.select(fmap).reshape(1, gh * gw, -1), self)  # [gh, gw, D] -> [1, N, D]
+        pos = to_weights(patch_positions(fmap).reshape(1, gh * gw, 2), self)  # [gh, gw, 2] -> [1, N, 2]
+        tokens, pos = tokens.expand(T, -1, -1), pos.expand(T, -1, -1)  # -> [T, N, D], [T, N, 2]
+        valid = torch.ones(T, gh * gw, dtype=torch.bool, device=text.device)
+        logits, box = (t.float().cpu() for t in self(tokens, pos, text, valid))  # [T, N], [T, 4]
         heat = logits.sigmoid().reshape(T, gh, gw)  # [T, N] -> [T, gh, gw]
         H, W = fmap.image_hw
         size = torch.tensor([W, H, W, H], dtype=torch.float32)

@@ -105,9 +105,10 @@ viz.heatmaps(image, scores, queries)''',
     masks = [ds.mask(a["id"]) for a in ds.anns(image_id, crowd=False) if ds.category_name(a["category_id"]) == name]
     where = ("absent" if not masks else "on the object" if any(m[y, x] for m in masks) else "off the object")
     print(f"{name:<16} peak {probs.max():.2f}  {where}")''',
-        "## Methods\nEach method is a few lines in `dense/heatmap.py`; `raw` (the tokens as they are) is the "
-        "baseline. How many present classes have their heatmap's peak on their object, per method, on this one "
-        "image (`dense eval openvocab` measures it over a split):",
+        "## Methods\nEach method is a few lines in `dense/heatmap/methods.py` (`heatmap.METHODS`; the ones that won "
+        "nowhere are in `heatmap.EXPERIMENTAL_METHODS`); `raw` (the tokens as they are) is the baseline. How many "
+        "present classes have their heatmap's peak on their object, per method, on this one image (`dense eval "
+        "openvocab` measures it over a split):",
         '''for method in heatmap.supported_methods(enc):
     aligned = heatmap.with_aligned(enc, image, method)  # extracts the layers this method needs
     up = heatmap.to_image(heatmap.patch_scores(enc, aligned, present, method=method), aligned).numpy()  # [T, H, W]

@@ -215,6 +215,24 @@ def openvocab(run: Run) -> list[dict]:
     return figs
 
 
+def methods(run: Run) -> list[dict]:
+    s, seed = run.size, REPORT_SEEDS["world"]
+    world = run.world("world", seed, s["world"], {"test": 1.0})
+    out_json = run.work / "heatmap_methods.json"
+    argv = ["benchmarks/heatmap_methods.py", "--world", str(world), "--limit", str(s["ov_limit"]), "--resamples",
+            str(s["resamples"]), "--json", str(out_json)]
+    run.call(argv)
+    res, cmd, figs = json.loads(out_json.read_text()), shown(argv), []
+    for m, r in res["results"].items():
+        meta = r["meta"]
+        seeds = {"world": seed, "bootstrap": meta["bootstrap"]["seed"]}
+        for method, f in r["methods"].items():
+            for key, label in (("mIoU", "open-vocabulary mIoU"), ("pointing", "pointing")):
+                figs.append(figure(f"methods/{m}/{method}/{key}", f"{m}: {method}, {label}", f[key], "pct", cmd,
+                                   interval=f[f"{key}_95"], seeds=seeds, split="test", n=meta["images"]))
+    return figs
+
+
 def refer(run: Run) -> list[dict]:
     s, seed = run.size, REPORT_SEEDS["world"]
     world = run.world("world", seed, s["world"], {"test": 1.0})
@@ -362,11 +380,12 @@ def scale(run: Run) -> list[dict]:
     return figs
 
 
-GROUPS = {"zero-shot": zero_shot, "openvocab": openvocab, "refer": refer, "probe": probe, "upsample": upsample,
-          "speed": speed, "scale": scale}
+GROUPS = {"zero-shot": zero_shot, "openvocab": openvocab, "methods": methods, "refer": refer, "probe": probe,
+          "upsample": upsample, "speed": speed, "scale": scale}
 TITLES = {
     "zero-shot": "Zero-shot classification and pointing (the bundled models)",
     "openvocab": "Open-vocabulary segmentation (the bundled models, their calibrated settings)",
+    "methods": "Heatmap methods (the bundled models, every method of dense.heatmap)",
     "refer": "Referring expressions (the bundled models, their calibrated settings)",
     "probe": "Linear probe (the bundled models)",
     "upsample": "Sharper than the patch grid",
@@ -379,6 +398,16 @@ ABOUT = {
                  "the object. Intervals: bootstrap over images / queries.",
     "openvocab": "The first images of a fresh test world, `make_shapes(dir, 320, seed, splits={'test': 1.0})`, each "
                  "model at its `dense_calibration.json` (method, background threshold, templates, token budget).",
+    "methods": "The same test world, each model at its calibration except the method: every method of "
+               "`dense.heatmap.METHODS` and `EXPERIMENTAL_METHODS`, scored in one pass over the images by the "
+               "open-vocabulary evaluator (`dense.eval.openvocab.evaluate_openvocab`; pointing: the peak patch "
+               "centre of each present category on one of its masks). The default registry keeps the method with the "
+               "best figure of each column (map-value-mlp: both mIoUs and shapes-tiny-v2's pointing; clear-map-value: "
+               "shapes-tiny's pointing), the methods a paper's protocol needs (map-value: MaskCLIP, Zhou et al. 2022; "
+               "clear-map-value and clear-map-value-mlp: ClearCLIP, Lan et al. 2024, with SCLIP's correlative "
+               "attention, Wang et al. 2024; clear-map-value-mlp is also shapes-tiny's calibrated method) and the raw "
+               "tokens as the baseline; attn-value, leave-one-out and every +filter method won no column and are in "
+               "`dense.heatmap.EXPERIMENTAL_METHODS` (they run when named).",
     "refer": "The first images of the same test world; expressions from its `refs.json`.",
     "probe": "A fresh world, `make_shapes(dir, 1500, seed, splits={'train': 0.6, 'val': 0.2, 'test': 0.2})`: learning "
              "rates swept in one pass on train, the head chosen on val, test reported once.",
@@ -390,7 +419,8 @@ ABOUT = {
              "alternating order (each row's median); the folder's model-only and end-to-end rows in one process. "
              "Ratios compare rows of the same run; processes of one run differ by up to ~10% with the same layers, "
              "so a ratio within 0.9-1.1 is a tie. On a CPU without bf16 units dense runs float32, and compiling is "
-             "on only where this machine's measurement found it pays (`python benchmarks/extract.py --decide`).",
+             "on only where `dense compile-check` found it pays on that machine (`python benchmarks/extract.py "
+             "--decide` runs it where there is no record).",
     "scale": "Peak memory of `dense.segment` with many names on a large photo, and of probe training streamed from "
              "a bf16 feature cache vs held in RAM (synthetic So400m-shaped features).",
 }

@@ -230,12 +230,13 @@ def patch_vectors(vision, x: torch.Tensor, prev: torch.Tensor | None, method: st
     ``prev`` [B, N, D]: the last block's input, for ``clear-*`` methods. dense's methods take one image's [N, D];
     ``torch.func.vmap`` maps them over the batch (differentiably).
     """
-    from dense.heatmap import METHODS
+    from dense.head import HeadParts
+    from dense.heatmap import get_method
 
-    fn = METHODS[method].fn
+    fn, parts = get_method(method).fn, HeadParts.of(vision)  # the model's own modules: gradients reach them
     if prev is None:
-        return torch.func.vmap(lambda a: fn(vision, a, None))(x)
-    return torch.func.vmap(lambda a, b: fn(vision, a, b))(x, prev)
+        return torch.func.vmap(lambda a: fn(parts, a, None))(x)
+    return torch.func.vmap(lambda a, b: fn(parts, a, b))(x, prev)
 
 
 def patch_loss(z: torch.Tensor, txt: torch.Tensor, target: torch.Tensor, scale, bias) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The compiled tower: tokens equal eager's at static padded shapes, the per-machine decision file, compile=False."""
+"""The compiled tower: tokens equal eager's at static padded shapes, graphs per bucket, the opt-in decision record."""
 
 import json
 import os
@@ -92,79 +92,157 @@ def test_compiled_tokens_equal_eager_in_padded_batches(spec, one_thread):
     assert (first[0] - got[0]).abs().max() > 0.1  # the second tower did not reuse the first one's weights
 
 
+def _no_record(enc) -> str:
+    """Remove this machine's record for ``enc`` (other keys kept); returns its key."""
+    key = dc.machine_key(enc.device, enc.dtype, enc.hidden_size)
+    data = dc.read_decisions()
+    if data.pop(key, None) is not None:
+        dc.decision_path().write_text(json.dumps(data))
+    return key
+
+
+def _batches_seen(enc) -> list[int]:
+    """The batch size of every pass through block 0, recorded by a forward hook (eager layers only)."""
+    seen: list[int] = []
+    enc.vision.encoder.layers[0].register_forward_hook(lambda m, args, out: seen.append(int(args[0].shape[0])))
+    return seen
+
+
 def test_compile_false_always_works_and_measures_nothing(monkeypatch):
     monkeypatch.setattr(dc, "MIN_PARAMS", 0)  # the tiny tower would otherwise never be considered
     enc = dense.random_encoder("tiny-siglip", dtype="fp32", compile=False)
-    assert not enc.compiled
+    key = _no_record(enc)
+    assert not enc.compiled and enc.execution().why == "compile=False"
     fmap = enc.extract(random_rgb(40, 100))
     assert fmap.tokens.shape == (*fmap.grid_hw, 32) and torch.isfinite(fmap.tokens).all()
-    key = dc.machine_key(enc.device, enc.dtype, enc.hidden_size)
     assert key not in dc.read_decisions()  # compile=False never measures
 
 
-@pytest.mark.parametrize("bad", ["yes", 1, None])
-def test_bad_compile_option_is_one_line_naming_it(bad, tiny_siglip_dir):
-    with pytest.raises(ValueError, match="compile="):
-        dense.random_encoder("tiny-siglip", compile=bad)
-    with pytest.raises(ValueError, match="compile="):
-        dense.load_encoder(tiny_siglip_dir, compile=bad)
-
-
-def test_auto_follows_the_stored_decision(monkeypatch):
-    """A stored record decides "auto" (no measuring): compile on/off and whether batches are split per image."""
+def test_auto_without_a_record_runs_eager_writes_nothing_and_says_once(monkeypatch, caplog):
+    """The default: no record, no measuring, no file; the plain layers run at the batch size asked; one line (for the
+    whole process) says how to measure."""
     monkeypatch.setattr(dc, "MIN_PARAMS", 0)
+    monkeypatch.setattr(dc, "_told_how_to_measure", False)
+    images = [random_rgb(h, w, seed=h) for h, w in SIZES]
+    with caplog.at_level("WARNING", logger="dense"):
+        for seed in (0, 1):  # two encoders, one line
+            enc = dense.random_encoder("tiny-siglip", dtype="fp32", seed=seed)
+            _no_record(enc)
+            before = dc.decision_path().read_bytes() if dc.decision_path().exists() else None
+            seen = _batches_seen(enc)
+            list(enc.extract_many(images, batch_size=3, progress=False))
+            assert enc.execution() == (None, "no record") and not enc.compiled
+            assert seen == [3]  # the eager layers ran, once, on the batch asked for
+    lines = [r.getMessage() for r in caplog.records if dc.HOW_TO_MEASURE in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    after = dc.decision_path().read_bytes() if dc.decision_path().exists() else None
+    assert after == before  # nothing written
+
+
+def test_toy_towers_get_no_line(caplog, monkeypatch):
+    monkeypatch.setattr(dc, "_told_how_to_measure", False)
+    enc = dense.random_encoder("tiny-siglip", dtype="fp32")
+    _no_record(enc)
+    with caplog.at_level("WARNING", logger="dense"):
+        assert not enc.compiled
+    assert not [r for r in caplog.records if dc.HOW_TO_MEASURE in r.getMessage()]
+
+
+def test_auto_follows_the_stored_record_and_obeys_batch_size(monkeypatch):
+    """A stored record decides "auto"; an old record's ``batch_pays: false`` no longer splits batches."""
     enc = dense.random_encoder("tiny-siglip", dtype="fp32")
     key = dc.machine_key(enc.device, enc.dtype, enc.hidden_size)
     dc.write_decision(key, {"compile": False, "batch_pays": False})
-    assert enc.execution() == (None, False)
+    assert enc.execution() == (None, "record")
+    seen = _batches_seen(enc)
     images = [random_rgb(h, w, seed=h) for h, w in SIZES]
     pixels = [to_pixels(im, choose_grid(im.shape[:2], 8, 64), enc.pixels) for im in images]
-    split = enc.forward_batch(pixels)  # one image per pass, as the record says
-    enc.compile = False  # an explicit choice re-plans; the record's batch rule still holds
-    assert enc.execution() == (None, False)
-    dc.write_decision(key, {"compile": True, "batch_pays": True})
-    enc.compile = "auto"
-    tower, batch_pays = enc.execution()
-    assert isinstance(tower, dc.CompiledTower) and batch_pays and enc.compiled
+    enc.forward_batch(pixels)
+    assert seen == [3]  # one padded batch of 3, as asked
+    dc.write_decision(key, {"compile": True})
+    enc.compile = "auto"  # re-plans from the record
+    tower, why = enc.execution()
+    assert isinstance(tower, dc.CompiledTower) and why == "record" and enc.compiled
     enc.compile = False
-    together = enc.forward_batch(pixels)  # one padded batch
-    for a, b in zip(split, together, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert enc.execution() == (None, "compile=False")
     assert "other machine" not in dc.read_decisions()
     dc.write_decision("other machine", {"compile": True})
-    assert dc.read_decisions()[key] == {"compile": True, "batch_pays": True}  # records of other keys are kept
+    assert dc.read_decisions()[key] == {"compile": True}  # records of other keys are kept
+    _no_record(enc)
 
 
-def test_damaged_decision_file_is_reported_and_replaced(caplog):
+def test_damaged_decision_file_is_reported_and_ignored(caplog):
     path = dc.decision_path()
     path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_bytes() if path.exists() else None
     path.write_text("{not json")
     with caplog.at_level("WARNING", logger="dense"):
         assert dc.read_decisions() == {}
     assert [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
     dc.write_decision("k", {"compile": False})
     assert json.loads(path.read_text()) == {"k": {"compile": False}}
-    path.unlink()
+    if old is None:
+        path.unlink()
+    else:
+        path.write_bytes(old)
 
 
 @pytest.mark.slow
-def test_decision_is_measured_once_and_stored(monkeypatch, one_thread):
-    """No record: "auto" measures (eager vs compiled slice), stores the figures, and reads them afterwards."""
-    monkeypatch.setattr(dc, "MIN_PARAMS", 0)
+def test_compile_check_measures_stores_and_auto_follows(one_thread, tmp_path, capsys, monkeypatch):
+    """`dense compile-check` is the one way a record is written: it prints the decision and its cost, and "auto"
+    follows the record afterwards (in a new encoder too)."""
+    from dense.cli import main
+
+    monkeypatch.setattr(dc, "_told_how_to_measure", False)
     enc = dense.random_encoder("tiny-siglip2", dtype="fp32")
-    key = dc.machine_key(enc.device, enc.dtype, enc.hidden_size)
-    data = dc.read_decisions()
-    data.pop(key, None)
-    dc.decision_path().parent.mkdir(parents=True, exist_ok=True)
-    dc.decision_path().write_text(json.dumps(data))
-    on = enc.compiled
+    key = _no_record(enc)
+    assert not enc.compiled and key not in dc.read_decisions()  # "auto" alone measured nothing
+    bundled = dense.load_encoder("shapes-tiny-v2", dtype="fp32", compile=False)
+    key = _no_record(bundled)
+    assert main(["compile-check", "--model", "shapes-tiny-v2", "--dtype", "fp32", "--batch-size", "3", "--json",
+                 str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
     record = dc.read_decisions()[key]
-    assert record["compile"] is on and record["compile"] == (record["speedup"] >= dc.PAYS)
+    assert json.loads((tmp_path / "r.json").read_text()) == {**record, "path": str(dc.decision_path())}
+    assert record["compile"] == (record["speedup"] >= dc.PAYS)
     assert record["speedup"] == pytest.approx(record["eager_s"] / record["compiled_s"])
-    assert record["tokens"] == 64 and record["blocks"] == 2 and record["first_call_s"] > 0
-    assert record["batch_pays"] == (record["batch4_per_image_s"] < dc.BATCH_LOSES * record["eager_s"])
-    again = dense.random_encoder("tiny-siglip2", dtype="fp32")
-    assert again.compiled is on and dc.read_decisions()[key] == record  # read, not measured again
+    assert record["blocks"] == 2 and record["batch_size"] == 3
+    assert record["first_call_s"] > 0 and record["cost_s"] >= record["first_call_s"]
+    assert f"compiled tower {'ON' if record['compile'] else 'OFF'}" in out and "this check took" in out
+    again = dense.load_encoder("shapes-tiny-v2", dtype="fp32")
+    assert again.compiled is record["compile"] and again.execution().why == "record"
+    assert dc.read_decisions()[key] == record  # read, not measured again
+    _no_record(bundled)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamic_batch", [True, False])
+def test_one_graph_per_bucket_whatever_the_batch_size(dynamic_batch, one_thread, monkeypatch):
+    """Batches of 3, a partial last batch of 2, batches of 4 and 2 again: one compiled graph for the bucket; a single
+    image (extract) adds one more, and only once. With the batch dimension left static (``dynamic_batch=False``:
+    ``mark_dynamic`` made a no-op, as the tower was before), every batch size compiles again: 3, 2, 4 and 1."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # no graph of an earlier test (dynamo's cache is per code object) serves this one
+    if not dynamic_batch:
+        monkeypatch.setattr(torch._dynamo, "mark_dynamic", lambda *args, **kwargs: None)
+    enc = dense.random_encoder("tiny-siglip", dtype="fp32", compile=True)
+    ref = dense.random_encoder("tiny-siglip", dtype="fp32", compile=False)
+    images = [random_rgb(64, 64, seed=k) for k in range(5)]  # one grid, one bucket
+
+    def graphs() -> int:
+        return counters["stats"]["unique_graphs"]
+
+    start = graphs()
+    got = list(enc.extract_many(images, batch_size=3, progress=False))  # batches of 3 and 2
+    assert graphs() - start == (1 if dynamic_batch else 2)
+    list(enc.extract_many(images + images[:1], batch_size=4, progress=False))  # 4 and 2
+    assert graphs() - start == (1 if dynamic_batch else 3)
+    one = enc.extract(images[0])  # batch 1: torch gives size 1 its own graph
+    enc.extract(images[1])
+    assert graphs() - start == (2 if dynamic_batch else 4)
+    for fmap, im in zip([*got, one], [*images, images[0]], strict=True):
+        torch.testing.assert_close(fmap.tokens, ref.extract(im).tokens, atol=1e-5, rtol=0)
 
 
 def test_random_encoder_builds_in_the_target_dtype():

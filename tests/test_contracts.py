@@ -23,7 +23,7 @@ QUERIES = ["red circle", "blue star"]
 # Heatmap methods
 
 
-@pytest.mark.parametrize("method", list(heatmap.METHODS))
+@pytest.mark.parametrize("method", [*heatmap.METHODS, *heatmap.EXPERIMENTAL_METHODS])
 def test_heatmap_method_contract(method, tiny_encoder, tiny_encoder2):
     rgb = random_rgb(50, 90, seed=2)
     for enc in (tiny_encoder, tiny_encoder2):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import io
 import json
@@ -11,6 +12,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +23,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dense.explore.server import MAX_TEXT_CHARS, Explorer, Server, create_app, image_files, is_loopback, view_hw
+from dense.explore import Explorer, Server, create_app
+from dense.explore.app import MAX_TEXT_CHARS
+from dense.explore.files import image_files
+from dense.explore.pictures import view_hw
+from dense.explore.server import is_loopback
 
 SECRET = b"SECRET-OUTSIDE-THE-FOLDER"
 
@@ -144,12 +150,27 @@ def test_images_are_served_as_the_library_reads_them_at_view_size(client, explor
     assert view_hw((3000, 4000)) == (576, 768)
 
 
-def test_info_gives_geometry_and_pca(client, explorer):
+def test_info_gives_geometry(client, explorer):
     name = good_names(explorer)[0]
     info = client.get("/api/image?name=" + quote(name)).get_json()
     fmap = explorer.features(name)
     assert info["image_hw"] == list(fmap.image_hw) and info["grid_hw"] == list(fmap.grid_hw)
-    assert info["pca"].startswith("data:image/png;base64,")
+    assert info["view_hw"] == list(explorer.view(name).shape[:2]) and "pca" not in info
+
+
+def test_pca_colours_share_one_basis_across_the_images_shown(client, explorer):
+    from dense.features import pca_rgb_shared
+
+    names = good_names(explorer)
+    answer = client.post("/api/pca", json={"images": names}).get_json()
+    assert answer["basis"] == "shared" and answer["images"] == names
+    want = pca_rgb_shared([explorer.features(n) for n in names],
+                          sizes_hw=[explorer.view(n).shape[:2] for n in names])
+    for r, rgb in zip(answer["results"], want, strict=True):
+        shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(r["pca"].split(",", 1)[1]))).convert("RGB"))
+        np.testing.assert_array_equal(shown, rgb)
+    alone = pca_rgb_shared([explorer.features(names[0])], sizes_hw=[explorer.view(names[0]).shape[:2]])[0]
+    assert not np.array_equal(alone, want[0])  # the basis of several images is not the first image's own
 
 
 # --- answers are the library's ----------------------------------------------------------------------------------------
@@ -199,31 +220,143 @@ def test_heatmap_localize_and_segment_answers_are_the_library_functions(client, 
 
     classes = ["red circle", "blue star", "green square", "yellow triangle"]
     res = client.post("/api/segment", json={"classes": classes, "images": names}).get_json()
-    assert [item["name"] for item in res["legend"]] == classes
+    assert [item["name"] for item in res["legend"]] == [*classes, "background (unpainted)"]
     for r in res["results"]:
         labels = segment(encoder, explorer.features(r["image"]), classes)
         assert r["present"] == [classes[k - 1] for k in sorted(set(np.unique(labels).tolist()) - {0})]
 
 
-def test_features_are_extracted_once_and_kept_in_the_disk_cache(encoder, folder, tmp_path, monkeypatch):
-    calls = []
-    extract = encoder.extract
+def test_duplicate_queries_and_classes_are_answered_once(client, explorer):
+    names = good_names(explorer)[:1]
+    res = client.post("/api/heatmap", json={"queries": ["red circle", " red circle", "blue star", "red circle"],
+                                            "images": names}).get_json()
+    assert res["queries"] == ["red circle", "blue star"]
+    assert [m["query"] for m in res["results"][0]["maps"]] == ["red circle", "blue star"]
+    res = client.post("/api/segment", json={"classes": ["red circle", "red circle"], "images": names}).get_json()
+    assert res["classes"] == ["red circle"] and len(res["legend"]) == 2
 
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return extract(*args, **kwargs)
 
-    monkeypatch.setattr(encoder, "extract", counted)
-    first = Explorer(encoder, folder, cache=tmp_path / "cache")
-    name = good_names(first)[0]
-    tokens = first.features(name).tokens
-    first.info(name)
-    first.similarity(name, (1, 1), images=[name])
-    assert len(calls) == 1
-    assert name in first.cache.keys()
-    again = Explorer(encoder, folder, cache=tmp_path / "cache")  # a restart: read from disk, not extracted
-    torch.testing.assert_close(again.features(name).tokens, tokens)
-    assert len(calls) == 1
+def test_best_match_is_ringed_only_where_the_way_back_agrees_and_the_cosine_is_high(client, explorer):
+    """``consistent``: the target peak's own best match in the clicked image is at least as similar to the clicked
+    patch as the peak (dense.similarity both ways); ``ringed``: consistent and at least RING_MIN_COSINE."""
+    from dense.explore.explorer import RING_MIN_COSINE
+    from dense.similarity import similarity_maps
+
+    names = good_names(explorer)
+    seen = set()
+    for source in names:
+        fmap = explorer.features(source)
+        H, W = fmap.image_hw
+        for fx, fy in [(0.05, 0.05), (0.5, 0.5), (0.3, 0.7), (0.78, 0.14)]:
+            point = [fx * W, fy * H]
+            answer = client.post("/api/similarity", json={"image": source, "point_xy": point,
+                                                          "images": names}).get_json()
+            assert answer["ring_min_cosine"] == RING_MIN_COSINE
+            sims = similarity_maps(fmap, point, [explorer.features(n) for n in names])
+            home = similarity_maps(fmap, point).maps[0]  # [gh, gw]
+            for k, r in enumerate(answer["results"]):
+                i, j = similarity_maps(explorer.features(r["image"]), sims.peak_xy[k], [fmap]).peak_ij[0]
+                consistent = float(home[i, j]) >= float(sims.maps[k].max())
+                assert r["consistent"] is consistent
+                assert r["ringed"] is (consistent and bool(sims.peak_scores[k] >= RING_MIN_COSINE))
+                seen.add((r["consistent"], r["ringed"]))
+            assert answer["results"][names.index(source)]["consistent"]  # a patch is its own best match
+    assert {(True, True), (True, False)} <= seen  # a consistent peak below the floor occurs: the floor matters
+
+
+def test_model_work_of_concurrent_requests_runs_on_one_thread(encoder, folder):
+    """Two requests at once (werkzeug gives each its own thread): every model call of both runs on the explorer's
+    one model thread."""
+    explorer = Explorer(encoder, folder)
+    names = good_names(explorer)
+    encoder.text_parts()
+    threads: list[tuple[int, str]] = []
+
+    def record(module, args):
+        threads.append((threading.get_ident(), threading.current_thread().name))
+
+    hooks = [encoder.vision.register_forward_pre_hook(record), encoder.text_parts().model.register_forward_pre_hook(
+        record)]
+    answers: list[int] = []
+    start = threading.Barrier(2)
+
+    def ask(path, body):
+        start.wait()
+        answers.append(raw_post(srv, path, json.dumps(body).encode())[0])
+
+    try:
+        with Server(create_app(explorer), explorer=explorer).start() as srv:
+            asks = [threading.Thread(target=ask, args=("/api/similarity", {"image": names[0], "point_xy": [1, 1],
+                                                                              "images": names})),
+                    threading.Thread(target=ask, args=("/api/heatmap", {"queries": ["a new query 17"],
+                                                                           "images": names}))]
+            for t in asks:
+                t.start()
+            for t in asks:
+                t.join(timeout=300)
+            model_thread = explorer.worker.ident
+    finally:
+        for h in hooks:
+            h.remove()
+    assert answers == [200, 200]
+    assert threads and {ident for ident, _ in threads} == {model_thread}
+    assert model_thread != threading.get_ident() and threads[0][1].startswith("dense-model")
+
+
+def test_empty_folder_is_an_error_naming_it(encoder, tmp_path, capsys):
+    from dense.cli import main
+    from dense.preprocess import IMAGE_EXTS
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="empty: no images found"):
+        Explorer(encoder, tmp_path / "empty")
+    # before the model loads: a model that does not exist is never reached
+    assert main(["explore", "--model", str(tmp_path / "no-model"), "--images", str(tmp_path / "empty")]) == 1
+    assert capsys.readouterr().err.strip() == (f"dense: error: {tmp_path / 'empty'}: no images found (looked for "
+                                               f"{', '.join(IMAGE_EXTS)})")
+
+
+def test_features_are_extracted_once_and_kept_in_the_disk_cache(encoder, folder, tmp_path):
+    passes: list[int] = []  # the batch size of every pass through the tower's first block
+    hook = encoder.vision.encoder.layers[0].register_forward_hook(lambda m, a, out: passes.append(a[0].shape[0]))
+    try:
+        first = Explorer(encoder, folder, cache=tmp_path / "cache")
+        name = good_names(first)[0]
+        tokens = first.features(name).tokens
+        first.info(name)
+        first.similarity(name, (1, 1), images=[name])
+        assert passes == [1]
+        assert name in first.cache.keys()
+        again = Explorer(encoder, folder, cache=tmp_path / "cache")  # a restart: read from disk, not extracted
+        torch.testing.assert_close(again.features(name).tokens, tokens)
+        assert passes == [1]
+    finally:
+        hook.remove()
+
+
+def test_images_are_prepared_together_in_batches_with_the_tokens_of_one_image_alone(encoder, folder, client):
+    """/api/prepare extracts the images not held yet in passes of batch_size (mixed grids padded and masked), the
+    unreadable ones reported by name; each image's tokens are those of Encoder.extract on it alone."""
+    from dense.preprocess import load_image
+
+    explorer = Explorer(encoder, folder, batch_size=2)
+    names = list(explorer.files)
+    passes: list[int] = []
+    hook = encoder.vision.encoder.layers[0].register_forward_hook(lambda m, a, out: passes.append(a[0].shape[0]))
+    try:
+        answer = create_app(explorer).test_client().post("/api/prepare", json={"images": names}).get_json()
+        assert passes == [2, 2]  # 4 readable images (3 scenes and an alias), two passes of 2
+        explorer.prepare(names)
+        assert passes == [2, 2]  # held: nothing extracted again
+    finally:
+        hook.remove()
+    assert answer["ready"] == good_names(explorer)
+    assert set(answer["errors"]) == {"broken.png", "huge.png"} and "broken.png:" in answer["errors"]["broken.png"]
+    for name in answer["ready"]:
+        alone = encoder.extract(load_image(folder / name), layers=explorer.layers)
+        torch.testing.assert_close(explorer.features(name).tokens, alone.tokens, atol=1e-5, rtol=0)
+    explorer.close()
 
 
 # --- safety -----------------------------------------------------------------------------------------------------------

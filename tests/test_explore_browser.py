@@ -58,7 +58,7 @@ def site(tmp_path_factory):
     from test_explore import make_folder
 
     import dense
-    from dense.explore.server import Explorer, Server, create_app
+    from dense.explore import Explorer, Server, create_app
 
     folder = make_folder(tmp_path_factory.mktemp("explore-browser"))
     explorer = Explorer(dense.load_encoder("shapes-tiny-v2", dtype="fp32"), folder)
@@ -103,9 +103,19 @@ def test_page_shows_the_images_at_their_aspect_ratios_and_bad_ones_as_messages(p
     assert card(page, "broken.png").get_attribute("data-state") == "error"
     assert card(page, "broken.png").locator(".error").text_content() == "broken.png: not an image PIL can read"
     assert "decompression bomb" in card(page, "huge.png").locator(".error").text_content()
+    for name in good(explorer):  # one convention, labelled: rows x cols for pixels and patches alike
+        (H, W), (gh, gw) = explorer.features(name).image_hw, explorer.features(name).grid_hw
+        assert card(page, name).locator(".meta").text_content() == f"rows×cols: {H}×{W} px, {gh}×{gw} patches"
+    from dense.features import pca_rgb_shared
+
     page.click("#show-pca")
-    first = good(explorer)[0]
-    assert card(page, first).locator("img.view").get_attribute("src").startswith("data:image/png")
+    wait_answer(page, "pca")
+    names = good(explorer)
+    want = pca_rgb_shared([explorer.features(n) for n in names], sizes_hw=[explorer.view(n).shape[:2] for n in names])
+    for name, rgb in zip(names, want, strict=True):  # every image coloured in the one basis of the images shown
+        np.testing.assert_array_equal(data_url_rgb(card(page, name).locator("img.view").get_attribute("src")), rgb)
+    assert page.locator("#pca-note").is_visible()
+    assert f"one basis shared by the {len(names)} images shown" in page.locator("#pca-note").text_content()
     page.screenshot(path=str(shots / "explore-pca.png"), full_page=True)
     page.click("#show-image")
 
@@ -138,6 +148,15 @@ def test_click_a_patch_draws_the_similarity_the_api_gives(page, site, shots):
         want = heat_overlay(view, sims.to_image(k, view.shape[:2]).numpy(), vmin=0.0, vmax=1.0)
         np.testing.assert_array_equal(drawn, want)  # the pixels shown are the API's map on the fixed 0..1 scale
     assert card(page, source).locator("svg .cell").count() == 1  # the clicked patch is outlined
+    answer = explorer.similarity(source, point_xy, images=names)
+    for k, (name, r) in enumerate(zip(names, answer["results"], strict=True)):  # rings where the API says so
+        if name == source:
+            continue
+        c = card(page, name)
+        assert c.get_attribute("data-ringed") == str(r["ringed"]).lower()
+        assert c.locator("svg circle.peak").count() == int(r["ringed"])
+        assert f"{sims.peak_scores[k]:.2f}" in c.locator(".result").text_content()  # the value, ringed or not
+    assert "at least 0.5 and the way back agrees" in page.locator("#ring-note").text_content()
 
 
 def test_query_and_expression_draw_heatmaps_and_boxes(page, site, shots):
@@ -180,7 +199,8 @@ def test_query_and_expression_draw_heatmaps_and_boxes(page, site, shots):
     page.fill("#classes", "red circle, blue star, yellow triangle")
     page.click("#classes-form button[type=submit]")
     wait_answer(page, "segment")
-    assert page.locator("#legend .swatch").count() == 3
+    assert page.locator("#legend .swatch").count() == 4
+    assert page.locator("#legend").text_content().endswith("background (unpainted)")
     page.screenshot(path=str(shots / "explore-segment.png"), full_page=True)
     present = set()
     for name in names:

@@ -41,6 +41,28 @@ def test_pca_rgb_shapes_and_range():
     assert fmap.pca_rgb(size_hw=(60, 90)).shape == (60, 90, 3)
 
 
+def test_pca_rgb_shared_colours_two_images_in_one_basis():
+    """Known answer: image a's tokens lie along e0 at 0..1, image b's at 2..3 (plus small noise off e0). One basis:
+    the first component is e0 and every token of a gets a colour on one side of every token of b; each image's own
+    basis (pca_rgb) would stretch both over the full range instead."""
+    from dense.features import pca_rgb_shared
+
+    gen = torch.Generator().manual_seed(0)
+
+    def along_e0(lo: float) -> FeatureMap:
+        t = torch.linspace(lo, lo + 1, 16)
+        tokens = 0.01 * torch.randn(16, 8, generator=gen)  # [N, D]
+        tokens[:, 0] = t
+        return FeatureMap(tokens=tokens.reshape(4, 4, 8), image_hw=(32, 32), resized_hw=(32, 32), patch_size=8)
+
+    a, b = along_e0(0.0), along_e0(2.0)
+    ra, rb = (rgb[..., 0].astype(int) for rgb in pca_rgb_shared([a, b]))  # the first component, [4, 4] each
+    assert ra.max() < rb.min() or rb.max() < ra.min()  # one side each: colours compare across the images
+    own_a, own_b = a.pca_rgb()[..., 0].astype(int), b.pca_rgb()[..., 0].astype(int)
+    assert own_a.max() - own_a.min() > 200 and own_b.max() - own_b.min() > 200  # each image stretched alone
+    np.testing.assert_array_equal(pca_rgb_shared([a])[0], a.pca_rgb())  # one image: pca_rgb is the shared rule
+
+
 def test_save_load_round_trip(tmp_path):
     fmap = FeatureMap(tokens=torch.randn(2, 3, 5), image_hw=(20, 31), resized_hw=(16, 24), patch_size=8,
                       layers=(0, 3), encoder_spec={"name": "x", "max_patches": 6}, aligned=torch.randn(2, 3, 7))

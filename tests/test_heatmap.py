@@ -119,7 +119,8 @@ def test_uniform_attention_reduces_saliency_methods_to_map_value(enc):
     mv_mlp = heatmap.aligned_tokens(enc, fmap, "map-value-mlp")
     torch.testing.assert_close(heatmap.aligned_tokens(enc, fmap, "attn-value"), mv_mlp, atol=1e-5, rtol=1e-4)
     _set_head(enc, zero_mlp=True)  # linear head + uniform attention: leave-one-out is the centred map-value
-    mv = heatmap.METHODS["map-value"].fn(enc.vision, tokens.reshape(20, -1), None).detach()  # [N, E]
+    parts = maphead.HeadParts.of(enc.vision)
+    mv = heatmap.get_method("map-value").fn(parts, tokens.reshape(20, -1), None).detach()  # [N, E]
     centred = F.normalize(mv - mv.mean(0), dim=-1).reshape(4, 5, -1)
     torch.testing.assert_close(heatmap.aligned_tokens(enc, fmap, "leave-one-out"), centred, atol=1e-4, rtol=1e-4)
 
@@ -140,7 +141,8 @@ def test_clear_methods_need_and_use_the_last_block_input(enc):
             proj.bias.zero_()
         v = block.self_attn.v_proj(block.layer_norm1(prev.reshape(12, D)))  # [N, D]
         y = enc.vision.post_layernorm(block.self_attn.out_proj(2 * v.mean(0)))
-        expected = F.normalize(heatmap.METHODS["map-value"].fn(enc.vision, y[None], None), dim=-1)[0]
+        parts = maphead.HeadParts.of(enc.vision)
+        expected = F.normalize(heatmap.get_method("map-value").fn(parts, y[None], None), dim=-1)[0]
     z = heatmap.aligned_tokens(enc, fmap, "clear-map-value")  # [3, 4, E]
     torch.testing.assert_close(z, expected.expand_as(z), atol=1e-5, rtol=1e-4)
 
@@ -268,7 +270,8 @@ def test_clear_methods_on_a_one_block_tower_use_the_patch_embedding():
     torch.testing.assert_close(emb[0], out.hidden_states[0][0])  # the input of block 0
     got = heatmap.with_aligned(enc1, rgb, "clear-map-value")
     with torch.no_grad():
-        z = heatmap.METHODS["clear-map-value"].fn(enc1.vision, fmap.tokens.reshape(-1, 32), out.hidden_states[0][0])
+        z = heatmap.get_method("clear-map-value").fn(maphead.HeadParts.of(enc1.vision), fmap.tokens.reshape(-1, 32),
+                                                     out.hidden_states[0][0])
     torch.testing.assert_close(got.aligned, F.normalize(z, dim=-1).reshape(got.aligned.shape), atol=1e-5, rtol=1e-4)
     s = heatmap.patch_scores(enc1, rgb, F.normalize(torch.randn(2, 32), dim=-1), method="clear-map-value")
     assert tuple(s.shape) == (2, *fmap.grid_hw)
@@ -311,9 +314,10 @@ def test_filter_methods_replace_a_flagged_distractor_before_scoring(enc):
     cleaned = tokens.clone()
     cleaned[2, 3] = (tokens[1:4, 2:5].sum(dim=(0, 1)) - tokens[2, 3]) / 8  # the mean of its 8 neighbours
     fmap, fmap_clean = _last(enc, tokens), _last(enc, cleaned)
-    bases = [m for m in heatmap.METHODS if not m.endswith("+filter") and not heatmap.METHODS[m].needs_prev]
+    every = {**heatmap.METHODS, **heatmap.EXPERIMENTAL_METHODS}
+    bases = [m for m in every if not m.endswith("+filter") and not every[m].needs_prev]
     for m in bases:
-        assert heatmap.METHODS[f"{m}+filter"].filter
+        assert every[f"{m}+filter"].filter
         got = heatmap.aligned_tokens(enc, fmap, f"{m}+filter")
         want = heatmap.aligned_tokens(enc, fmap_clean, m)
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (m, float((got - want).abs().max()))
@@ -404,3 +408,18 @@ def test_paths_work_wherever_an_image_is_read(tiny_encoder, tmp_path):
                                upsample_maps(scores, fmap, sharpen="guided", image=rgb))
     with pytest.raises(ImageError, match="missing.png"):
         pamr(tmp_path / "missing.png", scores)
+
+
+def test_the_default_and_experimental_registries(tiny_encoder):
+    default, experimental = heatmap.METHODS, heatmap.EXPERIMENTAL_METHODS
+    assert not set(default) & set(experimental) and len(default) + len(experimental) == 14
+    assert {"map-value-mlp", "clear-map-value-mlp"} <= set(default)  # the bundled models' calibrated methods
+    for name, m in experimental.items():
+        assert m.experimental and heatmap.get_method(name) is m  # still runs when named
+    assert not any(m.experimental for m in default.values())
+    assert all(m.follows or name == "raw" for name, m in default.items())  # a paper's protocol, or the baseline
+    assert set(heatmap.supported_methods(tiny_encoder)) <= set(default)
+    assert set(heatmap.supported_methods(tiny_encoder, experimental=True)) >= set(experimental) - {
+        m for m in experimental if experimental[m].needs_prev}
+    with pytest.raises(ValueError, match="experimental: attn-value"):
+        heatmap.get_method("no-such-method")

@@ -111,7 +111,7 @@ def v2():
 
 
 def pixel_outputs(encoder) -> dict:
-    from dense.heatmap import METHODS, filter_distractors, with_aligned
+    from dense.heatmap import EXPERIMENTAL_METHODS, METHODS, filter_distractors, with_aligned
     from dense.preprocess import PixelConfig, choose_grid, patchify, to_pixels
 
     grids = [choose_grid(hw, p, n) for hw in SIZES for p in (8, 14, 16) for n in (1, 64, 256, 729, 1024)]
@@ -124,7 +124,7 @@ def pixel_outputs(encoder) -> dict:
             pixels.append(to_pixels(rgb, grid, cfg).numpy())
     patches = patchify(torch.from_numpy(pixels[0])[None], 8).numpy()  # [1, gh*gw, p*p*3]
     tokens = encoder.extract(rgb, layers=(0, -1)).tokens  # [gh, gw, 2 * D]
-    aligned = {m: _sample(with_aligned(encoder, rgb, m).aligned, 6) for m in METHODS}
+    aligned = {m: _sample(with_aligned(encoder, rgb, m).aligned, 6) for m in [*METHODS, *EXPERIMENTAL_METHODS]}
     # the distractor filter of the "+filter" methods, on tokens with planted outliers (the image above has none)
     i, j, d = np.meshgrid(np.arange(6), np.arange(7), np.arange(16), indexing="ij")
     x = torch.from_numpy(np.cos(0.3 * i + 0.7 * j + 0.11 * d * (1 + i % 2))).float()  # [gh, gw, D]

@@ -11,11 +11,11 @@ import errno
 import os
 import sys
 
-from dense.cli import demo, evaluate, explore, extract, probe, query, upsampler
+from dense.cli import compile, demo, evaluate, explore, extract, probe, query, upsampler
 from dense.cli._args import Parser, common_parent, opt, set_command_line
 from dense.errors import DenseError
 
-GROUPS = (extract, probe, upsampler, query, evaluate, demo, explore)  # each has add(sub, parent): its subcommands
+GROUPS = (extract, probe, upsampler, query, evaluate, demo, explore, compile)  # each: add(sub, parent)
 
 
 def _version() -> str:

@@ -51,8 +51,8 @@ OPTIONS = {
     "--holdout-seed": "seed of the --holdout draw",
     "--cache": "feature cache root folder (resumable, atomic)",
     "--no-extract": "fail on features missing from the cache instead of extracting them",
-    "--no-compile": "plain transformers layers, never the compiled tower (default: compiled where this machine's "
-                    "one-off measurement found it pays; see dense.compiled)",
+    "--no-compile": "plain transformers layers, never the compiled tower (default: compiled only where `dense "
+                    "compile-check` measured on this machine that it pays)",
     "--skip-bad": "report unreadable images and bad annotations and go on (default: stop at the first)",
     "--layers": "blocks whose tokens are extracted, comma-separated indices (-1 = the last)",
     "--layer-sets": "one head per layer set, ';'-separated, e.g. '-1;8,17,-1' (default: all --layers together)",
@@ -74,9 +74,10 @@ OPTIONS = {
                   "image as guide: sharper edges)",
     "--upsampler": "a learned upsampler of this encoder (`dense upsampler train`) in place of bilinear",
     "--probe": "a probe saved by `dense probe train --out`",
-    "--method": "heatmap method of dense.heatmap.METHODS (default: the checkpoint's calibrated method)",
-    "--methods": "comma-separated heatmap methods of dense.heatmap.METHODS, or 'all' (default: the checkpoint's "
-                 "calibrated method)",
+    "--method": "heatmap method of dense.heatmap.METHODS, or of EXPERIMENTAL_METHODS by name (default: the "
+                "checkpoint's calibrated method)",
+    "--methods": "comma-separated heatmap methods of dense.heatmap.METHODS (EXPERIMENTAL_METHODS by name), or 'all' "
+                 "(every method of METHODS) (default: the checkpoint's calibrated method)",
     "--templates": "'|'-separated prompt templates with one {} each, or 'none' for verbatim queries (default: the "
                    "checkpoint's calibrated templates)",
     "--background": "a probability threshold in [0, 1] (0: every pixel gets a class), or comma-separated background "

@@ -114,7 +114,7 @@ def _methods(args) -> list[str] | None:
 def _note_from_image(methods, enc) -> None:
     from dense.heatmap import supported_methods
 
-    skipped = sorted(set(methods or ()) - set(supported_methods(enc)))
+    skipped = sorted(set(methods or ()) - set(supported_methods(enc, experimental=True)))
     if skipped:
         print(f"note: {', '.join(skipped)} need the input of the last block, which a {enc.num_layers}-block "
               f"tower's FeatureMaps do not hold: computed from each image instead")

@@ -41,6 +41,7 @@ def add(sub, parent) -> None:
 
 def run(args) -> int:
     from dense.cli._args import load
+    from dense.explore.files import image_files, no_images_error
     from dense.explore.server import describe, is_loopback, make_server
 
     try:
@@ -51,6 +52,8 @@ def run(args) -> int:
         raise DenseError(f"--port {args.port}: must be 0..65535")
     if args.max_images < 0:
         raise DenseError(f"--max-images {args.max_images}: must be >= 0")
+    if not image_files(args.images):  # before the model loads
+        raise no_images_error(args.images)
     encoder = load(args)
     try:
         server, explorer = make_server(encoder, args.images, host=args.host, port=args.port, cache=args.cache,

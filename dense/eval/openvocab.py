@@ -100,7 +100,7 @@ def evaluate_openvocab(encoder, data, *, split: str | None = None, scoring: Open
     bg_prompts = background_prompts(background) if offset else []
     methods, windows, templates = list(scoring.methods), scoring.windows, list(scoring.templates)
     layers = layers_for(encoder, methods)
-    from_image = {m for m in methods if m not in supported_methods(encoder)}  # clear-* on a 1-block tower
+    from_image = {m for m in methods if m not in supported_methods(encoder, experimental=True)}  # clear-* on 1 block
     need_rgb = windows > 1 or bool(from_image) or any(r != "none" for r in scoring.refines)
     text = embed_texts(encoder, names + bg_prompts, templates=templates)  # [C + B, E], once for the whole run
     settings = replace(scoring, background=background).settings(background)

@@ -70,7 +70,7 @@ def evaluate_refer(encoder, data, *, split: str | None = "val", scoring: ReferSc
     box_threshold = encoder.calibration.box_threshold if scoring.box_threshold is None else scoring.box_threshold
     if choose and not box_thresholds:
         raise ValueError("choose needs box thresholds to choose from (ReferScoring(thresholds=), --sweep)")
-    from_image = {m for m in methods if m not in supported_methods(encoder)}  # clear-* on a 1-block tower
+    from_image = {m for m in methods if m not in supported_methods(encoder, experimental=True)}  # clear-* on 1 block
     layers = layers_for(encoder, methods)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")

@@ -1,22 +1,28 @@
 """``dense explore``: a local page to click through a folder of images with dense's own functions.
 
-The page shows the folder's images at their own aspect ratios, their PCA view, the similarity of a clicked patch to
-every patch of every image (:mod:`dense.similarity`), text-query heatmaps (:mod:`dense.heatmap`), a referring
-expression's box, point and score (:class:`dense.Localizer`) and open-vocabulary segmentation (:func:`dense.segment`).
+The page shows the folder's images at their own aspect ratios, their PCA colours (one basis shared by the images
+shown), the similarity of a clicked patch to every patch of every image (:mod:`dense.similarity`), text-query heatmaps
+(:mod:`dense.heatmap`), a referring expression's box, point and score (:class:`dense.Localizer`) and open-vocabulary
+segmentation (:func:`dense.segment`).
 
     >>> server = dense.explore.start("shapes-tiny-v2", "photos/")   # a server in a background thread
     >>> server.url                                                  # 'http://127.0.0.1:PORT/'
     >>> dense.explore.show("shapes-tiny-v2", "photos/")             # the same page inline in Jupyter (an IFrame)
 
 From a shell: ``dense explore --model google/siglip2-so400m-patch14-384 --images photos/``. The server binds to
-127.0.0.1 unless told otherwise and serves only the images found under the folder (see :mod:`dense.explore.server`).
+127.0.0.1 unless told otherwise and serves only the images found under the folder. Modules, one job each:
+:mod:`~dense.explore.files` (which files are served), :mod:`~dense.explore.pictures` (sizes, PNGs),
+:mod:`~dense.explore.worker` (the one thread of all model work), :mod:`~dense.explore.explorer` (state and answers),
+:mod:`~dense.explore.app` (the Flask routes), :mod:`~dense.explore.server` (serving).
 """
 
 from __future__ import annotations
 
 import os
 
-from dense.explore.server import MAX_IMAGES, Explorer, Server, create_app, make_server
+from dense.explore.app import create_app
+from dense.explore.explorer import MAX_IMAGES, Explorer
+from dense.explore.server import Server, make_server
 
 _RUNNING: list[Server] = []  # servers started by start()/show(), kept alive with the kernel
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dense._atomic import load_tensors, save_tensors
+from dense.device import to_weights
 from dense.errors import MismatchError
 from dense.features import FeatureMap, block_indices, identity_mismatch, spec_to_check
 from dense.preprocess import grid_to_pixel_xy, load_image, pixel_to_grid
@@ -143,29 +144,29 @@ class Upsampler(nn.Module):
         guide = image_guide(image)  # [3, h, w]
         ho, wo = tuple(size_hw) if size_hw is not None else tuple(guide.shape[1:])
         gh, gw = fmap.grid_hw
-        dtype = self.query.weight.dtype
-        feats = self.guide(((guide - 0.5) / 0.25)[None].to(dtype))[0]  # [g, h, w]
+        feats = self.guide(to_weights((guide - 0.5) / 0.25, self)[None])[0]  # [g, h, w], where the weights are
         q = self.query(_resize_features(feats, (ho, wo))[None])[0].reshape(-1, ho * wo)  # [k, ho*wo]
-        tok = fmap.layer_tokens(self.layers).to(dtype)  # [gh, gw, D]
+        tok = to_weights(fmap.layer_tokens(self.layers), self)  # [gh, gw, D]
         tok = F.layer_norm(tok, tok.shape[-1:])
         k_img = self.key_image(_resize_features(feats, (gh, gw))[None])[0]  # [k, gh, gw]
         keys = k_img.reshape(-1, gh * gw) + self.key_token(tok.reshape(gh * gw, -1)).T  # [k, gh*gw]
         index, valid, offset = _neighbours(fmap.image_hw, fmap.resized_hw, fmap.patch_size, (ho, wo),
                                            self.config.neighbourhood)
+        index, valid, offset = index.to(keys.device), valid.to(keys.device), to_weights(offset, self)
         scale = 1.0 / math.sqrt(keys.shape[0])
         # one neighbour at a time: never a [k, n*n, ho*wo] tensor (a photo-sized output would need gigabytes)
         logits = torch.stack([(q * keys[:, index[d]]).sum(0) * scale for d in range(index.shape[0])])  # [n*n, ho*wo]
-        logits = logits + self.offset_mlp(offset.to(dtype))[..., 0]  # [n*n, ho*wo, 2] -> [n*n, ho*wo]
-        logits = logits - self.log_sharpness.exp() * (offset.to(dtype) ** 2).sum(-1)
+        logits = logits + self.offset_mlp(offset)[..., 0]  # [n*n, ho*wo, 2] -> [n*n, ho*wo]
+        logits = logits - self.log_sharpness.exp() * (offset ** 2).sum(-1)
         logits = logits.masked_fill(~valid, float("-inf"))
         return logits.softmax(0), index
 
     @staticmethod
     def mix(values: torch.Tensor, weights: torch.Tensor, index: torch.Tensor, size_hw: tuple[int, int]
             ) -> torch.Tensor:
-        """``values [C, gh, gw]`` mixed with :meth:`weights` -> ``[C, ho, wo]``."""
+        """``values [C, gh, gw]`` mixed with :meth:`weights` -> ``[C, ho, wo]``, where the weights are."""
         C = values.shape[0]
-        flat = values.reshape(C, -1).to(weights.dtype)  # [C, gh, gw] -> [C, gh*gw]
+        flat = values.reshape(C, -1).to(weights.device, weights.dtype)  # [C, gh, gw] -> [C, gh*gw]
         out = sum(flat[:, index[d]] * weights[d] for d in range(index.shape[0]))  # [C, ho*wo]
         return out.reshape(C, *size_hw)  # [C, ho*wo] -> [C, ho, wo]
 
@@ -175,7 +176,8 @@ class Upsampler(nn.Module):
         defaulting to the image's size. ``image``: a path, PIL image or uint8 ``[H, W, 3]`` array.
 
         Upsample probe LOGITS (``[K, gh, gw]``) rather than tokens: the weights are convex, so a linear probe's
-        logits of upsampled tokens equal the upsampled logits, at ``K / D`` of the cost and memory.
+        logits of upsampled tokens equal the upsampled logits, at ``K / D`` of the cost and memory. Computed where the
+        upsampler's weights are, in their dtype; the output is float32 on the CPU.
         """
         gh, gw = fmap.grid_hw
         if values is None:
@@ -187,7 +189,7 @@ class Upsampler(nn.Module):
         size_hw = tuple(size_hw) if size_hw is not None else tuple(rgb.shape[:2])
         with torch.inference_mode():
             w, index = self.weights(fmap, rgb, size_hw)
-            return self.mix(values, w, index, size_hw).float()
+            return self.mix(values, w, index, size_hw).float().cpu()
 
     # --- persistence --------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

@@ -9,6 +9,7 @@ const state = {
   cards: new Map(),   // name -> {el, frame, img, marks, caption, info}
   mode: "image",      // image | pca | similarity | heatmap | localize | segment
   similarity: null,   // last answers, by kind
+  pca: null,
   heatmap: null,
   query: 0,           // which query of the heatmap answer is shown
   localize: null,
@@ -85,8 +86,9 @@ async function loadCard(name) {
     card.frame.style.aspectRatio = `${W} / ${H}`;
     card.marks.setAttribute("viewBox", `0 0 ${W} ${H}`);
     card.el.dataset.imageHw = `${H},${W}`;
+    // one convention for both sizes: rows × cols (height × width), as the API's image_hw and grid_hw
     card.caption.querySelector(".meta").textContent =
-      `${W}×${H} px, ${info.grid_hw[0]}×${info.grid_hw[1]} patches`;
+      `rows×cols: ${H}×${W} px, ${info.grid_hw[0]}×${info.grid_hw[1]} patches`;
     card.el.dataset.state = "ready";
     render(name);
   } catch (err) {
@@ -139,13 +141,15 @@ function render(name) {
   const el = card.el;
   clearMarks(card);
   el.classList.remove("source");
-  for (const k of ["peakIj", "peakScore", "max", "boxXyxy", "pointXy", "patchIj", "found", "score", "present"]) {
+  for (const k of ["peakIj", "peakScore", "ringed", "max", "boxXyxy", "pointXy", "patchIj", "found", "score",
+                   "present"]) {
     delete el.dataset[k];
   }
   setResult(card, "");
   let src = imageUrl(name);
   if (state.mode === "pca") {
-    src = card.info.pca;
+    const r = resultFor(state.pca, name);
+    if (r) src = r.pca;
   } else if (state.mode === "similarity") {
     const s = state.similarity;
     const r = resultFor(s, name);
@@ -153,14 +157,19 @@ function render(name) {
       src = r.overlay;
       el.dataset.peakIj = r.peak_ij.join(",");
       el.dataset.peakScore = r.peak_score;
-      setResult(card, `best match ${r.peak_score.toFixed(2)}`);
+      el.dataset.ringed = String(r.ringed);
       if (s.image === name) {
         el.classList.add("source");
         el.dataset.pointXy = s.point_xy.join(",");
         el.dataset.patchIj = s.patch_ij.join(",");
         rect(card, s.patch_box_xyxy, "cell");
-      } else {
+        setResult(card, "the clicked patch (outlined)");
+      } else if (r.ringed) {  // a ring only where the match means something (see #ring-note)
         dot(card, r.peak_xy, "peak");
+        setResult(card, `best match (ringed): cosine ${r.peak_score.toFixed(2)}`);
+      } else {
+        const why = r.consistent ? `below ${s.ring_min_cosine}` : "the way back disagrees";
+        setResult(card, `no ring (${why}): best cosine ${r.peak_score.toFixed(2)}`, "nomatch");
       }
     }
   } else if (state.mode === "heatmap") {
@@ -208,6 +217,17 @@ function setMode(mode) {
   const scale = {similarity: "cosine similarity (below 0 drawn as 0)", heatmap: "probability"}[mode];
   $("scale").hidden = !scale;
   $("scale-label").textContent = scale || "";
+  $("ring-note").hidden = mode !== "similarity";
+  if (mode === "similarity" && state.similarity) {
+    $("ring-note").textContent = `A ring marks an image's best patch where its cosine is at least ` +
+      `${state.similarity.ring_min_cosine} and the way back agrees (that patch's own best match in the clicked ` +
+      "image is at least as similar to the clicked patch). Every card shows its best cosine.";
+  }
+  $("pca-note").hidden = mode !== "pca";
+  if (mode === "pca" && state.pca) {
+    $("pca-note").textContent = `PCA colours: one basis shared by the ${state.pca.images.length} images shown, ` +
+      "so a colour means the same in every image (the first three components as red, green, blue)";
+  }
   $("tabs").hidden = mode !== "heatmap";
   $("legend").hidden = mode !== "segment";
   for (const name of state.cards.keys()) render(name);
@@ -279,7 +299,14 @@ function showLegend() {
 
 function wire() {
   $("show-image").addEventListener("click", () => setMode("image"));
-  $("show-pca").addEventListener("click", () => setMode("pca"));
+  $("show-pca").addEventListener("click", () => {
+    const names = readyNames();
+    if (state.pca && state.pca.images.join("\n") === names.join("\n")) return setMode("pca");
+    run("PCA", "api/pca", {images: names}, (a) => {
+      state.pca = a;
+      setMode("pca");
+    });
+  });
   $("query-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const queries = splitList($("query").value);
@@ -328,7 +355,13 @@ async function main() {
     for (const im of listing.images) makeCard(im.name);
     setStatus("extracting features…");
     const t0 = performance.now();
-    for (const im of listing.images) await loadCard(im.name);  // one at a time: the server extracts one per request
+    const names = listing.images.map((im) => im.name);
+    for (let k = 0; k < names.length; k += listing.batch_size) {  // extracted together, a batch per request
+      const chunk = names.slice(k, k + listing.batch_size);
+      setStatus(`extracting features… ${k}/${names.length}`);
+      await api("api/prepare", {images: chunk});
+      for (const name of chunk) await loadCard(name);
+    }
     setStatus(`ready: ${readyNames().length} images in ${Math.round(performance.now() - t0)} ms`);
     setMode(state.mode);
   } catch (err) {

@@ -40,6 +40,7 @@ def evaluate_found(encoder, data, *, split: str | None = "val", threshold: float
     ``score``, so :func:`choose_found_threshold` can try other thresholds without running the model again.
     """
     from dense.datasets import CATEGORIES
+    from dense.heatmap import get_method, layers_for, supported_methods
     from dense.refer import Localizer
 
     if threshold is None:
@@ -59,11 +60,19 @@ def evaluate_found(encoder, data, *, split: str | None = "val", threshold: float
     image_ids = sorted(by_image)[:limit] if limit is not None else sorted(by_image)
     names = [f"{c['colour']} {c['shape']}" for c in CATEGORIES]
     rows: list[dict] = []
-    for iid in tqdm(image_ids, desc="found", unit="img", disable=not progress):
+    method = get_method(encoder.calibration.method).name
+    paths = [ds.image_path(i) for i in image_ids]
+    if method in supported_methods(encoder, experimental=True):  # batched extraction, the method's blocks
+        fmaps = encoder.extract_many(paths, max_patches=max_patches, layers=layers_for(encoder, [method]),
+                                     batch_size=extraction.batch_size, progress=False)
+    else:  # clear-* on a 1-block tower: each Localizer computes its tokens from the image
+        fmaps = iter([None] * len(paths))
+    for iid, path, fmap in tqdm(zip(image_ids, paths, fmaps, strict=True), total=len(paths), desc="found",
+                                unit="img", disable=not progress):
         there = {ds.category_name(a["category_id"]) for a in ds.anns(iid, crowd=True)}
         present = by_image[iid]
         absent = [f"the {n}" for n in names if n not in there]
-        loc = Localizer(encoder, ds.image_path(iid), max_patches=max_patches)
+        loc = Localizer(encoder, path, features=fmap, max_patches=max_patches)
         for expr, is_present in [(e, True) for e in present] + [(e, False) for e in absent]:
             rows.append({"image_id": iid, "expression": expr, "present": is_present,
                          "score": loc.localize(expr, found_threshold=threshold).score})

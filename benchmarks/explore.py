@@ -1,7 +1,7 @@
 """How fast `dense explore` answers: first view, PCA, click, query, expression and class list, over real HTTP.
 
-    python benchmarks/explore.py              # shapes-tiny-v2 on 4 drawn scenes (~1 min)
-    python benchmarks/explore.py --so400m     # also So400m/14 (random weights): first view and click (~2 min more)
+    python benchmarks/explore.py              # shapes-tiny-v2 on 4 drawn scenes
+    python benchmarks/explore.py --so400m     # also So400m/14 (random weights): first view and click
 
 Each row times requests to a server started here (loopback, werkzeug's threaded server, the app `dense explore`
 serves), from sending the request to having the whole JSON answer, overlays (PNG data URLs) included: what a page
@@ -19,7 +19,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,16 +30,6 @@ os.environ["DENSE_TEXT_CACHE"] = "0"  # time text embeddings, not a cache anothe
 
 QUERIES = ["red circle", "blue star", "green square", "yellow triangle", "red star", "blue circle", "green triangle",
            "yellow square", "red square", "blue triangle", "green star", "yellow circle"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def request(server, method: str, path: str, body: dict | None = None) -> tuple[float, dict]:
@@ -132,8 +121,10 @@ def main() -> int:
             rows += time_model(enc, f"So400m/14 random ({str(enc.dtype).removeprefix('torch.')})", big / "images",
                                names, text=False, repeats=args.repeats)
 
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
-          f"threads, load average {os.getloadavg()[0]:.1f} at the end")
+    from dense.device import cpu_model_and_flags
+
+    print(f"CPU: {cpu_model_and_flags()[0]}, {os.cpu_count()} cores, torch {torch.__version__} with "
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end")
     print(f"{'model':<28} {'action':<12} {'images':>6} {'n':>3} {'median ms':>10} {'max ms':>8}  what")
     for r in rows:
         print(f"{r['model']:<28} {r['action']:<12} {r['images']:>6} {r['n']:>3} {r['median_ms']:>10.1f} "

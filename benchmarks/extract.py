@@ -1,7 +1,7 @@
 """Extraction speed and memory: So400m/14 (random weights) at native aspect ratio, dense vs the transformers idiom.
 
-    python benchmarks/extract.py                  # the full table on this CPU (~10 min on 2 quiet AMX cores)
-    python benchmarks/extract.py --quick          # a few minutes: fewer repeats, a 48-JPEG folder
+    python benchmarks/extract.py                  # the full table on this CPU (the longest of these)
+    python benchmarks/extract.py --quick          # fewer repeats, a 48-JPEG folder
     python benchmarks/extract.py --device cuda    # the same table on a GPU; the folder runs at batch 32
     python benchmarks/extract.py --decide         # only this machine's compile record (dense compile-check)
 
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from dense.device import peak_rss_gib
 
 D, F, LAYERS, P = 1152, 4304, 27, 14  # So400m; --spec sets them from another RANDOM_SPECS entry
 SPEC = "so400m-patch14-384"
@@ -68,7 +69,7 @@ def forward_flops(n_tokens: int) -> float:
 def matmul_peak(dtype: torch.dtype, device: str, repeats: int = 5, budget_s: float = 4.0) -> float:
     """Best-of GFLOP/s of the MLP's first linear (``F.linear`` of [n, D] tokens by a [F, D] weight: the call and the
     kernel the tower spends its time in; a bare ``a @ b`` in bf16 takes a naive kernel on CPUs without bf16 units,
-    ~20x slower than the linear's oneDNN path, which made the peak meaningless there). n = 1024 tokens on a CPU,
+    far slower than the linear's oneDNN path, which made the peak meaningless there). n = 1024 tokens on a CPU,
     8192 on a GPU; stops early past ``budget_s``."""
     n = 8192 if device == "cuda" else 1024
     a = torch.randn(n, D, device=device).to(dtype)  # [n, D]
@@ -89,7 +90,7 @@ def matmul_peak(dtype: torch.dtype, device: str, repeats: int = 5, budget_s: flo
 
 
 def cpu_facts() -> str:
-    from dense.compiled import cpu_model_and_flags  # the one reader of /proc/cpuinfo
+    from dense.device import cpu_model_and_flags  # the one reader of the CPU's description
 
     model, flags = cpu_model_and_flags()
     return (f"{model}; flags: {' '.join(flags) or 'n/a'}; torch cpu capability "
@@ -178,7 +179,7 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
         sec = (time.perf_counter() - t0) / len(images)
     else:
         enc = dense.random_encoder(SPEC, device=device, dtype=dtype, compile=compile)
-        row["build_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        row["build_rss_gib"] = peak_rss_gib()
         row["compiled"] = enc.compiled
         if folder is None:  # model + in-memory preprocessing, 480x640 images (713 tokens)
             images = [photo((480, 640), k) for k in range(batch)]
@@ -230,7 +231,7 @@ def run_row(way: str, dtype_name: str, batch: int, repeats: int, device: str, fo
     row.update(sec_per_img=sec, images_per_s=1.0 / sec, tokens=int(np.mean(n_tokens)),
                gflops=float(np.mean([forward_flops(n) for n in n_tokens])) / sec / 1e9,
                peak_gflops=matmul_peak(dtype, device),
-               peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+               peak_rss_gib=peak_rss_gib(),
                cuda_peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0)
     return row
 

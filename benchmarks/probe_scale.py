@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from dense.device import peak_rss_gib
 
 GH = GW = 27
 P, D = 14, 1152
@@ -75,7 +76,7 @@ def run_one(args) -> dict:
     val = cached_samples(cache, val_keys, [partial(lab, k) for k in val_keys])
     if args.mode == "ram":
         train = [Sample(s.key, s.fmap, s.label) for s in train]  # bf16 tokens, as on disk
-    data_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    data_rss = peak_rss_gib()
     timings = {}
     t0 = time.perf_counter()
     orig_stats, orig_eval = pt._token_stats, pt.score_probes
@@ -100,7 +101,7 @@ def run_one(args) -> dict:
     return {"mode": args.mode, "n": args.n, "epochs": args.epochs, "heads": args.heads, "classes": args.classes,
             "threads": args.threads, "bn_s": timings["bn"], "train_s": timings["train"], "val_s": timings["val"],
             "tokens_per_s": tokens / timings["train"], "data_rss_gib": data_rss,
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_rss_gib": peak_rss_gib(),
             "load": os.getloadavg()[0]}
 
 

@@ -15,15 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
-
-def _rss_gib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+from dense.device import peak_rss_gib, rss_gib
 
 
 def run_one(args) -> dict:
@@ -55,7 +51,7 @@ def run_one(args) -> dict:
     lrs = tuple(10.0 ** np.linspace(-4, -2, args.heads)) if args.heads > 1 else (1e-3,)
     cfg = ProbeConfig(lrs=lrs, epochs=args.epochs, batch_size=args.batch_size, label_scale=args.label_scale,
                       feature_dtype=args.feature_dtype)
-    data_rss = _rss_gib()  # what the samples themselves hold, before training
+    data_rss = rss_gib()  # what the samples themselves hold, before training
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     timings = {}
@@ -77,7 +73,7 @@ def run_one(args) -> dict:
             "feature_dtype": args.feature_dtype, "threads": args.threads, "label_scale": args.label_scale,
             "batch_size": args.batch_size, "train_s": timings["train"], "val_s": timings["val"],
             "total_s": res.seconds, "data_rss_gib": data_rss,
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_rss_gib": peak_rss_gib(),
             "load_before": load0, "load_after": os.getloadavg()[0]}
 
 

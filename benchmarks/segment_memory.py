@@ -14,17 +14,13 @@ also runs the previous rule (every class upsampled, then one argmax) for compari
 from __future__ import annotations
 
 import argparse
-import os
 import threading
 import time
 
 import numpy as np
 import torch
 
-
-def rss_gib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+from dense.device import rss_gib
 
 
 def peak_during(fn) -> tuple[float, float, object]:

@@ -8,12 +8,24 @@
     >>> where = dense.localize(enc, fmap, "the dog on the left")        # box_xyxy and point_xy
     >>> loc = dense.Localizer(enc, fmap)                                # one image, many expressions
 
-Modules, one job each (dependencies flow down this list): ``preprocess`` (reading, grid, the pixel<->patch geometry),
-``features`` (FeatureMap), ``encoder`` (loading, identity, calibration, extraction), ``head`` (the MAP head's
-pieces), ``text`` (prompts and text embeddings), ``heatmap`` (dense text-aligned scores), ``openvocab``
-(classification, retrieval, segmentation), ``refer`` (referring expressions), ``coco`` (datasets), ``metrics``,
-``cache`` (on-disk features), ``eval`` (one evaluator per task), ``viz`` (figures), ``cli`` and ``demo``. Linear
-probes live in the ``probes`` package, which reads dense's core and is read by ``eval``, ``cli`` and ``demo``.
+Modules by layer; a module imports only from its own layer and the layers above it here (README.md, "Modules, one
+job each", says what each does; ``tests/test_architecture.py`` checks the imports):
+
+    foundations        errors  _atomic  labels  device  preprocess  refine  upsample.guided
+          |
+    data and geometry  features  head  compiled  batching  checkpoint  distributed  metrics  coco  segdata  datasets
+                       viz
+          |
+    encoder            encoder  text  cache  extract  tiling  upsample
+          |
+    text-aligned       heatmap  heatmap.methods  heatmap.distractors  heatmap.inputs  heatmap.scores  heatmap.windows
+                       openvocab  refer  similarity
+          |
+    probes             probes/
+          |
+    evaluation         eval
+          |
+    applications       cli  demo  explore
 
 The seven names below load their module on first use, so ``dense --help`` and ``import dense.cli`` stay light; every
 module of the package is an attribute too (``dense.heatmap.patch_scores(...)`` after a plain ``import dense``).

@@ -19,7 +19,6 @@ stops after the deepest block asked for.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -77,7 +76,8 @@ def _identity(x):
 
 
 def default_num_workers(device: torch.device, total: int | None) -> int:
-    """Worker processes for reading: 0 on CPU devices and for a handful of images, else up to 8 (one core kept free).
+    """Worker processes for reading: 0 on CPU devices and for a handful of images, else up to 8, one fewer than the
+    threads this process computes with (:func:`dense.device.set_threads`; one core kept free).
 
     On a CPU device the model already uses every core; a worker would only take cycles from its matmuls (reading a
     JPEG costs little next to an So400m forward), and the model's OpenMP threads stall when one is preempted. On a
@@ -85,11 +85,7 @@ def default_num_workers(device: torch.device, total: int | None) -> int:
     """
     if device.type == "cpu" or (total is not None and total < 16):
         return 0
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return max(0, min(8, cores - 1))
+    return max(0, min(8, torch.get_num_threads() - 1))
 
 
 def prepared_stream(images: Iterable[ImageInput], cfg: PixelConfig, max_patches: int, *, num_workers: int = 0,

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from dense.device import cpu_model_and_flags
+
 log = logging.getLogger("dense")
 
 DECISION_FILE = "compile.json"
@@ -182,21 +184,6 @@ def machine_key(device: torch.device, dtype: torch.dtype, hidden_size: int) -> s
         model, flags = cpu_model_and_flags()
         where = f"cpu {model} [{' '.join(flags) or 'no avx2'}] {torch.get_num_threads()} threads"
     return f"{where} | torch {torch.__version__} | {str(dtype).removeprefix('torch.')} | width {hidden_size}"
-
-
-def cpu_model_and_flags() -> tuple[str, list[str]]:
-    """The CPU's model name and the flags that decide its matmul speed (``avx2`` ... ``amx_bf16``)."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:  # not Linux: torch's own view of the vector unit
-        flags = {torch.backends.cpu.get_cpu_capability().lower()}
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
-    return model, [f for f in wanted if f in flags]
 
 
 def decision_path() -> Path:

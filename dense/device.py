@@ -1,9 +1,15 @@
-"""Device and dtype policy: which device a string names, which dtype ``"auto"`` means there, and where a small head's
-arithmetic runs (:func:`to_weights`)."""
+"""Device, dtype and thread policy: which device a string names, which dtype ``"auto"`` means there, where a small
+head's arithmetic runs (:func:`to_weights`), how many threads dense computes with; and what this machine is (its CPU,
+this process's memory), read in one place."""
 
 from __future__ import annotations
 
 import logging
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
 
 import torch
 
@@ -92,3 +98,135 @@ def to_weights(x: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
     outputs come back to the CPU as float32, like every output of dense)."""
     p = next(module.parameters())
     return x.to(p.device, p.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Threads: how many cores this process computes on
+
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_threads_set: int | None = None  # what set_threads last set in this process
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; all cores where the OS does not say)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """Threads dense computes with when none are given: ``OMP_NUM_THREADS`` when it is set (by the user, or by an
+    earlier :func:`set_threads` of this process); otherwise the usable cores less those :func:`machine_load` finds
+    busy (rounded to the nearest whole core), at least 1.
+
+    Why not every core: torch's OpenMP threads meet at a barrier after every parallel region, so on a machine that
+    other processes keep busy, each region waits for its preempted thread, and more threads than free cores run
+    several times slower with identical results (``python benchmarks/threads.py`` prints every core, 1 and this rule
+    side by side with the load average).
+    """
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cores = usable_cores()
+    return max(1, min(cores, cores - int(machine_load() + 0.5)))
+
+
+def machine_load() -> float:
+    """Cores that other processes keep busy: the smaller of the 1-minute load average and the tasks runnable right
+    now besides this one (``/proc/loadavg``, the median of 5 reads 10 ms apart). The average alone would count a
+    command that just finished here (it remembers a minute); the instant alone, a passing blip. 0 where the OS gives
+    neither."""
+    try:
+        average = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows: no load average
+        return 0.0
+    now = []
+    for k in range(5):
+        others = _runnable_others()
+        if others is None:  # not Linux: the average alone
+            return average
+        now.append(others)
+        if k < 4:
+            time.sleep(0.01)
+    return min(average, float(statistics.median(now)))
+
+
+def _runnable_others() -> int | None:
+    """Tasks runnable at this instant besides this process (``/proc/loadavg``'s fourth field); None without it."""
+    try:
+        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, running - 1)  # this process, reading the file, is one of them
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Compute on ``threads`` threads from now on (None: :func:`default_threads`); returns the number set.
+
+    Sets torch's intra-op threads, limits the BLAS and OpenMP libraries already loaded (numpy's, scikit-learn's:
+    through ``threadpoolctl``, installed with scikit-learn), and sets ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and
+    ``MKL_NUM_THREADS`` for libraries loaded later and for worker processes. Decode workers
+    (:func:`dense.batching.default_num_workers`) are capped by the same number.
+    """
+    global _threads_set
+    n = default_threads() if threads is None else int(threads)
+    if n < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    torch.set_num_threads(n)
+    _threads_set = n
+    for name in _THREAD_ENV:
+        os.environ[name] = str(n)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn installs it; without it, the variables above still reach later libraries
+        return n
+    threadpool_limits(limits=n)
+    return n
+
+
+def ensure_threads(threads: int | None = None) -> int:
+    """:func:`set_threads` of ``threads`` when given; with None, the default once per process (what an earlier call
+    set is kept). What :func:`dense.load_encoder` calls."""
+    if threads is None and _threads_set is not None:
+        return _threads_set
+    return set_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What this machine is: the one reader of the CPU's description and of this process's memory
+
+
+def cpu_model_and_flags() -> tuple[str, list[str]]:
+    """The CPU's model name (``lscpu``'s "Model name", read from ``/proc/cpuinfo``) and the flags that decide its
+    matmul speed (``avx2`` ... ``amx_bf16``)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:  # not Linux: the platform's name, and torch's own view of the vector unit
+        model = platform.processor() or model
+        flags = {torch.backends.cpu.get_cpu_capability().lower()}
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+    return model, [f for f in wanted if f in flags]
+
+
+def rss_gib() -> float:
+    """This process's resident memory now, GiB (``/proc/self/statm``; the peak so far where there is no such file)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:
+        return peak_rss_gib()
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far, GiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)

@@ -39,7 +39,7 @@ from dense.checkpoint import (
     resolve_checkpoint,
 )
 from dense.compiled import CompiledTower, check_compile_option, stored_decision, tell_how_to_measure
-from dense.device import resolve_device, resolve_dtype
+from dense.device import ensure_threads, resolve_device, resolve_dtype
 from dense.errors import CheckpointError, ImageError
 from dense.features import RULES_VERSION, FeatureMap, block_indices
 from dense.preprocess import ImageInput, PixelConfig, choose_grid, load_image, to_pixels
@@ -297,8 +297,8 @@ class Encoder:
 
 def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype | str | None = "auto", attn_implementation: str = "sdpa",
-                 calibration: Calibration | dict | str | os.PathLike | None = None, compile: bool | str = "auto"
-                 ) -> Encoder:
+                 calibration: Calibration | dict | str | os.PathLike | None = None, compile: bool | str = "auto",
+                 threads: int | None = None) -> Encoder:
     """Load a SigLIP / SigLIP 2 vision tower for dense features.
 
     Args:
@@ -319,6 +319,10 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
             ``False`` (plain transformers layers, always works), or ``"auto"`` (default): compiled only where
             ``dense compile-check`` (:func:`dense.compiled.check_compile`) measured on this machine that it pays;
             without that record, plain layers (and one line saying how to measure).
+        threads: the CPU threads of this process from now on (torch's, BLAS's through threadpoolctl, the cap of
+            decode workers: :func:`dense.device.set_threads`). None: what this process already set, else the default
+            of :func:`dense.device.default_threads` (``OMP_NUM_THREADS`` when set, else the cores the machine's
+            load leaves free), so that a shared machine does not make every op wait for a preempted thread.
 
     Loading is strict: a missing, mismatched or unexpected weight (other than the text tower's, which loads only when
     text is first needed) raises :class:`CheckpointError`.
@@ -326,6 +330,7 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
     from transformers import AutoConfig
 
     check_compile_option(compile)
+    ensure_threads(threads)
     device = resolve_device(device)  # before any file is read: a CPU-only torch asked for CUDA says so at once
     source = resolve_checkpoint(name_or_path)
     dtype = resolve_dtype(dtype, device)

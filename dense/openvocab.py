@@ -152,8 +152,8 @@ def labels_from_patch_scores(scores: torch.Tensor, fmap: FeatureMap, num_classes
                              chunk: int = CHUNK_CLASSES) -> np.ndarray:
     """Patch scores ``[C (+ B), gh, gw]`` -> int32 labels ``[H, W]``: exactly :func:`labels_from_scores` of the
     upsampled scores, but upsampling ``chunk`` maps at a time into a running best (updated in place). Peak memory is
-    about ``chunk + 2.25`` float32 ``[H, W]`` maps instead of ``C + B`` (150 classes on a 12 MP photo: ~0.2 GiB, not
-    6.8).
+    about ``chunk + 2.25`` float32 ``[H, W]`` maps instead of ``C + B`` (``python benchmarks/segment_memory.py
+    --unchunked`` prints both peaks for 150 classes on a 12 MP photo).
 
     Ties keep the first class, as ``max(dim=0)`` does: a later class wins a pixel only when strictly greater.
     """

@@ -8,7 +8,7 @@
 Each figure is measured through what a user runs: ``scripts/train_shapes_siglip.py --eval-only``, ``dense eval
 openvocab``, ``dense eval refer``, ``dense probe train`` and the benchmarks in ``benchmarks/``, each as a subprocess
 whose JSON output is read back. The JSON keeps, per figure, its value, its 95% interval where it has one, the exact
-command, the seeds and the split; per group, the CPU (``lscpu`` model name and its bf16/AMX flags), torch and
+command, the seeds and the split; per group, the CPU (model name and its bf16/AMX flags), torch and
 transformers versions, the date, the load average and the seconds it took. ``--write-md`` (the default unless
 ``--no-md``) renders ``RESULTS.md`` and the block between ``<!-- figures:begin -->`` and ``<!-- figures:end -->`` in
 README.md from the JSON; ``tests/test_figures.py`` checks that both agree with it.
@@ -67,23 +67,15 @@ SIZES = {
 
 
 def machine() -> dict:
-    """CPU model name (``lscpu``), its bf16/AMX flags, core count, torch / transformers / Python versions."""
+    """CPU model name, its bf16/AMX flags (:func:`dense.device.cpu_model_and_flags`), core count, torch /
+    transformers / Python versions."""
     import torch
     import transformers
 
-    model, flags = "unknown", set()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Model name" and model == "unknown":
-                model = value.strip()
-            elif key.strip() == "Flags":
-                flags = set(value.split())
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
-    return {"cpu": model, "cpu_flags": [f for f in wanted if f in flags], "cores": os.cpu_count(),
+    from dense.device import cpu_model_and_flags
+
+    model, flags = cpu_model_and_flags()
+    return {"cpu": model, "cpu_flags": flags, "cores": os.cpu_count(),
             "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}
 
@@ -315,7 +307,7 @@ def upsample(run: Run) -> list[dict]:
 def speed(run: Run) -> list[dict]:
     out_json = run.work / "extract.json"
     argv = ["benchmarks/extract.py", "--json", str(out_json)]
-    # the non-default dtype and batch 8 are left out: on a 2-core CPU without bf16 units they alone take ~30 minutes
+    # the non-default dtype and batch 8 are left out: on a 2-core CPU without bf16 units they cost more than the rest
     argv += (["--quick", "--spec", "tiny-siglip", "--folder-images", "4", "--batches", "1", "--no-other-dtype"]
              if run.quick else
              ["--rounds", "3", "--repeats", "1", "--batches", "1", "--folder-images", "24", "--no-other-dtype"])

@@ -486,7 +486,8 @@ def main() -> None:
     ap.add_argument("--eval-images", type=int, default=320, help="single-object images of the zero-shot figure")
     ap.add_argument("--eval-pointing", type=int, default=120, help="multi-object images of the pointing figures")
     ap.add_argument("--eval-budgets", default="64,144,256", help="token budgets of the pointing figures")
-    ap.add_argument("--threads", type=int, default=1, help="1: on a shared 2-core machine 2 threads ran 3-4x slower")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="1: more threads than free cores wait at every barrier (benchmarks/threads.py)")
     args = ap.parse_args()
     if args.eval_only:
         torch.set_num_threads(args.threads)

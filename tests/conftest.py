@@ -11,7 +11,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
 os.environ.setdefault("DENSE_TEXT_CACHE", "0")  # no test reads text embeddings another run left on disk
-torch.set_num_threads(2)
+# dense's default threads (OMP_NUM_THREADS when set, else the cores the machine's load leaves free), so that a loaded
+# machine runs the suite no slower than a quiet one per core
+from dense.device import set_threads  # noqa: E402
+
+set_threads()
 
 WORDS = ("a photo of the red green blue yellow circle square triangle star small big large left right top bottom "
          "cat dog on in with").split()

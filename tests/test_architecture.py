@@ -1,5 +1,9 @@
 """The import picture of ``dense/`` and ``probes/``, parsed with ``ast``: no cycle, no arrow back up the documented
-layers, and every module in README.md's module table."""
+layers, and every module in README.md's module table.
+
+:data:`LAYERS` is the one statement of the architecture: the test checks it against the real imports, and the picture
+in README.md ("Modules, one job each") and in ``dense/__init__.py``'s docstring is :func:`layer_picture` of it
+(``python tests/test_architecture.py`` prints it)."""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The documented order, bottom first (README.md, "Modules, one job each"): a module imports only modules of its own
-# layer or of layers below it. A module is placed by its longest listed prefix.
+# The layers, bottom first: a module imports only modules of its own layer or of layers below it. A module is placed
+# by its longest listed prefix.
 LAYERS = [
     ("foundations", ["dense.errors", "dense._atomic", "dense.labels", "dense.device", "dense.preprocess",
                      "dense.refine", "dense.upsample.guided"]),
@@ -28,6 +32,25 @@ LAYERS = [
 ]
 # Arrows back up, each with its reason; each must still exist here (so the entry cannot outlive the arrow).
 KNOWN_BACK_ARROWS: set[tuple[str, str]] = set()
+
+
+def layer_picture(width: int = 116) -> str:
+    """The layers as README.md and ``dense.__doc__`` draw them: the bottom layer first, each module by its name in its
+    package, and any arrow still running back up (:data:`KNOWN_BACK_ARROWS`) named below."""
+    lines = []
+    for k, (layer, modules) in enumerate(LAYERS):
+        if k:
+            lines.append("      |")
+        names = [m.removeprefix("dense.") if m.startswith("dense.") else f"{m}/" for m in modules]
+        line = f"{layer:<19}"
+        for name in names:
+            if len(line) + len(name) + 2 > width and line.strip() != layer:
+                lines.append(line.rstrip())
+                line = " " * 19
+            line += name + "  "
+        lines.append(line.rstrip())
+    lines += [f"(back up: {m} imports {d})" for m, d in sorted(KNOWN_BACK_ARROWS)]
+    return "\n".join(lines)
 
 
 def module_name(path: Path) -> str:
@@ -130,6 +153,31 @@ def test_every_module_is_in_the_readme_table():
     assert not stale, f"README.md's module table lists modules that do not exist: {', '.join(stale)}"
 
 
+def test_the_readme_and_the_package_docstring_draw_the_layers_of_this_test():
+    import dense
+
+    picture = layer_picture()
+    section = ROOT.joinpath("README.md").read_text().split("### Modules, one job each", 1)[1].split("\n## ", 1)[0]
+    drawn = section.split("```\n", 2)[1]
+    assert drawn.rstrip("\n") == picture, "README's layer picture is stale: paste `python tests/test_architecture.py`"
+    doc = "\n".join(line.removeprefix("    ") for line in dense.__doc__.splitlines())
+    assert picture in doc, "dense.__doc__'s layer picture is stale: paste `python tests/test_architecture.py`"
+
+
+def test_the_machine_is_read_in_one_place():
+    """The CPU's description and this process's memory are read by ``dense.device`` alone; everything else calls it."""
+    readers = re.compile(r"/proc/cpuinfo|/proc/self/statm|getrusage\(|\blscpu\b|\bpsutil\b")
+    found = []
+    for folder in ("dense", "probes", "scripts", "benchmarks"):
+        for path in sorted(ROOT.joinpath(folder).rglob("*.py")):
+            if path != ROOT / "dense" / "device.py":
+                found += [f"{path.relative_to(ROOT)}:{k}" for k, line in enumerate(path.read_text().splitlines(), 1)
+                          if readers.search(line)]
+    assert not found, "read the machine through dense.device (cpu_model_and_flags, rss_gib, peak_rss_gib): " + \
+        ", ".join(found)
+    assert readers.search(ROOT.joinpath("dense", "device.py").read_text())
+
+
 def test_no_tracker_numbers_in_the_code():
     """Comments say why, not which ticket: an issue number means nothing to a reader of the code."""
     pattern = re.compile(r"\b(?:issue|ticket|bug)\s*#?\s*\d+[a-z]?\b", re.IGNORECASE)
@@ -140,3 +188,7 @@ def test_no_tracker_numbers_in_the_code():
                 if pattern.search(line):
                     found.append(f"{path.relative_to(ROOT)}:{k}: {line.strip()}")
     assert not found, "tracker numbers in the code:\n" + "\n".join(found)
+
+
+if __name__ == "__main__":
+    print(layer_picture())

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -163,11 +162,10 @@ def world(tmp_path_factory):
 def test_missing_split_fails_at_once_listing_the_splits(world, tiny_siglip_dir, tmp_path, capsys):
     common = ["--model", str(tiny_siglip_dir), "--ann", str(world / "annotations.json"), "--images",
               str(world / "images"), "--cache", str(tmp_path / "cache"), "--quiet"]
-    t0 = time.perf_counter()
     assert main(["probe", "train", *common, "--test-split", "nosuch"]) == 1
     line = _one_line(capsys)
     assert "no images in split 'nosuch'; splits present: test, train, val" in line, line
-    assert not (tmp_path / "cache").exists() and time.perf_counter() - t0 < 10  # nothing extracted, no model loaded
+    assert not (tmp_path / "cache").exists()  # nothing extracted
     assert main(["probe", "train", *common, "--val-split", "valid", "--holdout-seed", "1"]) == 1
     assert "split 'valid'; splits present: test, train, val" in _one_line(capsys)
     no_images = [a for a in common if a not in ("--images", str(world / "images"))]

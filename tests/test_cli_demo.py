@@ -38,6 +38,7 @@ def _run(*args):
     return subprocess.run([sys.executable, "-m", "dense.cli", *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_errors_are_one_line_unless_debug(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")

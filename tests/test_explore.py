@@ -96,7 +96,7 @@ def good_names(explorer) -> list[str]:
 
 def raw_get(server: Server, path: str) -> tuple[int, bytes]:
     """GET ``path`` sent exactly as written (no client-side normalisation of dots or escapes)."""
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=600)
     try:
         conn.putrequest("GET", path, skip_accept_encoding=True)
         conn.endheaders()
@@ -107,7 +107,7 @@ def raw_get(server: Server, path: str) -> tuple[int, bytes]:
 
 
 def raw_post(server: Server, path: str, body: bytes, content_type: str = "application/json") -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=600)
     try:
         conn.request("POST", path, body=body, headers={"Content-Type": content_type})
         res = conn.getresponse()
@@ -526,7 +526,7 @@ def test_dense_explore_command_serves_the_page_on_loopback(folder):
     finally:
         proc.send_signal(2)  # Ctrl-C
         try:
-            rc = proc.wait(timeout=20)
+            rc = proc.wait(timeout=300)  # a hang guard, not a speed limit
         except subprocess.TimeoutExpired:
             proc.kill()
             raise

@@ -71,13 +71,13 @@ def page(browser, site):
     server, _ = site
     p = browser.new_page(viewport={"width": 1280, "height": 900})
     p.goto(server.url)
-    p.wait_for_selector("body[data-ready='1']", timeout=120_000)
+    p.wait_for_selector("body[data-ready='1']", timeout=900_000)
     yield p
     p.close()
 
 
 def wait_answer(page, mode: str) -> None:
-    page.wait_for_selector(f"body[data-mode='{mode}'][data-busy='0']", timeout=60_000)
+    page.wait_for_selector(f"body[data-mode='{mode}'][data-busy='0']", timeout=900_000)
 
 
 def data_url_rgb(src: str) -> np.ndarray:

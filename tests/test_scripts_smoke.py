@@ -100,3 +100,15 @@ def test_segment_150_benchmark_quick():
     out = run("benchmarks/segment_150.py", "--spec", "tiny-siglip", "--classes", "5", "--height", "64", "--width",
               "96", "--repeats", "1", "--text-sample", "2")
     assert "segment | image, cached text" in out and "labels (64, 96)" in out
+
+
+def test_threads_benchmark_times_every_setting(tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (48, 32), (200, 30, 30)).save(image)
+    out = run("benchmarks/threads.py", "--rounds", "1", "--", "heatmap", str(image), "a red circle", "--model",
+              "shapes-tiny-v2", "--out", str(tmp_path / "h.png"))
+    rows = [line.split() for line in out.splitlines()]
+    assert [r[0] for r in rows if r and r[0] in ("every", "--threads", "default")] == ["every", "--threads", "default"]
+    assert (tmp_path / "h.png").exists() and "load before" in out and out.count("ratio ") == 2

@@ -81,6 +81,7 @@ def test_zero_shot_accuracy_floor(tiny):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_map_value_pointing_beats_chance(tiny):
     """Patch tokens through the MAP head's value + out projections + MLP residual point at the named object."""
     model, tokenizer = tiny

@@ -65,6 +65,7 @@ def test_folder_is_small_and_strict():
     assert not any(info.values()), info  # a plain SiglipModel: no missing, unexpected or mismatched keys
 
 
+@pytest.mark.slow
 def test_zero_shot_accuracy_floor(encoders):
     enc, _ = encoders
     rng = np.random.default_rng(2025)
@@ -104,6 +105,7 @@ def _pointing(enc, scenes, max_patches: int) -> tuple[float, float]:
     return hits / queries, bg_low / bg_all
 
 
+@pytest.mark.slow
 def test_default_method_points_at_the_named_object(encoders, scenes):
     v2, v1 = encoders
     p2, calibrated = _pointing(v2, scenes, 144)

@@ -173,6 +173,7 @@ def test_upsampler_geometry_neighbours_centre_on_the_covering_patch():
     assert not valid[0, 0] and valid[centre].all()  # the top-left pixel has no patch above-left
 
 
+@pytest.mark.slow
 def test_train_upsampler_learns_and_save_load_checks_identity(tiny_encoder, tmp_path):
     from tests.conftest import random_rgb
 

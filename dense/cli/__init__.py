@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         args._parser.print_help()
         return 2
+    if not any(k.endswith("_action") and v is None for k, v in vars(args).items()):  # not a group's bare help
+        from dense.device import set_threads
+
+        set_threads(args.threads)  # before any model code: --threads, or the default that a shared machine needs
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

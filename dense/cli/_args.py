@@ -97,7 +97,9 @@ OPTIONS = {
                  "checkpoint's calibrated count)",
     "--resamples": "bootstrap draws for the 95%% intervals",
     "--scorers": "comma-separated candidate scorers of dense.refer.SCORERS",
-    "--threads": "torch threads",
+    "--threads": "CPU threads of torch and of BLAS (threadpoolctl), and the cap of decode workers (default: "
+                 "OMP_NUM_THREADS when set, else the cores other processes leave free, at least 1: "
+                 "dense.device.default_threads)",
     "--queries": "text queries, e.g. 'a dog' 'a red car'",
     "--n-images": "synthetic images to draw (at least 7: train, val and test each need one)",
     "--max-images": "images (or photos) shown on the page",
@@ -134,6 +136,7 @@ def common_parent() -> argparse.ArgumentParser:
     """Options every command accepts, wherever they are placed on the line."""
     parent = Parser(add_help=False, allow_abbrev=False)
     opt(parent, "--debug", action="store_true", default=argparse.SUPPRESS)
+    opt(parent, "--threads", type=positive_int, default=None)
     return parent
 
 
@@ -397,6 +400,7 @@ def option_table(parser) -> str:
             used.setdefault(flag, []).append(cmd)
     rows = ["| flag | meaning | commands |", "| --- | --- | --- |"]
     for flag in sorted(used):
-        cmds = "all" if flag == "--debug" else ", ".join(f"`{c}`" for c in used[flag])
+        everywhere = flag == "--debug" or flag in {s for a in common_parent()._actions for s in a.option_strings}
+        cmds = "all" if everywhere else ", ".join(f"`{c}`" for c in used[flag])
         rows.append(f"| `{flag}` | {OPTIONS[flag].replace('%%', '%').replace('|', chr(92) + '|')} | {cmds} |")
     return "\n".join(rows)

@@ -82,7 +82,6 @@ def add(sub, parent) -> None:
     opt(r, "--train-batch-size", "expressions per step", type=positive_int, default=64)
     opt(r, "--lr", type=float, default=2e-3)
     opt(r, "--seed", "initialisation and batch draws", type=int, default=0)
-    opt(r, "--threads", "1: a tiny head on a shared machine", type=positive_int, default=1)
     opt(r, "--out", "the trained head")
     add_json(r)
 
@@ -242,13 +241,10 @@ def run_test(args) -> int:
 
 
 def run_refer(args) -> int:
-    import torch
-
     from dense.eval.data import open_data
     from dense.eval.refer import evaluate_refer_head_protocol
     from dense.eval.settings import figure_name
 
-    torch.set_num_threads(args.threads)
     data = open_data(ann=args.ann, images=args.images, refs=args.refs)  # files and splits, before the model
     res = evaluate_refer_head_protocol(args.model, data,
                                        train_split=args.train_split, split=args.split,

@@ -11,7 +11,7 @@
 Modules by layer; a module imports only from its own layer and the layers above it here (README.md, "Modules, one
 job each", says what each does; ``tests/test_architecture.py`` checks the imports):
 
-    foundations        errors  _atomic  labels  device  preprocess  refine  upsample.guided
+    foundations        errors  _atomic  _progress  labels  device  preprocess  refine  upsample.guided
           |
     data and geometry  features  head  compiled  batching  checkpoint  distributed  metrics  coco  segdata  datasets
                        viz

@@ -95,6 +95,12 @@ class _Page:
         self.parts.append("<div class='row'>" + "".join(
             f"<a href='{html.escape(n)}'><img src='{html.escape(n)}'></a>" for n in names) + "</div>")
 
+    def error_cards(self, errors: dict[str, str]) -> None:
+        """One card per input that could not be used: its name and why (as the explorer shows unreadable files)."""
+        self.parts.append("<div class='row'>" + "".join(
+            f"<div class='error'><b>{html.escape(name)}</b><br>{html.escape(why)}</div>"
+            for name, why in errors.items()) + "</div>")
+
     def write(self, path: Path) -> None:
         style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
                  f"img{{max-height:{IMAGE_MAX_H_PX}px;max-width:100%;margin:4px;border:1px solid #ddd}}"
@@ -102,6 +108,8 @@ class _Page:
                  "dl{font-size:0.9em;color:#444}dt{font-weight:bold;float:left;clear:left;width:9em}"
                  "dd{margin-left:10em;margin-bottom:0.3em}"
                  ".note{background:#fff6d6;border-left:4px solid #e0b000;padding:6px 10px}"
+                 ".error{background:#fde8e8;border-left:4px solid #c02020;padding:6px 10px;margin:4px;"
+                 "max-width:360px;overflow-wrap:anywhere}"
                  ".row{display:flex;flex-wrap:wrap;align-items:flex-start}")
         page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                 f"<style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>{''.join(self.parts)}"
@@ -134,6 +142,8 @@ def run_demo(out_dir: str | Path = "dense-demo", *, model: str = BUNDLED_MODEL, 
     if queries is not None and any(not str(q).strip() for q in queries):
         raise ValueError("a query of --queries is empty; give some text")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file; the demo writes a folder (index.html and its figures)")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     encoder = dense.load_encoder(model, **{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
@@ -150,7 +160,7 @@ def run_demo(out_dir: str | Path = "dense-demo", *, model: str = BUNDLED_MODEL, 
         summary = _photos(encoder, out, paths, queries, max_images=max_images, bundled=bundled,
                           max_patches=max_patches)
     summary.update(model=model, seconds=round(time.perf_counter() - t0, 1))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -175,6 +185,8 @@ def format_summary(summary: dict) -> str:
         n_queries = len(summary.get("queries", []))
         lines.append(f"dense demo: {summary['images']} of {summary.get('photos_found', summary['images'])} photos, "
                      f"{n_queries} {'query' if n_queries == 1 else 'queries'}, model {summary.get('model', '?')}")
+        for why in summary.get("unreadable", {}).values():  # each message names its file
+            lines.append(f"  unreadable, left out: {why}")
         if summary.get("left_out"):
             lines.append(f"  left out ({len(summary['left_out'])}, raise --max-images to include them): "
                          + ", ".join(summary["left_out"][:8]) + (" ..." if len(summary["left_out"]) > 8 else ""))
@@ -320,27 +332,36 @@ def _photos(encoder, out: Path, all_paths: list[Path], queries: list[str], *, ma
             bundled: bool, max_patches: int | None = None) -> dict:
     import dense
     from dense import viz
+    from dense.preprocess import ImageError, load_image
     from dense.refer import Localizer
 
     paths, left_out = all_paths[:max_images], all_paths[max_images:]
-    names = _output_names(paths)
     page = _Page("dense demo: your photos")
+    readable, unreadable = [], {}
+    for name, p in zip(_output_names(paths), paths, strict=True):
+        try:
+            readable.append((name, p, load_image(p)))  # read once, upright; every figure below reuses the pixels
+        except ImageError as e:  # reported on the page and in the summary; the other photos go on
+            unreadable[p.name] = str(e)
     page.section("What this is", f"{len(paths)} of your photos, queries: " + ", ".join(repr(q) for q in queries)
                  + ".")
     if left_out:
         page.note(f"{len(left_out)} of {len(all_paths)} photos were left out (the demo uses the first {max_images} "
                   "in name order; raise --max-images to include more): "
                   + ", ".join(p.name for p in left_out[:20]) + (" ..." if len(left_out) > 20 else ""))
+    if unreadable:
+        page.note(f"{len(unreadable)} of these photos could not be read and are left out of every figure:")
+        page.error_cards(unreadable)
     if bundled:
         page.note(SHAPES_TINY_NOTE)
-    _feature_panels(encoder, page, out, list(zip(names, paths, strict=True)), lambda name: list(queries),
+    _feature_panels(encoder, page, out, [(name, rgb) for name, _, rgb in readable], lambda name: list(queries),
                     max_patches)
     seg_names, box_names = [], []
-    for name, p in zip(names, paths, strict=True):
-        labels = dense.segment(encoder, p, queries, max_patches=max_patches)
-        seg_names.append(_save(viz.label_map(p, labels, queries), out / f"segment_{name}.png"))
-        found = Localizer(encoder, p, max_patches=max_patches).localize_many(queries)
-        fig = viz.localizations(p, found, found_threshold=encoder.calibration.found_threshold)
+    for name, _, rgb in readable:
+        labels = dense.segment(encoder, rgb, queries, max_patches=max_patches)
+        seg_names.append(_save(viz.label_map(rgb, labels, queries), out / f"segment_{name}.png"))
+        found = Localizer(encoder, rgb, max_patches=max_patches).localize_many(queries)
+        fig = viz.localizations(rgb, found, found_threshold=encoder.calibration.found_threshold)
         box_names.append(_save(fig, out / f"refer_{name}.png"))
     page.section("Open-vocabulary segmentation", "Each pixel takes the query with the highest probability; pixels "
                  "where no query is probable enough stay unpainted (background).")
@@ -350,5 +371,5 @@ def _photos(encoder, out: Path, all_paths: list[Path], queries: list[str], *, ma
                  f"threshold ({encoder.calibration.found_threshold:.2f}) is 'not found': no box, a note instead.")
     page.images(box_names)
     page.write(out / "index.html")
-    return {"images": len(paths), "photos_found": len(all_paths), "left_out": [p.name for p in left_out],
-            "queries": list(queries)}
+    return {"images": len(readable), "photos_found": len(all_paths), "left_out": [p.name for p in left_out],
+            "unreadable": unreadable, "queries": list(queries)}

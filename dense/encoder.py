@@ -23,8 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from dense._progress import tqdm
 from dense.batching import Prepared, default_num_workers, forward_tower, plan_batches, prepared_stream
 from dense.checkpoint import (
     RANDOM_SPECS,

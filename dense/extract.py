@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from dense._progress import tqdm
 from dense.cache import FeatureCache, cache_spec
 from dense.distributed import dist_info
 from dense.head import with_pooled

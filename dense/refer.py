@@ -8,8 +8,10 @@ Two ways, both reading one :class:`~dense.FeatureMap` (compute once, query many)
   - the point: the peak patch, refined below the patch size by a quadratic fit along each axis through the peak and its
     two neighbours (:func:`find_peak_grid`), mapped to pixels by :func:`dense.preprocess.grid_to_pixel_xy`;
   - the box: the heatmap is upsampled ``box_factor`` times (bilinear, ``align_corners=False`` so sample centres stay
-    where the geometry says), thresholded at ``min + box_threshold * (max - min)`` (a RELATIVE threshold in [0, 1]),
-    and the 8-connected component (OpenCV) holding the maximum becomes the box (:func:`heatmap_box_xyxy`). The default
+    where the geometry says), thresholded at ``min + box_threshold * (peak - min)`` (a RELATIVE threshold in [0, 1];
+    ``peak``: the upsampled cell holding the point), and the 8-connected component (OpenCV) holding the point becomes
+    the box (:func:`heatmap_box_xyxy`). One maximum gives both, so the point lies in its box by construction (two
+    maxima, the grid's and the upsampled map's, named two objects when two peaks were nearly equal). The default
     threshold is the encoder's calibration (``encoder.calibration.box_threshold``); ``dense eval refer`` sweeps it.
 
 - **With candidate boxes** (ground-truth boxes, or a detector's proposals): each box is scored against the expression
@@ -152,14 +154,16 @@ def find_peak_grid(heatmap: torch.Tensor, *, allowed: torch.Tensor | None = None
 
 
 def heatmap_box_xyxy(heatmap: torch.Tensor, fmap: FeatureMap, *, threshold: float = 0.5,
-                     factor: int = DEFAULT_BOX_FACTOR) -> np.ndarray:
-    """The box of the connected component around the heatmap's maximum: float64 ``[4]`` xyxy, original pixels.
+                     factor: int = DEFAULT_BOX_FACTOR, peak_grid=None) -> np.ndarray:
+    """The box of the connected component around the heatmap's peak: float64 ``[4]`` xyxy, original pixels.
 
-    The ``[gh, gw]`` heatmap is upsampled ``factor`` times (bilinear, ``align_corners=False``), kept where it is at
-    least ``min + threshold * (max - min)``, and split into 8-connected components
-    (``cv2.connectedComponentsWithStats``); the component holding the upsampled maximum gives the box. Fine cell ``a``
-    spans patch coordinates
-    ``[a / factor - 0.5, (a + 1) / factor - 0.5]``, mapped to pixels by :func:`grid_to_pixel_xy`.
+    ``peak_grid``: the peak as a fractional patch ``(i, j)`` (the Localization's ``peak_grid``; None:
+    :func:`find_peak_grid` of the heatmap). The ``[gh, gw]`` heatmap is upsampled ``factor`` times (bilinear,
+    ``align_corners=False``); fine cell ``a`` spans patch coordinates ``[a / factor - 0.5, (a + 1) / factor - 0.5]``,
+    so the peak lies in fine cell ``floor((i + 0.5) * factor)``. Cells are kept where the map is at least
+    ``min + threshold * (peak - min)`` (``peak``: the value of the peak's cell, always kept) and split into
+    8-connected components (``cv2.connectedComponentsWithStats``); the component holding the peak's cell gives the
+    box, mapped to pixels by :func:`grid_to_pixel_xy`. The peak, in pixels, therefore lies in the box.
     """
     import cv2
     import torch.nn.functional as F
@@ -170,15 +174,27 @@ def heatmap_box_xyxy(heatmap: torch.Tensor, fmap: FeatureMap, *, threshold: floa
         raise ValueError(f"factor must be >= 1, got {factor}")
     s = _check_heatmap(heatmap, fmap)
     k = int(factor)
+    peak_ij = find_peak_grid(s) if peak_grid is None else np.asarray(peak_grid, dtype=np.float64)
     fine = F.interpolate(s[None, None], scale_factor=k, mode="bilinear", align_corners=False)[0, 0]  # [gh*k, gw*k]
-    lo, hi = float(fine.min()), float(fine.max())
-    keep = (fine >= lo + threshold * (hi - lo)).numpy().astype(np.uint8)  # [gh*k, gw*k]
+    a, b = (int(np.clip(np.floor((v + 0.5) * k), 0, n - 1)) for v, n in zip(peak_ij, fine.shape, strict=True))
+    lo, top = float(fine.min()), float(fine[a, b])
+    keep = (fine >= lo + threshold * (top - lo)).numpy().astype(np.uint8)  # [gh*k, gw*k]; the peak's cell is kept
     _, labels, stats, _ = cv2.connectedComponentsWithStats(keep, connectivity=8)
-    a, b = divmod(int(torch.argmax(fine)), fine.shape[1])  # the maximum: always kept (threshold <= 1)
     x, y, w, h = (int(v) for v in stats[labels[a, b], :4])  # fine columns [x, x+w), rows [y, y+h)
     corners_ij = np.array([[y / k - 0.5, x / k - 0.5], [(y + h) / k - 0.5, (x + w) / k - 0.5]])  # [2, (i, j)]
     corners_xy = grid_to_pixel_xy(corners_ij, fmap.image_hw, fmap.resized_hw, fmap.patch_size)  # [2, (x, y)]
     return corners_xy.reshape(4)  # [[x0, y0], [x1, y1]] -> [x0, y0, x1, y1]
+
+
+def peak_in_box(heatmap: torch.Tensor, fmap: FeatureMap, box_xyxy, *, peak: str = "quadratic"
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The point of a box that came from elsewhere (a candidate, a regression head): the heatmap's refined peak among
+    the patches the box covers, in pixels clipped into the box. Returns ``(peak_grid [2], point_xy [2])``; the point
+    lies in ``box_xyxy`` by construction."""
+    box_xyxy = np.asarray(box_xyxy, dtype=np.float64).reshape(4)
+    inside = box_patch_weights(fmap, box_xyxy[None])[0] > 0  # [gh, gw]
+    peak_ij = find_peak_grid(heatmap, allowed=inside, peak=peak)
+    return peak_ij, np.clip(fmap.grid_to_pixel_xy(peak_ij), box_xyxy[:2], box_xyxy[2:])
 
 
 def box_patch_weights(fmap: FeatureMap, boxes_xyxy) -> torch.Tensor:
@@ -348,8 +364,9 @@ class Localizer:
         loc = localize_heatmap(heatmap, self.fmap, **common)
         if not rerank_thresholds:
             return loc
-        proposals = np.unique(np.stack([heatmap_box_xyxy(heatmap, self.fmap, threshold=t, factor=box_factor)
-                                        for t in rerank_thresholds]), axis=0)  # [P, 4]
+        proposals = np.unique(np.stack([heatmap_box_xyxy(heatmap, self.fmap, threshold=t, factor=box_factor,
+                                                         peak_grid=loc.peak_grid)
+                                        for t in rerank_thresholds]), axis=0)  # [P, 4], each holding the point
         scores = self.candidate_scores(expression, proposals, scorer=scorer, heatmap=heatmap)  # [P]
         best = int(torch.argmax(scores))
         return replace(loc, box_xyxy=proposals[best], score=float(scores[best]), candidate_scores=scores,
@@ -370,8 +387,8 @@ def localize_heatmap(heatmap: torch.Tensor, fmap: FeatureMap, *, expression: str
     _check_found_threshold(found_threshold)
     heatmap = _check_heatmap(heatmap, fmap)
     if candidates_xyxy is None:
-        peak_ij = find_peak_grid(heatmap, peak=peak)
-        box_xyxy = heatmap_box_xyxy(heatmap, fmap, threshold=box_threshold, factor=box_factor)
+        peak_ij = find_peak_grid(heatmap, peak=peak)  # one maximum for the point and the box
+        box_xyxy = heatmap_box_xyxy(heatmap, fmap, threshold=box_threshold, factor=box_factor, peak_grid=peak_ij)
         point_xy = fmap.grid_to_pixel_xy(peak_ij)
         score = float(heatmap.max())
         return Localization(box_xyxy=box_xyxy, point_xy=point_xy, score=score, heatmap=heatmap,
@@ -383,9 +400,7 @@ def localize_heatmap(heatmap: torch.Tensor, fmap: FeatureMap, *, expression: str
         raise ValueError(f"need one score per candidate box ({len(boxes)})")
     best = int(torch.argmax(candidate_scores))
     box_xyxy = boxes[best].copy()
-    inside = box_patch_weights(fmap, box_xyxy[None])[0] > 0  # [gh, gw]
-    peak_ij = find_peak_grid(heatmap, allowed=inside, peak=peak)
-    point_xy = np.clip(fmap.grid_to_pixel_xy(peak_ij), box_xyxy[:2], box_xyxy[2:])
+    peak_ij, point_xy = peak_in_box(heatmap, fmap, box_xyxy, peak=peak)
     score = float(candidate_scores[best])
     return Localization(box_xyxy=box_xyxy, point_xy=point_xy, score=score, heatmap=heatmap,
                         peak_grid=peak_ij, expression=expression, method=f"{method}+{scorer}",

@@ -42,7 +42,7 @@ from dense._atomic import load_tensors, save_tensors
 from dense.device import to_weights
 from dense.errors import MismatchError
 from dense.features import FeatureMap, block_indices, identity_mismatch
-from dense.refer import box_patch_weights, find_peak_grid
+from dense.refer import box_patch_weights, peak_in_box
 
 FORMAT = "dense.ReferHead"
 VERSION = 1
@@ -113,8 +113,9 @@ class ReferHead(nn.Module):
     @torch.inference_mode()
     def predict(self, fmap: FeatureMap, text_emb: torch.Tensor) -> dict:
         """One image, T expressions (``text_emb [T, E]`` or ``[E]``) -> ``{"box_xyxy": [T, 4], "point_xy": [T, 2],
-        "heatmap": [T, gh, gw]}`` in original-image pixels (the point: refined peak of the patch logits). Computed where
-        the head's weights are, in their dtype; the outputs are float32 / numpy on the CPU."""
+        "heatmap": [T, gh, gw]}`` in original-image pixels (the point: the refined peak of the patch logits inside the
+        regressed box, :func:`dense.refer.peak_in_box`, so it lies in its box). Computed where the head's weights are,
+        in their dtype; the outputs are float32 / numpy on the CPU."""
         text = to_weights(text_emb.reshape(-1, text_emb.shape[-1]), self)  # [T, E]
         T = text.shape[0]
         gh, gw = fmap.grid_hw
@@ -128,7 +129,7 @@ class ReferHead(nn.Module):
         size = torch.tensor([W, H, W, H], dtype=torch.float32)
         box_xyxy = (torch.cat([box[:, :2] - box[:, 2:] / 2, box[:, :2] + box[:, 2:] / 2], dim=-1) * size).numpy()
         box_xyxy = np.clip(box_xyxy, 0, size.numpy())
-        point_xy = np.stack([fmap.grid_to_pixel_xy(find_peak_grid(h)) for h in heat])  # [T, 2]
+        point_xy = np.stack([peak_in_box(h, fmap, b)[1] for h, b in zip(heat, box_xyxy, strict=True)])  # [T, 2]
         return {"box_xyxy": box_xyxy.astype(np.float64), "point_xy": point_xy, "heatmap": heat}
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -210,8 +211,11 @@ def _collate(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
 
 
 def train_refer_head(samples: Sequence[ReferSample], *, steps: int = 1500, batch_size: int = 64, lr: float = 2e-3,
-                     hidden: int = 128, seed: int = 0, log_every: int = 0) -> ReferHead:
-    """Adam with cosine decay over ``steps`` batches drawn with replacement. Seeded; deterministic on CPU."""
+                     hidden: int = 128, seed: int = 0, log_every: int = 0, progress: bool = False) -> ReferHead:
+    """Adam with cosine decay over ``steps`` batches drawn with replacement. Seeded; deterministic on CPU.
+    ``progress``: a bar over the steps, with the loss."""
+    from dense._progress import tqdm
+
     if not samples:
         raise ValueError("no training samples")
     g = torch.Generator().manual_seed(seed)
@@ -223,7 +227,8 @@ def train_refer_head(samples: Sequence[ReferSample], *, steps: int = 1500, batch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     prepared = [_prepare(s, head) for s in samples]
     head.train()
-    for step in range(steps):
+    bar = tqdm(range(steps), desc="refer head", unit="step", disable=not progress)
+    for step in bar:
         idx = torch.randint(len(samples), (min(batch_size, len(samples)),), generator=g).tolist()
         batch = _collate([prepared[i] for i in idx])
         logits, box = head(batch["tokens"], batch["pos"], batch["text"], batch["valid"])
@@ -235,14 +240,17 @@ def train_refer_head(samples: Sequence[ReferSample], *, steps: int = 1500, batch
         loss.backward()
         opt.step()
         sched.step()
+        if progress and (step % 50 == 0 or step == steps - 1):
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if log_every and (step % log_every == 0 or step == steps - 1):
             log.info("refer head step %5d  loss %.4f  bce %.4f", step, loss.item(), bce.item())
     return head.eval()
 
 
 def dataset_samples(encoder, ann, refs, images, *, split: str, templates=None, max_patches: int | None = None,
-                    limit: int | None = None) -> tuple[list[ReferSample], list[np.ndarray]]:
-    """Extract each image of ``split`` once and pair every sentence with its target box; also the targets' masks."""
+                    limit: int | None = None, progress: bool = False) -> tuple[list[ReferSample], list[np.ndarray]]:
+    """Extract each image of ``split`` once and pair every sentence with its target box; also the targets' masks.
+    ``progress``: a bar over the extraction."""
     from dense import coco
     from dense.heatmap import templates_of
     from dense.text import embed_texts
@@ -254,7 +262,7 @@ def dataset_samples(encoder, ann, refs, images, *, split: str, templates=None, m
     ids = sorted(by_image)[:limit] if limit is not None else sorted(by_image)
     samples, masks = [], []
     for iid, fmap in zip(ids, encoder.extract_many([ds.image_path(i) for i in ids], max_patches=max_patches,
-                                                   progress=False), strict=True):
+                                                   progress=progress), strict=True):
         for ref in by_image[iid]:
             box, mask = ds.box_xyxy(ref.ann_id), ds.mask(ref.ann_id)
             text = embed_texts(encoder, ref.sentences, templates=templates_of(encoder, templates))  # [S, E]

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from tqdm.auto import tqdm
-
+from dense._progress import tqdm
 from dense.metrics import BoundaryMeter, SegmentationMeter, segmentation_figures
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from dense._atomic import load_tensors, read_header
+from dense._progress import tqdm
 from dense.features import FORMAT, FORMAT_VERSION, FeatureMap
 
 

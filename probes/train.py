@@ -46,8 +46,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from dense._progress import tqdm
 from dense.errors import MismatchError
 from dense.features import IDENTITY_KEYS, FeatureMap, block_indices
 from dense.labels import IGNORE

@@ -127,9 +127,11 @@ sorted(zip(probs.tolist(), labels), reverse=True)[:5]''',
         "background.",
         '''labels_hw = dense.segment(enc, image, present)
 viz.label_map(image, labels_hw, present)''',
-        "## Any language\nQueries pass through unchanged apart from lower-casing, so a multilingual checkpoint such "
-        "as So400m takes prompts in any language (`dense.segment(enc, photo, [\"chien\", \"Katze\", \"猫\"])`); "
-        "the tiny model here only knows its own English words.",
+        "## Any language\nQueries are canonicalized by the checkpoint's own rule before tokenizing "
+        "(`dense.text.canonicalize`; for SigLIP 2, big_vision's: ASCII punctuation removed, lower-cased, whitespace "
+        "collapsed), never translated, so a multilingual checkpoint such as So400m takes prompts in any language "
+        "(`dense.segment(enc, photo, [\"chien\", \"Katze\", \"猫\"])`); the tiny model here only knows its own "
+        "English words.",
     ],
     "03_linear_probe.ipynb": [
         "# Linear-probe segmentation on cached features\n\n"
@@ -193,18 +195,24 @@ for where in found:
     print(where)
 viz.localizations(image, found, gt_boxes_xyxy=np.array([g for _, g in pairs]),
                   found_threshold=enc.calibration.found_threshold)''',
-        "## Not found\nAn expression naming something the image does not hold should score low. Here: a colour "
-        "and shape absent from the image (crowd regions included), next to the first expression above. "
-        "`found_threshold` was chosen on validation images of the synthetic world (`enc.calibration`; how it was "
-        "measured is in the checkpoint's `dense_calibration.json`).",
+        "## Not found\nAn expression naming something the image does not hold should score low. Here, next to the "
+        "first expression above: a colour and shape that are both absent from the image (crowd regions included), "
+        "and one whose colour IS in the image on another shape, the hard case. `found_threshold` was chosen on "
+        "validation images of the synthetic world (`enc.calibration`); the checkpoint's `dense_calibration.json` "
+        "gives how it was measured and its not-found rate per kind of absence (`measured.found_threshold`).",
         '''from dense.datasets import CATEGORIES
+from dense.eval.found import absence_kind
 
-there = {ds.category_name(a["category_id"]) for a in ds.anns(ref.image_id, crowd=True)}
-missing = next(f"the {c['name']}" for c in CATEGORIES if c["name"] not in there)
-answers = loc.localize_many([sentences[0], missing])
+there = {(c["colour"], c["shape"]) for a in ds.anns(ref.image_id, crowd=True) for c in CATEGORIES
+         if c["id"] == a["category_id"]}
+kind = {c["name"]: absence_kind(c["colour"], c["shape"], there) for c in CATEGORIES
+        if (c["colour"], c["shape"]) not in there}
+absent = [next(f"the {n}" for n, k in kind.items() if k == want) for want in ("neither", "colour")
+          if want in kind.values()]
+answers = loc.localize_many([sentences[0], *absent])
 print(f"found_threshold {enc.calibration.found_threshold}")
 for where in answers:
-    print(where)
+    print(where, kind.get(where.expression[4:], "present"))
 viz.localizations(image, answers, found_threshold=enc.calibration.found_threshold)''',
         "## Scoring a split\nAcc@0.5 (box IoU >= 0.5) and the pointing game (point inside the mask), without and with "
         "the image's ground-truth boxes as candidates: the evaluator behind `dense eval refer`.",

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # The layers, bottom first: a module imports only modules of its own layer or of layers below it. A module is placed
 # by its longest listed prefix.
 LAYERS = [
-    ("foundations", ["dense.errors", "dense._atomic", "dense.labels", "dense.device", "dense.preprocess",
-                     "dense.refine", "dense.upsample.guided"]),
+    ("foundations", ["dense.errors", "dense._atomic", "dense._progress", "dense.labels", "dense.device",
+                     "dense.preprocess", "dense.refine", "dense.upsample.guided"]),
     ("data and geometry", ["dense.features", "dense.head", "dense.compiled", "dense.batching", "dense.checkpoint",
                            "dense.distributed", "dense.metrics", "dense.coco", "dense.segdata", "dense.datasets",
                            "dense.viz"]),

@@ -133,3 +133,20 @@ def test_synthetic_page_explains_its_figures(tmp_path, one_thread):
     # a second run with other parameters in the same folder draws a new world
     demo.run_demo(out, n_images=20, seed=2, max_images=1, progress=False)
     assert len(json.loads((out / "data" / "annotations.json").read_text())["images"]) == 20
+
+
+def test_photo_demo_reports_an_unreadable_photo_and_goes_on(tmp_path, one_thread):
+    """A broken file among the photos gets an error card naming it; the other photos get every figure, and the page
+    is written (the explorer does the same with files it cannot read)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a_broken.jpg").write_bytes(b"not a jpeg at all")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(photos / "b.png")
+    out = tmp_path / "out"
+    summary = demo.run_demo(out, images=photos, queries=["red circle"], max_images=2, progress=False)
+    assert summary["images"] == 1 and list(summary["unreadable"]) == ["a_broken.jpg"]
+    assert str(photos / "a_broken.jpg") in summary["unreadable"]["a_broken.jpg"]
+    page = _read_page(out / "index.html")
+    assert sorted(page.srcs) == ["heatmap_b.png", "pca_b.png", "refer_b.png", "segment_b.png"]
+    assert "a_broken.jpg" in " ".join(page.text) and "could not be read" in " ".join(page.text)
+    assert f"unreadable, left out: {photos / 'a_broken.jpg'}" in demo.format_summary(summary)

@@ -80,6 +80,52 @@ def test_box_is_the_component_around_the_peak(factor):
     assert peak_cell[0] <= tight[0] < tight[2] <= peak_cell[2] and peak_cell[1] <= tight[1] < tight[3] <= peak_cell[3]
 
 
+def test_point_and_box_come_from_one_maximum():
+    """Two near-equal objects: a lone spike (the grid's maximum) and a slightly lower 2 x 2 plateau, whose bilinear
+    upsampling peaks higher than the spike's. The box must surround the object the point is on."""
+    fmap = geometry_fmap()
+    heatmap = torch.zeros(fmap.grid_hw)
+    heatmap[1, 1] = 1.0  # object A: the grid maximum
+    heatmap[3:5, 6:8] = 0.98  # object B: lower on the grid, higher once upsampled (its neighbours are high too)
+    heatmap[4, 6] = 0.99
+    assert float(torch.nn.functional.interpolate(heatmap[None, None], scale_factor=4, mode="bilinear").max()) > 0.95
+    loc = localize_heatmap(heatmap, fmap, box_threshold=0.5)
+    a_cell = grid_cell_xyxy((1, 1), fmap.image_hw, fmap.resized_hw, 8)
+    b = loc.box_xyxy
+    assert b[0] <= loc.point_xy[0] <= b[2] and b[1] <= loc.point_xy[1] <= b[3]
+    assert a_cell[0] <= b[0] < b[2] <= a_cell[2] and a_cell[1] <= b[1] < b[3] <= a_cell[3]  # A's box, not B's
+    for t in (0.0, 0.2, 0.8, 1.0):  # every threshold's box holds the point
+        b = heatmap_box_xyxy(heatmap, fmap, threshold=t, peak_grid=loc.peak_grid)
+        assert b[0] <= loc.point_xy[0] <= b[2] and b[1] <= loc.point_xy[1] <= b[3], t
+
+
+def test_every_point_lies_in_its_box_over_a_world(tmp_path):
+    """On every expression of a drawn world (shapes-tiny-v2, its calibrated settings), whichever way it is localized
+    (the component box, the re-ranked components, ground-truth candidates), the point lies in the box. With the grid's
+    maximum for the point and the upsampled map's for the box, 10 of this world's 113 expressions had the point
+    outside its box."""
+    from dense import coco
+    from dense.datasets import make_shapes
+    from dense.refer import BOX_THRESHOLDS
+
+    make_shapes(tmp_path, 16, seed=6, size_range=(64, 160))
+    enc = dense.load_encoder("shapes-tiny-v2")
+    ds = coco.load_coco(tmp_path / "annotations.json", tmp_path / "images")
+    refs = coco.load_refs(tmp_path / "refs.json", ds)
+    checked, outside = 0, []
+    for iid in sorted({r.image_id for r in refs}):
+        loc = Localizer(enc, ds.image_path(iid))
+        cands = np.stack([ds.box_xyxy(a["id"]) for a in ds.anns(iid, crowd=False)])  # [K, 4]
+        for sent in [s for r in refs if r.image_id == iid for s in r.sentences]:
+            for way in (loc.localize(sent), loc.localize(sent, rerank_thresholds=BOX_THRESHOLDS),
+                        loc.localize(sent, candidates_xyxy=cands)):
+                b, (x, y) = way.box_xyxy, way.point_xy
+                checked += 1
+                if not (b[0] <= x <= b[2] and b[1] <= y <= b[3]):
+                    outside.append((iid, sent, way.method))
+    assert checked == 3 * 113 and not outside, outside
+
+
 def test_box_patch_weights_are_cell_overlaps():
     fmap = geometry_fmap()
     cell = grid_cell_xyxy((2, 3), fmap.image_hw, fmap.resized_hw, 8)
@@ -314,7 +360,11 @@ def test_refer_head_learns_a_planted_task(tmp_path):
     res = evaluate_refer_head(head, test, masks).figures
     assert res["pointing"] >= 0.9, res
     assert res["acc@0.5"] >= 0.6, res
-    pred = np.stack([head.predict(s.fmap, s.text)["box_xyxy"][0] for s in test])
+    answers = [head.predict(s.fmap, s.text) for s in test]
+    pred = np.stack([a["box_xyxy"][0] for a in answers])
+    for a in answers:  # the point lies in the box the head regressed (its peak among the box's patches)
+        (x0, y0, x1, y1), (x, y) = a["box_xyxy"][0], a["point_xy"][0]
+        assert x0 <= x <= x1 and y0 <= y <= y1, a
     assert np.median(np.diag(metrics.box_iou_xyxy(pred, np.stack([s.box_xyxy for s in test])))) >= 0.5
     # save / load round trip (one .safetensors file); the identity rule of probes: another dtype or token budget is
     # the same encoder, another checkpoint is refused when loading and when predicting
@@ -472,6 +522,11 @@ def test_bundled_models_carry_a_measured_found_threshold(name):
     chose, told = measured["chosen_on"], measured["reported_on"]
     assert chose["seed"] != told["seed"] and (chose["split"], told["split"]) == ("val", "test")
     assert told["found|present"] > 0.7 and told["not_found|absent"] > 0.7  # absent mostly not found, present found
+    at = measured["at_threshold"]  # the rates per kind of absence, at the threshold in force
+    assert at["threshold"] == enc_cal.found_threshold and f"--threshold {at['threshold']} " in at["command"]
+    assert at["reported_on"]["not_found|absent"] == pytest.approx(told["not_found|absent"], abs=0.01)  # one world
+    kinds = at["reported_on"]["absent_by_kind"]
+    assert set(kinds) == {"colour", "shape", "colour+shape", "neither"} and sum(kinds.values()) == told["absent"]
 
 
 def test_found_threshold_choice_and_rates_known_by_construction():
@@ -487,6 +542,23 @@ def test_found_threshold_choice_and_rates_known_by_construction():
                                                  "balanced": 5 / 6})
     assert rates_at(res, 0.05)["balanced"] == pytest.approx(2 / 3)
     assert rates_at(res, 0.55)["found|present"] == pytest.approx(1 / 3)
+
+
+def test_not_found_rates_per_kind_of_absence_known_by_construction():
+    from dense.eval import Result
+    from dense.eval.found import absence_kind, rates_at
+
+    there = {("red", "square"), ("blue", "star")}
+    assert absence_kind("red", "circle", there) == "colour"  # red is there (a square), circles are not
+    assert absence_kind("green", "star", there) == "shape"
+    assert absence_kind("red", "star", there) == "colour+shape"  # red on the square, a star in blue
+    assert absence_kind("yellow", "circle", there) == "neither"
+    absent = (("colour", 0.6), ("colour", 0.01), ("neither", 0.02), ("neither", 0.0))
+    rows = [{"present": True, "score": 0.9}] + [{"present": False, "absence": k, "score": v} for k, v in absent]
+    rates = rates_at(Result(figures={}, rows=rows), 0.1)
+    assert rates["not_found|absent"] == pytest.approx(3 / 4)
+    assert rates["not_found|absent/colour"] == pytest.approx(1 / 2) and rates["not_found|absent/neither"] == 1.0
+    assert "not_found|absent/shape" not in rates  # no such row: no figure
 
 
 def test_evaluate_found_counts_present_and_absent_expressions(tiny_encoder, tmp_path):
@@ -510,5 +582,22 @@ def test_evaluate_found_counts_present_and_absent_expressions(tiny_encoder, tmp_
     present = [r["score"] for r in res.rows if r["present"]]
     assert res.figures["found|present"] == pytest.approx(np.mean(np.array(present) >= 0.5))
     assert all(r["expression"].startswith("the ") for r in res.rows if not r["present"])
+    # each absent expression's kind, from the annotations: its colour / its shape anywhere in the image
+    kinds = {}
+    for i in iids:
+        names = {c["name"] for a in ann["annotations"] if a["image_id"] == i for c in ann["categories"]
+                 if c["id"] == a["category_id"]}
+        for c in ann["categories"]:
+            if c["name"] not in names:
+                colour, shape = c["name"].split()
+                held = (any(n.split()[0] == colour for n in names), any(n.split()[1] == shape for n in names))
+                key = {(True, True): "colour+shape", (True, False): "colour", (False, True): "shape",
+                       (False, False): "neither"}[held]
+                kinds[key] = kinds.get(key, 0) + 1
+    assert res.meta["absent_by_kind"] == kinds and sum(kinds.values()) == n_absent
+    for k, n in kinds.items():
+        scores = [r["score"] for r in res.rows if r.get("absence") == k]
+        assert len(scores) == n and res.figures[f"not_found|absent/{k}"] == pytest.approx(np.mean(np.array(scores)
+                                                                                                  < 0.5))
     with pytest.raises(ValueError, match="no referring expressions in split 'test'"):
         evaluate_found(tiny_encoder, data, split="test")

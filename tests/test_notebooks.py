@@ -49,3 +49,39 @@ def _ends_in_figure(source: str) -> bool:
         return False
     func = body[-1].value.func
     return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "viz"
+
+
+@pytest.mark.slow
+def test_progress_bars_in_a_kernel_do_not_warn(tmp_path, monkeypatch):
+    """dense's bars in Jupyter: the widget where ipywidgets is installed, else plain text, never tqdm.auto's
+    "IProgress not found" warning (the dev extra has no ipywidgets)."""
+    from nbclient import NotebookClient
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from dense._progress import tqdm\nfrom dense.encoder import tqdm as used\nassert used is tqdm\n"
+        "print(sum(tqdm(range(3), desc='bar')))")])
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = nb.cells[0].outputs
+    assert not [o for o in outputs if o.output_type == "error"], outputs
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "3" in text and "IProgress" not in text and "TqdmWarning" not in text, text
+
+
+def test_the_progress_class_follows_ipywidgets(monkeypatch):
+    import importlib
+    import importlib.util
+
+    import tqdm.auto
+    import tqdm.std
+
+    import dense._progress as progress
+
+    real = importlib.util.find_spec
+    for present, expected in ((False, tqdm.std.tqdm), (True, tqdm.auto.tqdm)):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a, present=present: (object() if present else None) if name == "ipywidgets"
+                            else real(name, *a))
+        assert importlib.reload(progress).tqdm is expected
+    monkeypatch.undo()
+    importlib.reload(progress)

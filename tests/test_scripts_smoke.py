@@ -102,6 +102,23 @@ def test_segment_150_benchmark_quick():
     assert "segment | image, cached text" in out and "labels (64, 96)" in out
 
 
+def test_measure_found_threshold_chooses_then_reports_and_adds_rates_at_a_threshold(tmp_path):
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"found_threshold": 0.5, "method": "map-value-mlp"}))
+    out = run("scripts/measure_found_threshold.py", "--model", "shapes-tiny-v2", "--images", "6", "--choose-seed",
+              "1", "--report-seed", "2", "--calibration-out", str(cal))
+    assert "per kind of absence" in out
+    chosen = json.loads(cal.read_text())
+    entry = chosen["measured"]["found_threshold"]["reported_on"]
+    assert sum(entry["absent_by_kind"].values()) == entry["absent"]
+    run("scripts/measure_found_threshold.py", "--model", "shapes-tiny-v2", "--images", "6", "--threshold", "0.3",
+        "--report-seed", "2", "--calibration-out", str(cal))
+    after = json.loads(cal.read_text())
+    at = after["measured"]["found_threshold"].pop("at_threshold")
+    assert after == chosen and at["threshold"] == 0.3  # nothing else in the file changed
+    assert set(at["reported_on"]["absent_by_kind"]) <= {"colour", "shape", "colour+shape", "neither"}
+
+
 def test_threads_benchmark_times_every_setting(tmp_path):
     from PIL import Image
 

@@ -111,7 +111,7 @@ def test_panels_follow_the_image_aspect():
     fig = viz.label_map(random_rgb(60, 512), np.zeros((60, 512), int), ["a"])
     fw, fh = fig.get_size_inches()
     assert fw <= viz.MAX_WIDTH_IN + 0.5 and fw / fh > 2  # the figure is as wide as its strip, not 800x400 mostly blank
-    pca_like = viz._figure(2, (400, 100))[0].get_size_inches()
+    pca_like = viz.panel_grid(2, (400, 100))[0].get_size_inches()
     assert pca_like[0] < pca_like[1]  # tall image, tall figure
 
 
@@ -189,7 +189,7 @@ def test_classes_sharing_a_colour_word_get_clearly_distinct_colours():
 
     names = [c["name"] for c in CATEGORIES]  # 4 colours x 4 shapes: "red circle", "red square", ...
     colours = dict(zip(names, viz.class_colours(names), strict=True))
-    painted = dict(zip(names, viz._painted(viz.class_colours(names), 0.85), strict=True))
+    painted = dict(zip(names, viz.label_swatches(viz.class_colours(names), alpha=0.85)[0], strict=True))
     for a, b in itertools.combinations(names, 2):
         same_word = a.split()[0] == b.split()[0]
         assert np.linalg.norm(colours[a] - colours[b]) > (0.3 if same_word else 0.2), (a, b)

@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
 
         set_threads(args.threads)  # before any model code: --threads, or the default that a shared machine needs
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
+        return rc
+    except BrokenPipeError:
+        return _stdout_closed()
     except KeyboardInterrupt:
         print("dense: interrupted", file=sys.stderr)
         return 130
@@ -71,10 +75,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``dense ... | head -1``): every file was written before anything was printed
+    (``_args.finish``), so only the rest of the text is lost. Python's recommended handling (the ``signal`` module's
+    note on SIGPIPE): point stdout at devnull so the interpreter's final flush cannot fail again, and exit 1."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a stdout without a descriptor (captured in tests)
+        pass
+    return 1
+
+
 def _one_line(e: Exception) -> str:
     if isinstance(e, FileNotFoundError) and e.filename:  # keep dense's own explanation where it gave one
         why = e.strerror if e.strerror and e.strerror != os.strerror(errno.ENOENT) else "no such file or directory"
         return f"{e.filename}: {why}"
+    if isinstance(e, OSError) and e.filename and e.strerror:  # "[Errno 21] Is a directory: 'x'" -> "x: ..."
+        # a rename over a folder (an atomic write's last step) names the target, not dense's temp file
+        target = e.filename2 if isinstance(e, IsADirectoryError) and e.filename2 else e.filename
+        return f"{target}: {e.strerror.lower()}"
     if isinstance(e, (KeyError, DenseError)) and e.args:
         return str(e.args[0])
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

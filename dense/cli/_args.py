@@ -128,6 +128,8 @@ def opt(p, flag: str, detail: str | None = None, **kwargs):
     """``p.add_argument(flag, ...)`` with the flag's one meaning from :data:`OPTIONS` as its help (``detail``: what it
     is for this command, after a semicolon)."""
     meaning = OPTIONS[flag]
+    if flag in PATH_TYPES and "type" not in kwargs and kwargs.get("action") is None:
+        kwargs["type"] = PATH_TYPES[flag]  # one check of what a path flag writes, in every command
     kwargs["help"] = meaning if detail is None else f"{meaning}; {detail}"
     return p.add_argument(flag, **kwargs)
 
@@ -211,6 +213,71 @@ def existing(kind: str):
         return path
 
     return check
+
+
+# The formats a figure's --out may name by its extension: matplotlib writes each (tests/test_cli.py checks them
+# against the Agg canvas's own list); the parser refuses any other before the model loads.
+FIGURE_FORMATS = ("png", "jpg", "jpeg", "pdf", "svg", "tif", "tiff", "webp", "eps", "ps")
+
+
+def figure_format(path) -> str:
+    """The format a figure path names by its extension (``fig.pdf`` -> ``"pdf"``; no extension: ``"png"``, as
+    matplotlib's ``savefig``); raises naming the path when its extension is none of :data:`FIGURE_FORMATS`."""
+    ext = Path(path).suffix.lower().lstrip(".") or "png"
+    if ext not in FIGURE_FORMATS:
+        raise ValueError(f"{path}: a figure's extension names its format; use one of "
+                         f"{', '.join('.' + f for f in FIGURE_FORMATS)}")
+    return ext
+
+
+def _writable(path: Path, text: str, kind: str) -> None:
+    """A path a command will write (``kind``: 'file' or 'folder'): no folder where a file goes, no file where a
+    folder goes, and no file among its parents; checked before any computation."""
+    if kind == "file" and path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a folder; give a file name")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a file; give a folder")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
+            break
+
+
+def out_file(text: str) -> Path:
+    """An argparse type: a file the command writes (see :func:`_writable`)."""
+    path = Path(text).expanduser()
+    _writable(path, text, "file")
+    return path
+
+
+def out_folder(text: str) -> Path:
+    """An argparse type: a folder the command writes into, created when missing (see :func:`_writable`)."""
+    path = Path(text).expanduser()
+    _writable(path, text, "folder")
+    return path
+
+
+def tensors_file(text: str) -> Path:
+    """An argparse type: a dense ``.safetensors`` file the command writes (a probe, a head, an upsampler): the name
+    says the format, so ``head.pt`` (torch's pickle format) is refused."""
+    path = out_file(text)
+    if path.suffix.lower() != ".safetensors":
+        raise argparse.ArgumentTypeError(f"{text}: dense writes this as safetensors; name it *.safetensors")
+    return path
+
+
+def figure_file(text: str) -> Path:
+    """An argparse type: a figure the command writes, its format named by its extension (:func:`figure_format`)."""
+    path = out_file(text)
+    try:
+        figure_format(path)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return path
+
+
+PATH_TYPES = {"--json": out_file, "--cache": out_folder}  # flags that always name a file / folder to write
 
 
 def background(text: str):
@@ -330,20 +397,40 @@ def runtime(args) -> dict:
     return {k: getattr(args, k) for k in ("dtype", "device") if getattr(args, k, None) not in (None, "auto")}
 
 
-def write_json(path, obj) -> None:
-    if path:
-        from dense._atomic import write_json as _write
+def write_json(path, obj) -> Path | None:
+    """``obj`` as JSON at ``path``, atomically (nothing when ``path`` is None); the path written. Prints nothing: see
+    :func:`finish`."""
+    if not path:
+        return None
+    from dense._atomic import write_json as _write
 
-        print(f"wrote {_write(path, obj, indent=2)}")
+    return _write(path, obj, indent=2)
 
 
-def save_figure(fig, path) -> None:
-    """A PNG at exactly ``path`` (no extension appended), atomically."""
+def save_figure(fig, path) -> Path:
+    """The figure at exactly ``path``, atomically, in the format its extension names (:data:`FIGURE_FORMATS`; the
+    parser checked it with :func:`figure_file`). Prints nothing: see :func:`finish`."""
     from dense._atomic import atomic_path
 
+    fmt = figure_format(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    print(f"wrote {path}")
+        fig.savefig(tmp, dpi=100, format=fmt)
+    return Path(path)
+
+
+def finish(show, *writes) -> int:
+    """Write then print, every command's last step: each of ``writes`` (a function that writes one file atomically
+    and returns its path, or None when there is nothing to write) runs first; then ``show`` (text, or a function that
+    prints) and one ``wrote PATH`` line per file. So a closed stdout (``dense ... | head -1``) never costs a file, and
+    what is printed is what was written. Returns 0, the command's exit status."""
+    written = [path for write in writes if (path := write()) is not None]
+    if callable(show):
+        show()
+    elif show:
+        print(show)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
 
 
 _COMMAND_LINE: list[str] = []

@@ -3,7 +3,17 @@
 
 from __future__ import annotations
 
-from dense.cli._args import add_json, add_max_patches, add_model, add_runtime, command, opt, positive_int, write_json
+from dense.cli._args import (
+    add_json,
+    add_max_patches,
+    add_model,
+    add_runtime,
+    command,
+    finish,
+    opt,
+    positive_int,
+    write_json,
+)
 
 DESCRIPTION = ("Times the first 2 blocks of the model's tower eagerly and compiled (inductor, static shapes, frozen "
                "weights; one compile of that slice first) at the token budget and --batch-size, prints the decision "
@@ -31,17 +41,16 @@ def run(args) -> int:
     budget = args.max_patches or encoder.pixels.max_patches
     record = check_compile(encoder.vision, device=encoder.device, dtype=encoder.dtype, budget=budget,
                            batch_size=args.batch_size)
-    write_json(args.json, record)
     decision = "ON" if record["compile"] else "OFF"
-    print(f"compile-check: compiled tower {decision} for compile=\"auto\" on [{record['key']}]")
+    lines = [f"compile-check: compiled tower {decision} for compile=\"auto\" on [{record['key']}]"]
     if "error" in record:
-        print(f"  the compiled tower failed to build here: {record['error']}")
+        lines.append(f"  the compiled tower failed to build here: {record['error']}")
     else:
-        print(f"  {record['blocks']} blocks at {record['tokens']} tokens, batch {record['batch_size']}, medians of "
-              f"{record['repeats']}: "
-              f"eager {record['eager_s']:.4f} s, compiled {record['compiled_s']:.4f} s (x{record['speedup']:.2f}; "
-              f"on from x{PAYS})" + (f", CUDA graphs {record['cudagraphs_s']:.4f} s" if "cudagraphs_s" in record
-                                     else ""))
-        print(f"  first compiled call (builds the slice): {record['first_call_s']:.1f} s")
-    print(f"  this check took {record['cost_s']:.1f} s; stored in {record['path']} (delete it to go back to eager)")
-    return 0
+        graphs = f", CUDA graphs {record['cudagraphs_s']:.4f} s" if "cudagraphs_s" in record else ""
+        lines.append(f"  {record['blocks']} blocks at {record['tokens']} tokens, batch {record['batch_size']}, "
+                     f"medians of {record['repeats']}: eager {record['eager_s']:.4f} s, compiled "
+                     f"{record['compiled_s']:.4f} s (x{record['speedup']:.2f}; on from x{PAYS}){graphs}")
+        lines.append(f"  first compiled call (builds the slice): {record['first_call_s']:.1f} s")
+    lines.append(f"  this check took {record['cost_s']:.1f} s; stored in {record['path']} (delete it to go back to "
+                 "eager)")
+    return finish("\n".join(lines), lambda: write_json(args.json, record))

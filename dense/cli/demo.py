@@ -10,7 +10,9 @@ from dense.cli._args import (
     add_runtime,
     command,
     existing,
+    finish,
     opt,
+    out_folder,
     positive_int,
     query,
     runtime,
@@ -26,7 +28,7 @@ def add(sub, parent) -> None:
     p = command(sub, "demo", parent, func=run,
                 help="run everything on a synthetic world (offline) or on your photos",
                 description=DESCRIPTION)
-    opt(p, "--out", "a folder (index.html and its figures)", default="dense-demo")
+    opt(p, "--out", "a folder (index.html and its figures)", default="dense-demo", type=out_folder)
     add_model(p, required=False, default="shapes-tiny-v2")
     opt(p, "--images", "your own photos (needs --queries)", type=existing("folder"))
     opt(p, "--queries", nargs="+", type=query)
@@ -43,6 +45,5 @@ def run(args) -> int:
     summary = run_demo(args.out, model=args.model, images=args.images, queries=args.queries, n_images=args.n_images,
                        seed=args.seed, max_images=args.max_images, max_patches=args.max_patches,
                        **runtime(args))
-    print(format_summary(summary))
-    print(f"dense demo: results in {Path(args.out).resolve() / 'index.html'} ({summary['seconds']} s)")
-    return 0
+    return finish(f"{format_summary(summary)}\ndense demo: results in {Path(args.out).resolve() / 'index.html'} "
+                  f"({summary['seconds']} s)")

@@ -19,6 +19,7 @@ from dense.cli._args import (
     command,
     command_line,
     existing,
+    finish,
     floats,
     fraction,
     group,
@@ -29,6 +30,7 @@ from dense.cli._args import (
     pct,
     positive_int,
     runtime,
+    tensors_file,
     write_json,
 )
 from dense.errors import DenseError
@@ -154,22 +156,22 @@ def run_openvocab(args) -> int:
     res = evaluate_openvocab(enc, data, split=args.split, scoring=scoring, extraction=probe_cli.extraction(args),
                              limit=args.limit, bootstrap=bootstrap(args), choose=args.choose, guard=args.guard,
                              progress=not args.quiet)
-    entries = None
-    if args.calibration_out:
+
+    def show() -> None:
+        print(format_openvocab(res))
+        if args.choose:
+            print(format_choice(res.meta["chosen"], res))
+
+    def calibration():
+        if not args.calibration_out:
+            return None
+        from dense.eval import update_calibration
         from dense.eval.openvocab import calibration_from_choice
 
         entries = calibration_from_choice(res, res.meta["chosen"], command=command_line())
-    write_json(args.json, res.to_json())  # files first, then the table
-    if entries is not None:
-        from dense.eval import update_calibration
+        return update_calibration(args.calibration_out, entries)
 
-        update_calibration(args.calibration_out, entries)
-    print(format_openvocab(res))
-    if args.choose:
-        print(format_choice(res.meta["chosen"], res))
-    if entries is not None:
-        print(f"wrote {args.calibration_out}")
-    return 0
+    return finish(show, calibration, lambda: write_json(args.json, res.to_json()))
 
 
 def _edge_note(edge: str | None, what: str, flag: str) -> str:
@@ -229,25 +231,25 @@ def run_refer(args) -> int:
     _note_from_image(scoring.methods, enc)
     res = evaluate_refer(enc, data, split=args.split, scoring=scoring, extraction=probe_cli.extraction(args),
                          limit=args.limit, bootstrap=bootstrap(args), choose=args.choose, progress=not args.quiet)
-    entries = None
-    if args.calibration_out:
+
+    def show() -> None:
+        print(format_refer(res))
+        for c in res.meta.get("chosen", {}).values():
+            iv = c["acc@0.5_interval"] or [float("nan")] * 2
+            print(f"chosen on split {res.meta['split']}: {c['text']}: Acc@0.5 {pct(c['acc@0.5']).strip()} "
+                  f"[{pct(iv[0]).strip()}, {pct(iv[1]).strip()}]"
+                  + _edge_note(c["threshold_at_grid_edge"], "box threshold", "--sweep"))
+
+    def calibration():
+        if not args.calibration_out:
+            return None
+        from dense.eval import update_calibration
         from dense.eval.refer import box_threshold_calibration
 
         entries = box_threshold_calibration(res, res.meta["methods"][0], command=command_line())
-    write_json(args.json, res.to_json())  # files first, then the table
-    if entries is not None:
-        from dense.eval import update_calibration
+        return update_calibration(args.calibration_out, entries)
 
-        update_calibration(args.calibration_out, entries)
-    print(format_refer(res))
-    for c in res.meta.get("chosen", {}).values():
-        iv = c["acc@0.5_interval"] or [float("nan")] * 2
-        print(f"chosen on split {res.meta['split']}: {c['text']}: Acc@0.5 {pct(c['acc@0.5']).strip()} "
-              f"[{pct(iv[0]).strip()}, {pct(iv[1]).strip()}]"
-              + _edge_note(c["threshold_at_grid_edge"], "box threshold", "--sweep"))
-    if entries is not None:
-        print(f"wrote {args.calibration_out}")
-    return 0
+    return finish(show, calibration, lambda: write_json(args.json, res.to_json()))
 
 
 def format_refer(res) -> str:
@@ -323,7 +325,7 @@ def add_probe(tasks, parent) -> None:
     opt(p, "--batch-size", type=positive_int, default=8)
     opt(p, "--no-extract", action="store_true")
     opt(p, "--skip-bad", action="store_true")
-    opt(p, "--out", "the chosen probe (.safetensors)")
+    opt(p, "--out", "the chosen probe (.safetensors)", type=tensors_file)
     add_json(p)
     add_quiet(p)
     with_layouts(p)

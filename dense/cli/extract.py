@@ -11,6 +11,7 @@ from dense.cli._args import (
     add_runtime,
     command,
     existing,
+    finish,
     layers,
     opt,
     positive_int,
@@ -97,13 +98,13 @@ def run(args) -> int:
     if plan.rank == 0:
         tot = {k: sum(getattr(r, k) for r in reports) for k in ("total", "extracted", "cached", "corrupt")}
         skipped = [s for r in reports for s in r.skipped]
-        print(f"cache: {cache.entries}")
-        print(f"{'images':>8} {'extracted':>10} {'already cached':>15} {'damaged, redone':>16} {'unreadable':>11} "
-              f"{'ranks':>6}")
-        print(f"{tot['total']:>8} {tot['extracted']:>10} {tot['cached']:>15} {tot['corrupt']:>16} {len(skipped):>11} "
-              f"{plan.world_size:>6}")
+        lines = [f"cache: {cache.entries}",
+                 f"{'images':>8} {'extracted':>10} {'already cached':>15} {'damaged, redone':>16} {'unreadable':>11} "
+                 f"{'ranks':>6}",
+                 f"{tot['total']:>8} {tot['extracted']:>10} {tot['cached']:>15} {tot['corrupt']:>16} "
+                 f"{len(skipped):>11} {plan.world_size:>6}"]
         if skipped:
-            print(f"{len(skipped)} unreadable image(s) skipped; each was named above as it was met")
-        write_json(args.json, {"cache": str(cache.entries), "spec": cache.spec, **tot, "skipped": skipped,
-                               "ranks": plan.world_size})
+            lines.append(f"{len(skipped)} unreadable image(s) skipped; each was named above as it was met")
+        finish("\n".join(lines), lambda: write_json(args.json, {"cache": str(cache.entries), "spec": cache.spec,
+                                                                **tot, "skipped": skipped, "ranks": plan.world_size}))
     return 0

@@ -28,6 +28,7 @@ from dense.cli._args import (
     cache_root,
     command,
     existing,
+    finish,
     floats,
     group,
     layer_sets,
@@ -37,6 +38,7 @@ from dense.cli._args import (
     pct,
     positive_int,
     runtime,
+    tensors_file,
     write_json,
 )
 
@@ -53,7 +55,8 @@ def add(sub, parent) -> None:
     opt(t, "--holdout", type=open_fraction, metavar="FRACTION")
     opt(t, "--holdout-seed", type=int, default=0)
     sweep_options(t)
-    opt(t, "--out", "the chosen probe (.safetensors)")
+    opt(t, "--out", "the chosen probe (.safetensors; without it the probe is scored, then discarded)",
+        type=tensors_file)
     add_json(t)
     add_quiet(t)
 
@@ -82,8 +85,9 @@ def add(sub, parent) -> None:
     opt(r, "--train-batch-size", "expressions per step", type=positive_int, default=64)
     opt(r, "--lr", type=float, default=2e-3)
     opt(r, "--seed", "initialisation and batch draws", type=int, default=0)
-    opt(r, "--out", "the trained head")
+    opt(r, "--out", "the trained head (.safetensors)", type=tensors_file)
     add_json(r)
+    add_quiet(r)
 
 
 def data_options(p) -> None:
@@ -211,6 +215,8 @@ def run_train(args) -> int:
     from dense.eval.probe import evaluate_linear_probe
     from dense.eval.settings import ProbeSplits
 
+    if not args.out:  # said before the work, not after it (stdout: errors stay one line on stderr)
+        print("note: no --out: the chosen probe is scored, then discarded (add --out probe.safetensors to keep it)")
     splits = ProbeSplits(train=args.train_split, val=args.val_split, test=args.test_split, holdout=args.holdout,
                          holdout_seed=args.holdout_seed)
     res = evaluate_linear_probe(args.model, open_data(args), cache=args.cache, splits=splits,
@@ -222,11 +228,8 @@ def run_train(args) -> int:
 
 def report(res, out, json_path) -> None:
     """Save a probe protocol's probe to ``--out`` and its JSON to ``--json``, then print its Result."""
-    saved = res.artifacts["probe"].save(out) if out else None
-    write_json(json_path, {**res.to_json(), "probe": str(out) if out else None})
-    print_sweep(res)
-    if saved:
-        print(f"wrote {saved}")
+    finish(lambda: print_sweep(res), lambda: res.artifacts["probe"].save(out) if out else None,
+           lambda: write_json(json_path, {**res.to_json(), "probe": str(out) if out else None}))
 
 
 def run_test(args) -> int:
@@ -235,9 +238,8 @@ def run_test(args) -> int:
     res = evaluate_saved_probe(args.model, open_data(args), probe=args.probe, cache=args.cache, split=args.split,
                                extraction=extraction(args), sharpening=sharpening(args), progress=not args.quiet,
                                **runtime(args))
-    write_json(args.json, res.to_json())
-    print_figures(f"{args.split} ({res.meta['images']} images)", res.figures)
-    return 0
+    return finish(lambda: print_figures(f"{args.split} ({res.meta['images']} images)", res.figures),
+                  lambda: write_json(args.json, res.to_json()))
 
 
 def run_refer(args) -> int:
@@ -251,18 +253,13 @@ def run_refer(args) -> int:
                                        test_split=args.test_split, templates=args.templates,
                                        max_patches=args.max_patches, steps=args.steps,
                                        train_batch_size=args.train_batch_size, lr=args.lr, seed=args.seed,
-                                       **runtime(args))
-    if args.out:  # files first, then the table
-        res.artifacts["head"].save(args.out)
-    write_json(args.json, res.to_json())
+                                       progress=not args.quiet, **runtime(args))
     m = res.meta
-    print(f"{'split':<8}{'Acc@0.5 %':>10}{'point %':>9}{'expressions':>13}")
+    lines = [f"{'split':<8}{'Acc@0.5 %':>10}{'point %':>9}{'expressions':>13}"]
     for split in m["reported"]:
         f = {k: res.figures[figure_name(split, k)] for k in ("acc@0.5", "pointing")}
-        print(f"{split:<8}{pct(f['acc@0.5']):>10}{pct(f['pointing']):>9}"
-              f"{m['expressions'][split]:>13}")
-    print(f"features {m['seconds_features']:.1f} s, training {m['seconds_train']:.1f} s on "
-          f"{m['expressions'][args.train_split]} expressions")
-    if args.out:
-        print(f"wrote {args.out}")
-    return 0
+        lines.append(f"{split:<8}{pct(f['acc@0.5']):>10}{pct(f['pointing']):>9}{m['expressions'][split]:>13}")
+    lines.append(f"features {m['seconds_features']:.1f} s, training {m['seconds_train']:.1f} s on "
+                 f"{m['expressions'][args.train_split]} expressions")
+    return finish("\n".join(lines), lambda: res.artifacts["head"].save(args.out) if args.out else None,
+                  lambda: write_json(args.json, res.to_json()))

@@ -13,6 +13,8 @@ from dense.cli._args import (
     background,
     command,
     existing,
+    figure_file,
+    finish,
     fraction,
     load,
     opt,
@@ -22,6 +24,8 @@ from dense.cli._args import (
     save_figure,
     write_json,
 )
+
+FIGURE = "a figure; its extension names the format (.png, .pdf, .svg, .jpg, ...)"
 
 
 def _image_and_queries(p, what: str, example: str) -> None:
@@ -38,7 +42,7 @@ def add(sub, parent) -> None:
     _image_and_queries(p, "queries", "'red circle' 'a dog'")
     add_max_patches(p)
     add_runtime(p)
-    opt(p, "--out", "a PNG figure", default="heatmap.png")
+    opt(p, "--out", FIGURE, default="heatmap.png", type=figure_file)
     add_json(p, "each query's peak probability and where it lies")
 
     g = command(sub, "segment", parent, func=run_segment,
@@ -47,7 +51,7 @@ def add(sub, parent) -> None:
     opt(g, "--background", type=background)
     add_max_patches(g)
     add_runtime(g)
-    opt(g, "--out", "a PNG figure", default="segment.png")
+    opt(g, "--out", FIGURE, default="segment.png", type=figure_file)
     add_json(g, "each class's share of the image's pixels")
 
     loc = command(sub, "localize", parent, func=run_localize,
@@ -57,7 +61,7 @@ def add(sub, parent) -> None:
     opt(loc, "--box-threshold", type=fraction)
     add_max_patches(loc)
     add_runtime(loc)
-    opt(loc, "--out", "a PNG figure", default="localize.png")
+    opt(loc, "--out", FIGURE, default="localize.png", type=figure_file)
     add_json(loc, "each expression's box_xyxy, point_xy, score and whether it was found")
 
 
@@ -78,15 +82,14 @@ def run_heatmap(args) -> int:
         y, x = np.unravel_index(int(s.argmax()), s.shape)  # the peak pixel
         rows.append({"query": q, "peak": float(s.max()), "peak_xy": [x + 0.5, y + 0.5], "mean": float(s.mean())})
     width = max(len(r["query"]) for r in rows)
-    print(f"{plural(len(rows), 'query')} on {args.image} ({fmap.grid_hw[0]}x{fmap.grid_hw[1]} patches)")
-    print(f"  {'query':<{width}}  {'peak %':>6}  {'mean %':>6}  peak at (x, y)")
-    for r in rows:
-        print(f"  {r['query']:<{width}}  {pct(r['peak']):>6}  {pct(r['mean']):>6}  "
-              f"({r['peak_xy'][0]:.0f}, {r['peak_xy'][1]:.0f})")
-    save_figure(viz.heatmaps(image, scores, args.queries), args.out)
-    write_json(args.json, {"image": str(args.image), "grid_hw": list(fmap.grid_hw), "image_hw": list(fmap.image_hw),
-                           "method": args.method or enc.calibration.method, "queries": rows})
-    return 0
+    lines = [f"{plural(len(rows), 'query')} on {args.image} ({fmap.grid_hw[0]}x{fmap.grid_hw[1]} patches)",
+             f"  {'query':<{width}}  {'peak %':>6}  {'mean %':>6}  peak at (x, y)"]
+    lines += [f"  {r['query']:<{width}}  {pct(r['peak']):>6}  {pct(r['mean']):>6}  "
+              f"({r['peak_xy'][0]:.0f}, {r['peak_xy'][1]:.0f})" for r in rows]
+    fig = viz.heatmaps(image, scores, args.queries)
+    data = {"image": str(args.image), "grid_hw": list(fmap.grid_hw), "image_hw": list(fmap.image_hw),
+            "method": args.method or enc.calibration.method, "queries": rows}
+    return finish("\n".join(lines), lambda: save_figure(fig, args.out), lambda: write_json(args.json, data))
 
 
 def run_segment(args) -> int:
@@ -103,21 +106,18 @@ def run_segment(args) -> int:
     counts = np.bincount(labels.ravel(), minlength=len(args.queries) + 1) / labels.size
     names = ["(background)", *args.queries]
     width = max(len(n) for n in names)
-    print(f"{plural(len(args.queries), 'class')} on {args.image} ({labels.shape[0]}x{labels.shape[1]} pixels)")
-    print(f"  {'class':<{width}}  {'area %':>6}")
-    for n, c in zip(names, counts, strict=True):
-        print(f"  {n:<{width}}  {pct(c):>6}")
-    save_figure(viz.label_map(image, labels, args.queries), args.out)
-    write_json(args.json, {"image": str(args.image), "image_hw": list(labels.shape),
-                           "background": args.background if args.background is not None
-                           else enc.calibration.background,
-                           "classes": [{"class": n, "label": k, "area": float(c)}
-                                       for k, (n, c) in enumerate(zip(names, counts, strict=True))]})
-    return 0
+    lines = [f"{plural(len(args.queries), 'class')} on {args.image} ({labels.shape[0]}x{labels.shape[1]} pixels)",
+             f"  {'class':<{width}}  {'area %':>6}"]
+    lines += [f"  {n:<{width}}  {pct(c):>6}" for n, c in zip(names, counts, strict=True)]
+    fig = viz.label_map(image, labels, args.queries)
+    data = {"image": str(args.image), "image_hw": list(labels.shape),
+            "background": args.background if args.background is not None else enc.calibration.background,
+            "classes": [{"class": n, "label": k, "area": float(c)}
+                        for k, (n, c) in enumerate(zip(names, counts, strict=True))]}
+    return finish("\n".join(lines), lambda: save_figure(fig, args.out), lambda: write_json(args.json, data))
 
 
 def run_localize(args) -> int:
-
     from dense import viz
     from dense.preprocess import load_image
     from dense.refer import Localizer
@@ -130,15 +130,14 @@ def run_localize(args) -> int:
              "box_xyxy": [round(float(v), 2) for v in f.box_xyxy], "point_xy": [round(float(v), 2) for v in f.point_xy]}
             for q, f in zip(args.queries, found, strict=True)]
     width = max(len(r["expression"]) for r in rows)
-    print(f"{plural(len(rows), 'expression')} on {args.image}")
-    print(f"  {'expression':<{width}}  {'score %':>7}  {'box_xyxy':<26}  point_xy")
+    lines = [f"{plural(len(rows), 'expression')} on {args.image}",
+             f"  {'expression':<{width}}  {'score %':>7}  {'box_xyxy':<26}  point_xy"]
     for r in rows:
         box = "not found" if not r["found"] else "[" + ", ".join(f"{v:.0f}" for v in r["box_xyxy"]) + "]"
-        print(f"  {r['expression']:<{width}}  {pct(r['score']):>7}  {box:<26}  "
-              f"({r['point_xy'][0]:.0f}, {r['point_xy'][1]:.0f})")
+        lines.append(f"  {r['expression']:<{width}}  {pct(r['score']):>7}  {box:<26}  "
+                     f"({r['point_xy'][0]:.0f}, {r['point_xy'][1]:.0f})")
     fig = viz.localizations(image, found, found_threshold=enc.calibration.found_threshold)
-    save_figure(fig, args.out)
-    write_json(args.json, {"image": str(args.image), "method": args.method or enc.calibration.method,
-                           "box_threshold": args.box_threshold if args.box_threshold is not None
-                           else enc.calibration.box_threshold, "expressions": rows})
-    return 0
+    data = {"image": str(args.image), "method": args.method or enc.calibration.method,
+            "box_threshold": args.box_threshold if args.box_threshold is not None else enc.calibration.box_threshold,
+            "expressions": rows}
+    return finish("\n".join(lines), lambda: save_figure(fig, args.out), lambda: write_json(args.json, data))

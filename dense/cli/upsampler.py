@@ -10,11 +10,13 @@ from dense.cli._args import (
     add_runtime,
     command,
     existing,
+    finish,
     group,
     layers,
     load,
     opt,
     positive_int,
+    tensors_file,
     write_json,
 )
 from dense.errors import DenseError
@@ -26,7 +28,7 @@ def add(sub, parent) -> None:
                 help="train an upsampler on a folder of images: the encoder's own finer-grid tokens are the target")
     add_model(t)
     opt(t, "--images", "no labels needed", required=True, type=existing("folder"))
-    opt(t, "--out", "the upsampler (.safetensors)", required=True)
+    opt(t, "--out", "the upsampler (.safetensors)", required=True, type=tensors_file)
     opt(t, "--limit", type=positive_int)
     opt(t, "--epochs", type=positive_int, default=6)
     opt(t, "--layers", "those it learns to upsample", type=layers, default="-1", metavar="BLOCKS")
@@ -48,8 +50,6 @@ def run_train(args) -> int:
     enc = load(args)
     cfg = UpsamplerConfig(max_patches=args.max_patches or enc.pixels.max_patches, epochs=args.epochs, seed=args.seed)
     up = train_upsampler(enc, [p for _, p in items], cfg, layers=args.layers, progress=not args.quiet)
-    print(f"trained on {len(items)} images in {up.meta['seconds']:.0f} s: loss {up.meta['loss'][-1]:.4f} "
-          f"(bilinear {up.meta['bilinear_loss']:.4f})")
-    print(f"wrote {up.save(args.out)}")
-    write_json(args.json, up.meta)
-    return 0
+    return finish(f"trained on {len(items)} images in {up.meta['seconds']:.0f} s: loss {up.meta['loss'][-1]:.4f} "
+                  f"(bilinear {up.meta['bilinear_loss']:.4f})",
+                  lambda: up.save(args.out), lambda: write_json(args.json, up.meta))

@@ -7,9 +7,9 @@ import time
 from dataclasses import replace
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from dense import metrics
+from dense._progress import tqdm
 from dense.eval import Result, stats
 from dense.eval.settings import Bootstrap, Extraction, OpenVocabScoring, OpenVocabSetting, grid_edge
 from dense.eval.zeroshot import peak_point_xy

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from dense import metrics
+from dense._progress import tqdm
 from dense.eval import Result, stats
 from dense.eval.settings import Bootstrap, Extraction, ReferScoring, Way, figure_name, grid_edge
 from dense.heatmap import get_method, layers_for, supported_methods, templates_of
@@ -221,7 +221,7 @@ def evaluate_refer_head_protocol(encoder, data, *, train_split: str = "train", s
                                  test_split: str | None = None,
                                  templates: Sequence[str] | None = None, max_patches: int | None = None,
                                  steps: int = 1500, train_batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
-                                 device: str | None = None, dtype: str | None = None) -> Result:
+                                 device: str | None = None, dtype: str | None = None, progress: bool = False) -> Result:
     """Train the small referring head (:mod:`probes.refer_head`) on ``train_split``'s expressions over frozen tokens
     and report Acc@0.5 and pointing on ``split`` (and on ``test_split`` once, when given).
 
@@ -229,7 +229,8 @@ def evaluate_refer_head_protocol(encoder, data, *, train_split: str = "train", s
     split is checked before the model is loaded. ``encoder``: an Encoder or a name for :func:`dense.load_encoder`
     (with ``device``, ``dtype``). Figures: ``<split>/acc@0.5``, ``<split>/pointing`` per reported split; ``meta``:
     ``reported`` (the splits), ``expressions`` per split, ``encoder`` (its spec), seconds; the trained head is
-    ``result.artifacts["head"]`` (``.save(path)``: a ``.safetensors`` file).
+    ``result.artifacts["head"]`` (``.save(path)``: a ``.safetensors`` file). ``progress``: bars over the extraction
+    and the training steps.
     """
     from probes.refer_head import dataset_samples, train_refer_head
 
@@ -252,12 +253,12 @@ def evaluate_refer_head_protocol(encoder, data, *, train_split: str = "train", s
         from dense.encoder import load_encoder
 
         encoder = load_encoder(encoder, **{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
-    common = dict(templates=templates, max_patches=max_patches)
+    common = dict(templates=templates, max_patches=max_patches, progress=progress)
     t0 = time.perf_counter()
     train, _ = dataset_samples(encoder, ann, refs, images, split=train_split, **common)
     t1 = time.perf_counter()
     head = train_refer_head(train, steps=steps, batch_size=train_batch_size, lr=lr, seed=seed,
-                            log_every=max(steps // 10, 1))
+                            log_every=max(steps // 10, 1), progress=progress)
     t2 = time.perf_counter()
     figures, counts = {}, {train_split: len(train)}
     for s in reported:

@@ -131,8 +131,7 @@ def evaluate_pointing(encoder, data, *, split: str | None = None, methods: Seque
     ``<method>/pointing`` (:func:`dense.eval.settings.figure_name`); intervals: bootstrap 95% over queries; rows: one
     per (image, query, method) with the point and the hit.
     """
-    from tqdm.auto import tqdm
-
+    from dense._progress import tqdm
     from dense.heatmap import get_method, layers_for, patch_scores, supported_methods, templates_of, with_aligned
 
     extraction = extraction or Extraction()

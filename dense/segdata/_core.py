@@ -292,7 +292,8 @@ class SegDataset:
         script writes, the size of its image. Reads headers only (``.mat`` files are checked when read); an image
         that cannot be opened is left to the extraction (which may skip it)."""
         from PIL import Image, UnidentifiedImageError
-        from tqdm.auto import tqdm
+
+        from dense._progress import tqdm
 
         for i in tqdm(self.ids(split), desc=f"check {split}", unit="img", disable=not progress):
             path, src = self._label_source(i)

@@ -102,7 +102,7 @@ class CocoSplits:
     def check_files(self, split: str, *, progress: bool = False) -> None:
         """Before any expensive work: each image of ``split`` is the size its instances file says (headers only;
         an image that cannot be opened is left to the extraction)."""
-        from tqdm.auto import tqdm
+        from dense._progress import tqdm
 
         ds = self._part(split)
         for iid in tqdm(ds.ids(), desc=f"check {split}", unit="img", disable=not progress):

@@ -240,7 +240,7 @@ def train_upsampler(encoder, images: Sequence, config: UpsamplerConfig | None = 
     from a larger resize). Loss: mean squared error of per-channel standardised tokens (what a probe's BatchNorm
     sees). ``images``: paths, PIL images or uint8 arrays. Deterministic for ``config.seed`` on CPU.
     """
-    from tqdm.auto import tqdm
+    from dense._progress import tqdm
 
     cfg = config or UpsamplerConfig()
     images = list(images)

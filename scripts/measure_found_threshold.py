@@ -65,7 +65,7 @@ def _at_threshold(enc, args, command: str) -> dict:
     from dense.eval.found import evaluate_found
 
     with tempfile.TemporaryDirectory(prefix="dense-found-") as tmp:
-        report = evaluate_found(enc, *_world(Path(tmp) / "report", args.images, args.report_seed), split="test",
+        report = evaluate_found(enc, _world(Path(tmp) / "report", args.images, args.report_seed), split="test",
                                 threshold=args.threshold, progress=True)
     measured = {"command": command, "model": args.model, "max_patches": report.meta["max_patches"],
                 "threshold": args.threshold,

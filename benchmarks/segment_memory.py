@@ -74,7 +74,8 @@ def main() -> None:
     print(f"{'segment (chunked argmax)':<40}{dt:>9.2f}{extra:>20.3f}")
     print(f"  label map alone (int32): {labels.nbytes / 2**30:.3f} GiB; old rule would hold "
           f"{(args.classes + 1) * args.height * args.width * 4 / 2**30:.2f} GiB of upsampled scores")
-    record = {"spec": args.spec, "classes": args.classes, "photo_hw": [args.height, args.width],
+    record = {"spec": args.spec, "dtype": str(enc.dtype).removeprefix("torch."), "classes": args.classes,
+              "photo_hw": [args.height, args.width],
               "grid_hw": list(fmap.grid_hw), "chunked": {"seconds": dt, "peak_extra_gib": extra},
               "labels_gib": labels.nbytes / 2**30,
               "unchunked_bound_gib": (args.classes + 1) * args.height * args.width * 4 / 2**30}

@@ -150,7 +150,8 @@ def main() -> None:
           f"one extraction = {1e3 * ext:.1f} ms/img")
     print(f"{'method':<34} {'mIoU':>6} {'dmIoU':>6} {'bF@2':>6} {'trimap':>6} {'ms/img':>7} {'x extract':>9}")
     base = None
-    record = {"seed": args.seed, "images": {k: len(v) for k, v in items.items()}, "max_patches": mp,
+    record = {"seed": args.seed, "dtype": str(enc.dtype).removeprefix("torch."),
+              "images": {k: len(v) for k, v in items.items()}, "max_patches": mp,
               "probe": res.best_key, "upsampler_params": n_params, "extract_ms": 1e3 * ext,
               "guided_val": {f"r{r} eps{e:g} sub{s}": v for (r, e, s), v in val_scores.items()},
               "guided": f"r{best[0]} eps{best[1]:g} sub{best[2]}",

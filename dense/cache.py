@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from dense._atomic import write_json
-from dense.errors import MissingEntryError
+from dense.errors import FormatError, InputError, MissingEntryError
 from dense.features import FeatureMap
 
 log = logging.getLogger("dense")
@@ -82,7 +82,7 @@ class FeatureCache:
             self.entries = self.dir / "entries"
         else:
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", namespace) or namespace in (".", ".."):
-                raise ValueError(f"cache namespace {namespace!r}: letters, digits, '_', '.', '-' only")
+                raise InputError(f"cache namespace {namespace!r}: letters, digits, '_', '.', '-' only")
             self.entries = self.dir / "data" / namespace
 
     @classmethod
@@ -117,16 +117,20 @@ class FeatureCache:
         self.entries.mkdir(parents=True, exist_ok=True)
         target = self.dir / "spec.json"
         if target.exists():
-            on_disk = json.loads(target.read_text())
+            try:
+                on_disk = json.loads(target.read_text())
+            except ValueError as e:
+                raise FormatError(f"{target}: not valid JSON ({e}); this folder is not a dense feature cache, or "
+                                  f"its spec.json is damaged") from e
             if on_disk != self.spec:
-                raise ValueError(f"{target}: holds spec {on_disk}, expected {self.spec} (hash collision?)")
+                raise InputError(f"{target}: holds spec {on_disk}, expected {self.spec} (hash collision?)")
             return
         write_json(target, self.spec, sort_keys=True)
 
     def path(self, key: str) -> Path:
         key = str(key)
         if not key or key.startswith("/") or ".." in Path(key).parts:
-            raise ValueError(f"cache key {key!r} must be a relative name")
+            raise InputError(f"cache key {key!r} must be a relative name")
         return self.entries / f"{key}.safetensors"
 
     def keys(self) -> list[str]:
@@ -183,7 +187,7 @@ class FeatureCache:
         fmap = self.stored(fmap)
         why = self.check(fmap)
         if why is not None:
-            raise ValueError(f"cache {self.dir}: refusing entry {key!r}: {why}")
+            raise InputError(f"cache {self.dir}: refusing entry {key!r}: {why}")
         return fmap.save(self.path(key))
 
     def remove_stale_temps(self, *, max_age_s: float = TEMP_MAX_AGE_S, now: float | None = None) -> int:

@@ -23,8 +23,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from dense.errors import CheckpointError
-from dense.preprocess import PixelConfig
+from dense.errors import CheckpointError, InputError
+from dense.preprocess import PixelConfig, check_max_patches
 
 # Names that resolve to folders shipped inside the package.
 BUNDLED = {"shapes-tiny": "checkpoints/shapes-tiny",  # sigmoid loss only
@@ -150,12 +150,21 @@ def read_json(folder: str, filename: str) -> dict:
         return {}
     if path is None:
         return {}
-    return json.loads(Path(path).read_text())
+    return load_json(path)
+
+
+def load_json(path) -> dict:
+    """A checkpoint's JSON file (or a calibration file) -> its value; one that is not valid JSON raises
+    :class:`CheckpointError` naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
 
 
 def read_tensors(folder: str, names: Iterable[str]) -> dict[str, torch.Tensor]:
     """Named tensors straight from a checkpoint's safetensors file(s), without building the model."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from transformers.utils import cached_file
 
     index = read_json(folder, "model.safetensors.index.json")
@@ -164,17 +173,31 @@ def read_tensors(folder: str, names: Iterable[str]) -> dict[str, torch.Tensor]:
     out = {}
     for n in names:
         path = cached_file(folder, files.get(n, "model.safetensors"))
-        with safe_open(path, framework="pt") as f:
-            if n not in f.keys():
-                raise CheckpointError(f"{folder}: checkpoint has no tensor {n!r}")
-            out[n] = f.get_tensor(n)
+        try:
+            with safe_open(path, framework="pt") as f:
+                if n not in f.keys():
+                    raise CheckpointError(f"{folder}: checkpoint has no tensor {n!r}")
+                out[n] = f.get_tensor(n)
+        except SafetensorError as e:
+            raise damaged(path, e) from e
     return out
+
+
+def damaged(path, e: Exception) -> CheckpointError:
+    """The error of a weights file safetensors cannot read (its own message names no file)."""
+    return CheckpointError(f"{path}: a damaged or incomplete weights file ({e}); download or save it again")
 
 
 def load_strict(cls, folder: str, *, allowed_prefixes: tuple[str, ...], **kwargs):
     """``cls.from_pretrained`` that fails on any missing, mismatched or unexpected key outside ``allowed_prefixes``."""
-    with quiet_transformers():
-        model, info = cls.from_pretrained(folder, output_loading_info=True, **kwargs)
+    from safetensors import SafetensorError
+
+    try:
+        with quiet_transformers():
+            model, info = cls.from_pretrained(folder, output_loading_info=True, **kwargs)
+    except SafetensorError as e:  # which file: the single one, or the folder of a sharded checkpoint
+        single = Path(folder) / "model.safetensors"
+        raise damaged(single if single.is_file() else folder, e) from e
     unexpected = [k for k in info["unexpected_keys"] if not k.startswith(allowed_prefixes)]
     problems = {"missing": list(info["missing_keys"]), "unexpected": unexpected,
                 "mismatched": [str(m) for m in info["mismatched_keys"]]}
@@ -216,6 +239,10 @@ class Calibration:
     source: str = field(default="neutral defaults", compare=False)  # where the values came from
 
     def __post_init__(self):
+        try:
+            check_max_patches(self.max_patches)
+        except InputError as e:
+            raise CheckpointError(f"{self.source}: {e}") from None
         if not 0.0 <= self.found_threshold <= 1.0:
             raise CheckpointError(f"{self.source}: found_threshold is a probability in [0, 1], got "
                                   f"{self.found_threshold}")
@@ -256,7 +283,7 @@ def read_calibration(given, source: str | None) -> Calibration:
         return given
     if isinstance(given, dict):
         return Calibration.from_dict(given, "calibration=")
-    return Calibration.from_dict(json.loads(Path(given).read_text()), str(given))
+    return Calibration.from_dict(load_json(given), str(given))
 
 
 _HASH_MEMO = "file-hashes.json"  # realpath|size|mtime_ns -> sha256, so a local checkpoint is hashed once per machine

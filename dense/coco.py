@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dense.errors import AnnotationError
+from dense.errors import AnnotationError, InputError, MissingEntryError
 from dense.labels import IGNORE, label_dtype
 
 BOX_TOLERANCE_PX = 1.0  # a bbox may stick out of its image by this much (COCO boxes are floats, rounded on export)
@@ -74,10 +74,10 @@ def _rle_string_counts(s: str) -> list[int]:
         x, k, more = 0, 0, True
         while more:
             if p >= n:
-                raise ValueError("truncated counts string")
+                raise InputError("truncated counts string")
             c = ord(s[p]) - 48
             if not 0 <= c < 64:
-                raise ValueError(f"character {s[p]!r} outside the RLE alphabet")
+                raise InputError(f"character {s[p]!r} outside the RLE alphabet")
             x |= (c & 0x1F) << (5 * k)
             more = bool(c & 0x20)
             p += 1
@@ -162,6 +162,7 @@ class CocoDataset:
     cat_to_label: dict[int, int]
     problems: list[str] = field(default_factory=list)
     overlap: str = "smaller"  # ('smaller', 'ignore')
+    _tags: dict = field(default_factory=dict, repr=False)  # image id -> EXIF orientation, as headers were read
 
     # --- ids --------------------------------------------------------------------------------------------------------
     def ids(self, split: str | None = None) -> list[int]:
@@ -179,17 +180,44 @@ class CocoDataset:
         try:
             return self.coco.imgs[image_id]
         except KeyError:
-            raise KeyError(f"{self.source}: no image with id {image_id}") from None
+            raise MissingEntryError(f"{self.source}: no image with id {image_id}") from None
 
     def image_hw(self, image_id: int) -> tuple[int, int]:
         info = self.image_info(image_id)
         return int(info["height"]), int(info["width"])
 
     def image_path(self, image_id: int) -> Path:
+        """The image file: an :class:`~dense.preprocess.AnnotatedPath`, read in the geometry of the file's ``height``
+        and ``width`` (as stored, or upright when only that matches: :func:`dense.preprocess.read_hw`)."""
+        from dense.preprocess import annotated_path
+
         if self.image_dir is None:
-            raise ValueError(f"{self.source}: no image folder was given for its images (--images DIR, or "
+            raise InputError(f"{self.source}: no image folder was given for its images (--images DIR, or "
                              f"load_coco(..., image_dir))")
-        return self.image_dir / self.image_info(image_id)["file_name"]
+        return annotated_path(self.image_dir / self.image_info(image_id)["file_name"], self.image_hw(image_id))
+
+    def check_files(self, split: str | None = None, *, progress: bool = False) -> None:
+        """Before any expensive work: each image of ``split`` (None: every image) is read at the height and width
+        the file gives it, in the geometry it is read in (headers only; an image that cannot be opened is left to
+        the extraction). Nothing to check without an image folder."""
+        from dense._progress import tqdm
+        from dense.preprocess import check_image_size
+
+        if self.image_dir is None:
+            return
+        for iid in tqdm(self.ids(split), desc=f"check {split or 'all'}", unit="img", disable=not progress):
+            h, w = self.image_hw(iid)
+            path = self.image_path(iid)
+            check_image_size(path, (h, w), self._tags, iid,
+                             lambda image_hw: f"{self.source}: image id {iid} is {h} x {w} (H x W) there, its "  # noqa: B023
+                                              f"image {path} is {image_hw}")  # noqa: B023
+
+    def exif_tagged(self, ids) -> int:
+        """How many images of ``ids`` carry an EXIF orientation tag (read in the file's geometry all the same); from
+        their headers, or what :meth:`check_files` read."""
+        from dense.preprocess import count_exif_tagged
+
+        return count_exif_tagged(ids, self.image_path, self._tags)
 
     def anns(self, image_id: int, *, crowd: bool = True) -> list[dict]:
         """The annotations of an image, in annotation-id order (``crowd=False`` drops ``iscrowd=1`` regions)."""
@@ -201,7 +229,7 @@ class CocoDataset:
         try:
             return self.coco.anns[ann_id]
         except KeyError:
-            raise KeyError(f"{self.source}: no annotation with id {ann_id}") from None
+            raise MissingEntryError(f"{self.source}: no annotation with id {ann_id}") from None
 
     # --- per annotation ---------------------------------------------------------------------------------------------
     def mask(self, ann_id: int) -> np.ndarray:
@@ -255,7 +283,7 @@ class CocoDataset:
                 covered |= m
             label[conflict] = IGNORE
         else:
-            raise ValueError(f"overlap must be 'smaller' or 'ignore', got {self.overlap!r}")
+            raise InputError(f"overlap must be 'smaller' or 'ignore', got {self.overlap!r}")
         for a in anns:
             if a.get("iscrowd", 0):
                 label[masks[a["id"]] & ~covered] = IGNORE
@@ -333,9 +361,9 @@ def load_coco(ann_path: str | os.PathLike, image_dir: str | os.PathLike | None =
     from pycocotools.coco import COCO
 
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if overlap not in ("smaller", "ignore"):
-        raise ValueError(f"overlap must be 'smaller' or 'ignore', got {overlap!r}")
+        raise InputError(f"overlap must be 'smaller' or 'ignore', got {overlap!r}")
     source = Path(ann_path)
     data = _read_json(source)
     if not isinstance(data, dict):
@@ -388,7 +416,7 @@ def load_refs(refs_path: str | os.PathLike, dataset: CocoDataset, *, split: str 
     (``on_error='skip'``: dropped and appended to ``dataset.problems``). ``split`` keeps one split. Sorted by ref_id.
     """
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     path = Path(refs_path)
     out = []
     for r in _read_refs(path):

@@ -41,22 +41,21 @@ from pathlib import Path
 
 import torch
 
-from dense.device import cpu_model_and_flags
+from dense.device import SMALL_TOWER_PARAMS, cpu_model_and_flags
+from dense.errors import InputError
 
 log = logging.getLogger("dense")
 
 DECISION_FILE = "compile.json"
 BUCKETS = 4  # buckets per token budget: padding waste at most a quarter of the budget
 PAYS = 1.05  # compiled / eager speed ratio from which compile="auto" compiles (margin for timing noise)
-MIN_PARAMS = 50_000_000  # smaller towers (the bundled toys, test towers) get no "how to measure" line
+MIN_PARAMS = SMALL_TOWER_PARAMS  # smaller towers (the bundled toys, test towers) get no "how to measure" line
 COMPILE_CHOICES = (True, False, "auto")
 HOW_TO_MEASURE = "dense compile-check --model MODEL"  # the one line printed when "auto" has no record to follow
 
 
 def check_compile_option(compile) -> None:
     if compile not in COMPILE_CHOICES or not isinstance(compile, (bool, str)):
-        from dense.errors import InputError
-
         raise InputError(f"compile={compile!r}: use True, False or 'auto'")
 
 
@@ -198,7 +197,7 @@ def read_decisions() -> dict:
     try:
         data = json.loads(path.read_text())
         if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+            raise InputError("not a JSON object")
         return data
     except FileNotFoundError:
         return {}

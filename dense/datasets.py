@@ -47,6 +47,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from dense._atomic import write_json
+from dense.errors import InputError
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -102,7 +103,7 @@ def shape_polygon(obj: Shape) -> np.ndarray:
         ang = np.deg2rad(-90 + np.arange(10) * 36)
         rad = np.where(np.arange(10) % 2 == 0, 1.2 * r, 0.5 * r)
     else:
-        raise ValueError(f"unknown shape {obj.shape!r}; expected one of {SHAPES}")
+        raise InputError(f"unknown shape {obj.shape!r}; expected one of {SHAPES}")
     ang = ang + np.deg2rad(obj.angle_deg)
     xy = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], axis=1)  # [K, 2]
     return np.round(xy, 2)
@@ -367,7 +368,7 @@ def make_shapes(
     Returns ``{"images": n, "annotations": n, "refs": n, "sentences": n, "annotation_file": path, "refs_file": path}``.
     """
     if n_images < 1:
-        raise ValueError(f"n_images must be >= 1, got {n_images}")
+        raise InputError(f"n_images must be >= 1, got {n_images}")
     splits = splits or {"train": 0.7, "val": 0.15, "test": 0.15}
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)

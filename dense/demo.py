@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from dense._atomic import write_text
-from dense.preprocess import IMAGE_EXTS
+from dense.errors import InputError
+from dense.preprocess import IMAGE_EXTS, check_max_patches
 
 BUNDLED_MODEL = "shapes-tiny-v2"
 # make_shapes splits 70/15/15 by floor + remainder to the largest: 7 images is the fewest with an image in each of
@@ -131,19 +132,18 @@ def run_demo(out_dir: str | Path = "dense-demo", *, model: str = BUNDLED_MODEL, 
     import dense
 
     if max_images < 1:
-        raise ValueError(f"max_images must be at least 1, got {max_images}")
-    if max_patches is not None and max_patches < 1:
-        raise ValueError(f"max_patches must be at least 1, got {max_patches}")
+        raise InputError(f"max_images must be at least 1, got {max_images}")
+    check_max_patches(max_patches)
     if images is None and n_images < MIN_SYNTHETIC_IMAGES:
-        raise ValueError(f"n_images must be at least {MIN_SYNTHETIC_IMAGES} (the synthetic world is split 70/15/15 "
+        raise InputError(f"n_images must be at least {MIN_SYNTHETIC_IMAGES} (the synthetic world is split 70/15/15 "
                          f"into train, val and test, and each needs an image), got {n_images}")
     if images is not None and not queries:
-        raise ValueError("--images needs --queries (what to look for in your photos)")
+        raise InputError("images= needs queries= (what to look for in your photos)")
     if queries is not None and any(not str(q).strip() for q in queries):
-        raise ValueError("a query of --queries is empty; give some text")
+        raise InputError("a query of queries= is empty; give some text")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: is a file; the demo writes a folder (index.html and its figures)")
+        raise InputError(f"{out}: is a file; the demo writes a folder (index.html and its figures)")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     encoder = dense.load_encoder(model, **{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
@@ -152,10 +152,10 @@ def run_demo(out_dir: str | Path = "dense-demo", *, model: str = BUNDLED_MODEL, 
                              queries=queries, max_patches=max_patches, progress=progress)
     else:
         if not queries:
-            raise ValueError("--images needs --queries (what to look for in your photos)")
+            raise InputError("images= needs queries= (what to look for in your photos)")
         paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if not paths:
-            raise ValueError(f"{images}: no images ({', '.join(IMAGE_EXTS)})")
+            raise InputError(f"{images}: no images ({', '.join(IMAGE_EXTS)})")
         bundled = str(model).startswith("shapes-tiny")
         summary = _photos(encoder, out, paths, queries, max_images=max_images, bundled=bundled,
                           max_patches=max_patches)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from dense.errors import DeviceError
+from dense.errors import DeviceError, InputError
 
 log = logging.getLogger("dense")
 
@@ -43,6 +43,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise DeviceError(f"device {str(device)!r}: this machine has {n} GPU(s), cuda:0..cuda:{n - 1}")
     return torch.device("cuda", index)
 
+# Towers smaller than this run float32 under dtype="auto" (dense.compiled.MIN_PARAMS is the same line): at ~1 M
+# parameters bf16 saves no time worth having, and float32 gives the same figures on every CPU (bf16 on AMX/AVX512-BF16,
+# float32 on AVX2 would not).
+SMALL_TOWER_PARAMS = 50_000_000
+
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
            "fp16": torch.float16, "float16": torch.float16}
 
@@ -57,8 +62,11 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve_dtype(dtype, device: str | torch.device = "cpu") -> torch.dtype:
+def resolve_dtype(dtype, device: str | torch.device = "cpu", *, params: int | None = None) -> torch.dtype:
     """``"auto"`` (or None) -> bfloat16 where ``device`` runs it natively, else float32; names -> torch dtypes.
+
+    ``params``: the tower's parameter count, when known. A tower of fewer than :data:`SMALL_TOWER_PARAMS` (the bundled
+    ``shapes-tiny`` models, ~1 M) resolves ``"auto"`` to float32 on every device.
 
     The tower runs in this dtype; the MAP head's pieces and all scoring run in float32 whatever it is
     (:mod:`dense.head`). CPUs without bf16 instructions emulate it (``benchmarks/extract.py`` measures both on the
@@ -68,13 +76,14 @@ def resolve_dtype(dtype, device: str | torch.device = "cpu") -> torch.dtype:
     """
     device = torch.device(device)
     if dtype is None or dtype == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
+        small = params is not None and params < SMALL_TOWER_PARAMS
+        return torch.bfloat16 if native_bf16(device) and not small else torch.float32
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
-            raise ValueError(f"dtype {dtype!r}: use 'auto', 'fp32', 'bf16' (or 'float32', 'bfloat16') or a torch dtype")
+            raise InputError(f"dtype {dtype!r}: use 'auto', 'fp32', 'bf16' (or 'float32', 'bfloat16') or a torch dtype")
         dtype = _DTYPES[dtype]
     if dtype == torch.float16:
-        raise ValueError(f"dtype float16 (on {device}): dense runs in bfloat16 or float32 only. Use dtype='auto' "
+        raise InputError(f"dtype float16 (on {device}): dense runs in bfloat16 or float32 only. Use dtype='auto' "
                          "(bfloat16 where the device runs it natively, else float32), 'bf16' or 'fp32'.")
     if device.type == "cuda" and torch.cuda.is_available():
         msg = bf16_warning(dtype, device, torch.cuda.get_device_capability(device))
@@ -172,7 +181,7 @@ def set_threads(threads: int | None = None) -> int:
     global _threads_set
     n = default_threads() if threads is None else int(threads)
     if n < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
+        raise InputError(f"threads must be at least 1, got {threads}")
     torch.set_num_threads(n)
     _threads_set = n
     for name in _THREAD_ENV:

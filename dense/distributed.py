@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from dense.device import resolve_device
+from dense.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def plan_distributed(device: str, env=None) -> DistPlan:
     if world <= 1:
         return DistPlan(device=device)
     if "RANK" not in env or "LOCAL_RANK" not in env:
-        raise ValueError(f"WORLD_SIZE={world} without RANK and LOCAL_RANK: launch with torchrun")
+        raise InputError(f"WORLD_SIZE={world} without RANK and LOCAL_RANK: launch with torchrun")
     rank, local = int(env["RANK"]), int(env["LOCAL_RANK"])
     if device.startswith("cuda"):
         device = f"cuda:{local}"

@@ -40,9 +40,9 @@ from dense.checkpoint import (
 )
 from dense.compiled import CompiledTower, check_compile_option, stored_decision, tell_how_to_measure
 from dense.device import ensure_threads, resolve_device, resolve_dtype
-from dense.errors import CheckpointError, ImageError
+from dense.errors import CheckpointError, ImageError, InputError
 from dense.features import RULES_VERSION, FeatureMap, block_indices
-from dense.preprocess import ImageInput, PixelConfig, choose_grid, load_image, to_pixels
+from dense.preprocess import ImageInput, PixelConfig, check_max_patches, choose_grid, load_image, to_pixels
 
 log = logging.getLogger("dense")
 
@@ -187,9 +187,9 @@ class Encoder:
 
     def prepare(self, image: ImageInput, max_patches: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
         """Read an image and choose its grid: ``(uint8 [H, W, 3], (gh, gw))``."""
+        budget = check_max_patches(max_patches) or self.pixels.max_patches  # 0 is an error, not the default
         rgb = load_image(image)
-        budget = self.pixels.max_patches if max_patches is None else max_patches  # 0 is an error, not the default
-        return rgb, choose_grid(rgb.shape[:2], self.patch_size, int(budget))
+        return rgb, choose_grid(rgb.shape[:2], self.patch_size, budget)
 
     def feature_map(self, tokens: torch.Tensor, image_hw, grid_hw, max_patches, layers) -> FeatureMap:
         gh, gw = grid_hw
@@ -221,16 +221,14 @@ class Encoder:
         ``"skip"`` logs it and yields ``None`` in its place, so results still line up with inputs.
         """
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         total = len(images) if hasattr(images, "__len__") else None
         if num_workers is None:
             num_workers = default_num_workers(self.device, total)
         window = int(window or 8 * batch_size)
-        max_patches = int(self.pixels.max_patches if max_patches is None else max_patches)
-        if max_patches < 1:  # before any image is read
-            raise ValueError(f"max_patches must be >= 1, got {max_patches}")
+        max_patches = check_max_patches(max_patches) or self.pixels.max_patches  # before any image is read
         stream = prepared_stream(images, self.pixels, max_patches, num_workers=num_workers,
                                  pin_memory=self.device.type == "cuda")
         bar = tqdm(total=total, desc="extract", unit="img", disable=not progress)
@@ -290,9 +288,19 @@ class Encoder:
             scale, bias = logits["logit_scale"].float().reshape(()), logits["logit_bias"].float().reshape(())
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(self.source)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(self.source)
+            except Exception as e:  # tokenizers' own errors name no file: a damaged tokenizer.json, for one
+                raise CheckpointError(f"{self.source}: its tokenizer cannot be loaded ({type(e).__name__}: "
+                                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
         model = model.to(self.device, self.dtype).eval().requires_grad_(False)
         return TextParts(model=model, tokenizer=tokenizer, logit_scale=scale, logit_bias=bias, max_length=max_length)
+
+
+def tower_params(vision_cls, vision_config) -> int:
+    """The parameter count of the vision tower ``vision_config`` describes (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in vision_cls._from_config(vision_config).parameters())
 
 
 def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
@@ -307,8 +315,10 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
             bundled name (``"shapes-tiny"``, ``"shapes-tiny-v2"``).
         device: where the model runs; features always come back on the CPU as float32.
         dtype: weights and activations. ``"auto"`` (default; ``None`` means the same): bfloat16 on GPUs of compute
-            capability 8+ and on CPUs with native bf16 (AMX or AVX512-BF16), float32 otherwise: CPUs without bf16
-            instructions emulate it and run it slower than float32; float16 on a CPU is refused. ``"fp32"`` for
+            capability 8+ and on CPUs with native bf16 (AMX or AVX512-BF16), float32 otherwise (CPUs without bf16
+            instructions emulate it and run it slower than float32) and for towers under
+            :data:`dense.device.SMALL_TOWER_PARAMS` parameters (the bundled ``shapes-tiny`` models: the same
+            figures on every CPU); float16 on a CPU is refused. ``"fp32"`` for
             bit-stable features. ``python benchmarks/extract.py [--device cuda]`` times both dtypes on the machine at
             hand. The chosen dtype is in ``repr(encoder)`` and ``encoder.spec()``.
         attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
@@ -333,7 +343,6 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
     ensure_threads(threads)
     device = resolve_device(device)  # before any file is read: a CPU-only torch asked for CUDA says so at once
     source = resolve_checkpoint(name_or_path)
-    dtype = resolve_dtype(dtype, device)
     with quiet_transformers():  # SiglipConfig builds a default text config first and warns about its token ids
         config = AutoConfig.from_pretrained(source)
     family = {"siglip": "siglip", "siglip_vision_model": "siglip", "siglip2": "siglip2",
@@ -341,6 +350,7 @@ def load_encoder(name_or_path: str | os.PathLike, *, device: str | torch.device 
     if family is None:
         raise CheckpointError(f"{name_or_path}: model_type {config.model_type!r} is not SigLIP or SigLIP 2")
     full_cls, vision_cls, _, _ = model_classes(family)
+    dtype = resolve_dtype(dtype, device, params=tower_params(vision_cls, getattr(config, "vision_config", config)))
     vision = load_strict(vision_cls, source, allowed_prefixes=("text_model.", "logit_"), dtype=dtype,
                           attn_implementation=attn_implementation).to(device)
     full_config = config if isinstance(config, full_cls) else None
@@ -365,14 +375,14 @@ def random_encoder(spec: str = "so400m-patch14-384", *, device: str | torch.devi
     """
     check_compile_option(compile)
     if spec not in RANDOM_SPECS:
-        raise ValueError(f"unknown spec {spec!r}; choose one of {sorted(RANDOM_SPECS)}")
+        raise InputError(f"unknown spec {spec!r}; choose one of {sorted(RANDOM_SPECS)}")
     arch = RANDOM_SPECS[spec]
     full_cls, vision_cls, _, _ = model_classes(arch["family"])
     config = full_cls(text_config=arch["text"], vision_config=arch["vision"])
     config.vision_config._attn_implementation = attn_implementation
     config.text_config._attn_implementation = attn_implementation
     device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
+    dtype = resolve_dtype(dtype, device, params=tower_params(vision_cls, config.vision_config))
     torch.manual_seed(seed)
     vision = vision_cls._from_config(config.vision_config, dtype=dtype).to(device)
     fp = hashlib.sha256(f"random:{spec}:seed={seed}".encode()).hexdigest()[:16]

@@ -21,6 +21,7 @@ import torch
 from dense._progress import tqdm
 from dense.cache import FeatureCache, cache_spec
 from dense.distributed import dist_info
+from dense.errors import InputError
 from dense.head import with_pooled
 from dense.preprocess import IMAGE_EXTS
 
@@ -71,12 +72,12 @@ def extract_to_cache(encoder, items: Sequence[tuple[str, object]], cache: Featur
         pooled = bool(cache.spec.get("pooled"))
     if cache.spec != cache_spec(encoder, max_patches=max_patches, layers=layers, store_dtype=store_dtype,
                                 pooled=pooled):
-        raise ValueError(f"cache {cache.dir} is for {cache.spec}, not this encoder/max_patches/layers/storage")
+        raise InputError(f"cache {cache.dir} is for {cache.spec}, not this encoder/max_patches/layers/storage")
     if rank is None or world_size is None:
         rank, world_size = dist_info()
     keys = [k for k, _ in items]
     if len(set(keys)) != len(keys):
-        raise ValueError("duplicate cache keys among the items")
+        raise InputError("duplicate cache keys among the items")
     mine = sorted(items, key=lambda kv: kv[0])[rank::world_size]
     report = ExtractReport(rank=rank, world_size=world_size, total=len(mine))
     cache.init()

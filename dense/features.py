@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from dense._atomic import load_tensors, save_tensors
-from dense.errors import MismatchError
+from dense.errors import InputError, MismatchError
 from dense.preprocess import grid_to_pixel_xy, pixel_to_grid
 
 FORMAT = "dense.FeatureMap"  # the header of a saved FeatureMap file (dense._atomic.save_tensors)
@@ -95,7 +95,7 @@ def pca_rgb_shared(fmaps: Sequence[FeatureMap], *, sizes_hw: Sequence[tuple[int,
     flats = [f.tokens.reshape(f.grid_hw[0] * f.grid_hw[1], -1).float().numpy() for f in fmaps]  # [gh, gw, D] -> [N, D]
     dims = {x.shape[1] for x in flats}
     if len(dims) != 1:
-        raise ValueError(f"token widths differ ({sorted(dims)}): one PCA basis needs FeatureMaps of one encoder and "
+        raise InputError(f"token widths differ ({sorted(dims)}): one PCA basis needs FeatureMaps of one encoder and "
                          f"the same layers")
     flat = np.concatenate(flats)  # [sum N, D]
     k = min(3, flat.shape[0], flat.shape[1])
@@ -129,7 +129,7 @@ def block_indices(layers, num_layers: int | None) -> tuple[int, ...]:
         return layers
     bad = [b for b in layers if not -num_layers <= b < num_layers]
     if bad:
-        raise ValueError(f"layers {bad} out of range for {num_layers} blocks (Python indices, -1 = the last)")
+        raise InputError(f"layers {bad} out of range for {num_layers} blocks (Python indices, -1 = the last)")
     return tuple(b % num_layers for b in layers)
 
 
@@ -165,11 +165,11 @@ class FeatureMap:
         object.__setattr__(self, "layers", block_indices(self.layers, self.num_layers))
         gh, gw = self.grid_hw
         if self.tokens.ndim != 3 or tuple(self.tokens.shape[:2]) != (gh, gw):
-            raise ValueError(f"tokens {tuple(self.tokens.shape)} do not match the grid {gh}x{gw} of {self.resized_hw}")
+            raise InputError(f"tokens {tuple(self.tokens.shape)} do not match the grid {gh}x{gw} of {self.resized_hw}")
         if self.aligned is not None and tuple(self.aligned.shape[:2]) != (gh, gw):
-            raise ValueError(f"aligned tokens {tuple(self.aligned.shape)} do not match the grid {gh}x{gw}")
+            raise InputError(f"aligned tokens {tuple(self.aligned.shape)} do not match the grid {gh}x{gw}")
         if self.pooled is not None and self.pooled.ndim != 1:
-            raise ValueError(f"pooled embedding {tuple(self.pooled.shape)} must be one vector [E]")
+            raise InputError(f"pooled embedding {tuple(self.pooled.shape)} must be one vector [E]")
 
     # --- geometry -------------------------------------------------------------------------------------------------
     @property
@@ -208,7 +208,7 @@ class FeatureMap:
             return self.tokens
         missing = [b for b in want if b not in have]
         if missing:
-            raise ValueError(f"this FeatureMap holds blocks {have}; blocks {missing} are missing: extract with "
+            raise InputError(f"this FeatureMap holds blocks {have}; blocks {missing} are missing: extract with "
                              f"layers={tuple(sorted(set(have) | set(want)))}")
         D = self.dim // len(have)
         chunks = [self.tokens[..., have.index(b) * D:(have.index(b) + 1) * D] for b in want]  # each [gh, gw, D]
@@ -231,7 +231,7 @@ class FeatureMap:
         """
         x = self.aligned if aligned else self.tokens
         if x is None:
-            raise ValueError("this FeatureMap has no aligned tokens")
+            raise InputError("this FeatureMap has no aligned tokens")
         size_hw = tuple(size_hw or self.image_hw)
         x = x.permute(2, 0, 1)[None].float()  # [gh, gw, D] -> [1, D, gh, gw]
         return F.interpolate(x, size=size_hw, mode="bilinear", align_corners=False)[0]  # -> [D, H, W]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dense.errors import InputError
 from dense.features import FeatureMap
 
 # module -> (signature of its parameters, its float32 copy); see as_fp32
@@ -125,7 +126,7 @@ def pool_with_weights(head, tokens: torch.Tensor, weights: torch.Tensor) -> torc
     x = tokens.reshape(1, gh * gw, D).to(p.device, torch.float32)  # [gh, gw, D] -> [1, N, D]
     w = weights.reshape(K, gh * gw).to(p.device, torch.float32)  # [K, gh, gw] -> [K, N]
     if bool((w.max(dim=1).values <= 0).any()):
-        raise ValueError("every region needs at least one patch with a positive weight")
+        raise InputError("every region needs at least one patch with a positive weight")
     mask = torch.log(w.clamp(min=0))  # [K, N]: 0 inside, log(frac) on the border, -inf outside
     probe = head.probe.expand(1, K, D)  # [1, 1, D] -> [1, K, D]
     h = head.attention(probe, x, x, attn_mask=mask, need_weights=False)[0]  # [1, K, D]
@@ -140,6 +141,6 @@ def with_pooled(encoder, fmap: FeatureMap) -> FeatureMap:
 
     check_featuremap_identity(encoder.spec(), fmap, "the pooled embedding")
     if not fmap.has_layers((-1,), encoder.num_layers):
-        raise ValueError(f"a pooled embedding needs the last block among the layers, got {fmap.layers}")
+        raise InputError(f"a pooled embedding needs the last block among the layers, got {fmap.layers}")
     x = fmap.layer_tokens((-1,), encoder.num_layers).reshape(-1, encoder.hidden_size)  # [gh, gw, D] -> [N, D]
     return replace(fmap, pooled=pooled_fp32(encoder.vision.head, x))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dense.errors import InputError
+
 IGNORE = -1  # label value no metric counts (crowd regions, VOC boundaries, ADE20K "other"); never a class index
 
 
@@ -20,7 +22,7 @@ def label_dtype(num_classes: int) -> np.dtype:
     for dt in (np.int8, np.int16, np.int32):
         if num_classes - 1 <= np.iinfo(dt).max:
             return np.dtype(dt)
-    raise ValueError(f"{num_classes} classes do not fit an int32 label map")
+    raise InputError(f"{num_classes} classes do not fit an int32 label map")
 
 
 def as_numpy(x) -> np.ndarray:

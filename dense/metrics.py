@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dense.errors import InputError
 from dense.labels import IGNORE, as_numpy
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -29,7 +30,7 @@ def confusion_matrix(pred, gt, num_classes: int, *, ignore_index: int = IGNORE) 
     """
     pred, gt = as_numpy(pred).astype(np.int64).ravel(), as_numpy(gt).astype(np.int64).ravel()
     if pred.shape != gt.shape:
-        raise ValueError(f"prediction has {pred.size} pixels, ground truth {gt.size}")
+        raise InputError(f"prediction has {pred.size} pixels, ground truth {gt.size}")
     keep = gt != ignore_index
     pred, gt = pred[keep], gt[keep]
     for name, v in (("ground truth", gt), ("prediction", pred)):
@@ -37,7 +38,7 @@ def confusion_matrix(pred, gt, num_classes: int, *, ignore_index: int = IGNORE) 
             bad = np.unique(v[(v < 0) | (v >= num_classes)])[:8].tolist()
             hint = (" (255 = ignore is v0.1's uint8 convention; ignored pixels are now dense.labels.IGNORE = -1)"
                     if 255 in bad and ignore_index != 255 else "")
-            raise ValueError(f"{name} labels {bad} are outside [0, {num_classes}) (ignore index {ignore_index}){hint}")
+            raise InputError(f"{name} labels {bad} are outside [0, {num_classes}) (ignore index {ignore_index}){hint}")
     return np.bincount(gt * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
@@ -48,7 +49,7 @@ def segmentation_figures(cm: np.ndarray, class_names: Sequence[str] | None = Non
     K = cm.shape[0]
     names = list(class_names) if class_names is not None else [str(k) for k in range(K)]
     if len(names) != K:
-        raise ValueError(f"{len(names)} class names for a {K} x {K} confusion matrix")
+        raise InputError(f"{len(names)} class names for a {K} x {K} confusion matrix")
     tp = np.diag(cm)
     gt_count, pred_count = cm.sum(1), cm.sum(0)
     union = gt_count + pred_count - tp
@@ -119,7 +120,7 @@ def acc_at_iou(pred_xyxy, gt_xyxy, thr: float = 0.5) -> float:
     p = as_numpy(pred_xyxy).astype(np.float64).reshape(-1, 4)
     g = as_numpy(gt_xyxy).astype(np.float64).reshape(-1, 4)
     if len(p) != len(g):
-        raise ValueError(f"{len(p)} predicted boxes for {len(g)} ground-truth boxes")
+        raise InputError(f"{len(p)} predicted boxes for {len(g)} ground-truth boxes")
     if not len(p):
         return float("nan")
     ious = np.array([box_iou_xyxy(p[k], g[k])[0, 0] for k in range(len(p))])
@@ -135,7 +136,7 @@ def pointing_hits(points_xy, masks, *, tolerance_px: int = 0) -> np.ndarray:
     """
     pts = as_numpy(points_xy).astype(np.float64).reshape(-1, 2)
     if len(pts) != len(masks):
-        raise ValueError(f"{len(pts)} points for {len(masks)} masks")
+        raise InputError(f"{len(pts)} points for {len(masks)} masks")
     hits = np.zeros(len(pts), bool)
     t = int(tolerance_px)
     for k, ((x, y), m) in enumerate(zip(pts, masks, strict=True)):
@@ -187,7 +188,7 @@ def boundary_counts(pred, gt, num_classes: int, *, tolerance_px: float = 2.0, ig
     """
     pred, gt = as_numpy(pred), as_numpy(gt)
     if pred.shape != gt.shape or pred.ndim != 2:
-        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} must be label maps of one shape")
+        raise InputError(f"prediction {pred.shape} and ground truth {gt.shape} must be label maps of one shape")
     keep = gt != ignore_index
     out = np.zeros((num_classes, 4), np.int64)
     for k in range(num_classes):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from dense import head as maphead
+from dense.errors import InputError
 from dense.features import FeatureMap
 from dense.heatmap import (
     ImageOrFeatureMap,
@@ -25,18 +26,7 @@ from dense.heatmap import (
     to_image,
     with_aligned,
 )
-from dense.text import embed_texts
-
-
-def _check_queries(queries: Sequence[str], what: str) -> list[str]:
-    """Text queries: at least one, none empty."""
-    queries = list(queries)
-    if not queries:
-        raise ValueError(f"{what} is empty: give at least one text query")
-    empty = [k for k, q in enumerate(queries) if not str(q).strip()]
-    if empty:
-        raise ValueError(f"{what}[{empty[0]}] is an empty query: give some text")
-    return queries
+from dense.text import check_queries, embed_texts
 
 
 def _as_batch(images) -> tuple[list, bool]:
@@ -70,7 +60,7 @@ def classify(encoder, image: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], cl
 
     Independent per class (SigLIP's sigmoid, not a softmax): they need not sum to one.
     """
-    _check_queries([class_names] if isinstance(class_names, str) else class_names, "class_names")
+    check_queries([class_names] if isinstance(class_names, str) else class_names, "class_names", at_least_one=True)
     images, batch = _as_batch(image)
     img = embed_images(encoder, images, max_patches=max_patches)  # [B, E]
     text = embed_texts(encoder, class_names, templates=templates_of(encoder, templates))  # [T, E]
@@ -88,7 +78,7 @@ def retrieve(image_emb: torch.Tensor, text_emb: torch.Tensor, *, k: int = 5, by:
     if by == "image":
         sim = sim.T  # [B, T]
     elif by != "text":
-        raise ValueError(f"by must be 'text' or 'image', got {by!r}")
+        raise InputError(f"by must be 'text' or 'image', got {by!r}")
     return sim.topk(min(k, sim.shape[1]), dim=1)
 
 
@@ -107,14 +97,14 @@ def segment(encoder, image: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], cla
     calibrated threshold. ``windows`` (sliding windows) and ``refine`` (``"pamr"``): see
     :func:`dense.heatmap.image_scores`; None: the encoder's calibration.
     """
-    class_names = _check_queries(class_names, "class_names")
+    class_names = check_queries(class_names, "class_names", at_least_one=True)
     cal = encoder.calibration
     windows = cal.windows if windows is None else windows
     refine = cal.refine if refine is None else refine
     if background is None:
         background = cal.background or 0.0
     if isinstance(background, (int, float)) and not 0.0 <= background <= 1.0:
-        raise ValueError(f"background threshold must be in [0, 1], got {background}")
+        raise InputError(f"background threshold must be in [0, 1], got {background}")
     bg_prompts = background_prompts(background)
     images, batch = _as_batch(image)
     if features is None:
@@ -122,12 +112,12 @@ def segment(encoder, image: ImageOrFeatureMap | Sequence[ImageOrFeatureMap], cla
     else:
         feats, feats_batch = _as_batch(features)
         if feats_batch != batch or len(feats) != len(images):
-            raise ValueError(f"features: expected {'a list of ' if batch else 'one '}FeatureMap for each image "
+            raise InputError(f"features: expected {'a list of ' if batch else 'one '}FeatureMap for each image "
                              f"({len(images)}), got {len(feats)}")
     out = []
     pixels = windows > 1 or refine not in (None, "none")
     if pixels and any(isinstance(im, FeatureMap) for im in images):
-        raise ValueError(f"windows={windows}, refine={refine!r} (the encoder's calibration unless given) need the "
+        raise InputError(f"windows={windows}, refine={refine!r} (the encoder's calibration unless given) need the "
                          "image's pixels: pass the image (and its FeatureMap as features=), or windows=1, "
                          "refine='none'")
     for im, fm in zip(images, feats, strict=True):
@@ -160,7 +150,7 @@ def labels_from_patch_scores(scores: torch.Tensor, fmap: FeatureMap, num_classes
     size_hw = tuple(size_hw or fmap.image_hw)
     n = scores.shape[0]
     if n < num_classes or num_classes < 1:
-        raise ValueError(f"{n} score maps for {num_classes} classes")
+        raise InputError(f"{n} score maps for {num_classes} classes")
     H, W = size_hw
     best = torch.full((H, W), -torch.inf)  # running max over classes
     arg = torch.zeros((H, W), dtype=torch.int32)  # its class index

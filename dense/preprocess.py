@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import os
 import warnings
 from dataclasses import dataclass
@@ -33,12 +34,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dense.errors import ImageError
+from dense.errors import AnnotationError, ImageError, InputError
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 # File suffixes taken as images when a folder is listed or an image id is looked up (lower case)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def no_images_error(folder: str | os.PathLike) -> InputError:
+    """The one error of a folder with no image file in it (every command and the explorer say the same words)."""
+    return InputError(f"{folder}: no images found (looked for {', '.join(IMAGE_EXTS)})")
 
 
 @dataclass(frozen=True)
@@ -89,11 +95,153 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# EXIF orientation: a user's photo is read upright; annotated data in the geometry of its annotation
+
+ORIENTATION = 0x0112  # the EXIF tag; values 1..8, 5..8 swap height and width
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation of an open PIL image: 1..8, 1 when there is none or its value is not one of those."""
+    try:
+        tag = img.getexif().get(ORIENTATION, 1)
+    except (OSError, SyntaxError, ValueError, TypeError):  # a malformed EXIF block: read as stored, as PIL would
+        return 1
+    return tag if isinstance(tag, int) and 1 <= tag <= 8 else 1
+
+
+def read_hw(stored_hw: tuple[int, int], orientation: int, annotation_hw: tuple[int, int], name) -> tuple[bool, tuple]:
+    """Annotated data: ``(upright, (H, W) read)`` for an image stored as ``stored_hw`` with EXIF ``orientation``
+    whose annotation is ``annotation_hw`` (a COCO file's height and width, a label map's size).
+
+    The pixels are read in the geometry the annotation has: as stored when its size is the stored one (which is also
+    the references' reading when both orientations have that size: a square image, orientations 2..4), upright
+    (``ImageOps.exif_transpose``) when only the upright size matches. When neither does, :class:`ImageError` names
+    ``name`` and the three sizes. DINOv3's decoder, torchvision and pycocotools-based loaders read stored pixels;
+    annotation tools that show a photo upright give the upright size.
+    """
+    stored_hw, annotation_hw = tuple(stored_hw), tuple(int(v) for v in annotation_hw)
+    upright_hw = stored_hw[::-1] if orientation in (5, 6, 7, 8) else stored_hw
+    if annotation_hw == stored_hw:
+        return False, stored_hw
+    if annotation_hw == upright_hw:
+        return True, upright_hw
+    raise ImageError(f"{name}: stored {stored_hw[0]} x {stored_hw[1]} (H x W) with EXIF orientation {orientation} "
+                     f"(upright {upright_hw[0]} x {upright_hw[1]}), its annotation is {annotation_hw[0]} x "
+                     f"{annotation_hw[1]}: neither")
+
+
+class AnnotatedPath(type(Path())):
+    """The path of an image of annotated data: :func:`load_image` reads it in its annotation's geometry
+    (:func:`read_hw`), not upright. What the dataset readers' ``image_path`` return (:mod:`dense.coco`,
+    :mod:`dense.segdata`); otherwise a plain path (a path derived from it, ``p.parent``, is a plain one).
+
+    ``annotation_hw``: the annotation's ``(H, W)``, or a picklable function returning it (a label file's header,
+    read only for an image that carries an orientation tag). Build it with :func:`annotated_path`.
+    """
+
+    annotation_hw = None  # class default: a derived path (p.parent, p.with_suffix) reads as any path
+
+    def __reduce__(self):  # keep the annotation through pickling (DataLoader workers)
+        return annotated_path, (str(self), self.annotation_hw)
+
+
+def annotated_path(path: str | os.PathLike, annotation_hw) -> AnnotatedPath:
+    """``path`` as an :class:`AnnotatedPath` whose annotation is ``annotation_hw`` (``(H, W)`` or a function)."""
+    p = AnnotatedPath(path)
+    p.annotation_hw = annotation_hw
+    return p
+
+
+def _annotation_hw(image) -> tuple[int, int] | None:
+    hw = getattr(image, "annotation_hw", None)
+    return hw() if callable(hw) else hw
+
+
+def stored_geometry(path: str | os.PathLike) -> tuple[tuple[int, int], int] | None:
+    """``((H, W) as stored, EXIF orientation)`` of an image file from its header, or None when it cannot be opened
+    (left to the reading, which names it)."""
+    try:
+        with Image.open(path) as im:
+            return (im.height, im.width), exif_orientation(im)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+
+
+def read_geometry(path: str | os.PathLike) -> tuple[tuple[int, int], int] | None:
+    """``((H, W) as :func:`load_image` will read ``path``, its EXIF orientation)`` from the header, or None when it
+    cannot be opened: upright for a plain path; for an :class:`AnnotatedPath` carrying a tag, the geometry of its
+    annotation (:func:`read_hw`, which raises :class:`ImageError` when neither orientation has the annotation's size).
+    """
+    found = stored_geometry(path)
+    if found is None:
+        return None
+    stored_hw, tag = found
+    if tag == 1:
+        return stored_hw, tag
+    if not isinstance(path, AnnotatedPath):
+        return (stored_hw[::-1] if tag in (5, 6, 7, 8) else stored_hw), tag
+    annotation = _annotation_hw(path)
+    return (stored_hw if annotation is None else read_hw(stored_hw, tag, annotation, path)[1]), tag
+
+
+def _oriented(img: Image.Image, image) -> Image.Image:
+    """``img`` in the geometry it is read in: upright (EXIF applied) for a user's image, the annotation's for an
+    :class:`AnnotatedPath`."""
+    tag = exif_orientation(img)
+    if tag == 1:
+        return img
+    if isinstance(image, AnnotatedPath):
+        annotation = _annotation_hw(image)
+        if annotation is None or not read_hw((img.height, img.width), tag, annotation, image)[0]:
+            return img  # an annotation of unknown size (no label file): stored pixels, as the references read them
+    return ImageOps.exif_transpose(img)
+
+
+def exif_tagged(dataset, ids) -> int | None:
+    """How many images of ``ids`` in ``dataset`` carry an EXIF orientation tag (its ``exif_tagged``; None for a
+    dataset object without one): what the evaluators put in ``Result.meta["exif_tagged"]``. Annotated data is read
+    in its annotation's geometry whatever the tag (:func:`read_hw`)."""
+    count = getattr(dataset, "exif_tagged", None)
+    return None if count is None else int(count(list(ids)))
+
+
+def check_image_size(image: Path, annotation_hw: tuple[int, int], tags: dict, image_id, mismatch) -> None:
+    """Before any expensive work: ``image`` (an id's image) is read at ``annotation_hw`` (its label map's size, its
+    COCO entry's), in the geometry :func:`load_image` reads annotated data in (:func:`read_hw`: as stored, or upright
+    when only that matches); otherwise :class:`AnnotationError` with the message ``mismatch(image_hw)`` (``image_hw``
+    as stored, with its orientation when it carries one). Reads the header only; an image that cannot be opened is
+    left to the extraction (which names it or skips it). Its EXIF orientation goes into ``tags[image_id]``."""
+    found = stored_geometry(image)
+    if found is None:
+        return
+    stored_hw, tag = found
+    tags[image_id] = tag
+    try:
+        read_hw(stored_hw, tag, annotation_hw, image)
+    except ImageError:
+        upright = f" stored, EXIF orientation {tag}" if tag != 1 else ""
+        raise AnnotationError(mismatch(f"{stored_hw[0]} x {stored_hw[1]}{upright}")) from None
+
+
+def count_exif_tagged(ids, image_path, memo: dict) -> int:
+    """How many of ``ids`` have an image (``image_path(id)``) that carries an EXIF orientation tag (2..8), from the
+    headers; ``memo`` (id -> orientation) keeps what was read (a dataset's ``check_files`` fills it too)."""
+    n = 0
+    for i in ids:
+        if i not in memo:
+            found = stored_geometry(image_path(i))
+            memo[i] = found[1] if found else 1
+        n += memo[i] != 1
+    return n
+
+
 def load_image(image: ImageInput) -> np.ndarray:
-    """Read a path, PIL image or array into uint8 ``[H, W, 3]`` RGB, EXIF orientation applied.
+    """Read a path, PIL image or array into uint8 ``[H, W, 3]`` RGB, EXIF orientation applied (a photo is read
+    upright), except for an :class:`AnnotatedPath` (annotated data: read in its annotation's geometry, :func:`read_hw`).
 
     Raises :class:`ImageError` naming the input for a missing, empty, truncated or non-image file, a decompression bomb,
-    or an array of the wrong shape or dtype.
+    an array of the wrong shape or dtype, or an annotated image whose annotation has neither orientation's size.
     """
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
@@ -120,7 +268,9 @@ def load_image(image: ImageInput) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
-                return _pil_to_rgb(ImageOps.exif_transpose(img))
+                return _pil_to_rgb(_oriented(img, image))
+    except ImageError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{path}: refused as a possible decompression bomb ({e})") from e
     except UnidentifiedImageError as e:
@@ -166,6 +316,18 @@ def _naflex_size(image_height: float, image_width: float, patch_size: int, max_n
     return scaled(lo, image_height), scaled(lo, image_width)
 
 
+def check_max_patches(max_patches, what: str = "max_patches") -> int | None:
+    """A token budget: None (the checkpoint's) or a whole number of tokens, at least 1 (``2.5``, ``True``, ``"64"``
+    and ``0`` are refused). The one check of a budget; every function that takes ``max_patches`` calls it."""
+    if max_patches is None:
+        return None
+    if isinstance(max_patches, bool) or not isinstance(max_patches, numbers.Integral):
+        raise InputError(f"{what} is a whole number of tokens (at least 1), got {max_patches!r}")
+    if max_patches < 1:
+        raise InputError(f"{what} must be at least 1 (None: the checkpoint's budget), got {max_patches}")
+    return int(max_patches)
+
+
 def choose_grid(image_hw: tuple[int, int], patch_size: int, max_patches: int) -> tuple[int, int]:
     """The patch grid ``(gh, gw)`` for an image of ``image_hw = (H, W)`` pixels within ``max_patches`` tokens.
 
@@ -175,9 +337,9 @@ def choose_grid(image_hw: tuple[int, int], patch_size: int, max_patches: int) ->
     """
     H, W = image_hw
     if H <= 0 or W <= 0:
-        raise ValueError(f"image size must be positive, got {image_hw}")
-    if max_patches < 1:
-        raise ValueError(f"max_patches must be >= 1, got {max_patches}")
+        raise InputError(f"image size must be positive, got {image_hw}")
+    if check_max_patches(max_patches) is None:
+        raise InputError("max_patches is None: choose_grid needs a number of tokens")
     norm = 1000.0 * patch_size / max(H, W)
     h_px, w_px = _naflex_size(H * norm, W * norm, patch_size, max_patches)
     return h_px // patch_size, w_px // patch_size

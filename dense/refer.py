@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from dense import head as maphead
+from dense.errors import InputError
 from dense.features import FeatureMap
 from dense.heatmap import (
     ImageOrFeatureMap,
@@ -61,7 +62,7 @@ from dense.heatmap import (
 )
 from dense.openvocab import embed_images
 from dense.preprocess import ImageInput, grid_cell_xyxy, grid_to_pixel_xy, load_image
-from dense.text import embed_texts
+from dense.text import check_queries, embed_texts
 
 SCORERS = ("map-box", "heatmap-mean", "crop")
 DEFAULT_SCORER = "map-box"
@@ -111,13 +112,13 @@ class Localization:
 
 def _check_found_threshold(found_threshold: float) -> None:
     if not 0.0 <= found_threshold <= 1.0:
-        raise ValueError(f"found_threshold is a probability in [0, 1], got {found_threshold}")
+        raise InputError(f"found_threshold is a probability in [0, 1], got {found_threshold}")
 
 
 def _check_heatmap(heatmap: torch.Tensor, fmap: FeatureMap) -> torch.Tensor:
     heatmap = torch.as_tensor(heatmap, dtype=torch.float32)
     if heatmap.ndim != 2 or tuple(heatmap.shape) != fmap.grid_hw:
-        raise ValueError(f"heatmap {tuple(heatmap.shape)} does not match the FeatureMap grid {fmap.grid_hw}")
+        raise InputError(f"heatmap {tuple(heatmap.shape)} does not match the FeatureMap grid {fmap.grid_hw}")
     return heatmap
 
 
@@ -131,7 +132,7 @@ def find_peak_grid(heatmap: torch.Tensor, *, allowed: torch.Tensor | None = None
     where the three values are not concave); ``"none"`` returns the patch centre.
     """
     if peak not in PEAK_RULES:
-        raise ValueError(f"peak must be one of {PEAK_RULES}, got {peak!r}")
+        raise InputError(f"peak must be one of {PEAK_RULES}, got {peak!r}")
     s = torch.as_tensor(heatmap, dtype=torch.float64)
     gh, gw = s.shape
     search = s if allowed is None or not bool(allowed.any()) else s.masked_fill(~allowed.bool(), float("-inf"))
@@ -169,9 +170,9 @@ def heatmap_box_xyxy(heatmap: torch.Tensor, fmap: FeatureMap, *, threshold: floa
     import torch.nn.functional as F
 
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold is relative and must lie in [0, 1], got {threshold}")
+        raise InputError(f"threshold is relative and must lie in [0, 1], got {threshold}")
     if factor < 1:
-        raise ValueError(f"factor must be >= 1, got {factor}")
+        raise InputError(f"factor must be >= 1, got {factor}")
     s = _check_heatmap(heatmap, fmap)
     k = int(factor)
     peak_ij = find_peak_grid(s) if peak_grid is None else np.asarray(peak_grid, dtype=np.float64)
@@ -283,12 +284,12 @@ class Localizer:
         self.method = method_of(encoder, method)
         if isinstance(image, FeatureMap):
             if features is not None:
-                raise ValueError("image is a FeatureMap and features= is given too: pass the image itself as image")
+                raise InputError("image is a FeatureMap and features= is given too: pass the image itself as image")
             image, features = None, image
         self.rgb = None if image is None else load_image(image)
         if features is not None:
             if self.rgb is not None and tuple(self.rgb.shape[:2]) != tuple(features.image_hw):
-                raise ValueError(f"image is {tuple(self.rgb.shape[:2])}, its FeatureMap (features=) was made from "
+                raise InputError(f"image is {tuple(self.rgb.shape[:2])}, its FeatureMap (features=) was made from "
                                  f"{tuple(features.image_hw)}")
             self.fmap = with_aligned(encoder, features, self.method)  # aligned tokens computed once
         else:
@@ -316,10 +317,10 @@ class Localizer:
                          heatmap: torch.Tensor | None = None) -> torch.Tensor:
         """``[K]`` scores of candidate boxes for one expression (see ``SCORERS``)."""
         if scorer not in SCORERS:
-            raise ValueError(f"unknown candidate scorer {scorer!r}; choose one of {SCORERS}")
+            raise InputError(f"unknown candidate scorer {scorer!r}; choose one of {SCORERS}")
         boxes = np.asarray(candidates_xyxy, dtype=np.float64).reshape(-1, 4)  # [K, 4]
         if len(boxes) == 0:
-            raise ValueError("candidates_xyxy is empty; pass None to localize without candidates")
+            raise InputError("candidates_xyxy is empty; pass None to localize without candidates")
         if scorer == "heatmap-mean":
             heatmap = self.heatmaps([expression])[0] if heatmap is None else heatmap
             w = box_patch_weights(self.fmap, boxes)  # [K, gh, gw]
@@ -328,7 +329,7 @@ class Localizer:
         emb = self._regions.get(key)
         if emb is None and scorer == "crop":
             if self.rgb is None:
-                raise ValueError("the 'crop' scorer re-encodes the image: pass the image as image= (and its "
+                raise InputError("the 'crop' scorer re-encodes the image: pass the image as image= (and its "
                                  "FeatureMap as features=)")
             emb = self._regions[key] = crop_embeddings(self.encoder, self.rgb, boxes, max_patches=self.max_patches)
         elif emb is None:
@@ -349,6 +350,7 @@ class Localizer:
         """
         if not isinstance(expression, str):
             raise TypeError(f"expression must be a string, got {type(expression).__name__}; use localize_many")
+        check_queries(expression, "expression")  # never empty: before any text is embedded
         if found_threshold is None:
             found_threshold = self.encoder.calibration.found_threshold
         _check_found_threshold(found_threshold)  # before any text is embedded
@@ -395,9 +397,9 @@ def localize_heatmap(heatmap: torch.Tensor, fmap: FeatureMap, *, expression: str
                             peak_grid=peak_ij, expression=expression, method=method, found=score >= found_threshold)
     boxes = np.asarray(candidates_xyxy, dtype=np.float64).reshape(-1, 4)  # [K, 4]
     if len(boxes) == 0:
-        raise ValueError("candidates_xyxy is empty; pass None to localize without candidates")
+        raise InputError("candidates_xyxy is empty; pass None to localize without candidates")
     if candidate_scores is None or len(candidate_scores) != len(boxes):
-        raise ValueError(f"need one score per candidate box ({len(boxes)})")
+        raise InputError(f"need one score per candidate box ({len(boxes)})")
     best = int(torch.argmax(candidate_scores))
     box_xyxy = boxes[best].copy()
     peak_ij, point_xy = peak_in_box(heatmap, fmap, box_xyxy, peak=peak)

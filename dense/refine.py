@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from dense.errors import InputError
 from dense.preprocess import image_tensor
 
 REFINES = ("none", "pamr")
@@ -58,13 +59,13 @@ def pamr(image, scores: torch.Tensor, *, num_iter: int = 10, dilations: Sequence
     """
     if isinstance(image, torch.Tensor) and image.is_floating_point():
         if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"image: expected a float tensor [3, H, W], got {tuple(image.shape)}")
+            raise InputError(f"image: expected a float tensor [3, H, W], got {tuple(image.shape)}")
         img = image.float()
     else:
         img = image_tensor(image)  # [3, H, W] in [0, 255]
     scores = torch.as_tensor(scores)
     if scores.ndim != 3 or min(scores.shape) == 0:
-        raise ValueError(f"scores: expected [T, h, w], got {tuple(scores.shape)}")
+        raise InputError(f"scores: expected [T, h, w], got {tuple(scores.shape)}")
     h, w = scores.shape[-2:]
     if tuple(img.shape[-2:]) != (h, w):
         img = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]

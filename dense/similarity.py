@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dense.errors import InputError
 from dense.features import FeatureMap
 
 
@@ -34,10 +35,10 @@ def _check_comparable(fmaps: Sequence[FeatureMap], layer: int) -> None:
     """FeatureMaps compared with each other must come from one encoder and hold ``layer``."""
     fps = {f.encoder_spec.get("fingerprint") for f in fmaps} - {None}
     if len(fps) > 1:
-        raise ValueError(f"FeatureMaps from different encoders (fingerprints {sorted(fps)}) cannot be compared")
+        raise InputError(f"FeatureMaps from different encoders (fingerprints {sorted(fps)}) cannot be compared")
     for k, f in enumerate(fmaps):
         if not f.has_layers((layer,)):
-            raise ValueError(f"FeatureMap {k} holds blocks {list(f.layers)}, not block {layer}: extract it with "
+            raise InputError(f"FeatureMap {k} holds blocks {list(f.layers)}, not block {layer}: extract it with "
                              f"layers including {layer}")
 
 
@@ -47,12 +48,12 @@ def check_point_xy(fmap: FeatureMap, point_xy) -> np.ndarray:
     try:
         xy = np.asarray(point_xy, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
-        raise ValueError(f"point_xy must be two numbers (x, y), got {point_xy!r}") from None
+        raise InputError(f"point_xy must be two numbers (x, y), got {point_xy!r}") from None
     if xy.shape != (2,) or not np.isfinite(xy).all():
-        raise ValueError(f"point_xy must be two finite numbers (x, y), got {point_xy!r}")
+        raise InputError(f"point_xy must be two finite numbers (x, y), got {point_xy!r}")
     H, W = fmap.image_hw
     if not (0 <= xy[0] <= W and 0 <= xy[1] <= H):
-        raise ValueError(f"point_xy ({xy[0]:g}, {xy[1]:g}) lies outside the image ({W} x {H} pixels)")
+        raise InputError(f"point_xy ({xy[0]:g}, {xy[1]:g}) lies outside the image ({W} x {H} pixels)")
     return xy
 
 
@@ -121,7 +122,7 @@ def similarity_maps(source: FeatureMap, point_xy, targets: Sequence[FeatureMap] 
     for t in targets:
         x = _unit_tokens(t, layer)  # [gh, gw, D]
         if x.shape[-1] != query.shape[0]:
-            raise ValueError(f"token dims differ: {query.shape[0]} (source) vs {x.shape[-1]} (target)")
+            raise InputError(f"token dims differ: {query.shape[0]} (source) vs {x.shape[-1]} (target)")
         maps.append(x @ query)  # [gh, gw, D] @ [D] -> [gh, gw]
     return SimilarityMaps(point_xy=xy, patch_ij=np.asarray(ij, dtype=np.int64), maps=maps, targets=targets,
                           layer=layer)
@@ -161,7 +162,7 @@ def match(a: FeatureMap, b: FeatureMap, *, layer: int = -1, mutual: bool = True,
     _check_comparable([a, b], layer)
     xa, xb = _unit_tokens(a, layer), _unit_tokens(b, layer)  # [gha, gwa, D], [ghb, gwb, D]
     if xa.shape[-1] != xb.shape[-1]:
-        raise ValueError(f"token dims differ: {xa.shape[-1]} (a) vs {xb.shape[-1]} (b)")
+        raise InputError(f"token dims differ: {xa.shape[-1]} (a) vs {xb.shape[-1]} (b)")
     gha, gwa, D = xa.shape
     ghb, gwb, _ = xb.shape
     sim = xa.reshape(gha * gwa, D) @ xb.reshape(ghb * gwb, D).T  # [Na, D] @ [D, Nb] -> [Na, Nb]

@@ -1,4 +1,9 @@
-"""Text queries -> unit-normalized text embeddings ``[T, E]``, encoded exactly as SigLIP was trained, and cached.
+"""Text queries -> unit-normalized text embeddings ``[T, E]``, tokenized as the references tokenize them, and cached.
+
+Which references, exactly: for SigLIP 2, big_vision's zero-shot evaluator (``big_vision/evaluators/proj/image_text/
+{prompt_engineering,discriminative_classifier}.py``: its published zero-shot figures) and OpenCLIP's SigLIP 2
+tokenizers; no public source shows the text pipeline SigLIP 2 was *trained* with (big_vision's own SigLIP 2 demo
+only lower-cases). For SigLIP v1, transformers' ``SiglipTokenizer``.
 
 How a query becomes token ids (:func:`tokenize`)
 -----------------------------------------------
@@ -18,10 +23,12 @@ Canonicalization: one rule per checkpoint
 - ``"siglip2"`` (a Gemma tokenizer: ``GemmaTokenizer``, ``Siglip2Tokenizer``; every SigLIP 2 checkpoint, So400m
   included): big_vision's ``canonicalize_text`` (``big_vision/evaluators/proj/image_text/prompt_engineering.py``),
   step for step: ``_`` -> space, ASCII punctuation (``string.punctuation``) removed, ``str.lower``, runs of
-  whitespace -> one space, stripped. big_vision is the reference implementation of SigLIP 2; its zero-shot
-  evaluator applies this function to every class name and prompt (its published zero-shot figures), OpenCLIP's
-  SigLIP 2 tokenizers (``clean="canonicalize"``) apply the same function, and transformers' hub tokenizer for
-  SigLIP 2 does not (at most it lower-cases), which RADIO's authors found costs zero-shot accuracy badly.
+  whitespace -> one space, stripped. big_vision's zero-shot evaluator applies this function to every class name
+  (keeping commas, then keeping the first comma-separated alias: :func:`class_queries`) and to every template
+  (keeping ``{}``), then formats; dense canonicalizes the formatted prompt whole, as OpenCLIP's SigLIP 2 tokenizers
+  (``clean="canonicalize"``) do, which gives the same text for a canonical name in a template. transformers' hub
+  tokenizer for SigLIP 2 does not canonicalize (at most it lower-cases), which RADIO's authors found costs
+  zero-shot accuracy badly.
   OpenCLIP also runs ftfy's ``fix_text`` and ``html.unescape`` first (its own repair of web captions, for every
   model it wraps, CLIP's included); dense does not, so curly quotes, full-width forms and ``&amp;`` reach the
   tokenizer as typed, as in big_vision. Only ASCII punctuation goes: ``“quoted”`` keeps its curly quotes, ``café``
@@ -72,6 +79,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dense.errors import InputError
+
 log = logging.getLogger("dense")
 
 # The version of dense's text rules (canonicalization, EOS, padding, template averaging) in every text-cache key and
@@ -104,7 +113,15 @@ def canonicalize(text: str, rule: str) -> str:
         return _SPACES.sub(" ", text).strip()
     if rule == "lower":
         return text.lower()
-    raise ValueError(f"unknown text rule {rule!r}; one of {TEXT_RULES}")
+    raise InputError(f"unknown text rule {rule!r}; one of {TEXT_RULES}")
+
+
+def class_queries(class_names: Sequence[str]) -> list[str]:
+    """A dataset's class names -> the queries its evaluation embeds: each name's first comma-separated alias,
+    stripped (``"building, edifice"`` -> ``"building"``), as big_vision's zero-shot evaluator does
+    (``discriminative_classifier.py``, ``first_class_name_only=True``: ``name.split(",")[0]`` after canonicalizing
+    with commas kept). ADE20K-847's names carry such aliases; a name without a comma is unchanged."""
+    return [name.split(",")[0].strip() if "," in name else name for name in class_names]
 
 
 def rule_of_tokenizer(tokenizer) -> str:
@@ -156,7 +173,27 @@ def _rule_of_encoder(encoder) -> str:
     return "lower" if tok is None else rule_of_tokenizer(tok)
 
 
+def check_queries(queries: str | Sequence[str], what: str = "queries", *, at_least_one: bool = False) -> list[str]:
+    """Text queries as a list: strings, none empty or blank (queries are never empty: the one rule, read by every
+    path from a query to its embedding). ``at_least_one``: the list may not be empty either. ``what`` names the
+    argument in the error."""
+    if isinstance(queries, str):
+        if not queries.strip():
+            raise InputError(f"{what} is empty: give some text")
+        return [queries]
+    queries = list(queries)
+    if not all(isinstance(t, str) for t in queries):
+        raise TypeError(f"{what} must be strings, got {[type(t).__name__ for t in queries]}")
+    if at_least_one and not queries:
+        raise InputError(f"{what} is empty: give at least one text query")
+    empty = [k for k, q in enumerate(queries) if not q.strip()]
+    if empty:
+        raise InputError(f"{what}[{empty[0]}] is an empty query: give some text")
+    return queries
+
+
 def _as_list(texts: str | Sequence[str]) -> list[str]:
+    """Texts as a list of strings (the tokenizer's level: an empty text tokenizes; a query is checked above it)."""
     if isinstance(texts, str):
         return [texts]
     texts = list(texts)
@@ -172,10 +209,10 @@ def _check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
         templates = (templates,)
     templates = tuple(templates)
     if not templates:
-        raise ValueError("templates is empty; pass None to use queries verbatim")
+        raise InputError("templates is empty; pass None to use queries verbatim")
     for t in templates:
         if t.count("{}") != 1:
-            raise ValueError(f"template {t!r} must contain exactly one '{{}}'")
+            raise InputError(f"template {t!r} must contain exactly one '{{}}'")
     return templates
 
 
@@ -189,13 +226,13 @@ def tokenize(encoder, texts: str | Sequence[str], *, tokenizer=None) -> torch.Te
     parts = encoder.text_parts()
     tok = tokenizer if tokenizer is not None else parts.tokenizer
     if tok is None:
-        raise ValueError(f"{encoder.name}: this encoder has no tokenizer (random weights?); pass tokenizer=... or "
+        raise InputError(f"{encoder.name}: this encoder has no tokenizer (random weights?); pass tokenizer=... or "
                          f"token ids to embed_token_ids")
     cfg = parts.model.config
     eos = tok.eos_token_id if getattr(tok, "eos_token_id", None) is not None else cfg.eos_token_id
     pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else cfg.pad_token_id
     if eos is None or pad is None:
-        raise ValueError(f"{encoder.name}: tokenizer and config define no EOS/pad id (eos={eos}, pad={pad})")
+        raise InputError(f"{encoder.name}: tokenizer and config define no EOS/pad id (eos={eos}, pad={pad})")
     L = parts.max_length
     rule = text_rule(encoder, tokenizer)
     texts = [canonicalize(t, rule) for t in _as_list(texts)]
@@ -215,7 +252,7 @@ def embed_token_ids(encoder, ids: torch.Tensor, *, batch_size: int = 64) -> torc
     """
     parts = encoder.text_parts()
     if ids.ndim != 2 or ids.shape[1] != parts.max_length:
-        raise ValueError(f"token ids must be [T, {parts.max_length}], got {tuple(ids.shape)}")
+        raise InputError(f"token ids must be [T, {parts.max_length}], got {tuple(ids.shape)}")
     out = []
     for start in range(0, ids.shape[0], batch_size):
         chunk = ids[start:start + batch_size].to(parts.model.device)
@@ -244,7 +281,7 @@ def embed_texts(encoder, texts: str | Sequence[str], *, templates: Sequence[str]
     averaged and re-normalized. ``templates=None`` embeds the queries verbatim. Each formatted prompt is
     canonicalized whole (as OpenCLIP's tokenizer does), so ``"a photo of a {}."`` loses its full stop.
     """
-    texts = _as_list(texts)
+    texts = check_queries(texts, "queries")  # never empty
     templates = _check_templates(templates)
     if tokenizer is None:
         cache, disk, rules = _cache_for(encoder), disk_cache_dir(encoder), rules_key(text_rule(encoder))
@@ -335,7 +372,7 @@ def put_cache(encoder, texts: Sequence[str], embeddings: torch.Tensor, *, templa
     saved). The disk cache is left alone: it only holds what the text tower computed."""
     texts = _as_list(texts)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(texts):
-        raise ValueError(f"{len(texts)} texts for embeddings of shape {tuple(embeddings.shape)}")
+        raise InputError(f"{len(texts)} texts for embeddings of shape {tuple(embeddings.shape)}")
     cache = _cache_for(encoder)
     rules, templates = rules_key(text_rule(encoder)), _check_templates(templates)
     for t, e in zip(texts, F.normalize(embeddings.float(), dim=-1), strict=True):

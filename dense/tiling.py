@@ -9,7 +9,8 @@ Cost: ``windows`` encoder passes of the budget's size (``scale**2`` without over
 
 Sliding-window evaluation (:func:`predict_slide`) is the other use of windows: the segmentation protocol of
 mmsegmentation and DINOv3 (``mode="slide"``). The image is resized so its short side is ``short_side_px``, square
-windows of ``window_px`` are placed every ``stride_px`` pixels (the last one flush with the far edge), each window is
+windows of ``window_px`` are placed every ``stride_px`` pixels (the last one flush with the far edge; on an image
+smaller than a window, as the chosen reference places them: :data:`SLIDE_RULES`), each window is
 encoded and classified on its own, its logits are upsampled to the window's pixels and averaged where windows
 overlap; the averaged logits are upsampled to the original image and the label is their argmax.
 """
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dense.errors import InputError
 from dense.features import FeatureMap
 from dense.preprocess import ImageInput, load_image, to_pixels
 
@@ -37,17 +39,17 @@ def window_starts(length: int, window: int, *, overlap: int | None = None, n: in
     (:func:`dense.heatmap.image_scores`, ``n``).
     """
     if not 1 <= window <= length:
-        raise ValueError(f"window {window} must lie in [1, {length}] (the axis)")
+        raise InputError(f"window {window} must lie in [1, {length}] (the axis)")
     if (overlap is None) == (n is None):
-        raise ValueError("pass exactly one of overlap= and n=")
+        raise InputError("pass exactly one of overlap= and n=")
     if window == length:
         return [0]
     if n is None:
         if not 0 <= overlap < window:
-            raise ValueError(f"overlap must be in [0, {window}), got {overlap}")
+            raise InputError(f"overlap must be in [0, {window}), got {overlap}")
         n = max(2, math.ceil((length - overlap) / (window - overlap)))  # windows needed with stride window - overlap
     elif n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise InputError(f"n must be >= 1, got {n}")
     if n == 1:
         return [0]
     return [round(k * (length - window) / (n - 1)) for k in range(n)]
@@ -78,11 +80,11 @@ def extract_tiled(encoder, image: ImageInput, *, scale: int = 2, overlap: int = 
     tiling (``{"scale", "overlap", "blend", "windows"}``) next to the per-window ``max_patches``.
     """
     if int(scale) != scale or scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale}")
+        raise InputError(f"scale must be a positive integer, got {scale}")
     if blend not in ("centre", "mean"):
-        raise ValueError(f"blend must be 'centre' or 'mean', got {blend!r}")
+        raise InputError(f"blend must be 'centre' or 'mean', got {blend!r}")
     if overlap < 0:
-        raise ValueError(f"overlap must be >= 0, got {overlap}")
+        raise InputError(f"overlap must be >= 0, got {overlap}")
     scale = int(scale)
     rgb, (gh, gw) = encoder.prepare(image, max_patches)
     p = encoder.patch_size
@@ -140,38 +142,69 @@ def slide_starts(length: int, window: int, stride: int) -> list[int]:
     (``length=683, window=512, stride=341 -> [0, 171]``). A window longer than the axis is cut to it: one window.
     """
     if window < 1 or not 1 <= stride <= window:
-        raise ValueError(f"window {window} and stride {stride}: need 1 <= stride <= window (no gaps)")
+        raise InputError(f"window {window} and stride {stride}: need 1 <= stride <= window (no gaps)")
+    return _starts(length, window, stride)
+
+
+def _starts(length: int, window: int, stride: int) -> list[int]:
+    """The placement of :func:`slide_starts`, unchecked: ``h_grids`` and ``y1 = max(min(k * stride + window, length)
+    - window, 0)`` of both references' ``slide_inference``."""
     n = max(length - window + stride - 1, 0) // stride + 1
     return [max(min(k * stride + window, length) - window, 0) for k in range(n)]
 
 
+# Whose ``slide_inference`` places the windows. They differ in one case only: an image smaller than the window on
+# BOTH sides. mmsegmentation (``EncoderDecoder.slide_inference``) keeps one window cut to the image; DINOv3
+# (``dinov3/eval/segmentation/inference.py``: ``if h_crop > h_img and w_crop > w_img: h_crop, w_crop = min(h_img,
+# w_img), min(h_img, w_img)``) shrinks the window to a square of the short side and slides it with the same stride
+# (300 x 400, window 512, stride 341 -> two 300 x 300 windows, at x = 0 and 100).
+SLIDE_RULES = ("mmseg", "dinov3")
+
+
+def slide_windows(image_hw: tuple[int, int], window: int, stride: int, *, rule: str = "mmseg"
+                  ) -> list[tuple[int, int, int, int]]:
+    """The windows ``(y0, x0, y1, x1)`` that ``rule``'s ``slide_inference`` (:data:`SLIDE_RULES`) places on an image
+    of ``image_hw``, rows first: :func:`slide_starts` on each axis, each window cut to the image."""
+    if rule not in SLIDE_RULES:
+        raise InputError(f"unknown sliding-window rule {rule!r}; choose one of {', '.join(SLIDE_RULES)}")
+    H, W = image_hw
+    slide_starts(max(H, W), window, stride)  # the option check: 1 <= stride <= window
+    if rule == "dinov3" and window > H and window > W:
+        window = min(H, W)  # the crop becomes a square of the short side; the stride is kept
+    rows, cols = _starts(H, window, stride), _starts(W, window, stride)
+    for length, starts in ((H, rows), (W, cols)):
+        if any(b - a > window for a, b in zip(starts, starts[1:], strict=False)):  # DINOv3 asserts: a pixel uncovered
+            raise InputError(f"{rule} windows on a {H} x {W} image: the window shrinks to the short side "
+                             f"({window} px), under the stride ({stride} px): pixels of the {length}-px axis would "
+                             "be in no window")
+    return [(y0, x0, min(y0 + window, H), min(x0 + window, W)) for y0 in rows for x0 in cols]
+
+
 def slide_logits(image_hw: tuple[int, int], window: int, stride: int,
-                 logits_of: Callable[[int, int, int, int], torch.Tensor]) -> torch.Tensor:
+                 logits_of: Callable[[int, int, int, int], torch.Tensor], *, rule: str = "mmseg") -> torch.Tensor:
     """Logits averaged over sliding windows: float32 ``[K, H, W]``.
 
     ``logits_of(y0, x0, y1, x1)`` returns the logits ``[K, y1 - y0, x1 - x0]`` of the window covering rows
-    ``[y0, y1)`` and columns ``[x0, x1)``; windows are placed by :func:`slide_starts` on both axes (cut to the image
-    on an axis shorter than ``window``), and each pixel gets the mean over the windows that cover it.
+    ``[y0, y1)`` and columns ``[x0, x1)``; windows are placed by :func:`slide_windows` under ``rule``, and each pixel
+    gets the mean over the windows that cover it.
     """
     H, W = image_hw
     total, count = None, torch.zeros(1, H, W)
-    for y0 in slide_starts(H, window, stride):
-        for x0 in slide_starts(W, window, stride):
-            y1, x1 = min(y0 + window, H), min(x0 + window, W)
-            lg = logits_of(y0, x0, y1, x1).float()  # [K, y1 - y0, x1 - x0]
-            if lg.shape[1:] != (y1 - y0, x1 - x0):
-                raise ValueError(f"logits_of gave {tuple(lg.shape)} for a {y1 - y0} x {x1 - x0} window")
-            if total is None:
-                total = torch.zeros(lg.shape[0], H, W)
-            total[:, y0:y1, x0:x1] += lg
-            count[:, y0:y1, x0:x1] += 1
+    for y0, x0, y1, x1 in slide_windows((H, W), window, stride, rule=rule):
+        lg = logits_of(y0, x0, y1, x1).float()  # [K, y1 - y0, x1 - x0]
+        if lg.shape[1:] != (y1 - y0, x1 - x0):
+            raise InputError(f"logits_of gave {tuple(lg.shape)} for a {y1 - y0} x {x1 - x0} window")
+        if total is None:
+            total = torch.zeros(lg.shape[0], H, W)
+        total[:, y0:y1, x0:x1] += lg
+        count[:, y0:y1, x0:x1] += 1
     return total / count  # every pixel is covered: the last window of each axis ends at its edge
 
 
 @torch.inference_mode()
 def predict_slide(encoder, head, image: ImageInput, *, window_px: int, stride_px: int,
                   short_side_px: int | None = None, max_patches: int | None = None,
-                  size_hw: tuple[int, int] | None = None) -> np.ndarray:
+                  size_hw: tuple[int, int] | None = None, rule: str = "mmseg") -> np.ndarray:
     """A label map (int32 ``[H, W]``, the original size or ``size_hw``) for a whole image from sliding windows.
 
     Args:
@@ -183,18 +216,23 @@ def predict_slide(encoder, head, image: ImageInput, *, window_px: int, stride_px
             windows then span the short side and slide along the long one).
         max_patches: each window's token budget (default ``(window_px // patch_size) ** 2``: a 512 px window at
             patch 14 is 36 x 36 = 1,296 tokens; a window is encoded at its own aspect ratio, square ones exactly).
+        rule: whose ``slide_inference`` places the windows (:data:`SLIDE_RULES`): ``"mmseg"`` (default) or
+            ``"dinov3"``; they differ only when the resized image is smaller than the window on both sides
+            (``short_side_px < window_px``): DINOv3 then slides a square window of the short side.
 
     Each window's logits are upsampled bilinearly to its pixels and averaged where windows overlap
     (:func:`slide_logits`); the averaged logits are upsampled bilinearly to the output size and argmax'd.
     """
     p = encoder.patch_size
     if window_px < p:
-        raise ValueError(f"window_px={window_px} is smaller than one patch ({p} px)")
+        raise InputError(f"window_px={window_px} is smaller than one patch ({p} px)")
     if not 1 <= stride_px <= window_px:
-        raise ValueError(f"stride_px={stride_px} must be in [1, window_px={window_px}] (windows leave no gaps)")
+        raise InputError(f"stride_px={stride_px} must be in [1, window_px={window_px}] (windows leave no gaps)")
+    if rule not in SLIDE_RULES:
+        raise InputError(f"unknown sliding-window rule {rule!r}; choose one of {', '.join(SLIDE_RULES)}")
     short = int(short_side_px or window_px)
     if short < 1:
-        raise ValueError(f"short_side_px={short_side_px} must be positive")
+        raise InputError(f"short_side_px={short_side_px} must be positive")
     budget = int(max_patches or (window_px // p) ** 2)
     rgb = load_image(image)
     H, W = rgb.shape[:2]
@@ -214,7 +252,7 @@ def predict_slide(encoder, head, image: ImageInput, *, window_px: int, stride_px
         grid = head.grid_logits(fmap)[None]  # [1, K, gh, gw]
         return F.interpolate(grid, size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
 
-    logits = slide_logits((h2, w2), window_px, stride_px, logits_of)  # [K, h2, w2]
+    logits = slide_logits((h2, w2), window_px, stride_px, logits_of, rule=rule)  # [K, h2, w2]
     out_hw = tuple(size_hw or (H, W))
     if tuple(logits.shape[1:]) != out_hw:
         logits = F.interpolate(logits[None], size=out_hw, mode="bilinear", align_corners=False)[0]

@@ -36,15 +36,22 @@ Label handling. dense's readers already map stored values to labels as these pro
 ADE20K reduce-zero-label (0 "other" -> ignore, k -> k - 1: 150 classes), VOC's 255 boundaries -> ignore (21
 classes with background). :data:`LABELS` says so per dataset; a preset adds nothing to it.
 
-What dense does not reproduce. Training: dense trains on cached whole-image features at the budget's token count
-and the image's own aspect ratio, not on random square crops with scale and flip augmentation (mmsegmentation's
-pipelines); nor the papers' schedules (dense sweeps learning rates and chooses on a held-out 10 % of the training
-split). These are the remaining differences to a published figure.
+What dense does not reproduce. Geometry: the papers give square resolutions (``siglip2-tips``: 384 px, and the
+fixed-resolution checkpoint's own processor resizes every image to 384 x 384; ``pe-best-block``: 448 px; ``dinov3``
+and ``radio``: square 512 px training crops, RADIO's padded to 518); dense keeps each image's aspect ratio within the
+same token count (a 512 x 683 image at ``siglip2-tips``: 23 x 31 = 713 tokens, not 27 x 27 = 729); ``dinov3``'s
+evaluation windows are square, as the paper's. Training: dense trains on cached whole-image features at the budget's
+token count, not on random square crops with scale and flip augmentation (mmsegmentation's pipelines); nor the
+papers' schedules (dense sweeps learning rates and chooses on a held-out 10 % of the training split). These are the
+remaining differences to a published figure.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from dense.errors import InputError
+from dense.tiling import SLIDE_RULES
 
 NAMES = ("last", "last-k", "best-block", "pooled", "all")
 
@@ -64,7 +71,7 @@ class Protocol:
 def last_k(k: int, num_layers: int) -> tuple[int, ...]:
     """The last ``k`` blocks, oldest first: ``last_k(4, 27) == (23, 24, 25, 26)``."""
     if not 1 <= k <= num_layers:
-        raise ValueError(f"k={k} must be in [1, {num_layers}]")
+        raise InputError(f"k={k} must be in [1, {num_layers}]")
     return tuple(range(num_layers - k, num_layers))
 
 
@@ -86,7 +93,7 @@ def protocol(name: str, *, num_layers: int, k: int = 4, layers: tuple[int, ...] 
         sets = tuple(dict.fromkeys([(last,), last_k(k, num_layers), *single]))
         layers = tuple(sorted({b for s in sets for b in s}))
         return Protocol(layers, sets, (False, True))
-    raise ValueError(f"unknown protocol {name!r}; choose one of {NAMES}")
+    raise InputError(f"unknown protocol {name!r}; choose one of {NAMES}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -120,29 +127,35 @@ class Preset:
     source: str  # the paper, and where its protocol is written down
     layers: str  # ('last', 'best-block'): a protocol of :func:`protocol`
     pooled: bool  # the pooled MAP embedding concatenated to every token (TIPS)
-    resolution_px: int  # the side of the square the paper feeds: the token budget is (resolution_px // p) ** 2
+    resolution_px: int  # the side of the square the paper crops or resizes to: the token budget (grid_side ** 2)
     head: str  # ('linear', 'bn-linear')
     evaluation: str  # ('whole', 'slide')
     stride_px: int | None = None  # 'slide': pixels between window starts (windows of resolution_px, short side too)
+    slide_rule: str = "mmseg"  # ('mmseg', 'dinov3'): whose slide_inference places the windows (dense.tiling)
+    pad_to_patch: bool = False  # the crop is zero-padded up to a multiple of the patch size (RADIO: 512 -> 518 at 14)
     references: tuple[Reference, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
         if self.layers not in ("last", "best-block"):
-            raise ValueError(f"preset {self.name}: layers {self.layers!r} must be 'last' or 'best-block'")
+            raise InputError(f"preset {self.name}: layers {self.layers!r} must be 'last' or 'best-block'")
         if self.head not in HEADS:
-            raise ValueError(f"preset {self.name}: head {self.head!r} must be one of {HEADS}")
+            raise InputError(f"preset {self.name}: head {self.head!r} must be one of {HEADS}")
         if self.evaluation not in EVALUATIONS:
-            raise ValueError(f"preset {self.name}: evaluation {self.evaluation!r} must be one of {EVALUATIONS}")
+            raise InputError(f"preset {self.name}: evaluation {self.evaluation!r} must be one of {EVALUATIONS}")
         if (self.evaluation == "slide") != (self.stride_px is not None):
-            raise ValueError(f"preset {self.name}: stride_px goes with evaluation='slide' and only with it")
+            raise InputError(f"preset {self.name}: stride_px goes with evaluation='slide' and only with it")
+        if self.slide_rule not in SLIDE_RULES:
+            raise InputError(f"preset {self.name}: slide_rule {self.slide_rule!r} must be one of {SLIDE_RULES}")
 
     def grid_side(self, patch_size: int) -> int:
         """Patches per side of the preset's square: ``resolution_px // patch_size`` (the patch convolution drops the
-        remainder: 518 px at patch 14 is exactly 37, 384 px at patch 14 is 27 with 6 px unused)."""
+        remainder: 384 px at patch 14 is 27 with 6 px unused, 512 px is 36 with 8 px unused), or with
+        ``pad_to_patch`` ``ceil(resolution_px / patch_size)`` (RADIO pads its 512 px crops with zeros to 518 px, 37
+        patches of 14)."""
         if patch_size < 1 or patch_size > self.resolution_px:
-            raise ValueError(f"patch size {patch_size} for preset {self.name} at {self.resolution_px} px")
-        return self.resolution_px // patch_size
+            raise InputError(f"patch size {patch_size} for preset {self.name} at {self.resolution_px} px")
+        return -(-self.resolution_px // patch_size) if self.pad_to_patch else self.resolution_px // patch_size
 
     def max_patches(self, patch_size: int) -> int:
         """The token budget at the preset's resolution: ``grid_side ** 2`` (dense keeps each image's aspect ratio
@@ -158,7 +171,8 @@ class Preset:
         """Keywords of :func:`dense.tiling.predict_slide` (None for whole-image evaluation)."""
         if self.evaluation != "slide":
             return None
-        return {"window_px": self.resolution_px, "stride_px": self.stride_px, "short_side_px": self.resolution_px}
+        return {"window_px": self.resolution_px, "stride_px": self.stride_px, "short_side_px": self.resolution_px,
+                "rule": self.slide_rule}
 
     def settings(self, *, patch_size: int, num_layers: int) -> dict:
         """Everything the preset fixes, concrete for a checkpoint of ``patch_size`` and ``num_layers`` blocks."""
@@ -175,10 +189,12 @@ class Preset:
     def describe(self, *, patch_size: int | None = None, num_layers: int | None = None) -> list[str]:
         """One line per choice the preset fixes (concrete when ``patch_size`` / ``num_layers`` are given), then its
         reference figures: what ``dense eval probe --preset NAME`` prints."""
-        side = f"{self.resolution_px} px"
+        side = f"{self.resolution_px} px" + (" crops zero-padded to a multiple of the patch size" if self.pad_to_patch
+                                             else "")
         if patch_size:
             g = self.grid_side(patch_size)
-            side += f": {g} x {g} = {g * g:,} tokens at patch {patch_size} (each image keeps its aspect ratio)"
+            side += (f": {g} x {g} = {g * g:,} tokens at patch {patch_size} (dense keeps each image's aspect ratio "
+                     f"within them; the paper's resolution is a square)")
         else:
             side += " (token budget (resolution // patch) ** 2)"
         if self.layers == "last":
@@ -189,8 +205,8 @@ class Preset:
                 "bn-linear": "BN + linear (probes.LinearProbe: eval-mode BN at the training tokens' statistics)"}
         if self.evaluation == "slide":
             evaluation = (f"sliding windows: short side resized to {self.resolution_px} px, {self.resolution_px} px "
-                          f"square windows every {self.stride_px} px, logits averaged over overlaps "
-                          f"(dense.tiling.predict_slide)")
+                          f"square windows every {self.stride_px} px, logits averaged over overlaps, placed as "
+                          f"{self.slide_rule}'s slide_inference places them (dense.tiling.predict_slide)")
         else:
             evaluation = "whole image at the token budget, logits upsampled bilinearly to the original size"
         lines = [f"preset {self.name}: {self.title}",
@@ -228,15 +244,20 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "Simeoni et al. 2025, DINOv3 (arXiv 2508.10104); the protocol as facebookresearch/dinov3 "
            "dinov3/eval/segmentation/configs/config-ade20k-linear-training.yaml writes it (use_batchnorm, "
            "backbone_out_layers LAST, img_size 512, eval mode slide, crop 512, stride 341, reduce_zero_label)",
-           layers="last", pooled=False, resolution_px=512, head="bn-linear", evaluation="slide", stride_px=341),
-    Preset("radio", "RADIO's linear probe: BN head on the last block, 518 px",
+           layers="last", pooled=False, resolution_px=512, head="bn-linear", evaluation="slide", stride_px=341,
+           slide_rule="dinov3"),
+    Preset("radio", "RADIO's linear probe: BN head on the last block, 512 px crops padded to 518 px",
            f"{RADIO_PAPER}; the protocol as NVlabs/RADIO mmseg/configs/radio/radio_linear_8xb2-80k_ade20k-512x512.py "
-           "writes it (BNHead, 518 px crops, whole-image test)",
-           layers="last", pooled=False, resolution_px=518, head="bn-linear", evaluation="whole",
+           "writes it (BNHead; training: its _base_ ADE20K config's 512 x 512 random crops, zero-padded to 518 x 518 "
+           "by its SegDataPreProcessor (size=(518, 518), pad_val=0, labels padded with 255); test: the whole image, "
+           "short side 512, padded to a multiple of 14)",
+           layers="last", pooled=False, resolution_px=512, pad_to_patch=True, head="bn-linear", evaluation="whole",
            references=(Reference("ade20k", 40.53, "SigLIP So400m v1 (google/siglip-so400m-patch14-384)", RADIO_PAPER),
                        Reference("voc", 70.31, "SigLIP So400m v1 (google/siglip-so400m-patch14-384)", RADIO_PAPER)),
-           notes=("RADIO tests the whole image resized to short side 512 and padded to a multiple of 14 (a "
-                  "683 x 512 image: 49 x 37 = 1,813 tokens); dense holds it to the 518 px budget (1,369 at patch 14)",
+           notes=("RADIO trains on 512 x 512 crops zero-padded to 518 x 518 (37 x 37 patches at 14, about 36.6 of "
+                  "them image); dense trains on whole images at 37 x 37 = 1,369 tokens' budget, every token image",
+                  "RADIO tests the whole image resized to short side 512 and padded to a multiple of 14 (a "
+                  "683 x 512 image: 49 x 37 = 1,813 tokens); dense holds it to the same 1,369-token budget",
                   "its reference figures are SigLIP v1's: reproduce them with --model google/siglip-so400m-patch14-384",
                   )),
 )}
@@ -245,5 +266,5 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 def preset(name: str) -> Preset:
     """The preset ``name`` (a key of :data:`PRESETS`); an unknown name raises naming the choices."""
     if name not in PRESETS:
-        raise ValueError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise InputError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from dense._atomic import load_tensors, save_tensors
 from dense.device import to_weights
-from dense.errors import MismatchError
+from dense.errors import InputError, MismatchError
 from dense.features import FeatureMap, block_indices, identity_mismatch
 from dense.refer import box_patch_weights, peak_in_box
 
@@ -217,7 +217,7 @@ def train_refer_head(samples: Sequence[ReferSample], *, steps: int = 1500, batch
     from dense._progress import tqdm
 
     if not samples:
-        raise ValueError("no training samples")
+        raise InputError("no training samples")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     first = samples[0].fmap

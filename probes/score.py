@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from dense._progress import tqdm
+from dense.errors import InputError
 from dense.metrics import BoundaryMeter, SegmentationMeter, segmentation_figures
 
 
@@ -34,12 +35,12 @@ def score_probes(probes: Mapping[str, object], samples: Sequence, *, sharpen: st
     """
     sharp = predict is None and (sharpen != "bilinear" or upsampler is not None)
     if sharp and images is None:
-        raise ValueError(f"sharpen={sharpen!r}{' with an upsampler' if upsampler else ''} needs each sample's image "
+        raise InputError(f"sharpen={sharpen!r}{' with an upsampler' if upsampler else ''} needs each sample's image "
                          "(images={key: image})")
     if sharp:
         missing = [s.key for s in samples if s.key not in images]
         if missing:
-            raise ValueError(f"no image for samples {missing[:5]} in images= ({len(missing)} missing)")
+            raise InputError(f"no image for samples {missing[:5]} in images= ({len(missing)} missing)")
     meters = {k: SegmentationMeter(p.class_names) for k, p in probes.items()}
     edges = {k: BoundaryMeter(p.class_names) for k, p in probes.items()} if boundary else {}
     rows: dict[str, list[dict]] = {k: [] for k in probes}

@@ -21,6 +21,7 @@ import torch
 
 from dense._atomic import load_tensors, read_header
 from dense._progress import tqdm
+from dense.errors import InputError, MissingEntryError
 from dense.features import FORMAT, FORMAT_VERSION, FeatureMap
 
 
@@ -42,16 +43,16 @@ class CachedSample:
         """Read only the header of the entry at ``path``; a missing entry raises ``KeyError`` naming it."""
         path = Path(path)
         if not path.exists():
-            raise KeyError(f"{path}: not in the cache (run `dense extract` first)")
+            raise MissingEntryError(f"{path}: not in the cache (run `dense extract` first)")
         meta, shapes = read_header(path, FORMAT, FORMAT_VERSION, "FeatureMap")  # format and version checked
         if "tokens" not in shapes:
-            raise ValueError(f"{path}: not a dense FeatureMap file (no tokens)")
+            raise InputError(f"{path}: not a dense FeatureMap file (no tokens)")
         shape = shapes["tokens"]  # [gh, gw, D]
         pooled = shapes["pooled"][0] if "pooled" in shapes else None
         p = int(meta["patch_size"])
         grid = (meta["resized_hw"][0] // p, meta["resized_hw"][1] // p)
         if tuple(shape[:2]) != grid:
-            raise ValueError(f"{path}: tokens {shape} do not match the grid {grid}")
+            raise InputError(f"{path}: tokens {shape} do not match the grid {grid}")
         return cls(key, path, label_fn, grid_hw=grid, image_hw=tuple(meta["image_hw"]),
                    encoder_spec=meta.get("encoder", {}), pooled_dim=pooled, label_where=label_where)
 
@@ -73,7 +74,7 @@ class CachedSample:
         label = np.asarray(self.label_fn())
         if label.shape != tuple(self.image_hw):
             where = self.label_where() if self.label_where else "label map"
-            raise ValueError(f"{where}: label map is {label.shape[0]} x {label.shape[1]} (H x W), its image is "
+            raise InputError(f"{where}: label map is {label.shape[0]} x {label.shape[1]} (H x W), its image is "
                              f"{self.image_hw[0]} x {self.image_hw[1]} (image id {self.key})")
         return label
 
@@ -92,7 +93,7 @@ def cached_samples(cache, keys: Sequence[str], label_fns: Sequence[Callable[[], 
                                disable=not progress):
         s = CachedSample.open(str(key), cache.path(str(key)), fn, where)
         if s.encoder_spec != cache.spec:
-            raise ValueError(f"{s.path}: made by {s.encoder_spec}, not {cache.spec}")
+            raise InputError(f"{s.path}: made by {s.encoder_spec}, not {cache.spec}")
         out.append(s)
     return out
 

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from dense._progress import tqdm
-from dense.errors import MismatchError
+from dense.errors import InputError, MismatchError
 from dense.features import IDENTITY_KEYS, FeatureMap, block_indices
 from dense.labels import IGNORE
 from probes.linear import LinearProbe
@@ -173,7 +173,7 @@ def load_samples(dataset, cache, split: str | None = None, *, progress: bool = F
         if label.shape != tuple(fmap.image_hw):
             where = getattr(dataset, "label_path", None)
             where = f"{where(i)}" if where else f"the label map of {dataset.image_path(i)}"
-            raise ValueError(f"{where}: label map is {label.shape[0]} x {label.shape[1]} (H x W), its image "
+            raise InputError(f"{where}: label map is {label.shape[0]} x {label.shape[1]} (H x W), its image "
                              f"{dataset.image_path(i)} is {fmap.image_hw[0]} x {fmap.image_hw[1]} (image id {i})")
         out.append(Sample(str(i), fmap, label))
     return out
@@ -182,7 +182,7 @@ def load_samples(dataset, cache, split: str | None = None, *, progress: bool = F
 def _check_samples(samples: Sequence, num_classes: int, what: str) -> dict:
     """Same encoder and layers for all; labels of in-memory samples in range (streamed ones: when read)."""
     if not samples:
-        raise ValueError(f"no {what} samples")
+        raise InputError(f"no {what} samples")
     spec = samples[0].encoder_spec
     for s in samples:
         e = s.encoder_spec
@@ -196,7 +196,7 @@ def _check_samples(samples: Sequence, num_classes: int, what: str) -> dict:
 def _check_label(key: str, label: np.ndarray, num_classes: int, what: str = "train") -> np.ndarray:
     bad = ((label >= num_classes) | (label < 0)) & (label != IGNORE)
     if bad.any():
-        raise ValueError(f"{what} sample {key}: label values {np.unique(label[bad])[:8].tolist()} exceed the "
+        raise InputError(f"{what} sample {key}: label values {np.unique(label[bad])[:8].tolist()} exceed the "
                          f"{num_classes} classes (or are negative; ignore = {IGNORE})")
     return label
 

@@ -122,10 +122,13 @@ def shown(argv: list[str]) -> str:
     return shlex.join(str(Path(w).relative_to(ROOT)) if w.startswith(str(ROOT)) else w for w in words)
 
 
-def figure(fid: str, label: str, value: float, unit: str, command: str, *, interval=None, seeds=None, split=None,
-           n=None) -> dict:
-    """One figure. ``unit``: ``pct`` (a fraction shown x 100), ``x`` (a ratio), ``s``, ``GiB`` or ``count``."""
-    return {"id": fid, "label": label, "value": value, "unit": unit,
+def figure(fid: str, label: str, value: float, unit: str, command: str, *, dtype: str, interval=None, seeds=None,
+           split=None, n=None) -> dict:
+    """One figure. ``unit``: ``pct`` (a fraction shown x 100), ``x`` (a ratio), ``s``, ``GiB`` or ``count``.
+    ``dtype``: what the model ran in, as the command reported it (``float32``, ``bfloat16``; a ratio or cosine
+    between two dtypes names both): the same command on another CPU resolves ``dtype="auto"`` by
+    :func:`dense.device.resolve_dtype`, float32 for the bundled toys everywhere."""
+    return {"id": fid, "label": label, "value": value, "unit": unit, "dtype": dtype,
             "interval": [float(v) for v in interval] if interval is not None else None, "command": command,
             "seeds": seeds or {}, "split": split, "n": n}
 
@@ -166,20 +169,20 @@ def zero_shot(run: Run) -> list[dict]:
                      "--eval-budgets", s["budgets"]]
         out = json.loads(run.call(argv))
         cmd, seeds = shown(argv), {"held-out draw": seed, "bootstrap": 0}
-        tokens = out["zero_shot_tokens"]
+        tokens, dtype = out["zero_shot_tokens"], out["dtype"]
         figs.append(figure(f"zero_shot/{m}", f"{m}: zero-shot accuracy, 16 classes, 64-px images at their own "
-                           f"{tokens}-token grid", out["zero_shot_acc"], "pct", cmd,
+                           f"{tokens}-token grid", out["zero_shot_acc"], "pct", cmd, dtype=dtype,
                            interval=out["zero_shot_acc_95"], seeds=seeds, n=out["zero_shot_images"]))
         for key in out:
             if key.startswith("zero_shot_acc@") and not key.endswith("_95"):
                 budget = key.split("@")[1]
                 figs.append(figure(f"zero_shot@{budget}/{m}", f"{m}: the same at the default {budget}-token budget "
-                                   "(images upsampled)", out[key], "pct", cmd, interval=out[f"{key}_95"],
+                                   "(images upsampled)", out[key], "pct", cmd, dtype=dtype, interval=out[f"{key}_95"],
                                    seeds=seeds, n=out["zero_shot_images"]))
             elif key.startswith("pointing/") and not key.endswith("_95"):
                 _, method, budget = key.split("/")
                 figs.append(figure(f"pointing/{m}/{method}/{budget}", f"{m}: pointing, {method}, {budget} tokens, "
-                                   "multi-object images", out[key], "pct", cmd, interval=out[f"{key}_95"],
+                                   "multi-object images", out[key], "pct", cmd, dtype=dtype, interval=out[f"{key}_95"],
                                    seeds=seeds, n=out["pointing_queries"]))
     return figs
 
@@ -203,7 +206,8 @@ def openvocab(run: Run) -> list[dict]:
         for key, label in (("mIoU", "open-vocabulary mIoU"), ("pixel_acc", "its pixel accuracy"),
                            ("pointing", "its pointing")):
             figs.append(figure(f"openvocab/{m}/{key}", f"{m}: {label} ({what})", f[f"{setting}/{key}"], "pct", cmd,
-                               interval=iv.get(f"{setting}/{key}"), seeds=seeds, split="test", n=meta["images"]))
+                               dtype=meta["dtype"], interval=iv.get(f"{setting}/{key}"), seeds=seeds, split="test",
+                               n=meta["images"]))
     return figs
 
 
@@ -221,7 +225,8 @@ def methods(run: Run) -> list[dict]:
         for method, f in r["methods"].items():
             for key, label in (("mIoU", "open-vocabulary mIoU"), ("pointing", "pointing")):
                 figs.append(figure(f"methods/{m}/{method}/{key}", f"{m}: {method}, {label}", f[key], "pct", cmd,
-                                   interval=f[f"{key}_95"], seeds=seeds, split="test", n=meta["images"]))
+                                   dtype=meta["dtype"], interval=f[f"{key}_95"], seeds=seeds, split="test",
+                                   n=meta["images"]))
     return figs
 
 
@@ -249,7 +254,7 @@ def refer(run: Run) -> list[dict]:
                 ("gt-random", "gt-boxes/-/random", "referring Acc@0.5, ground-truth candidates, a random one")):
             name = "pointing" if key == "pointing" else "acc@0.5"
             figs.append(figure(f"refer/{m}/{key}", f"{m}: {label}", f[f"{way}/{name}"], "pct", cmd,
-                               interval=iv.get(f"{way}/{name}"), seeds=seeds, split="test", n=n))
+                               dtype=meta["dtype"], interval=iv.get(f"{way}/{name}"), seeds=seeds, split="test", n=n))
     return figs
 
 
@@ -271,12 +276,13 @@ def probe(run: Run) -> list[dict]:
         cmd = shown(["-m", "dense.cli", *args])
         seeds = {"world": seed, "probe": 0}
         n = splits.get("test")
+        dtype = res["meta"]["encoder"]["dtype"]  # the encoder spec the features were cached under
         figs.append(figure(f"probe/{m}/mIoU", f"{m}: linear-probe mIoU, 256 tokens (train/val/test "
                            f"{splits.get('train')}/{splits.get('val')}/{n} images)", test["mIoU"], "pct", cmd,
-                           interval=intervals.get("mIoU"), seeds=seeds, split="test", n=n))
+                           dtype=dtype, interval=intervals.get("mIoU"), seeds=seeds, split="test", n=n))
         if "bF" in test:
-            figs.append(figure(f"probe/{m}/bF", f"{m}: its boundary F (2 px)", test["bF"], "pct", cmd, seeds=seeds,
-                               split="test", n=n))
+            figs.append(figure(f"probe/{m}/bF", f"{m}: its boundary F (2 px)", test["bF"], "pct", cmd, dtype=dtype,
+                               seeds=seeds, split="test", n=n))
     return figs
 
 
@@ -295,12 +301,12 @@ def upsample(run: Run) -> list[dict]:
     for key, r in res["methods"].items():
         for name, label in (("mIoU", "test mIoU"), ("bF", "boundary F (2 px)"), ("trimap_mIoU", "trimap mIoU")):
             figs.append(figure(f"upsample/{key}/{name}", f"shapes-tiny probe, {r['name']}: {label}", r[name], "pct",
-                               cmd, seeds=seeds, split="test", n=n))
+                               cmd, dtype=res["dtype"], seeds=seeds, split="test", n=n))
     so = res.get("so400m", {})
     for name, ratio in so.get("x_extract", {}).items():
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
         figs.append(figure(f"upsample/cost/{slug}", f"{so['spec']} ({so['dtype']}), 640x480: extraction + {name}, "
-                           "relative to one extraction", ratio, "x", cmd))
+                           "relative to one extraction", ratio, "x", cmd, dtype=so["dtype"]))
     return figs
 
 
@@ -318,7 +324,7 @@ def speed(run: Run) -> list[dict]:
         slug = re.sub(r"[^a-z0-9]+", "-", r["label"].lower()).strip("-")
         figs.append(figure(f"speed/{slug}/{r['dtype']}/b{r['batch']}", f"{res['spec']}: {r['label']}, {r['dtype']}, "
                            f"batch {r['batch']}, {r['tokens']} tokens: seconds per image", r["sec_per_img"], "s", cmd,
-                           n=res["folder_images"] if r["label"].startswith("folder") else None))
+                           dtype=r["dtype"], n=res["folder_images"] if r["label"].startswith("folder") else None))
     labels = {"first_process_first_image_over_steady": "compiled tower, the run's first process: first image / a "
               "steady-state image (s; code generation included only if inductor's cache was empty)",
               "second_process_first_image_over_steady": "compiled tower, a second process (inductor's disk cache "
@@ -331,11 +337,16 @@ def speed(run: Run) -> list[dict]:
         way = re.fullmatch(r"(default|compiled)_b(\d+)_vs_idiom_(\w+)", key)
         label = (f"dense {'default' if way[1] == 'default' else 'compiled tower'} batch {way[2]} vs the transformers "
                  f"idiom in {way[3]} (img/s)" if way else labels[key])
-        figs.append(figure(f"speed/ratio/{key}", f"{res['spec']}: {label}", ratio, "x", cmd))
+        figs.append(figure(f"speed/ratio/{key}", f"{res['spec']}: {label}", ratio, "x", cmd,
+                           dtype=res["default_dtype"]))
     for way, c in res["bf16_vs_fp32_cosine"].items():
         figs.append(figure(f"speed/cosine/{way}", f"{res['spec']}, {way}: bf16 vs fp32 tokens, mean per-token cosine "
-                           "(x 100)", c["mean"], "pct", cmd))
+                           "(x 100)", c["mean"], "pct", cmd, dtype="bfloat16 vs float32"))
     return figs
+
+
+# benchmarks/probe_scale.py: no model; synthetic features stored and trained on as bfloat16 (feature_dtype)
+PROBE_SCALE_DTYPE = "bfloat16 features"
 
 
 def scale(run: Run) -> list[dict]:
@@ -348,10 +359,10 @@ def scale(run: Run) -> list[dict]:
     res, cmd = json.loads(seg_json.read_text()), shown(argv)
     what = f"{res['spec']}, {res['classes']} names, {res['photo_hw'][1]}x{res['photo_hw'][0]} photo"
     figs.append(figure("scale/segment/chunked_peak", f"segment() peak extra RSS, {what}, chunked argmax",
-                       res["chunked"]["peak_extra_gib"], "GiB", cmd))
+                       res["chunked"]["peak_extra_gib"], "GiB", cmd, dtype=res["dtype"]))
     if "unchunked" in res:
         figs.append(figure("scale/segment/unchunked_peak", "the same, every class upsampled before the argmax",
-                           res["unchunked"]["peak_extra_gib"], "GiB", cmd))
+                           res["unchunked"]["peak_extra_gib"], "GiB", cmd, dtype=res["dtype"]))
     ps_json = run.work / "probe_scale.json"
     sizes = ["6", "3", "3"] if run.quick else ["1000", "250", "21"]
     argv = ["benchmarks/probe_scale.py", "--entries", sizes[0], "--ram", sizes[1], "--classes", sizes[2], "--dir",
@@ -364,11 +375,11 @@ def scale(run: Run) -> list[dict]:
         kind = "streamed" if r["mode"] == "stream" else "in RAM"
         figs.append(figure(f"scale/probe/{r['mode']}-{r['n']}/peak_rss", f"probe training, {r['n']} So400m-shaped "
                            f"entries {kind} ({res['heads']} lrs, {res['epochs']} epochs): peak RSS",
-                           r["peak_rss_gib"], "GiB", cmd))
+                           r["peak_rss_gib"], "GiB", cmd, dtype=PROBE_SCALE_DTYPE))
     for key, ratio in res["ratios"].items():
         label = {"stream_over_ram_tokens_per_s": f"tokens/s streamed / in RAM ({res['ram']} entries each)",
                  "streamN_over_ram_tokens_per_s": f"tokens/s streamed {res['entries']} / in RAM {res['ram']}"}[key]
-        figs.append(figure(f"scale/probe/{key}", f"probe training: {label}", ratio, "x", cmd))
+        figs.append(figure(f"scale/probe/{key}", f"probe training: {label}", ratio, "x", cmd, dtype=PROBE_SCALE_DTYPE))
     return figs
 
 
@@ -456,9 +467,10 @@ def render_results(data: dict) -> str:
             continue
         info = data["groups"][g]
         commands = list(dict.fromkeys(f["command"] for f in by_group[g]))
+        dtypes = ", ".join(dict.fromkeys(f.get("dtype") or "not recorded" for f in by_group[g]))
         lines += ["", f"## {TITLES[g]}", "", ABOUT[g], "",
                   f"Measured {info['date']} in {info['seconds']:.0f} s; {machine_line(info['machine'])}; load "
-                  f"average {info['load_average'][0]:.1f} at the start. Commands:", ""]
+                  f"average {info['load_average'][0]:.1f} at the start; the model in {dtypes}. Commands:", ""]
         lines += [f"- `{c}`" for c in commands]
         lines += ["", TABLE_HEAD] + [row(f) for f in by_group[g]]
     return "\n".join(lines) + "\n"

@@ -434,6 +434,7 @@ def evaluate(
             metrics[f"pointing/{m}/{b}_95"] = list(res.intervals[f"{m}/pointing"])
     metrics["pointing_queries"] = queries
     metrics["eval_seed"] = seed
+    metrics["dtype"] = str(enc.dtype).removeprefix("torch.")
     return metrics
 
 

@@ -344,6 +344,21 @@ def context459_official(base: Path, hw=(12, 16), names=None, mmseg_lists: bool =
     return Built(root, truth, files, lists)
 
 
+def context459_official_split(base: Path, hw=(12, 16)) -> Built:
+    """The official downloads alone: VOC2010 (JPEGImages, ImageSets/Main/{train,val}.txt beside Main's per-class lists
+    such as aeroplane_train.txt) + Context's trainval.tar.gz (trainval/<id>.mat, labels.txt); no converter's list."""
+    root, truth = _voc2010(base, hw, 459, 85, no_ignore=(CONTEXT_TRAIN[0], CONTEXT_VAL[0]))
+    files = {}
+    for split, maps in truth.items():
+        for i, t in maps.items():
+            files[i] = root / "trainval" / f"{i}.mat"
+            mat(files[i], enc_k1_0(t))
+        lines(root / "ImageSets" / "Main" / f"{split}.txt", maps)
+        (root / "ImageSets" / "Main" / f"aeroplane_{split}.txt").write_text("".join(f"{i} -1\n" for i in maps))
+    context_labels_txt(root / "labels.txt", [f"class {k}" for k in range(1, 460)])
+    return Built(root, truth, files, {s: root / "ImageSets/Main" / f"{s}.txt" for s in truth})
+
+
 def context459_catseg(base: Path, hw=(12, 16), names=None) -> Built:
     """The official download + CAT-Seg's prepare_pascal_context_459.py: annotations_detectron2/pc459_val/<id>.tif."""
     b = context459_official(base, hw, names)

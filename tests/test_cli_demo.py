@@ -108,5 +108,5 @@ def test_demo_runs_offline_and_writes_its_page(tmp_path, capsys):
 def test_demo_on_user_photos_needs_queries(tmp_path):
     from dense.demo import run_demo
 
-    with pytest.raises(ValueError, match="--queries"):
+    with pytest.raises(ValueError, match=r"images= needs queries="):
         run_demo(tmp_path / "o", images=tmp_path)

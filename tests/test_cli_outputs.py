@@ -12,7 +12,7 @@ import pytest
 from conftest import random_rgb
 from PIL import Image
 
-from dense.cli import _one_line, main
+from dense.cli import main, one_line
 from dense.cli._args import FIGURE_FORMATS, figure_format
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,11 +109,11 @@ def test_paths_that_cannot_be_written_are_refused_before_any_work(tmp_path, imag
 
 
 def test_os_errors_are_one_line_naming_the_path():
-    assert _one_line(IsADirectoryError(21, "Is a directory", "/x/.bad.1.tmp")) == "/x/.bad.1.tmp: is a directory"
-    assert _one_line(FileExistsError(17, "File exists", "out")) == "out: file exists"
+    assert one_line(IsADirectoryError(21, "Is a directory", "/x/.bad.1.tmp")) == "/x/.bad.1.tmp: is a directory"
+    assert one_line(FileExistsError(17, "File exists", "out")) == "out: file exists"
     renamed = IsADirectoryError(21, "Is a directory", "/x/.bad.1.tmp", None, "/x/bad")  # os.replace(tmp, folder)
-    assert _one_line(renamed) == "/x/bad: is a directory"
-    assert _one_line(NotADirectoryError(20, "Not a directory", "c/x")) == "c/x: not a directory"
+    assert one_line(renamed) == "/x/bad: is a directory"
+    assert one_line(NotADirectoryError(20, "Not a directory", "c/x")) == "c/x: not a directory"
 
 
 def test_probe_train_without_out_says_so_before_the_work(tmp_path, capsys):

@@ -485,8 +485,11 @@ def test_jupyter_show_returns_an_iframe_to_a_running_server(encoder, folder):
 def test_cli_refuses_bad_options_in_one_line(folder, capsys):
     from dense.cli import main
 
-    assert main(["explore", "--model", "shapes-tiny-v2", "--images", str(folder), "--port", "70000"]) == 1
-    assert capsys.readouterr().err.strip() == "dense: error: --port 70000: must be 0..65535"
+    for flag, value, why in (("--port", "70000", "must be 0..65535, got 70000"),
+                             ("--max-images", "-1", "must be at least 0, got -1")):
+        with pytest.raises(SystemExit) as e:  # a malformed command line: exit 2, before Flask or the model
+            main(["explore", "--model", "shapes-tiny-v2", "--images", str(folder), flag, value])
+        assert e.value.code == 2 and f"argument {flag}: {why}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["explore", "--model", "shapes-tiny-v2", "--images", str(folder / "nope")])
     assert "nope: no such folder" in capsys.readouterr().err

@@ -123,3 +123,57 @@ def test_report_seeds_chose_nothing(rf, data):
             if kind in f["seeds"]:
                 assert f["seeds"][kind] not in rf.CHOOSING_SEEDS, f"{fid} is reported on a choosing seed"
                 assert f["seeds"][kind] in rf.REPORT_SEEDS.values(), fid
+
+
+def test_every_figure_records_its_dtype(data):
+    """A figure says which dtype its model ran in; the bundled toys' figures are float32, as ``dtype="auto"`` gives on
+    every CPU (towers under :data:`dense.device.SMALL_TOWER_PARAMS`)."""
+    for fid, f in data["figures"].items():
+        assert f.get("dtype"), f"{fid} does not record its dtype"
+        if f["group"] in ("zero-shot", "openvocab", "refer", "probe") or f["id"].startswith("upsample/") and \
+                "/cost/" not in f["id"]:
+            assert f["dtype"] == "float32", fid
+
+
+def test_auto_is_float32_for_the_bundled_toys_and_bf16_for_so400m_where_native():
+    import torch
+
+    from dense.device import SMALL_TOWER_PARAMS, native_bf16, resolve_dtype
+    from dense.encoder import load_encoder, random_encoder
+
+    cpu = torch.device("cpu")
+    for name in ("shapes-tiny", "shapes-tiny-v2"):
+        enc = load_encoder(name, compile=False)
+        assert sum(p.numel() for p in enc.vision.parameters()) < SMALL_TOWER_PARAMS
+        assert enc.dtype == torch.float32, name
+    assert random_encoder("tiny-siglip", compile=False).dtype == torch.float32
+    big = torch.bfloat16 if native_bf16(cpu) else torch.float32
+    assert resolve_dtype("auto", cpu, params=400_000_000) == big == resolve_dtype("auto", cpu)
+    assert resolve_dtype("auto", cpu, params=SMALL_TOWER_PARAMS - 1) == torch.float32
+    assert resolve_dtype("bf16", cpu, params=1) == torch.bfloat16  # a named dtype is obeyed whatever the size
+
+
+@pytest.mark.slow
+def test_the_readme_refer_figure_is_the_fp32_one_and_auto_reproduces_it(rf, data, tmp_path):
+    """The README's shapes-tiny-v2 referring Acc@0.5 (its figures command, its report world) in both dtypes on this
+    CPU: float32 and ``auto`` give the committed value exactly; bfloat16 (what ``auto`` gave on AMX / AVX512-BF16
+    CPUs before small towers were pinned to float32) gives another one where the CPU runs it natively."""
+    import torch
+
+    from dense.device import native_bf16
+    from dense.encoder import load_encoder
+    from dense.eval.refer import evaluate_refer
+
+    f = data["figures"]["refer/shapes-tiny-v2/acc"]
+    assert f["dtype"] == "float32" and "--limit 60" in f["command"] and "--dtype" not in f["command"]
+    # make_shapes draws image by image: the first 80 images of the 320-image report world, byte for byte
+    world = rf.Run(tmp_path, quick=False).world("world", rf.REPORT_SEEDS["world"], 80, {"test": 1.0})
+    acc = {}
+    for dtype in ("fp32", "bf16", "auto"):
+        enc = load_encoder("shapes-tiny-v2", dtype=dtype, compile=False)
+        res = evaluate_refer(enc, world / "annotations.json", world / "refs.json", world / "images", split="test",
+                             limit=rf.SIZES[False]["refer_limit"], resamples=10)
+        acc[dtype] = res.figures[f"none/{res.meta['methods'][0]}/-/acc@0.5"]
+    assert acc["fp32"] == f["value"] == acc["auto"], acc
+    if native_bf16(torch.device("cpu")):
+        assert acc["bf16"] != f["value"], acc  # bf16 moves the figure where the CPU runs it natively

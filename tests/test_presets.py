@@ -21,7 +21,8 @@ def test_the_four_presets_and_their_references():
     assert (pe.layers, pe.pooled, pe.resolution_px) == ("best-block", False, 448)
     assert (dino.layers, dino.head, dino.resolution_px, dino.evaluation, dino.stride_px) == (
         "last", "bn-linear", 512, "slide", 341)
-    assert (radio.head, radio.resolution_px, radio.evaluation) == ("bn-linear", 518, "whole")
+    assert (radio.head, radio.resolution_px, radio.pad_to_patch, radio.evaluation) == ("bn-linear", 512, True, "whole")
+    assert "512 x 512 random crops, zero-padded to 518 x 518" in radio.source
     assert (tips.reference("voc").miou, tips.reference("ade20k").miou) == (78.1, 45.4)
     assert pe.reference("ade20k").miou == 44.0 and "42.9" in pe.reference("ade20k").note
     assert (radio.reference("ade20k").miou, radio.reference("voc").miou) == (40.53, 70.31)
@@ -31,12 +32,21 @@ def test_the_four_presets_and_their_references():
 
 
 @pytest.mark.parametrize("name, patch, side", [
-    ("dinov3", 14, 36), ("dinov3", 16, 32), ("radio", 14, 37), ("radio", 16, 32), ("siglip2-tips", 14, 27),
+    ("dinov3", 14, 36), ("dinov3", 16, 32), ("radio", 14, 37), ("radio", 16, 32), ("radio", 10, 52),
+    ("dinov3", 10, 51), ("siglip2-tips", 14, 27),
     ("siglip2-tips", 16, 24), ("pe-best-block", 14, 32), ("pe-best-block", 8, 56)])
 def test_token_budget_follows_the_patch_size(name, patch, side):
     p = preset(name)
     assert p.grid_side(patch) == side and p.max_patches(patch) == side * side
     assert p.settings(patch_size=patch, num_layers=27)["max_patches"] == side * side
+
+
+def test_presets_keep_the_aspect_ratio_within_the_papers_square_budget():
+    """What the README's "What a preset cannot make equal" says: a 512 x 683 image at siglip2-tips' 729 tokens."""
+    from dense.preprocess import choose_grid
+
+    budget = preset("siglip2-tips").max_patches(14)
+    assert budget == 27 * 27 and choose_grid((512, 683), 14, budget) == (23, 31)  # 713 tokens, not 27 x 27
 
 
 def test_settings_fix_layers_pooled_and_windows():
@@ -47,7 +57,7 @@ def test_settings_fix_layers_pooled_and_windows():
     assert s["layer_sets"] == tuple((b,) for b in range(27)) and s["pooled"] == (False,)
     s = preset("dinov3").settings(patch_size=14, num_layers=27)
     assert s["max_patches"] == 1296 and s["layer_sets"] == ((26,),)
-    assert s["slide"] == {"window_px": 512, "stride_px": 341, "short_side_px": 512}
+    assert s["slide"] == {"window_px": 512, "stride_px": 341, "short_side_px": 512, "rule": "dinov3"}
     assert preset("radio").protocol(24).layers == (23,)
 
 

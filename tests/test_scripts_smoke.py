@@ -39,7 +39,7 @@ def test_readme_figures_quick_runs_every_group(tmp_path):
     by_group = {g: [f for f in data["figures"].values() if f["group"] == g] for g in rf.GROUPS}
     assert all(by_group.values()), {g: len(v) for g, v in by_group.items()}
     for f in data["figures"].values():
-        assert isinstance(f["value"], float) and f["command"], f["id"]
+        assert isinstance(f["value"], float) and f["command"] and f["dtype"], f["id"]
         if f["unit"] == "pct" and math.isfinite(f["value"]):
             assert 0.0 <= f["value"] <= 1.0, f["id"]
         if f["interval"] and math.isfinite(f["interval"][0]):

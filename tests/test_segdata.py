@@ -53,6 +53,7 @@ LAYOUTS = {
     "context459-official": ("context459", L.context459_official, CONTEXT459_CLASSES),
     "context459-official-mmseg-lists": ("context459", lambda b: L.context459_official(b, mmseg_lists=True),
                                         CONTEXT459_CLASSES),
+    "context459-official-split": ("context459", L.context459_official_split, [f"class {k}" for k in range(1, 460)]),
     "context459-catseg": ("context459", L.context459_catseg, CONTEXT459_CLASSES),
     "context459-catseg-only": ("context459", L.context459_catseg_only, CONTEXT459_CLASSES),
     "context459-san": ("context459", L.context459_san, CONTEXT459_CLASSES),
@@ -207,6 +208,26 @@ def test_missing_splits_and_files_name_what_was_looked_for(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"instances_train2017\.json"):
         ds.ids("train2017")
     assert ds.ids("val2017") == sorted(coco.truth["val2017"])
+
+
+def test_context459_from_the_official_downloads_reads_voc2010s_own_split(tmp_path):
+    """No converter's list: train and val are VOC2010's ImageSets/Main lists (not Main's per-class lists), and the
+    dataset says which list each split came from; a converter's list, where present, is read instead."""
+    b = L.context459_official_split(tmp_path)
+    ds = load_dataset("context459", b.root, splits=["train", "val"], check_files=True)
+    assert ds.splits() == {"train", "val"}
+    for split, maps in b.truth.items():
+        assert ds.ids(split) == sorted(maps)
+        assert ds.split_list(split).startswith(f"{b.root / 'ImageSets' / 'Main' / split}.txt (VOC2010 ImageSets/Main")
+        for i, truth in maps.items():
+            np.testing.assert_array_equal(ds.label_map(i), truth)
+    L.lines(b.root / "ImageSets" / "SegmentationContext" / "val.txt", sorted(b.truth["val"])[:1])  # mmseg's list
+    ds = load_dataset("context459", b.root)
+    assert ds.ids("val") == sorted(b.truth["val"])[:1] and "mmsegmentation's list" in ds.split_list("val")
+    assert ds.ids("train") == sorted(b.truth["train"]) and "ImageSets/Main" in ds.split_list("train")
+    from dense.segdata import split_list, with_holdout
+
+    assert split_list(with_holdout(ds, "train"), "holdout").startswith("holdout carved from train: ")
 
 
 def test_split_list_lines_may_be_paths(tmp_path):
@@ -425,3 +446,14 @@ def test_cli_eval_probe_on_a_voc_fixture(tmp_path):
     # a second run reads every feature from the cache, and nothing is shared with another dataset's namespace
     entries = list((tmp_path / "cache").rglob("*.safetensors"))
     assert len(entries) == 24 and all("/data/voc-" in str(p) for p in entries)
+
+
+def test_the_evaluators_record_the_split_list_and_tagged_images(tmp_path, tiny_encoder):
+    """Result.meta names the list a split came from (here VOC2010's own) and counts EXIF-tagged images (none)."""
+    from dense.eval.openvocab import evaluate_openvocab
+
+    b = L.context459_official_split(tmp_path)
+    ds = load_dataset("context459", b.root)
+    res = evaluate_openvocab(tiny_encoder, ds, None, split="val", resamples=10, max_patches=4)
+    assert res.meta["split_list"] == ds.split_list("val") and "ImageSets/Main/val.txt" in res.meta["split_list"]
+    assert res.meta["exif_tagged"] == 0 and res.meta["images"] == len(b.truth["val"])

@@ -193,3 +193,40 @@ def test_disk_entry_under_the_old_rule_is_not_served(gemma_dir, tmp_path, monkey
     text.clear_cache(enc)  # the entry was rewritten under the new key and is served from disk now
     monkeypatch.setattr(text, "embed_token_ids", lambda *a, **k: pytest.fail("disk cache not used"))
     torch.testing.assert_close(text.embed_texts(enc, [query], templates=templates)[0], fresh)
+
+
+def test_class_queries_keep_the_first_alias_as_big_vision():
+    """big_vision's zero-shot evaluator: canonicalize keeping commas, then ``name.split(",")[0]``."""
+    from dense.segdata import ADE847_CLASSES
+    from dense.text import class_queries
+
+    assert class_queries(["building, edifice", "wall", "hot_dog, frankfurter", "a ,b"]) == [
+        "building", "wall", "hot_dog", "a"]
+    queries = class_queries(ADE847_CLASSES)
+    assert len(queries) == 847 and not any("," in q for q in queries)
+    assert queries[list(ADE847_CLASSES).index("building, edifice")] == "building"
+    for name, q in zip(ADE847_CLASSES, queries, strict=True):  # the same as big_vision's order of operations
+        assert canonicalize(q, "siglip2") == canonicalize(name.replace(",", "\0"), "siglip2").split("\0")[0].strip()
+
+
+def test_the_openvocab_evaluator_embeds_each_class_names_first_alias(tmp_path):
+    """Category names that carry aliases ("red circle, crimson disc") give exactly the figures of their first
+    aliases; the whole names (aliases joined) would give others."""
+    from dense.datasets import make_shapes
+    from dense.eval.openvocab import evaluate_openvocab
+
+    make_shapes(tmp_path / "w", 6, seed=31002, splits={"test": 1.0})
+    data = json.loads((tmp_path / "w" / "annotations.json").read_text())
+
+    def run(rename):
+        d = json.loads(json.dumps(data))
+        for c in d["categories"]:
+            c["name"] = rename(c["name"])
+        (tmp_path / "a.json").write_text(json.dumps(d))
+        res = evaluate_openvocab(enc, tmp_path / "a.json", tmp_path / "w" / "images", split="test", resamples=10)
+        return {k: v for k, v in res.figures.items() if "/IoU/" not in k}  # per-class keys carry the names
+
+    enc = dense.load_encoder("shapes-tiny-v2", compile=False)
+    plain = run(lambda n: n)
+    assert run(lambda n: f"{n}, thing number {len(n)}") == plain
+    assert run(lambda n: f"{n} thing number {len(n)}") != plain

@@ -7,12 +7,11 @@ instant. Each command's ``run`` function imports what it needs.
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 
 from dense.cli import compile, demo, evaluate, explore, extract, probe, query, upsampler
-from dense.cli._args import Parser, common_parent, opt, set_command_line
+from dense.cli._args import Parser, check, check_layers, common_parent, opt, set_command_line
 from dense.errors import DenseError
 
 GROUPS = (extract, probe, upsampler, query, evaluate, demo, explore, compile)  # each: add(sub, parent)
@@ -35,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dense", allow_abbrev=False,
         description="Dense features from SigLIP 2 So400m: extraction, linear probes, open-vocabulary heatmaps and "
                     "segmentation, referring expressions, COCO-style evaluation.",
-        epilog="`dense COMMAND --help` describes each command. Errors are one line; --debug shows the traceback.")
+        epilog="`dense COMMAND --help` describes each command. A malformed command line exits 2; dense's errors are "
+               "one line, exit 1 (--debug shows the traceback).")
     opt(parser, "--debug", action="store_true")
     opt(parser, "--version", action="version", version=f"dense {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -52,9 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # a misspelled flag: the usage of the command it was given to, not the top level's
         args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    check(args)  # flags that need another flag: exit 2, before any work
     if getattr(args, "func", None) is None:
         args._parser.print_help()
         return 2
+    check_layers(args)  # block indices against the model's depth, read from its config: exit 2 before it is built
     if not any(k.endswith("_action") and v is None for k, v in vars(args).items()):  # not a group's bare help
         from dense.device import set_threads
 
@@ -68,11 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dense: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # one line for users, the traceback with --debug
+    except (DenseError, OSError, MemoryError) as e:  # dense's own errors, the system's: one line for users
         if args.debug:
             raise
-        print(f"dense: error: {_one_line(e)}", file=sys.stderr)
+        print(f"dense: error: {one_line(e)}", file=sys.stderr)
         return 1
+    except RuntimeError as e:
+        if type(e).__name__ != "OutOfMemoryError" or args.debug:  # torch.cuda.OutOfMemoryError (torch not imported)
+            raise
+        print(f"dense: error: {one_line(e)}", file=sys.stderr)
+        return 1
+    # anything else is a bug: its traceback shows (Python exits 1)
 
 
 def _stdout_closed() -> int:
@@ -87,17 +95,20 @@ def _stdout_closed() -> int:
     return 1
 
 
-def _one_line(e: Exception) -> str:
-    if isinstance(e, FileNotFoundError) and e.filename:  # keep dense's own explanation where it gave one
-        why = e.strerror if e.strerror and e.strerror != os.strerror(errno.ENOENT) else "no such file or directory"
-        return f"{e.filename}: {why}"
-    if isinstance(e, OSError) and e.filename and e.strerror:  # "[Errno 21] Is a directory: 'x'" -> "x: ..."
+def one_line(e: BaseException) -> str:
+    """The one line a user reads for a :class:`~dense.errors.DenseError` or an ``OSError`` (naming its file)."""
+    if isinstance(e, OSError) and e.filename and not isinstance(e, DenseError):
+        why = e.strerror or type(e).__name__
+        if e.errno and why == os.strerror(e.errno):  # the system's words, lower-cased after the file name
+            why = why[:1].lower() + why[1:]
         # a rename over a folder (an atomic write's last step) names the target, not dense's temp file
         target = e.filename2 if isinstance(e, IsADirectoryError) and e.filename2 else e.filename
-        return f"{target}: {e.strerror.lower()}"
-    if isinstance(e, (KeyError, DenseError)) and e.args:
-        return str(e.args[0])
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"{target}: {why}"
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return (f"out of memory ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}): "
+                "a smaller --batch-size or --max-patches needs less")
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 if __name__ == "__main__":

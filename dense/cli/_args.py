@@ -8,16 +8,46 @@ option table is :func:`option_table`, and a test checks that both agree with the
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from pathlib import Path
 
-# the names of dense.segdata.READERS (kept here so that building the parser imports nothing heavy)
+from dense.errors import InputError
+
+# Light copies of the library's registries: building and checking the command line imports no model code (no torch).
+# Each copy names its registry in REGISTRIES; tests/test_cli.py holds every copy equal to its registry.
 DATASETS = ("voc", "ade20k", "ade847", "coco-stuff", "context59", "context459", "coco")
-DTYPES = ("auto", "fp32", "bf16", "float32", "bfloat16")  # the spellings dense.encoder accepts
-STORE_DTYPES = ("float32", "bfloat16", "fp32", "bf16")
+DTYPE_NAMES = ("fp32", "float32", "bf16", "bfloat16")  # float16 is refused on every device
+DTYPES = ("auto", *DTYPE_NAMES)  # "auto": bf16 where the hardware runs it natively, else fp32
+STORE_DTYPES = ("fp32", "float32", "bf16", "bfloat16")
 CACHE = "dense-cache"  # the one default --cache of every command that reads or fills one
-PRESETS = ("siglip2-tips", "pe-best-block", "dinov3", "radio")  # the names of probes.protocols.PRESETS (light parser)
+PRESETS = ("siglip2-tips", "pe-best-block", "dinov3", "radio")
+PROTOCOLS = ("last", "last-k", "best-block", "pooled", "all")
+POOLED = ("off", "on", "both")
+METHODS = ("raw", "map-value", "map-value-mlp", "clear-map-value", "clear-map-value-mlp")
+EXPERIMENTAL_METHODS = ("attn-value", "leave-one-out", "raw+filter", "map-value+filter", "map-value-mlp+filter",
+                        "attn-value+filter", "leave-one-out+filter", "clear-map-value+filter",
+                        "clear-map-value-mlp+filter")  # run when named
+SCORERS = ("map-box", "heatmap-mean", "crop")
+REFINES = ("none", "pamr")
+SHARPEN_MODES = ("bilinear", "guided")
+MIN_SYNTHETIC_IMAGES = 7  # dense demo's synthetic world: train, val and test each need an image
+
+REGISTRIES = {  # copy -> "module:name" of the registry it copies (a dict's keys, a tuple, or a number)
+    "DATASETS": "dense.segdata:READERS",
+    "DTYPE_NAMES": "dense.device:_DTYPES",
+    "STORE_DTYPES": "dense.eval.probe:STORE_DTYPES",
+    "PRESETS": "probes.protocols:PRESETS",
+    "PROTOCOLS": "probes.protocols:NAMES",
+    "POOLED": "dense.eval.probe:POOLED",
+    "METHODS": "dense.heatmap:METHODS",
+    "EXPERIMENTAL_METHODS": "dense.heatmap:EXPERIMENTAL_METHODS",
+    "SCORERS": "dense.refer:SCORERS",
+    "REFINES": "dense.refine:REFINES",
+    "SHARPEN_MODES": "dense.upsample:SHARPEN_MODES",
+    "MIN_SYNTHETIC_IMAGES": "dense.demo:MIN_SYNTHETIC_IMAGES",
+}
 
 # flag -> its one meaning across commands
 OPTIONS = {
@@ -96,7 +126,7 @@ OPTIONS = {
     "--windows": "sliding windows: n x n overlapping crops, each at the token budget, scores averaged (default: the "
                  "checkpoint's calibrated count)",
     "--resamples": "bootstrap draws for the 95%% intervals",
-    "--scorers": "comma-separated candidate scorers of dense.refer.SCORERS",
+    "--scorers": f"comma-separated candidate scorers of dense.refer.SCORERS: {', '.join(SCORERS)}",
     "--threads": "CPU threads of torch and of BLAS (threadpoolctl), and the cap of decode workers (default: "
                  "OMP_NUM_THREADS when set, else the cores other processes leave free, at least 1: "
                  "dense.device.default_threads)",
@@ -124,14 +154,54 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def opt(p, flag: str, detail: str | None = None, **kwargs):
+def opt(p, flag: str, detail: str | None = None, *, needs: str | None = None, **kwargs):
     """``p.add_argument(flag, ...)`` with the flag's one meaning from :data:`OPTIONS` as its help (``detail``: what it
-    is for this command, after a semicolon)."""
+    is for this command, after a semicolon). ``needs``: another flag of the command without which this one is a
+    malformed command line (exit 2, checked by :func:`check` before any work)."""
     meaning = OPTIONS[flag]
+    if needs is not None:
+        detail = f"needs {needs}" if detail is None else f"{detail} (needs {needs})"
+        p.set_defaults(_needs=(*(p.get_default("_needs") or ()), (flag, needs)))
     if flag in PATH_TYPES and "type" not in kwargs and kwargs.get("action") is None:
         kwargs["type"] = PATH_TYPES[flag]  # one check of what a path flag writes, in every command
     kwargs["help"] = meaning if detail is None else f"{meaning}; {detail}"
     return p.add_argument(flag, **kwargs)
+
+
+def check(args) -> None:
+    """The checks of a parsed command line that no single flag's type can make (a flag given without the flag it
+    needs): ``args._parser.error`` (exit 2) on the first that fails, before any model code is imported."""
+    for flag, need in getattr(args, "_needs", ()):
+        if _given(args, flag) and not _given(args, need):
+            args._parser.error(f"{flag} needs {need}")
+
+
+def check_layers(args) -> None:
+    """``--layers`` / ``--layer-sets`` against the depth of ``--model``'s tower, read from its config.json before the
+    model is built (exit 2 on an index past the depth). A model that cannot be resolved is left to the loading, which
+    names it."""
+    given = {"--layers": tuple(getattr(args, "layers", None) or ()),
+             "--layer-sets": tuple(b for s in getattr(args, "layer_sets", None) or () for b in s)}
+    if not any(given.values()) or not getattr(args, "model", None):
+        return
+    from dense.checkpoint import read_json, resolve_checkpoint
+    from dense.errors import DenseError
+    from dense.features import block_indices
+
+    try:
+        config = read_json(resolve_checkpoint(args.model), "config.json")
+    except (DenseError, OSError, ValueError):
+        return
+    depth = config.get("vision_config", config).get("num_hidden_layers")
+    for flag, blocks in given.items():
+        try:
+            block_indices(blocks, depth)  # the one rule of block indices
+        except DenseError as e:
+            args._parser.error(f"{flag}: {args.model}: {e}")
+
+
+def _given(args, flag: str) -> bool:
+    return getattr(args, flag.lstrip("-").replace("-", "_"), None) not in (None, False, [], ())
 
 
 def common_parent() -> argparse.ArgumentParser:
@@ -142,8 +212,15 @@ def common_parent() -> argparse.ArgumentParser:
     return parent
 
 
+def plain(text: str) -> str:
+    """Docstring markup -> what a terminal shows: ``` ``x`` ``` and ``:mod:`x``` become ``x``."""
+    return re.sub(r"``([^`]+)``", r"\1", re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text))
+
+
 def command(sub, name: str, parent, *, help: str, description: str | None = None, func=None):
-    """A subcommand parser: no abbreviations, help shown with defaults, ``--debug`` accepted."""
+    """A subcommand parser: no abbreviations, help shown with defaults, ``--debug`` accepted; its texts plain (a
+    module docstring read as a description shows no markup)."""
+    help, description = plain(help), plain(description) if description else None
     p = sub.add_parser(name, help=help, description=description or help[:1].upper() + help[1:] + ".",
                        parents=[parent], allow_abbrev=False, formatter_class=HelpFormatter)
     p.set_defaults(_parser=p)
@@ -225,7 +302,7 @@ def figure_format(path) -> str:
     matplotlib's ``savefig``); raises naming the path when its extension is none of :data:`FIGURE_FORMATS`."""
     ext = Path(path).suffix.lower().lstrip(".") or "png"
     if ext not in FIGURE_FORMATS:
-        raise ValueError(f"{path}: a figure's extension names its format; use one of "
+        raise InputError(f"{path}: a figure's extension names its format; use one of "
                          f"{', '.join('.' + f for f in FIGURE_FORMATS)}")
     return ext
 
@@ -316,6 +393,88 @@ def floats(text: str) -> list[float]:
     return out
 
 
+def at_least(n: int, most: int | None = None):
+    """An argparse type: a whole number, at least ``n`` (and at most ``most``)."""
+
+    def check(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if v < n or (most is not None and v > most):
+            raise argparse.ArgumentTypeError(f"must be at least {n}, got {v}" if most is None else
+                                             f"must be {n}..{most}, got {v}")
+        return v
+
+    return check
+
+
+def one_of(registry: tuple[str, ...], what: str, *, many: bool = False, all_: bool = False):
+    """An argparse type: a name of ``registry`` (``many``: comma-separated names; ``all_``: or 'all', kept as
+    ``["all"]``). An unknown name is refused while parsing, listing the names there are."""
+
+    def check(text: str):
+        got = names(text) if many else [text.strip()]
+        if all_ and got == ["all"]:
+            return got
+        bad = [g for g in got if g not in registry]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(map(repr, bad))}; choose from "
+                                             f"{', '.join(registry)}{', or all' if all_ else ''}")
+        return got if many else got[0]
+
+    return check
+
+
+def device(text: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N`` (whether this machine has that GPU is checked when the model loads)."""
+    kind, sep, index = text.partition(":")
+    if text == "cpu" or (kind == "cuda" and (not sep or index.isdigit())):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N")
+
+
+def fractions(text: str) -> list[float]:
+    """Comma-separated numbers, each in [0, 1] (thresholds)."""
+    out = floats(text)
+    bad = [v for v in out if not 0.0 <= v <= 1.0]
+    if bad:
+        raise argparse.ArgumentTypeError(f"each must be in [0, 1], got {bad[0]:g}")
+    return out
+
+
+def positive_floats(text: str) -> list[float]:
+    """Comma-separated numbers, each above 0 (learning rates)."""
+    out = floats(text)
+    bad = [v for v in out if not v > 0]
+    if bad:
+        raise argparse.ArgumentTypeError(f"each must be above 0, got {bad[0]:g}")
+    return out
+
+
+def positive_float(text: str) -> float:
+    """One number above 0."""
+    v = _one_number(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {v:g}")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    """One number, at least 0."""
+    v = _one_number(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {v:g}")
+    return v
+
+
+def _one_number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
 def layers(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
@@ -337,7 +496,15 @@ def names(text: str) -> list[str]:
 
 
 def templates(text: str) -> tuple[str, ...]:
-    return ("{}",) if text == "none" else tuple(text.split("|"))
+    """``'|'``-separated templates, each with exactly one ``{}`` (the rule of ``dense.text``), or ``none``."""
+    if text == "none":
+        return ("{}",)
+    out = tuple(text.split("|"))
+    bad = [t for t in out if t.count("{}") != 1]
+    if bad:
+        raise argparse.ArgumentTypeError(f"template {bad[0]!r} must contain exactly one '{{}}' (where the query goes), "
+                                         f"e.g. 'a photo of {{}}.'")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -350,7 +517,7 @@ def add_model(p, *, required: bool = True, default: str | None = None) -> None:
 
 def add_runtime(p) -> None:
     opt(p, "--dtype", default="auto", choices=DTYPES)
-    opt(p, "--device", default="cpu")
+    opt(p, "--device", default="cpu", type=device)
 
 
 def add_max_patches(p, detail: str = "default: the checkpoint's calibrated or trained budget") -> None:
@@ -359,9 +526,10 @@ def add_max_patches(p, detail: str = "default: the checkpoint's calibrated or tr
 
 def add_method(p, *, many: bool = False) -> None:
     if many:
-        opt(p, "--methods", default=None, type=names)
+        opt(p, "--methods", default=None, type=one_of((*METHODS, *EXPERIMENTAL_METHODS), "heatmap method", many=True,
+                                                      all_=True))
     else:
-        opt(p, "--method", default=None)
+        opt(p, "--method", default=None, type=one_of((*METHODS, *EXPERIMENTAL_METHODS), "heatmap method"))
 
 
 def add_templates(p) -> None:
@@ -377,8 +545,8 @@ def add_json(p, detail: str | None = None) -> None:
 
 
 def add_dataset(p, *, required: bool = False) -> None:
-    opt(p, "--dataset", required=required, choices=DATASETS, metavar="NAME")
-    opt(p, "--root", required=required, type=existing("folder"))
+    opt(p, "--dataset", required=required, choices=DATASETS, metavar="NAME", needs="--root")
+    opt(p, "--root", required=required, type=existing("folder"), needs="--dataset")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -451,10 +619,12 @@ def pct(v: float) -> str:
 
 
 def plural(n: int, word: str) -> str:
-    """``1 query``, ``2 queries``, ``3 images``."""
+    """``1 query``, ``2 queries``, ``4 classes``, ``3 images``, ``2 heads``: the one way the CLI counts things."""
     if n == 1:
         return f"1 {word}"
-    return f"{n} {word[:-1] + 'ies' if word.endswith('y') and word[-2] not in 'aeiou' else word + 's'}"
+    if word.endswith("y") and word[-2:-1] not in tuple("aeiou"):
+        return f"{n} {word[:-1]}ies"
+    return f"{n} {word}es" if word.endswith(("s", "x", "z", "ch", "sh")) else f"{n} {word}s"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from dense.cli._args import (
+    MIN_SYNTHETIC_IMAGES,
     add_max_patches,
     add_model,
     add_runtime,
+    at_least,
     command,
     existing,
     finish,
@@ -30,9 +32,9 @@ def add(sub, parent) -> None:
                 description=DESCRIPTION)
     opt(p, "--out", "a folder (index.html and its figures)", default="dense-demo", type=out_folder)
     add_model(p, required=False, default="shapes-tiny-v2")
-    opt(p, "--images", "your own photos (needs --queries)", type=existing("folder"))
-    opt(p, "--queries", nargs="+", type=query)
-    opt(p, "--n-images", type=positive_int, default=120)
+    opt(p, "--images", "your own photos", type=existing("folder"), needs="--queries")
+    opt(p, "--queries", "what to look for in your photos", nargs="+", type=query, needs="--images")
+    opt(p, "--n-images", type=at_least(MIN_SYNTHETIC_IMAGES), default=120)
     opt(p, "--seed", "the synthetic world", type=int, default=0)
     opt(p, "--max-images", type=positive_int, default=4)
     add_max_patches(p, "default: the checkpoint's, at least 256 for the linear probe")

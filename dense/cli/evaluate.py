@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dense.cli import probe as probe_cli
 from dense.cli._args import (
+    REFINES,
+    SCORERS,
     add_dataset,
     add_json,
     add_max_patches,
@@ -20,14 +22,15 @@ from dense.cli._args import (
     command_line,
     existing,
     finish,
-    floats,
     fraction,
+    fractions,
     group,
     load,
-    names,
+    one_of,
     open_fraction,
     opt,
     pct,
+    plural,
     positive_int,
     runtime,
     tensors_file,
@@ -48,14 +51,14 @@ def add(sub, parent) -> None:
     opt(e, "--split", "default: every image; 'all' is the same")
     opt(e, "--background", type=background)
     add_templates(e)
-    opt(e, "--sweep", "background thresholds in [0, 1]", type=floats, metavar="THRESHOLDS")
-    opt(e, "--refine", type=names)
+    opt(e, "--sweep", "background thresholds in [0, 1]", type=fractions, metavar="THRESHOLDS")
+    opt(e, "--refine", type=one_of(REFINES, "refinement", many=True))
     opt(e, "--windows", type=positive_int)
     opt(e, "--choose", "the (method, refinement, background threshold) with the best mIoU among settings whose pixel "
                        "accuracy is within --guard of the best", action="store_true")
     opt(e, "--guard", type=fraction, default=0.02)
     opt(e, "--calibration-out", "method, refinement, windows, threshold, templates and budget, with what they "
-                                "measured")
+                                "measured", needs="--choose")
     add_bootstrap(e)
     opt(e, "--limit", type=positive_int)
     add_max_patches(e)
@@ -74,12 +77,12 @@ def add(sub, parent) -> None:
     opt(r, "--split", "'all' for every split", default="val")
     add_model(r)
     add_method(r, many=True)
-    opt(r, "--scorers", type=names, default="map-box,heatmap-mean")
+    opt(r, "--scorers", type=one_of(SCORERS, "candidate scorer", many=True), default="map-box,heatmap-mean")
     opt(r, "--box-threshold", type=fraction)
-    opt(r, "--sweep", "relative box thresholds in [0, 1]", type=floats, default="0.2,0.3,0.4,0.5,0.6,0.7,0.8",
+    opt(r, "--sweep", "relative box thresholds in [0, 1]", type=fractions, default="0.2,0.3,0.4,0.5,0.6,0.7,0.8",
         metavar="THRESHOLDS")
     opt(r, "--choose", "the box threshold with the best Acc@0.5 (no candidates) per method", action="store_true")
-    opt(r, "--calibration-out", "the first method's box threshold, with what it measured")
+    opt(r, "--calibration-out", "the first method's box threshold, with what it measured", needs="--choose")
     add_bootstrap(r)
     add_templates(r)
     opt(r, "--limit", type=positive_int)
@@ -123,9 +126,8 @@ def _note_from_image(methods, enc) -> None:
 
 
 def _check_choose(args) -> None:
-    """``--calibration-out`` needs ``--choose``; a calibration holds a threshold, not background prompts."""
-    if args.calibration_out and not args.choose:
-        raise DenseError("--calibration-out writes what --choose chose: add --choose")
+    """A calibration holds a threshold, not background prompts (``--calibration-out`` needs ``--choose``: the
+    parser checks that)."""
     if args.calibration_out and isinstance(getattr(args, "background", None), list):
         raise DenseError("--calibration-out: a calibration holds a background threshold, not prompts "
                          f"{args.background}: give --background as a number")
@@ -197,8 +199,9 @@ def format_openvocab(res) -> str:
 
     m = res.meta
     settings = m.get("settings", m["methods"])
-    lines = [f"open-vocabulary segmentation: {m['images']} images of split {m['split']}, {m['max_patches']} tokens, "
-             f"windows {m.get('windows', 1)}, background {m['background']}, templates {m['templates']}",
+    lines = [f"open-vocabulary segmentation: {plural(m['images'], 'image')} of split {m['split']}, "
+             f"{m['max_patches']} tokens, windows {m.get('windows', 1)}, background {m['background']}, templates "
+             f"{m['templates']}",
              f"{'method':<32}{'mIoU % [95% CI]':>20}{'pixAcc % [95% CI]':>20}{'pointing % [95% CI]':>22}{'points':>8}"]
     for s in settings:
         lines.append(f"{s:<32}{ci(res, figure_name(s, 'mIoU')):>20}{ci(res, figure_name(s, 'pixel_acc')):>20}"
@@ -260,8 +263,9 @@ def format_refer(res) -> str:
     m, f = res.meta, res.figures
     ways = ways_of(m)
     head = f"{'Acc@0.5':>8}{'point':>7}{'ctr-pt':>8}"
-    lines = [f"referring expressions: {m['expressions']} expressions ({m['refs_count']} refs) on {m['images']} images "
-             f"of split {m['split']}; {m['expressions_multi']} on images with >= 2 objects; {m['max_patches']} tokens",
+    lines = [f"referring expressions: {plural(m['expressions'], 'expression')} ({plural(m['refs_count'], 'ref')}) on "
+             f"{plural(m['images'], 'image')} of split {m['split']}; {m['expressions_multi']} on images with >= 2 "
+             f"objects; {m['max_patches']} tokens",
              f"{'':<53}{'all expressions':>23}{'images with >= 2 objects':>26}",
              f"{'candidates':<11}{'method':<22}{'scorer':<20}{head}  {head}   "
              f"{'Acc@0.5 [95% CI]':>18}{'point [95% CI]':>20}   (%)"]

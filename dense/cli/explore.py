@@ -9,6 +9,7 @@ from dense.cli._args import (
     add_method,
     add_model,
     add_runtime,
+    at_least,
     command,
     existing,
     layers,
@@ -29,11 +30,11 @@ def add(sub, parent) -> None:
     add_model(p)
     opt(p, "--images", "searched recursively", required=True, type=existing("folder"))
     opt(p, "--host", default="127.0.0.1")
-    opt(p, "--port", type=int, default=0)
+    opt(p, "--port", type=at_least(0, 65535), default=0)
     opt(p, "--cache", "features survive restarts")
     opt(p, "--layers", "for similarity (default: the last block and what the heatmap method needs)", type=layers,
         metavar="BLOCKS")
-    opt(p, "--max-images", "the first ones by name (0: all)", type=int, default=64)
+    opt(p, "--max-images", "the first ones by name (0: all)", type=at_least(0), default=64)
     add_method(p)
     add_max_patches(p)
     add_runtime(p)
@@ -41,17 +42,14 @@ def add(sub, parent) -> None:
 
 def run(args) -> int:
     from dense.cli._args import load
-    from dense.explore.files import image_files, no_images_error
+    from dense.explore.files import image_files
     from dense.explore.server import describe, is_loopback, make_server
+    from dense.preprocess import no_images_error
 
     try:
         import flask  # noqa: F401
     except ImportError:
         raise DenseError("dense explore needs Flask: pip install 'dense[explore]'") from None
-    if not 0 <= args.port <= 65535:
-        raise DenseError(f"--port {args.port}: must be 0..65535")
-    if args.max_images < 0:
-        raise DenseError(f"--max-images {args.max_images}: must be >= 0")
     if not image_files(args.images):  # before the model loads
         raise no_images_error(args.images)
     encoder = load(args)

@@ -14,6 +14,7 @@ from dense.cli._args import (
     finish,
     layers,
     opt,
+    plural,
     positive_int,
     runtime,
     write_json,
@@ -75,7 +76,9 @@ def run(args) -> int:
         ds = args.images  # a folder: its own namespace
         items = folder_items(args.images)
         if not items:
-            raise DenseError(f"{args.images}: no images found (looked for .jpg, .png, .bmp, .webp, .tif)")
+            from dense.preprocess import no_images_error
+
+            raise no_images_error(args.images)
 
     plan = plan_distributed(args.device)
     group = init_distributed(plan)  # the device first, then the (gloo) group
@@ -104,7 +107,7 @@ def run(args) -> int:
                  f"{tot['total']:>8} {tot['extracted']:>10} {tot['cached']:>15} {tot['corrupt']:>16} "
                  f"{len(skipped):>11} {plan.world_size:>6}"]
         if skipped:
-            lines.append(f"{len(skipped)} unreadable image(s) skipped; each was named above as it was met")
+            lines.append(f"{plural(len(skipped), 'unreadable image')} skipped; each was named above as it was met")
         finish("\n".join(lines), lambda: write_json(args.json, {"cache": str(cache.entries), "spec": cache.spec,
                                                                 **tot, "skipped": skipped, "ranks": plan.world_size}))
     return 0

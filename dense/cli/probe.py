@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from dense.cli._args import (
     CACHE,
+    POOLED,
     PRESETS,
+    PROTOCOLS,
+    SHARPEN_MODES,
     STORE_DTYPES,
     add_dataset,
     add_json,
@@ -29,13 +32,16 @@ from dense.cli._args import (
     command,
     existing,
     finish,
-    floats,
     group,
     layer_sets,
     layers,
+    non_negative_float,
     open_fraction,
     opt,
     pct,
+    plural,
+    positive_float,
+    positive_floats,
     positive_int,
     runtime,
     tensors_file,
@@ -83,7 +89,7 @@ def add(sub, parent) -> None:
     add_runtime(r)
     opt(r, "--steps", type=positive_int, default=1500)
     opt(r, "--train-batch-size", "expressions per step", type=positive_int, default=64)
-    opt(r, "--lr", type=float, default=2e-3)
+    opt(r, "--lr", type=positive_float, default=2e-3)
     opt(r, "--seed", "initialisation and batch draws", type=int, default=0)
     opt(r, "--out", "the trained head (.safetensors)", type=tensors_file)
     add_json(r)
@@ -116,23 +122,23 @@ def sweep_options(t) -> None:
     that one given explicitly, even at its default value, clashes with ``--preset``."""
     opt(t, "--layers", "default: -1", type=layers, metavar="BLOCKS")
     opt(t, "--layer-sets", type=layer_sets, metavar="SETS")
-    opt(t, "--lrs", "default: the grid of probes.train.LRS", type=floats)
+    opt(t, "--lrs", "default: the grid of probes.train.LRS", type=positive_floats)
     opt(t, "--epochs", type=positive_int, default=10)
     opt(t, "--train-batch-size", "images, all of one patch grid", type=positive_int, default=16)
     opt(t, "--label-scale", type=positive_int, default=1)
-    opt(t, "--weight-decay", type=float, default=0.0)
+    opt(t, "--weight-decay", type=non_negative_float, default=0.0)
     opt(t, "--feature-dtype", choices=STORE_DTYPES, default="float32")
     opt(t, "--seed", "head initialisation and batch order", type=int, default=0)
-    opt(t, "--protocol", choices=("last", "last-k", "best-block", "pooled", "all"))
+    opt(t, "--protocol", choices=PROTOCOLS)
     opt(t, "--last-k", type=positive_int, default=4)
     opt(t, "--preset", choices=PRESETS)
-    opt(t, "--pooled", "default: off", choices=("off", "on", "both"))
+    opt(t, "--pooled", "default: off", choices=POOLED)
     opt(t, "--store-dtype", choices=STORE_DTYPES, default="float32")
     sharpen_options(t)
 
 
 def sharpen_options(p) -> None:
-    opt(p, "--sharpen", "of the reported split (default: bilinear)", choices=("bilinear", "guided"))
+    opt(p, "--sharpen", "of the reported split (default: bilinear)", choices=SHARPEN_MODES)
     opt(p, "--upsampler", type=existing("file"))
 
 
@@ -195,7 +201,8 @@ def print_sweep(res) -> None:
         print(line)
     for line in m["skipped"]:
         print(f"skipped {line}")
-    print(f"\nsweep ({len(m['sweep'])} heads, {m['train_seconds']:.1f} s), chosen on {m['protocol']['choose']}:")
+    heads = plural(len(m["sweep"]), "head")
+    print(f"\nsweep ({heads}, {m['train_seconds']:.1f} s), chosen on {m['protocol']['choose']}:")
     print(f"  {'head':<28} {'val mIoU %':>10} {'pix acc %':>10}")
     for key, figs in m["sweep"].items():
         mark = "  <- best" if key == m["best"] else ""
@@ -238,7 +245,7 @@ def run_test(args) -> int:
     res = evaluate_saved_probe(args.model, open_data(args), probe=args.probe, cache=args.cache, split=args.split,
                                extraction=extraction(args), sharpening=sharpening(args), progress=not args.quiet,
                                **runtime(args))
-    return finish(lambda: print_figures(f"{args.split} ({res.meta['images']} images)", res.figures),
+    return finish(lambda: print_figures(f"{args.split} ({plural(res.meta['images'], 'image')})", res.figures),
                   lambda: write_json(args.json, res.to_json()))
 
 

@@ -72,8 +72,8 @@ def run_heatmap(args) -> int:
     from dense.heatmap import patch_scores, to_image, with_aligned
     from dense.preprocess import load_image
 
+    image = load_image(args.image)  # a file that is not an image fails here, before the model is built
     enc = load(args)
-    image = load_image(args.image)
     fmap = with_aligned(enc, image, args.method, max_patches=args.max_patches)
     scores = to_image(patch_scores(enc, fmap, args.queries, method=args.method, templates=args.templates),
                       fmap).numpy()  # [T, H, W]
@@ -99,8 +99,8 @@ def run_segment(args) -> int:
     from dense.openvocab import segment
     from dense.preprocess import load_image
 
+    image = load_image(args.image)  # a file that is not an image fails here, before the model is built
     enc = load(args)
-    image = load_image(args.image)
     labels = segment(enc, image, args.queries, background=args.background, method=args.method,
                      templates=args.templates, max_patches=args.max_patches)  # [H, W], 0 = background
     counts = np.bincount(labels.ravel(), minlength=len(args.queries) + 1) / labels.size
@@ -122,8 +122,8 @@ def run_localize(args) -> int:
     from dense.preprocess import load_image
     from dense.refer import Localizer
 
+    image = load_image(args.image)  # a file that is not an image fails here, before the model is built
     enc = load(args)
-    image = load_image(args.image)
     found = Localizer(enc, image, method=args.method, templates=args.templates,
                       max_patches=args.max_patches).localize_many(args.queries, box_threshold=args.box_threshold)
     rows = [{"expression": q, "found": bool(f.found), "score": f.score,

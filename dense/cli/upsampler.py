@@ -15,11 +15,11 @@ from dense.cli._args import (
     layers,
     load,
     opt,
+    plural,
     positive_int,
     tensors_file,
     write_json,
 )
-from dense.errors import DenseError
 
 
 def add(sub, parent) -> None:
@@ -41,15 +41,15 @@ def add(sub, parent) -> None:
 
 def run_train(args) -> int:
     from dense.extract import folder_items
-    from dense.preprocess import IMAGE_EXTS
+    from dense.preprocess import no_images_error
     from dense.upsample import UpsamplerConfig, train_upsampler
 
     items = folder_items(args.images)[: args.limit]
     if not items:
-        raise DenseError(f"{args.images}: no images found (looked for {', '.join(IMAGE_EXTS)})")
+        raise no_images_error(args.images)
     enc = load(args)
     cfg = UpsamplerConfig(max_patches=args.max_patches or enc.pixels.max_patches, epochs=args.epochs, seed=args.seed)
     up = train_upsampler(enc, [p for _, p in items], cfg, layers=args.layers, progress=not args.quiet)
-    return finish(f"trained on {len(items)} images in {up.meta['seconds']:.0f} s: loss {up.meta['loss'][-1]:.4f} "
-                  f"(bilinear {up.meta['bilinear_loss']:.4f})",
+    return finish(f"trained on {plural(len(items), 'image')} in {up.meta['seconds']:.0f} s: loss "
+                  f"{up.meta['loss'][-1]:.4f} (bilinear {up.meta['bilinear_loss']:.4f})",
                   lambda: up.save(args.out), lambda: write_json(args.json, up.meta))

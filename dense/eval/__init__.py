@@ -15,7 +15,6 @@ file (``--json``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,10 +55,10 @@ def update_calibration(path: str | Path, entries: dict) -> Path:
     kept, ``measured`` is merged per key) and write it atomically. The result must be a valid calibration
     (:class:`dense.checkpoint.Calibration`): nothing is written otherwise."""
     from dense._atomic import write_json
-    from dense.checkpoint import Calibration
+    from dense.checkpoint import Calibration, load_json
 
     path = Path(path)
-    data = json.loads(path.read_text()) if path.exists() else {}
+    data = load_json(path) if path.exists() else {}
     measured = {**data.get("measured", {}), **entries.get("measured", {})}
     data.update({k: v for k, v in entries.items() if k != "measured"})
     if measured:

@@ -103,9 +103,9 @@ class Data:
             return
         if self.kind == "folder":
             if not self.items(None):
-                from dense.preprocess import IMAGE_EXTS
+                from dense.preprocess import no_images_error
 
-                raise InputError(f"{self.folder}: no images found (looked for {', '.join(sorted(IMAGE_EXTS))})")
+                raise no_images_error(self.folder)
             return
         if hasattr(ds, "check_files"):
             for s in [sub] if sub is not None else sorted(ds.splits()):
@@ -135,7 +135,7 @@ class Data:
         """The referring expressions of ``split`` (None or ``"all"``: every split), joined with the COCO file;
         raises naming the splits that hold expressions when ``split`` holds none."""
         if self.refs is None:
-            raise InputError(f"{self.what}: no referring expressions (give refs=, --refs)")
+            raise InputError(f"{self.what}: no referring expressions: give refs= (--refs)")
         from dense.coco import load_refs
 
         ds = self.by_split.get(None) or next(iter(self.by_split.values()))
@@ -230,7 +230,7 @@ def _open_named(name: str, root) -> Data:
     from dense.segdata import load_dataset
 
     if root is None:
-        raise InputError(f"the dataset {name!r} needs its root folder (root=, --root)")
+        raise InputError(f"the dataset {name!r} needs its root folder: give root= (--root)")
     return Data("named", f"{name} at {root}", {None: load_dataset(name, root)}, name=name)
 
 

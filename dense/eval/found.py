@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from dense._progress import tqdm
+from dense.errors import InputError
 from dense.eval import Result, stats
 from dense.eval.settings import Bootstrap, Extraction
 
@@ -69,7 +70,7 @@ def evaluate_found(encoder, data, *, split: str | None = "val", threshold: float
     if threshold is None:
         threshold = encoder.calibration.found_threshold
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")
+        raise InputError(f"threshold is a probability in [0, 1], got {threshold}")
     from dense.eval.data import open_data
 
     extraction = extraction or Extraction()
@@ -125,7 +126,7 @@ def choose_found_threshold(res: Result, grid=CHOICE_GRID) -> float:
     """The threshold of ``grid`` with the best balanced rate (mean of found|present and not_found|absent) over the
     rows of an :func:`evaluate_found` run (ties: the lower threshold)."""
     if not res.rows:
-        raise ValueError("the run holds no expressions")
+        raise InputError("the run holds no expressions")
     balanced = [_rates(res.rows, t)["balanced"] for t in grid]
     return float(grid[int(np.argmax(balanced))])
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from dense import metrics
 from dense._progress import tqdm
+from dense.errors import InputError
 from dense.eval import Result, stats
 from dense.eval.settings import Bootstrap, Extraction, OpenVocabScoring, OpenVocabSetting, grid_edge
 from dense.eval.zeroshot import peak_point_xy
@@ -24,9 +25,10 @@ from dense.heatmap import (
     with_aligned,
 )
 from dense.openvocab import background_prompts, labels_from_scores
-from dense.preprocess import load_image
+from dense.preprocess import exif_tagged, load_image
 from dense.refine import REFINES
-from dense.text import embed_texts
+from dense.segdata import split_list
+from dense.text import class_queries, embed_texts
 
 
 def setting_key(method: str, refine: str | None = None) -> str:
@@ -44,7 +46,7 @@ def resolve_scoring(encoder, scoring: OpenVocabScoring | None = None) -> OpenVoc
         or ("none",)
     for r in refines:
         if r not in REFINES:
-            raise ValueError(f"unknown refinement {r!r}; choose from {', '.join(REFINES)}")
+            raise InputError(f"unknown refinement {r!r}; choose from {', '.join(REFINES)}")
     background = scoring.background if scoring.background is not None else (cal.background or 0.0)
     return replace(scoring, methods=methods, refines=refines,
                    windows=cal.windows if scoring.windows is None else scoring.windows, background=background,
@@ -80,9 +82,9 @@ def evaluate_openvocab(encoder, data, *, split: str | None = None, scoring: Open
     bootstrap = bootstrap or Bootstrap()
     scoring = resolve_scoring(encoder, scoring)
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
+        raise InputError(f"limit must be at least 1, got {limit}")
     if not 0.0 <= guard <= 1.0:
-        raise ValueError(f"guard must be a fraction in [0, 1], got {guard}")
+        raise InputError(f"guard must be a fraction in [0, 1], got {guard}")
     max_patches = extraction.max_patches
     split = None if split == "all" else split
     data = open_data(data)
@@ -95,7 +97,7 @@ def evaluate_openvocab(encoder, data, *, split: str | None = None, scoring: Open
     background, thresholds = scoring.background, scoring.thresholds
     if not offset:  # no background class: plain argmax, nothing to threshold
         background, thresholds = None, ()
-    names = ds.class_names[offset:]  # label k + offset <-> names[k], as in dense.coco
+    names = class_queries(ds.class_names[offset:])  # label k + offset <-> names[k]; first aliases, as big_vision
     K = len(ds.class_names)
     bg_prompts = background_prompts(background) if offset else []
     methods, windows, templates = list(scoring.methods), scoring.windows, list(scoring.templates)
@@ -117,7 +119,7 @@ def evaluate_openvocab(encoder, data, *, split: str | None = None, scoring: Open
                                 disable=not progress):
         gt = ds.label_map(iid)  # [H, W], IGNORE where no metric counts
         if tuple(gt.shape) != tuple(fmap.image_hw):
-            raise ValueError(f"{path}: image is {fmap.image_hw}, annotation says {gt.shape} (image id {iid})")
+            raise InputError(f"{path}: image is {fmap.image_hw}, annotation says {gt.shape} (image id {iid})")
         rgb = load_image(path) if need_rgb else None
         by_cat = {k - offset: m for k, m in ds.class_masks(iid).items() if k >= offset}
         for s in settings:
@@ -172,6 +174,8 @@ def evaluate_openvocab(encoder, data, *, split: str | None = None, scoring: Open
             "background": list(background) if isinstance(background, tuple) else background,
             "templates": templates, "thresholds": list(thresholds), "encoder": encoder.name,
             "fingerprint": encoder.fingerprint, "max_patches": max_patches or encoder.pixels.max_patches,
+            "exif_tagged": exif_tagged(ds, ids), "split_list": split_list(ds, split),
+            "dtype": str(encoder.dtype).removeprefix("torch."),
             "bootstrap": {**boot, "level": stats.LEVEL}, "seconds": time.perf_counter() - t0}
     res = Result(figures=figures, rows=rows, meta=meta, intervals=intervals, values=values,
                  artifacts={"settings": settings})
@@ -251,7 +255,7 @@ def calibration_from_choice(res: Result, choice: dict, *, command: str | None = 
     m = res.meta
     bg = choice["background"]
     if bg is not None and not isinstance(bg, (int, float)):
-        raise ValueError(f"the chosen background is a list of prompts {bg}, which a calibration cannot express (it "
+        raise InputError(f"the chosen background is a list of prompts {bg}, which a calibration cannot express (it "
                          "holds a threshold): choose among thresholds (--background 0.5 --sweep ...)")
     return {"method": choice["method"], "refine": choice["refine"], "windows": choice["windows"], "background": bg,
             "templates": list(m["templates"]), "max_patches": m["max_patches"],

@@ -26,11 +26,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dense.errors import InputError
 from dense.eval import Result
 from dense.eval.settings import (
     LRS,
     POOLED,
-    SHARPEN,
     STORE_DTYPES,
     Extraction,
     ProbeSplits,
@@ -76,7 +76,7 @@ def _store_dtype(name: str, what: str):
     import torch
 
     if name not in STORE_DTYPES:
-        raise ValueError(f"{what} must be one of {', '.join(STORE_DTYPES)}, got {name!r}")
+        raise InputError(f"{what} must be one of {', '.join(STORE_DTYPES)}, got {name!r}")
     return getattr(torch, STORE_DTYPES[name])
 
 
@@ -254,7 +254,7 @@ def evaluate_linear_probe(encoder, data, *, cache: str | Path, splits: ProbeSpli
                  "max_patches": extraction.max_patches is not None, "sharpen": sharpening.is_set}
         clash = [k for k, given in fixed.items() if given]  # what the user set, not what differs from a default
         if clash:
-            raise ValueError(f"preset {preset!r} fixes {', '.join(clash)}; leave them out (what it fixes: "
+            raise InputError(f"preset {preset!r} fixes {', '.join(clash)}; leave them out (what it fixes: "
                              f"probes.protocols.preset({preset!r}).describe())")
     upsampler = sharpening.upsampler
     if upsampler is not None and isinstance(upsampler, (str, Path)) and not Path(upsampler).is_file():
@@ -269,7 +269,7 @@ def evaluate_linear_probe(encoder, data, *, cache: str | Path, splits: ProbeSpli
     holdout, test_split = splits.holdout, splits.test
     fit, choose = ("fit", "holdout") if holdout else (train_split, splits.val)
     if test_split is not None and test_split in (train_split, choose):
-        raise ValueError(f"the reported split {test_split!r} must not be the one trained on or chosen on")
+        raise InputError(f"the reported split {test_split!r} must not be the one trained on or chosen on")
     if holdout:
         from dense.segdata import with_holdout
 
@@ -283,11 +283,13 @@ def evaluate_linear_probe(encoder, data, *, cache: str | Path, splits: ProbeSpli
     class_names = list(opened[fit][0].class_names)
     for split, (ds, _) in opened.items():
         if list(ds.class_names) != class_names:
-            raise ValueError(f"split {split!r} has classes {list(ds.class_names)[:5]}..., split {fit!r} has "
+            raise InputError(f"split {split!r} has classes {list(ds.class_names)[:5]}..., split {fit!r} has "
                              f"{class_names[:5]}...")
 
     import torch
 
+    from dense.preprocess import exif_tagged
+    from dense.segdata import split_list
     from probes import ProbeConfig, train_probes
     from probes.protocols import protocol as protocol_of
 
@@ -346,6 +348,8 @@ def evaluate_linear_probe(encoder, data, *, cache: str | Path, splits: ProbeSpli
             "sweep": sweep.val, "history": sweep.history, "sharpen": sharpening.mode,
             "upsampler": upsampler is not None, "skipped": skipped, "train_seconds": sweep.seconds,
             "seconds": time.perf_counter() - t0,
+            "exif_tagged": {s: exif_tagged(ds, ds.ids(sub)) for s, (ds, sub) in opened.items()},
+            "split_lists": {s: split_list(ds, sub) for s, (ds, sub) in opened.items()},
             "preset": None if chosen_preset is None else {
                 "name": chosen_preset.name, "max_patches": max_patches, "slide": slide,
                 "lines": chosen_preset.describe(patch_size=encoder.patch_size, num_layers=encoder.num_layers)}}
@@ -379,12 +383,14 @@ def evaluate_saved_probe(encoder, data, *, probe, cache: str | Path, split: str 
     opened = {split: _open(data, split)}
     ds = opened[split][0]
     if list(ds.class_names) != probe.class_names:
-        raise ValueError(f"{path or 'the probe'}: trained on classes {probe.class_names[:5]}..., the dataset has "
+        raise InputError(f"{path or 'the probe'}: trained on classes {probe.class_names[:5]}..., the dataset has "
                          f"{list(ds.class_names)[:5]}...")
     import torch
 
     from dense.cache import FeatureCache
     from dense.errors import MismatchError
+    from dense.preprocess import exif_tagged
+    from dense.segdata import split_list
 
     encoder = _encoder(encoder, device, dtype)
     spec = probe.encoder_spec
@@ -404,9 +410,10 @@ def evaluate_saved_probe(encoder, data, *, probe, cache: str | Path, split: str 
     res = evaluate_probe(probe, samples[split], sharpen=sharpening.mode, upsampler=upsampler, images=paths,
                          calibration=encoder.calibration, progress=progress)
     res.meta.update({"task": "probe-test", "probe": path, "key": probe.meta.get("key"), "data": data.what,
-                     "split": split, "encoder": cache_.spec, "skipped": skipped})
+                     "split": split, "encoder": cache_.spec, "skipped": skipped,
+                     "exif_tagged": {split: exif_tagged(ds, ds.ids(opened[split][1]))},
+                     "split_lists": {split: split_list(ds, opened[split][1])}})
     return res
 
 
-__all__ = ["evaluate_linear_probe", "evaluate_saved_probe", "evaluate_probes", "evaluate_probe", "LRS", "POOLED",
-           "SHARPEN"]
+__all__ = ["evaluate_linear_probe", "evaluate_saved_probe", "evaluate_probes", "evaluate_probe", "LRS", "POOLED"]

@@ -10,10 +10,11 @@ import numpy as np
 
 from dense import metrics
 from dense._progress import tqdm
+from dense.errors import InputError
 from dense.eval import Result, stats
 from dense.eval.settings import Bootstrap, Extraction, ReferScoring, Way, figure_name, grid_edge
 from dense.heatmap import get_method, layers_for, supported_methods, templates_of
-from dense.preprocess import load_image
+from dense.preprocess import check_max_patches, exif_tagged, load_image
 from dense.refer import BOX_THRESHOLDS, Localizer, heatmap_box_xyxy
 
 
@@ -69,11 +70,11 @@ def evaluate_refer(encoder, data, *, split: str | None = "val", scoring: ReferSc
     box_thresholds = BOX_THRESHOLDS if scoring.thresholds is None else scoring.thresholds
     box_threshold = encoder.calibration.box_threshold if scoring.box_threshold is None else scoring.box_threshold
     if choose and not box_thresholds:
-        raise ValueError("choose needs box thresholds to choose from (ReferScoring(thresholds=), --sweep)")
+        raise InputError("choose needs box thresholds to choose from (ReferScoring(thresholds=), --sweep)")
     from_image = {m for m in methods if m not in supported_methods(encoder, experimental=True)}  # clear-* on 1 block
     layers = layers_for(encoder, methods)
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
+        raise InputError(f"limit must be at least 1, got {limit}")
     split = None if split == "all" else split
     data = open_data(data)
     ds = data.dataset(None)
@@ -150,7 +151,8 @@ def evaluate_refer(encoder, data, *, split: str | None = "val", scoring: ReferSc
                                       if r["candidates"] >= 2}),
             "methods": methods, "scorers": list(scoring.scorers), "thresholds": list(box_thresholds),
             "box_threshold": box_threshold, "templates": list(templates), "encoder": encoder.name,
-            "fingerprint": encoder.fingerprint, "max_patches": max_patches or encoder.pixels.max_patches,
+            "fingerprint": encoder.fingerprint, "dtype": str(encoder.dtype).removeprefix("torch."),
+            "max_patches": max_patches or encoder.pixels.max_patches, "exif_tagged": exif_tagged(ds, image_ids),
             "bootstrap": {**boot, "level": stats.LEVEL}, "seconds": seconds}
     res = Result(figures=figures, rows=rows, meta=meta, intervals=intervals, values=values,
                  artifacts={"multi": multi})
@@ -182,7 +184,7 @@ def choose_box_threshold(res: Result, method: str) -> float:
     """The swept box threshold with the best Acc@0.5 without candidates for ``method`` (ties: the lower one)."""
     thresholds = res.meta["thresholds"]
     if not thresholds:
-        raise ValueError("the run swept no box threshold (thresholds=())")
+        raise InputError("the run swept no box threshold (thresholds=())")
     accs = [res.figures[Way("none", method, threshold=t).name("acc@0.5")] for t in thresholds]
     return float(thresholds[int(np.argmax(accs))])
 
@@ -236,12 +238,11 @@ def evaluate_refer_head_protocol(encoder, data, *, train_split: str = "train", s
 
     for name, v in (("steps", steps), ("train_batch_size", train_batch_size)):
         if v < 1:
-            raise ValueError(f"{name} must be at least 1, got {v}")
-    if max_patches is not None and max_patches < 1:
-        raise ValueError(f"max_patches must be at least 1 (None: the checkpoint's budget), got {max_patches}")
+            raise InputError(f"{name} must be at least 1, got {v}")
+    check_max_patches(max_patches)
     reported = [split] + ([test_split] if test_split else [])
     if test_split is not None and test_split in (train_split, split):
-        raise ValueError(f"the reported split {test_split!r} must not be the one trained on or chosen on")
+        raise InputError(f"the reported split {test_split!r} must not be the one trained on or chosen on")
     from dense.eval.data import open_data
 
     data = open_data(data)

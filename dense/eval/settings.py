@@ -26,7 +26,6 @@ from dense.errors import InputError
 from probes.train import LRS  # the default learning-rate grid, written once
 
 POOLED = {"off": (False,), "on": (True,), "both": (False, True)}  # heads without / with the pooled embedding (TIPS)
-SHARPEN = ("bilinear", "guided")  # how predictions reach the image's pixels (dense.upsample.SHARPEN_MODES)
 STORE_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
 ON_ERROR = ("raise", "skip")
 
@@ -62,7 +61,9 @@ class Extraction:
     def __post_init__(self):
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(b) for b in self.layers))
-        _at_least("max_patches", self.max_patches)
+        from dense.preprocess import check_max_patches
+
+        check_max_patches(self.max_patches)
         _at_least("batch_size", self.batch_size)
         if self.store_dtype not in STORE_DTYPES:
             raise InputError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
@@ -140,8 +141,10 @@ class Sharpening:
     upsampler: object = None
 
     def __post_init__(self):
-        if self.sharpen is not None and self.sharpen not in SHARPEN:
-            raise InputError(f"sharpen must be one of {', '.join(SHARPEN)}, got {self.sharpen!r}")
+        from dense.upsample import SHARPEN_MODES  # how predictions reach the image's pixels
+
+        if self.sharpen is not None and self.sharpen not in SHARPEN_MODES:
+            raise InputError(f"sharpen must be one of {', '.join(SHARPEN_MODES)}, got {self.sharpen!r}")
 
     @property
     def mode(self) -> str:
@@ -313,5 +316,4 @@ def grid_edge(value: float, grid: Sequence[float]) -> str | None:
 
 
 __all__ = ["Extraction", "ProbeTraining", "ProbeSplits", "Sharpening", "Bootstrap", "OpenVocabScoring",
-           "ReferScoring", "OpenVocabSetting", "Way", "figure_name", "grid_edge", "LRS", "POOLED", "SHARPEN",
-           "STORE_DTYPES"]
+           "ReferScoring", "OpenVocabSetting", "Way", "figure_name", "grid_edge", "LRS", "POOLED", "STORE_DTYPES"]

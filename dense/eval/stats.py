@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from dense.errors import InputError
+
 RESAMPLES = 1000
 LEVEL = 0.95
 
@@ -100,7 +102,7 @@ def choose(figures: Mapping[str, float], settings: Sequence[tuple[str, float | N
     rows = [(m, t, figures[a], figures[b]) for m, t, a, b in settings
             if np.isfinite(figures.get(a, np.nan)) and np.isfinite(figures.get(b, np.nan))]
     if not rows:
-        raise ValueError("no setting has both mIoU and pixel accuracy")
+        raise InputError("no setting has both mIoU and pixel accuracy")
     best_pix = max(r[3] for r in rows)
     eligible = [r for r in rows if r[3] >= best_pix - guard]
     m, t, miou, pix = max(eligible, key=lambda r: (r[2], r[3]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dense.errors import InputError
 from dense.preprocess import IMAGE_EXTS
 
 
@@ -29,6 +28,3 @@ def image_files(images_dir: str | os.PathLike) -> dict[str, Path]:
     return out
 
 
-def no_images_error(images_dir: str | os.PathLike) -> InputError:
-    """The error of a folder with no image file to show (the same words as ``dense extract``'s)."""
-    return InputError(f"{images_dir}: no images found (looked for {', '.join(IMAGE_EXTS)})")

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from dense.errors import InputError
+
 
 def _robust_z(v: torch.Tensor) -> torch.Tensor:
     """``(v - median) / (1.4826 MAD)``; a constant vector gives 0 everywhere (and any other value a huge z)."""
@@ -40,7 +42,7 @@ def distractor_mask(tokens: torch.Tensor, *, cues: Sequence[str] = DISTRACTOR_CU
     N = x.shape[0]
     unknown = set(cues) - set(DISTRACTOR_CUES)
     if unknown:
-        raise ValueError(f"unknown distractor cues {sorted(unknown)}; choose from {DISTRACTOR_CUES}")
+        raise InputError(f"unknown distractor cues {sorted(unknown)}; choose from {DISTRACTOR_CUES}")
     if N < 4 or not cues:
         return torch.zeros(gh, gw, dtype=torch.bool)
     score = torch.full((N,), -float("inf"))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from dense.errors import InputError
 from dense.features import FeatureMap, check_featuremap_identity
 from dense.heatmap.methods import method_of, required_layers, supported_methods
 from dense.preprocess import ImageInput
@@ -22,11 +23,11 @@ def check_featuremap(encoder, fmap: FeatureMap, layers: Sequence[int], what: str
     """
     check_featuremap_identity(encoder.spec(), fmap, what)
     if not fmap.has_layers(layers, encoder.num_layers):
-        raise ValueError(f"{what} needs blocks {list(layers)} of the encoder; the FeatureMap holds blocks "
+        raise InputError(f"{what} needs blocks {list(layers)} of the encoder; the FeatureMap holds blocks "
                          f"{list(fmap.layers)}: extract it with layers={tuple(layers)}")
     x = fmap.layer_tokens(layers, encoder.num_layers)
     if x.shape[-1] != encoder.hidden_size * len(layers):
-        raise ValueError(f"{what}: FeatureMap tokens of dim {x.shape[-1]} do not fit encoder hidden size "
+        raise InputError(f"{what}: FeatureMap tokens of dim {x.shape[-1]} do not fit encoder hidden size "
                          f"{encoder.hidden_size} x {len(layers)} blocks")
     return x
 

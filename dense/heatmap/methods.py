@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from dense import head as maphead
+from dense.errors import InputError
 from dense.head import HeadParts
 
 
@@ -130,7 +131,7 @@ def get_method(name: str) -> Method:
     found = METHODS.get(name) or EXPERIMENTAL_METHODS.get(name)
     if found is None:
         extra = f"; experimental: {', '.join(EXPERIMENTAL_METHODS)}" if EXPERIMENTAL_METHODS else ""
-        raise ValueError(f"unknown heatmap method {name!r}; choose one of {', '.join(METHODS)}{extra}")
+        raise InputError(f"unknown heatmap method {name!r}; choose one of {', '.join(METHODS)}{extra}")
     return found
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from dense.batching import embed_patches
+from dense.errors import InputError
 from dense.features import FeatureMap, check_featuremap_identity
 from dense.head import fp32_parts
 from dense.heatmap.distractors import filter_distractors
@@ -58,7 +59,7 @@ def aligned_tokens(encoder, fmap: FeatureMap, method: str | None = None) -> torc
         return fmap.aligned
     m = get_method(method)
     if m.needs_prev and encoder.num_layers < 2:
-        raise ValueError(f"method {method!r} needs the input of the last block; {encoder.name} has only one block, "
+        raise InputError(f"method {method!r} needs the input of the last block; {encoder.name} has only one block, "
                          f"whose input (the patch embedding) no FeatureMap holds: pass the image itself")
     tokens = check_featuremap(encoder, fmap, required_layers(method), f"method {method!r}")  # [gh, gw, D * L]
     D = encoder.hidden_size
@@ -102,7 +103,7 @@ def text_matrix(encoder, queries, templates: Sequence[str] | None = None) -> tor
     """Queries (a string, strings, or precomputed unit embeddings ``[T, E]``) -> ``[T, E]``."""
     if isinstance(queries, torch.Tensor):
         if queries.ndim != 2:
-            raise ValueError(f"query embeddings must be [T, E], got {tuple(queries.shape)}")
+            raise InputError(f"query embeddings must be [T, E], got {tuple(queries.shape)}")
         return queries.float()
     return embed_texts(encoder, queries, templates=templates_of(encoder, templates))
 
@@ -129,6 +130,6 @@ def to_image(scores: torch.Tensor, fmap: FeatureMap, size_hw: tuple[int, int] | 
     """
     gh, gw = fmap.grid_hw
     if tuple(scores.shape[-2:]) != (gh, gw):
-        raise ValueError(f"scores {tuple(scores.shape)} do not match the grid {gh}x{gw}")
+        raise InputError(f"scores {tuple(scores.shape)} do not match the grid {gh}x{gw}")
     size_hw = tuple(size_hw or fmap.image_hw)
     return F.interpolate(scores[None].float(), size=size_hw, mode="bilinear", align_corners=False)[0]  # [T, H, W]

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dense.errors import InputError
 from dense.features import FeatureMap, check_featuremap_identity
 from dense.heatmap.inputs import ImageOrFeatureMap
 from dense.heatmap.scores import patch_scores, text_matrix, to_image, with_aligned
@@ -57,21 +58,21 @@ def image_scores(encoder, image: ImageOrFeatureMap, queries, *, features: Featur
 
     refine = None if refine in (None, "none") else refine
     if refine is not None and refine not in REFINES:
-        raise ValueError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINES)}")
+        raise InputError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINES)}")
     if windows < 1:
-        raise ValueError(f"windows must be >= 1, got {windows}")
+        raise InputError(f"windows must be >= 1, got {windows}")
     if isinstance(image, FeatureMap):
         if features is not None:
-            raise ValueError("image is a FeatureMap and features= is given too: pass the image itself as image")
+            raise InputError("image is a FeatureMap and features= is given too: pass the image itself as image")
         image, features = None, image
     if features is not None:  # even when windows re-extract from the pixels: never mix in another encoder's map
         check_featuremap_identity(encoder.spec(), features, "image_scores")
     if image is None and (windows > 1 or refine is not None):
-        raise ValueError("windows > 1 and refine need the image's pixels: pass the image as image= (and its "
+        raise InputError("windows > 1 and refine need the image's pixels: pass the image as image= (and its "
                          "FeatureMap as features=)")
     rgb = None if image is None else load_image(image)
     if rgb is not None and features is not None and tuple(rgb.shape[:2]) != tuple(features.image_hw):
-        raise ValueError(f"image is {tuple(rgb.shape[:2])}, its FeatureMap (features=) was made from "
+        raise InputError(f"image is {tuple(rgb.shape[:2])}, its FeatureMap (features=) was made from "
                          f"{tuple(features.image_hw)}")
     text = text_matrix(encoder, queries, templates)  # [T, E]
     budget = max_patches or encoder.pixels.max_patches

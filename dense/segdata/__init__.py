@@ -47,7 +47,9 @@ context59   pcontext: {train,val}/image/<id>.jpg, {train,val}/label/<id>.png
 context59   pascal_ctx_d2: images/{training,validation}/<id>.jpg, annotations_ctx59/{training,validation}/<id>.png
               <- ODISE prepare_pascal_ctx_sem_seg.py: 0..58, 255 = ignore
 context459  VOC2010: JPEGImages/, trainval/<id>.mat, labels.txt, and a split list: pascalcontext_{train,val}.txt
-            (CAT-Seg's pascalcontext_val.txt) or ImageSets/SegmentationContext/{train,val}.txt
+            (CAT-Seg's pascalcontext_val.txt) or ImageSets/SegmentationContext/{train,val}.txt (mmsegmentation), or
+            without those VOC2010's own ImageSets/Main/{train,val}.txt: the dataset's split, 4,998 / 5,105 images;
+            the converters' lists come from the Detail API and hold 4,996 / 5,104
               <- official trainval.tar.gz: .mat LabelMap (uint16), 0 = unlabeled -> ignore, k -> k - 1
 context459  VOC2010: JPEGImages/, annotations_detectron2/pc459_val/<id>.tif (split val)
               <- CAT-Seg prepare_pascal_context_459.py: uint16 TIFF, LabelMap - 1 (0..458), 65535 = ignore
@@ -79,7 +81,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dense.errors import LayoutError
+from dense.errors import InputError, LayoutError
 from dense.segdata._core import (
     Encoding,
     LabelSource,
@@ -103,7 +105,7 @@ from dense.segdata.names import (
 from dense.segdata.pascal import context59, context459, voc
 
 __all__ = ["load_dataset", "READERS", "PROTOCOLS", "LAYOUTS_HELP", "SegDataset", "CocoSplits", "with_holdout",
-           "holdout_ids", "WithHoldout", "read_label_file", "VOC_CLASSES", "ADE20K_CLASSES",
+           "holdout_ids", "WithHoldout", "split_list", "read_label_file", "VOC_CLASSES", "ADE20K_CLASSES",
            "ADE847_CLASSES", "COCO_STUFF_CLASSES", "COCO_STUFF_UNUSED", "CONTEXT59_CLASSES", "CONTEXT459_CLASSES",
            "Encoding", "LabelSource", "Split", "apply_lut", "make_lut"]
 
@@ -128,7 +130,7 @@ def load_dataset(name: str, root: str | os.PathLike, *, splits: Iterable[str] = 
     ``check_files``, its label files too (channels, bit depth and size against the image, from headers): errors come
     before anything expensive starts."""
     if name not in READERS:
-        raise ValueError(f"unknown dataset {name!r}; one of {', '.join(READERS)}")
+        raise InputError(f"unknown dataset {name!r}; one of {', '.join(READERS)}")
     if not Path(root).is_dir():
         raise LayoutError(root, f"{name} root is not a folder")
     ds = READERS[name](root)
@@ -150,9 +152,9 @@ def holdout_ids(ids: Iterable, fraction: float = 0.1, seed: int = 0) -> tuple[li
     Depends only on the sorted ids, ``fraction`` and ``seed``, not on the order they are given in."""
     ids = sorted(ids)
     if len(ids) < 2:
-        raise ValueError(f"{len(ids)} images: too few to carve a holdout split")
+        raise InputError(f"{len(ids)} images: too few to carve a holdout split")
     if not 0 < fraction < 1:
-        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+        raise InputError(f"holdout fraction must be in (0, 1), got {fraction}")
     n = min(max(1, round(fraction * len(ids))), len(ids) - 1)
     pick = set(np.random.default_rng(seed).permutation(len(ids))[:n].tolist())
     return [i for k, i in enumerate(ids) if k not in pick], [i for k, i in enumerate(ids) if k in pick]
@@ -188,3 +190,13 @@ class WithHoldout:
 
 def with_holdout(base, source: str, fraction: float = 0.1, seed: int = 0) -> WithHoldout:
     return WithHoldout(base, source, fraction, seed)
+
+
+def split_list(dataset, split: str | None) -> str | None:
+    """Where the ids of ``split`` of ``dataset`` come from (:meth:`SegDataset.split_list`; a holdout's: its source
+    split's list, carved), or None for a dataset that does not say (COCO files: the images' ``split`` field)."""
+    if isinstance(dataset, WithHoldout) and split in (WithHoldout.FIT, WithHoldout.HOLDOUT):
+        inner = split_list(dataset.base, dataset.source)
+        return None if inner is None else f"{split} carved from {dataset.source}: {inner}"
+    say = getattr(dataset, "split_list", None)
+    return None if say is None or split is None else say(split)

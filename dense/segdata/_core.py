@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Iterable, Sequence
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dense.errors import AnnotationError, LayoutError
+from dense.errors import AnnotationError, LayoutError, MissingEntryError
 from dense.labels import IGNORE, label_dtype
-from dense.preprocess import IMAGE_EXTS
+from dense.preprocess import IMAGE_EXTS, annotated_path, check_image_size, count_exif_tagged
 
 _BAD = -2  # a stored value the encoding cannot hold
 
@@ -20,16 +21,19 @@ _MODES_8BIT = ("P", "L")
 _MODES_16BIT = ("I;16", "I;16B", "I;16L", "I")  # Pillow reads a uint16 PNG/TIFF as one of these
 
 
-def image_size_hw(path: Path) -> tuple[int, int] | None:
-    """``(H, W)`` of an image from its header, or None when it cannot be opened (left to the extraction, which names it
-    or skips it)."""
-    from PIL import Image, UnidentifiedImageError
+def label_file_hw(candidates: Sequence[Path]) -> tuple[int, int] | None:
+    """``(H, W)`` of the first existing label file of ``candidates``, from its header (None: none exists)."""
+    for path in candidates:
+        if path.exists():
+            if path.suffix == ".mat":
+                return _mat_label_hw(path)
+            if path.suffix == ".npy":
+                return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape[:2])
+            from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (UnidentifiedImageError, OSError):
-        return None
+            with Image.open(path) as lab:
+                return lab.height, lab.width
+    return None
 
 
 @dataclass(frozen=True)
@@ -108,9 +112,10 @@ def _check_mode(im, path: Path, bits: int | None, what: str) -> None:
 
 
 def size_mismatch(label_path, label_hw, image_path, image_hw, image_id) -> str:
-    """The one-line message for a label map whose size is not its image's."""
+    """The one-line message for a label map whose size is not its image's (``image_hw``: ``(H, W)`` or words)."""
+    image_hw = image_hw if isinstance(image_hw, str) else f"{image_hw[0]} x {image_hw[1]}"
     return (f"{label_path}: label map is {label_hw[0]} x {label_hw[1]} (H x W), its image {image_path} is "
-            f"{image_hw[0]} x {image_hw[1]} (image id {image_id})")
+            f"{image_hw} (image id {image_id})")
 
 
 def apply_lut(stored: np.ndarray, lut: np.ndarray | None, num_classes: int, path: Path, what: str = "") -> np.ndarray:
@@ -190,6 +195,7 @@ class Split:
     image_dir: Path
     sources: list[LabelSource]
     ids_file: Path | None = None
+    what: str = ""  # where the ids come from, in words (Result.meta["split_lists"])
 
 
 @dataclass
@@ -209,6 +215,7 @@ class SegDataset:
     meta: dict = field(default_factory=dict)
     _ids: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _split_of: dict[str, str] = field(default_factory=dict, repr=False)
+    _tags: dict[str, int] = field(default_factory=dict, repr=False)  # id -> EXIF orientation, as headers were read
 
     def splits(self) -> set[str]:
         return set(self.splits_found)
@@ -221,8 +228,16 @@ class SegDataset:
         if split not in self.splits_found:
             hint = self.missing_hint.get(split) or self.missing_hint.get("*", "").format(split=split)
             have = ", ".join(sorted(self.splits_found)) or "none"
-            raise KeyError(f"{hint or self.root}: {self.name} has no split {split!r} (found: {have})")
+            raise MissingEntryError(f"{hint or self.root}: {self.name} has no split {split!r} (found: {have})")
         return self.splits_found[split]
+
+    def split_list(self, split: str) -> str:
+        """Where the ids of ``split`` come from: its list file (and whose list it is) or the folder of its label
+        files; what the evaluators record in ``Result.meta["split_lists"]``."""
+        sp = self._split(split)
+        where = str(sp.ids_file) if sp.ids_file is not None else \
+            ", ".join(sorted({f"the files of {s.folder}" for s in sp.sources if s.listed}))
+        return f"{where} ({sp.what})" if sp.what else where
 
     def ids(self, split: str | None = None) -> list[str]:
         """Image ids (file stems) of ``split`` (None: every split), sorted."""
@@ -250,15 +265,19 @@ class SegDataset:
                     self.ids(s)
         split = self._split_of.get(image_id)
         if split is None:
-            raise KeyError(f"{self.root}: no image id {image_id!r} in {self.name}")
+            raise MissingEntryError(f"{self.root}: no image id {image_id!r} in {self.name}")
         return self.splits_found[split]
 
     def image_path(self, image_id: str) -> Path:
-        image_dir = self._where(image_id).image_dir
+        """The image of ``image_id``: an :class:`~dense.preprocess.AnnotatedPath`, read in the geometry of its label
+        map (:func:`dense.preprocess.read_hw`)."""
+        where = self._where(image_id)
         for ext in IMAGE_EXTS:
-            p = image_dir / f"{image_id}{ext}"
+            p = where.image_dir / f"{image_id}{ext}"
             if p.exists():
-                return p
+                labels = tuple(s.folder / f"{image_id}{s.suffix}" for s in where.sources)
+                return annotated_path(p, functools.partial(label_file_hw, labels))
+        image_dir = where.image_dir
         raise LayoutError(image_dir / f"{image_id}.jpg",
                           f"no image for id {image_id!r} (tried {', '.join(IMAGE_EXTS)})")
 
@@ -289,8 +308,9 @@ class SegDataset:
 
     def check_files(self, split: str, *, progress: bool = False) -> None:
         """Before any expensive work: every id of ``split`` has a label file of the channels and bit depth its
-        script writes, the size of its image. Reads headers only (``.mat`` files are checked when read); an image
-        that cannot be opened is left to the extraction (which may skip it)."""
+        script writes, the size of its image as it is read (:func:`~dense.preprocess.check_image_size`). Reads
+        headers only (``.mat`` files are checked when read); an image that cannot be opened is left to the
+        extraction (which may skip it)."""
         from PIL import Image, UnidentifiedImageError
 
         from dense._progress import tqdm
@@ -307,11 +327,13 @@ class SegDataset:
                 except (UnidentifiedImageError, OSError) as e:
                     raise AnnotationError(f"{path}: not an image ({e})") from e
             image = self.image_path(i)
-            image_hw = image_size_hw(image)
-            if image_hw is None:
-                continue
-            if label_hw != image_hw:
-                raise AnnotationError(size_mismatch(path, label_hw, image, image_hw, i))
+            check_image_size(image, label_hw, self._tags, i,
+                             lambda image_hw: size_mismatch(path, label_hw, image, image_hw, i))  # noqa: B023
+
+    def exif_tagged(self, ids) -> int:
+        """How many images of ``ids`` carry an EXIF orientation tag (read in their label map's geometry all the
+        same); from their headers, or what :meth:`check_files` read."""
+        return count_exif_tagged(ids, self.image_path, self._tags)
 
 
 def _mat_label_hw(path: Path) -> tuple[int, int]:

@@ -17,7 +17,6 @@ from dense.segdata._core import (
     Split,
     first_dir,
     identity,
-    image_size_hw,
 )
 from dense.segdata.names import COCO_STUFF_CLASSES, COCO_STUFF_UNUSED
 
@@ -100,20 +99,13 @@ class CocoSplits:
         return set(self._parts)
 
     def check_files(self, split: str, *, progress: bool = False) -> None:
-        """Before any expensive work: each image of ``split`` is the size its instances file says (headers only;
-        an image that cannot be opened is left to the extraction)."""
-        from dense._progress import tqdm
+        """Before any expensive work: each image of ``split`` is the size its instances file says, in the geometry
+        it is read in (:meth:`dense.coco.CocoDataset.check_files`)."""
+        self._part(split).check_files(progress=progress)
 
-        ds = self._part(split)
-        for iid in tqdm(ds.ids(), desc=f"check {split}", unit="img", disable=not progress):
-            path = ds.image_path(iid)
-            image_hw = image_size_hw(path)
-            if image_hw is None:
-                continue
-            if tuple(ds.image_hw(iid)) != image_hw:
-                h, w = ds.image_hw(iid)
-                raise AnnotationError(f"{self._parts[split]}: image id {iid} is {h} x {w} (H x W) there, its image "
-                                      f"{path} is {image_hw[0]} x {image_hw[1]}")
+    def exif_tagged(self, ids) -> int:
+        """How many images of ``ids`` carry an EXIF orientation tag (:meth:`dense.coco.CocoDataset.exif_tagged`)."""
+        return sum(ds.exif_tagged([iid]) for ds, iid in map(self._split, ids))
 
     def identity(self) -> str:
         return identity("coco", self.root)

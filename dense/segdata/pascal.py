@@ -81,27 +81,47 @@ _C459_TIF = Encoding.of("CAT-Seg/SAN/ODISE 459-class uint16 .tif: LabelMap - 1, 
 _SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "validation")}  # SAN's and ODISE's folder names
 
 
+# PASCAL Context's own split is VOC2010's (the dataset labels every VOC2010 train/val image): ImageSets/Main/train.txt
+# and val.txt, 4,998 and 5,105 images. The converters' lists (mmsegmentation's ImageSets/SegmentationContext, CAT-Seg's
+# pascalcontext_val.txt; 4,996 and 5,104 images) come from the Detail API and leave 2 + 1 of them out.
+OFFICIAL_SPLIT = "VOC2010 ImageSets/Main: PASCAL Context's own split (4,998 train / 5,105 val in the release)"
+CONVERTER_LISTS = {"pascalcontext_": "CAT-Seg's list (Detail API)",
+                   "SegmentationContext": "mmsegmentation's list (Detail API: 4,996 train / 5,104 val in the release)"}
+
+
 def _context(root: Path, name: str, names: list[str], *, voc2010: list[tuple[str, Path, str, Encoding, bool]],
-             san: tuple[str, Encoding], odise: tuple[str, str, Encoding]) -> SegDataset:
+             san: tuple[str, Encoding], odise: tuple[str, str, Encoding], official: Path | None = None
+             ) -> SegDataset:
     """A Context dataset under ``root``: VOC2010 (split lists + label folders), SAN's ``{train,val}/{image,label}``
-    or ODISE's ``images/{training,validation}`` + ``<annotations>/{...}``. Splits are called train and val."""
+    or ODISE's ``images/{training,validation}`` + ``<annotations>/{...}``. Splits are called train and val.
+
+    ``official``: the folder of the official labels (``trainval/``); where it is, a split that no converter's list
+    or folder gives comes from VOC2010's own ``ImageSets/Main/{train,val}.txt``."""
     found: dict[str, Split] = {}
     layouts = []
     if (root / "JPEGImages").is_dir():  # VOCdevkit/VOC2010
-        lists = {**{p.stem.removeprefix("pascalcontext_"): p for p in sorted(root.glob("pascalcontext_*.txt"))},
-                 **_lists(root / "ImageSets" / "SegmentationContext")}
+        lists = {**{p.stem.removeprefix("pascalcontext_"): (p, CONVERTER_LISTS["pascalcontext_"])
+                    for p in sorted(root.glob("pascalcontext_*.txt"))},
+                 **{s: (p, CONVERTER_LISTS["SegmentationContext"])
+                    for s, p in _lists(root / "ImageSets" / "SegmentationContext").items()}}
         sources = [LabelSource(folder, suffix, enc, listed) for _, folder, suffix, enc, listed in voc2010]
-        for split, path in lists.items():
-            found[split] = Split(root / "JPEGImages", sources, path)
+        for split, (path, what) in lists.items():
+            found[split] = Split(root / "JPEGImages", sources, path, what)
         # a converter that wrote one split's folder (CAT-Seg's pc59_val, pc459_val) gives its ids without a list
         for what, folder, _, _, listed in voc2010:
             split = "val" if folder.name.endswith("_val") else None
             if listed and split and split not in found and folder.is_dir():
-                found[split] = Split(root / "JPEGImages", sources)
+                found[split] = Split(root / "JPEGImages", sources, what=f"{what}'s files")
             if folder.is_dir():
                 layouts.append(what)
+        main = root / "ImageSets" / "Main"
+        if official is not None and official.is_dir():
+            for split in ("train", "val"):  # only these two: Main/ also holds per-class lists (aeroplane_train.txt)
+                if split not in found and (main / f"{split}.txt").is_file():
+                    found[split] = Split(root / "JPEGImages", sources, main / f"{split}.txt", OFFICIAL_SPLIT)
         hint = {"*": f"{root / 'ImageSets' / 'SegmentationContext' / '{split}.txt'} or "
-                     f"{root / 'pascalcontext_{split}.txt'}"}
+                     f"{root / 'pascalcontext_{split}.txt'}"
+                     + (f" or {main / '{split}.txt'}" if official is not None else "")}
         if not layouts:
             raise LayoutError(voc2010[0][1], f"no {name} labels under {root} (looked for "
                               f"{', '.join(str(f.relative_to(root)) for _, f, _, _, _ in voc2010)})")
@@ -139,11 +159,13 @@ def context59(root: str | os.PathLike) -> SegDataset:
 
 def context459(root: str | os.PathLike) -> SegDataset:
     """PASCAL Context, 459 classes (see :mod:`dense.segdata`): the official ``trainval/<id>.mat`` under VOC2010 with a
-    split list, CAT-Seg's ``annotations_detectron2/pc459_val``, SAN's ``pcontext_full`` or ODISE's
-    ``annotations_ctx459``. Names: the official ``labels.txt`` where it is, else the same list bundled."""
+    converter's split list or, without one, VOC2010's own ``ImageSets/Main/{train,val}.txt`` (the split in use is
+    :meth:`~dense.segdata.SegDataset.split_list`); CAT-Seg's ``annotations_detectron2/pc459_val``, SAN's
+    ``pcontext_full`` or ODISE's ``annotations_ctx459``. Names: the official ``labels.txt`` where it is, else the same
+    list bundled."""
     root = Path(root)
     names = names_file(root / "labels.txt", CONTEXT459_CLASSES)
     return _context(root, "context459", names, voc2010=[
         ("CAT-Seg pc459_val", root / "annotations_detectron2" / "pc459_val", ".tif", _C459_TIF, True),
         ("official trainval/*.mat", root / "trainval", ".mat", _C459_MAT, False)],
-        san=(".tif", _C459_TIF), odise=("annotations_ctx459", ".tif", _C459_TIF))
+        san=(".tif", _C459_TIF), odise=("annotations_ctx459", ".tif", _C459_TIF), official=root / "trainval")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from dense.checkpoint import Calibration
+from dense.errors import InputError
 from dense.features import FeatureMap
 from dense.preprocess import load_image
 from dense.upsample.guided import box_filter, guided_filter, guided_upsample
@@ -44,21 +45,21 @@ def upsample_maps(maps: torch.Tensor, fmap: FeatureMap, *, sharpen: str = "bilin
     filtering).
     """
     if sharpen not in SHARPEN_MODES:
-        raise ValueError(f"sharpen must be one of {SHARPEN_MODES}, got {sharpen!r}")
+        raise InputError(f"sharpen must be one of {SHARPEN_MODES}, got {sharpen!r}")
     size_hw = tuple(size_hw or fmap.image_hw)
     if sharpen == "bilinear" and upsampler is None:
         return F.interpolate(maps[None].float(), size=size_hw, mode="bilinear", align_corners=False)[0]
     if image is None:
-        raise ValueError(f"sharpen={sharpen!r}{' with an upsampler' if upsampler else ''} needs the image")
+        raise InputError(f"sharpen={sharpen!r}{' with an upsampler' if upsampler else ''} needs the image")
     rgb = load_image(image)
     if tuple(rgb.shape[:2]) != tuple(fmap.image_hw):
-        raise ValueError(f"image is {rgb.shape[:2]}, the FeatureMap was made from {fmap.image_hw}")
+        raise InputError(f"image is {rgb.shape[:2]}, the FeatureMap was made from {fmap.image_hw}")
     if upsampler is not None:
         maps = upsampler.to_image(fmap, rgb, maps.float(), size_hw=size_hw)  # [C, H, W]
     if sharpen == "bilinear":
         return maps
     if size_hw != tuple(fmap.image_hw):
-        raise ValueError("guided upsampling works at the image's own size")
+        raise InputError("guided upsampling works at the image's own size")
     cal = calibration or Calibration()
     cell_px = math.sqrt((fmap.image_hw[0] / fmap.grid_hw[0]) * (fmap.image_hw[1] / fmap.grid_hw[1]))
     radius = max(1, round(cal.guided_radius_cells * cell_px))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dense.errors import InputError
 from dense.preprocess import image_tensor
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -26,7 +27,7 @@ def check_maps(x, name: str) -> torch.Tensor:
     """Float maps ``[C, h, w]`` (anything ``torch.as_tensor`` takes) -> float32, or ``ValueError`` naming ``name``."""
     x = torch.as_tensor(x)
     if x.ndim != 3 or not x.is_floating_point() or min(x.shape) == 0:
-        raise ValueError(f"{name}: expected a float tensor [C, h, w], got {x.dtype} {tuple(x.shape)}")
+        raise InputError(f"{name}: expected a float tensor [C, h, w], got {x.dtype} {tuple(x.shape)}")
     return x.float()
 
 
@@ -70,11 +71,11 @@ def _coefficients(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Window-averaged coefficients of :func:`guided_filter`: ``mean_a [3, C, H, W]``, ``mean_b [C, H, W]``."""
     if guide.ndim != 3 or guide.shape[0] != 3:
-        raise ValueError(f"guide: expected [3, H, W], got {tuple(guide.shape)}")
+        raise InputError(f"guide: expected [3, H, W], got {tuple(guide.shape)}")
     if src.ndim != 3 or src.shape[1:] != guide.shape[1:]:
-        raise ValueError(f"src: expected [C, H, W] with (H, W) = {tuple(guide.shape[1:])}, got {tuple(src.shape)}")
+        raise InputError(f"src: expected [C, H, W] with (H, W) = {tuple(guide.shape[1:])}, got {tuple(src.shape)}")
     if radius < 1 or not eps > 0:
-        raise ValueError(f"radius must be >= 1 and eps > 0, got radius={radius}, eps={eps}")
+        raise InputError(f"radius must be >= 1 and eps > 0, got radius={radius}, eps={eps}")
     C, H, W = src.shape
     I, p = guide.float(), src.float()
     ii = torch.stack([I[0] * I[0], I[0] * I[1], I[0] * I[2], I[1] * I[1], I[1] * I[2], I[2] * I[2]])  # [6, H, W]
@@ -126,7 +127,7 @@ def guided_upsample(x, image, *, radius: int = 8, eps: float = 1e-4, renormalize
         x = F.interpolate(x[None], size=(H, W), mode="bilinear", align_corners=False)[0]  # [C, h, w] -> [C, H, W]
     s = int(subsample)
     if s < 1:
-        raise ValueError(f"subsample must be >= 1, got {subsample}")
+        raise InputError(f"subsample must be >= 1, got {subsample}")
     if s == 1:
         q = guided_filter(I, x, radius, eps)
     else:  # fast guided filter: coefficients at low resolution, applied with the full-resolution guide

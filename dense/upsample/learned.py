@@ -26,7 +26,7 @@ from torch import nn
 
 from dense._atomic import load_tensors, save_tensors
 from dense.device import to_weights
-from dense.errors import MismatchError
+from dense.errors import InputError, MismatchError
 from dense.features import FeatureMap, block_indices, identity_mismatch, spec_to_check
 from dense.preprocess import grid_to_pixel_xy, load_image, pixel_to_grid
 from dense.upsample.guided import check_maps, image_guide
@@ -106,7 +106,7 @@ class Upsampler(nn.Module):
         super().__init__()
         cfg = config or UpsamplerConfig()
         if cfg.neighbourhood not in (3, 5):
-            raise ValueError(f"neighbourhood must be 3 or 5, got {cfg.neighbourhood}")
+            raise InputError(f"neighbourhood must be 3 or 5, got {cfg.neighbourhood}")
         self.config = cfg
         self.in_dim = int(in_dim)
         self.encoder_spec = dict(encoder_spec or {})
@@ -184,7 +184,7 @@ class Upsampler(nn.Module):
             values = fmap.layer_tokens(self.layers).permute(2, 0, 1)  # [gh, gw, D] -> [D, gh, gw]
         values = check_maps(values, "values")
         if tuple(values.shape[1:]) != (gh, gw):
-            raise ValueError(f"values: expected [C, {gh}, {gw}] on the feature map's grid, got {tuple(values.shape)}")
+            raise InputError(f"values: expected [C, {gh}, {gw}] on the feature map's grid, got {tuple(values.shape)}")
         rgb = load_image(image)  # uint8 [H, W, 3]
         size_hw = tuple(size_hw) if size_hw is not None else tuple(rgb.shape[:2])
         with torch.inference_mode():
@@ -245,7 +245,7 @@ def train_upsampler(encoder, images: Sequence, config: UpsamplerConfig | None = 
     cfg = config or UpsamplerConfig()
     images = list(images)
     if not images:
-        raise ValueError("train_upsampler: no images")
+        raise InputError("train_upsampler: no images")
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     pairs = _pairs(encoder, tqdm(images, desc="upsampler targets", unit="img", disable=not progress), cfg, layers)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dense.errors import InputError
 from dense.labels import as_numpy
 from dense.metrics import box_iou_xyxy
 from dense.preprocess import load_image
@@ -46,10 +47,10 @@ def boxes(image, boxes_xyxy, labels: Sequence[str] | None = None, *, points_xy=N
     gt = None if gt_boxes_xyxy is None else as_numpy(gt_boxes_xyxy).astype(np.float64).reshape(-1, 4)  # -> [N, 4]
     for name, given in (("ground-truth boxes", gt), ("labels", labels), ("scores", scores), ("found", found)):
         if given is not None and len(given) != n:
-            raise ValueError(f"{len(given)} {name} for {n} boxes")
+            raise InputError(f"{len(given)} {name} for {n} boxes")
     pts = None if points_xy is None else as_numpy(points_xy).astype(np.float64).reshape(-1, 2)  # -> [N, 2]
     if pts is not None and len(pts) != n:
-        raise ValueError(f"{len(pts)} points for {n} boxes")
+        raise InputError(f"{len(pts)} points for {n} boxes")
     shown = np.ones(n, bool) if found is None else np.asarray(found, bool)
     if colours is None:  # colour words in the expressions, as in label maps ("the red circle" drawn red)
         colours = class_colours(labels if labels is not None else [""] * n)
@@ -119,7 +120,7 @@ def localizations(image, found: Sequence, *, gt_boxes_xyxy=None, found_threshold
     """:func:`boxes` for a list of :class:`dense.refer.Localization`: each expression's box, point and score; an
     answer that was not found (``found=False``) gets no box, only a note."""
     if not found:
-        raise ValueError("no localizations to draw")
+        raise InputError("no localizations to draw")
     return boxes(image, np.stack([f.box_xyxy for f in found]), [f.expression for f in found],
                  points_xy=np.stack([f.point_xy for f in found]), gt_boxes_xyxy=gt_boxes_xyxy,
                  scores=[f.score for f in found], found=[f.found for f in found], found_threshold=found_threshold)

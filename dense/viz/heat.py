@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dense.errors import InputError
 from dense.labels import as_numpy
 from dense.preprocess import load_image
 from dense.viz.layout import FONT_PT, LUMA, check_at_image_size, panel_grid, panel_title
@@ -40,10 +41,10 @@ def heat_overlay(image, scores, *, vmin: float = 0.0, vmax: float = 1.0, cmap: s
     rgb = load_image(image)
     s = as_numpy(scores).astype(np.float64)
     if s.ndim != 2:
-        raise ValueError(f"scores must be one map [H, W], got shape {tuple(s.shape)}")
+        raise InputError(f"scores must be one map [H, W], got shape {tuple(s.shape)}")
     check_at_image_size(rgb, s, "scores")
     if not vmax > vmin:
-        raise ValueError(f"vmax ({vmax}) must be greater than vmin ({vmin})")
+        raise InputError(f"vmax ({vmax}) must be greater than vmin ({vmin})")
     t = np.nan_to_num(np.clip((s - vmin) / (vmax - vmin), 0.0, 1.0), nan=0.0)  # [H, W]
     lo, hi = GREY_BAND
     base = lo + (hi - lo) * (rgb.astype(np.float64) @ LUMA / 255.0)  # [H, W, 3] -> [H, W]
@@ -82,7 +83,7 @@ def heatmaps(image, scores, queries: Sequence[str], *, cmap: str = HEAT_CMAP, vm
     image = load_image(image)
     scores = as_numpy(scores).astype(np.float32)
     if scores.ndim != 3 or scores.shape[0] != len(queries):
-        raise ValueError(f"scores {scores.shape} do not match {len(queries)} queries")
+        raise InputError(f"scores {scores.shape} do not match {len(queries)} queries")
     check_at_image_size(image, scores, "heatmaps")
     if vmax is None:
         vmax = float(scores.max()) if scores.size else 1.0

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dense.errors import InputError
 from dense.labels import IGNORE, as_numpy
 from dense.preprocess import load_image
 from dense.viz.layout import FONT_PT, LUMA, check_at_image_size, panel_grid, panel_title
@@ -124,7 +125,7 @@ def label_map(image, labels, class_names: Sequence[str], *, gt=None, alpha: floa
         check_at_image_size(image, m, what)
         valid = m[m != ignore_index]
         if valid.size and (valid.min() < 0 or valid.max() > len(class_names)):
-            raise ValueError(f"{what} values {valid.min()}..{valid.max()} outside 0..{len(class_names)}")
+            raise InputError(f"{what} values {valid.min()}..{valid.max()} outside 0..{len(class_names)}")
     if titles is None:
         titles = ["ground truth", "prediction"] if gt is not None else ["labels"]
     colours = class_colours(class_names)

@@ -11,6 +11,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dense.errors import InputError
+
 MAX_WIDTH_IN = 16.0  # no figure is wider than this (inches)
 PANEL_AREA_IN2 = 12.0  # a panel's area before any clamping: 3.5 x 3.5 in for a square image
 MAX_PANEL_H_IN = 6.0  # tall images: panels grow up to this height, then narrow
@@ -33,7 +35,7 @@ class DenseFigure(Figure):
 
 def check_at_image_size(image: np.ndarray, maps: np.ndarray, what: str) -> None:
     if tuple(maps.shape[-2:]) != tuple(image.shape[:2]):
-        raise ValueError(f"{what} {tuple(maps.shape)} is not at the image size {tuple(image.shape[:2])}; "
+        raise InputError(f"{what} {tuple(maps.shape)} is not at the image size {tuple(image.shape[:2])}; "
                          f"upsample it first (dense.heatmap.to_image)")
 
 

@@ -34,14 +34,17 @@ def all_methods() -> list[str]:
 def measure(model: str, world: Path, *, limit: int, resamples: int, dtype: str = "auto") -> dict:
     """``{method: {metric: value, metric_95: [lo, hi]}}`` and the run's meta for one model."""
     import dense
+    from dense.eval.data import open_data
     from dense.eval.openvocab import evaluate_openvocab
+    from dense.eval.settings import Bootstrap, OpenVocabScoring, figure_name
 
     enc = dense.load_encoder(model, dtype=dtype)
     methods = all_methods()
-    res = evaluate_openvocab(enc, world / "annotations.json", world / "images", methods=methods, split="test",
-                             limit=limit, resamples=resamples, refines=["none"], windows=1)
-    out = {m: {k: res.figures[f"{m}/{k}"] for k in METRICS} | {f"{k}_95": list(res.intervals[f"{m}/{k}"])
-                                                                 for k in METRICS} for m in methods}
+    res = evaluate_openvocab(enc, open_data(ann=world / "annotations.json", images=world / "images"), split="test",
+                             scoring=OpenVocabScoring(methods=methods, refines=["none"], windows=1), limit=limit,
+                             bootstrap=Bootstrap(resamples=resamples))
+    out = {m: {k: res.figures[figure_name(m, k)] for k in METRICS}
+           | {f"{k}_95": list(res.intervals[figure_name(m, k)]) for k in METRICS} for m in methods}
     meta = {k: res.meta[k] for k in ("images", "background", "templates", "max_patches", "bootstrap", "seconds")}
     return {"methods": out, "meta": {**meta, "dtype": str(enc.dtype).removeprefix("torch.")}}
 

@@ -243,17 +243,16 @@ def _synthetic_data(data: Path, cache: Path, *, n_images: int, seed: int) -> Non
 def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int, queries, progress: bool,
                max_patches: int | None = None) -> dict:
     from dense import viz
-    from dense.cache import FeatureCache
-    from dense.coco import load_coco, load_refs
-    from dense.eval.probe import evaluate_probe
-    from dense.extract import dataset_items, extract_to_cache
-    from dense.metrics import acc_at_iou, pointing_game
+    from dense.eval.data import open_data
+    from dense.eval.probe import evaluate_linear_probe
+    from dense.eval.refer import evaluate_refer
+    from dense.eval.settings import Extraction, ProbeSplits, ProbeTraining, ReferScoring, Way
     from dense.refer import Localizer
-    from probes import ProbeConfig, load_samples, train_probes
 
     data = out / "data"
     _synthetic_data(data, out / "cache", n_images=n_images, seed=seed)
-    ds = load_coco(data / "annotations.json", data / "images")
+    source = open_data(ann=data / "annotations.json", images=data / "images", refs=data / "refs.json")
+    ds = source.dataset(None)
     page = _Page("dense demo: the synthetic shapes world")
     page.section("What this is", f"{n_images} synthetic images of coloured shapes (seed {seed}), the model "
                  f"{encoder.name} (with its calibration: method {encoder.calibration.method}, "
@@ -273,70 +272,60 @@ def _synthetic(encoder, out: Path, *, n_images: int, seed: int, max_images: int,
 
     _feature_panels(encoder, page, out, [(str(i), ds.image_path(i)) for i in shown], queries_for, max_patches)
 
-    # linear probe: cache features once, train on train, choose on val, report test once
-    # a finer grid than the default budget: shapes-tiny's 8-px patches at 64 tokens are too coarse for masks
+    # linear probe: dense.eval's protocol (cache features once, train on train, choose on val, report test once)
+    # at a finer grid than the default budget: shapes-tiny's 8-px patches at 64 tokens are too coarse for masks
     probe_patches = max_patches or max(256, encoder.pixels.max_patches)
-    cache = FeatureCache.for_encoder(out / "cache", encoder, max_patches=probe_patches)
-    extract_to_cache(encoder, dataset_items(ds), cache, max_patches=probe_patches, progress=progress)
-    samples = {s: load_samples(ds, cache, s) for s in ("train", "val", "test")}
-    config = ProbeConfig(epochs=20, lrs=(1e-3, 3e-3, 1e-2, 3e-2))
-    result = train_probes(samples["train"], samples["val"], ds.class_names, config, progress=progress)
-    test = evaluate_probe(result.best, samples["test"]).figures
+    res = evaluate_linear_probe(encoder, source, cache=out / "cache", splits=ProbeSplits(test="test"),
+                                extraction=Extraction(max_patches=probe_patches),
+                                training=ProbeTraining(epochs=20, lrs=(1e-3, 3e-3, 1e-2, 3e-2)), progress=progress)
+    test, probe = res.figures, res.artifacts["probe"]
     label_names = []
-    for sample in samples["test"][:max_images]:
-        image = ds.image_path(int(sample.key))
-        pred = result.best.predict(sample.fmap)
-        fig = viz.label_map(image, pred, ds.class_names[1:], gt=sample.label)  # class_names[0] is background
-        label_names.append(_save(fig, out / f"probe_{sample.key}.png"))
+    for image_id in test_ids[:max_images]:
+        image = ds.image_path(image_id)
+        pred = probe.predict(encoder.extract(image, max_patches=probe_patches))
+        fig = viz.label_map(image, pred, ds.class_names[1:], gt=ds.label_map(image_id))  # [0] is background
+        label_names.append(_save(fig, out / f"probe_{image_id}.png"))
     page.section("Linear probe segmentation", f"BatchNorm + 1x1 conv on frozen patch tokens ({probe_patches}-token "
-                 "budget), learning rates swept in one pass, best chosen on val, reported once on test. Each figure "
-                 "shows the image, its ground truth and the probe's prediction.")
+                 "budget), learning rates swept in one pass, best chosen on val, reported once on test "
+                 "(dense.eval.probe.evaluate_linear_probe). Each figure shows the image, its ground truth and the "
+                 "probe's prediction.")
     page.table([("test mIoU", f"{100 * test['mIoU']:.1f} %"),
                 ("test pixel accuracy", f"{100 * test['pixel_acc']:.1f} %"),
-                ("chosen head", result.best.meta.get("key", "")), ("train / val / test images",
-                 " / ".join(str(len(samples[s])) for s in ("train", "val", "test")))])
+                ("chosen head", res.meta["best"]), ("train / val / test images",
+                 " / ".join(str(res.meta["splits"][s]) for s in ("train", "val", "test")))])
     page.glossary(["mIoU", "pixel accuracy"])
     page.images(label_names)
 
-    # referring expressions: one extraction per image, many expressions
-    refs = load_refs(data / "refs.json", ds, split="test")
-    pred_boxes, gt_boxes, points, masks, box_names = [], [], [], [], []
+    # referring expressions: dense.eval's protocol, the calibrated way without candidates
+    ref = evaluate_refer(encoder, source, split="test", scoring=ReferScoring(scorers=(), thresholds=()),
+                         extraction=Extraction(max_patches=max_patches), progress=progress)
+    way = Way("none", ref.meta["methods"][0])
+    acc, pointing = ref.figures[way.name("acc@0.5")], ref.figures[way.name("pointing")]
     by_image: dict[int, list] = {}
-    for ref in refs:
-        by_image.setdefault(ref.image_id, []).append(ref)
-    for image_id, image_refs in by_image.items():
+    for r in source.load_refs("test"):
+        by_image.setdefault(r.image_id, []).append(r)
+    box_names = []
+    for image_id in list(by_image)[:max_images]:  # the figures: one expression per ref of the first images
         loc = Localizer(encoder, ds.image_path(image_id), max_patches=max_patches)
-        shown, shown_gt = [], []
-        for ref in image_refs:
-            for sentence in ref.sentences:
-                where = loc.localize(sentence)
-                pred_boxes.append(where.box_xyxy)  # scored as given, found or not (every expression is there)
-                gt_boxes.append(ds.box_xyxy(ref.ann_id))
-                points.append(where.point_xy)
-                masks.append(ds.mask(ref.ann_id))
-            shown.append(where)
-            shown_gt.append(ds.box_xyxy(ref.ann_id))
-        if len(box_names) < max_images:
-            fig = viz.localizations(ds.image_path(image_id), shown, gt_boxes_xyxy=np.array(shown_gt),
-                                    found_threshold=encoder.calibration.found_threshold)
-            box_names.append(_save(fig, out / f"refer_{image_id}.png"))
-    acc = acc_at_iou(np.array(pred_boxes), np.array(gt_boxes)) if pred_boxes else float("nan")
-    pointing = float(np.mean([pointing_game(p[None], m[None]) for p, m in zip(points, masks, strict=True)])) \
-        if points else float("nan")
+        image_refs = by_image[image_id]
+        fig = viz.localizations(ds.image_path(image_id), [loc.localize(r.sentences[-1]) for r in image_refs],
+                                gt_boxes_xyxy=np.array([ds.box_xyxy(r.ann_id) for r in image_refs]),
+                                found_threshold=encoder.calibration.found_threshold)
+        box_names.append(_save(fig, out / f"refer_{image_id}.png"))
     page.section("Referring expressions", "Text in, box and point out, training-free: the heatmap's peak (the star) "
                  "and the connected component around it (the box), labelled with the expression and its score (the "
                  "peak probability). Dotted boxes are the ground truth; a dashed predicted box is a miss. An "
                  f"expression scoring below the checkpoint's found threshold "
                  f"({encoder.calibration.found_threshold:.2f}) is 'not found': it gets no box, only a note under "
                  "the figure (it counts as a miss there; the table scores its best-guess box all the same).")
-    page.table([("test expressions", str(len(pred_boxes))), ("test images", str(len(by_image))),
+    page.table([("test expressions", str(ref.meta["expressions"])), ("test images", str(ref.meta["images"])),
                 ("Acc@0.5", f"{100 * acc:.1f} %"), ("pointing game", f"{100 * pointing:.1f} %")])
     page.glossary(["Acc@0.5", "pointing game"])
     page.images(box_names)
     page.write(out / "index.html")
     return {"images": n_images, "seed": seed, "probe_test_mIoU": test["mIoU"],
-            "probe_test_pixel_acc": test["pixel_acc"], "probe_test_images": len(samples["test"]),
-            "refer_acc@0.5": acc, "refer_pointing": pointing, "refer_expressions": len(pred_boxes)}
+            "probe_test_pixel_acc": test["pixel_acc"], "probe_test_images": res.meta["splits"]["test"],
+            "refer_acc@0.5": acc, "refer_pointing": pointing, "refer_expressions": ref.meta["expressions"]}
 
 
 def _photos(encoder, out: Path, all_paths: list[Path], queries: list[str], *, max_images: int,

@@ -24,7 +24,7 @@ FORMAT_VERSION = 1  # the layout of a saved FeatureMap file
 # feature-cache key and of every probe's and upsampler's identity: features made under other rules are never served
 # or accepted. tests/test_rules_version.py pins reference outputs of each rule to this number; a rule that changes
 # without a bump fails there.
-RULES_VERSION = 1
+RULES_VERSION = 2  # 2: annotated data is read in its annotation's geometry (dense.preprocess.read_hw)
 
 # What must match between the encoder that made features and whatever reads them (heatmaps, segmentation, probes,
 # upsamplers). The token budget (max_patches) and dtype may differ: they change the features' resolution and

@@ -80,11 +80,14 @@ class Sample:
         return self.fmap.tokens, self.fmap.pooled
 
 
+LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)  # the default learning-rate grid, written once
+
+
 @dataclass
 class ProbeConfig:
     """Training settings; each (lr, layer set) pair is one head of the sweep."""
 
-    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    lrs: tuple[float, ...] = LRS
     layer_sets: tuple[tuple[int, ...], ...] | None = None  # block indices per head; None: all layers of the features
     epochs: int = 10
     batch_size: int = 16  # images per step (all of one grid)
@@ -108,20 +111,38 @@ class SweepResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
     probes: dict[str, LinearProbe] = field(default_factory=dict)
+    heads: dict[str, Head] = field(default_factory=dict)  # head key -> its settings
 
     @property
     def lr_at_grid_edge(self) -> str | None:
         """``"lowest"`` / ``"highest"`` when the chosen learning rate is at the edge of the sweep's grid (the best may
         lie beyond it: widen the grid), else None."""
-        lrs = sorted({float(k.split("lr=")[1].split(" ")[0]) for k in self.val if "lr=" in k})
-        lr = float(self.best_key.split("lr=")[1].split(" ")[0]) if "lr=" in self.best_key else None
-        if lr is None or len(lrs) < 2:
+        lrs = sorted({h.lr for h in self.heads.values()})
+        if self.best_key not in self.heads or len(lrs) < 2:
             return None
+        lr = self.heads[self.best_key].lr
         return "lowest" if lr == lrs[0] else "highest" if lr == lrs[-1] else None
 
 
+@dataclass(frozen=True)
+class Head:
+    """The settings of one head of a sweep: learning rate, blocks, pooled embedding."""
+
+    lr: float
+    layers: tuple[int, ...]
+    pooled: bool = False
+
+    @property
+    def key(self) -> str:
+        """Its flat name (``lr=0.01 layers=23,26+pooled``), the key of a sweep's figures in JSON."""
+        return f"lr={self.lr:g} layers={','.join(str(b) for b in self.layers)}{'+pooled' if self.pooled else ''}"
+
+    def __str__(self) -> str:
+        return self.key
+
+
 def head_key(lr: float, layers: Sequence[int], pooled: bool = False) -> str:
-    return f"lr={lr:g} layers={','.join(str(b) for b in layers)}{'+pooled' if pooled else ''}"
+    return Head(float(lr), tuple(layers), pooled).key
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -421,7 +442,9 @@ def train_probes(train: Sequence, val: Sequence, class_names: Sequence[str], con
     best = probes[best_key]
     best.meta["val"] = {k: v for k, v in val_figs[best_key].items() if not k.startswith("IoU/")}
     return SweepResult(best=best, best_key=best_key, val=val_figs, history=history,
-                       seconds=time.perf_counter() - t0, probes=probes)
+                       seconds=time.perf_counter() - t0, probes=probes,
+                       heads={k: Head(float(lr), tuple(ls), pool) for k, (lr, ls, pool) in
+                              zip(keys, heads_cfg, strict=True)})
 
 
 def _as_slice(cols: torch.Tensor) -> slice | torch.Tensor:

@@ -142,6 +142,7 @@ viz.label_map(image, labels_hw, present)''',
         SETUP,
         '''from dense.coco import load_coco
 from dense.eval.probe import evaluate_linear_probe
+from dense.eval.settings import ProbeSplits, ProbeTraining
 
 datasets.make_shapes(work, 60, seed=3)
 ds = load_coco(work / "annotations.json", work / "images")
@@ -149,7 +150,8 @@ ds = load_coco(work / "annotations.json", work / "images")
         "## Cache the features, train the sweep, choose on val, report test once\nOne call: missing features are "
         "extracted into the cache (a second run reads them from it), every head trains in one pass, the best on val "
         "is scored once on test.",
-        '''res = evaluate_linear_probe(enc, dataset=ds, cache=work / "cache", test_split="test", epochs=10)
+        '''res = evaluate_linear_probe(enc, ds, cache=work / "cache", splits=ProbeSplits(test="test"),
+                            training=ProbeTraining(epochs=10))
 {key: round(figs["mIoU"], 3) for key, figs in res.meta["sweep"].items()}''',
         "## The test report\nmIoU: per class, the overlap of predicted and true pixels over their union, averaged "
         "over classes. The figure shows the ground truth beside the prediction; background is left unpainted.",
@@ -215,9 +217,11 @@ viz.localizations(image, answers, found_threshold=enc.calibration.found_threshol
         "## Scoring a split\nAcc@0.5 (box IoU >= 0.5) and the pointing game (point inside the mask), without and with "
         "the image's ground-truth boxes as candidates: the evaluator behind `dense eval refer`.",
         '''from dense.cli.evaluate import format_refer
+from dense.eval.data import open_data
 from dense.eval.refer import evaluate_refer
 
-result = evaluate_refer(enc, work / "annotations.json", work / "refs.json", work / "images", split=None)
+data = open_data(ann=work / "annotations.json", images=work / "images", refs=work / "refs.json")
+result = evaluate_refer(enc, data, split=None)
 print(format_refer(result))''',
     ],
 }

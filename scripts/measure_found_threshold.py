@@ -31,11 +31,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _world(folder: Path, n_images: int, seed: int) -> tuple[Path, Path, Path]:
+def _world(folder: Path, n_images: int, seed: int):
+    """A fresh world, opened (dense.eval.data.open_data) with its referring expressions."""
     from dense import datasets
+    from dense.eval.data import open_data
 
     datasets.make_shapes(folder, n_images, seed=seed, splits={"val": 0.5, "test": 0.5})
-    return folder / "annotations.json", folder / "refs.json", folder / "images"
+    return open_data(ann=folder / "annotations.json", images=folder / "images", refs=folder / "refs.json")
 
 
 def _entry(res, seed, split, figures) -> dict:
@@ -63,7 +65,7 @@ def _at_threshold(enc, args, command: str) -> dict:
     from dense.eval.found import evaluate_found
 
     with tempfile.TemporaryDirectory(prefix="dense-found-") as tmp:
-        report = evaluate_found(enc, *_world(Path(tmp) / "report", args.images, args.report_seed), split="test",
+        report = evaluate_found(enc, _world(Path(tmp) / "report", args.images, args.report_seed), split="test",
                                 threshold=args.threshold, progress=True)
     measured = {"command": command, "model": args.model, "max_patches": report.meta["max_patches"],
                 "threshold": args.threshold,
@@ -112,10 +114,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threshold is not None:
         return _at_threshold(enc, args, command)
     with tempfile.TemporaryDirectory(prefix="dense-found-") as tmp:
-        chooser = evaluate_found(enc, *_world(Path(tmp) / "choose", args.images, args.choose_seed), split="val",
+        chooser = evaluate_found(enc, _world(Path(tmp) / "choose", args.images, args.choose_seed), split="val",
                                  threshold=0.0, progress=True)
         threshold = choose_found_threshold(chooser)
-        report = evaluate_found(enc, *_world(Path(tmp) / "report", args.images, args.report_seed), split="test",
+        report = evaluate_found(enc, _world(Path(tmp) / "report", args.images, args.report_seed), split="test",
                                 threshold=threshold, progress=True)
 
     measured = {"command": command, "model": args.model, "max_patches": report.meta["max_patches"],

@@ -372,8 +372,9 @@ def evaluate(
     methods: tuple[str, ...] = ("map-value-mlp", "clear-map-value-mlp"),
     resamples: int = 1000,
 ) -> dict:
-    """Held-out figures of a saved checkpoint, read through dense's public pipeline (``dense.load_encoder`` on the
-    folder, ``dense.classify``, ``dense.heatmap.patch_scores``), on images drawn from ``seed`` (never a training draw).
+    """Held-out figures of a saved checkpoint, read through dense's evaluators (``dense.load_encoder`` on the folder,
+    :func:`dense.eval.zeroshot.evaluate_zero_shot` and :func:`dense.eval.zeroshot.evaluate_pointing`), on images drawn
+    from ``seed`` (never a training draw).
 
     - ``zero_shot_acc``: single-object 64-px images, classes balanced, argmax of ``dense.classify`` over the 16
       category names (verbatim, no templates), each image at its own grid (8 x 8 = 64 tokens at patch 8: the size it
@@ -382,11 +383,12 @@ def evaluate(
     - ``*_95``: percentile-bootstrap 95% intervals over images / queries (``resamples`` draws, seed 0).
     - ``pointing/<method>/<budget>``: multi-object (2-4) images of 96..320 px at aspect ratios up to 3, extracted at
       ``max_patches=budget``; each object whose category is unique in its image is a query, a hit when its name's
-      highest-scoring patch centre (``FeatureMap.grid_to_pixel_xy``) lies on the object's visible pixels.
+      peak patch centre lies on the object's visible pixels (dense.eval's pointing rule,
+      :func:`dense.eval.zeroshot.peak_point_xy`).
     """
     import dense
-    from dense.eval.stats import mean_interval
-    from dense.heatmap import patch_scores
+    from dense.eval.settings import Bootstrap, Extraction
+    from dense.eval.zeroshot import evaluate_pointing, evaluate_zero_shot
 
     enc = dense.load_encoder(folder)
     names = [c["name"] for c in CATEGORIES]
@@ -400,18 +402,18 @@ def evaluate(
         )
         images.append(render_scene(rng, (SIZE, SIZE), objs)[0])
     native = (SIZE // enc.patch_size) ** 2  # the images' own grid: no resize
+    boot = Bootstrap(resamples=resamples, seed=0)
     metrics = {}
     for budget in dict.fromkeys((native, enc.pixels.max_patches)):
-        probs = dense.classify(enc, images, names, templates=("{}",), max_patches=budget)  # [n_single, 16]
-        hit = (probs.argmax(-1).numpy() == cats).astype(float)  # [n_single]
+        res = evaluate_zero_shot(enc, list(zip(images, cats.tolist(), strict=True)), names, templates=("{}",),
+                                 extraction=Extraction(max_patches=budget), bootstrap=boot)
         key = "zero_shot_acc" if budget == native else f"zero_shot_acc@{budget}"
-        metrics[key] = float(hit.mean())
-        metrics[f"{key}_95"] = list(mean_interval(hit, resamples=resamples))
+        metrics[key] = res.figures["acc"]
+        metrics[f"{key}_95"] = list(res.intervals["acc"])
     metrics["zero_shot_tokens"] = native
     metrics["zero_shot_images"] = len(images)
 
-    hits: dict[tuple[str, int], list[float]] = {(m, b): [] for m in methods for b in budgets}
-    queries = 0
+    samples = []  # (image, [(query, visible mask)]): each object whose category is unique in its image
     for _ in range(n_point):
         long = int(rng.integers(96, 321))
         short = max(96, round(long / math.exp(rng.uniform(0, math.log(3.0)))))
@@ -419,21 +421,17 @@ def evaluate(
         objs = sample_objects(rng, hw, int(rng.integers(2, 5)))
         img, masks = render_scene(rng, hw, objs)
         obj_cats = [o.category for o in objs]
-        unique = [k for k, c in enumerate(obj_cats) if obj_cats.count(c) == 1]
-        queries += len(unique)
-        for b in budgets:
-            fmap = enc.extract(img, max_patches=b, layers=(-2, -1))
-            for m in methods:
-                named = [obj_cats[k] for k in unique]
-                scores = patch_scores(enc, fmap, named, method=m, templates=("{}",))  # [T, gh, gw], verbatim
-                gw = scores.shape[-1]
-                for t, k in enumerate(unique):
-                    i, j = divmod(int(scores[t].argmax()), gw)
-                    x, y = fmap.grid_to_pixel_xy((i, j))
-                    hits[m, b].append(float(masks[k][min(int(y), hw[0] - 1), min(int(x), hw[1] - 1)]))
-    for (m, b), h in hits.items():
-        metrics[f"pointing/{m}/{b}"] = float(np.mean(h)) if h else float("nan")
-        metrics[f"pointing/{m}/{b}_95"] = list(mean_interval(h, resamples=resamples))
+        unique = [(obj_cats[k], masks[k]) for k, c in enumerate(obj_cats) if obj_cats.count(c) == 1]
+        if unique:
+            samples.append((img, unique))
+    queries = 0
+    for b in budgets:
+        res = evaluate_pointing(enc, samples, methods=list(methods), templates=("{}",),
+                                extraction=Extraction(max_patches=b), bootstrap=boot)
+        queries = res.meta["queries"]
+        for m in methods:
+            metrics[f"pointing/{m}/{b}"] = res.figures[f"{m}/pointing"]
+            metrics[f"pointing/{m}/{b}_95"] = list(res.intervals[f"{m}/pointing"])
     metrics["pointing_queries"] = queries
     metrics["eval_seed"] = seed
     metrics["dtype"] = str(enc.dtype).removeprefix("torch.")

@@ -60,13 +60,21 @@ def test_choose_guards_pixel_accuracy():
 def test_openvocab_rows_carry_counts_and_intervals(tiny_encoder, tiny_siglip_dir, tmp_path):
     from dense.cli import main
     from dense.datasets import make_shapes
+    from dense.eval.data import open_data
     from dense.eval.openvocab import choose_setting, evaluate_openvocab
+    from dense.eval.settings import Bootstrap, OpenVocabScoring
 
     make_shapes(tmp_path / "w", 4, seed=5, size_range=(64, 96))
-    kw = dict(methods=["map-value"], background=0.5, background_thresholds=(0.3,), refines=("none", "pamr"),
-              resamples=200)
-    res = evaluate_openvocab(tiny_encoder, tmp_path / "w/annotations.json", tmp_path / "w/images", **kw)
+    data = open_data(ann=tmp_path / "w/annotations.json", images=tmp_path / "w/images")
+    kw = dict(scoring=OpenVocabScoring(methods=["map-value"], background=0.5, thresholds=(0.3,),
+                                       refines=("none", "pamr")), bootstrap=Bootstrap(resamples=200))
+    res = evaluate_openvocab(tiny_encoder, data, **kw)
     assert res.meta["settings"] == ["map-value", "map-value+pamr"]
+    for setting in res.artifacts["settings"]:  # structured values keyed by setting; figures are their flat names
+        assert {k: res.figures[setting.name(k)] for k in res.values[setting]} == res.values[setting]
+    swept = [s for s in res.values if s.background == 0.3]
+    assert [s.prefix for s in swept] == res.meta["settings"]
+    assert all(res.values[s]["mIoU"] == res.figures[s.name("mIoU", swept=True)] for s in swept)
     for s in res.meta["settings"]:
         rows = [r for r in res.rows if r["method"] == s]
         inter, union = np.sum([r["inter"] for r in rows], 0), np.sum([r["union"] for r in rows], 0)
@@ -74,9 +82,9 @@ def test_openvocab_rows_carry_counts_and_intervals(tiny_encoder, tiny_siglip_dir
         for name in ("mIoU", "pixel_acc", "pointing", "mIoU@thr=0.3", "pixel_acc@thr=0.3"):
             lo, hi = res.intervals[f"{s}/{name}"]
             assert lo - 1e-9 <= res.figures[f"{s}/{name}"] <= hi + 1e-9
-    again = evaluate_openvocab(tiny_encoder, tmp_path / "w/annotations.json", tmp_path / "w/images", **kw)
+    again = evaluate_openvocab(tiny_encoder, data, **kw)
     assert again.intervals == res.intervals  # seeded
-    assert choose_setting(res, guard=1.0)["method"] in res.meta["settings"]
+    assert choose_setting(res, guard=1.0)["setting"] in res.meta["settings"]
 
     out, cal = tmp_path / "r.json", tmp_path / "cal.json"
     cal.write_text(json.dumps({"box_threshold": 0.3}))
@@ -85,7 +93,7 @@ def test_openvocab_rows_carry_counts_and_intervals(tiny_encoder, tiny_siglip_dir
                  "--sweep", "0.4", "--choose", "--guard", "0.05", "--calibration-out", str(cal),
                  "--resamples", "50", "--json", str(out), "--quiet"]) == 0
     saved = json.loads(out.read_text())
-    assert "raw/mIoU" in saved["intervals"] and saved["meta"]["chosen"]["method"] in ("raw", "map-value+filter")
+    assert "raw/mIoU" in saved["intervals"] and saved["meta"]["chosen"]["setting"] in ("raw", "map-value+filter")
     written = json.loads(cal.read_text())
     chosen = saved["meta"]["chosen"]
     assert written["box_threshold"] == 0.3 and written["method"] == chosen["method"]
@@ -100,12 +108,15 @@ def test_openvocab_rows_carry_counts_and_intervals(tiny_encoder, tiny_siglip_dir
 
 def test_refer_intervals_and_box_threshold_choice(tiny_encoder, tmp_path):
     from dense.datasets import make_shapes
+    from dense.eval.data import open_data
     from dense.eval.refer import choose_box_threshold, config_key, evaluate_refer
+    from dense.eval.settings import Bootstrap, ReferScoring
 
     make_shapes(tmp_path / "w", 4, seed=6, size_range=(64, 96), splits={"val": 1.0})
-    res = evaluate_refer(tiny_encoder, tmp_path / "w/annotations.json", tmp_path / "w/refs.json",
-                         tmp_path / "w/images", methods=["map-value"], scorers=("map-box",), box_thresholds=(0.3, 0.6),
-                         resamples=100)
+    data = open_data(ann=tmp_path / "w/annotations.json", images=tmp_path / "w/images", refs=tmp_path / "w/refs.json")
+    res = evaluate_refer(tiny_encoder, data, scoring=ReferScoring(methods=["map-value"], scorers=("map-box",),
+                                                                  thresholds=(0.3, 0.6)),
+                         bootstrap=Bootstrap(resamples=100))
     key = config_key("none", "map-value")
     for name in (f"{key}/acc@0.5", f"{key}/pointing", f"{key}/acc@0.5@thr=0.3"):
         lo, hi = res.intervals[name]

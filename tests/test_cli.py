@@ -54,7 +54,7 @@ def _parsers(parser):
 def test_same_concept_same_flag():
     by_command = flags_by_command(build_parser())
     # results JSON is --json everywhere a command writes results; --out is never a results JSON
-    for cmd in ("eval openvocab", "eval refer", "eval probe", "probe train", "probe eval", "probe refer",
+    for cmd in ("eval openvocab", "eval refer", "eval probe", "probe train", "probe test", "probe refer",
                 "heatmap", "segment", "localize", "upsampler train"):
         assert "--json" in by_command[cmd], cmd
     assert not any("--save" in f or "--batch-size-extract" in f or "--thresholds" in f for f in by_command.values())
@@ -171,7 +171,7 @@ def test_missing_split_fails_at_once_listing_the_splits(world, tiny_siglip_dir, 
     no_images = [a for a in common if a not in ("--images", str(world / "images"))]
     assert main(["probe", "train", *no_images]) == 1
     assert "give images= (--images)" in _one_line(capsys)
-    assert main(["probe", "eval", *common, "--probe", str(world / "annotations.json"), "--split", "x"]) == 1
+    assert main(["probe", "test", *common, "--probe", str(world / "annotations.json"), "--split", "x"]) == 1
     assert "annotations.json" in _one_line(capsys)  # not a probe file: named, before any extraction
     assert main(["eval", "openvocab", "--ann", str(world / "annotations.json"), "--images", str(world / "images"),
                  "--model", str(tiny_siglip_dir), "--split", "vall"]) == 1
@@ -183,15 +183,20 @@ def test_missing_split_fails_at_once_listing_the_splits(world, tiny_siglip_dir, 
 
 def test_evaluate_refer_all_splits_like_the_cli(world, tiny_encoder, one_thread):
     from dense import coco
+    from dense.eval.data import open_data
     from dense.eval.refer import evaluate_refer
+    from dense.eval.settings import Bootstrap, ReferScoring
 
     ds = coco.load_coco(world / "annotations.json", world / "images")
     refs = coco.load_refs(world / "refs.json", ds)
-    res = evaluate_refer(tiny_encoder, world / "annotations.json", world / "refs.json", world / "images",
-                         split="all", methods=["map-value"], scorers=("map-box",), box_thresholds=(0.3,), resamples=10,
-                         choose=True)
+    data = open_data(ann=world / "annotations.json", images=world / "images", refs=world / "refs.json")
+    res = evaluate_refer(tiny_encoder, data, split="all",
+                         scoring=ReferScoring(methods=["map-value"], scorers=("map-box",), thresholds=(0.3,)),
+                         bootstrap=Bootstrap(resamples=10), choose=True)
     assert res.meta["split"] == "all" and res.meta["refs_count"] == len(refs)
-    assert res.meta["chosen"] == {"map-value": 0.3}
+    chosen = res.meta["chosen"]["map-value"]
+    assert chosen["box_threshold"] == 0.3 and chosen["threshold_at_grid_edge"] is None  # a grid of one value
+    assert chosen["text"].startswith("method map-value, no candidates, box threshold 0.3, templates")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -200,20 +205,30 @@ def test_evaluate_refer_all_splits_like_the_cli(world, tiny_encoder, one_thread)
 
 def test_probe_protocol_is_one_call_returning_a_result(world, tiny_encoder, tmp_path, one_thread):
     from dense.coco import load_coco
+    from dense.eval.data import open_data
     from dense.eval.probe import evaluate_linear_probe, evaluate_probe, evaluate_saved_probe
+    from dense.eval.settings import Extraction, ProbeSplits, ProbeTraining
     from probes import load_samples
+    from probes.train import Head
 
-    kw = dict(ann=world / "annotations.json", images=world / "images", cache=tmp_path / "cache", epochs=2,
-              lrs=(1e-2, 3e-2))
+    data = open_data(ann=world / "annotations.json", images=world / "images")
+    kw = dict(cache=tmp_path / "cache", training=ProbeTraining(epochs=2, lrs=(1e-2, 3e-2)))
     with pytest.raises(ValueError, match="unknown --preset 'voc-tips'"):
-        evaluate_linear_probe(tiny_encoder, preset="voc-tips", **kw)
+        evaluate_linear_probe(tiny_encoder, data, preset="voc-tips", **kw)
     with pytest.raises(ValueError, match="preset 'dinov3' fixes pooled, max_patches; leave them out"):
-        evaluate_linear_probe(tiny_encoder, preset="dinov3", max_patches=64, pooled="on", **kw)
+        evaluate_linear_probe(tiny_encoder, data, preset="dinov3", extraction=Extraction(max_patches=64),
+                              training=ProbeTraining(pooled="on"), cache=tmp_path / "cache")
+    # a setting given explicitly clashes even at its default value
+    with pytest.raises(ValueError, match="preset 'dinov3' fixes layers, pooled"):
+        evaluate_linear_probe(tiny_encoder, data, preset="dinov3", extraction=Extraction(layers=(-1,)),
+                              training=ProbeTraining(pooled="off"), cache=tmp_path / "cache")
     with pytest.raises(ValueError, match="must not be the one trained on or chosen on"):
-        evaluate_linear_probe(tiny_encoder, test_split="val", **kw)
-    res = evaluate_linear_probe(tiny_encoder, test_split="test", **kw)
+        evaluate_linear_probe(tiny_encoder, data, splits=ProbeSplits(test="val"), **kw)
+    res = evaluate_linear_probe(tiny_encoder, data, splits=ProbeSplits(test="test"), **kw)
     probe = res.artifacts["probe"]
     assert set(res.meta["sweep"]) == {"lr=0.01 layers=1", "lr=0.03 layers=1"} and res.meta["best"] == probe.meta["key"]
+    assert set(res.values) == {Head(0.01, (1,)), Head(0.03, (1,))}  # the sweep keyed by its settings
+    assert {h.key: v for h, v in res.values.items()} == res.meta["sweep"]
     assert res.meta["protocol"] == {"train": "train", "choose": "val", "report": "test", "holdout": None,
                                     "holdout_from": None}
     assert res.figures["val/mIoU"] == res.meta["sweep"][res.meta["best"]]["mIoU"]
@@ -226,11 +241,12 @@ def test_probe_protocol_is_one_call_returning_a_result(world, tiny_encoder, tmp_
     assert res.figures["mIoU"] == pytest.approx(test.figures["mIoU"])
     assert len(res.rows) == res.meta["splits"]["test"] == len(ds.ids("test"))
     saved = probe.save(tmp_path / "p.safetensors")
-    again = evaluate_saved_probe(saved, tiny_encoder, split="test", extract=False, **{
-        k: kw[k] for k in ("ann", "images", "cache")})
+    again = evaluate_saved_probe(tiny_encoder, data, probe=saved, cache=tmp_path / "cache", split="test",
+                                 extraction=Extraction(extract=False))
     assert again.figures["mIoU"] == pytest.approx(res.figures["mIoU"])
     # a holdout of the training split instead of val: seeded, recorded
-    held = evaluate_linear_probe(tiny_encoder, holdout=0.25, holdout_seed=1, test_split="test", **kw)
+    held = evaluate_linear_probe(tiny_encoder, data, splits=ProbeSplits(holdout=0.25, holdout_seed=1, test="test"),
+                                 **kw)
     assert held.meta["protocol"]["choose"] == "holdout" and held.meta["protocol"]["holdout"]["seed"] == 1
     assert held.meta["splits"]["fit"] + held.meta["splits"]["holdout"] == len(ds.ids("train"))
 
@@ -280,7 +296,11 @@ def test_calibration_out_writes_the_refinement_it_chose(world, tiny_siglip_dir, 
     from dense.eval.openvocab import evaluate_openvocab
 
     enc = dense.load_encoder(tiny_siglip_dir, calibration=cal)
-    again = evaluate_openvocab(enc, world / "annotations.json", world / "images", split="val", resamples=10)
+    from dense.eval.data import open_data
+    from dense.eval.settings import Bootstrap
+
+    again = evaluate_openvocab(enc, open_data(ann=world / "annotations.json", images=world / "images"), split="val",
+                               bootstrap=Bootstrap(resamples=10))
     assert again.figures["map-value+pamr/mIoU"] == pytest.approx(measured["mIoU"])
     # background prompts cannot be a calibration: refused before any work
     assert main([*argv[:-3], "--background", "sky,ground", "--json", str(tmp_path / "r2.json")]) == 1
@@ -301,7 +321,9 @@ def test_a_preset_fixes_the_budget_layers_and_sliding_evaluation(world, tiny_enc
     """``preset=`` drives the whole protocol: the cache is written at the preset's token budget and layers, and the
     reported split is scored with the preset's sliding windows: the same figures as predict_slide image by image."""
     from dense.coco import load_coco
+    from dense.eval.data import open_data
     from dense.eval.probe import evaluate_linear_probe
+    from dense.eval.settings import ProbeSplits, ProbeTraining
     from dense.metrics import SegmentationMeter
     from dense.tiling import predict_slide
     from probes import protocols
@@ -309,9 +331,9 @@ def test_a_preset_fixes_the_budget_layers_and_sliding_evaluation(world, tiny_enc
     tiny = protocols.Preset("slide-32", "a tiny sliding preset", "this test", layers="last", pooled=False,
                             resolution_px=32, head="bn-linear", evaluation="slide", stride_px=16)
     monkeypatch.setitem(protocols.PRESETS, "slide-32", tiny)
-    res = evaluate_linear_probe(tiny_encoder, preset="slide-32", ann=world / "annotations.json",
-                                images=world / "images", cache=tmp_path / "cache", epochs=2, lrs=(3e-2,),
-                                test_split="test")
+    res = evaluate_linear_probe(tiny_encoder, open_data(ann=world / "annotations.json", images=world / "images"),
+                                preset="slide-32", cache=tmp_path / "cache",
+                                training=ProbeTraining(epochs=2, lrs=(3e-2,)), splits=ProbeSplits(test="test"))
     assert res.meta["encoder"]["max_patches"] == 16 and res.meta["encoder"]["layers"] == [1]  # (32 // 8) ** 2
     assert res.meta["preset"]["slide"] == {"window_px": 32, "stride_px": 16, "short_side_px": 32, "rule": "mmseg"}
     assert any("sliding windows" in line for line in res.meta["preset"]["lines"])

@@ -27,7 +27,7 @@ def test_every_subcommand_has_help(capsys):
         assert sub.format_help().strip()
         for child, _ in _subcommands(sub):
             names.append(f"{name} {child}")
-    for expected in ("extract", "probe", "probe train", "probe eval", "heatmap", "segment", "eval openvocab",
+    for expected in ("extract", "probe", "probe train", "probe test", "heatmap", "segment", "eval openvocab",
                      "eval refer", "demo"):
         assert expected in names, names
     assert main([]) == 2  # no command: usage, exit 2

@@ -162,7 +162,9 @@ def test_the_readme_refer_figure_is_the_fp32_one_and_auto_reproduces_it(rf, data
 
     from dense.device import native_bf16
     from dense.encoder import load_encoder
+    from dense.eval.data import open_data
     from dense.eval.refer import evaluate_refer
+    from dense.eval.settings import Bootstrap
 
     f = data["figures"]["refer/shapes-tiny-v2/acc"]
     assert f["dtype"] == "float32" and "--limit 60" in f["command"] and "--dtype" not in f["command"]
@@ -171,8 +173,9 @@ def test_the_readme_refer_figure_is_the_fp32_one_and_auto_reproduces_it(rf, data
     acc = {}
     for dtype in ("fp32", "bf16", "auto"):
         enc = load_encoder("shapes-tiny-v2", dtype=dtype, compile=False)
-        res = evaluate_refer(enc, world / "annotations.json", world / "refs.json", world / "images", split="test",
-                             limit=rf.SIZES[False]["refer_limit"], resamples=10)
+        data = open_data(ann=world / "annotations.json", images=world / "images", refs=world / "refs.json")
+        res = evaluate_refer(enc, data, split="test", limit=rf.SIZES[False]["refer_limit"],
+                             bootstrap=Bootstrap(resamples=10))
         acc[dtype] = res.figures[f"none/{res.meta['methods'][0]}/-/acc@0.5"]
     assert acc["fp32"] == f["value"] == acc["auto"], acc
     if native_bf16(torch.device("cpu")):

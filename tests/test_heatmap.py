@@ -205,11 +205,14 @@ def test_segment_at_original_resolution(tiny_encoder):
 def test_openvocab_eval_and_cli(tiny_encoder, tiny_siglip_dir, tmp_path):
     from dense.cli import main
     from dense.datasets import make_shapes
+    from dense.eval.data import open_data
     from dense.eval.openvocab import evaluate_openvocab
+    from dense.eval.settings import OpenVocabScoring
 
     make_shapes(tmp_path / "world", 3, seed=1, size_range=(64, 96))
-    res = evaluate_openvocab(tiny_encoder, tmp_path / "world/annotations.json", tmp_path / "world/images",
-                             methods=["raw", "map-value"], background=0.5, background_thresholds=(0.0, 0.5))
+    data = open_data(ann=tmp_path / "world/annotations.json", images=tmp_path / "world/images")
+    res = evaluate_openvocab(tiny_encoder, data, scoring=OpenVocabScoring(methods=["raw", "map-value"], background=0.5,
+                                                                          thresholds=(0.0, 0.5)))
     assert res.meta["images"] == 3 and res.meta["methods"] == ["raw", "map-value"]
     for m in ("raw", "map-value"):
         f = res.figures

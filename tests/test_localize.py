@@ -570,8 +570,11 @@ def test_evaluate_found_counts_present_and_absent_expressions(tiny_encoder, tmp_
     datasets.make_shapes(tmp_path, 4, seed=3, splits={"val": 1.0})
     ann = json.loads((tmp_path / "annotations.json").read_text())
     refs = json.loads((tmp_path / "refs.json").read_text())
-    res = evaluate_found(tiny_encoder, tmp_path / "annotations.json", tmp_path / "refs.json", tmp_path / "images",
-                         split="val", threshold=0.5, resamples=20)
+    from dense.eval.data import open_data
+    from dense.eval.settings import Bootstrap
+
+    data = open_data(ann=tmp_path / "annotations.json", images=tmp_path / "images", refs=tmp_path / "refs.json")
+    res = evaluate_found(tiny_encoder, data, split="val", threshold=0.5, bootstrap=Bootstrap(resamples=20))
     iids = sorted({r["image_id"] for r in refs})
     n_present = sum(len(r["sentences"]) for r in refs)
     n_absent = sum(16 - len({a["category_id"] for a in ann["annotations"] if a["image_id"] == i}) for i in iids)
@@ -597,5 +600,4 @@ def test_evaluate_found_counts_present_and_absent_expressions(tiny_encoder, tmp_
         assert len(scores) == n and res.figures[f"not_found|absent/{k}"] == pytest.approx(np.mean(np.array(scores)
                                                                                                   < 0.5))
     with pytest.raises(ValueError, match="no referring expressions in split 'test'"):
-        evaluate_found(tiny_encoder, tmp_path / "annotations.json", tmp_path / "refs.json", tmp_path / "images",
-                       split="test")
+        evaluate_found(tiny_encoder, data, split="test")

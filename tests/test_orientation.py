@@ -186,7 +186,11 @@ def test_the_openvocab_evaluator_reads_tagged_coco_images_as_annotated(tmp_path,
 
     labels = {name: write_case(tmp_path / "images", name, tag, hw, how) for name, tag, hw, how in CASES}
     ann = coco_file(tmp_path, labels, tmp_path / "images")
-    res = evaluate_openvocab(tiny_encoder, ann, tmp_path / "images", split="test", resamples=10, max_patches=16)
+    from dense.eval.data import open_data
+    from dense.eval.settings import Bootstrap, Extraction
+
+    res = evaluate_openvocab(tiny_encoder, open_data(ann=ann, images=tmp_path / "images"), split="test",
+                             bootstrap=Bootstrap(resamples=10), extraction=Extraction(max_patches=16))
     assert res.meta["images"] == len(CASES)
     assert res.meta["exif_tagged"] == len(CASES) - 1
 
@@ -209,8 +213,11 @@ def test_the_refer_evaluator_reads_tagged_coco_images_as_annotated(tmp_path, tin
     refs = [{"ref_id": a["id"], "ann_id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"],
              "split": "test", "sentences": [{"sent": NAMES[a["category_id"]]}]} for a in data["annotations"]]
     (tmp_path / "refs.json").write_text(json.dumps(refs))
-    res = evaluate_refer(tiny_encoder, ann, tmp_path / "refs.json", tmp_path / "images", split="test", resamples=10,
-                         max_patches=16)
+    from dense.eval.data import open_data
+    from dense.eval.settings import Bootstrap, Extraction
+
+    res = evaluate_refer(tiny_encoder, open_data(ann=ann, images=tmp_path / "images", refs=tmp_path / "refs.json"),
+                         split="test", bootstrap=Bootstrap(resamples=10), extraction=Extraction(max_patches=16))
     assert res.meta["images"] == len(CASES) and res.meta["expressions"] == len(refs)
     assert res.meta["exif_tagged"] == len(CASES) - 1
 

@@ -148,13 +148,13 @@ def test_cli_train_then_eval(tmp_path, tiny_siglip_dir, tiny_siglip2_dir, capsys
     res = json.loads((tmp_path / "train.json").read_text())
     assert set(res["meta"]["sweep"]) == {"lr=0.001 layers=1", "lr=0.01 layers=1"}
     assert res["meta"]["class_names"][0] == "background" and res["probe"] == str(out)
-    rc = main(["probe", "eval", *common, "--probe", str(out), "--split", "test", "--json", str(tmp_path / "e.json")])
+    rc = main(["probe", "test", *common, "--probe", str(out), "--split", "test", "--json", str(tmp_path / "e.json")])
     assert rc == 0
     ev = json.loads((tmp_path / "e.json").read_text())
     assert ev["figures"]["mIoU"] == pytest.approx(res["figures"]["mIoU"])
     assert 0 <= ev["figures"]["bF"] <= 1 and 0 <= ev["figures"]["trimap_mIoU"] <= 1
     capsys.readouterr()
-    rc = main(["probe", "eval", *common, "--probe", str(out), "--split", "test", "--sharpen", "guided",
+    rc = main(["probe", "test", *common, "--probe", str(out), "--split", "test", "--sharpen", "guided",
                "--json", str(tmp_path / "g.json")])
     assert rc == 0 and "boundary F" in capsys.readouterr().out
     guided = json.loads((tmp_path / "g.json").read_text())["figures"]
@@ -174,7 +174,7 @@ def test_cli_train_then_eval(tmp_path, tiny_siglip_dir, tiny_siglip2_dir, capsys
                  "--json", str(tmp_path / "split.json")]) == 0
     assert json.loads((tmp_path / "split.json").read_text())["figures"] == pytest.approx(res["figures"])
     common[1] = str(tiny_siglip2_dir)
-    assert main(["probe", "eval", *common, "--probe", str(out), "--split", "test"]) == 1
+    assert main(["probe", "test", *common, "--probe", str(out), "--split", "test"]) == 1
     assert "trained on another encoder" in capsys.readouterr().err
     assert not list(Path(tmp_path / "cache").rglob("*.tmp"))
 
@@ -279,6 +279,6 @@ def test_cli_protocols_and_bf16_cache(tmp_path, tiny_siglip_dir):
     assert set(res["meta"]["sweep"]) == {f"lr=0.01 layers={ls}{p}" for ls in ("1", "0,1", "0")
                                          for p in ("", "+pooled")}
     ev = tmp_path / "e.json"
-    assert main(["probe", "eval", *common, "--probe", str(out), "--split", "val", "--json", str(ev)]) == 0
+    assert main(["probe", "test", *common, "--probe", str(out), "--split", "val", "--json", str(ev)]) == 0
     best = res["meta"]["sweep"][res["meta"]["best"]]
     assert json.loads(ev.read_text())["figures"]["mIoU"] == pytest.approx(best["mIoU"])

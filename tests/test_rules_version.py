@@ -6,10 +6,11 @@ was stored under it, so a rule that changes while its version stays would serve 
 tests compute reference outputs of each rule on fixed inputs and compare them with the outputs recorded for the
 CURRENT version:
 
-- pixels and tokens (``RULES_VERSION``): the grid choice over many sizes, budgets and patch sizes; the resize and
-  normalisation (``to_pixels``, two PIL filters, non-trivial mean/std); NaFlex patchifying; the tokens of the bundled
-  ``shapes-tiny-v2`` (both blocks: raw block output and the last block after ``post_layernorm``); the aligned tokens of
-  every heatmap method;
+- pixels and tokens (``RULES_VERSION``): the grid choice over many sizes, budgets and patch sizes; how an image of
+  annotated data is read (EXIF orientations 3, 6 and 8, square and not, against the stored and the upright size;
+  from version 2); the resize and normalisation (``to_pixels``, two PIL filters, non-trivial mean/std); NaFlex
+  patchifying; the tokens of the bundled ``shapes-tiny-v2`` (both blocks: raw block output and the last block after
+  ``post_layernorm``); the aligned tokens of every heatmap method;
 - text (``TEXT_RULES_VERSION``): token ids with padding, truncation and EOS for fixed strings on the bundled tokenizer;
   template-averaged text embeddings.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +51,30 @@ PIXEL_RULES = {
             "map-value-mlp+filter": [0.02462, 0.00799, 0.09383, 0.29745, -0.17308, 0.0655],
             "attn-value+filter": [-0.02657, 0.04973, 0.22307, 0.06765, -0.05925, 0.06258],
             "leave-one-out+filter": [0.06566, 0.06451, 0.01379, 0.17989, -0.01922, 0.02707],
+            "clear-map-value+filter": [0.01452, 0.06881, 0.21059, 0.1901, -0.22535, 0.09961],
+            "clear-map-value-mlp+filter": [-0.10977, 0.00966, 0.15333, 0.27363, -0.24985, 0.10895],
+        },
+        "filter": [-0.71909, 0.51232, 1.0, -0.81161, 2, 3, -0.71909, 0.51232, -0.25714, 0.10758, 2, 3, 4, 1],
+    },
+    2: {  # annotated data read in its annotation's geometry (EXIF orientation)
+        "choose_grid": "cf00f602add09009b13dbd1c",
+        "annotated": "2528a9291b605c640ea32955",
+        "to_pixels": "6a5cc8282c6d3bceb491b0cd",
+        "patchify": "88fa3f783c58f4f6a8cdc6bf",
+        "tokens": [-0.77545, 1.23318, 0.74769, 1.00371, -0.5056, 1.23422, -0.45202, -0.81516],
+        "aligned": {
+            "raw": [0.00979, -0.00784, -0.0429, 0.12699, 0.17145, -0.07193],
+            "map-value": [0.04334, -0.08898, 0.18127, 0.2229, -0.12314, 0.02084],
+            "map-value-mlp": [0.02462, 0.00799, 0.09383, 0.29745, -0.17308, 0.0655],
+            "clear-map-value": [0.01452, 0.06881, 0.21059, 0.1901, -0.22535, 0.09961],
+            "clear-map-value-mlp": [-0.10977, 0.00966, 0.15333, 0.27363, -0.24985, 0.10895],
+            "attn-value": [-0.02657, 0.04973, 0.22307, 0.06765, -0.05925, 0.06258],
+            "leave-one-out": [0.06566, 0.0645, 0.0138, 0.1799, -0.01921, 0.02708],
+            "raw+filter": [0.00979, -0.00784, -0.0429, 0.12699, 0.17145, -0.07193],
+            "map-value+filter": [0.04334, -0.08898, 0.18127, 0.2229, -0.12314, 0.02084],
+            "map-value-mlp+filter": [0.02462, 0.00799, 0.09383, 0.29745, -0.17308, 0.0655],
+            "attn-value+filter": [-0.02657, 0.04973, 0.22307, 0.06765, -0.05925, 0.06258],
+            "leave-one-out+filter": [0.06566, 0.0645, 0.0138, 0.1799, -0.01921, 0.02708],
             "clear-map-value+filter": [0.01452, 0.06881, 0.21059, 0.1901, -0.22535, 0.09961],
             "clear-map-value-mlp+filter": [-0.10977, 0.00966, 0.15333, 0.27363, -0.24985, 0.10895],
         },
@@ -110,6 +136,28 @@ def v2():
     return dense.load_encoder("shapes-tiny-v2", dtype="fp32")
 
 
+def annotated_reads() -> str:
+    """The pixels :func:`dense.preprocess.load_image` reads for tagged PNGs (lossless: the bytes are the same on every
+    machine) given as annotated data whose annotation has the stored or the upright size."""
+    import tempfile
+
+    from dense.preprocess import annotated_path, load_image
+
+    reads = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for hw in ((6, 9), (7, 7)):
+            rgb = _image(*hw)
+            for tag in (3, 6, 8):
+                exif = Image.Exif()
+                exif[0x0112] = tag  # Orientation
+                path = Path(tmp) / f"{hw[0]}x{hw[1]}-{tag}.png"
+                Image.fromarray(rgb).save(path, exif=exif)
+                upright_hw = hw[::-1] if tag in (6, 8) else hw
+                reads += [load_image(annotated_path(path, hw)), load_image(annotated_path(path, upright_hw)),
+                          load_image(path)]
+    return _sha(*reads)
+
+
 def pixel_outputs(encoder) -> dict:
     from dense.heatmap import EXPERIMENTAL_METHODS, METHODS, filter_distractors, with_aligned
     from dense.preprocess import PixelConfig, choose_grid, patchify, to_pixels
@@ -131,7 +179,8 @@ def pixel_outputs(encoder) -> dict:
     x[2, 3] *= 9.0  # a norm outlier
     x[4, 1] = torch.from_numpy(np.cos(3.1 * np.arange(16))).float()  # unlike its neighbours (the isolation cue)
     filtered = [filter_distractors(x, cues=cues) for cues in (("norm",), ("norm", "isolation"))]
-    return {"choose_grid": _sha(np.asarray(grids, np.int64)), "to_pixels": _sha(*pixels), "patchify": _sha(patches),
+    return {"choose_grid": _sha(np.asarray(grids, np.int64)), "annotated": annotated_reads(),
+            "to_pixels": _sha(*pixels), "patchify": _sha(patches),
             "tokens": _sample(tokens, 8), "aligned": aligned,
             "filter": [v for f, _, mask in filtered for v in (*_sample(f[2, 3], 2), *_sample(f[4, 1], 2),
                                                                *mask.nonzero().reshape(-1).tolist())]}
@@ -170,7 +219,8 @@ def test_pixel_and_token_rules_match_their_version(v2):
                                           f"`python tests/test_rules_version.py` prints")
     want = PIXEL_RULES[RULES_VERSION]
     got = pixel_outputs(v2)
-    for name in ("choose_grid", "to_pixels", "patchify", "tokens", "filter"):
+    for name in ("choose_grid", "to_pixels", "patchify", "tokens", "filter", *(["annotated"] if "annotated" in want
+                                                                              else [])):
         _compare(name, got[name], want[name], "RULES_VERSION", "dense.features")
     assert set(got["aligned"]) == set(want["aligned"]), "the heatmap methods changed: bump RULES_VERSION"
     for method, values in want["aligned"].items():

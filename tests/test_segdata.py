@@ -451,9 +451,11 @@ def test_cli_eval_probe_on_a_voc_fixture(tmp_path):
 def test_the_evaluators_record_the_split_list_and_tagged_images(tmp_path, tiny_encoder):
     """Result.meta names the list a split came from (here VOC2010's own) and counts EXIF-tagged images (none)."""
     from dense.eval.openvocab import evaluate_openvocab
+    from dense.eval.settings import Bootstrap, Extraction
 
     b = L.context459_official_split(tmp_path)
     ds = load_dataset("context459", b.root)
-    res = evaluate_openvocab(tiny_encoder, ds, None, split="val", resamples=10, max_patches=4)
+    res = evaluate_openvocab(tiny_encoder, ds, split="val", bootstrap=Bootstrap(resamples=10),
+                             extraction=Extraction(max_patches=4))
     assert res.meta["split_list"] == ds.split_list("val") and "ImageSets/Main/val.txt" in res.meta["split_list"]
     assert res.meta["exif_tagged"] == 0 and res.meta["images"] == len(b.truth["val"])

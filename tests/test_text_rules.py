@@ -213,7 +213,9 @@ def test_the_openvocab_evaluator_embeds_each_class_names_first_alias(tmp_path):
     """Category names that carry aliases ("red circle, crimson disc") give exactly the figures of their first
     aliases; the whole names (aliases joined) would give others."""
     from dense.datasets import make_shapes
+    from dense.eval.data import open_data
     from dense.eval.openvocab import evaluate_openvocab
+    from dense.eval.settings import Bootstrap
 
     make_shapes(tmp_path / "w", 6, seed=31002, splits={"test": 1.0})
     data = json.loads((tmp_path / "w" / "annotations.json").read_text())
@@ -223,7 +225,8 @@ def test_the_openvocab_evaluator_embeds_each_class_names_first_alias(tmp_path):
         for c in d["categories"]:
             c["name"] = rename(c["name"])
         (tmp_path / "a.json").write_text(json.dumps(d))
-        res = evaluate_openvocab(enc, tmp_path / "a.json", tmp_path / "w" / "images", split="test", resamples=10)
+        res = evaluate_openvocab(enc, open_data(ann=tmp_path / "a.json", images=tmp_path / "w" / "images"),
+                                 split="test", bootstrap=Bootstrap(resamples=10))
         return {k: v for k, v in res.figures.items() if "/IoU/" not in k}  # per-class keys carry the names
 
     enc = dense.load_encoder("shapes-tiny-v2", compile=False)

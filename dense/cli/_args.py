@@ -21,6 +21,7 @@ DATASETS = ("voc", "ade20k", "ade847", "coco-stuff", "context59", "context459", 
 DTYPE_NAMES = ("fp32", "float32", "bf16", "bfloat16")  # float16 is refused on every device
 DTYPES = ("auto", *DTYPE_NAMES)  # "auto": bf16 where the hardware runs it natively, else fp32
 STORE_DTYPES = ("fp32", "float32", "bf16", "bfloat16")
+CACHE = "dense-cache"  # the one default --cache of every command that reads or fills one
 PRESETS = ("siglip2-tips", "pe-best-block", "dinov3", "radio")
 PROTOCOLS = ("last", "last-k", "best-block", "pooled", "all")
 POOLED = ("off", "on", "both")
@@ -369,6 +370,16 @@ def background(text: str):
     if not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"a threshold must be in [0, 1], got {text}")
     return v
+
+
+def cache_root(text: str) -> Path:
+    """An argparse type: a feature cache root, a folder or a path where one can be made (not a file)."""
+    from dense.eval.data import check_cache_root
+
+    try:
+        return check_cache_root(Path(text).expanduser())
+    except NotADirectoryError as e:
+        raise argparse.ArgumentTypeError(f"{e.filename}: {e.strerror}") from None
 
 
 def floats(text: str) -> list[float]:

@@ -5,6 +5,7 @@ Each command maps its flags to one evaluator call and prints its Result; ``--jso
 
 from __future__ import annotations
 
+from dense.cli import probe as probe_cli
 from dense.cli._args import (
     REFINES,
     SCORERS,
@@ -31,6 +32,7 @@ from dense.cli._args import (
     pct,
     plural,
     positive_int,
+    runtime,
     tensors_file,
     write_json,
 )
@@ -102,19 +104,25 @@ def ci(res, name: str) -> str:
     return f"{pct(v).strip()} [{pct(lo).strip()}, {pct(hi).strip()}]"
 
 
-def _methods(args, enc) -> list[str] | None:
-    """``--methods``: None (calibrated), 'all' (every method, with a note on those computed from the image)."""
-    from dense.heatmap import METHODS, supported_methods
+def _methods(args) -> list[str] | None:
+    """``--methods``: None (calibrated), 'all' (every method of dense.heatmap.METHODS); each checked before the
+    model loads."""
+    from dense.heatmap import METHODS, get_method
 
     if args.methods is None:
         return None
-    if args.methods != ["all"]:
-        return args.methods
-    skipped = sorted(set(METHODS) - set(supported_methods(enc)))
+    if args.methods == ["all"]:
+        return list(METHODS)
+    return [get_method(m).name for m in args.methods]  # an unknown name raises naming the choices
+
+
+def _note_from_image(methods, enc) -> None:
+    from dense.heatmap import supported_methods
+
+    skipped = sorted(set(methods or ()) - set(supported_methods(enc, experimental=True)))
     if skipped:
         print(f"note: {', '.join(skipped)} need the input of the last block, which a {enc.num_layers}-block "
               f"tower's FeatureMaps do not hold: computed from each image instead")
-    return list(METHODS)
 
 
 def _check_choose(args) -> None:
@@ -125,26 +133,32 @@ def _check_choose(args) -> None:
                          f"{args.background}: give --background as a number")
 
 
+def bootstrap(args):
+    from dense.eval.settings import Bootstrap
+
+    return Bootstrap(resamples=args.resamples, seed=args.seed)
+
+
 def run_openvocab(args) -> int:
+    from dense.eval.data import open_data
     from dense.eval.openvocab import evaluate_openvocab
+    from dense.eval.settings import OpenVocabScoring
 
     _check_choose(args)
-    if (args.dataset is None) == (args.ann is None) or (args.ann is not None and args.images is None):
+    if (args.dataset is None) == (args.ann is None):
         raise DenseError("give --ann FILE --images DIR, or --dataset NAME --root DIR")
-    data = args.ann
-    if args.dataset is not None:
-        from dense.segdata import load_dataset
-
-        split = None if args.split in (None, "all") else args.split
-        # split lists and label files (headers) are checked before the model loads
-        data = load_dataset(args.dataset, args.root, splits=[split] if split else [], check_files=split is not None,
-                            progress=not args.quiet)
+    # the data, its split and label files, and every setting are checked before the model loads
+    data = open_data(args.dataset, ann=args.ann, images=args.images, root=args.root, splits=[args.split],
+                     progress=not args.quiet)
+    bg = tuple(args.background) if isinstance(args.background, list) else args.background
+    scoring = OpenVocabScoring(methods=_methods(args), refines=args.refine, windows=args.windows, background=bg,
+                               templates=args.templates, thresholds=args.sweep or ())
     enc = load(args)
-    res = evaluate_openvocab(enc, data, args.images, methods=_methods(args, enc), background=args.background,
-                             templates=args.templates, split=args.split, limit=args.limit,
-                             max_patches=args.max_patches, background_thresholds=args.sweep or (), refines=args.refine,
-                             windows=args.windows, resamples=args.resamples, seed=args.seed, choose=args.choose,
-                             guard=args.guard, progress=not args.quiet)
+    _note_from_image(scoring.methods, enc)
+    res = evaluate_openvocab(enc, data, split=args.split, scoring=scoring, extraction=probe_cli.extraction(args),
+                             limit=args.limit, bootstrap=bootstrap(args), choose=args.choose, guard=args.guard,
+                             progress=not args.quiet)
+
     def show() -> None:
         print(format_openvocab(res))
         if args.choose:
@@ -162,17 +176,27 @@ def run_openvocab(args) -> int:
     return finish(show, calibration, lambda: write_json(args.json, res.to_json()))
 
 
+def _edge_note(edge: str | None, what: str, flag: str) -> str:
+    return (f"\n  note: the chosen {what} is the {edge} of the grid; the optimum may lie beyond it (widen {flag})"
+            if edge else "")
+
+
 def format_choice(c: dict, res) -> str:
+    """A chosen open-vocabulary setting, whole (method, refinement, windows, background, templates), its figures
+    and, where it lies there, the note that it is at the edge of the swept grid."""
     iv = c["mIoU_interval"] or (float("nan"),) * 2
     pv = c["pixel_acc_interval"] or (float("nan"),) * 2
-    return (f"chosen on split {res.meta['split']} ({res.meta['max_patches']} tokens): method {c['method']}, "
-            f"background {c['background']}: mIoU {pct(c['mIoU']).strip()} [{pct(iv[0]).strip()}, "
+    return (f"chosen on split {res.meta['split']} ({res.meta['max_patches']} tokens): {c['text']}: "
+            f"mIoU {pct(c['mIoU']).strip()} [{pct(iv[0]).strip()}, "
             f"{pct(iv[1]).strip()}], pixel accuracy {pct(c['pixel_acc']).strip()} [{pct(pv[0]).strip()}, "
             f"{pct(pv[1]).strip()}] (best pixel accuracy {pct(c['best_pixel_acc']).strip()}, guard "
-            f"{100 * c['guard']:g} points, {c['eligible']} settings eligible)")
+            f"{100 * c['guard']:g} points, {c['eligible']} settings eligible)"
+            + _edge_note(c.get("threshold_at_grid_edge"), "background threshold", "--sweep"))
 
 
 def format_openvocab(res) -> str:
+    from dense.eval.settings import figure_name
+
     m = res.meta
     settings = m.get("settings", m["methods"])
     lines = [f"open-vocabulary segmentation: {plural(m['images'], 'image')} of split {m['split']}, "
@@ -180,13 +204,13 @@ def format_openvocab(res) -> str:
              f"{m['templates']}",
              f"{'method':<32}{'mIoU % [95% CI]':>20}{'pixAcc % [95% CI]':>20}{'pointing % [95% CI]':>22}{'points':>8}"]
     for s in settings:
-        lines.append(f"{s:<32}{ci(res, f'{s}/mIoU'):>20}{ci(res, f'{s}/pixel_acc'):>20}"
-                     f"{ci(res, f'{s}/pointing'):>22}{m['points'][s]:>8}")
+        lines.append(f"{s:<32}{ci(res, figure_name(s, 'mIoU')):>20}{ci(res, figure_name(s, 'pixel_acc')):>20}"
+                     f"{ci(res, figure_name(s, 'pointing')):>22}{m['points'][s]:>8}")
     if m["thresholds"]:
         lines += ["", "by background threshold: mIoU % [95% CI] / pixel accuracy %"]
         for s in settings:
-            lines.append(f"{s:<32}" + "  ".join(f"{t}: {ci(res, f'{s}/mIoU@thr={t}')} / "
-                                                f"{pct(res.figures[f'{s}/pixel_acc@thr={t}']).strip()}"
+            lines.append(f"{s:<32}" + "  ".join(f"{t}: {ci(res, figure_name(s, 'mIoU', t))} / "
+                                                f"{pct(res.figures[figure_name(s, 'pixel_acc', t)]).strip()}"
                                                 for t in m["thresholds"]))
     lines.append("mIoU: mean over classes of intersection / union, pixels of the whole split; pointing: the share of "
                  "(image, class present) pairs whose peak patch lies inside that class's mask. Intervals: "
@@ -196,19 +220,28 @@ def format_openvocab(res) -> str:
 
 
 def run_refer(args) -> int:
+    from dense.eval.data import open_data
     from dense.eval.refer import evaluate_refer
+    from dense.eval.settings import ReferScoring
 
     _check_choose(args)
+    # the files, the split's expressions and every setting are checked before the model loads
+    data = open_data(ann=args.ann, images=args.images, refs=args.refs)
+    data.load_refs(args.split)
+    scoring = ReferScoring(methods=_methods(args), scorers=args.scorers, box_threshold=args.box_threshold,
+                           thresholds=args.sweep, templates=args.templates)
     enc = load(args)
-    res = evaluate_refer(enc, args.ann, args.refs, args.images, split=args.split, methods=_methods(args, enc),
-                         scorers=args.scorers, box_thresholds=args.sweep, box_threshold=args.box_threshold,
-                         templates=args.templates, limit=args.limit, max_patches=args.max_patches,
-                         resamples=args.resamples, seed=args.seed, choose=args.choose, progress=not args.quiet)
+    _note_from_image(scoring.methods, enc)
+    res = evaluate_refer(enc, data, split=args.split, scoring=scoring, extraction=probe_cli.extraction(args),
+                         limit=args.limit, bootstrap=bootstrap(args), choose=args.choose, progress=not args.quiet)
+
     def show() -> None:
         print(format_refer(res))
-        for meth, t in res.meta.get("chosen", {}).items():
-            print(f"chosen box threshold for {meth} on split {res.meta['split']}: {t} (Acc@0.5 "
-                  f"{ci(res, f'none/{meth}/-/acc@0.5@thr={t}')})")
+        for c in res.meta.get("chosen", {}).values():
+            iv = c["acc@0.5_interval"] or [float("nan")] * 2
+            print(f"chosen on split {res.meta['split']}: {c['text']}: Acc@0.5 {pct(c['acc@0.5']).strip()} "
+                  f"[{pct(iv[0]).strip()}, {pct(iv[1]).strip()}]"
+                  + _edge_note(c["threshold_at_grid_edge"], "box threshold", "--sweep"))
 
     def calibration():
         if not args.calibration_out:
@@ -224,14 +257,11 @@ def run_refer(args) -> int:
 
 def format_refer(res) -> str:
     """The figures of :func:`dense.eval.refer.evaluate_refer` as a plain-text table (percentages)."""
-    from dense.eval.refer import config_key
+    from dense.eval.refer import ways as ways_of
+    from dense.eval.settings import Way, figure_name
 
     m, f = res.meta, res.figures
-    ways = [config_key("none", "centre-prior")]
-    ways += [config_key("none", meth) for meth in m["methods"]]
-    ways += [config_key("none", meth, "components+map-box") for meth in m["methods"]]
-    ways += [config_key("gt-boxes", meth, s) for meth in m["methods"] for s in m["scorers"]]
-    ways.append(config_key("gt-boxes", "-", "random"))
+    ways = ways_of(m)
     head = f"{'Acc@0.5':>8}{'point':>7}{'ctr-pt':>8}"
     lines = [f"referring expressions: {plural(m['expressions'], 'expression')} ({plural(m['refs_count'], 'ref')}) on "
              f"{plural(m['images'], 'image')} of split {m['split']}; {m['expressions_multi']} on images with >= 2 "
@@ -240,11 +270,11 @@ def format_refer(res) -> str:
              f"{'candidates':<11}{'method':<22}{'scorer':<20}{head}  {head}   "
              f"{'Acc@0.5 [95% CI]':>18}{'point [95% CI]':>20}   (%)"]
     for way in ways:
-        setting, meth, scorer = way.split("/")
+        setting, meth, scorer = way.candidates, way.method, way.scorer
         cols = (("acc@0.5", 8), ("pointing", 7), ("pointing_box_centre", 8))
-        cells = "  ".join("".join(pct(f.get(f"{p}{way}/{k}", float("nan"))).rjust(w) for k, w in cols)
-                          for p in ("", "multi/"))
-        cells += f"   {ci(res, f'{way}/acc@0.5'):>18}{ci(res, f'{way}/pointing'):>20}"
+        cells = "  ".join("".join(pct(f.get(figure_name(p, way.name(k)), float("nan"))).rjust(w) for k, w in cols)
+                          for p in ("", "multi"))
+        cells += f"   {ci(res, way.name('acc@0.5')):>18}{ci(res, way.name('pointing')):>20}"
         thr = setting == "none" and scorer == "-" and meth != "centre-prior"
         note = f"  (box threshold {m['box_threshold']})" if thr else ""
         lines.append(f"{setting:<11}{meth:<22}{scorer:<20}{cells}{note}")
@@ -257,7 +287,7 @@ def format_refer(res) -> str:
                   f"{'method':<22}" + "".join(f"{t:>7}" for t in m["thresholds"])]
         for meth in m["methods"]:
             lines.append(f"{meth:<22}" + "".join(
-                pct(f[f"{config_key('none', meth)}/acc@0.5@thr={t}"]).rjust(7) for t in m["thresholds"]))
+                pct(f[Way("none", meth, threshold=t).name("acc@0.5")]).rjust(7) for t in m["thresholds"]))
     sec = m["seconds"]
     lines.append(f"\nextraction {sec['extract']:.1f} s, localization {sec['localize']:.1f} s (all methods, scorers, "
                  f"thresholds)")
@@ -288,7 +318,7 @@ def add_probe(tasks, parent) -> None:
                      "holdout of the training split, report the test split once (mIoU, pixel accuracy, per class)")
     add_model(p)
     add_dataset(p, required=True)
-    opt(p, "--cache", default="dense-cache")
+    probe.add_cache(p)
     opt(p, "--holdout", type=open_fraction, default=0.1, metavar="FRACTION")
     opt(p, "--holdout-seed", type=int, default=0)
     opt(p, "--train-split", "default: the dataset's training split")
@@ -307,12 +337,16 @@ def add_probe(tasks, parent) -> None:
 
 def run_probe(args) -> int:
     from dense.cli import probe
+    from dense.eval.data import open_data
     from dense.eval.probe import evaluate_linear_probe
+    from dense.eval.settings import ProbeSplits
     from dense.segdata import PROTOCOLS
 
-    res = evaluate_linear_probe(args.model, dataset=args.dataset, root=args.root, train_split=args.train_split,
-                                test_split=args.test_split or PROTOCOLS[args.dataset][1], holdout=args.holdout,
-                                holdout_seed=args.holdout_seed, **probe.sweep_kwargs(args),
-                                **probe.extract_kwargs(args))
+    data = open_data(args.dataset, root=args.root, on_error="skip" if args.skip_bad else "raise")
+    splits = ProbeSplits(train=args.train_split, test=args.test_split or PROTOCOLS[args.dataset][1],
+                         holdout=args.holdout, holdout_seed=args.holdout_seed)
+    res = evaluate_linear_probe(args.model, data, cache=args.cache, splits=splits, extraction=probe.extraction(args),
+                                training=probe.training(args), sharpening=probe.sharpening(args), preset=args.preset,
+                                progress=not args.quiet, **runtime(args))
     probe.report(res, args.out, args.json)
     return 0

@@ -1,4 +1,4 @@
-"""``dense probe train | eval | refer``: linear-probe segmentation heads (and a small referring head) on cached
+"""``dense probe train | test | refer``: linear-probe segmentation heads (and a small referring head) on cached
 features.
 
     dense probe train --model shapes-tiny --ann shapes/annotations.json --images shapes/images --cache cache \\
@@ -6,7 +6,7 @@ features.
     dense probe train --model M --ann train=instances_train2017.json --images train=train2017 \\
         --ann val=instances_val2017.json --images val=val2017 --cache cache ...
     dense probe train --model M --dataset voc --root VOCdevkit/VOC2012 --holdout 0.1 --test-split val --cache cache
-    dense probe eval --probe probe.safetensors --model shapes-tiny --ann ... --images ... --split test --cache cache
+    dense probe test --probe probe.safetensors --model shapes-tiny --ann ... --images ... --split test --cache cache
 
 Missing features are extracted into the cache first (resumable; ``--no-extract`` to require them). Each command is
 one call of :mod:`dense.eval.probe` / :mod:`dense.eval.refer`; this module maps flags and prints the Result.
@@ -15,6 +15,7 @@ one call of :mod:`dense.eval.probe` / :mod:`dense.eval.refer`; this module maps 
 from __future__ import annotations
 
 from dense.cli._args import (
+    CACHE,
     POOLED,
     PRESETS,
     PROTOCOLS,
@@ -27,6 +28,7 @@ from dense.cli._args import (
     add_quiet,
     add_runtime,
     add_templates,
+    cache_root,
     command,
     existing,
     finish,
@@ -48,7 +50,7 @@ from dense.cli._args import (
 
 
 def add(sub, parent) -> None:
-    _, actions = group(sub, "probe", parent, help="linear-probe segmentation on cached features (train, eval)",
+    _, actions = group(sub, "probe", parent, help="linear-probe segmentation on cached features (train, test)",
                        description=__doc__.split("\n\n")[0].replace("\n", " "))
     t = command(actions, "train", parent, func=run_train,
                 help="sweep learning rates in one pass over cached features, choose on val, report test once")
@@ -64,7 +66,8 @@ def add(sub, parent) -> None:
     add_json(t)
     add_quiet(t)
 
-    e = command(actions, "eval", parent, func=run_eval, help="score a saved probe at the original image resolution")
+    e = command(actions, "test", parent, func=run_test,
+                help="score a saved probe on one split at the original image resolution")
     data_options(e)
     opt(e, "--probe", required=True, type=existing("file"))
     opt(e, "--split", default="test")
@@ -94,14 +97,14 @@ def add(sub, parent) -> None:
 
 
 def data_options(p) -> None:
-    """The dataset, the cache and extraction (``probe train``, ``probe eval``)."""
+    """The dataset, the cache and extraction (``probe train``, ``probe test``)."""
     add_model(p)
     src = p.add_argument_group("dataset (one of)")
     opt(src, "--ann", "FILE alone: splits from its images' 'split' field; SPLIT=FILE (repeatable): one file per "
                       "split, e.g. train=instances_train2017.json", action="append", metavar="[SPLIT=]FILE")
     opt(src, "--images", "DIR alone, or SPLIT=DIR per --ann file", action="append", metavar="[SPLIT=]DIR")
     add_dataset(src)
-    opt(p, "--cache", required=True)
+    add_cache(p)
     opt(p, "--no-extract", action="store_true")
     add_max_patches(p)
     add_runtime(p)
@@ -109,11 +112,17 @@ def data_options(p) -> None:
     opt(p, "--skip-bad", action="store_true")
 
 
+def add_cache(p) -> None:
+    """``--cache``, with one default in every probe command."""
+    opt(p, "--cache", type=cache_root, default=CACHE)
+
+
 def sweep_options(t) -> None:
-    """The options of the sweep (also ``dense eval probe``)."""
-    opt(t, "--layers", type=layers, default=(-1,), metavar="BLOCKS")
+    """The options of the sweep (also ``dense eval probe``). Options a preset fixes default to None (unset), so
+    that one given explicitly, even at its default value, clashes with ``--preset``."""
+    opt(t, "--layers", "default: -1", type=layers, metavar="BLOCKS")
     opt(t, "--layer-sets", type=layer_sets, metavar="SETS")
-    opt(t, "--lrs", type=positive_floats, default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1")
+    opt(t, "--lrs", "default: the grid of probes.train.LRS", type=positive_floats)
     opt(t, "--epochs", type=positive_int, default=10)
     opt(t, "--train-batch-size", "images, all of one patch grid", type=positive_int, default=16)
     opt(t, "--label-scale", type=positive_int, default=1)
@@ -123,33 +132,54 @@ def sweep_options(t) -> None:
     opt(t, "--protocol", choices=PROTOCOLS)
     opt(t, "--last-k", type=positive_int, default=4)
     opt(t, "--preset", choices=PRESETS)
-    opt(t, "--pooled", choices=POOLED, default="off")
+    opt(t, "--pooled", "default: off", choices=POOLED)
     opt(t, "--store-dtype", choices=STORE_DTYPES, default="float32")
     sharpen_options(t)
 
 
 def sharpen_options(p) -> None:
-    opt(p, "--sharpen", "of the reported split", default="bilinear", choices=SHARPEN_MODES)
+    opt(p, "--sharpen", "of the reported split (default: bilinear)", choices=SHARPEN_MODES)
     opt(p, "--upsampler", type=existing("file"))
 
 
-def data_kwargs(args) -> dict:
-    """The data keywords of :mod:`dense.eval.probe` from ``--ann/--images`` or ``--dataset/--root``."""
-    return {"ann": args.ann, "images": args.images, "dataset": args.dataset, "root": args.root}
+def open_data(args):
+    """The data of ``--ann/--images`` or ``--dataset/--root``, opened (files read and checked) before any model."""
+    from dense.eval.data import open_data
+
+    return open_data(args.dataset, ann=args.ann, images=args.images, root=args.root,
+                     on_error="skip" if args.skip_bad else "raise")
 
 
-def sweep_kwargs(args) -> dict:
-    return dict(layers=args.layers, layer_sets=args.layer_sets, lrs=args.lrs, epochs=args.epochs,
-                train_batch_size=args.train_batch_size, label_scale=args.label_scale, weight_decay=args.weight_decay,
-                feature_dtype=args.feature_dtype, seed=args.seed, protocol=args.protocol, last_k=args.last_k,
-                pooled=args.pooled, store_dtype=args.store_dtype, sharpen=args.sharpen, upsampler=args.upsampler,
-                preset=args.preset)
+def training(args):
+    """The :class:`dense.eval.settings.ProbeTraining` of the sweep's flags (unset flags: its defaults)."""
+    from dense.eval.settings import ProbeTraining
+
+    kw = dict(epochs=args.epochs, train_batch_size=args.train_batch_size, label_scale=args.label_scale,
+              weight_decay=args.weight_decay, feature_dtype=args.feature_dtype, seed=args.seed,
+              layer_sets=args.layer_sets, pooled=args.pooled, protocol=args.protocol, last_k=args.last_k)
+    if args.lrs is not None:
+        kw["lrs"] = tuple(args.lrs)
+    return ProbeTraining(**kw)
 
 
-def extract_kwargs(args) -> dict:
-    return dict(cache=args.cache, max_patches=args.max_patches, batch_size=args.batch_size,
-                extract=not args.no_extract, on_error="skip" if args.skip_bad else "raise", progress=not args.quiet,
-                **runtime(args))
+def sharpening(args):
+    from dense.eval.settings import Sharpening
+
+    return Sharpening(sharpen=args.sharpen, upsampler=args.upsampler)
+
+
+def extraction(args):
+    """The :class:`dense.eval.settings.Extraction` of a command's flags."""
+    from dense.eval.settings import Extraction
+
+    kw = {k: getattr(args, k) for k in ("max_patches", "batch_size", "store_dtype") if getattr(args, k, None)}
+    if getattr(args, "layers", None) is not None:
+        kw["layers"] = args.layers
+    if getattr(args, "no_extract", False):
+        kw["extract"] = False
+    if getattr(args, "skip_bad", False):
+        kw["on_error"] = "skip"
+    return Extraction(**kw)
 
 
 def print_figures(title: str, figs: dict) -> None:
@@ -190,12 +220,15 @@ def print_sweep(res) -> None:
 
 def run_train(args) -> int:
     from dense.eval.probe import evaluate_linear_probe
+    from dense.eval.settings import ProbeSplits
 
     if not args.out:  # said before the work, not after it (stdout: errors stay one line on stderr)
         print("note: no --out: the chosen probe is scored, then discarded (add --out probe.safetensors to keep it)")
-    res = evaluate_linear_probe(args.model, **data_kwargs(args), train_split=args.train_split,
-                                val_split=args.val_split, test_split=args.test_split, holdout=args.holdout,
-                                holdout_seed=args.holdout_seed, **sweep_kwargs(args), **extract_kwargs(args))
+    splits = ProbeSplits(train=args.train_split, val=args.val_split, test=args.test_split, holdout=args.holdout,
+                         holdout_seed=args.holdout_seed)
+    res = evaluate_linear_probe(args.model, open_data(args), cache=args.cache, splits=splits,
+                                extraction=extraction(args), training=training(args), sharpening=sharpening(args),
+                                preset=args.preset, progress=not args.quiet, **runtime(args))
     report(res, args.out, args.json)
     return 0
 
@@ -206,19 +239,23 @@ def report(res, out, json_path) -> None:
            lambda: write_json(json_path, {**res.to_json(), "probe": str(out) if out else None}))
 
 
-def run_eval(args) -> int:
+def run_test(args) -> int:
     from dense.eval.probe import evaluate_saved_probe
 
-    res = evaluate_saved_probe(args.probe, args.model, **data_kwargs(args), split=args.split,
-                               sharpen=args.sharpen, upsampler=args.upsampler, **extract_kwargs(args))
+    res = evaluate_saved_probe(args.model, open_data(args), probe=args.probe, cache=args.cache, split=args.split,
+                               extraction=extraction(args), sharpening=sharpening(args), progress=not args.quiet,
+                               **runtime(args))
     return finish(lambda: print_figures(f"{args.split} ({plural(res.meta['images'], 'image')})", res.figures),
                   lambda: write_json(args.json, res.to_json()))
 
 
 def run_refer(args) -> int:
+    from dense.eval.data import open_data
     from dense.eval.refer import evaluate_refer_head_protocol
+    from dense.eval.settings import figure_name
 
-    res = evaluate_refer_head_protocol(args.model, ann=args.ann, refs=args.refs, images=args.images,
+    data = open_data(ann=args.ann, images=args.images, refs=args.refs)  # files and splits, before the model
+    res = evaluate_refer_head_protocol(args.model, data,
                                        train_split=args.train_split, split=args.split,
                                        test_split=args.test_split, templates=args.templates,
                                        max_patches=args.max_patches, steps=args.steps,
@@ -226,8 +263,9 @@ def run_refer(args) -> int:
                                        progress=not args.quiet, **runtime(args))
     m = res.meta
     lines = [f"{'split':<8}{'Acc@0.5 %':>10}{'point %':>9}{'expressions':>13}"]
-    lines += [f"{split:<8}{pct(res.figures[f'{split}/acc@0.5']):>10}{pct(res.figures[f'{split}/pointing']):>9}"
-              f"{m['expressions'][split]:>13}" for split in m["reported"]]
+    for split in m["reported"]:
+        f = {k: res.figures[figure_name(split, k)] for k in ("acc@0.5", "pointing")}
+        lines.append(f"{split:<8}{pct(f['acc@0.5']):>10}{pct(f['pointing']):>9}{m['expressions'][split]:>13}")
     lines.append(f"features {m['seconds_features']:.1f} s, training {m['seconds_train']:.1f} s on "
                  f"{m['expressions'][args.train_split]} expressions")
     return finish("\n".join(lines), lambda: res.artifacts["head"].save(args.out) if args.out else None,

@@ -1,11 +1,14 @@
-"""One evaluator per task, each data in -> :class:`Result` out (flat named figures + per-sample rows).
+"""One evaluator per task, each ``evaluate_*(encoder, data, *, settings) -> Result`` (flat named figures + rows).
 
 - :mod:`dense.eval.openvocab`: open-vocabulary segmentation (mIoU, pixel accuracy, pointing) on COCO-style data;
 - :mod:`dense.eval.refer`: referring-expression localization (Acc@0.5, pointing game) on RefCOCO-style refs;
 - :mod:`dense.eval.probe`: the linear-probe protocol (extract, sweep, choose on val, report test once) and the
-  scoring of saved probes at the original resolution.
+  scoring of saved probes at the original resolution;
+- :mod:`dense.eval.zeroshot`: zero-shot classification and the pointing game.
 
-Evaluators are plain keyword functions, data in -> :class:`Result` out; they print nothing. ``dense eval ...`` and
+``data`` is opened by :func:`dense.eval.data.open_data` (one way for every evaluator and for extraction); settings
+are the frozen config objects of :mod:`dense.eval.settings`, whose :func:`~dense.eval.settings.figure_name` makes
+every flat figure name. Evaluators print nothing. ``dense eval ...`` and
 ``dense probe ...`` (:mod:`dense.cli`) map their flags to one such call and turn its Result into a table and a JSON
 file (``--json``).
 """
@@ -28,7 +31,11 @@ class Result:
         intervals: bootstrap 95% intervals ``[lo, hi]`` of figures, under the figure's name
             (:mod:`dense.eval.stats`); figures without one are absent.
         artifacts: what the run made besides figures, by name (e.g. ``"probe"``: the chosen
-            :class:`probes.LinearProbe`); not part of :meth:`to_json`.
+            :class:`probes.LinearProbe`; ``"chosen"``: a chosen setting object); not part of :meth:`to_json`.
+        values: the figures as structured values, ``{setting object: {figure: value}}`` (an
+            :class:`~dense.eval.settings.OpenVocabSetting`, a :class:`~dense.eval.settings.Way`, a
+            :class:`probes.train.Head`), where the evaluator compares settings; ``figures`` holds their flat names
+            (:func:`dense.eval.settings.figure_name`). Not part of :meth:`to_json`.
     """
 
     figures: dict[str, float]
@@ -36,6 +43,7 @@ class Result:
     meta: dict = field(default_factory=dict)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     artifacts: dict = field(default_factory=dict, repr=False)
+    values: dict = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
         return {"figures": self.figures, "intervals": {k: list(v) for k, v in self.intervals.items()},

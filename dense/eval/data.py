@@ -48,6 +48,7 @@ class Data:
     name: str | None = None
     refs: Path | None = None
     folder: Path | None = None
+    checked: set = field(default_factory=set, repr=False)  # splits whose files were checked
 
     def splits(self) -> list[str]:
         """Every split the data holds (a file per split counts as its split); empty for a folder."""
@@ -98,6 +99,8 @@ class Data:
     def check(self, split: str | None, *, progress: bool = False) -> None:
         """:meth:`open` ``split`` and read its label files' headers (channels, bit depth, size against the image)."""
         ds, sub = self.open(split)
+        if split in self.checked:
+            return
         if self.kind == "folder":
             if not self.items(None):
                 from dense.preprocess import no_images_error
@@ -107,6 +110,7 @@ class Data:
         if hasattr(ds, "check_files"):
             for s in [sub] if sub is not None else sorted(ds.splits()):
                 ds.check_files(s, progress=progress)
+        self.checked.add(split)
 
     def ids(self, split: str | None) -> list:
         ds, sub = self.open(split)

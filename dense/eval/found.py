@@ -14,14 +14,12 @@ absent "red circle" beside a red square is much harder to reject than one in a p
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from dense import coco
 from dense._progress import tqdm
 from dense.errors import InputError
 from dense.eval import Result, stats
+from dense.eval.settings import Bootstrap, Extraction
 
 CHOICE_GRID = tuple(round(float(t), 2) for t in np.arange(0.01, 1.0, 0.01))  # thresholds choose_found_threshold tries
 ABSENCE_KINDS = ("colour", "shape", "colour+shape", "neither")  # what of an absent expression the image holds
@@ -50,37 +48,53 @@ def _rates(rows: list[dict], threshold: float) -> dict[str, float]:
     return out
 
 
-def evaluate_found(encoder, ann: str | Path, refs: str | Path, images: str | Path, *, split: str | None = "val",
-                   threshold: float | None = None, limit: int | None = None, max_patches: int | None = None,
-                   resamples: int = stats.RESAMPLES, seed: int = 0, progress: bool = False) -> Result:
+def evaluate_found(encoder, data, *, split: str | None = "val", threshold: float | None = None,
+                   limit: int | None = None, extraction: Extraction | None = None, bootstrap: Bootstrap | None = None,
+                   progress: bool = False) -> Result:
     """Found rate on present expressions and not-found rate on absent ones at ``threshold`` (None: the encoder's
     calibrated ``found_threshold``).
 
+    ``data``: a :class:`dense.eval.data.Data` with referring expressions (``open_data(ann=, images=, refs=)``);
+    ``extraction.max_patches``: the token budget; ``bootstrap``: the intervals' draws.
+
     Figures: ``found|present``, ``not_found|absent`` and their mean ``balanced``, and ``not_found|absent/<kind>`` for
-    each kind of absence (:data:`ABSENCE_KINDS`), with bootstrap 95% intervals (``resamples`` draws, ``seed``); the
-    count of each kind is ``meta["absent_by_kind"]``. Rows: one per expression with ``image_id``, ``expression``,
-    ``present``, ``score`` and, for absent ones, ``absence`` (its kind), so :func:`choose_found_threshold` can try
-    other thresholds without running the model again.
+    each kind of absence (:data:`ABSENCE_KINDS`), with bootstrap 95% intervals (``bootstrap``); the count of each kind
+    is ``meta["absent_by_kind"]``. Rows: one per expression with ``image_id``, ``expression``, ``present``, ``score``
+    and, for absent ones, ``absence`` (its kind), so :func:`choose_found_threshold` can try other thresholds without
+    running the model again.
     """
     from dense.datasets import CATEGORIES
+    from dense.heatmap import get_method, layers_for, supported_methods
     from dense.refer import Localizer
 
     if threshold is None:
         threshold = encoder.calibration.found_threshold
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"threshold is a probability in [0, 1], got {threshold}")
-    ds = coco.load_coco(ann, images)
+    from dense.eval.data import open_data
+
+    extraction = extraction or Extraction()
+    bootstrap = bootstrap or Bootstrap()
+    max_patches, resamples, seed = extraction.max_patches, bootstrap.resamples, bootstrap.seed
+    data = open_data(data)
+    ds = data.dataset(None)
     by_image: dict[int, list[str]] = {}
-    for r in coco.load_refs(refs, ds, split=split):
+    for r in data.load_refs(split):  # raises naming the splits that hold expressions
         by_image.setdefault(r.image_id, []).extend(r.sentences)
     image_ids = sorted(by_image)[:limit] if limit is not None else sorted(by_image)
-    if not image_ids:
-        raise InputError(f"{refs}: no referring expressions in split {split!r}")
     pair_of = {f"{c['colour']} {c['shape']}": (c["colour"], c["shape"]) for c in CATEGORIES}
     rows: list[dict] = []
-    for iid in tqdm(image_ids, desc="found", unit="img", disable=not progress):
+    method = get_method(encoder.calibration.method).name
+    paths = [ds.image_path(i) for i in image_ids]
+    if method in supported_methods(encoder, experimental=True):  # batched extraction, the method's blocks
+        fmaps = encoder.extract_many(paths, max_patches=max_patches, layers=layers_for(encoder, [method]),
+                                     batch_size=extraction.batch_size, progress=False)
+    else:  # clear-* on a 1-block tower: each Localizer computes its tokens from the image
+        fmaps = iter([None] * len(paths))
+    for iid, path, fmap in tqdm(zip(image_ids, paths, fmaps, strict=True), total=len(paths), desc="found",
+                                unit="img", disable=not progress):
         there = {pair_of[ds.category_name(a["category_id"])] for a in ds.anns(iid, crowd=True)}
-        loc = Localizer(encoder, ds.image_path(iid), max_patches=max_patches)
+        loc = Localizer(encoder, path, features=fmap, max_patches=max_patches)
         for expr in by_image[iid]:
             rows.append({"image_id": iid, "expression": expr, "present": True,
                          "score": loc.localize(expr, found_threshold=threshold).score})
@@ -100,7 +114,7 @@ def evaluate_found(encoder, ann: str | Path, refs: str | Path, images: str | Pat
         if subset:
             intervals[name] = stats.mean_interval([float(hit(r["score"])) for r in subset], resamples=resamples,
                                                   seed=seed)
-    meta = {"task": "found", "ann": str(ann), "refs": str(refs), "split": split, "images": len(image_ids),
+    meta = {"task": "found", "ann": data.what, "refs": str(data.refs), "split": split, "images": len(image_ids),
             "present": sum(r["present"] for r in rows), "absent": len(absent_rows),
             "absent_by_kind": {k: n for k in ABSENCE_KINDS if (n := sum(r["absence"] == k for r in absent_rows))},
             "threshold": threshold, "encoder": encoder.name, "fingerprint": encoder.fingerprint,

@@ -21,7 +21,7 @@ import numpy as np
 
 from dense._atomic import write_text
 from dense.errors import InputError
-from dense.preprocess import IMAGE_EXTS, check_max_patches
+from dense.preprocess import check_max_patches, image_files, no_images_error
 
 BUNDLED_MODEL = "shapes-tiny-v2"
 # make_shapes splits 70/15/15 by floor + remainder to the largest: 7 images is the fewest with an image in each of
@@ -153,9 +153,9 @@ def run_demo(out_dir: str | Path = "dense-demo", *, model: str = BUNDLED_MODEL, 
     else:
         if not queries:
             raise InputError("images= needs queries= (what to look for in your photos)")
-        paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        paths = list(image_files(images).values())  # the one rule of every command
         if not paths:
-            raise InputError(f"{images}: no images ({', '.join(IMAGE_EXTS)})")
+            raise no_images_error(images)
         bundled = str(model).startswith("shapes-tiny")
         summary = _photos(encoder, out, paths, queries, max_images=max_images, bundled=bundled,
                           max_patches=max_patches)

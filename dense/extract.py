@@ -28,19 +28,16 @@ from dense._progress import tqdm
 from dense.cache import FeatureCache, cache_spec
 from dense.errors import CacheWriteError, InputError, RankFailed
 from dense.head import with_pooled
-from dense.preprocess import IMAGE_EXTS
+from dense.preprocess import image_files
 
 WRITE_BUDGET_BYTES = 256 * 2**20  # tokens handed to the writer threads, not yet written (at least one entry)
 WRITE_THREADS = 2
 
 
 def folder_items(image_dir: str | os.PathLike) -> list[tuple[str, Path]]:
-    """Every image under ``image_dir`` (recursively) as ``(relative posix path, path)``, sorted."""
-    image_dir = Path(image_dir)
-    if not image_dir.is_dir():
-        raise FileNotFoundError(f"{image_dir}: not a folder")
-    return sorted((p.relative_to(image_dir).as_posix(), p) for p in image_dir.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    """Every image of a user's folder (:func:`dense.preprocess.image_files`, the one rule) as ``(relative posix
+    path, path)``, sorted: the relative path is the image's key in the cache."""
+    return sorted(image_files(image_dir).items())
 
 
 def dataset_items(dataset, split: str | None = None) -> list[tuple[str, Path]]:

@@ -42,6 +42,28 @@ ImageInput = str | os.PathLike | Image.Image | np.ndarray
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
+def image_files(images_dir: str | os.PathLike) -> dict[str, Path]:
+    """The images of a user's folder, the one rule of every command (``dense extract``, ``demo --images``,
+    ``explore``, ``upsampler train``): ``{relative posix name: real path}`` of every file with an image extension
+    (:data:`IMAGE_EXTS`) under ``images_dir``, recursively, whose real path stays inside it (hidden files and folders,
+    dangling links and links that leave the folder are left out), sorted by name."""
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{images_dir}: not a folder")
+    real_root = root.resolve()
+    out: dict[str, Path] = {}
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() not in IMAGE_EXTS or any(part.startswith(".") for part in p.relative_to(root).parts):
+            continue
+        try:
+            real = p.resolve(strict=True)
+        except (OSError, RuntimeError):  # a dangling or looping symlink
+            continue
+        if real.is_file() and real.is_relative_to(real_root):
+            out[p.relative_to(root).as_posix()] = real
+    return out
+
+
 def no_images_error(folder: str | os.PathLike) -> InputError:
     """The one error of a folder with no image file in it (every command and the explorer say the same words)."""
     return InputError(f"{folder}: no images found (looked for {', '.join(IMAGE_EXTS)})")

@@ -25,9 +25,9 @@ from PIL import Image
 
 from dense.explore import Explorer, Server, create_app
 from dense.explore.app import MAX_TEXT_CHARS
-from dense.explore.files import image_files
 from dense.explore.pictures import view_hw
 from dense.explore.server import is_loopback
+from dense.preprocess import image_files
 
 SECRET = b"SECRET-OUTSIDE-THE-FOLDER"
 

@@ -196,3 +196,26 @@ def test_bad_files_raise_one_clear_error(tmp_path):
         load_image(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ImageError):
         load_image(np.zeros((0, 4, 3), np.uint8))
+
+
+def test_every_command_sees_the_same_images_of_a_folder(tmp_path):
+    """One rule for a user's folder (dense.preprocess.image_files): `dense extract` (folder_items), `demo --images`
+    and `dense explore` read the same images: recursive, hidden files and folders left out, links that leave the
+    folder left out, other extensions left out."""
+    from PIL import Image
+
+    from dense.extract import folder_items
+    from dense.preprocess import image_files
+
+    root, outside = tmp_path / "photos", tmp_path / "outside"
+    for rel in ("a.png", "sub/b.JPG", ".hidden.png", ".cache/c.png", "notes.txt"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 3)).save(root / rel, format="PNG") if rel != "notes.txt" else (root / rel).write_text("x")
+    outside.mkdir()
+    Image.new("RGB", (4, 3)).save(outside / "secret.png")
+    (root / "link.png").symlink_to(outside / "secret.png")  # leaves the folder
+    (root / "inside.png").symlink_to(root / "a.png")  # stays inside
+    want = ["a.png", "inside.png", "sub/b.JPG"]
+    assert list(image_files(root)) == want
+    assert [k for k, _ in folder_items(root)] == want
+    assert all(p.resolve().is_relative_to(root.resolve()) for _, p in folder_items(root))

@@ -42,9 +42,8 @@ def add(sub, parent) -> None:
 
 def run(args) -> int:
     from dense.cli._args import load
-    from dense.explore.files import image_files
     from dense.explore.server import describe, is_loopback, make_server
-    from dense.preprocess import no_images_error
+    from dense.preprocess import image_files, no_images_error
 
     try:
         import flask  # noqa: F401

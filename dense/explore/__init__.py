@@ -10,8 +10,8 @@ segmentation (:func:`dense.segment`).
     >>> dense.explore.show("shapes-tiny-v2", "photos/")             # the same page inline in Jupyter (an IFrame)
 
 From a shell: ``dense explore --model google/siglip2-so400m-patch14-384 --images photos/``. The server binds to
-127.0.0.1 unless told otherwise and serves only the images found under the folder. Modules, one job each:
-:mod:`~dense.explore.files` (which files are served), :mod:`~dense.explore.pictures` (sizes, PNGs),
+127.0.0.1 unless told otherwise and serves only the images found under the folder (:func:`dense.preprocess.image_files`,
+the rule of every command). Modules, one job each: :mod:`~dense.explore.pictures` (sizes, PNGs),
 :mod:`~dense.explore.worker` (the one thread of all model work), :mod:`~dense.explore.explorer` (state and answers),
 :mod:`~dense.explore.app` (the Flask routes), :mod:`~dense.explore.server` (serving).
 """

@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from dense.cache import FeatureCache
-from dense.explore.files import image_files
 from dense.explore.pictures import VIEW_MAX, png_data_url, resize_rgb, view_hw
 from dense.explore.worker import ModelThread, on_model_thread
-from dense.preprocess import no_images_error
+from dense.preprocess import image_files, no_images_error
 
 MAX_IMAGES = 64  # images the page shows by default (the first ones, by name)
 RING_MIN_COSINE = 0.5  # the page rings an image's best patch only from this cosine (the middle of its 0..1 scale)

@@ -76,8 +76,7 @@ def make_server(model, images: str | os.PathLike, *, host: str = "127.0.0.1", po
     """An :class:`Explorer` of ``images`` for ``model`` (a name/folder for :func:`dense.load_encoder`, or an Encoder)
     and a (not yet started) :class:`Server` bound to ``host:port`` (port 0: a free one). A folder with no image file
     is a ``ValueError`` naming it, before the model loads."""
-    from dense.explore.files import image_files
-    from dense.preprocess import no_images_error
+    from dense.preprocess import image_files, no_images_error
 
     if not image_files(images):
         raise no_images_error(images)

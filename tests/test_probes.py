@@ -282,3 +282,22 @@ def test_cli_protocols_and_bf16_cache(tmp_path, tiny_siglip_dir):
     assert main(["probe", "test", *common, "--probe", str(out), "--split", "val", "--json", str(ev)]) == 0
     best = res["meta"]["sweep"][res["meta"]["best"]]
     assert json.loads(ev.read_text())["figures"]["mIoU"] == pytest.approx(best["mIoU"])
+
+
+def test_choosing_on_the_training_split_is_said_up_front_and_in_the_report(tmp_path, tiny_siglip_dir, capsys, caplog):
+    """`--train-split test --val-split test`: heads chosen on the split they trained on. It runs (a user may want
+    it) but says so: a warning before any work, a note beside the sweep, and the flag in the Result's meta."""
+    from dense.cli import main
+    from dense.datasets import make_shapes
+
+    world = make_shapes(tmp_path / "w", 12, seed=0)
+    with caplog.at_level("WARNING", logger="dense"):
+        rc = main(["probe", "train", "--model", str(tiny_siglip_dir), "--ann", str(world["annotation_file"]),
+                   "--images", str(tmp_path / "w" / "images"), "--cache", str(tmp_path / "cache"), "--quiet",
+                   "--epochs", "1", "--lrs", "1e-2", "--train-split", "test", "--val-split", "test",
+                   "--out", str(tmp_path / "p.safetensors"), "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    assert any("chosen on 'test', the split they are trained on" in r.getMessage() for r in caplog.records)
+    assert "these are training figures" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "r.json").read_text())["meta"]
+    assert meta["protocol"]["chosen_on_training_split"] is True

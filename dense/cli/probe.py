@@ -207,6 +207,9 @@ def print_sweep(res) -> None:
     for key, figs in m["sweep"].items():
         mark = "  <- best" if key == m["best"] else ""
         print(f"  {key:<28} {pct(figs['mIoU']):>10} {pct(figs['pixel_acc']):>10}{mark}")
+    if m["protocol"].get("chosen_on_training_split"):
+        print(f"  note: chosen on {m['protocol']['choose']}, the split the heads were trained on: these are training "
+              f"figures (give --val-split another split, or --holdout)")
     if m["lr_at_grid_edge"]:
         print(f"  note: the best learning rate is the {m['lr_at_grid_edge']} of the grid; the optimum may lie "
               f"beyond it (widen --lrs)")

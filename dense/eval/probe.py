@@ -21,6 +21,7 @@ mIoU (where label maps are blocky, mIoU alone hides it).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -270,6 +271,10 @@ def evaluate_linear_probe(encoder, data, *, cache: str | Path, splits: ProbeSpli
     fit, choose = ("fit", "holdout") if holdout else (train_split, splits.val)
     if test_split is not None and test_split in (train_split, choose):
         raise InputError(f"the reported split {test_split!r} must not be the one trained on or chosen on")
+    if fit == choose:  # a choice on the training split: its "val" figures are training figures
+        logging.getLogger("dense").warning(
+            "dense: heads are chosen on %r, the split they are trained on, so the choice and its figures are training "
+            "figures; choose on another split (val=, --val-split) or a holdout (holdout=, --holdout)", fit)
     if holdout:
         from dense.segdata import with_holdout
 
@@ -343,6 +348,7 @@ def evaluate_linear_probe(encoder, data, *, cache: str | Path, splits: ProbeSpli
             "class_names": class_names, "config": best.meta["config"],
             "splits": {s: len(v) for s, v in samples.items()},
             "protocol": {"train": fit, "choose": choose, "report": test_split, "holdout": held,
+                         "chosen_on_training_split": fit == choose,
                          "holdout_from": train_split if holdout else None},
             "reported": test_split or choose, "best": sweep.best_key, "lr_at_grid_edge": sweep.lr_at_grid_edge,
             "sweep": sweep.val, "history": sweep.history, "sharpen": sharpening.mode,

@@ -330,6 +330,8 @@ def speed(run: Run) -> list[dict]:
               "second_process_first_image_over_steady": "compiled tower, a second process (inductor's disk cache "
               "warm): first image / a steady-state image (s)",
               "folder_e2e_over_model_only": "folder: end to end from disk / model only, one process (img/s)",
+              "folder_e2e_over_model_only_cpu_time": "folder: end to end from disk / model only, one process, in "
+              "that process's CPU time (images per CPU second)",
               "folder_e2e_vs_idiom": "folder: dense end to end vs the idiom (img/s)"}
     for key, ratio in res["ratios"].items():
         if ratio is None or ratio != ratio:  # a row it needs was not run (--batches, --no-other-dtype)

@@ -128,7 +128,8 @@ except SystemExit as e:
 
 KINDS = {"InputError": ValueError, "ImageError": ValueError, "AnnotationError": ValueError, "FormatError": ValueError,
          "MismatchError": ValueError, "DeviceError": ValueError, "CheckpointError": OSError,
-         "LayoutError": FileNotFoundError, "MissingEntryError": KeyError}
+         "LayoutError": FileNotFoundError, "MissingEntryError": KeyError, "CacheWriteError": OSError,
+         "RankFailed": RuntimeError}
 
 
 def test_every_error_is_a_dense_error_and_the_builtin_it_always_was():

@@ -199,8 +199,8 @@ def test_compile_check_measures_stores_and_auto_follows(one_thread, tmp_path, ca
     assert not enc.compiled and key not in dc.read_decisions()  # "auto" alone measured nothing
     bundled = dense.load_encoder("shapes-tiny-v2", dtype="fp32", compile=False)
     key = _no_record(bundled)
-    assert main(["compile-check", "--model", "shapes-tiny-v2", "--dtype", "fp32", "--batch-size", "3", "--json",
-                 str(tmp_path / "r.json")]) == 0
+    assert main(["compile-check", "--model", "shapes-tiny-v2", "--dtype", "fp32", "--batch-size", "3", "--threads", "1",
+                 "--json", str(tmp_path / "r.json")]) == 0  # the record is keyed by threads: the one_thread fixture's
     out = capsys.readouterr().out
     record = dc.read_decisions()[key]
     assert json.loads((tmp_path / "r.json").read_text()) == {**record, "path": str(dc.decision_path())}

@@ -3,8 +3,8 @@ through ``dense.cli.main`` and exits 0.
 
 They run in a folder this test makes, holding the files the README names (the table :data:`FILES`), with the hub
 ids swapped for the bundled or a tiny model (:data:`MODELS`) and the command lines' placeholders swapped for those
-files (:data:`WORDS`). Nothing else is changed (but for :data:`APPENDED`, one training length): a README call whose
-signature drifts from the code fails here.
+files (:data:`WORDS`); without a GPU, ``--device cuda`` runs on the CPU (:data:`NO_GPU`). Nothing else is changed
+(but for :data:`APPENDED`, one training length): a README call whose signature drifts from the code fails here.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ WORDS = {
     "M/dense_calibration.json": "M/dense_calibration.json",
 }
 
+# on a machine without a GPU (CI, this project's machines), the README's GPU words run on the CPU instead
+NO_GPU = {"cuda": "cpu"}
+
 # command lines too long for the fast suite
 SLOW = ("torchrun", "dense upsampler train", "--methods all")
 # the one change to a line as written: flags appended to a training run whose default length is a real training run
@@ -85,8 +88,17 @@ def commands() -> list[list[str]]:
             else:
                 earlier = next(prev for prev in reversed(out) if _command_name(prev) == _command_name(words))
                 filled.extend(earlier[len(_command_prefix(earlier)):])
-        out.append([WORDS.get(w, w) for w in filled] + APPENDED.get(_command_name(filled), []))
+        words = [WORDS.get(w, w) for w in filled]
+        if not _has_gpu():
+            words = [NO_GPU.get(w, w) for w in words]
+        out.append(words + APPENDED.get(_command_name(filled), []))
     return out
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _command_prefix(words: list[str]) -> list[str]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from dense import metrics
 from dense._progress import tqdm
-from dense.errors import InputError
+from dense.errors import AnnotationError, InputError
 from dense.eval import Result, stats
 from dense.eval.settings import Bootstrap, Extraction, ReferScoring, Way, figure_name, grid_edge
 from dense.heatmap import get_method, layers_for, supported_methods, templates_of
@@ -94,8 +94,8 @@ def evaluate_refer(encoder, data, *, split: str | None = "val", scoring: ReferSc
                                 unit="img", disable=not progress):
         seconds["extract"] += time.perf_counter() - t0
         if tuple(fmap.image_hw) != ds.image_hw(iid):
-            raise ValueError(f"{path}: image is {tuple(fmap.image_hw)}, annotation says {ds.image_hw(iid)} (image id "
-                             f"{iid})")
+            raise AnnotationError(f"{path}: image is {tuple(fmap.image_hw)}, annotation says {ds.image_hw(iid)} "
+                                  f"(image id {iid})")
         rgb = load_image(path) if from_image else path
         cand_anns = ds.anns(iid, crowd=False)
         cands_xyxy = np.stack([ds.box_xyxy(a["id"]) for a in cand_anns])  # [K, 4]

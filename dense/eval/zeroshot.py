@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dense import metrics
+from dense.errors import InputError
 from dense.eval import Result, stats
 from dense.eval.settings import Bootstrap, Extraction, figure_name
 
@@ -91,16 +92,16 @@ def evaluate_zero_shot(encoder, data, class_names: Sequence[str] | None = None, 
     if source is not None:
         samples, names = _single_label_samples(source, split)
         if class_names is not None and list(class_names) != names:
-            raise ValueError("class_names come from the data's categories; give none with a data source")
+            raise InputError("class_names come from the data's categories; give none with a data source")
     else:
         samples, names = list(data), list(class_names or [])
     if not samples:
-        raise ValueError(f"{getattr(source, 'what', 'the samples')}: no image to classify")
+        raise InputError(f"{getattr(source, 'what', 'the samples')}: no image to classify")
     if not names:
-        raise ValueError("class_names: give the names the labels index")
+        raise InputError("class_names: give the names the labels index")
     labels = np.array([int(lab) for _, lab in samples])
     if labels.min() < 0 or labels.max() >= len(names):
-        raise ValueError(f"labels must index class_names (0..{len(names) - 1}), got {labels.min()}..{labels.max()}")
+        raise InputError(f"labels must index class_names (0..{len(names) - 1}), got {labels.min()}..{labels.max()}")
     t0 = time.perf_counter()
     probs = classify(encoder, [img for img, _ in samples], names, templates=templates,
                      max_patches=extraction.max_patches).numpy()  # [N, C]
@@ -139,7 +140,7 @@ def evaluate_pointing(encoder, data, *, split: str | None = None, methods: Seque
     source = _from_source(data, split)
     samples = _pointing_samples(source, split) if source is not None else [s for s in data if len(s[1])]
     if not samples:
-        raise ValueError(f"{getattr(source, 'what', 'the samples')}: no (image, query) to point at")
+        raise InputError(f"{getattr(source, 'what', 'the samples')}: no (image, query) to point at")
     methods = [get_method(m).name for m in (methods or [encoder.calibration.method])]
     templates = templates_of(encoder, templates)
     layers = layers_for(encoder, methods)

@@ -230,7 +230,7 @@ def test_probe_protocol_is_one_call_returning_a_result(world, tiny_encoder, tmp_
     assert set(res.values) == {Head(0.01, (1,)), Head(0.03, (1,))}  # the sweep keyed by its settings
     assert {h.key: v for h, v in res.values.items()} == res.meta["sweep"]
     assert res.meta["protocol"] == {"train": "train", "choose": "val", "report": "test", "holdout": None,
-                                    "holdout_from": None}
+                                    "holdout_from": None, "chosen_on_training_split": False}
     assert res.figures["val/mIoU"] == res.meta["sweep"][res.meta["best"]]["mIoU"]
     # the reported figures are the chosen probe's on the test split, scored independently here
     from dense.cache import FeatureCache

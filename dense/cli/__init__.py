@@ -10,11 +10,11 @@ import argparse
 import os
 import sys
 
-from dense.cli import compile, demo, evaluate, explore, extract, probe, query, upsampler
+from dense.cli import compile_check, demo, evaluate, explore, extract, probe, query, upsampler
 from dense.cli._args import Parser, check, check_layers, common_parent, opt, set_command_line
 from dense.errors import DenseError
 
-GROUPS = (extract, probe, upsampler, query, evaluate, demo, explore, compile)  # each: add(sub, parent)
+GROUPS = (extract, probe, upsampler, query, evaluate, demo, explore, compile_check)  # each: add(sub, parent)
 
 
 def _version() -> str:
